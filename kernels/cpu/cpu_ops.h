@@ -1,0 +1,74 @@
+// The CPU reference backend: plain loops over F32 (training) or F64 (gradient
+// checks) tensors, each op family in its own file beside this one. Loops that
+// split work over threads (OpenMP) give every output element to one thread
+// and sum in a fixed order, so results do not depend on the thread count.
+#pragma once
+#include "kernels/ops.h"
+
+namespace moe {
+
+class CpuOps final : public Ops {
+public:
+    Device device() const override { return Device::CPU; }
+
+    void* alloc(size_t bytes) override;
+    void release(void* p) override;
+    void copy_from_host(Tensor dst, const void* src) override;
+    void copy_to_host(void* dst, Tensor src) override;
+
+    void zero(Tensor t) override;
+    void copy(Tensor dst, Tensor src) override;
+    void add(Tensor y, Tensor x, double alpha = 1) override;
+    void scale(Tensor y, double alpha) override;
+    double sum_squares(Tensor x) override;
+    double sum(Tensor x) override;
+    void concat_cols_forward(Tensor out, Tensor a, Tensor b) override;
+    void concat_cols_backward(Tensor da, Tensor db, Tensor dout) override;
+
+    void embedding_forward(Tensor out, Tensor ids, Tensor table) override;
+    void embedding_backward(Tensor dtable, Tensor ids, Tensor dout) override;
+
+    void rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double eps) override;
+    void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd) override;
+
+    void matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) override;
+    void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w) override;
+    void grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vector<int64_t>& offsets) override;
+    void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
+                                 const std::vector<int64_t>& offsets) override;
+
+    void silu_forward(Tensor y, Tensor x) override;
+    void silu_backward(Tensor dx, Tensor dy, Tensor x) override;
+    void swiglu_forward(Tensor out, Tensor gate, Tensor up) override;
+    void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up) override;
+
+    void rope_forward(Tensor x, double theta) override;
+    void rope_backward(Tensor dx, double theta) override;
+
+    void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) override;
+    void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
+                            Tensor lse) override;
+
+    void router_forward(Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w, Tensor logits,
+                        bool normalize) override;
+    void router_backward(Tensor dlogits, Tensor dtopk_w, Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w,
+                         bool normalize, const std::vector<double>& aux_coef, double z_coef) override;
+    void router_stats(std::vector<double>& prob_sums, double& lse_sq_sum, Tensor probs, Tensor lse) override;
+
+    void permute_forward(Tensor xe, Tensor x, Tensor row_token) override;
+    void permute_backward(Tensor dx, Tensor dxe, Tensor row_token) override;
+    void combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row) override;
+    void combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row) override;
+
+    void dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor ctrl, Tensor mu,
+                          const DynamicsParams& p) override;
+    void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out, Tensor h,
+                           Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p) override;
+
+    void cross_entropy_forward(Tensor losses, Tensor logits, Tensor targets) override;
+    void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor targets, double dloss) override;
+
+    void adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWParams& p) override;
+};
+
+}  // namespace moe

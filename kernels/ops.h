@@ -1,0 +1,136 @@
+// The compute interface the model is written against. The CPU backend
+// (kernels/cpu) is the readable reference; a CUDA backend implements the same.
+//
+// Conventions, for every op:
+// - Shapes are given in the comments; N = B*T tokens, rows of a 2-D tensor are
+//   tokens. Float tensors of one call share the backend's dtypes (the CPU
+//   backend: all F32, or all F64 for gradient checks); index tensors are I32.
+// - Backward ops ACCUMULATE (+=) into every gradient they produce, inputs and
+//   parameters alike; the caller zeroes gradient buffers. An empty() gradient
+//   tensor means "not wanted" and is skipped.
+// - "stats" tensors (rstd, lse) are written by the forward and read by the
+//   backward, so the backward recomputes nothing it can keep cheaply.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "kernels/tensor.h"
+
+namespace moe {
+
+enum class Device { CPU, CUDA };
+
+// Hyper-parameters of the INL dynamics update (MODEL.md).
+struct DynamicsParams {
+    double dt = 0.1, beta_max = 2.0, velocity_max = 10.0, mu_min = 0.0, mu_max = 2.0;
+};
+
+struct AdamWParams {
+    double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0;
+    int64_t step = 1;          // 1-based, for bias correction
+    double grad_scale = 1.0;   // multiplies the gradient first (clipping)
+};
+
+class Ops {
+public:
+    virtual ~Ops() = default;
+    virtual Device device() const = 0;
+
+    // ---- memory -----------------------------------------------------------
+    virtual void* alloc(size_t bytes) = 0;  // zero-filled, aligned to 256
+    virtual void release(void* p) = 0;
+    virtual void copy_from_host(Tensor dst, const void* src) = 0;  // dst.bytes()
+    virtual void copy_to_host(void* dst, Tensor src) = 0;          // src.bytes()
+
+    // ---- elementwise and reductions ---------------------------------------
+    virtual void zero(Tensor t) = 0;
+    virtual void copy(Tensor dst, Tensor src) = 0;              // same shape
+    virtual void add(Tensor y, Tensor x, double alpha = 1) = 0; // y += alpha x
+    virtual void scale(Tensor y, double alpha) = 0;             // y *= alpha
+    virtual double sum_squares(Tensor x) = 0;                   // sum x^2, in double
+    virtual double sum(Tensor x) = 0;                           // sum x, in double
+    // Row-wise concat: out[N, a+b] = [a_ | b_]; backward splits and accumulates.
+    virtual void concat_cols_forward(Tensor out, Tensor a, Tensor b) = 0;
+    virtual void concat_cols_backward(Tensor da, Tensor db, Tensor dout) = 0;
+
+    // ---- embedding --------------------------------------------------------
+    // out[N,H] = table[ids[n]]; ids I32[N] already checked against V.
+    virtual void embedding_forward(Tensor out, Tensor ids, Tensor table) = 0;
+    virtual void embedding_backward(Tensor dtable, Tensor ids, Tensor dout) = 0;
+
+    // ---- RMSNorm over the last dim: x[R,D], w[D], y[R,D], rstd[R] -----------
+    virtual void rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double eps) = 0;
+    virtual void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd) = 0;
+
+    // ---- linear: y[N,O] = x[N,I] w[O,I]^T (+ b[O]; b may be empty) -----------
+    // The forward overwrites y.
+    virtual void matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) = 0;
+    virtual void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w) = 0;
+    // Grouped linear over expert-sorted rows: rows offsets[e]..offsets[e+1] of
+    // x[R,I] use w[e] of w[E,O,I]. offsets is a host array of E+1 entries.
+    virtual void grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vector<int64_t>& offsets) = 0;
+    virtual void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
+                                         const std::vector<int64_t>& offsets) = 0;
+
+    // ---- activations ------------------------------------------------------
+    virtual void silu_forward(Tensor y, Tensor x) = 0;
+    virtual void silu_backward(Tensor dx, Tensor dy, Tensor x) = 0;
+    // out = silu(gate) * up, all [R,I].
+    virtual void swiglu_forward(Tensor out, Tensor gate, Tensor up) = 0;
+    virtual void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up) = 0;
+
+    // ---- RoPE, rotate-half, in place on x[B,T,heads,hd], position = t -----
+    virtual void rope_forward(Tensor x, double theta) = 0;
+    // In place on the gradient: dx = R^T dy.
+    virtual void rope_backward(Tensor dx, double theta) = 0;
+
+    // ---- causal GQA attention ---------------------------------------------
+    // q[B,T,nh,hd], k,v[B,T,nkv,hd] -> out[B,T,nh,hd], lse[B,nh,T] (log-sum-exp
+    // of the scaled, masked scores of each query). Scale 1/sqrt(hd).
+    virtual void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) = 0;
+    virtual void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+                                    Tensor out, Tensor lse) = 0;
+
+    // ---- learned router ---------------------------------------------------
+    // logits[N,E] -> probs[N,E] = softmax, lse[N], topk_idx I32[N,k] (largest
+    // first, ties to the lower expert), topk_w[N,k] (renormalised if asked).
+    virtual void router_forward(Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w, Tensor logits,
+                                bool normalize) = 0;
+    // dlogits += d/dlogits of: sum dtopk_w * topk_w  +  sum_{t,e} aux_coef[e]*probs[t,e]
+    //                         + z_coef * sum_t lse[t]^2.
+    // aux_coef is a host array [E] (the Switch loss gradient wrt each prob).
+    virtual void router_backward(Tensor dlogits, Tensor dtopk_w, Tensor probs, Tensor lse, Tensor topk_idx,
+                                 Tensor topk_w, bool normalize, const std::vector<double>& aux_coef,
+                                 double z_coef) = 0;
+    // Column sums of probs[N,E] into host out[E], and sum of lse[N]^2.
+    virtual void router_stats(std::vector<double>& prob_sums, double& lse_sq_sum, Tensor probs, Tensor lse) = 0;
+
+    // ---- MoE permutation (indices from a RoutingPlan) ----------------------
+    // xe[r] = x[row_token[r]] for r < R (gather into expert order).
+    virtual void permute_forward(Tensor xe, Tensor x, Tensor row_token) = 0;
+    virtual void permute_backward(Tensor dx, Tensor dxe, Tensor row_token) = 0;
+    // y[t] += sum_j w[t,j] * ye[slot_row[t*k+j]] over slots with slot_row >= 0.
+    virtual void combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row) = 0;
+    // dye[r] += w * dy[t];  dw[t,j] += dot(dy[t], ye[r]).
+    virtual void combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row) = 0;
+
+    // ---- INL dynamics -----------------------------------------------------
+    // ctrl[N,3H] = (a | b | g) from the controller; mu[H]; h,v[N,H] -> h',v'.
+    virtual void dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor ctrl, Tensor mu,
+                                  const DynamicsParams& p) = 0;
+    virtual void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out,
+                                   Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p) = 0;
+
+    // ---- loss -------------------------------------------------------------
+    // losses[N] = logsumexp(logits[n]) - logits[n, targets[n]].
+    virtual void cross_entropy_forward(Tensor losses, Tensor logits, Tensor targets) = 0;
+    // dlogits = dloss * (softmax(logits) - onehot(target)); OVERWRITES dlogits,
+    // which may be the logits buffer itself.
+    virtual void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor targets, double dloss) = 0;
+
+    // ---- optimizer --------------------------------------------------------
+    // One AdamW step on a parameter (decoupled weight decay lr*wd*param).
+    virtual void adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWParams& p) = 0;
+};
+
+}  // namespace moe
