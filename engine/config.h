@@ -2,6 +2,7 @@
 // load_config() reads YAML, applies --set overrides and validates everything
 // before anything runs; each problem is one ConfigError line naming the key.
 #pragma once
+#include <cstdint>
 #include <optional>
 #include <stdexcept>
 #include <string>

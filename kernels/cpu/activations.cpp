@@ -1,12 +1,72 @@
-// TEMPORARY scaffold: replaced by the real implementation.
-#include <stdexcept>
+// SiLU and the SwiGLU product silu(gate) * up, with their backward.
+#include <cmath>
+#include <type_traits>
+
+#include "kernels/cpu/check.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/dispatch.h"
 
 namespace moe {
 
-void CpuOps::silu_forward(Tensor y, Tensor x) { throw std::logic_error("silu_forward not implemented"); }
-void CpuOps::silu_backward(Tensor dx, Tensor dy, Tensor x) { throw std::logic_error("silu_backward not implemented"); }
-void CpuOps::swiglu_forward(Tensor out, Tensor gate, Tensor up) { throw std::logic_error("swiglu_forward not implemented"); }
-void CpuOps::swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up) { throw std::logic_error("swiglu_backward not implemented"); }
+namespace {
+template <class T> T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+}  // namespace
+
+void CpuOps::silu_forward(Tensor y, Tensor x) {
+    check_same_shape("silu_forward", y, x);
+    dispatch_float(x, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const T* px = x.ptr<T>();
+        T* py = y.ptr<T>();
+        const int64_t n = x.numel();
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; ++i) py[i] = px[i] * sigmoid(px[i]);
+    });
+}
+
+void CpuOps::silu_backward(Tensor dx, Tensor dy, Tensor x) {
+    check_same_shape("silu_backward", dx, x);
+    dispatch_float(x, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const T *px = x.ptr<T>(), *pdy = dy.ptr<T>();
+        T* pdx = dx.ptr<T>();
+        const int64_t n = x.numel();
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; ++i) {
+            const T s = sigmoid(px[i]);
+            pdx[i] += pdy[i] * s * (T(1) + px[i] * (T(1) - s));
+        }
+    });
+}
+
+void CpuOps::swiglu_forward(Tensor out, Tensor gate, Tensor up) {
+    check_same_shape("swiglu_forward", out, gate);
+    check_same_shape("swiglu_forward", out, up);
+    dispatch_float(out, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const T *g = gate.ptr<T>(), *u = up.ptr<T>();
+        T* o = out.ptr<T>();
+        const int64_t n = out.numel();
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; ++i) o[i] = g[i] * sigmoid(g[i]) * u[i];
+    });
+}
+
+void CpuOps::swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up) {
+    check_same_shape("swiglu_backward", dout, gate);
+    dispatch_float(dout, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const T *g = gate.ptr<T>(), *u = up.ptr<T>(), *d = dout.ptr<T>();
+        T* dg = dgate.empty() ? nullptr : dgate.ptr<T>();
+        T* du = dup.empty() ? nullptr : dup.ptr<T>();
+        const int64_t n = dout.numel();
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; ++i) {
+            const T s = sigmoid(g[i]);
+            if (dg) dg[i] += d[i] * u[i] * s * (T(1) + g[i] * (T(1) - s));
+            if (du) du[i] += d[i] * g[i] * s;
+        }
+    });
+}
 
 }  // namespace moe

@@ -1,12 +1,152 @@
-// TEMPORARY scaffold: replaced by the real implementation.
+// MoE permutation between token order and expert-sorted rows, driven by the
+// index arrays of a RoutingPlan (comm/routing_plan.h): permute gathers token
+// rows into expert order, combine sums the weighted expert outputs back into
+// tokens. Dropped slots (slot_row < 0) add nothing and get no gradient.
+#include <algorithm>
 #include <stdexcept>
+#include <string>
+#include <type_traits>
+
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/dispatch.h"
 
 namespace moe {
 
-void CpuOps::permute_forward(Tensor xe, Tensor x, Tensor row_token) { throw std::logic_error("permute_forward not implemented"); }
-void CpuOps::permute_backward(Tensor dx, Tensor dxe, Tensor row_token) { throw std::logic_error("permute_backward not implemented"); }
-void CpuOps::combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row) { throw std::logic_error("combine_forward not implemented"); }
-void CpuOps::combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row) { throw std::logic_error("combine_backward not implemented"); }
+namespace {
+
+// Every entry of idx lies in [lo, hi): a bad plan fails here, not as a stray write.
+void check_indices(const char* op, const char* name, Tensor idx, int64_t lo, int64_t hi) {
+    const int32_t* p = idx.ptr<int32_t>();
+    for (int64_t i = 0; i < idx.numel(); ++i)
+        if (p[i] < lo || p[i] >= hi)
+            throw std::out_of_range(std::string(op) + ": " + name + "[" + std::to_string(i) + "] = " +
+                                    std::to_string(p[i]) + " is outside [" + std::to_string(lo) + ", " +
+                                    std::to_string(hi) + "); the routing plan does not fit these tensors");
+}
+
+void check_rows(const char* op, Tensor a, const char* a_name, Tensor b, const char* b_name, int64_t a_rows,
+                int64_t b_rows) {
+    if (a.ndim != 2 || b.ndim != 2 || a.dim(0) != a_rows || b.dim(0) != b_rows || a.dim(1) != b.dim(1))
+        throw std::invalid_argument(std::string(op) + ": expected " + a_name + " [" + std::to_string(a_rows) +
+                                    ",H] and " + b_name + " [" + std::to_string(b_rows) + ",H]; got " +
+                                    a.shape_str() + " and " + b.shape_str());
+}
+
+// The slots of a combine: y/dy [N,H], ye/dye [R,H], w [N,k], slot_row [N*k].
+void check_combine(const char* op, Tensor y, Tensor ye, Tensor w, Tensor slot_row) {
+    check_rows(op, y, "y", ye, "ye", y.dim(0), ye.dim(0));
+    if (w.ndim != 2 || w.dim(0) != y.dim(0) || slot_row.numel() != w.numel())
+        throw std::invalid_argument(std::string(op) + ": expected w [N,k] and slot_row [N*k] for N = " +
+                                    std::to_string(y.dim(0)) + "; got " + w.shape_str() + " and " +
+                                    slot_row.shape_str());
+    check_indices(op, "slot_row", slot_row, -1, ye.dim(0));
+}
+
+}  // namespace
+
+void CpuOps::permute_forward(Tensor xe, Tensor x, Tensor row_token) {
+    const int64_t R = row_token.numel();
+    check_rows("permute_forward", xe, "xe", x, "x", R, x.dim(0));
+    check_indices("permute_forward", "row_token", row_token, 0, x.dim(0));
+    const int64_t H = x.dim(1);
+    dispatch_float(x, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const T* src = x.ptr<T>();
+        T* dst = xe.ptr<T>();
+        const int32_t* token = row_token.ptr<int32_t>();
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < R; ++r) std::copy_n(src + token[r] * H, H, dst + r * H);
+    });
+}
+
+void CpuOps::permute_backward(Tensor dx, Tensor dxe, Tensor row_token) {
+    if (dx.empty()) return;
+    const int64_t R = row_token.numel();
+    check_rows("permute_backward", dxe, "dxe", dx, "dx", R, dx.dim(0));
+    check_indices("permute_backward", "row_token", row_token, 0, dx.dim(0));
+    const int64_t H = dx.dim(1);
+    // A token owns k rows, so rows scatter into the same dx row. Threads split
+    // the columns instead and walk the rows in order: each sum is the serial one.
+    constexpr int64_t kCols = 64;
+    const int64_t blocks = (H + kCols - 1) / kCols;
+    dispatch_float(dx, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const T* src = dxe.ptr<T>();
+        T* dst = dx.ptr<T>();
+        const int32_t* token = row_token.ptr<int32_t>();
+#pragma omp parallel for schedule(static)
+        for (int64_t b = 0; b < blocks; ++b) {
+            const int64_t c0 = b * kCols, c1 = std::min(H, c0 + kCols);
+            for (int64_t r = 0; r < R; ++r) {
+                T* d = dst + token[r] * H;
+                const T* s = src + r * H;
+                for (int64_t c = c0; c < c1; ++c) d[c] += s[c];
+            }
+        }
+    });
+}
+
+void CpuOps::combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row) {
+    check_combine("combine_forward", y, ye, w, slot_row);
+    const int64_t N = y.dim(0), H = y.dim(1), k = w.dim(1);
+    dispatch_float(y, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const T* rows = ye.ptr<T>();
+        const T* wt = w.ptr<T>();
+        const int32_t* slot = slot_row.ptr<int32_t>();
+        T* out = y.ptr<T>();
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < N; ++t) {
+            T* yt = out + t * H;
+            for (int64_t j = 0; j < k; ++j) {
+                const int32_t r = slot[t * k + j];
+                if (r < 0) continue;
+                const T wj = wt[t * k + j];
+                const T* src = rows + int64_t(r) * H;
+                for (int64_t c = 0; c < H; ++c) yt[c] += wj * src[c];
+            }
+        }
+    });
+}
+
+void CpuOps::combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row) {
+    check_combine("combine_backward", dy, ye, w, slot_row);
+    if (!dye.empty() && dye.numel() != ye.numel())
+        throw std::invalid_argument("combine_backward: dye " + dye.shape_str() + " must have the shape of ye " +
+                                    ye.shape_str());
+    if (!dw.empty() && dw.numel() != w.numel())
+        throw std::invalid_argument("combine_backward: dw " + dw.shape_str() + " must have the shape of w " +
+                                    w.shape_str());
+    const int64_t N = dy.dim(0), H = dy.dim(1), k = w.dim(1);
+    dispatch_float(dy, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const T* g = dy.ptr<T>();
+        const T* rows = ye.ptr<T>();
+        const T* wt = w.ptr<T>();
+        const int32_t* slot = slot_row.ptr<int32_t>();
+        T* drows = dye.empty() ? nullptr : dye.ptr<T>();
+        T* dwt = dw.empty() ? nullptr : dw.ptr<T>();
+        // Each kept row belongs to exactly one slot, so tokens split over threads.
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < N; ++t) {
+            const T* gt = g + t * H;
+            for (int64_t j = 0; j < k; ++j) {
+                const int32_t r = slot[t * k + j];
+                if (r < 0) continue;
+                if (drows) {
+                    const T wj = wt[t * k + j];
+                    T* d = drows + int64_t(r) * H;
+                    for (int64_t c = 0; c < H; ++c) d[c] += wj * gt[c];
+                }
+                if (dwt) {
+                    const T* src = rows + int64_t(r) * H;
+                    double dot = 0;
+                    for (int64_t c = 0; c < H; ++c) dot += double(gt[c]) * src[c];
+                    dwt[t * k + j] += T(dot);
+                }
+            }
+        }
+    });
+}
 
 }  // namespace moe

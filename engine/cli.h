@@ -1,0 +1,27 @@
+// The command line of moe-train.
+#pragma once
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+struct CliOptions {
+    std::string config;                  // --config FILE
+    std::vector<std::string> overrides;  // --set a.b=c (repeatable)
+    std::string init_from;               // --init-from W.safetensors
+    std::string dump_grads;              // --dump-grads G.safetensors (parity mode)
+    std::string batch;                   // --batch B.safetensors (parity mode)
+    std::string dtype = "f32";           // --dtype f32|f64 (parity mode)
+    bool help = false;
+};
+
+struct CliError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Throws CliError with one line saying what is wrong and how to fix it.
+CliOptions parse_cli(int argc, const char* const* argv);
+const char* cli_usage();
+
+}  // namespace moe

@@ -1,0 +1,53 @@
+// Batches of token sequences from shards. Samples are windows of seq_len + 1
+// tokens at stride seq_len inside each shard; each epoch visits them in an
+// order fixed by (seed, epoch), or in file order without shuffling. A step
+// takes world * micro_batch samples of that order and rank r reads its own
+// micro_batch of them, so the data a step sees does not depend on the layout.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/shards.h"
+
+namespace moe {
+
+struct DataPosition {
+    uint64_t epoch = 0;
+    uint64_t cursor = 0;  // samples of this epoch's order already consumed
+};
+
+class DataLoader {
+public:
+    DataLoader(const std::string& glob, int vocab_size, int seq_len, int micro_batch, uint64_t seed, bool shuffle,
+               int rank = 0, int world = 1);
+    ~DataLoader();
+    DataLoader(const DataLoader&) = delete;
+    DataLoader& operator=(const DataLoader&) = delete;
+
+    // inputs and targets [B, T] row-major; targets are inputs shifted by one.
+    void next_batch(int32_t* inputs, int32_t* targets);
+
+    DataPosition position() const { return pos_; }
+    void set_position(const DataPosition& p);
+    int64_t num_sequences() const { return starts_.back(); }
+    int64_t total_tokens() const { return total_tokens_; }
+
+private:
+    void shuffle_epoch();
+    void read_sample(int64_t sample, int32_t* inputs, int32_t* targets);
+
+    std::string glob_;
+    int vocab_, T_, B_, rank_, world_;
+    uint64_t seed_;
+    bool shuffle_;
+    std::vector<ShardInfo> shards_;
+    std::vector<int> fds_;
+    std::vector<int64_t> starts_;  // [shards+1] first sample of each shard
+    int64_t total_tokens_ = 0;
+    std::vector<int64_t> order_;   // this epoch's sample order
+    std::vector<char> raw_;        // one sample's bytes as stored
+    DataPosition pos_;
+};
+
+}  // namespace moe

@@ -1,0 +1,162 @@
+#include "engine/model.h"
+
+#include <string>
+#include <utility>
+
+namespace moe {
+
+// One transformer block: x = h + attn(norm(h)); h' = x + moe(norm(x)); then
+// the dynamics step when enabled.
+struct Model::Block {
+    Param *attn_norm, *moe_norm;
+    AttentionLayer attn;
+    MoeLayer moe;
+    std::unique_ptr<DynamicsLayer> dynamics;
+    Tensor xn1, rstd1, attn_out, x, xn2, rstd2, moe_out, h_mid;
+
+    Block(const ModelConfig& cfg, ParameterSet& params, int l, DynamicsModule* dyn)
+        : attn_norm(&params.add("layers." + std::to_string(l) + ".attn_norm.weight", {cfg.hidden_size},
+                                InitSpec::fill(1), false)),
+          moe_norm(&params.add("layers." + std::to_string(l) + ".moe_norm.weight", {cfg.hidden_size},
+                               InitSpec::fill(1), false)),
+          attn(cfg, params, l),
+          moe(cfg, params, l) {
+        if (dyn) dynamics = std::make_unique<DynamicsLayer>(cfg, *dyn);
+    }
+};
+
+Model::Model(const ModelConfig& cfg, Ops& ops, DType dtype, int B, int T)
+    : cfg_(cfg), ops_(ops), dt_(dtype), B_(B), T_(T), acts_(ops), scratch_(ops) {
+    const int64_t V = cfg.vocab_size, H = cfg.hidden_size;
+    const InitSpec init = InitSpec::normal(cfg.init_std);
+    embed_ = &params_.add("embed.weight", {V, H}, init, true);
+    if (cfg.dynamics.enabled && cfg.dynamics.shared)
+        dynamics_.push_back(std::make_unique<DynamicsModule>(cfg_, params_, "dynamics."));
+    for (int l = 0; l < cfg.num_layers; ++l) {
+        DynamicsModule* dyn = nullptr;
+        if (cfg.dynamics.enabled && !cfg.dynamics.shared)
+            dynamics_.push_back(
+                std::make_unique<DynamicsModule>(cfg_, params_, "layers." + std::to_string(l) + ".dynamics."));
+        if (cfg.dynamics.enabled) dyn = dynamics_.back().get();
+        blocks_.push_back(std::make_unique<Block>(cfg_, params_, l, dyn));
+    }
+    norm_ = &params_.add("norm.weight", {H}, InitSpec::fill(1), false);
+    lm_head_ = cfg.tie_embeddings ? embed_ : &params_.add("lm_head.weight", {V, H}, init, true);
+    params_.allocate(ops, dtype);
+
+    carve();
+    acts_.allocate();
+    scratch_.allocate();
+    carve();
+    ids_host_.resize(size_t(B) * T);
+}
+
+Model::~Model() = default;
+
+void Model::carve() {
+    const int64_t N = int64_t(B_) * T_, H = cfg_.hidden_size, V = cfg_.vocab_size, L = cfg_.num_layers;
+    const bool dyn = cfg_.dynamics.enabled;
+    ids_ = acts_.take(DType::I32, {N});
+    targets_ = acts_.take(DType::I32, {N});
+    h_.assign(L + 1, Tensor{});
+    v_.assign(L + 1, Tensor{});
+    for (int64_t l = 0; l <= L; ++l) {
+        h_[l] = acts_.take(dt_, {N, H});
+        if (dyn) v_[l] = acts_.take(dt_, {N, H});
+    }
+    for (auto& b : blocks_) {
+        scratch_.rewind();  // every block reuses the same scratch
+        b->xn1 = acts_.take(dt_, {N, H});
+        b->rstd1 = acts_.take(dt_, {N});
+        b->attn_out = acts_.take(dt_, {N, H});
+        b->x = acts_.take(dt_, {N, H});
+        b->xn2 = acts_.take(dt_, {N, H});
+        b->rstd2 = acts_.take(dt_, {N});
+        b->moe_out = acts_.take(dt_, {N, H});
+        if (dyn) b->h_mid = acts_.take(dt_, {N, H});
+        b->attn.carve(acts_, scratch_, dt_, B_, T_);
+        b->moe.carve(acts_, scratch_, dt_, N);
+        if (dyn) b->dynamics->carve(acts_, scratch_, dt_, N);
+    }
+    hn_ = acts_.take(dt_, {N, H});
+    rstd_ = acts_.take(dt_, {N});
+    logits_ = acts_.take(dt_, {N, V});
+    losses_ = acts_.take(dt_, {N});
+    // Gradient streams live outside the per-block scratch.
+    for (int i = 0; i < 2; ++i) {
+        dh_[i] = acts_.take(dt_, {N, H});
+        if (dyn) dv_[i] = acts_.take(dt_, {N, H});
+    }
+    dxn_ = acts_.take(dt_, {N, H});
+}
+
+ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
+    const int64_t N = int64_t(B_) * T_;
+    ForwardResult r;
+    ids_host_.assign(inputs, inputs + N);
+    ops_.copy_from_host(ids_, inputs);
+    ops_.copy_from_host(targets_, targets);
+    ops_.embedding_forward(h_[0], ids_, embed_->value);
+    if (cfg_.dynamics.enabled) ops_.zero(v_[0]);
+
+    for (size_t l = 0; l < blocks_.size(); ++l) {
+        Block& b = *blocks_[l];
+        ops_.rmsnorm_forward(b.xn1, b.rstd1, h_[l], b.attn_norm->value, cfg_.norm_eps);
+        b.attn.forward(ops_, b.xn1, b.attn_out);
+        ops_.copy(b.x, h_[l]);
+        ops_.add(b.x, b.attn_out);
+        ops_.rmsnorm_forward(b.xn2, b.rstd2, b.x, b.moe_norm->value, cfg_.norm_eps);
+        MoeStats s = b.moe.forward(ops_, b.xn2, ids_host_.data(), b.moe_out);
+        Tensor after = b.dynamics ? b.h_mid : h_[l + 1];
+        ops_.copy(after, b.x);
+        ops_.add(after, b.moe_out);
+        if (b.dynamics) b.dynamics->forward(ops_, b.h_mid, v_[l], h_[l + 1], v_[l + 1]);
+        r.aux += s.losses.aux + s.losses.z_loss;
+        r.routed.push_back(std::move(s.routed));
+        r.dropped += s.dropped;
+    }
+
+    ops_.rmsnorm_forward(hn_, rstd_, h_.back(), norm_->value, cfg_.norm_eps);
+    ops_.matmul_forward(logits_, hn_, lm_head_->value, {});
+    ops_.cross_entropy_forward(losses_, logits_, targets_);
+    r.loss = ops_.sum(losses_) / double(N);
+    return r;
+}
+
+void Model::backward(double loss_scale) {
+    const int64_t N = int64_t(B_) * T_;
+    const bool dyn = cfg_.dynamics.enabled;
+    Tensor dh = dh_[0], dv = dv_[0];
+
+    // Head: logits -> dlogits in place, then through the final norm.
+    ops_.cross_entropy_backward(logits_, logits_, targets_, loss_scale / double(N));
+    ops_.zero(dxn_);
+    ops_.zero(dh);
+    ops_.matmul_backward(dxn_, lm_head_->grad, {}, logits_, hn_, lm_head_->value);
+    ops_.rmsnorm_backward(dh, norm_->grad, dxn_, h_.back(), norm_->value, rstd_);
+    if (dyn) ops_.zero(dv);
+
+    for (size_t l = blocks_.size(); l-- > 0;) {
+        Block& b = *blocks_[l];
+        if (dyn) {
+            Tensor dh_in = dh.data == dh_[0].data ? dh_[1] : dh_[0];
+            Tensor dv_in = dv.data == dv_[0].data ? dv_[1] : dv_[0];
+            ops_.zero(dh_in);
+            ops_.zero(dv_in);
+            b.dynamics->backward(ops_, b.h_mid, v_[l], dh, dv, dh_in, dv_in);
+            dh = dh_in;
+            dv = dv_in;
+        }
+        // h_mid = x + moe(norm(x)): dh flows to x unchanged, plus the MoE path.
+        ops_.zero(dxn_);
+        b.moe.backward(ops_, b.xn2, dh, dxn_, loss_scale);
+        ops_.rmsnorm_backward(dh, b.moe_norm->grad, dxn_, b.x, b.moe_norm->value, b.rstd2);
+        // x = h + attn(norm(h)).
+        ops_.zero(dxn_);
+        b.attn.backward(ops_, b.xn1, dh, dxn_);
+        ops_.rmsnorm_backward(dh, b.attn_norm->grad, dxn_, h_[l], b.attn_norm->value, b.rstd1);
+    }
+    ops_.embedding_backward(embed_->grad, ids_, dh);
+}
+
+}  // namespace moe

@@ -1,0 +1,63 @@
+// The MoE transformer with INL dynamics (MODEL.md "Forward"), its hand-written
+// backward, and every buffer it needs, planned once for a micro-batch of
+// B sequences of T tokens.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "engine/arena.h"
+#include "engine/attention_layer.h"
+#include "engine/config.h"
+#include "engine/dynamics_layer.h"
+#include "engine/moe_layer.h"
+#include "engine/parameters.h"
+
+namespace moe {
+
+struct ForwardResult {
+    double loss = 0;  // mean cross-entropy
+    double aux = 0;   // sum over layers of load-balancing + z losses
+    std::vector<std::vector<int64_t>> routed;  // [L][E] token-slots per expert
+    int64_t dropped = 0;                       // slots dropped by capacity, all layers
+};
+
+class Model {
+public:
+    Model(const ModelConfig& cfg, Ops& ops, DType dtype, int B, int T);
+    ~Model();
+
+    ParameterSet& params() { return params_; }
+    const ModelConfig& config() const { return cfg_; }
+    int batch() const { return B_; }
+    int seq_len() const { return T_; }
+    size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
+
+    // inputs, targets: host arrays [B*T], ids already checked against V.
+    // Keeps what the backward needs.
+    ForwardResult forward(const int32_t* inputs, const int32_t* targets);
+    // Accumulates into the parameter gradients the gradient of
+    // loss_scale * (loss + aux) of the last forward.
+    void backward(double loss_scale);
+
+private:
+    struct Block;
+    void carve();
+
+    const ModelConfig cfg_;
+    Ops& ops_;
+    DType dt_;
+    int B_, T_;
+    ParameterSet params_;
+    Param *embed_, *norm_, *lm_head_;  // lm_head_ == embed_ when tied
+    std::vector<std::unique_ptr<DynamicsModule>> dynamics_;
+    std::vector<std::unique_ptr<Block>> blocks_;
+    std::vector<int32_t> ids_host_;
+
+    Arena acts_, scratch_;
+    Tensor ids_, targets_;
+    std::vector<Tensor> h_, v_;  // residual and velocity streams entering each layer, [L+1]
+    Tensor hn_, rstd_, logits_, losses_;
+    Tensor dh_[2], dv_[2], dxn_;
+};
+
+}  // namespace moe

@@ -1,0 +1,38 @@
+// A sparse MoE layer: router -> token dispatcher -> experts -> combine.
+#pragma once
+#include <vector>
+
+#include "engine/experts.h"
+#include "engine/router.h"
+#include "engine/token_dispatcher.h"
+
+namespace moe {
+
+// What one forward of the layer routed, for losses and logs.
+struct MoeStats {
+    RouterLosses losses;
+    std::vector<int64_t> routed;  // [E] token-slots routed to each expert
+    int64_t dropped = 0;          // slots dropped by capacity
+};
+
+class MoeLayer {
+public:
+    MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer);
+    void carve(Arena& acts, Arena& scratch, DType dt, int64_t N);
+
+    // y[N,H] = moe(x[N,H]); ids[N] (host) feed the token_id router.
+    MoeStats forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y);
+    // dx += input gradient of sum(dy * y) + loss_scale * (aux + z).
+    void backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_scale);
+
+private:
+    int64_t H_, k_;
+    Router router_;
+    TokenDispatcher dispatcher_;
+    Experts experts_;
+    Tensor xe_, ye_;  // saved, expert-sorted rows (at most N*k)
+    Tensor xe_rows_;  // the rows of xe_ this micro-batch uses
+    Tensor dxe_, dye_, dtopk_w_;
+};
+
+}  // namespace moe

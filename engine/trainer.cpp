@@ -1,0 +1,182 @@
+#include "engine/trainer.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "engine/data_loader.h"
+#include "engine/flops.h"
+#include "engine/metrics.h"
+#include "engine/model.h"
+#include "engine/optimizer.h"
+#include "engine/weights_io.h"
+
+namespace moe {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::string format_duration(double s) {
+    const long t = long(s + 0.5);
+    char buf[32];
+    if (t >= 3600)
+        std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else
+        std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+    return buf;
+}
+
+// Busiest expert's share over the mean, the worst layer: 1.0 is perfect balance.
+double load_imbalance(const std::vector<std::vector<int64_t>>& routed) {
+    double worst = 0;
+    for (const auto& layer : routed) {
+        int64_t total = 0, most = 0;
+        for (int64_t c : layer) {
+            total += c;
+            most = std::max(most, c);
+        }
+        if (total > 0) worst = std::max(worst, double(most) * layer.size() / double(total));
+    }
+    return worst;
+}
+
+void add_counts(std::vector<std::vector<int64_t>>& sum, const std::vector<std::vector<int64_t>>& x) {
+    if (sum.empty()) sum.assign(x.size(), std::vector<int64_t>(x.empty() ? 0 : x[0].size(), 0));
+    for (size_t l = 0; l < x.size(); ++l)
+        for (size_t e = 0; e < x[l].size(); ++e) sum[l][e] += x[l][e];
+}
+
+// Mean cross-entropy over the first `batches` micro-batches of the val data.
+double evaluate(Model& model, DataLoader& val, int batches, std::vector<int32_t>& in, std::vector<int32_t>& tg) {
+    val.set_position(DataPosition{});
+    double sum = 0;
+    for (int i = 0; i < batches; ++i) {
+        val.next_batch(in.data(), tg.data());
+        sum += model.forward(in.data(), tg.data()).loss;
+    }
+    return sum / batches;
+}
+
+}  // namespace
+
+TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts) {
+    namespace fs = std::filesystem;
+    const ModelConfig& mc = cfg.model;
+    const int B = cfg.train.micro_batch_size, T = cfg.train.seq_len, A = cfg.train.grad_accum_steps;
+    const int steps = cfg.train.steps;
+
+    std::error_code ec;
+    fs::create_directories(cfg.run.out_dir, ec);
+    if (ec) throw TrainingError("cannot create run.out_dir '" + cfg.run.out_dir + "': " + ec.message());
+    {
+        std::ofstream f(cfg.run.out_dir + "/config.yaml");
+        f << to_yaml(cfg);
+        if (!f) throw TrainingError("cannot write into run.out_dir '" + cfg.run.out_dir + "': check its permissions");
+    }
+    MetricsWriter metrics(cfg.run.out_dir + "/metrics.jsonl");
+
+    DataLoader train_data(cfg.data.train, mc.vocab_size, T, B, cfg.run.seed, /*shuffle=*/true);
+    std::unique_ptr<DataLoader> val_data;
+    if (!cfg.data.val.empty())
+        val_data = std::make_unique<DataLoader>(cfg.data.val, mc.vocab_size, T, B, cfg.run.seed, /*shuffle=*/false);
+
+    Model model(mc, ops, DType::F32, B, T);
+    ParameterSet& params = model.params();
+    params.initialize(cfg.run.seed);
+    if (!opts.init_from.empty()) load_tensors(opts.init_from, params.named(ParameterSet::Slot::Value), ops);
+    AdamW optimizer(cfg.optimizer, params);
+
+    const double flops_per_token = train_flops_per_token(mc, T);
+    const int64_t tokens_per_step = int64_t(B) * T * A;
+    spdlog::info("model: {:.2f}M parameters, {} layers, {} experts (top-{}, {} router), dynamics {}", params.numel() / 1e6,
+                 mc.num_layers, mc.moe.num_experts, mc.moe.top_k, mc.moe.router,
+                 mc.dynamics.enabled ? (mc.dynamics.shared ? "shared" : "per layer") : "off");
+    spdlog::info("data: {} train tokens; {} tokens per step ({} x {} x {} accumulation); activations {:.1f} MiB",
+                 train_data.total_tokens(), tokens_per_step, B, T, A, model.activation_bytes() / 1048576.0);
+
+    std::vector<int32_t> inputs(size_t(B) * T), targets(size_t(B) * T);
+    TrainSummary summary;
+    summary.val_loss = std::nan("");
+    const auto start = Clock::now();
+    double timed_s = 0;  // time in training steps, without evaluation
+    int consecutive_skips = 0;
+
+    for (int step = 0; step < steps; ++step) {
+        const auto t0 = Clock::now();
+        params.zero_grads();
+        double loss = 0, aux = 0;
+        int64_t dropped = 0;
+        std::vector<std::vector<int64_t>> routed;
+        for (int a = 0; a < A; ++a) {
+            train_data.next_batch(inputs.data(), targets.data());
+            ForwardResult r = model.forward(inputs.data(), targets.data());
+            loss += r.loss / A;
+            aux += r.aux / A;
+            dropped += r.dropped;
+            add_counts(routed, r.routed);
+            if (std::isfinite(r.loss) && std::isfinite(r.aux)) model.backward(1.0 / A);
+        }
+        const double grad_norm = std::sqrt(optimizer.grad_sum_squares());
+        const double lr = learning_rate(cfg.optimizer, step, steps);
+        if (!std::isfinite(loss) || !std::isfinite(aux) || !std::isfinite(grad_norm)) {
+            const std::string what = "step " + std::to_string(step + 1) + ": loss " + std::to_string(loss) +
+                                     ", aux " + std::to_string(aux) + ", grad norm " + std::to_string(grad_norm);
+            if (cfg.run.nan_policy == "stop")
+                throw TrainingError(what + " is not finite: the run stops (lower optimizer.lr, or set "
+                                           "run.nan_policy=skip to skip such steps)");
+            ++summary.steps_skipped;
+            if (++consecutive_skips >= 10)
+                throw TrainingError(what + ": 10 non-finite steps in a row, the run stops (lower optimizer.lr)");
+            spdlog::warn("{} is not finite: step skipped (run.nan_policy=skip)", what);
+            continue;
+        }
+        consecutive_skips = 0;
+        optimizer.step(step + 1, lr, optimizer.clip_scale(grad_norm));
+        const double step_s = seconds_since(t0);
+        timed_s += step_s;
+        summary.steps_done = step + 1;
+        summary.last_train_loss = loss;
+        summary.losses.push_back(loss);
+
+        const double tok_s = tokens_per_step / step_s;
+        const double imbalance = load_imbalance(routed);
+        metrics.write({{"step", step + 1},
+                       {"loss", loss},
+                       {"aux", aux},
+                       {"lr", lr},
+                       {"grad_norm", grad_norm},
+                       {"tokens_per_s", tok_s},
+                       {"load_max_over_mean", imbalance},
+                       {"dropped", double(dropped)},
+                       {"step_s", step_s}});
+        if ((step + 1) % cfg.log.every == 0 || step == 0 || step + 1 == steps) {
+            const double avg_tok_s = tokens_per_step * summary.steps_done / timed_s;
+            const double eta = (steps - step - 1) * timed_s / summary.steps_done;
+            spdlog::info("step {:>5}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | grad {:.3f} | {:.0f} tok/s | "
+                         "{:.2f} GFLOP/s | load max/mean {:.2f}{} | eta {}",
+                         step + 1, steps, loss, aux, lr, grad_norm, avg_tok_s, avg_tok_s * flops_per_token / 1e9,
+                         imbalance, dropped ? " | dropped " + std::to_string(dropped) : std::string(),
+                         format_duration(eta));
+        }
+        const bool last = step + 1 == steps;
+        if (val_data && ((cfg.eval.every > 0 && (step + 1) % cfg.eval.every == 0) || last)) {
+            summary.val_loss = evaluate(model, *val_data, cfg.eval.batches, inputs, targets);
+            metrics.write({{"step", step + 1}, {"val_loss", summary.val_loss}});
+            spdlog::info("step {:>5}/{} | validation loss {:.4f}", step + 1, steps, summary.val_loss);
+        }
+    }
+    save_tensors(cfg.run.out_dir + "/model.safetensors", params.named(ParameterSet::Slot::Value), ops);
+    summary.tokens_per_s = timed_s > 0 ? tokens_per_step * summary.steps_done / timed_s : 0;
+    spdlog::info("done: {} steps in {}, {:.0f} tokens/s", summary.steps_done, format_duration(seconds_since(start)),
+                 summary.tokens_per_s);
+    return summary;
+}
+
+}  // namespace moe

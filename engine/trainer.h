@@ -1,0 +1,32 @@
+// The training loop: micro-batches with gradient accumulation, AdamW with
+// clipping and the schedule, evaluation, progress lines and JSON metrics.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/config.h"
+#include "kernels/ops.h"
+
+namespace moe {
+
+struct TrainingError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct TrainSummary {
+    int steps_done = 0;
+    int steps_skipped = 0;  // non-finite losses skipped (nan_policy: skip)
+    double last_train_loss = 0;
+    double val_loss = 0;    // NaN when there is no validation data
+    double tokens_per_s = 0;
+    std::vector<double> losses;  // training loss of every step taken
+};
+
+struct TrainOptions {
+    std::string init_from;  // safetensors weights to start from (empty: seeded init)
+};
+
+TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts = {});
+
+}  // namespace moe

@@ -1,0 +1,231 @@
+// The learned router's CPU ops: forward against naive loops in long double,
+// backward against central finite differences in double.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "engine/rng.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "tests/gradcheck.h"
+
+using namespace moe;
+
+namespace {
+
+template <class T> Tensor tensor(std::vector<T>& v, std::initializer_list<int64_t> dims) {
+    return Tensor(v.data(), dtype_of<T>(), dims);
+}
+
+// Forward tolerance relative to max(1, |value|): a few ulp of each type.
+template <class T> double tolerance() { return std::is_same<T, float>::value ? 2e-6 : 1e-13; }
+
+// The router's tensors for N tokens, E experts and top-k, as host buffers.
+template <class T> struct RouterBuffers {
+    int64_t N, E, k;
+    std::vector<T> logits, probs, lse, topk_w;
+    std::vector<int32_t> topk_idx;
+
+    RouterBuffers(const std::vector<double>& l, int64_t N_, int64_t E_, int64_t k_)
+        : N(N_), E(E_), k(k_), logits(l.begin(), l.end()), probs(N * E), lse(N), topk_w(N * k), topk_idx(N * k) {}
+
+    void forward(CpuOps& ops, bool normalize) {
+        ops.router_forward(tensor(probs, {N, E}), tensor(lse, {N}), tensor(topk_idx, {N, k}), tensor(topk_w, {N, k}),
+                           tensor(logits, {N, E}), normalize);
+    }
+    void backward(CpuOps& ops, std::vector<T>& dlogits, std::vector<T>* dtopk_w, bool normalize,
+                  const std::vector<double>& aux_coef, double z_coef) {
+        ops.router_backward(tensor(dlogits, {N, E}), dtopk_w ? tensor(*dtopk_w, {N, k}) : Tensor{},
+                            tensor(probs, {N, E}), tensor(lse, {N}), tensor(topk_idx, {N, k}),
+                            tensor(topk_w, {N, k}), normalize, aux_coef, z_coef);
+    }
+};
+
+// Six rows of five experts: four random, then a three-way tie for the top
+// (experts 1, 2, 4) and a row of equal logits.
+std::vector<double> logits_with_ties() {
+    Rng rng(1, "router logits");
+    std::vector<double> l;
+    for (int i = 0; i < 20; ++i) l.push_back(2 * rng.normal());
+    for (double x : {1.0, 3.0, 3.0, 0.0, 3.0}) l.push_back(x);
+    for (int i = 0; i < 5; ++i) l.push_back(0.5);
+    return l;
+}
+
+template <class T> void check_forward_against_naive(int64_t k, bool normalize) {
+    const int64_t N = 6, E = 5;
+    const std::vector<double> l = logits_with_ties();
+    CpuOps ops;
+    RouterBuffers<T> r(l, N, E, k);
+    r.forward(ops, normalize);
+    for (int64_t n = 0; n < N; ++n) {
+        long double m = l[n * E], s = 0;
+        for (int64_t e = 0; e < E; ++e) m = std::max<long double>(m, l[n * E + e]);
+        for (int64_t e = 0; e < E; ++e) s += std::exp(l[n * E + e] - m);
+        const long double lse = m + std::log(s);
+        std::vector<long double> p(E);
+        for (int64_t e = 0; e < E; ++e) p[e] = std::exp(l[n * E + e] - lse);
+        std::vector<int> order(E);
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
+        long double chosen = 0;
+        for (int64_t j = 0; j < k; ++j) chosen += p[order[j]];
+
+        INFO("row " << n << ", k " << k << ", normalize " << normalize);
+        REQUIRE(std::fabs(double(r.lse[n] - lse)) <= tolerance<T>() * std::max(1.0, std::fabs(double(lse))));
+        for (int64_t e = 0; e < E; ++e) REQUIRE(std::fabs(double(r.probs[n * E + e] - p[e])) <= tolerance<T>());
+        for (int64_t j = 0; j < k; ++j) {
+            REQUIRE(r.topk_idx[n * k + j] == order[j]);
+            const long double w = normalize ? p[order[j]] / chosen : p[order[j]];
+            REQUIRE(std::fabs(double(r.topk_w[n * k + j] - w)) <= tolerance<T>());
+        }
+    }
+    // The ties, spelled out: largest first, then the lower expert index.
+    REQUIRE(r.topk_idx[4 * k] == 1);
+    REQUIRE(r.topk_idx[5 * k] == 0);
+    if (k == 2) {
+        REQUIRE(r.topk_idx[4 * k + 1] == 2);
+        REQUIRE(r.topk_idx[5 * k + 1] == 1);
+        if (normalize) REQUIRE(double(r.topk_w[5 * k]) == Approx(0.5));
+    }
+}
+
+// Logits whose ranks are separated by at least 0.5, so a finite-difference
+// step cannot change the top-k set.
+std::vector<double> logits_with_gaps(int64_t N, int64_t E, Rng& rng) {
+    std::vector<double> l(N * E);
+    std::vector<int> rank(E);
+    for (int64_t n = 0; n < N; ++n) {
+        std::iota(rank.begin(), rank.end(), 0);
+        std::shuffle(rank.begin(), rank.end(), rng.engine());
+        for (int64_t e = 0; e < E; ++e) l[n * E + e] = 0.6 * rank[e] + 0.1 * rng.uniform();
+    }
+    return l;
+}
+
+std::vector<double> normals(int64_t n, Rng& rng, double scale = 1) {
+    std::vector<double> v(n);
+    for (double& x : v) x = scale * rng.normal();
+    return v;
+}
+
+void check_backward_against_finite_differences(int64_t k, bool normalize) {
+    const int64_t N = 4, E = 5;
+    const double z_coef = 0.05;
+    Rng rng(2, "router backward");
+    RouterBuffers<double> r(logits_with_gaps(N, E, rng), N, E, k);
+    std::vector<double> c = normals(N * k, rng);      // upstream gradient of topk_w
+    std::vector<double> aux = normals(E, rng, 0.3);  // Switch loss coefficients
+    CpuOps ops;
+    auto loss = [&] {
+        r.forward(ops, normalize);
+        double f = 0;
+        for (int64_t i = 0; i < N * k; ++i) f += c[i] * r.topk_w[i];
+        for (int64_t i = 0; i < N * E; ++i) f += aux[i % E] * r.probs[i];
+        for (double l : r.lse) f += z_coef * l * l;
+        return f;
+    };
+    loss();
+    // Start from nonzero gradients: the op must add, not overwrite.
+    const std::vector<double> before = normals(N * E, rng);
+    std::vector<double> dlogits = before;
+    r.backward(ops, dlogits, &c, normalize, aux, z_coef);
+    for (int64_t i = 0; i < N * E; ++i) dlogits[i] -= before[i];
+    // atol: the loss is O(5), so rounding in the two evaluations of a central
+    // difference with eps 1e-6 is up to ~1e-15 * 5 / 2e-6 = 2.5e-9.
+    test::check_gradient("dlogits", loss, r.logits.data(), dlogits.data(), N * E, 1e-6, 1e-8);
+}
+
+}  // namespace
+
+TEST_CASE("router_forward matches a naive softmax and top-k, ties to the lower expert", "[unit]") {
+    for (int64_t k : {1, 2})
+        for (bool normalize : {true, false}) {
+            check_forward_against_naive<float>(k, normalize);
+            check_forward_against_naive<double>(k, normalize);
+        }
+}
+
+TEST_CASE("router_forward names k distinct experts for a row of NaN logits", "[unit]") {
+    const double nan = std::nan("");
+    RouterBuffers<double> r({nan, nan, nan}, 1, 3, 2);
+    CpuOps ops;
+    r.forward(ops, true);
+    REQUIRE(r.topk_idx == std::vector<int32_t>{0, 1});
+    REQUIRE(std::isnan(r.topk_w[0]));
+}
+
+TEST_CASE("router_backward matches finite differences", "[unit]") {
+    for (int64_t k : {1, 2})
+        for (bool normalize : {true, false}) {
+            INFO("k " << k << ", normalize " << normalize);
+            check_backward_against_finite_differences(k, normalize);
+        }
+}
+
+TEST_CASE("router_backward without dtopk_w drops only the top-k term", "[unit]") {
+    const int64_t N = 3, E = 4, k = 2;
+    Rng rng(3, "router no dtopk");
+    RouterBuffers<double> r(logits_with_gaps(N, E, rng), N, E, k);
+    CpuOps ops;
+    r.forward(ops, true);
+    const std::vector<double> aux = normals(E, rng);
+    std::vector<double> zeros(N * k, 0.0), with_zeros(N * E, 0.0), without(N * E, 0.0);
+    r.backward(ops, with_zeros, &zeros, true, aux, 0.1);
+    r.backward(ops, without, nullptr, true, aux, 0.1);
+    REQUIRE(without == with_zeros);
+    REQUIRE(std::any_of(without.begin(), without.end(), [](double g) { return g != 0; }));
+}
+
+TEST_CASE("router_backward in F32 agrees with F64", "[unit]") {
+    const int64_t N = 4, E = 5, k = 2;
+    Rng rng(4, "router f32");
+    const std::vector<double> l = logits_with_gaps(N, E, rng);
+    const std::vector<double> c = normals(N * k, rng), aux = normals(E, rng, 0.3);
+    RouterBuffers<double> r64(l, N, E, k);
+    RouterBuffers<float> r32(l, N, E, k);
+    CpuOps ops;
+    r64.forward(ops, true);
+    r32.forward(ops, true);
+    std::vector<double> c64(c), d64(N * E, 0.0);
+    std::vector<float> c32(c.begin(), c.end()), d32(N * E, 0.0f);
+    r64.backward(ops, d64, &c64, true, aux, 0.05);
+    r32.backward(ops, d32, &c32, true, aux, 0.05);
+    for (int64_t i = 0; i < N * E; ++i) REQUIRE(d32[i] == Approx(d64[i]).margin(1e-6));
+}
+
+TEST_CASE("router_backward rejects aux_coef of the wrong length", "[unit]") {
+    RouterBuffers<double> r({0.0, 1.0, 2.0}, 1, 3, 1);
+    CpuOps ops;
+    r.forward(ops, true);
+    std::vector<double> d(3, 0.0);
+    try {
+        r.backward(ops, d, nullptr, true, {1.0, 2.0}, 0.0);
+        FAIL("router_backward accepted 2 aux coefficients for 3 experts");
+    } catch (const std::invalid_argument& e) {
+        REQUIRE(std::string(e.what()).find("aux_coef") != std::string::npos);
+    }
+}
+
+TEST_CASE("router_stats sums probabilities per expert and squared lse", "[unit]") {
+    const int64_t N = 6, E = 5;
+    RouterBuffers<float> r(logits_with_ties(), N, E, 2);
+    CpuOps ops;
+    r.forward(ops, true);
+    std::vector<double> sums{42.0};  // wrong size on purpose: the op resizes it
+    double lse_sq = -1;
+    ops.router_stats(sums, lse_sq, tensor(r.probs, {N, E}), tensor(r.lse, {N}));
+    REQUIRE(sums.size() == size_t(E));
+    double expected_lse_sq = 0;
+    for (int64_t n = 0; n < N; ++n) expected_lse_sq += double(r.lse[n]) * r.lse[n];
+    REQUIRE(lse_sq == Approx(expected_lse_sq).epsilon(1e-12));
+    for (int64_t e = 0; e < E; ++e) {
+        double expected = 0;
+        for (int64_t n = 0; n < N; ++n) expected += r.probs[n * E + e];
+        REQUIRE(sums[e] == Approx(expected).epsilon(1e-12));
+    }
+    // Each row of probs sums to one, so the column sums add up to N.
+    REQUIRE(std::accumulate(sums.begin(), sums.end(), 0.0) == Approx(double(N)).epsilon(1e-6));
+}
