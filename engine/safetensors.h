@@ -1,17 +1,21 @@
 // The safetensors format, without a new library: an 8-byte little-endian
 // header length, a JSON header {"name": {"dtype", "shape", "data_offsets"},
-// "__metadata__": {...}}, then the tensor bytes. yaml-cpp parses the JSON.
+// "__metadata__": {string: string}} padded with spaces to a multiple of 8, then
+// the tensor bytes, contiguous. We write the JSON by hand and parse it with
+// yaml-cpp (JSON is YAML flow syntax), so files from Python's writers load too.
 #pragma once
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "engine/shards.h"
+
 namespace moe {
 
 struct TensorRef {
     std::string name;
-    std::string dtype;  // "F32", "F64", "I32", "BF16", ...
+    std::string dtype;  // "F32", "F64", "I32", "BF16", "F16", "I64", "U8", ...
     std::vector<int64_t> shape;
     const void* data;
 };
@@ -28,14 +32,14 @@ public:
     struct Info {
         std::string dtype;
         std::vector<int64_t> shape;
-        uint64_t begin = 0, end = 0;  // within the data section
+        uint64_t begin = 0, end = 0;  // byte offsets within the data section
     };
 
     // Validates the whole header against the file; DataError if anything is off.
     explicit SafetensorsFile(const std::string& path);
 
     bool has(const std::string& name) const { return info_.count(name) > 0; }
-    std::vector<std::string> names() const { return names_; }  // in data order
+    std::vector<std::string> names() const { return names_; }  // in file (data) order
     const Info& info(const std::string& name) const;
     const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
@@ -44,7 +48,7 @@ public:
     std::vector<char> read_raw(const std::string& name) const;
 
 private:
-    std::string path_;
+    ReadOnlyFile file_;
     uint64_t data_start_ = 0;
     std::map<std::string, Info> info_;
     std::vector<std::string> names_;

@@ -1,83 +1,167 @@
 #include "engine/shards.h"
 
+#include <fcntl.h>
 #include <glob.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
+#include <climits>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 
 namespace moe {
 
+ReadOnlyFile::ReadOnlyFile(const std::string& path) : path_(path) {
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0)
+        throw DataError("'" + path + "': cannot open (" + std::strerror(errno) + "): check the path and permissions");
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(fd_);
+        throw DataError("'" + path + "' is not a regular file: name a data file");
+    }
+    size_ = uint64_t(st.st_size);
+}
+
+ReadOnlyFile::~ReadOnlyFile() {
+    if (fd_ >= 0) ::close(fd_);
+}
+
+ReadOnlyFile::ReadOnlyFile(ReadOnlyFile&& other) noexcept
+    : path_(std::move(other.path_)), fd_(std::exchange(other.fd_, -1)), size_(other.size_) {}
+
+ReadOnlyFile& ReadOnlyFile::operator=(ReadOnlyFile&& other) noexcept {
+    if (this != &other) {
+        if (fd_ >= 0) ::close(fd_);
+        path_ = std::move(other.path_);
+        fd_ = std::exchange(other.fd_, -1);
+        size_ = other.size_;
+    }
+    return *this;
+}
+
+void ReadOnlyFile::read_at(uint64_t offset, void* dst, size_t n) const {
+    size_t done = 0;
+    while (done < n) {
+        const ssize_t got = ::pread(fd_, static_cast<char*>(dst) + done, n - done, off_t(offset + done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0)
+            throw DataError("'" + path_ + "': cannot read at byte offset " + std::to_string(offset + done) + " (" +
+                            std::strerror(errno) + "): check the disk");
+        if (got == 0)
+            throw DataError("'" + path_ + "': " + std::to_string(n) + " bytes at byte offset " +
+                            std::to_string(offset) + " lie past its end: the file was truncated or changed while in "
+                            "use, make it again");
+        done += size_t(got);
+    }
+}
+
+void write_file_atomically(const std::string& path, const std::vector<ByteSpan>& parts) {
+    const std::string tmp = path + ".tmp";
+    const auto fail = [&](const std::string& what, int err) {
+        ::unlink(tmp.c_str());
+        return DataError("cannot " + what + " (" + std::strerror(err) +
+                         "): check free disk space and permissions");
+    };
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) throw fail("create '" + tmp + "'", errno);
+    for (const ByteSpan& part : parts) {
+        const char* bytes = static_cast<const char*>(part.first);
+        size_t done = 0;
+        while (done < part.second) {
+            const ssize_t put = ::write(fd, bytes + done, part.second - done);
+            if (put < 0 && errno == EINTR) continue;
+            if (put <= 0) {
+                const int err = errno;
+                ::close(fd);
+                throw fail("write '" + tmp + "'", err);
+            }
+            done += size_t(put);
+        }
+    }
+    if (::fsync(fd) != 0) {
+        const int err = errno;
+        ::close(fd);
+        throw fail("fsync '" + tmp + "'", err);
+    }
+    if (::close(fd) != 0) throw fail("close '" + tmp + "'", errno);
+    if (::rename(tmp.c_str(), path.c_str()) != 0) throw fail("rename '" + tmp + "' to '" + path + "'", errno);
+    // The rename itself is durable only once the directory is synced.
+    std::string dir = std::filesystem::path(path).parent_path().string();
+    const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        ::fsync(dfd);
+        ::close(dfd);
+    }
+}
+
 ShardInfo read_shard_header(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw DataError("shard '" + path + "': cannot open: " + std::strerror(errno));
-    int32_t header[256] = {};
-    f.read(reinterpret_cast<char*>(header), sizeof header);
-    if (f.gcount() != sizeof header)
-        throw DataError("shard '" + path + "': shorter than its 1024-byte header: not a token shard");
+    const ReadOnlyFile file(path);
+    const std::string where = "shard '" + path + "': ";
+    if (file.size() < uint64_t(kShardHeaderBytes))
+        throw DataError(where + std::to_string(file.size()) + " bytes, shorter than the " +
+                        std::to_string(kShardHeaderBytes) + "-byte header: not a token shard (make shards with "
+                        "moe-shards)");
+    int32_t header[kShardHeaderInts];
+    file.read_at(0, header, sizeof header);
     if (header[0] != kShardMagic)
-        throw DataError("shard '" + path + "': magic " + std::to_string(header[0]) + " is not " +
-                        std::to_string(kShardMagic) + ": not a token shard (make one with moe-shards)");
+        throw DataError(where + "magic " + std::to_string(header[0]) + " is not " + std::to_string(kShardMagic) +
+                        ": not a token shard (make shards with moe-shards)");
     ShardInfo info{path, header[1], header[2]};
     if (info.version != 1 && info.version != 2)
-        throw DataError("shard '" + path + "': version " + std::to_string(info.version) +
-                        " is unknown (1: uint16 tokens, 2: uint32 tokens)");
-    if (info.num_tokens < 0) throw DataError("shard '" + path + "': negative token count in its header");
-    std::error_code ec;
-    const uint64_t size = std::filesystem::file_size(path, ec);
-    const uint64_t expected = kShardHeaderBytes + uint64_t(info.num_tokens) * info.token_bytes();
-    if (ec || size != expected)
-        throw DataError("shard '" + path + "': " + std::to_string(size) + " bytes, but its header declares " +
-                        std::to_string(info.num_tokens) + " tokens (" + std::to_string(expected) +
-                        " bytes): the file is truncated or corrupt, make it again");
+        throw DataError(where + "version " + std::to_string(info.version) +
+                        " is unknown (1: uint16 tokens, 2: uint32 tokens): make the shard again with moe-shards");
+    if (info.num_tokens < 0)
+        throw DataError(where + "negative token count " + std::to_string(info.num_tokens) +
+                        " in its header: the file is corrupt, make it again");
+    const uint64_t expected = uint64_t(kShardHeaderBytes) + uint64_t(info.num_tokens) * info.token_bytes();
+    if (file.size() != expected)
+        throw DataError(where + "the file is " + std::to_string(file.size()) + " bytes but its header declares " +
+                        std::to_string(info.num_tokens) + " tokens of " + std::to_string(info.token_bytes()) +
+                        " bytes (" + std::to_string(expected) + " bytes in all): the file is " +
+                        (file.size() < expected ? "truncated" : "oversized") + ", make it again");
     return info;
 }
 
 void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, int version) {
-    if (version != 1 && version != 2) throw DataError("shard version must be 1 or 2, got " + std::to_string(version));
-    if (tokens.size() > size_t(INT32_MAX)) throw DataError("shard '" + path + "': more than 2^31 tokens");
-    int32_t header[256] = {};
+    const std::string where = "shard '" + path + "': ";
+    if (version != 1 && version != 2)
+        throw DataError(where + "version must be 1 (uint16 tokens) or 2 (uint32 tokens), got " +
+                        std::to_string(version));
+    if (tokens.size() > size_t(INT32_MAX))
+        throw DataError(where + std::to_string(tokens.size()) + " tokens do not fit one shard (at most 2^31 - 1): "
+                        "split them over several shards");
+    int32_t header[kShardHeaderInts] = {};
     header[0] = kShardMagic;
     header[1] = version;
     header[2] = int32_t(tokens.size());
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-        if (!f) throw DataError("cannot write '" + tmp + "': " + std::strerror(errno));
-        f.write(reinterpret_cast<const char*>(header), sizeof header);
-        if (version == 2) {
-            f.write(reinterpret_cast<const char*>(tokens.data()), std::streamsize(tokens.size() * 4));
-        } else {
-            std::vector<uint16_t> narrow(tokens.size());
-            for (size_t i = 0; i < tokens.size(); ++i) {
-                if (tokens[i] > 65535)
-                    throw DataError("shard '" + path + "': token " + std::to_string(tokens[i]) +
-                                    " does not fit version 1 (uint16): use version 2");
-                narrow[i] = uint16_t(tokens[i]);
-            }
-            f.write(reinterpret_cast<const char*>(narrow.data()), std::streamsize(narrow.size() * 2));
-        }
-        if (!f.flush()) throw DataError("cannot write '" + tmp + "': disk full?");
+    if (version == 2) {
+        write_file_atomically(path, {{header, sizeof header}, {tokens.data(), tokens.size() * 4}});
+        return;
     }
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) throw DataError("cannot rename '" + tmp + "' to '" + path + "': " + ec.message());
+    std::vector<uint16_t> narrow(tokens.size());
+    for (size_t i = 0; i < tokens.size(); ++i) {
+        if (tokens[i] > 65535)
+            throw DataError(where + "token " + std::to_string(tokens[i]) + " at token offset " + std::to_string(i) +
+                            " does not fit version 1 (uint16 tokens): write version 2");
+        narrow[i] = uint16_t(tokens[i]);
+    }
+    write_file_atomically(path, {{header, sizeof header}, {narrow.data(), narrow.size() * 2}});
 }
 
 std::vector<std::string> expand_glob(const std::string& pattern) {
     glob_t g{};
     std::vector<std::string> files;
-    if (glob(pattern.c_str(), 0, nullptr, &g) == 0)
+    if (::glob(pattern.c_str(), 0, nullptr, &g) == 0)
         for (size_t i = 0; i < g.gl_pathc; ++i) files.emplace_back(g.gl_pathv[i]);
-    globfree(&g);
+    ::globfree(&g);
     if (files.empty())
         throw DataError("no files match '" + pattern +
-                        "' (data.train / data.val): prepare the data first (scripts/prepare_demo_data.sh, "
-                        "or moe-shards; see README)");
-    std::sort(files.begin(), files.end());
+                        "' (data.train/val): run the data preparation (scripts/prepare_demo_data.sh or moe-shards, "
+                        "see README)");
+    std::sort(files.begin(), files.end());  // byte order, whatever the locale
     return files;
 }
 

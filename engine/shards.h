@@ -1,11 +1,18 @@
 // Token shards (llm.c's format): a header of 256 little-endian int32 (magic
 // 20240520, version 1 for uint16 tokens or 2 for uint32, token count), then the
-// tokens. Files are checked when opened; DataError names the file and the fix.
+// tokens. Also the file primitives the data path shares with safetensors:
+// positioned reads that check their length, and crash-safe whole-file writes.
+// Every failure is a DataError: one line naming the file and the fix.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
+
+// Shards and safetensors are little-endian; the engine reads them by memcpy.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the data formats are little-endian");
 
 namespace moe {
 
@@ -13,8 +20,37 @@ struct DataError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// A regular file opened for positioned reads (pread: no shared file offset).
+class ReadOnlyFile {
+public:
+    explicit ReadOnlyFile(const std::string& path);
+    ~ReadOnlyFile();
+    ReadOnlyFile(ReadOnlyFile&& other) noexcept;
+    ReadOnlyFile& operator=(ReadOnlyFile&& other) noexcept;
+    ReadOnlyFile(const ReadOnlyFile&) = delete;
+    ReadOnlyFile& operator=(const ReadOnlyFile&) = delete;
+
+    const std::string& path() const { return path_; }
+    uint64_t size() const { return size_; }  // when opened
+    // Exactly n bytes at offset, or a DataError naming the file and the offset.
+    void read_at(uint64_t offset, void* dst, size_t n) const;
+
+private:
+    std::string path_;
+    int fd_ = -1;
+    uint64_t size_ = 0;
+};
+
+// Bytes to write, in order, without copying them first.
+using ByteSpan = std::pair<const void*, size_t>;
+
+// Writes path.tmp, fsyncs it, renames it over path and fsyncs the directory:
+// a crash leaves the old file or the new one, never a torn one.
+void write_file_atomically(const std::string& path, const std::vector<ByteSpan>& parts);
+
 constexpr int32_t kShardMagic = 20240520;
-constexpr int64_t kShardHeaderBytes = 256 * 4;
+constexpr int64_t kShardHeaderInts = 256;
+constexpr int64_t kShardHeaderBytes = kShardHeaderInts * 4;
 
 struct ShardInfo {
     std::string path;

@@ -12,4 +12,5 @@ if [ ! -d "$src" ]; then
 fi
 # The plain text files: not the .dat indexes, not the .u8 duplicates, not links.
 mapfile -t files < <(find "$src" -maxdepth 1 -type f ! -name '*.dat' ! -name '*.u8' | sort)
+rm -rf "$out"  # a run cut short leaves shards without stats.txt: start over
 build/moe-shards --out "$out" "${files[@]}"

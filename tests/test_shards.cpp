@@ -1,0 +1,182 @@
+// Token shards: header checks, round trips of both versions, globbing, and the
+// file primitives (checked positioned reads, atomic writes).
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "engine/shards.h"
+#include "tests/catch.h"
+
+using namespace moe;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string fresh_dir(const std::string& name) {
+    const std::string dir = std::string(MOE_BINARY_DIR) + "/test_shards_data/" + name;
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    return dir;
+}
+
+// The message of the DataError that f throws.
+template <class F>
+std::string error_of(F f) {
+    try {
+        f();
+    } catch (const DataError& e) {
+        return e.what();
+    }
+    FAIL("no DataError was thrown");
+    return "";
+}
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+void patch_int32(const std::string& path, int64_t offset, int32_t value) {
+    std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(offset);
+    f.write(reinterpret_cast<const char*>(&value), 4);
+}
+
+std::vector<uint32_t> read_tokens(const ShardInfo& info) {
+    const ReadOnlyFile file(info.path);
+    std::vector<uint32_t> tokens(size_t(info.num_tokens));
+    for (int64_t i = 0; i < info.num_tokens; ++i) {
+        if (info.version == 1) {
+            uint16_t t;
+            file.read_at(uint64_t(kShardHeaderBytes + 2 * i), &t, 2);
+            tokens[size_t(i)] = t;
+        } else {
+            file.read_at(uint64_t(kShardHeaderBytes + 4 * i), &tokens[size_t(i)], 4);
+        }
+    }
+    return tokens;
+}
+
+}  // namespace
+
+TEST_CASE("shards round trip in both versions", "[unit]") {
+    const std::string dir = fresh_dir("round_trip");
+    for (int version : {1, 2}) {
+        const std::vector<uint32_t> tokens =
+            version == 1 ? std::vector<uint32_t>{0, 1, 255, 65535, 7} : std::vector<uint32_t>{0, 65536, 4000000000u, 3};
+        const std::string path = dir + "/v" + std::to_string(version) + ".bin";
+        write_shard(path, tokens, version);
+        const ShardInfo info = read_shard_header(path);
+        REQUIRE(info.path == path);
+        REQUIRE(info.version == version);
+        REQUIRE(info.num_tokens == int64_t(tokens.size()));
+        REQUIRE(fs::file_size(path) == uint64_t(1024 + tokens.size() * (version == 1 ? 2 : 4)));
+        REQUIRE(read_tokens(info) == tokens);
+        REQUIRE_FALSE(fs::exists(path + ".tmp"));
+    }
+}
+
+TEST_CASE("the header is llm.c's: magic, version, count as int32", "[unit]") {
+    const std::string path = fresh_dir("layout") + "/a.bin";
+    write_shard(path, {5, 6, 7}, 1);
+    const ReadOnlyFile file(path);
+    int32_t header[256];
+    file.read_at(0, header, sizeof header);
+    REQUIRE(header[0] == 20240520);
+    REQUIRE(header[1] == 1);
+    REQUIRE(header[2] == 3);
+    for (int i = 3; i < 256; ++i) REQUIRE(header[i] == 0);
+}
+
+TEST_CASE("version 1 refuses tokens above 65535 and writes nothing", "[unit]") {
+    const std::string path = fresh_dir("v1_range") + "/a.bin";
+    const std::string msg = error_of([&] { write_shard(path, {1, 2, 65536}, 1); });
+    REQUIRE(contains(msg, path));
+    REQUIRE(contains(msg, "token 65536 at token offset 2"));
+    REQUIRE(contains(msg, "version 2"));
+    REQUIRE_FALSE(fs::exists(path));
+    REQUIRE_FALSE(fs::exists(path + ".tmp"));
+    REQUIRE(contains(error_of([&] { write_shard(path, {1}, 3); }), "version must be 1"));
+}
+
+TEST_CASE("bad shard headers are refused with the file named", "[unit]") {
+    const std::string dir = fresh_dir("bad_headers");
+    const std::string path = dir + "/a.bin";
+    const std::vector<uint32_t> tokens(100, 9);
+
+    SECTION("bad magic") {
+        write_shard(path, tokens, 1);
+        patch_int32(path, 0, 12345);
+        const std::string msg = error_of([&] { read_shard_header(path); });
+        REQUIRE(contains(msg, "shard '" + path + "'"));
+        REQUIRE(contains(msg, "magic 12345"));
+    }
+    SECTION("bad version") {
+        write_shard(path, tokens, 2);
+        patch_int32(path, 4, 3);
+        REQUIRE(contains(error_of([&] { read_shard_header(path); }), "version 3 is unknown"));
+    }
+    SECTION("truncated") {
+        write_shard(path, tokens, 1);
+        fs::resize_file(path, 1024 + 150);
+        const std::string msg = error_of([&] { read_shard_header(path); });
+        REQUIRE(contains(msg, path));
+        REQUIRE(contains(msg, "1174 bytes"));  // found
+        REQUIRE(contains(msg, "1224 bytes"));  // declared
+        REQUIRE(contains(msg, "truncated"));
+    }
+    SECTION("oversized") {
+        write_shard(path, tokens, 2);
+        fs::resize_file(path, 1024 + 400 + 4);
+        const std::string msg = error_of([&] { read_shard_header(path); });
+        REQUIRE(contains(msg, "1428 bytes"));
+        REQUIRE(contains(msg, "1424 bytes"));
+        REQUIRE(contains(msg, "oversized"));
+    }
+    SECTION("shorter than the header") {
+        std::ofstream(path) << "hello";
+        REQUIRE(contains(error_of([&] { read_shard_header(path); }), "shorter than the 1024-byte header"));
+    }
+    SECTION("missing") {
+        REQUIRE(contains(error_of([&] { read_shard_header(dir + "/none.bin"); }), "cannot open"));
+    }
+    SECTION("a directory") {
+        REQUIRE(contains(error_of([&] { read_shard_header(dir); }), "not a regular file"));
+    }
+}
+
+TEST_CASE("expand_glob sorts its matches and names the pattern when none match", "[unit]") {
+    const std::string dir = fresh_dir("glob");
+    for (const char* name : {"train_000002.bin", "train_000000.bin", "val_000000.bin", "train_000001.bin"})
+        write_shard(dir + "/" + name, {1}, 1);
+    REQUIRE(expand_glob(dir + "/train_*.bin") ==
+            std::vector<std::string>{dir + "/train_000000.bin", dir + "/train_000001.bin", dir + "/train_000002.bin"});
+    const std::string msg = error_of([&] { expand_glob(dir + "/test_*.bin"); });
+    REQUIRE(contains(msg, "no files match '" + dir + "/test_*.bin'"));
+    REQUIRE(contains(msg, "data.train/val"));
+    REQUIRE(contains(msg, "README"));
+}
+
+TEST_CASE("ReadOnlyFile reads exactly or names the offset", "[unit]") {
+    const std::string path = fresh_dir("read_at") + "/a.txt";
+    std::ofstream(path) << "0123456789";
+    const ReadOnlyFile file(path);
+    REQUIRE(file.size() == 10);
+    char buf[4] = {};
+    file.read_at(6, buf, 4);
+    REQUIRE(std::string(buf, 4) == "6789");
+    const std::string msg = error_of([&] { file.read_at(8, buf, 4); });
+    REQUIRE(contains(msg, path));
+    REQUIRE(contains(msg, "byte offset 8"));
+}
+
+TEST_CASE("write_file_atomically replaces a file whole and leaves no temporary", "[unit]") {
+    const std::string path = fresh_dir("atomic") + "/a.txt";
+    const std::string first = "first version", second = "second";
+    write_file_atomically(path, {{first.data(), first.size()}});
+    write_file_atomically(path, {{second.data(), 3}, {second.data() + 3, 3}});
+    std::ifstream in(path);
+    REQUIRE(std::string(std::istreambuf_iterator<char>(in), {}) == "second");
+    REQUIRE_FALSE(fs::exists(path + ".tmp"));
+    const std::string msg = error_of([&] { write_file_atomically(path + "/nodir/x", {}); });
+    REQUIRE(contains(msg, "cannot create"));
+}
