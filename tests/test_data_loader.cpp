@@ -8,33 +8,15 @@
 
 #include "engine/data_loader.h"
 #include "tests/catch.h"
+#include "tests/test_util.h"
 
 using namespace moe;
+using moe::test::contains;
 namespace fs = std::filesystem;
 
 namespace {
 
 constexpr int kT = 8;
-
-std::string fresh_dir(const std::string& name) {
-    const std::string dir = std::string(MOE_BINARY_DIR) + "/test_data_loader_data/" + name;
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    return dir;
-}
-
-template <class F>
-std::string error_of(F f) {
-    try {
-        f();
-    } catch (const DataError& e) {
-        return e.what();
-    }
-    FAIL("no DataError was thrown");
-    return "";
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // Shards whose tokens count up across files (0, 1, 2, ...), so a window's first
 // token names it. With T = 8: 6 + 0 + 4 + 1 = 11 samples in 50 + 5 + 33 + 10
@@ -46,7 +28,7 @@ struct Corpus {
 };
 
 Corpus make_corpus(const std::string& name) {
-    const std::string dir = fresh_dir(name);
+    const std::string dir = moe::test::fresh_dir("data_loader", name);
     const std::vector<int> sizes = {50, 5, 33, 10};
     Corpus c;
     uint32_t next = 0;
@@ -189,33 +171,33 @@ TEST_CASE("ranks split each step's samples: world 2 with B equals world 1 with 2
 }
 
 TEST_CASE("a token outside the vocabulary names the shard and its offset", "[unit]") {
-    const std::string dir = fresh_dir("vocab");
+    const std::string dir = moe::test::fresh_dir("data_loader", "vocab");
     std::vector<uint32_t> tokens(40, 1);
     tokens[17] = 300;
     write_shard(dir + "/a.bin", tokens, 1);
     DataLoader loader(dir + "/*.bin", 256, kT, 1, 0, false);
     next(loader, 1);  // tokens 0..8
     next(loader, 1);  // tokens 8..16
-    const std::string msg = error_of([&] { next(loader, 1); });
+    const std::string msg = moe::test::error_of<DataError>([&] { next(loader, 1); });
     REQUIRE(contains(msg, "shard '" + dir + "/a.bin'"));
     REQUIRE(contains(msg, "token 300 at token offset 17 is >= model.vocab_size 256"));
 }
 
 TEST_CASE("too little data for one step is refused with the sizes", "[unit]") {
-    const std::string dir = fresh_dir("too_small");
+    const std::string dir = moe::test::fresh_dir("data_loader", "too_small");
     write_shard(dir + "/a.bin", std::vector<uint32_t>(kT, 1), 1);  // T tokens: no window of T + 1
-    std::string msg = error_of([&] { DataLoader(dir + "/*.bin", 256, kT, 1, 0, false); });
+    std::string msg = moe::test::error_of<DataError>([&] { DataLoader(dir + "/*.bin", 256, kT, 1, 0, false); });
     REQUIRE(contains(msg, "data '" + dir + "/*.bin'"));
     REQUIRE(contains(msg, "8 tokens in 1 shard(s) make 0 sequences of 9 tokens"));
 
     write_shard(dir + "/b.bin", std::vector<uint32_t>(3 * kT + 1, 1), 2);  // 3 windows
     DataLoader fits(dir + "/*.bin", 256, kT, 3, 0, false);
     REQUIRE(fits.num_sequences() == 3);
-    msg = error_of([&] { DataLoader(dir + "/*.bin", 256, kT, 2, 0, false, 0, 2); });
+    msg = moe::test::error_of<DataError>([&] { DataLoader(dir + "/*.bin", 256, kT, 2, 0, false, 0, 2); });
     REQUIRE(contains(msg, "fewer than the 4 (world 2 x micro_batch 2) one step needs"));
 
-    REQUIRE(contains(error_of([&] { DataLoader(dir + "/none_*.bin", 256, kT, 1, 0, false); }), "no files match"));
-    REQUIRE(contains(error_of([&] { DataLoader(dir + "/*.bin", 256, kT, 1, 0, false, 2, 2); }), "0 <= rank < world"));
+    REQUIRE(contains(moe::test::error_of<DataError>([&] { DataLoader(dir + "/none_*.bin", 256, kT, 1, 0, false); }), "no files match"));
+    REQUIRE(contains(moe::test::error_of<DataError>([&] { DataLoader(dir + "/*.bin", 256, kT, 1, 0, false, 2, 2); }), "0 <= rank < world"));
 }
 
 TEST_CASE("a position past the data is refused", "[unit]") {
@@ -224,7 +206,7 @@ TEST_CASE("a position past the data is refused", "[unit]") {
     loader.set_position({0, 11});  // the whole epoch consumed: valid
     REQUIRE(samples_of(next(loader, 1)).size() == 1);
     REQUIRE(loader.position().epoch == 1);
-    const std::string msg = error_of([&] { loader.set_position({0, 12}); });
+    const std::string msg = moe::test::error_of<DataError>([&] { loader.set_position({0, 12}); });
     REQUIRE(contains(msg, "cursor 12"));
     REQUIRE(contains(msg, "11 sequences"));
 }

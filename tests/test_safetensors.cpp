@@ -9,31 +9,13 @@
 
 #include "engine/safetensors.h"
 #include "tests/catch.h"
+#include "tests/test_util.h"
 
 using namespace moe;
+using moe::test::contains;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string fresh_dir(const std::string& name) {
-    const std::string dir = std::string(MOE_BINARY_DIR) + "/test_safetensors_data/" + name;
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    return dir;
-}
-
-template <class F>
-std::string error_of(F f) {
-    try {
-        f();
-    } catch (const DataError& e) {
-        return e.what();
-    }
-    FAIL("no DataError was thrown");
-    return "";
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // A file with this exact header text and data.
 void write_raw(const std::string& path, const std::string& header, const std::string& data) {
@@ -59,7 +41,7 @@ std::string write_pair(const std::string& path) {
 }  // namespace
 
 TEST_CASE("safetensors round trip: F32, I32, F64, empty tensors and metadata", "[unit]") {
-    const std::string path = fresh_dir("round_trip") + "/a.safetensors";
+    const std::string path = moe::test::fresh_dir("safetensors", "round_trip") + "/a.safetensors";
     const std::vector<float> w = {1.5f, -2.25f, 3e-8f, 4e20f, 0.f, -0.f};
     const std::vector<int32_t> ids = {7, -8, 2147483647, -2147483647 - 1};
     const double scalar = 3.141592653589793;
@@ -105,7 +87,7 @@ TEST_CASE("safetensors round trip: F32, I32, F64, empty tensors and metadata", "
 }
 
 TEST_CASE("the layout: header padded with spaces to 8 bytes, data contiguous after it", "[unit]") {
-    const std::string path = write_pair(fresh_dir("layout") + "/a.safetensors");
+    const std::string path = write_pair(moe::test::fresh_dir("safetensors", "layout") + "/a.safetensors");
     const std::string bytes = file_bytes(path);
     uint64_t n = 0;
     std::memcpy(&n, bytes.data(), 8);
@@ -124,7 +106,7 @@ TEST_CASE("the layout: header padded with spaces to 8 bytes, data contiguous aft
 }
 
 TEST_CASE("files as Python writes them load: compact JSON, no padding, any key order", "[unit]") {
-    const std::string path = fresh_dir("python") + "/a.safetensors";
+    const std::string path = moe::test::fresh_dir("safetensors", "python") + "/a.safetensors";
     const float b[2] = {0.5f, -1};
     const int64_t a = 42;
     std::string data(8, '\0');
@@ -148,28 +130,28 @@ TEST_CASE("files as Python writes them load: compact JSON, no padding, any key o
 }
 
 TEST_CASE("reading checks dtype and shape exactly and names the tensor", "[unit]") {
-    const std::string path = write_pair(fresh_dir("mismatch") + "/a.safetensors");
+    const std::string path = write_pair(moe::test::fresh_dir("safetensors", "mismatch") + "/a.safetensors");
     const SafetensorsFile f(path);
     std::vector<char> dst(64);
-    std::string msg = error_of([&] { f.read("w", "I32", {2, 3}, dst.data()); });
+    std::string msg = moe::test::error_of<DataError>([&] { f.read("w", "I32", {2, 3}, dst.data()); });
     REQUIRE(contains(msg, path));
     REQUIRE(contains(msg, "tensor 'w' is F32 [2, 3], expected I32 [2, 3]"));
-    msg = error_of([&] { f.read("w", "F32", {3, 2}, dst.data()); });
+    msg = moe::test::error_of<DataError>([&] { f.read("w", "F32", {3, 2}, dst.data()); });
     REQUIRE(contains(msg, "tensor 'w' is F32 [2, 3], expected F32 [3, 2]"));
-    msg = error_of([&] { f.read("w", "F32", {6}, dst.data()); });
+    msg = moe::test::error_of<DataError>([&] { f.read("w", "F32", {6}, dst.data()); });
     REQUIRE(contains(msg, "expected F32 [6]"));
-    msg = error_of([&] { f.read("v", "F32", {2, 3}, dst.data()); });
+    msg = moe::test::error_of<DataError>([&] { f.read("v", "F32", {2, 3}, dst.data()); });
     REQUIRE(contains(msg, "has no tensor 'v' (expected F32 [2, 3])"));
-    REQUIRE(contains(error_of([&] { f.info("v"); }), "has no tensor 'v'"));
-    REQUIRE(contains(error_of([&] { f.read_raw("v"); }), "has no tensor 'v'"));
+    REQUIRE(contains(moe::test::error_of<DataError>([&] { f.info("v"); }), "has no tensor 'v'"));
+    REQUIRE(contains(moe::test::error_of<DataError>([&] { f.read_raw("v"); }), "has no tensor 'v'"));
 }
 
 TEST_CASE("damaged safetensors files are refused with the file named", "[unit]") {
-    const std::string dir = fresh_dir("damaged");
+    const std::string dir = moe::test::fresh_dir("safetensors", "damaged");
     const std::string path = dir + "/a.safetensors";
     const std::string good = "{\"t\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]}}";
     const std::string data(8, '\x01');
-    const auto refusal = [&] { return error_of([&] { SafetensorsFile{path}; }); };
+    const auto refusal = [&] { return moe::test::error_of<DataError>([&] { SafetensorsFile{path}; }); };
 
     SECTION("a valid file for reference") {
         write_raw(path, good, data);
@@ -239,15 +221,15 @@ TEST_CASE("damaged safetensors files are refused with the file named", "[unit]")
 }
 
 TEST_CASE("the writer refuses what it cannot write faithfully", "[unit]") {
-    const std::string path = fresh_dir("writer") + "/a.safetensors";
+    const std::string path = moe::test::fresh_dir("safetensors", "writer") + "/a.safetensors";
     const float x[2] = {1, 2};
-    REQUIRE(contains(error_of([&] { write_safetensors(path, {{"x", "F33", {2}, x}}); }), "unknown dtype 'F33'"));
-    REQUIRE(contains(error_of([&] {
+    REQUIRE(contains(moe::test::error_of<DataError>([&] { write_safetensors(path, {{"x", "F33", {2}, x}}); }), "unknown dtype 'F33'"));
+    REQUIRE(contains(moe::test::error_of<DataError>([&] {
                          write_safetensors(path, {{"x", "F32", {2}, x}, {"x", "F32", {1}, x}});
                      }),
                      "tensor 'x': the name appears twice"));
-    REQUIRE(contains(error_of([&] { write_safetensors(path, {{"__metadata__", "F32", {2}, x}}); }), "reserved"));
-    REQUIRE(contains(error_of([&] { write_safetensors(path, {{"x", "F32", {-1}, x}}); }), "negative dimension"));
+    REQUIRE(contains(moe::test::error_of<DataError>([&] { write_safetensors(path, {{"__metadata__", "F32", {2}, x}}); }), "reserved"));
+    REQUIRE(contains(moe::test::error_of<DataError>([&] { write_safetensors(path, {{"x", "F32", {-1}, x}}); }), "negative dimension"));
     REQUIRE_FALSE(fs::exists(path));
 
     write_pair(path);  // and a rewrite replaces the file whole

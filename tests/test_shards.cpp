@@ -8,32 +8,13 @@
 
 #include "engine/shards.h"
 #include "tests/catch.h"
+#include "tests/test_util.h"
 
 using namespace moe;
+using moe::test::contains;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string fresh_dir(const std::string& name) {
-    const std::string dir = std::string(MOE_BINARY_DIR) + "/test_shards_data/" + name;
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    return dir;
-}
-
-// The message of the DataError that f throws.
-template <class F>
-std::string error_of(F f) {
-    try {
-        f();
-    } catch (const DataError& e) {
-        return e.what();
-    }
-    FAIL("no DataError was thrown");
-    return "";
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 void patch_int32(const std::string& path, int64_t offset, int32_t value) {
     std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
@@ -59,7 +40,7 @@ std::vector<uint32_t> read_tokens(const ShardInfo& info) {
 }  // namespace
 
 TEST_CASE("shards round trip in both versions", "[unit]") {
-    const std::string dir = fresh_dir("round_trip");
+    const std::string dir = moe::test::fresh_dir("shards", "round_trip");
     for (int version : {1, 2}) {
         const std::vector<uint32_t> tokens =
             version == 1 ? std::vector<uint32_t>{0, 1, 255, 65535, 7} : std::vector<uint32_t>{0, 65536, 4000000000u, 3};
@@ -76,7 +57,7 @@ TEST_CASE("shards round trip in both versions", "[unit]") {
 }
 
 TEST_CASE("the header is llm.c's: magic, version, count as int32", "[unit]") {
-    const std::string path = fresh_dir("layout") + "/a.bin";
+    const std::string path = moe::test::fresh_dir("shards", "layout") + "/a.bin";
     write_shard(path, {5, 6, 7}, 1);
     const ReadOnlyFile file(path);
     int32_t header[256];
@@ -88,37 +69,37 @@ TEST_CASE("the header is llm.c's: magic, version, count as int32", "[unit]") {
 }
 
 TEST_CASE("version 1 refuses tokens above 65535 and writes nothing", "[unit]") {
-    const std::string path = fresh_dir("v1_range") + "/a.bin";
-    const std::string msg = error_of([&] { write_shard(path, {1, 2, 65536}, 1); });
+    const std::string path = moe::test::fresh_dir("shards", "v1_range") + "/a.bin";
+    const std::string msg = moe::test::error_of<DataError>([&] { write_shard(path, {1, 2, 65536}, 1); });
     REQUIRE(contains(msg, path));
     REQUIRE(contains(msg, "token 65536 at token offset 2"));
     REQUIRE(contains(msg, "version 2"));
     REQUIRE_FALSE(fs::exists(path));
     REQUIRE_FALSE(fs::exists(path + ".tmp"));
-    REQUIRE(contains(error_of([&] { write_shard(path, {1}, 3); }), "version must be 1"));
+    REQUIRE(contains(moe::test::error_of<DataError>([&] { write_shard(path, {1}, 3); }), "version must be 1"));
 }
 
 TEST_CASE("bad shard headers are refused with the file named", "[unit]") {
-    const std::string dir = fresh_dir("bad_headers");
+    const std::string dir = moe::test::fresh_dir("shards", "bad_headers");
     const std::string path = dir + "/a.bin";
     const std::vector<uint32_t> tokens(100, 9);
 
     SECTION("bad magic") {
         write_shard(path, tokens, 1);
         patch_int32(path, 0, 12345);
-        const std::string msg = error_of([&] { read_shard_header(path); });
+        const std::string msg = moe::test::error_of<DataError>([&] { read_shard_header(path); });
         REQUIRE(contains(msg, "shard '" + path + "'"));
         REQUIRE(contains(msg, "magic 12345"));
     }
     SECTION("bad version") {
         write_shard(path, tokens, 2);
         patch_int32(path, 4, 3);
-        REQUIRE(contains(error_of([&] { read_shard_header(path); }), "version 3 is unknown"));
+        REQUIRE(contains(moe::test::error_of<DataError>([&] { read_shard_header(path); }), "version 3 is unknown"));
     }
     SECTION("truncated") {
         write_shard(path, tokens, 1);
         fs::resize_file(path, 1024 + 150);
-        const std::string msg = error_of([&] { read_shard_header(path); });
+        const std::string msg = moe::test::error_of<DataError>([&] { read_shard_header(path); });
         REQUIRE(contains(msg, path));
         REQUIRE(contains(msg, "1174 bytes"));  // found
         REQUIRE(contains(msg, "1224 bytes"));  // declared
@@ -127,56 +108,56 @@ TEST_CASE("bad shard headers are refused with the file named", "[unit]") {
     SECTION("oversized") {
         write_shard(path, tokens, 2);
         fs::resize_file(path, 1024 + 400 + 4);
-        const std::string msg = error_of([&] { read_shard_header(path); });
+        const std::string msg = moe::test::error_of<DataError>([&] { read_shard_header(path); });
         REQUIRE(contains(msg, "1428 bytes"));
         REQUIRE(contains(msg, "1424 bytes"));
         REQUIRE(contains(msg, "oversized"));
     }
     SECTION("shorter than the header") {
         std::ofstream(path) << "hello";
-        REQUIRE(contains(error_of([&] { read_shard_header(path); }), "shorter than the 1024-byte header"));
+        REQUIRE(contains(moe::test::error_of<DataError>([&] { read_shard_header(path); }), "shorter than the 1024-byte header"));
     }
     SECTION("missing") {
-        REQUIRE(contains(error_of([&] { read_shard_header(dir + "/none.bin"); }), "cannot open"));
+        REQUIRE(contains(moe::test::error_of<DataError>([&] { read_shard_header(dir + "/none.bin"); }), "cannot open"));
     }
     SECTION("a directory") {
-        REQUIRE(contains(error_of([&] { read_shard_header(dir); }), "not a regular file"));
+        REQUIRE(contains(moe::test::error_of<DataError>([&] { read_shard_header(dir); }), "not a regular file"));
     }
 }
 
 TEST_CASE("expand_glob sorts its matches and names the pattern when none match", "[unit]") {
-    const std::string dir = fresh_dir("glob");
+    const std::string dir = moe::test::fresh_dir("shards", "glob");
     for (const char* name : {"train_000002.bin", "train_000000.bin", "val_000000.bin", "train_000001.bin"})
         write_shard(dir + "/" + name, {1}, 1);
     REQUIRE(expand_glob(dir + "/train_*.bin") ==
             std::vector<std::string>{dir + "/train_000000.bin", dir + "/train_000001.bin", dir + "/train_000002.bin"});
-    const std::string msg = error_of([&] { expand_glob(dir + "/test_*.bin"); });
+    const std::string msg = moe::test::error_of<DataError>([&] { expand_glob(dir + "/test_*.bin"); });
     REQUIRE(contains(msg, "no files match '" + dir + "/test_*.bin'"));
     REQUIRE(contains(msg, "data.train/val"));
     REQUIRE(contains(msg, "README"));
 }
 
 TEST_CASE("ReadOnlyFile reads exactly or names the offset", "[unit]") {
-    const std::string path = fresh_dir("read_at") + "/a.txt";
+    const std::string path = moe::test::fresh_dir("shards", "read_at") + "/a.txt";
     std::ofstream(path) << "0123456789";
     const ReadOnlyFile file(path);
     REQUIRE(file.size() == 10);
     char buf[4] = {};
     file.read_at(6, buf, 4);
     REQUIRE(std::string(buf, 4) == "6789");
-    const std::string msg = error_of([&] { file.read_at(8, buf, 4); });
+    const std::string msg = moe::test::error_of<DataError>([&] { file.read_at(8, buf, 4); });
     REQUIRE(contains(msg, path));
     REQUIRE(contains(msg, "byte offset 8"));
 }
 
 TEST_CASE("write_file_atomically replaces a file whole and leaves no temporary", "[unit]") {
-    const std::string path = fresh_dir("atomic") + "/a.txt";
+    const std::string path = moe::test::fresh_dir("shards", "atomic") + "/a.txt";
     const std::string first = "first version", second = "second";
     write_file_atomically(path, {{first.data(), first.size()}});
     write_file_atomically(path, {{second.data(), 3}, {second.data() + 3, 3}});
     std::ifstream in(path);
     REQUIRE(std::string(std::istreambuf_iterator<char>(in), {}) == "second");
     REQUIRE_FALSE(fs::exists(path + ".tmp"));
-    const std::string msg = error_of([&] { write_file_atomically(path + "/nodir/x", {}); });
+    const std::string msg = moe::test::error_of<DataError>([&] { write_file_atomically(path + "/nodir/x", {}); });
     REQUIRE(contains(msg, "cannot create"));
 }
