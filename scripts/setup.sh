@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the build, the tests and the demo need, if it is missing:
 # Debian 12 / Ubuntu 24.04 packages. As root it runs apt-get; otherwise it
-# prints the command to run.
+# prints the command to run. --parity adds PyTorch (Debian's python3-torch)
+# for the parity test against tools/torch_reference.py.
 set -euo pipefail
 
 packages=(cmake ninja-build g++ libyaml-cpp-dev libspdlog-dev catch2 libopenmpi-dev openmpi-bin fortunes)
+[ "${1:-}" = "--parity" ] && packages+=(python3-torch python3-yaml python3-numpy)
 
 missing=()
 for p in "${packages[@]}"; do
