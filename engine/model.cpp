@@ -14,18 +14,18 @@ struct Model::Block {
     std::unique_ptr<DynamicsLayer> dynamics;
     Tensor xn1, rstd1, attn_out, x, xn2, rstd2, moe_out, h_mid;
 
-    Block(const ModelConfig& cfg, ParameterSet& params, int l, DynamicsModule* dyn)
+    Block(const ModelConfig& cfg, ParameterSet& params, int l, DynamicsModule* dyn, Communicator* ep)
         : attn_norm(&params.add("layers." + std::to_string(l) + ".attn_norm.weight", {cfg.hidden_size},
                                 InitSpec::fill(1), false)),
           moe_norm(&params.add("layers." + std::to_string(l) + ".moe_norm.weight", {cfg.hidden_size},
                                InitSpec::fill(1), false)),
           attn(cfg, params, l),
-          moe(cfg, params, l) {
+          moe(cfg, params, l, ep) {
         if (dyn) dynamics = std::make_unique<DynamicsLayer>(cfg, *dyn);
     }
 };
 
-Model::Model(const ModelConfig& cfg, Ops& ops, DType dtype, int B, int T)
+Model::Model(const ModelConfig& cfg, Ops& ops, DType dtype, int B, int T, Communicator* ep)
     : cfg_(cfg), ops_(ops), dt_(dtype), B_(B), T_(T), acts_(ops), scratch_(ops) {
     const int64_t V = cfg.vocab_size, H = cfg.hidden_size;
     const InitSpec init = InitSpec::normal(cfg.init_std);
@@ -38,7 +38,7 @@ Model::Model(const ModelConfig& cfg, Ops& ops, DType dtype, int B, int T)
             dynamics_.push_back(
                 std::make_unique<DynamicsModule>(cfg_, params_, "layers." + std::to_string(l) + ".dynamics."));
         if (cfg.dynamics.enabled) dyn = dynamics_.back().get();
-        blocks_.push_back(std::make_unique<Block>(cfg_, params_, l, dyn));
+        blocks_.push_back(std::make_unique<Block>(cfg_, params_, l, dyn, ep));
     }
     norm_ = &params_.add("norm.weight", {H}, InitSpec::fill(1), false);
     lm_head_ = cfg.tie_embeddings ? embed_ : &params_.add("lm_head.weight", {V, H}, init, true);

@@ -23,7 +23,9 @@ struct ForwardResult {
 
 class Model {
 public:
-    Model(const ModelConfig& cfg, Ops& ops, DType dtype, int B, int T);
+    // ep: the expert-parallel group; this rank then holds its share of the
+    // experts (null: all of them).
+    Model(const ModelConfig& cfg, Ops& ops, DType dtype, int B, int T, Communicator* ep = nullptr);
     ~Model();
 
     ParameterSet& params() { return params_; }

@@ -2,32 +2,34 @@
 
 namespace moe {
 
-MoeLayer::MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer)
+namespace {
+int group_size(const Communicator* ep) { return ep ? ep->size() : 1; }
+int group_rank(const Communicator* ep) { return ep ? ep->rank() : 0; }
+}  // namespace
+
+MoeLayer::MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, Communicator* ep)
     : H_(cfg.hidden_size),
       k_(cfg.moe.top_k),
+      ep_size_(group_size(ep)),
       router_(cfg, params, layer),
-      dispatcher_(cfg.moe.num_experts, cfg.moe.top_k, cfg.moe.capacity_factor),
-      experts_(cfg, params, layer, 0, cfg.moe.num_experts) {}
+      dispatcher_(cfg.moe.num_experts, cfg.moe.top_k, cfg.moe.capacity_factor, ep),
+      experts_(cfg, params, layer, group_rank(ep) * (cfg.moe.num_experts / group_size(ep)),
+               cfg.moe.num_experts / group_size(ep)) {}
 
 void MoeLayer::carve(Arena& acts, Arena& scratch, DType dt, int64_t N) {
     router_.carve(acts, scratch, dt, N);
-    dispatcher_.carve(acts, N);
-    experts_.carve(acts, scratch, dt, N * k_);
-    xe_ = acts.take(dt, {N * k_, H_});
-    ye_ = acts.take(dt, {N * k_, H_});
-    dxe_ = scratch.take(dt, {N * k_, H_});
-    dye_ = scratch.take(dt, {N * k_, H_});
+    dispatcher_.carve(acts, scratch, dt, N, H_);
+    experts_.carve(acts, scratch, dt, N * k_ * ep_size_);  // every slot of the EP group at most
     dtopk_w_ = scratch.take(dt, {N, k_});
 }
 
 MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y) {
     router_.forward(ops, x, ids);
-    xe_rows_ = dispatcher_.dispatch(ops, router_.expert_of_slot(), x, xe_);
-    const RoutingPlan& plan = dispatcher_.plan();
-    Tensor ye = ye_.rows(0, plan.rows());
-    experts_.forward(ops, xe_rows_, ye, plan.offsets);
-    dispatcher_.combine(ops, ye, router_.topk_w(), y);
+    expert_in_ = dispatcher_.dispatch(ops, router_.expert_of_slot(), x);
+    experts_.forward(ops, expert_in_, dispatcher_.expert_output(), dispatcher_.local_offsets());
+    dispatcher_.combine(ops, router_.topk_w(), y);
 
+    const RoutingPlan& plan = dispatcher_.plan();
     MoeStats stats;
     stats.losses = router_.losses(ops, plan);
     stats.routed.resize(plan.num_experts);
@@ -37,16 +39,12 @@ MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y) {
 }
 
 void MoeLayer::backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_scale) {
-    const RoutingPlan& plan = dispatcher_.plan();
-    const int64_t R = plan.rows();
-    Tensor dxe = dxe_.rows(0, R), dye = dye_.rows(0, R);
-    ops.zero(dye);
-    ops.zero(dxe);
     const bool learned = router_.learned();
     if (learned) ops.zero(dtopk_w_);
-    dispatcher_.combine_backward(ops, dy, ye_.rows(0, R), router_.topk_w(), dye, learned ? dtopk_w_ : Tensor{});
-    experts_.backward(ops, xe_rows_, dye, dxe, plan.offsets);
-    dispatcher_.dispatch_backward(ops, dxe, dx);
+    Tensor d_out = dispatcher_.combine_backward(ops, dy, router_.topk_w(), learned ? dtopk_w_ : Tensor{});
+    Tensor d_in = dispatcher_.expert_input_grad(ops);
+    experts_.backward(ops, expert_in_, d_out, d_in, dispatcher_.local_offsets());
+    dispatcher_.dispatch_backward(ops, d_in, dx);
     router_.backward(ops, x, dtopk_w_, dx, loss_scale);
 }
 

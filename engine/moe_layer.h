@@ -17,7 +17,8 @@ struct MoeStats {
 
 class MoeLayer {
 public:
-    MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer);
+    // ep: the expert-parallel group (null: all experts here).
+    MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, Communicator* ep);
     void carve(Arena& acts, Arena& scratch, DType dt, int64_t N);
 
     // y[N,H] = moe(x[N,H]); ids[N] (host) feed the token_id router.
@@ -26,13 +27,12 @@ public:
     void backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_scale);
 
 private:
-    int64_t H_, k_;
+    int64_t H_, k_, ep_size_;
     Router router_;
     TokenDispatcher dispatcher_;
     Experts experts_;
-    Tensor xe_, ye_;  // saved, expert-sorted rows (at most N*k)
-    Tensor xe_rows_;  // the rows of xe_ this micro-batch uses
-    Tensor dxe_, dye_, dtopk_w_;
+    Tensor expert_in_;  // this micro-batch's rows for the local experts (saved)
+    Tensor dtopk_w_;
 };
 
 }  // namespace moe

@@ -1,35 +1,150 @@
 #include "engine/token_dispatcher.h"
 
+#include <stdexcept>
+
 namespace moe {
 
-void TokenDispatcher::carve(Arena& acts, int64_t N) {
-    slot_row_ = acts.take(DType::I32, {N * k_});
-    row_token_ = acts.take(DType::I32, {N * k_});
+TokenDispatcher::TokenDispatcher(int num_experts, int top_k, std::optional<double> capacity_factor, Communicator* ep)
+    : E_(num_experts), k_(top_k), capacity_factor_(capacity_factor), ep_(ep) {
+    if (distributed() && E_ % ep_->size() != 0)
+        throw std::logic_error("token dispatcher: experts do not split evenly over the EP group");
 }
 
-Tensor TokenDispatcher::dispatch(Ops& ops, const std::vector<int32_t>& expert_of_slot, Tensor x, Tensor xe) {
+void TokenDispatcher::carve(Arena& acts, Arena& scratch, DType dt, int64_t N, int64_t H) {
+    H_ = H;
+    const int64_t slots = N * k_;
+    slot_row_ = acts.take(DType::I32, {slots});
+    row_token_ = acts.take(DType::I32, {slots});
+    send_ = acts.take(dt, {slots, H});
+    back_ = acts.take(dt, {slots, H});
+    d_back_ = scratch.take(dt, {slots, H});
+    d_send_ = scratch.take(dt, {slots, H});
+    if (!distributed()) {  // the experts work on the routing order directly
+        local_in_ = send_;
+        local_out_ = back_;
+        d_local_out_ = d_back_;
+        d_local_in_ = d_send_;
+        return;
+    }
+    // At most every slot of every rank of the group comes here.
+    const int64_t most = slots * ep_->size();
+    local_in_ = acts.take(dt, {most, H});
+    local_out_ = acts.take(dt, {most, H});
+    local_index_ = acts.take(DType::I32, {most});
+    source_in_ = scratch.take(dt, {most, H});
+    source_out_ = scratch.take(dt, {most, H});
+    d_local_out_ = scratch.take(dt, {most, H});
+    d_local_in_ = scratch.take(dt, {most, H});
+}
+
+Tensor TokenDispatcher::dispatch(Ops& ops, const std::vector<int32_t>& expert_of_slot, Tensor x) {
     const int N = int(x.dim(0));
     plan_ = build_routing_plan(expert_of_slot.data(), N, k_, E_, capacity_factor_);
     const int64_t R = plan_.rows();
     ops.copy_from_host(slot_row_, plan_.slot_row.data());
-    Tensor row_token = row_token_.rows(0, R);
-    if (R > 0) ops.copy_from_host(row_token, plan_.row_token.data());
-    Tensor rows = xe.rows(0, R);
-    ops.permute_forward(rows, x, row_token);
-    return rows;
+    ops.copy_from_host(row_token_.rows(0, R), plan_.row_token.data());
+    Tensor routed = send_.rows(0, R);
+    ops.permute_forward(routed, x, row_token_.rows(0, R));
+    if (!distributed()) {
+        local_offsets_ = plan_.offsets;
+        local_rows_ = R;
+        return routed;
+    }
+    exchange_counts(ops);
+    Tensor local = local_in_.rows(0, local_rows_);
+    to_experts(ops, routed, local);
+    return local;
 }
 
-void TokenDispatcher::combine(Ops& ops, Tensor ye, Tensor w, Tensor y) {
+void TokenDispatcher::exchange_counts(Ops& ops) {
+    const int P = ep_->size(), El = E_ / P;
+    // Rows per global expert, sent to the rank that holds the expert.
+    std::vector<int32_t> mine(E_), theirs(E_);
+    for (int e = 0; e < E_; ++e) mine[e] = int32_t(plan_.offsets[e + 1] - plan_.offsets[e]);
+    ep_->all_to_all(mine.data(), theirs.data(), El, DType::I32);  // theirs[s*El + e]: rows of source s for local e
+
+    send_rows_.assign(P, 0);
+    recv_rows_.assign(P, 0);
+    std::vector<int64_t> source_start(P + 1, 0);  // first row of each source in source order
+    for (int p = 0; p < P; ++p) {
+        for (int e = 0; e < El; ++e) {
+            send_rows_[p] += mine[p * El + e];
+            recv_rows_[p] += theirs[p * El + e];
+        }
+        source_start[p + 1] = source_start[p] + recv_rows_[p];
+    }
+    local_rows_ = source_start[P];
+    // Local order: local expert major, then source rank, then the source's order.
+    local_offsets_.assign(El + 1, 0);
+    local_index_host_.resize(local_rows_);
+    std::vector<int64_t> cursor(source_start.begin(), source_start.end() - 1);
+    int64_t r = 0;
+    for (int e = 0; e < El; ++e) {
+        for (int s = 0; s < P; ++s)
+            for (int32_t i = 0; i < theirs[s * El + e]; ++i) local_index_host_[r++] = int32_t(cursor[s]++);
+        local_offsets_[e + 1] = r;
+    }
+    ops.copy_from_host(local_index_.rows(0, local_rows_), local_index_host_.data());
+}
+
+void TokenDispatcher::to_experts(Ops& ops, Tensor routing_rows, Tensor local_rows) {
+    const int P = ep_->size();
+    std::vector<int64_t> send(P), recv(P);
+    for (int p = 0; p < P; ++p) {
+        send[p] = send_rows_[p] * H_;
+        recv[p] = recv_rows_[p] * H_;
+    }
+    Tensor source = source_in_.rows(0, local_rows_);
+    ep_->all_to_all_v(routing_rows.data, send, source.data, recv, routing_rows.dtype);
+    ops.permute_forward(local_rows, source, local_index_.rows(0, local_rows_));
+}
+
+void TokenDispatcher::from_experts(Ops& ops, Tensor local_rows, Tensor routing_rows) {
+    const int P = ep_->size();
+    Tensor source = source_out_.rows(0, local_rows_);
+    ops.zero(source);
+    ops.permute_backward(source, local_rows, local_index_.rows(0, local_rows_));  // a permutation: a scatter
+    std::vector<int64_t> send(P), recv(P);
+    for (int p = 0; p < P; ++p) {
+        send[p] = recv_rows_[p] * H_;
+        recv[p] = send_rows_[p] * H_;
+    }
+    ep_->all_to_all_v(source.data, send, routing_rows.data, recv, routing_rows.dtype);
+}
+
+void TokenDispatcher::combine(Ops& ops, Tensor w, Tensor y) {
+    const int64_t R = plan_.rows();
+    Tensor back = back_.rows(0, R);
+    if (distributed()) from_experts(ops, expert_output(), back);
     ops.zero(y);
-    ops.combine_forward(y, ye, w, slot_row_);
+    ops.combine_forward(y, back, w, slot_row_);
 }
 
-void TokenDispatcher::combine_backward(Ops& ops, Tensor dy, Tensor ye, Tensor w, Tensor dye, Tensor dw) {
-    ops.combine_backward(dye, dw, dy, ye, w, slot_row_);
+Tensor TokenDispatcher::combine_backward(Ops& ops, Tensor dy, Tensor w, Tensor dw) {
+    const int64_t R = plan_.rows();
+    Tensor d_back = d_back_.rows(0, R);
+    ops.zero(d_back);
+    ops.combine_backward(d_back, dw, dy, back_.rows(0, R), w, slot_row_);
+    if (!distributed()) return d_back;
+    Tensor d_local = d_local_out_.rows(0, local_rows_);
+    to_experts(ops, d_back, d_local);
+    return d_local;
 }
 
-void TokenDispatcher::dispatch_backward(Ops& ops, Tensor dxe, Tensor dx) {
-    ops.permute_backward(dx, dxe, row_token_.rows(0, plan_.rows()));
+Tensor TokenDispatcher::expert_input_grad(Ops& ops) {
+    Tensor t = d_local_in_.rows(0, local_rows_);
+    ops.zero(t);
+    return t;
+}
+
+void TokenDispatcher::dispatch_backward(Ops& ops, Tensor dxl, Tensor dx) {
+    const int64_t R = plan_.rows();
+    Tensor d_routed = dxl;
+    if (distributed()) {
+        d_routed = d_send_.rows(0, R);
+        from_experts(ops, dxl, d_routed);
+    }
+    ops.permute_backward(dx, d_routed, row_token_.rows(0, R));
 }
 
 }  // namespace moe

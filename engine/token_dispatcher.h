@@ -1,12 +1,17 @@
 // Moves token vectors to their experts and back (Megatron's token
-// dispatcher): builds the routing plan, permutes rows into expert order, and
-// combines expert outputs weighted by the router. The backward replays the
-// same plan. On one process all experts are local; expert parallelism adds
-// its all-to-all exchange here.
+// dispatcher). It builds the routing plan, permutes rows into expert order
+// and, with expert parallelism, sends each rank the rows of its experts by an
+// all-to-all-v and brings the outputs back the same way; then it combines the
+// outputs weighted by the router. The backward replays the same plan.
+//
+// Row orders: "routing order" is this rank's rows sorted by global expert (so
+// by destination rank); "local order" is the rows this rank's experts process,
+// sorted by local expert, then by source rank.
 #pragma once
 #include <optional>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "comm/routing_plan.h"
 #include "engine/arena.h"
 #include "kernels/ops.h"
@@ -15,26 +20,55 @@ namespace moe {
 
 class TokenDispatcher {
 public:
-    TokenDispatcher(int num_experts, int top_k, std::optional<double> capacity_factor)
-        : E_(num_experts), k_(top_k), capacity_factor_(capacity_factor) {}
-    void carve(Arena& acts, int64_t N);
+    // ep: the expert-parallel group, or null when every expert is local.
+    TokenDispatcher(int num_experts, int top_k, std::optional<double> capacity_factor, Communicator* ep);
+    void carve(Arena& acts, Arena& scratch, DType dt, int64_t N, int64_t H);
 
-    // Plans routing from expert_of_slot[N*k] and gathers x[N,H] into xe's
-    // first plan().rows() rows. Returns those rows.
-    Tensor dispatch(Ops& ops, const std::vector<int32_t>& expert_of_slot, Tensor x, Tensor xe);
-    // y[N,H] = sum of the weighted expert outputs ye (rows of the plan).
-    void combine(Ops& ops, Tensor ye, Tensor w, Tensor y);
+    // Plans routing from expert_of_slot[N*k] and brings x[N,H]'s rows to the
+    // local experts. Returns them in local order; local_offsets() split them.
+    Tensor dispatch(Ops& ops, const std::vector<int32_t>& expert_of_slot, Tensor x);
+    // A buffer for the experts' outputs, rows as dispatch() returned.
+    Tensor expert_output() const { return local_out_.rows(0, local_rows_); }
+    // y[N,H] = router-weighted sum of expert_output(), brought back.
+    void combine(Ops& ops, Tensor w, Tensor y);
 
-    void combine_backward(Ops& ops, Tensor dy, Tensor ye, Tensor w, Tensor dye, Tensor dw);
-    void dispatch_backward(Ops& ops, Tensor dxe, Tensor dx);
+    // d expert_output (returned, local order) and dw from dy; then dx from
+    // the experts' input gradient dxl (local order).
+    Tensor combine_backward(Ops& ops, Tensor dy, Tensor w, Tensor dw);
+    void dispatch_backward(Ops& ops, Tensor dxl, Tensor dx);
+    // A zeroed buffer for the experts' input gradient, in local order.
+    Tensor expert_input_grad(Ops& ops);
 
     const RoutingPlan& plan() const { return plan_; }
+    const std::vector<int64_t>& local_offsets() const { return local_offsets_; }
 
 private:
+    bool distributed() const { return ep_ != nullptr && ep_->size() > 1; }
+    // Tells each rank how many rows of each of its experts come; plans the
+    // local order and uploads its index.
+    void exchange_counts(Ops& ops);
+    // Sends rows (routing order) to the expert ranks: out in local order.
+    void to_experts(Ops& ops, Tensor routing_rows, Tensor local_rows);
+    // The reverse: rows in local order back to routing order.
+    void from_experts(Ops& ops, Tensor local_rows, Tensor routing_rows);
+
     int E_, k_;
     std::optional<double> capacity_factor_;
+    Communicator* ep_;
+    int64_t H_ = 0;
     RoutingPlan plan_;
     Tensor slot_row_, row_token_;  // plan indices on the device
+    Tensor send_, back_;           // routing order: inputs sent, outputs returned (saved)
+    Tensor local_in_, local_out_;  // local order: the experts' input (saved) and output
+    // Distributed only:
+    Tensor source_in_, source_out_;  // rows as received from / sent to each rank (source order)
+    Tensor local_index_;             // local row -> source-order row
+    std::vector<int64_t> send_rows_, recv_rows_;  // per rank
+    std::vector<int32_t> local_index_host_;
+    std::vector<int64_t> local_offsets_;
+    int64_t local_rows_ = 0;
+    // scratch gradients
+    Tensor d_back_, d_local_out_, d_local_in_, d_send_;
 };
 
 }  // namespace moe

@@ -1,6 +1,10 @@
-// AdamW in PyTorch's order: decoupled decay first, then the bias-corrected
-// Adam update; the gradient is scaled (clipping) as it is read.
+// AdamW in PyTorch's order (torch.optim.AdamW): decoupled decay first,
+//   param *= 1 - lr * wd,
+// then the bias-corrected Adam update with g = grad * grad_scale (clipping):
+//   m = b1 m + (1 - b1) g,  v = b2 v + (1 - b2) g^2,
+//   param -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps).
 #include <cmath>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cpu/check.h"
@@ -13,6 +17,7 @@ void CpuOps::adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, const Ada
     check_same_shape("adamw_step", param, grad);
     check_same_shape("adamw_step", param, m);
     check_same_shape("adamw_step", param, v);
+    check(a.step >= 1, "adamw_step", "step is 1-based, got " + std::to_string(a.step));
     const double c1 = 1 - std::pow(a.beta1, double(a.step)), c2 = 1 - std::pow(a.beta2, double(a.step));
     const double decay = 1 - a.lr * a.weight_decay, step_size = a.lr / c1, sqrt_c2 = std::sqrt(c2);
     dispatch_float(param, [&](auto tag) {
@@ -22,10 +27,12 @@ void CpuOps::adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, const Ada
         const int64_t n = param.numel();
 #pragma omp parallel for simd schedule(static)
         for (int64_t i = 0; i < n; ++i) {
-            const T gi = T(g[i] * a.grad_scale);
-            pm[i] = T(a.beta1) * pm[i] + T(1 - a.beta1) * gi;
-            pv[i] = T(a.beta2) * pv[i] + T(1 - a.beta2) * gi * gi;
-            p[i] = T(p[i] * decay - step_size * pm[i] / (std::sqrt(double(pv[i])) / sqrt_c2 + a.eps));
+            const double gi = double(g[i]) * a.grad_scale;
+            const double mi = a.beta1 * double(pm[i]) + (1 - a.beta1) * gi;
+            const double vi = a.beta2 * double(pv[i]) + (1 - a.beta2) * gi * gi;
+            pm[i] = T(mi);
+            pv[i] = T(vi);
+            p[i] = T(double(p[i]) * decay - step_size * mi / (std::sqrt(vi) / sqrt_c2 + a.eps));
         }
     });
 }

@@ -1,9 +1,13 @@
-// Causal grouped-query attention, softmax(q k^T / sqrt(hd)) v. The forward
-// keeps only the log-sum-exp of each query's scores; the backward recomputes
-// the probabilities from it (as flash attention does) instead of storing T x T.
+// Causal grouped-query attention, softmax(q k^T / sqrt(hd)) v; query head j
+// reads kv head j / (nh/nkv). The forward keeps only the log-sum-exp of each
+// query's scores; the backward recomputes the probabilities from it (as flash
+// attention does) instead of storing T x T of them:
+//   P = exp(S - lse),  dP = dO V^T,  dS = P * (dP - rowsum(dO * O)),
+//   dQ = dS K / sqrt(hd),  dK = dS^T Q / sqrt(hd),  dV = P^T dO.
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -17,17 +21,24 @@ namespace {
 
 struct Dims {
     int64_t B, T, nh, nkv, hd;
-    int64_t q_stride() const { return nh * hd; }   // between positions in q, out
-    int64_t kv_stride() const { return nkv * hd; } // between positions in k, v
+    int64_t group() const { return nh / nkv; }  // query heads per kv head
+    // Offsets of (b, t, head) in q/out [B,T,nh,hd] and in k/v [B,T,nkv,hd].
+    int64_t q_at(int64_t b, int64_t t, int64_t h) const { return ((b * T + t) * nh + h) * hd; }
+    int64_t kv_at(int64_t b, int64_t t, int64_t h) const { return ((b * T + t) * nkv + h) * hd; }
+    int64_t lse_at(int64_t b, int64_t h, int64_t t) const { return (b * nh + h) * T + t; }
 };
 
 Dims dims_of(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
              const Tensor& lse) {
-    check(q.ndim == 4 && k.ndim == 4 && v.ndim == 4, op, "q, k, v must be [B,T,heads,hd]");
-    Dims d{q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3)};
-    check(k.dim(0) == d.B && k.dim(1) == d.T && k.dim(3) == d.hd && v.numel() == k.numel() && d.nh % d.nkv == 0 &&
+    const std::string shapes = "q " + q.shape_str() + ", k " + k.shape_str() + ", v " + v.shape_str() + ", out " +
+                               out.shape_str() + ", lse " + lse.shape_str();
+    check(q.ndim == 4 && k.ndim == 4 && k.shape == v.shape, op,
+          "expected q [B,T,nh,hd], k and v [B,T,nkv,hd]; got " + shapes);
+    const Dims d{q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3)};
+    check(k.dim(0) == d.B && k.dim(1) == d.T && k.dim(3) == d.hd && d.nkv > 0 && d.nh % d.nkv == 0 &&
               out.numel() == q.numel() && lse.numel() == d.B * d.nh * d.T,
-          op, "q " + q.shape_str() + ", k " + k.shape_str() + ", v " + v.shape_str() + ", lse " + lse.shape_str());
+          op, "expected q [B,T,nh,hd], k and v [B,T,nkv,hd] with nkv dividing nh, out like q, lse [B,nh,T]; got " +
+                  shapes);
     return d;
 }
 
@@ -38,40 +49,41 @@ template <class T> T dot(const T* a, const T* b, int64_t n) {
     return acc;
 }
 
+template <class T> void axpy(T* y, T alpha, const T* x, int64_t n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+template <class T> T* data_or_null(const Tensor& t) { return t.empty() ? nullptr : t.ptr<T>(); }
+
 }  // namespace
 
 void CpuOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) {
     const Dims d = dims_of("attention_forward", q, k, v, out, lse);
-    const double scale = 1.0 / std::sqrt(double(d.hd));
     dispatch_float(q, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
+        const T scale = T(1.0 / std::sqrt(double(d.hd)));
         const T *pq = q.ptr<T>(), *pk = k.ptr<T>(), *pv = v.ptr<T>();
         T *po = out.ptr<T>(), *pl = lse.ptr<T>();
-        const int64_t group = d.nh / d.nkv;
 #pragma omp parallel
         {
             std::vector<T> score(d.T);
 #pragma omp for schedule(static)
             for (int64_t bh = 0; bh < d.B * d.nh; ++bh) {
-                const int64_t b = bh / d.nh, h = bh % d.nh, kvh = h / group;
+                const int64_t b = bh / d.nh, h = bh % d.nh, kvh = h / d.group();
                 for (int64_t t = 0; t < d.T; ++t) {
-                    const T* qt = pq + (b * d.T + t) * d.q_stride() + h * d.hd;
-                    T m = -std::numeric_limits<T>::infinity();
+                    const T* qt = pq + d.q_at(b, t, h);
+                    T max = -std::numeric_limits<T>::infinity();
                     for (int64_t s = 0; s <= t; ++s) {
-                        score[s] = T(scale) * dot(qt, pk + (b * d.T + s) * d.kv_stride() + kvh * d.hd, d.hd);
-                        m = std::max(m, score[s]);
+                        score[s] = scale * dot(qt, pk + d.kv_at(b, s, kvh), d.hd);
+                        max = std::max(max, score[s]);
                     }
                     T sum = 0;
-                    for (int64_t s = 0; s <= t; ++s) sum += score[s] = std::exp(score[s] - m);
-                    T* ot = po + (b * d.T + t) * d.q_stride() + h * d.hd;
-                    std::fill(ot, ot + d.hd, T(0));
-                    for (int64_t s = 0; s <= t; ++s) {
-                        const T p = score[s] / sum;
-                        const T* vs = pv + (b * d.T + s) * d.kv_stride() + kvh * d.hd;
-#pragma omp simd
-                        for (int64_t i = 0; i < d.hd; ++i) ot[i] += p * vs[i];
-                    }
-                    pl[(b * d.nh + h) * d.T + t] = m + std::log(sum);
+                    for (int64_t s = 0; s <= t; ++s) sum += score[s] = std::exp(score[s] - max);
+                    T* ot = po + d.q_at(b, t, h);
+                    std::fill_n(ot, d.hd, T(0));
+                    for (int64_t s = 0; s <= t; ++s) axpy(ot, score[s] / sum, pv + d.kv_at(b, s, kvh), d.hd);
+                    pl[d.lse_at(b, h, t)] = max + std::log(sum);
                 }
             }
         }
@@ -81,40 +93,37 @@ void CpuOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tenso
 void CpuOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
                                 Tensor out, Tensor lse) {
     const Dims d = dims_of("attention_backward", q, k, v, out, lse);
-    const double scale = 1.0 / std::sqrt(double(d.hd));
+    check(dout.numel() == q.numel() && (dq.empty() || dq.numel() == q.numel()) &&
+              (dk.empty() || dk.numel() == k.numel()) && (dv.empty() || dv.numel() == v.numel()),
+          "attention_backward",
+          "dout " + dout.shape_str() + ", dq " + dq.shape_str() + ", dk " + dk.shape_str() + ", dv " +
+              dv.shape_str() + " do not match q " + q.shape_str() + " and k, v " + k.shape_str());
     dispatch_float(q, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
+        const T scale = T(1.0 / std::sqrt(double(d.hd)));
         const T *pq = q.ptr<T>(), *pk = k.ptr<T>(), *pv = v.ptr<T>(), *po = out.ptr<T>(), *pl = lse.ptr<T>();
         const T* pdo = dout.ptr<T>();
-        T *pdq = dq.ptr<T>(), *pdk = dk.ptr<T>(), *pdv = dv.ptr<T>();
-        const int64_t group = d.nh / d.nkv;
-        // One thread per (batch, kv head): it owns dk, dv of that head, and dq
+        T *pdq = data_or_null<T>(dq), *pdk = data_or_null<T>(dk), *pdv = data_or_null<T>(dv);
+        // One thread per (batch, kv head): it owns dk, dv of that head and dq
         // of the query heads that share it, so no two threads write one value.
 #pragma omp parallel for schedule(static)
         for (int64_t bg = 0; bg < d.B * d.nkv; ++bg) {
             const int64_t b = bg / d.nkv, kvh = bg % d.nkv;
-            for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+            for (int64_t h = kvh * d.group(); h < (kvh + 1) * d.group(); ++h)
                 for (int64_t t = 0; t < d.T; ++t) {
-                    const int64_t qi = (b * d.T + t) * d.q_stride() + h * d.hd;
-                    const T *qt = pq + qi, *dot_ = pdo + qi;
-                    const T l = pl[(b * d.nh + h) * d.T + t];
-                    const T delta = dot(dot_, po + qi, d.hd);  // rowsum(dO * O)
-                    T* dqt = pdq + qi;
+                    const int64_t qi = d.q_at(b, t, h);
+                    const T *qt = pq + qi, *dot_t = pdo + qi;
+                    const T l = pl[d.lse_at(b, h, t)];
+                    const T delta = dot(dot_t, po + qi, d.hd);  // rowsum(dO * O)
                     for (int64_t s = 0; s <= t; ++s) {
-                        const int64_t ki = (b * d.T + s) * d.kv_stride() + kvh * d.hd;
-                        const T p = std::exp(T(scale) * dot(qt, pk + ki, d.hd) - l);
-                        const T ds = p * (dot(dot_, pv + ki, d.hd) - delta) * T(scale);
-                        const T* ks = pk + ki;
-                        T *dks = pdk + ki, *dvs = pdv + ki;
-#pragma omp simd
-                        for (int64_t i = 0; i < d.hd; ++i) {
-                            dqt[i] += ds * ks[i];
-                            dks[i] += ds * qt[i];
-                            dvs[i] += p * dot_[i];
-                        }
+                        const int64_t ki = d.kv_at(b, s, kvh);
+                        const T p = std::exp(scale * dot(qt, pk + ki, d.hd) - l);
+                        const T ds = p * (dot(dot_t, pv + ki, d.hd) - delta) * scale;
+                        if (pdq) axpy(pdq + qi, ds, pk + ki, d.hd);
+                        if (pdk) axpy(pdk + ki, ds, qt, d.hd);
+                        if (pdv) axpy(pdv + ki, p, dot_t, d.hd);
                     }
                 }
-            }
         }
     });
 }

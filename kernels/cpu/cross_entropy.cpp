@@ -1,6 +1,9 @@
-// Cross-entropy of logits against target ids, softmax statistics in double.
+// Cross-entropy of logits [N,V] against target ids, softmax statistics in
+// double. A target outside [0, V) is a data error (MODEL.md), never ignored.
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cpu/check.h"
@@ -10,19 +13,30 @@
 namespace moe {
 
 namespace {
-template <class T> void row_max_lse(const T* row, int64_t V, double& max, double& lse) {
-    max = row[0];
-    for (int64_t i = 1; i < V; ++i) max = std::max(max, double(row[i]));
-    double sum = 0;
-    for (int64_t i = 0; i < V; ++i) sum += std::exp(double(row[i]) - max);
-    lse = max + std::log(sum);
+
+void check_inputs(const char* op, const Tensor& logits, const Tensor& targets) {
+    check(logits.ndim == 2 && targets.numel() == logits.dim(0), op,
+          "expected logits [N,V] and targets [N]; got " + logits.shape_str() + " and " + targets.shape_str());
+    const int64_t V = logits.dim(1);
+    const int32_t* tg = targets.ptr<int32_t>();
+    for (int64_t n = 0; n < targets.numel(); ++n)
+        if (tg[n] < 0 || tg[n] >= V)
+            throw std::out_of_range(std::string(op) + ": target[" + std::to_string(n) + "] = " +
+                                    std::to_string(tg[n]) + " is outside the vocabulary [0, " + std::to_string(V) +
+                                    "); the data does not match the model's vocab_size");
 }
+
+template <class T> double row_max(const T* row, int64_t V) {
+    return double(*std::max_element(row, row + V));
+}
+
 }  // namespace
 
 void CpuOps::cross_entropy_forward(Tensor losses, Tensor logits, Tensor targets) {
+    check_inputs("cross_entropy_forward", logits, targets);
+    check(losses.numel() == logits.dim(0), "cross_entropy_forward",
+          "losses " + losses.shape_str() + " for logits " + logits.shape_str());
     const int64_t N = logits.dim(0), V = logits.dim(1);
-    check(losses.numel() == N && targets.numel() == N, "cross_entropy_forward",
-          "losses " + losses.shape_str() + ", logits " + logits.shape_str() + ", targets " + targets.shape_str());
     const int32_t* tg = targets.ptr<int32_t>();
     dispatch_float(logits, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
@@ -30,16 +44,19 @@ void CpuOps::cross_entropy_forward(Tensor losses, Tensor logits, Tensor targets)
         T* out = losses.ptr<T>();
 #pragma omp parallel for schedule(static)
         for (int64_t n = 0; n < N; ++n) {
-            double max, lse;
-            row_max_lse(pl + n * V, V, max, lse);
-            out[n] = T(lse - double(pl[n * V + tg[n]]));
+            const T* row = pl + n * V;
+            const double max = row_max(row, V);
+            double sum = 0;
+            for (int64_t i = 0; i < V; ++i) sum += std::exp(double(row[i]) - max);
+            out[n] = T(max + std::log(sum) - double(row[tg[n]]));
         }
     });
 }
 
 void CpuOps::cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor targets, double dloss) {
-    const int64_t N = logits.dim(0), V = logits.dim(1);
+    check_inputs("cross_entropy_backward", logits, targets);
     check_same_shape("cross_entropy_backward", dlogits, logits);
+    const int64_t N = logits.dim(0), V = logits.dim(1);
     const int32_t* tg = targets.ptr<int32_t>();
     dispatch_float(logits, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
@@ -47,10 +64,18 @@ void CpuOps::cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor target
         T* pd = dlogits.ptr<T>();
 #pragma omp parallel for schedule(static)
         for (int64_t n = 0; n < N; ++n) {
-            double max, lse;
-            row_max_lse(pl + n * V, V, max, lse);  // read the row before it may be overwritten
-            for (int64_t i = 0; i < V; ++i)
-                pd[n * V + i] = T(dloss * (std::exp(double(pl[n * V + i]) - lse) - (i == tg[n] ? 1.0 : 0.0)));
+            const T* row = pl + n * V;
+            T* grad = pd + n * V;
+            // grad may be row itself: each element is read before it is written.
+            const double max = row_max(row, V);
+            double sum = 0;
+            for (int64_t i = 0; i < V; ++i) {
+                const double e = std::exp(double(row[i]) - max);
+                grad[i] = T(e);
+                sum += e;
+            }
+            const double inv_sum = 1 / sum;
+            for (int64_t i = 0; i < V; ++i) grad[i] = T(dloss * (double(grad[i]) * inv_sum - (i == tg[n] ? 1 : 0)));
         }
     });
 }

@@ -1,8 +1,15 @@
 // Linear layers: y = x w^T + b and its backward, plus the grouped form that
-// runs each expert's weight over its block of expert-sorted rows. Loops are
-// blocked by 4 so each loaded row feeds four dot products or updates.
+// runs each expert's weight over its block of expert-sorted rows.
+//
+// All three products go through one kernel, C += A B: dx = dy w and
+// dw = dy^T x directly (A is read through strides), y = x w^T through a
+// transposed copy of w. The kernel keeps a tile of 4 rows x one cache line of
+// C in registers over the whole sum, so each loaded value of B feeds four
+// multiply-adds and C is written once.
 #include <algorithm>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -12,79 +19,137 @@ namespace moe {
 
 namespace {
 
-template <class T> void linear_forward(T* y, const T* x, const T* w, const T* b, int64_t N, int64_t O, int64_t I) {
-#pragma omp parallel for schedule(static)
-    for (int64_t n0 = 0; n0 < N; n0 += 4) {
-        const int64_t rows = std::min<int64_t>(4, N - n0);
-        const T* x0 = x + n0 * I;
-        const T* x1 = x0 + (rows > 1 ? I : 0);
-        const T* x2 = x0 + (rows > 2 ? 2 * I : 0);
-        const T* x3 = x0 + (rows > 3 ? 3 * I : 0);
-        for (int64_t o = 0; o < O; ++o) {
-            const T* wo = w + o * I;
-            T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-            for (int64_t i = 0; i < I; ++i) {
-                a0 += x0[i] * wo[i];
-                a1 += x1[i] * wo[i];
-                a2 += x2[i] * wo[i];
-                a3 += x3[i] * wo[i];
-            }
-            const T bias = b ? b[o] : T(0);
-            const T acc[4] = {a0, a1, a2, a3};
-            for (int64_t r = 0; r < rows; ++r) y[(n0 + r) * O + o] = acc[r] + bias;
+constexpr int64_t kTileRows = 4;
+template <class T> constexpr int64_t kTileCols = 64 / sizeof(T);
+
+// The operands of C[M,K] += A[M,L] B[L,K]. A(r, l) = a[r * a_row + l * a_col],
+// so A can be dy (a_row = O, a_col = 1) or dy^T (a_row = 1, a_col = O).
+template <class T> struct Product {
+    T* c;
+    int64_t ldc;
+    const T* a;
+    int64_t a_row, a_col;
+    const T* b;
+    int64_t ldb;
+    int64_t M, K, L;
+};
+
+// A full tile: kTileRows rows from r0, kTileCols columns from c0.
+template <class T> void full_tile(const Product<T>& p, int64_t r0, int64_t c0) {
+    constexpr int64_t W = kTileCols<T>;
+    T acc0[W] = {}, acc1[W] = {}, acc2[W] = {}, acc3[W] = {};
+    const T* a = p.a + r0 * p.a_row;
+    for (int64_t l = 0; l < p.L; ++l) {
+        const T* al = a + l * p.a_col;
+        const T a0 = al[0], a1 = al[p.a_row], a2 = al[2 * p.a_row], a3 = al[3 * p.a_row];
+        const T* bl = p.b + l * p.ldb + c0;
+#pragma omp simd
+        for (int64_t c = 0; c < W; ++c) {
+            acc0[c] += a0 * bl[c];
+            acc1[c] += a1 * bl[c];
+            acc2[c] += a2 * bl[c];
+            acc3[c] += a3 * bl[c];
         }
     }
+    T* cr = p.c + r0 * p.ldc + c0;
+    for (int64_t c = 0; c < W; ++c) {
+        cr[c] += acc0[c];
+        cr[p.ldc + c] += acc1[c];
+        cr[2 * p.ldc + c] += acc2[c];
+        cr[3 * p.ldc + c] += acc3[c];
+    }
+}
+
+// A partial tile at the bottom or right edge. Each element is summed over l
+// in the same order as in a full tile, so the result is the same either way.
+template <class T> void edge_tile(const Product<T>& p, int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+    for (int64_t r = r0; r < r0 + rows; ++r)
+        for (int64_t c = c0; c < c0 + cols; ++c) {
+            T acc = 0;
+            for (int64_t l = 0; l < p.L; ++l) acc += p.a[r * p.a_row + l * p.a_col] * p.b[l * p.ldb + c];
+            p.c[r * p.ldc + c] += acc;
+        }
+}
+
+// Threads split C into fixed blocks of rows, each element owned by one thread
+// and summed in l order: the result does not depend on the thread count.
+template <class T> void accumulate_product(const Product<T>& p) {
+    constexpr int64_t W = kTileCols<T>;
+    const int64_t blocks = (p.M + kTileRows - 1) / kTileRows;
+#pragma omp parallel for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t r0 = blk * kTileRows, rows = std::min(kTileRows, p.M - r0);
+        int64_t c0 = 0;
+        if (rows == kTileRows)
+            for (; c0 + W <= p.K; c0 += W) full_tile(p, r0, c0);
+        if (c0 < p.K) edge_tile(p, r0, rows, c0, p.K - c0);
+    }
+}
+
+// w[O,I] transposed into a per-thread buffer that grows to the largest weight
+// seen, so steady-state steps allocate nothing.
+template <class T> const T* transposed(const T* w, int64_t O, int64_t I) {
+    thread_local std::vector<T> buffer;
+    if (buffer.size() < size_t(O * I)) buffer.resize(size_t(O * I));
+    T* wt = buffer.data();
+    for (int64_t o = 0; o < O; ++o)
+        for (int64_t i = 0; i < I; ++i) wt[i * O + o] = w[o * I + i];
+    return wt;
+}
+
+template <class T> void linear_forward(T* y, const T* x, const T* w, const T* b, int64_t N, int64_t O, int64_t I) {
+    // y starts as the bias (or 0) and the product accumulates onto it.
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+        T* yn = y + n * O;
+        if (b)
+            std::copy_n(b, O, yn);
+        else
+            std::fill_n(yn, O, T(0));
+    }
+    accumulate_product(Product<T>{y, O, x, I, 1, transposed(w, O, I), O, N, O, I});
 }
 
 template <class T>
 void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t N, int64_t O, int64_t I) {
-    if (dx) {
-        // dx[n] += sum_o dy[n,o] w[o]
-#pragma omp parallel for schedule(static)
+    if (dx) accumulate_product(Product<T>{dx, I, dy, O, 1, w, I, N, I, O});  // dx[N,I] += dy[N,O] w[O,I]
+    if (dw) accumulate_product(Product<T>{dw, I, dy, 1, O, x, I, O, I, N});  // dw[O,I] += dy^T[O,N] x[N,I]
+    if (db)
         for (int64_t n = 0; n < N; ++n) {
-            T* dxn = dx + n * I;
-            for (int64_t o = 0; o < O; ++o) {
-                const T g = dy[n * O + o];
-                const T* wo = w + o * I;
+            const T* dyn = dy + n * O;
 #pragma omp simd
-                for (int64_t i = 0; i < I; ++i) dxn[i] += g * wo[i];
-            }
+            for (int64_t o = 0; o < O; ++o) db[o] += dyn[o];
         }
-    }
-    if (dw) {
-        // dw[o] += sum_n dy[n,o] x[n], four outputs per pass over x.
-#pragma omp parallel for schedule(static)
-        for (int64_t o0 = 0; o0 < O; o0 += 4) {
-            const int64_t outs = std::min<int64_t>(4, O - o0);
-            for (int64_t n = 0; n < N; ++n) {
-                const T* xn = x + n * I;
-                for (int64_t j = 0; j < outs; ++j) {
-                    const T g = dy[n * O + o0 + j];
-                    T* dwo = dw + (o0 + j) * I;
-#pragma omp simd
-                    for (int64_t i = 0; i < I; ++i) dwo[i] += g * xn[i];
-                }
-            }
-        }
-    }
-    if (db) {
-        for (int64_t o = 0; o < O; ++o) {
-            T acc = 0;
-            for (int64_t n = 0; n < N; ++n) acc += dy[n * O + o];
-            db[o] += acc;
-        }
-    }
 }
 
 template <class T> T* data_or_null(const Tensor& t) { return t.empty() ? nullptr : t.ptr<T>(); }
 
+std::string shapes(const Tensor& y, const Tensor& x, const Tensor& w) {
+    return "y " + y.shape_str() + ", x " + x.shape_str() + ", w " + w.shape_str();
+}
+
+// w is [O,I]; x holds whole rows of I. Returns N, the number of rows.
+int64_t rows_of(const char* op, const Tensor& y, const Tensor& x, const Tensor& w) {
+    check(w.ndim == 2 && w.dim(1) > 0 && x.numel() % w.dim(1) == 0 && y.numel() == x.numel() / w.dim(1) * w.dim(0),
+          op, "expected y [N,O] = x [N,I] w^T with w [O,I]; got " + shapes(y, x, w));
+    return x.numel() / w.dim(1);
+}
+
+void check_offsets(const char* op, const std::vector<int64_t>& offsets, int64_t E, int64_t R) {
+    bool ok = int64_t(offsets.size()) == E + 1 && offsets.front() == 0 && offsets.back() == R;
+    for (size_t e = 1; ok && e < offsets.size(); ++e) ok = offsets[e] >= offsets[e - 1];
+    check(ok, op,
+          "offsets must rise from 0 to the " + std::to_string(R) + " rows over " + std::to_string(E) + " experts");
+}
+
+// Expert e's weight [O,I], a view into the stack w[E,O,I].
+Tensor expert(const Tensor& w, int64_t e) { return w.rows(e, e + 1).view({w.dim(1), w.dim(2)}); }
+
 }  // namespace
 
 void CpuOps::matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) {
-    const int64_t O = w.dim(0), I = w.dim(1), N = x.numel() / I;
-    check(x.numel() == N * I && y.numel() == N * O && (b.empty() || b.numel() == O), "matmul_forward",
-          "y " + y.shape_str() + " = x " + x.shape_str() + " w^T " + w.shape_str());
+    const int64_t N = rows_of("matmul_forward", y, x, w), O = w.dim(0), I = w.dim(1);
+    check(b.empty() || b.numel() == O, "matmul_forward", "bias " + b.shape_str() + " for w " + w.shape_str());
     dispatch_float(x, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         linear_forward<T>(y.ptr<T>(), x.ptr<T>(), w.ptr<T>(), data_or_null<T>(b), N, O, I);
@@ -92,9 +157,12 @@ void CpuOps::matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) {
 }
 
 void CpuOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w) {
-    const int64_t O = w.dim(0), I = w.dim(1), N = x.numel() / I;
-    check(dy.numel() == N * O && (dx.empty() || dx.numel() == N * I), "matmul_backward",
-          "dy " + dy.shape_str() + ", x " + x.shape_str() + ", w " + w.shape_str());
+    const int64_t N = rows_of("matmul_backward", dy, x, w), O = w.dim(0), I = w.dim(1);
+    check((dx.empty() || dx.numel() == x.numel()) && (dw.empty() || dw.numel() == w.numel()) &&
+              (db.empty() || db.numel() == O),
+          "matmul_backward",
+          "gradients dx " + dx.shape_str() + ", dw " + dw.shape_str() + ", db " + db.shape_str() + " for " +
+              shapes(dy, x, w));
     dispatch_float(x, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         linear_backward<T>(data_or_null<T>(dx), data_or_null<T>(dw), data_or_null<T>(db), dy.ptr<T>(), x.ptr<T>(),
@@ -103,28 +171,28 @@ void CpuOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor 
 }
 
 void CpuOps::grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vector<int64_t>& offsets) {
-    const int64_t E = w.dim(0);
-    check(int64_t(offsets.size()) == E + 1 && offsets.back() == x.dim(0), "grouped_matmul_forward",
-          "offsets do not split the " + std::to_string(x.dim(0)) + " rows over " + std::to_string(E) + " experts");
-    for (int64_t e = 0; e < E; ++e) {
-        if (offsets[e + 1] == offsets[e]) continue;
-        matmul_forward(y.rows(offsets[e], offsets[e + 1]), x.rows(offsets[e], offsets[e + 1]),
-                       w.rows(e, e + 1).view({w.dim(1), w.dim(2)}), {});
+    check(w.ndim == 3 && x.ndim == 2 && y.ndim == 2 && y.dim(0) == x.dim(0), "grouped_matmul_forward",
+          "expected y [R,O], x [R,I], w [E,O,I]; got " + shapes(y, x, w));
+    check_offsets("grouped_matmul_forward", offsets, w.dim(0), x.dim(0));
+    for (int64_t e = 0; e < w.dim(0); ++e) {
+        const int64_t lo = offsets[e], hi = offsets[e + 1];
+        if (hi > lo) matmul_forward(y.rows(lo, hi), x.rows(lo, hi), expert(w, e), {});
     }
 }
 
 void CpuOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
                                      const std::vector<int64_t>& offsets) {
-    const int64_t E = w.dim(0);
-    check(int64_t(offsets.size()) == E + 1 && offsets.back() == x.dim(0), "grouped_matmul_backward",
-          "offsets do not split the " + std::to_string(x.dim(0)) + " rows over " + std::to_string(E) + " experts");
-    for (int64_t e = 0; e < E; ++e) {
+    check(w.ndim == 3 && x.ndim == 2 && dy.ndim == 2 && dy.dim(0) == x.dim(0) &&
+              (dx.empty() || dx.numel() == x.numel()) && (dw.empty() || (dw.ndim == 3 && dw.shape == w.shape)),
+          "grouped_matmul_backward",
+          "expected dy [R,O], x [R,I], w [E,O,I] and gradients of their shapes; got " + shapes(dy, x, w) + ", dx " +
+              dx.shape_str() + ", dw " + dw.shape_str());
+    check_offsets("grouped_matmul_backward", offsets, w.dim(0), x.dim(0));
+    for (int64_t e = 0; e < w.dim(0); ++e) {
         const int64_t lo = offsets[e], hi = offsets[e + 1];
         if (hi == lo) continue;
-        const Tensor we = w.rows(e, e + 1).view({w.dim(1), w.dim(2)});
-        matmul_backward(dx.empty() ? Tensor{} : dx.rows(lo, hi),
-                        dw.empty() ? Tensor{} : dw.rows(e, e + 1).view({w.dim(1), w.dim(2)}), {}, dy.rows(lo, hi),
-                        x.rows(lo, hi), we);
+        matmul_backward(dx.empty() ? Tensor{} : dx.rows(lo, hi), dw.empty() ? Tensor{} : expert(dw, e), {},
+                        dy.rows(lo, hi), x.rows(lo, hi), expert(w, e));
     }
 }
 

@@ -1,4 +1,6 @@
-// Memory, copies, elementwise updates and reductions on host buffers.
+// Memory, copies, elementwise updates, reductions and the column concat on
+// host buffers.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -11,7 +13,8 @@
 namespace moe {
 
 void* CpuOps::alloc(size_t bytes) {
-    const size_t rounded = (bytes + 255) & ~size_t(255);
+    // aligned_alloc wants a multiple of the alignment, and a zero size may give null.
+    const size_t rounded = std::max<size_t>(256, (bytes + 255) & ~size_t(255));
     void* p = std::aligned_alloc(256, rounded);
     if (!p) throw std::bad_alloc();
     std::memset(p, 0, rounded);
@@ -54,23 +57,41 @@ void CpuOps::scale(Tensor y, double alpha) {
     dispatch_float(y, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         T* py = y.ptr<T>();
+        const T a = T(alpha);
         const int64_t n = y.numel();
-        for (int64_t i = 0; i < n; ++i) py[i] *= T(alpha);
+#pragma omp parallel for simd schedule(static)
+        for (int64_t i = 0; i < n; ++i) py[i] *= a;
     });
 }
 
 namespace {
-// Serial double sums: a fixed order, so the result never depends on threads.
+
+// Sums term(x[i]) in double over at most kMaxChunks chunks whose size depends
+// on the length alone, each chunk by one thread, then the chunk sums in
+// order: the result never depends on the thread count.
 template <class F> double reduce(const Tensor& x, F term) {
-    double s = 0;
+    constexpr int64_t kMaxChunks = 64, kMinChunk = 4096;
+    const int64_t n = x.numel();
+    const int64_t chunk = std::max(kMinChunk, (n + kMaxChunks - 1) / kMaxChunks);
+    const int64_t chunks = (n + chunk - 1) / chunk;
+    double partial[kMaxChunks] = {};
     dispatch_float(x, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const T* p = x.ptr<T>();
-        const int64_t n = x.numel();
-        for (int64_t i = 0; i < n; ++i) s += term(double(p[i]));
+#pragma omp parallel for schedule(static)
+        for (int64_t c = 0; c < chunks; ++c) {
+            const int64_t end = std::min(n, (c + 1) * chunk);
+            double s = 0;
+#pragma omp simd reduction(+ : s)
+            for (int64_t i = c * chunk; i < end; ++i) s += term(double(p[i]));
+            partial[c] = s;
+        }
     });
-    return s;
+    double total = 0;
+    for (int64_t c = 0; c < chunks; ++c) total += partial[c];
+    return total;
 }
+
 }  // namespace
 
 double CpuOps::sum_squares(Tensor x) {
@@ -91,15 +112,20 @@ void CpuOps::concat_cols_forward(Tensor out, Tensor a, Tensor b) {
         const T *pa = a.ptr<T>(), *pb = b.ptr<T>();
 #pragma omp parallel for schedule(static)
         for (int64_t n = 0; n < N; ++n) {
-            std::memcpy(po + n * (A + Bc), pa + n * A, A * sizeof(T));
-            std::memcpy(po + n * (A + Bc) + A, pb + n * Bc, Bc * sizeof(T));
+            std::copy_n(pa + n * A, A, po + n * (A + Bc));
+            std::copy_n(pb + n * Bc, Bc, po + n * (A + Bc) + A);
         }
     });
 }
 
 void CpuOps::concat_cols_backward(Tensor da, Tensor db, Tensor dout) {
+    if (da.empty() && db.empty()) return;
     const int64_t N = dout.dim(0), W = dout.row_size();
-    const int64_t A = da.empty() ? W - db.row_size() : da.row_size();
+    // An empty gradient has no shape: its width is what the other leaves.
+    const int64_t A = da.empty() ? W - db.row_size() : da.row_size(), Bc = W - A;
+    check((da.empty() || da.dim(0) == N) && (db.empty() || (db.dim(0) == N && db.row_size() == Bc)) && Bc >= 0,
+          "concat_cols_backward",
+          "dout " + dout.shape_str() + " is not [da | db] of " + da.shape_str() + " and " + db.shape_str());
     dispatch_float(dout, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const T* pd = dout.ptr<T>();
@@ -107,10 +133,11 @@ void CpuOps::concat_cols_backward(Tensor da, Tensor db, Tensor dout) {
         T* pb = db.empty() ? nullptr : db.ptr<T>();
 #pragma omp parallel for schedule(static)
         for (int64_t n = 0; n < N; ++n) {
+            const T* row = pd + n * W;
             if (pa)
-                for (int64_t i = 0; i < A; ++i) pa[n * A + i] += pd[n * W + i];
+                for (int64_t i = 0; i < A; ++i) pa[n * A + i] += row[i];
             if (pb)
-                for (int64_t i = 0; i < W - A; ++i) pb[n * (W - A) + i] += pd[n * W + A + i];
+                for (int64_t i = 0; i < Bc; ++i) pb[n * Bc + i] += row[A + i];
         }
     });
 }

@@ -1,7 +1,9 @@
 // Rotary position embedding, rotate-half convention (Hugging Face Llama): the
 // pair (i, i + hd/2) of a head at position t turns by t * theta^(-2i/hd).
+// The backward turns by the opposite angle (the transpose of a rotation).
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -10,33 +12,45 @@
 namespace moe {
 
 namespace {
-// direction +1 rotates (forward), -1 rotates back (the transpose: backward).
-void rotate(Tensor x, double theta, int direction) {
-    check(x.ndim == 4 && x.dim(3) % 2 == 0, "rope", "x must be [B,T,heads,hd] with hd even, got " + x.shape_str());
+
+// direction +1 rotates (forward), -1 rotates back (backward).
+void rotate(const char* op, Tensor x, double theta, int direction) {
+    check(x.ndim == 4 && x.dim(3) % 2 == 0, op, "x must be [B,T,heads,hd] with hd even, got " + x.shape_str());
     const int64_t B = x.dim(0), T = x.dim(1), heads = x.dim(2), hd = x.dim(3), half = hd / 2;
     dispatch_float(x, [&](auto tag) {
-        using T_ = std::remove_pointer_t<decltype(tag)>;
-        T_* p = x.ptr<T_>();
-#pragma omp parallel for schedule(static)
-        for (int64_t bt = 0; bt < B * T; ++bt) {
-            const double pos = double(bt % T);
-            for (int64_t i = 0; i < half; ++i) {
-                const double angle = pos * std::pow(theta, -2.0 * double(i) / double(hd));
-                const T_ c = T_(std::cos(angle)), s = T_(direction * std::sin(angle));
-                for (int64_t h = 0; h < heads; ++h) {
-                    T_* v = p + (bt * heads + h) * hd;
-                    const T_ a = v[i], b = v[i + half];
-                    v[i] = a * c - b * s;
-                    v[i + half] = a * s + b * c;
+        using F = std::remove_pointer_t<decltype(tag)>;
+        F* p = x.ptr<F>();
+#pragma omp parallel
+        {
+            std::vector<F> cos_t(half), sin_t(half);
+            // One position per iteration: its angles are computed once for every batch row and head.
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < T; ++t) {
+                for (int64_t i = 0; i < half; ++i) {
+                    const double angle = double(t) * std::pow(theta, -2.0 * double(i) / double(hd));
+                    cos_t[i] = F(std::cos(angle));
+                    sin_t[i] = F(direction * std::sin(angle));
                 }
+                for (int64_t b = 0; b < B; ++b)
+                    for (int64_t h = 0; h < heads; ++h) {
+                        F* a = p + ((b * T + t) * heads + h) * hd;
+                        F* c = a + half;
+#pragma omp simd
+                        for (int64_t i = 0; i < half; ++i) {
+                            const F ai = a[i], ci = c[i];
+                            a[i] = ai * cos_t[i] - ci * sin_t[i];
+                            c[i] = ai * sin_t[i] + ci * cos_t[i];
+                        }
+                    }
             }
         }
     });
 }
+
 }  // namespace
 
-void CpuOps::rope_forward(Tensor x, double theta) { rotate(x, theta, +1); }
+void CpuOps::rope_forward(Tensor x, double theta) { rotate("rope_forward", x, theta, +1); }
 
-void CpuOps::rope_backward(Tensor dx, double theta) { rotate(dx, theta, -1); }
+void CpuOps::rope_backward(Tensor dx, double theta) { rotate("rope_backward", dx, theta, -1); }
 
 }  // namespace moe

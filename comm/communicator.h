@@ -1,0 +1,69 @@
+// Collective communication over one process group. The interface knows no
+// transport: MPI backs it for host buffers (comm/mpi_communicator.h), NCCL will
+// back it for device buffers. Every rank of the group must make the same calls
+// in the same order with matching counts, as with MPI and NCCL.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#include "kernels/tensor.h"
+
+namespace moe {
+
+// A communication failure or a misuse of a collective (bad layout, counts that
+// do not match). Thrown with one message naming the problem and the fix.
+class CommError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+enum class ReduceOp { Sum, Max };
+
+// Counts are in elements of the given dtype. Reductions take F32, F64 and I32;
+// BF16 moves as opaque 2-byte elements (backends may refuse to reduce it).
+// The send and receive buffers of one call must not overlap.
+class Communicator {
+public:
+    virtual ~Communicator() = default;
+
+    virtual int rank() const = 0;
+    virtual int size() const = 0;
+
+    // buf[count] is replaced by the element-wise reduction over the group.
+    virtual void all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) = 0;
+    // send[size() * count]: block r of every rank, reduced, lands in recv[count] of rank r.
+    virtual void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op) = 0;
+    // send[count] of rank r lands in block r of recv[size() * count] on every rank.
+    virtual void all_gather(const void* send, void* recv, int64_t count, DType dtype) = 0;
+    // buf[bytes] of rank root is copied to every rank.
+    virtual void broadcast(void* buf, int64_t bytes, int root) = 0;
+    virtual void barrier() = 0;
+    // A new group per distinct color; ranks ordered by key (ties by rank here).
+    // Collective over this group.
+    virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+
+    // Block p of send[size() * count] goes to rank p; block p of recv comes from rank p.
+    void all_to_all(const void* send, void* recv, int64_t count, DType dtype);
+    // send holds send_counts[p] elements for each rank p, packed in rank order;
+    // recv receives recv_counts[p] elements from each rank p, packed likewise.
+    // recv_counts[p] must equal send_counts[rank()] of rank p.
+    void all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
+                      const std::vector<int64_t>& recv_counts, DType dtype);
+
+    // Bytes this rank sent to other ranks (not to itself) in all_to_all(_v)
+    // since construction or the last reset: the dispatch volume.
+    int64_t bytes_sent_all_to_all() const { return bytes_sent_all_to_all_; }
+    void reset_bytes_sent_all_to_all() { bytes_sent_all_to_all_ = 0; }
+
+protected:
+    // all_to_all_v with validated counts (one per rank, none negative).
+    virtual void do_all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
+                          const std::vector<int64_t>& recv_counts, DType dtype) = 0;
+
+private:
+    int64_t bytes_sent_all_to_all_ = 0;
+};
+
+}  // namespace moe

@@ -1,0 +1,196 @@
+#include "comm/mpi_communicator.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "comm/mpi_runtime.h"
+
+namespace moe {
+
+namespace {
+
+MPI_Datatype mpi_type(DType dtype) {
+    switch (dtype) {
+        case DType::F32: return MPI_FLOAT;
+        case DType::F64: return MPI_DOUBLE;
+        case DType::I32: return MPI_INT32_T;
+        case DType::BF16: return MPI_UINT16_T;  // moved as opaque bits
+    }
+    throw CommError("unknown dtype");
+}
+
+MPI_Datatype reducible_type(DType dtype, const char* collective) {
+    if (dtype == DType::BF16)
+        throw CommError(std::string(collective) +
+                        ": MPI cannot reduce BF16 host buffers; reduce an F32 copy (the device backend reduces BF16)");
+    return mpi_type(dtype);
+}
+
+MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::Sum ? MPI_SUM : MPI_MAX; }
+
+// Element `index` of a buffer of `elem_size`-byte elements.
+char* at(void* buf, int64_t index, size_t elem_size) { return static_cast<char*>(buf) + size_t(index) * elem_size; }
+const char* at(const void* buf, int64_t index, size_t elem_size) {
+    return static_cast<const char*>(buf) + size_t(index) * elem_size;
+}
+
+// Calls f(offset, n) for consecutive pieces of [0, count) of at most max_count
+// elements; once with n = 0 when count is 0 (an empty MPI call is valid and
+// keeps every rank's sequence of calls the same).
+template <class F> void for_each_chunk(int64_t count, int64_t max_count, F f) {
+    int64_t offset = 0;
+    do {
+        const int64_t n = std::min(max_count, count - offset);
+        f(offset, int(n));
+        offset += n;
+    } while (offset < count);
+}
+
+}  // namespace
+
+std::unique_ptr<MpiCommunicator> MpiCommunicator::world(int64_t max_count) {
+    if (!mpi_running()) throw CommError("MPI is not running; create a moe::MpiRuntime at the start of main");
+    MPI_Comm comm;
+    mpi_check(MPI_Comm_dup(MPI_COMM_WORLD, &comm), "MPI_Comm_dup");
+    return std::make_unique<MpiCommunicator>(comm, max_count);
+}
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, int64_t max_count) : comm_(comm), max_count_(max_count) {
+    if (max_count < 1 || max_count > kMaxMpiCount)
+        throw CommError("MpiCommunicator: max_count " + std::to_string(max_count) + " is outside [1, INT_MAX]");
+    mpi_check(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+    mpi_check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+    mpi_check(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+}
+
+MpiCommunicator::~MpiCommunicator() {
+    if (mpi_running()) MPI_Comm_free(&comm_);
+}
+
+void MpiCommunicator::all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) {
+    const MPI_Datatype type = reducible_type(dtype, "all_reduce");
+    const size_t elem = dtype_size(dtype);
+    for_each_chunk(count, max_count_, [&](int64_t offset, int n) {
+        mpi_check(MPI_Allreduce(MPI_IN_PLACE, at(buf, offset, elem), n, type, mpi_op(op), comm_), "MPI_Allreduce");
+    });
+}
+
+// A block longer than one MPI call goes piece by piece: the same piece of
+// every rank's block is packed side by side in a staging buffer.
+void MpiCommunicator::reduce_scatter(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op) {
+    const MPI_Datatype type = reducible_type(dtype, "reduce_scatter");
+    const size_t elem = dtype_size(dtype);
+    std::vector<char> staging;
+    for_each_chunk(count, max_count_, [&](int64_t offset, int n) {
+        const void* pieces = send;
+        if (n != count) {
+            staging.resize(size_t(size_) * size_t(n) * elem);
+            for (int r = 0; r < size_; ++r)
+                std::memcpy(at(staging.data(), int64_t(r) * n, elem), at(send, r * count + offset, elem), n * elem);
+            pieces = staging.data();
+        }
+        mpi_check(MPI_Reduce_scatter_block(pieces, at(recv, offset, elem), n, type, mpi_op(op), comm_),
+                  "MPI_Reduce_scatter_block");
+    });
+}
+
+void MpiCommunicator::all_gather(const void* send, void* recv, int64_t count, DType dtype) {
+    const MPI_Datatype type = mpi_type(dtype);
+    const size_t elem = dtype_size(dtype);
+    std::vector<char> staging;
+    for_each_chunk(count, max_count_, [&](int64_t offset, int n) {
+        if (n == count) {
+            mpi_check(MPI_Allgather(send, n, type, recv, n, type, comm_), "MPI_Allgather");
+            return;
+        }
+        staging.resize(size_t(size_) * size_t(n) * elem);
+        mpi_check(MPI_Allgather(at(send, offset, elem), n, type, staging.data(), n, type, comm_), "MPI_Allgather");
+        for (int r = 0; r < size_; ++r)
+            std::memcpy(at(recv, r * count + offset, elem), at(staging.data(), int64_t(r) * n, elem), n * elem);
+    });
+}
+
+void MpiCommunicator::broadcast(void* buf, int64_t bytes, int root) {
+    for_each_chunk(bytes, max_count_, [&](int64_t offset, int n) {
+        mpi_check(MPI_Bcast(at(buf, offset, 1), n, MPI_BYTE, root, comm_), "MPI_Bcast");
+    });
+}
+
+void MpiCommunicator::barrier() { mpi_check(MPI_Barrier(comm_), "MPI_Barrier"); }
+
+std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
+    if (color < 0) throw CommError("split: color " + std::to_string(color) + " must be >= 0");
+    MPI_Comm comm;
+    mpi_check(MPI_Comm_split(comm_, color, key, &comm), "MPI_Comm_split");
+    return std::make_unique<MpiCommunicator>(comm, max_count_);
+}
+
+void MpiCommunicator::do_all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
+                                      const std::vector<int64_t>& recv_counts, DType dtype) {
+    const MPI_Datatype type = mpi_type(dtype);
+    const size_t elem = dtype_size(dtype);
+    const auto mismatch = [&](int peer, const std::string& got) {
+        return CommError("all_to_all_v: rank " + std::to_string(rank_) + " expected recv_counts[" +
+                         std::to_string(peer) + "] = " + std::to_string(recv_counts[size_t(peer)]) +
+                         " elements from rank " + std::to_string(peer) + " but " + got +
+                         "; recv_counts[p] must equal rank p's send_counts[" + std::to_string(rank_) + "]");
+    };
+    const size_t me = size_t(rank_);
+    if (send_counts[me] != recv_counts[me]) throw mismatch(rank_, "sends itself " + std::to_string(send_counts[me]));
+
+    std::vector<int64_t> send_offsets(size_t(size_) + 1, 0), recv_offsets(size_t(size_) + 1, 0);
+    for (size_t p = 0; p < size_t(size_); ++p) {
+        send_offsets[p + 1] = send_offsets[p] + send_counts[p];
+        recv_offsets[p + 1] = recv_offsets[p] + recv_counts[p];
+    }
+
+    // Receives first, then sends; messages from one peer match in posting order.
+    struct Receive {
+        int peer;
+        int count;
+    };
+    std::vector<Receive> receives;
+    std::vector<MPI_Request> requests;
+    for (int p = 0; p < size_; ++p) {
+        if (p == rank_) continue;
+        for_each_chunk(recv_counts[size_t(p)], max_count_, [&](int64_t offset, int n) {
+            receives.push_back({p, n});
+            requests.emplace_back();
+            mpi_check(MPI_Irecv(at(recv, recv_offsets[size_t(p)] + offset, elem), n, type, p, 0, comm_,
+                                &requests.back()),
+                      "MPI_Irecv");
+        });
+    }
+    for (int p = 0; p < size_; ++p) {
+        if (p == rank_) continue;
+        for_each_chunk(send_counts[size_t(p)], max_count_, [&](int64_t offset, int n) {
+            requests.emplace_back();
+            mpi_check(MPI_Isend(at(send, send_offsets[size_t(p)] + offset, elem), n, type, p, 0, comm_,
+                                &requests.back()),
+                      "MPI_Isend");
+        });
+    }
+    // The copy to itself overlaps the transfers.
+    if (recv_counts[me] > 0)
+        std::memcpy(at(recv, recv_offsets[me], elem), at(send, send_offsets[me], elem), size_t(recv_counts[me]) * elem);
+
+    std::vector<MPI_Status> statuses(requests.size());
+    const int rc = MPI_Waitall(int(requests.size()), requests.data(), statuses.data());
+    if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS) mpi_check(rc, "MPI_Waitall");
+    // Per-request errors are reported only with MPI_ERR_IN_STATUS.
+    const auto failed = [&](size_t i) { return rc == MPI_ERR_IN_STATUS && statuses[i].MPI_ERROR != MPI_SUCCESS; };
+    for (size_t i = 0; i < receives.size(); ++i) {  // the receive requests come first
+        if (failed(i))
+            throw mismatch(receives[i].peer, "the receive failed (" + mpi_error_string(statuses[i].MPI_ERROR) + ")");
+        int got = 0;
+        mpi_check(MPI_Get_count(&statuses[i], type, &got), "MPI_Get_count");
+        if (got != receives[i].count)
+            throw mismatch(receives[i].peer, "a message held " + std::to_string(got) + " elements instead of " +
+                                                 std::to_string(receives[i].count));
+    }
+    for (size_t i = receives.size(); i < requests.size(); ++i)
+        if (failed(i)) mpi_check(statuses[i].MPI_ERROR, "MPI_Isend");
+}
+
+}  // namespace moe

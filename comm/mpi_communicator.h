@@ -1,0 +1,53 @@
+// The Communicator over MPI, for host buffers. Counts beyond what one MPI call
+// takes (INT_MAX elements) are split into several calls.
+#pragma once
+#include <mpi.h>
+
+#include <climits>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "comm/communicator.h"
+
+namespace moe {
+
+class MpiCommunicator final : public Communicator {
+public:
+    static constexpr int64_t kMaxMpiCount = INT_MAX;
+
+    // A private duplicate of MPI_COMM_WORLD, so this traffic never mixes with
+    // other users of MPI. MPI must be running (see MpiRuntime).
+    static std::unique_ptr<MpiCommunicator> world(int64_t max_count = kMaxMpiCount);
+
+    // Takes ownership of comm. max_count: the most elements passed to one MPI
+    // call; tests lower it to exercise the splitting.
+    MpiCommunicator(MPI_Comm comm, int64_t max_count);
+    ~MpiCommunicator() override;
+    MpiCommunicator(const MpiCommunicator&) = delete;
+    MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+
+    int rank() const override { return rank_; }
+    int size() const override { return size_; }
+    // Reductions refuse BF16: reduce an F32 copy on the host.
+    void all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) override;
+    void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op) override;
+    void all_gather(const void* send, void* recv, int64_t count, DType dtype) override;
+    void broadcast(void* buf, int64_t bytes, int root) override;
+    void barrier() override;
+    std::unique_ptr<Communicator> split(int color, int key) override;
+
+protected:
+    // Point-to-point messages, at least one per peer, so that counts that do
+    // not match the peers' are reported instead of corrupting a later call.
+    void do_all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
+                         const std::vector<int64_t>& recv_counts, DType dtype) override;
+
+private:
+    MPI_Comm comm_;
+    int rank_ = 0;
+    int size_ = 1;
+    int64_t max_count_;
+};
+
+}  // namespace moe

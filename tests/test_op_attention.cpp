@@ -1,0 +1,156 @@
+// Causal GQA attention on the CPU: the forward (output and log-sum-exp)
+// against a naive softmax loop, the backward against finite differences in
+// double, and results that do not depend on the thread count.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/cpu/cpu_ops.h"
+#include "tests/gradcheck.h"
+#include "tests/op_testing.h"
+
+using namespace moe;
+using namespace moe::test;
+
+namespace {
+
+struct Shape {
+    int64_t B, T, nh, nkv, hd;
+    int64_t q_size() const { return B * T * nh * hd; }
+    int64_t kv_size() const { return B * T * nkv * hd; }
+    int64_t lse_size() const { return B * nh * T; }
+};
+
+struct Reference {
+    std::vector<double> out, lse;
+};
+
+// softmax over s <= t of q_t . k_s / sqrt(hd), times v; query head h reads kv head h / (nh/nkv).
+Reference naive_attention(const Shape& d, const std::vector<double>& q, const std::vector<double>& k,
+                          const std::vector<double>& v) {
+    Reference r{std::vector<double>(d.q_size()), std::vector<double>(d.lse_size())};
+    for (int64_t b = 0; b < d.B; ++b)
+        for (int64_t h = 0; h < d.nh; ++h) {
+            const int64_t g = h / (d.nh / d.nkv);
+            for (int64_t t = 0; t < d.T; ++t) {
+                std::vector<double> score(t + 1);
+                for (int64_t s = 0; s <= t; ++s) {
+                    double dot = 0;
+                    for (int64_t i = 0; i < d.hd; ++i)
+                        dot += q[((b * d.T + t) * d.nh + h) * d.hd + i] * k[((b * d.T + s) * d.nkv + g) * d.hd + i];
+                    score[s] = dot / std::sqrt(double(d.hd));
+                }
+                const double max = *std::max_element(score.begin(), score.end());
+                double sum = 0;
+                for (double x : score) sum += std::exp(x - max);
+                r.lse[(b * d.nh + h) * d.T + t] = max + std::log(sum);
+                for (int64_t i = 0; i < d.hd; ++i) {
+                    double o = 0;
+                    for (int64_t s = 0; s <= t; ++s)
+                        o += std::exp(score[s] - max) / sum * v[((b * d.T + s) * d.nkv + g) * d.hd + i];
+                    r.out[((b * d.T + t) * d.nh + h) * d.hd + i] = o;
+                }
+            }
+        }
+    return r;
+}
+
+// The op's buffers for one shape, in T.
+template <class T> struct Buffers {
+    Shape d;
+    std::vector<T> q, k, v, out, lse;
+
+    Tensor tq() { return tensor(q, {d.B, d.T, d.nh, d.hd}); }
+    Tensor tk() { return tensor(k, {d.B, d.T, d.nkv, d.hd}); }
+    Tensor tv() { return tensor(v, {d.B, d.T, d.nkv, d.hd}); }
+    Tensor tout() { return tensor(out, {d.B, d.T, d.nh, d.hd}); }
+    Tensor tlse() { return tensor(lse, {d.B, d.nh, d.T}); }
+};
+
+template <class T> Buffers<T> random_buffers(const Shape& d, Rng& rng, double q_scale = 1) {
+    return {d, cast<T>(normals(d.q_size(), rng, q_scale)), cast<T>(normals(d.kv_size(), rng)),
+            cast<T>(normals(d.kv_size(), rng)), std::vector<T>(d.q_size()), std::vector<T>(d.lse_size())};
+}
+
+template <class T> void check_forward(const Shape& d, double q_scale) {
+    CpuOps ops;
+    Rng rng(1, "attention forward");
+    Buffers<T> x = random_buffers<T>(d, rng, q_scale);
+    ops.attention_forward(x.tout(), x.tlse(), x.tq(), x.tk(), x.tv());
+    auto widen = [](const std::vector<T>& a) { return std::vector<double>(a.begin(), a.end()); };
+    const Reference r = naive_attention(d, widen(x.q), widen(x.k), widen(x.v));
+    require_close("out", x.out, r.out, tolerance<T>());
+    require_close("lse", x.lse, r.lse, tolerance<T>());
+}
+
+}  // namespace
+
+TEST_CASE("attention_forward matches a naive causal softmax", "[unit]") {
+    for (const Shape& d : {Shape{2, 7, 4, 2, 6}, Shape{1, 5, 3, 1, 4}, Shape{2, 3, 2, 2, 8}}) {
+        INFO("B " << d.B << " T " << d.T << " nh " << d.nh << " nkv " << d.nkv << " hd " << d.hd);
+        check_forward<float>(d, 1);
+        check_forward<double>(d, 1);
+    }
+    // Scores in the hundreds: exp would overflow without the max shift.
+    check_forward<float>({2, 7, 4, 2, 6}, 100);
+    check_forward<double>({2, 7, 4, 2, 6}, 100);
+}
+
+TEST_CASE("attention_backward matches finite differences with grouped kv heads", "[unit]") {
+    const Shape d{2, 7, 4, 2, 6};
+    CpuOps ops;
+    Rng rng(2, "attention backward");
+    Buffers<double> x = random_buffers<double>(d, rng);
+    std::vector<double> dout = normals(d.q_size(), rng);
+    auto loss = [&] {
+        ops.attention_forward(x.tout(), x.tlse(), x.tq(), x.tk(), x.tv());
+        return dot(dout, x.out);
+    };
+    loss();
+    const std::vector<double> dq0 = normals(d.q_size(), rng), dk0 = normals(d.kv_size(), rng),
+                              dv0 = normals(d.kv_size(), rng);
+    std::vector<double> dq = dq0, dk = dk0, dv = dv0;
+    ops.attention_backward(tensor(dq, {d.B, d.T, d.nh, d.hd}), tensor(dk, {d.B, d.T, d.nkv, d.hd}),
+                           tensor(dv, {d.B, d.T, d.nkv, d.hd}), tensor(dout, {d.B, d.T, d.nh, d.hd}), x.tq(),
+                           x.tk(), x.tv(), x.tout(), x.tlse());
+    // The loss sums 336 terms, so its rounding (~1e-14) over a step of 1e-6
+    // would swamp small gradients; a step of 1e-5 keeps both that noise and
+    // the truncation error near 1e-10.
+    const double rtol = 1e-6, atol = 1e-9, step = 1e-5;
+    const int64_t checks = 96;
+    check_gradient("dq", loss, x.q.data(), accumulated(dq, dq0).data(), d.q_size(), rtol, atol, checks, step);
+    check_gradient("dk", loss, x.k.data(), accumulated(dk, dk0).data(), d.kv_size(), rtol, atol, checks, step);
+    check_gradient("dv", loss, x.v.data(), accumulated(dv, dv0).data(), d.kv_size(), rtol, atol, checks, step);
+
+    // Without dk, dq and dv come out the same (from out and lse of the unperturbed inputs).
+    loss();
+    std::vector<double> dq_alone = dq0, dv_alone = dv0;
+    ops.attention_backward(tensor(dq_alone, {d.B, d.T, d.nh, d.hd}), {}, tensor(dv_alone, {d.B, d.T, d.nkv, d.hd}),
+                           tensor(dout, {d.B, d.T, d.nh, d.hd}), x.tq(), x.tk(), x.tv(), x.tout(), x.tlse());
+    REQUIRE(dq_alone == dq);
+    REQUIRE(dv_alone == dv);
+}
+
+TEST_CASE("attention results do not depend on the thread count", "[unit]") {
+    const Shape d{2, 33, 4, 2, 16};
+    CpuOps ops;
+    Rng rng(3, "attention threads");
+    Buffers<float> x = random_buffers<float>(d, rng);
+    std::vector<float> dout = cast<float>(normals(d.q_size(), rng));
+    require_same_for_1_and_2_threads([&] {
+        std::vector<float> dq(d.q_size()), dk(d.kv_size()), dv(d.kv_size());
+        ops.attention_forward(x.tout(), x.tlse(), x.tq(), x.tk(), x.tv());
+        ops.attention_backward(tensor(dq, {d.B, d.T, d.nh, d.hd}), tensor(dk, {d.B, d.T, d.nkv, d.hd}),
+                               tensor(dv, {d.B, d.T, d.nkv, d.hd}), tensor(dout, {d.B, d.T, d.nh, d.hd}), x.tq(),
+                               x.tk(), x.tv(), x.tout(), x.tlse());
+        return std::vector<std::vector<float>>{x.out, x.lse, dq, dk, dv};
+    });
+}
+
+TEST_CASE("attention rejects kv heads that do not divide the query heads", "[unit]") {
+    CpuOps ops;
+    Rng rng(4, "attention shapes");
+    Buffers<float> x = random_buffers<float>({1, 4, 3, 2, 4}, rng);
+    require_logic_error([&] { ops.attention_forward(x.tout(), x.tlse(), x.tq(), x.tk(), x.tv()); },
+                        {"attention_forward", "[1, 4, 3, 4]", "[1, 4, 2, 4]"});
+}

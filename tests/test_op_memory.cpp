@@ -1,0 +1,151 @@
+// CPU memory, elementwise and reduction ops, the column concat and the token
+// embedding: against naive loops, with shape errors that name the op.
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/cpu_ops.h"
+#include "tests/op_testing.h"
+
+using namespace moe;
+using namespace moe::test;
+
+namespace {
+
+template <class T> void check_add_and_scale() {
+    CpuOps ops;
+    Rng rng(1, "add scale");
+    const std::vector<double> x0 = normals(11, rng), y0 = normals(11, rng);
+    std::vector<T> x = cast<T>(x0), y = cast<T>(y0);
+    ops.add(tensor(y, {11}), tensor(x, {11}), -0.75);
+    std::vector<double> expected(11);
+    for (int i = 0; i < 11; ++i) expected[i] = y0[i] - 0.75 * x0[i];
+    require_close("add", y, expected, tolerance<T>());
+    ops.scale(tensor(y, {11}), 3.0);
+    for (double& e : expected) e *= 3.0;
+    require_close("scale", y, expected, tolerance<T>());
+}
+
+template <class T> void check_concat() {
+    CpuOps ops;
+    Rng rng(2, "concat");
+    const int N = 3, A = 2, B = 5;
+    std::vector<T> a = cast<T>(normals(N * A, rng)), b = cast<T>(normals(N * B, rng)), out(N * (A + B));
+    ops.concat_cols_forward(tensor(out, {N, A + B}), tensor(a, {N, A}), tensor(b, {N, B}));
+    for (int n = 0; n < N; ++n) {
+        for (int i = 0; i < A; ++i) REQUIRE(out[n * (A + B) + i] == a[n * A + i]);
+        for (int i = 0; i < B; ++i) REQUIRE(out[n * (A + B) + A + i] == b[n * B + i]);
+    }
+    // The backward splits dout and adds each part onto what the gradients held.
+    std::vector<T> dout = cast<T>(normals(N * (A + B), rng));
+    std::vector<T> da = a, db = b;
+    ops.concat_cols_backward(tensor(da, {N, A}), tensor(db, {N, B}), tensor(dout, {N, A + B}));
+    for (int n = 0; n < N; ++n) {
+        for (int i = 0; i < A; ++i) REQUIRE(da[n * A + i] == a[n * A + i] + dout[n * (A + B) + i]);
+        for (int i = 0; i < B; ++i) REQUIRE(db[n * B + i] == b[n * B + i] + dout[n * (A + B) + A + i]);
+    }
+    // An empty gradient is skipped; the other still finds its columns.
+    std::vector<T> db_only = b;
+    ops.concat_cols_backward({}, tensor(db_only, {N, B}), tensor(dout, {N, A + B}));
+    REQUIRE(db_only == db);
+}
+
+}  // namespace
+
+TEST_CASE("alloc gives zero-filled memory aligned to 256 bytes", "[unit]") {
+    CpuOps ops;
+    for (size_t bytes : {size_t(0), size_t(1), size_t(1000), size_t(4096)}) {
+        auto* p = static_cast<unsigned char*>(ops.alloc(bytes));
+        REQUIRE(p != nullptr);
+        REQUIRE(reinterpret_cast<uintptr_t>(p) % 256 == 0);
+        for (size_t i = 0; i < bytes; ++i) REQUIRE(p[i] == 0);
+        ops.release(p);
+    }
+}
+
+TEST_CASE("host copies, zero and copy move whole tensors", "[unit]") {
+    CpuOps ops;
+    const std::vector<float> host = {1.5f, -2.f, 3.25f, 4.f, 5.f, -6.5f};
+    auto* buffer = static_cast<float*>(ops.alloc(host.size() * sizeof(float)));
+    const Tensor t(buffer, DType::F32, {2, 3});
+    ops.copy_from_host(t, host.data());
+    std::vector<float> back(6);
+    ops.copy_to_host(back.data(), t);
+    REQUIRE(back == host);
+
+    std::vector<float> other(6, 9.f);
+    ops.copy(tensor(other, {3, 2}), t);  // same element count, another shape
+    REQUIRE(other == host);
+    ops.zero(t);
+    ops.copy_to_host(back.data(), t);
+    REQUIRE(back == std::vector<float>(6, 0.f));
+    ops.release(buffer);
+}
+
+TEST_CASE("add and scale match naive loops", "[unit]") {
+    check_add_and_scale<float>();
+    check_add_and_scale<double>();
+}
+
+TEST_CASE("sum and sum_squares are double sums that do not depend on the thread count", "[unit]") {
+    CpuOps ops;
+    Rng rng(3, "sums");
+    // Long enough to span many chunks, and not a multiple of any chunk size.
+    const int64_t n = 300007;
+    std::vector<float> x = cast<float>(normals(n, rng));
+    double sum = 0, squares = 0;
+    for (float v : x) {
+        sum += v;
+        squares += double(v) * v;
+    }
+    auto sums = [&] { return std::vector<double>{ops.sum(tensor(x, {n})), ops.sum_squares(tensor(x, {n}))}; };
+    const std::vector<double> got = sums();
+    REQUIRE(got[0] == Approx(sum).epsilon(1e-12).margin(1e-9));
+    REQUIRE(got[1] == Approx(squares).epsilon(1e-12));
+    require_same_for_1_and_2_threads(sums);
+
+    std::vector<double> small = {1, -2, 3};
+    REQUIRE(ops.sum(tensor(small, {3})) == 2);
+    REQUIRE(ops.sum_squares(tensor(small, {3})) == 14);
+}
+
+TEST_CASE("concat_cols joins rows and its backward splits and accumulates", "[unit]") {
+    check_concat<float>();
+    check_concat<double>();
+}
+
+TEST_CASE("mismatched shapes throw a logic_error naming the op and the shapes", "[unit]") {
+    CpuOps ops;
+    std::vector<float> a(6), b(4), c(12);
+    require_logic_error([&] { ops.add(tensor(a, {2, 3}), tensor(b, {2, 2})); }, {"add", "[2, 3]", "[2, 2]"});
+    require_logic_error([&] { ops.copy(tensor(a, {6}), tensor(b, {4})); }, {"copy", "[6]", "[4]"});
+    require_logic_error([&] { ops.concat_cols_forward(tensor(c, {2, 6}), tensor(a, {2, 3}), tensor(b, {2, 2})); },
+                        {"concat_cols_forward", "[2, 6]", "[2, 3]", "[2, 2]"});
+    require_logic_error([&] { ops.concat_cols_backward(tensor(a, {2, 3}), tensor(b, {2, 2}), tensor(c, {2, 6})); },
+                        {"concat_cols_backward", "[2, 6]"});
+}
+
+TEST_CASE("embedding gathers rows and scatter-adds repeated ids", "[unit]") {
+    CpuOps ops;
+    Rng rng(4, "embedding");
+    const int V = 5, H = 3, N = 6;
+    std::vector<int32_t> ids = {4, 0, 4, 2, 4, 1};
+    const Tensor id_t(ids.data(), DType::I32, {N});
+    std::vector<double> table = normals(V * H, rng), out(N * H);
+    ops.embedding_forward(tensor(out, {N, H}), id_t, tensor(table, {V, H}));
+    for (int n = 0; n < N; ++n)
+        for (int i = 0; i < H; ++i) REQUIRE(out[n * H + i] == table[ids[n] * H + i]);
+
+    std::vector<double> dout = normals(N * H, rng), before = normals(V * H, rng), dtable = before;
+    ops.embedding_backward(tensor(dtable, {V, H}), id_t, tensor(dout, {N, H}));
+    std::vector<double> expected = before;
+    for (int n = 0; n < N; ++n)
+        for (int i = 0; i < H; ++i) expected[ids[n] * H + i] += dout[n * H + i];
+    require_close("dtable", dtable, expected, 1e-15);  // row 3 has no token and keeps its value
+
+    ids[2] = V;
+    const std::string message =
+        error_of<std::out_of_range>([&] { ops.embedding_forward(tensor(out, {N, H}), id_t, tensor(table, {V, H})); });
+    REQUIRE(contains(message, "embedding_forward: id[2] = 5"));
+}

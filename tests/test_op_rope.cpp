@@ -1,0 +1,84 @@
+// RoPE on the CPU: the forward against a naive rotate-half loop, the backward
+// as the inverse rotation and as the gradient (finite differences).
+#include <cmath>
+#include <vector>
+
+#include "kernels/cpu/cpu_ops.h"
+#include "tests/gradcheck.h"
+#include "tests/op_testing.h"
+
+using namespace moe;
+using namespace moe::test;
+
+namespace {
+
+constexpr int64_t B = 2, T = 5, H = 3, HD = 6, kN = B * T * H * HD;
+constexpr double kTheta = 10000;
+
+// Hugging Face Llama: x' = x cos + rotate_half(x) sin, rotate_half(a, b) = (-b, a).
+std::vector<double> naive_rope(const std::vector<double>& x) {
+    std::vector<double> y(x.size());
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < T; ++t)
+            for (int64_t h = 0; h < H; ++h) {
+                const double* v = &x[((b * T + t) * H + h) * HD];
+                double* o = &y[((b * T + t) * H + h) * HD];
+                for (int64_t j = 0; j < HD; ++j) {
+                    const int64_t i = j % (HD / 2);  // the frequency index of column j
+                    const double angle = double(t) / std::pow(kTheta, 2.0 * double(i) / HD);
+                    const double rotated = j < HD / 2 ? -v[j + HD / 2] : v[j - HD / 2];
+                    o[j] = v[j] * std::cos(angle) + rotated * std::sin(angle);
+                }
+            }
+    return y;
+}
+
+template <class T_> void check_forward() {
+    CpuOps ops;
+    Rng rng(1, "rope forward");
+    const std::vector<double> x0 = normals(kN, rng);
+    std::vector<T_> x = cast<T_>(x0);
+    ops.rope_forward(tensor(x, {B, T, H, HD}), kTheta);
+    const std::vector<double> expected = naive_rope(x0);
+    require_close("rope", x, expected, tolerance<T_>());
+    // Position 0 does not turn.
+    for (int64_t i = 0; i < H * HD; ++i) REQUIRE(x[i] == T_(x0[i]));
+}
+
+}  // namespace
+
+TEST_CASE("rope_forward matches a naive rotate-half loop", "[unit]") {
+    check_forward<float>();
+    check_forward<double>();
+}
+
+TEST_CASE("rope_backward undoes rope_forward", "[unit]") {
+    CpuOps ops;
+    Rng rng(2, "rope inverse");
+    const std::vector<double> x0 = normals(kN, rng);
+    std::vector<double> x = x0;
+    ops.rope_forward(tensor(x, {B, T, H, HD}), kTheta);
+    ops.rope_backward(tensor(x, {B, T, H, HD}), kTheta);
+    require_close("x", x, x0, 1e-14);
+}
+
+TEST_CASE("rope_backward is the gradient of rope_forward", "[unit]") {
+    CpuOps ops;
+    Rng rng(3, "rope backward");
+    std::vector<double> x = normals(kN, rng), dy = normals(kN, rng);
+    auto loss = [&] {
+        std::vector<double> y = x;
+        ops.rope_forward(tensor(y, {B, T, H, HD}), kTheta);
+        return dot(dy, y);
+    };
+    std::vector<double> dx = dy;  // in place: dy becomes dx
+    ops.rope_backward(tensor(dx, {B, T, H, HD}), kTheta);
+    check_gradient("dx", loss, x.data(), dx.data(), kN);
+}
+
+TEST_CASE("rope rejects a head size that does not split in halves", "[unit]") {
+    CpuOps ops;
+    std::vector<float> x(2 * 3 * 5);
+    require_logic_error([&] { ops.rope_forward(tensor(x, {1, 2, 3, 5}), kTheta); }, {"rope_forward", "[1, 2, 3, 5]"});
+    require_logic_error([&] { ops.rope_backward(tensor(x, {6, 5}), kTheta); }, {"rope_backward", "[6, 5]"});
+}
