@@ -38,12 +38,14 @@ public:
     std::unique_ptr<Communicator> split(int color, int key) override;
 
 protected:
-    // Point-to-point messages, at least one per peer, so that counts that do
-    // not match the peers' are reported instead of corrupting a later call.
+    // Point-to-point messages to the peers with data, after a check that every
+    // rank's recv_counts match what its peers send.
     void do_all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
                          const std::vector<int64_t>& recv_counts, DType dtype) override;
 
 private:
+    void check_counts_match(const std::vector<int64_t>& send_counts, const std::vector<int64_t>& recv_counts);
+
     MPI_Comm comm_;
     int rank_ = 0;
     int size_ = 1;

@@ -73,7 +73,7 @@ struct OptimizerConfig {
 
 struct EvalConfig {
     int every = 50;   // steps between evaluations (0: only at the end)
-    int batches = 8;  // micro-batches per evaluation
+    int batches = 8;  // global batches (train.micro_batch_size x grad_accum_steps x ranks sequences) per evaluation
 };
 
 struct LogConfig {

@@ -1,11 +1,14 @@
-// moe-train: trains the model a YAML config describes, or (parity mode) runs
-// one forward/backward and dumps the gradients.
+// moe-train: trains the model a YAML config describes, as one process or as
+// the ranks of an mpirun/srun job, or (parity mode) runs one forward/backward
+// and dumps the gradients.
 #include <omp.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
 #include <memory>
 
+#include "comm/mpi_runtime.h"
+#include "comm/process_groups.h"
 #include "engine/cli.h"
 #include "engine/config.h"
 #include "engine/parity.h"
@@ -22,37 +25,59 @@ std::unique_ptr<moe::Ops> make_backend(const moe::RunConfig& run) {
     return std::make_unique<moe::CpuOps>();
 }
 
+int run(int argc, char** argv) {
+    const moe::CliOptions cli = moe::parse_cli(argc, argv);
+    if (cli.help) {
+        std::fputs(moe::cli_usage(), stdout);
+        return 0;
+    }
+    const moe::Config cfg = moe::load_config(cli.config, cli.overrides);
+    moe::ProcessGroups groups = moe::make_process_groups(cfg.parallel.expert_parallel);
+    // Ranks started with different configs (or --set) would train different
+    // models, or hang in mismatched collectives: refuse before any work.
+    moe::check_same_on_all_ranks(*groups.world, "config", moe::to_yaml(cfg));
+    auto ops = make_backend(cfg.run);
+    if (!cli.batch.empty()) {
+        if (groups.world_size() > 1)
+            throw moe::ConfigError("parity mode (--batch, --dump-grads) runs as one process: start it without mpirun");
+        moe::ParityRequest req{cli.batch, cli.init_from, cli.dump_grads,
+                               cli.dtype == "f64" ? moe::DType::F64 : moe::DType::F32};
+        const double loss = moe::run_parity(cfg.model, cfg.run.seed, *ops, req);
+        spdlog::info("parity: loss {:.9g}; gradients written to {}", loss, cli.dump_grads);
+        return 0;
+    }
+    moe::TrainOptions opts;
+    opts.init_from = cli.init_from;
+    const moe::TrainSummary s = moe::train(cfg, *ops, opts, &groups);
+    if (groups.world_rank() == 0 && s.val_loss == s.val_loss) std::printf("final validation loss %.4f\n", s.val_loss);
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    spdlog::set_pattern("[%H:%M:%S] %^%l%$ %v");
+    spdlog::set_pattern("[%H:%M:%S] %l %v");
+    moe::MpiRuntime mpi(&argc, &argv);
+    const int rank = mpi.world_rank(), world = mpi.world_size();
+    if (rank != 0) spdlog::set_level(spdlog::level::warn);  // one log for the job
     try {
-        const moe::CliOptions cli = moe::parse_cli(argc, argv);
-        if (cli.help) {
-            std::fputs(moe::cli_usage(), stdout);
-            return 0;
-        }
-        const moe::Config cfg = moe::load_config(cli.config, cli.overrides);
-        auto ops = make_backend(cfg.run);
-        if (!cli.batch.empty()) {
-            moe::ParityRequest req{cli.batch, cli.init_from, cli.dump_grads,
-                                   cli.dtype == "f64" ? moe::DType::F64 : moe::DType::F32};
-            const double loss = moe::run_parity(cfg.model, cfg.run.seed, *ops, req);
-            spdlog::info("parity: loss {:.9g}; gradients written to {}", loss, cli.dump_grads);
-            return 0;
-        }
-        moe::TrainOptions opts;
-        opts.init_from = cli.init_from;
-        const moe::TrainSummary s = moe::train(cfg, *ops, opts);
-        if (s.val_loss == s.val_loss) std::printf("final validation loss %.4f\n", s.val_loss);
-        return 0;
-    } catch (const moe::CliError& e) {
-        std::fprintf(stderr, "moe-train: %s\n", e.what());
+        return run(argc, argv);
+    } catch (const moe::CliError& e) {  // the same on every rank: say it once
+        if (rank == 0) std::fprintf(stderr, "moe-train: %s\n", e.what());
         return 2;
     } catch (const moe::ConfigError& e) {
-        std::fprintf(stderr, "moe-train: %s\n", e.what());
+        if (rank == 0) std::fprintf(stderr, "moe-train: %s\n", e.what());
+        return 2;
+    } catch (const moe::CommError& e) {  // layout problems are found by every rank alike
+        if (rank == 0) std::fprintf(stderr, "moe-train: %s\n", e.what());
         return 2;
     } catch (const std::exception& e) {
+        // Possibly this rank alone: the others may wait in a collective, so
+        // stop the whole job rather than leave them hanging.
+        if (world > 1) {
+            std::fprintf(stderr, "moe-train: rank %d: error: %s\n", rank, e.what());
+            moe::abort_all(1);
+        }
         std::fprintf(stderr, "moe-train: error: %s\n", e.what());
         return 1;
     }

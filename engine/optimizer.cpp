@@ -12,12 +12,6 @@ double learning_rate(const OptimizerConfig& cfg, int64_t step, int64_t total_ste
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + std::cos(M_PI * progress));
 }
 
-double AdamW::grad_sum_squares() const {
-    double s = 0;
-    for (const Param& p : params_.all()) s += params_.ops().sum_squares(p.grad);
-    return s;
-}
-
 double AdamW::clip_scale(double grad_norm) const {
     if (cfg_.grad_clip <= 0 || grad_norm <= cfg_.grad_clip) return 1.0;
     return cfg_.grad_clip / (grad_norm + 1e-6);

@@ -14,8 +14,6 @@ double learning_rate(const OptimizerConfig& cfg, int64_t step, int64_t total_ste
 class AdamW {
 public:
     AdamW(const OptimizerConfig& cfg, ParameterSet& params) : cfg_(cfg), params_(params) {}
-    // Sum of squared gradients over this process's parameters.
-    double grad_sum_squares() const;
     // The factor that scales gradients of norm grad_norm down to grad_clip.
     double clip_scale(double grad_norm) const;
     // One update with 1-based step; gradients are multiplied by grad_scale.

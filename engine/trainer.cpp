@@ -10,6 +10,7 @@
 
 #include "engine/data_loader.h"
 #include "engine/flops.h"
+#include "engine/grad_sync.h"
 #include "engine/metrics.h"
 #include "engine/model.h"
 #include "engine/optimizer.h"
@@ -53,53 +54,97 @@ void add_counts(std::vector<std::vector<int64_t>>& sum, const std::vector<std::v
         for (size_t e = 0; e < x[l].size(); ++e) sum[l][e] += x[l][e];
 }
 
-// Mean cross-entropy over the first `batches` micro-batches of the val data.
-double evaluate(Model& model, DataLoader& val, int batches, std::vector<int32_t>& in, std::vector<int32_t>& tg) {
+int world_size(const ProcessGroups* groups) { return groups ? groups->world_size() : 1; }
+
+// Sums v over all ranks, in place.
+void sum_over_world(std::vector<double>& v, const ProcessGroups* groups) {
+    if (world_size(groups) > 1) groups->world->all_reduce(v.data(), int64_t(v.size()), DType::F64, ReduceOp::Sum);
+}
+
+// Mean cross-entropy over the first `batches` micro-steps of the val data
+// (each rank its share), so over the same sequences whatever the layout.
+double evaluate(Model& model, DataLoader& val, int batches, std::vector<int32_t>& in, std::vector<int32_t>& tg,
+                const ProcessGroups* groups) {
     val.set_position(DataPosition{});
-    double sum = 0;
+    std::vector<double> sum = {0};
     for (int i = 0; i < batches; ++i) {
         val.next_batch(in.data(), tg.data());
-        sum += model.forward(in.data(), tg.data()).loss;
+        sum[0] += model.forward(in.data(), tg.data()).loss;
     }
-    return sum / batches;
+    sum_over_world(sum, groups);
+    return sum[0] / batches / world_size(groups);
 }
+
+// Per-step figures every rank contributes to: summed over the world.
+struct StepTotals {
+    double loss = 0, aux = 0;
+    int64_t dropped = 0;
+    std::vector<std::vector<int64_t>> routed;  // [L][E]
+
+    void reduce(const ProcessGroups* groups) {
+        std::vector<double> flat = {loss, aux, double(dropped)};
+        for (const auto& layer : routed) flat.insert(flat.end(), layer.begin(), layer.end());
+        sum_over_world(flat, groups);
+        const int W = world_size(groups);
+        loss = flat[0] / W;
+        aux = flat[1] / W;
+        dropped = int64_t(flat[2]);
+        size_t i = 3;
+        for (auto& layer : routed)
+            for (auto& c : layer) c = int64_t(flat[i++]);
+    }
+};
 
 }  // namespace
 
-TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts) {
+TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const ProcessGroups* groups) {
     namespace fs = std::filesystem;
     const ModelConfig& mc = cfg.model;
     const int B = cfg.train.micro_batch_size, T = cfg.train.seq_len, A = cfg.train.grad_accum_steps;
     const int steps = cfg.train.steps;
+    const int rank = groups ? groups->world_rank() : 0, world = world_size(groups);
+    const bool lead = rank == 0;  // logs and writes the run directory
 
-    std::error_code ec;
-    fs::create_directories(cfg.run.out_dir, ec);
-    if (ec) throw TrainingError("cannot create run.out_dir '" + cfg.run.out_dir + "': " + ec.message());
-    {
+    std::unique_ptr<MetricsWriter> metrics;
+    if (lead) {
+        std::error_code ec;
+        fs::create_directories(cfg.run.out_dir, ec);
+        if (ec) throw TrainingError("cannot create run.out_dir '" + cfg.run.out_dir + "': " + ec.message());
         std::ofstream f(cfg.run.out_dir + "/config.yaml");
         f << to_yaml(cfg);
         if (!f) throw TrainingError("cannot write into run.out_dir '" + cfg.run.out_dir + "': check its permissions");
+        metrics = std::make_unique<MetricsWriter>(cfg.run.out_dir + "/metrics.jsonl");
     }
-    MetricsWriter metrics(cfg.run.out_dir + "/metrics.jsonl");
 
-    DataLoader train_data(cfg.data.train, mc.vocab_size, T, B, cfg.run.seed, /*shuffle=*/true);
+    DataLoader train_data(cfg.data.train, mc.vocab_size, T, B, cfg.run.seed, /*shuffle=*/true, rank, world);
     std::unique_ptr<DataLoader> val_data;
     if (!cfg.data.val.empty())
-        val_data = std::make_unique<DataLoader>(cfg.data.val, mc.vocab_size, T, B, cfg.run.seed, /*shuffle=*/false);
+        val_data = std::make_unique<DataLoader>(cfg.data.val, mc.vocab_size, T, B, cfg.run.seed, /*shuffle=*/false,
+                                                rank, world);
 
-    Model model(mc, ops, DType::F32, B, T);
+    Model model(mc, ops, DType::F32, B, T, groups ? groups->ep.get() : nullptr);
     ParameterSet& params = model.params();
     params.initialize(cfg.run.seed);
     if (!opts.init_from.empty()) load_tensors(opts.init_from, params.named(ParameterSet::Slot::Value), ops);
     AdamW optimizer(cfg.optimizer, params);
 
     const double flops_per_token = train_flops_per_token(mc, T);
-    const int64_t tokens_per_step = int64_t(B) * T * A;
-    spdlog::info("model: {:.2f}M parameters, {} layers, {} experts (top-{}, {} router), dynamics {}", params.numel() / 1e6,
+    const int64_t tokens_per_step = int64_t(B) * T * A * world;
+    if (lead && world > 1)
+        spdlog::info("layout: {} ranks, expert parallel {} x data parallel {}; {} experts per rank", world,
+                     groups->ep_size(), groups->dp_size(), mc.moe.num_experts / groups->ep_size());
+    double total_params = 0;  // of the whole model, whatever this rank holds
+    for (const Param& p : params.all())
+        total_params += double(p.numel()) * (p.is_expert_stack() && groups ? groups->ep_size() : 1);
+    if (lead)
+        spdlog::info("model: {:.2f}M parameters, {} layers, {} experts (top-{}, {} router), dynamics {}",
+                     total_params / 1e6,
                  mc.num_layers, mc.moe.num_experts, mc.moe.top_k, mc.moe.router,
                  mc.dynamics.enabled ? (mc.dynamics.shared ? "shared" : "per layer") : "off");
-    spdlog::info("data: {} train tokens; {} tokens per step ({} x {} x {} accumulation); activations {:.1f} MiB",
-                 train_data.total_tokens(), tokens_per_step, B, T, A, model.activation_bytes() / 1048576.0);
+    if (lead)
+        spdlog::info("data: {} train tokens; {} tokens per step ({} x {} x {} accumulation x {} ranks); "
+                     "activations {:.1f} MiB per rank",
+                     train_data.total_tokens(), tokens_per_step, B, T, A, world, model.activation_bytes() / 1048576.0);
 
     std::vector<int32_t> inputs(size_t(B) * T), targets(size_t(B) * T);
     TrainSummary summary;
@@ -111,19 +156,22 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts) {
     for (int step = 0; step < steps; ++step) {
         const auto t0 = Clock::now();
         params.zero_grads();
-        double loss = 0, aux = 0;
-        int64_t dropped = 0;
-        std::vector<std::vector<int64_t>> routed;
+        StepTotals totals;
         for (int a = 0; a < A; ++a) {
             train_data.next_batch(inputs.data(), targets.data());
             ForwardResult r = model.forward(inputs.data(), targets.data());
-            loss += r.loss / A;
-            aux += r.aux / A;
-            dropped += r.dropped;
-            add_counts(routed, r.routed);
-            if (std::isfinite(r.loss) && std::isfinite(r.aux)) model.backward(1.0 / A);
+            totals.loss += r.loss / A;
+            totals.aux += r.aux / A;
+            totals.dropped += r.dropped;
+            add_counts(totals.routed, r.routed);
+            // Always backward, even after a NaN: every rank must make the same
+            // collective calls; the step is judged once all ranks agree.
+            model.backward(1.0 / A);
         }
-        const double grad_norm = std::sqrt(optimizer.grad_sum_squares());
+        totals.reduce(groups);
+        average_gradients(params, groups);
+        const double loss = totals.loss, aux = totals.aux, grad_norm = global_grad_norm(params, groups);
+        const int64_t dropped = totals.dropped;
         const double lr = learning_rate(cfg.optimizer, step, steps);
         if (!std::isfinite(loss) || !std::isfinite(aux) || !std::isfinite(grad_norm)) {
             const std::string what = "step " + std::to_string(step + 1) + ": loss " + std::to_string(loss) +
@@ -134,7 +182,7 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts) {
             ++summary.steps_skipped;
             if (++consecutive_skips >= 10)
                 throw TrainingError(what + ": 10 non-finite steps in a row, the run stops (lower optimizer.lr)");
-            spdlog::warn("{} is not finite: step skipped (run.nan_policy=skip)", what);
+            if (lead) spdlog::warn("{} is not finite: step skipped (run.nan_policy=skip)", what);
             continue;
         }
         consecutive_skips = 0;
@@ -146,8 +194,9 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts) {
         summary.losses.push_back(loss);
 
         const double tok_s = tokens_per_step / step_s;
-        const double imbalance = load_imbalance(routed);
-        metrics.write({{"step", step + 1},
+        const double imbalance = load_imbalance(totals.routed);
+        if (lead)
+            metrics->write({{"step", step + 1},
                        {"loss", loss},
                        {"aux", aux},
                        {"lr", lr},
@@ -156,7 +205,7 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts) {
                        {"load_max_over_mean", imbalance},
                        {"dropped", double(dropped)},
                        {"step_s", step_s}});
-        if ((step + 1) % cfg.log.every == 0 || step == 0 || step + 1 == steps) {
+        if (lead && ((step + 1) % cfg.log.every == 0 || step == 0 || step + 1 == steps)) {
             const double avg_tok_s = tokens_per_step * summary.steps_done / timed_s;
             const double eta = (steps - step - 1) * timed_s / summary.steps_done;
             spdlog::info("step {:>5}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | grad {:.3f} | {:.0f} tok/s | "
@@ -167,14 +216,24 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts) {
         }
         const bool last = step + 1 == steps;
         if (val_data && ((cfg.eval.every > 0 && (step + 1) % cfg.eval.every == 0) || last)) {
-            summary.val_loss = evaluate(model, *val_data, cfg.eval.batches, inputs, targets);
-            metrics.write({{"step", step + 1}, {"val_loss", summary.val_loss}});
-            spdlog::info("step {:>5}/{} | validation loss {:.4f}", step + 1, steps, summary.val_loss);
+            summary.val_loss = evaluate(model, *val_data, cfg.eval.batches * A, inputs, targets, groups);
+            if (lead) {
+                metrics->write({{"step", step + 1}, {"val_loss", summary.val_loss}});
+                spdlog::info("step {:>5}/{} | validation loss {:.4f}", step + 1, steps, summary.val_loss);
+            }
         }
     }
-    save_tensors(cfg.run.out_dir + "/model.safetensors", params.named(ParameterSet::Slot::Value), ops);
+    // The final weights: one file, or with expert parallelism one per EP rank
+    // (each with the replicated tensors and its own experts, global names).
+    if (!groups || groups->dp_rank() == 0) {
+        const std::string name = !groups || groups->ep_size() == 1
+                                     ? "/model.safetensors"
+                                     : "/model-ep" + std::to_string(groups->ep_rank()) + ".safetensors";
+        save_tensors(cfg.run.out_dir + name, params.named(ParameterSet::Slot::Value), ops);
+    }
     summary.tokens_per_s = timed_s > 0 ? tokens_per_step * summary.steps_done / timed_s : 0;
-    spdlog::info("done: {} steps in {}, {:.0f} tokens/s", summary.steps_done, format_duration(seconds_since(start)),
+    if (lead)
+        spdlog::info("done: {} steps in {}, {:.0f} tokens/s", summary.steps_done, format_duration(seconds_since(start)),
                  summary.tokens_per_s);
     return summary;
 }

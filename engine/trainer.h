@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/process_groups.h"
 #include "engine/config.h"
 #include "kernels/ops.h"
 
@@ -27,6 +28,8 @@ struct TrainOptions {
     std::string init_from;  // safetensors weights to start from (empty: seeded init)
 };
 
-TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts = {});
+// groups: the process groups of a multi-process run (null: one process).
+// Every rank calls train(); rank 0 logs and writes the run directory.
+TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts = {}, const ProcessGroups* groups = nullptr);
 
 }  // namespace moe

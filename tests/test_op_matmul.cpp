@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/parallel.h"
 #include "tests/gradcheck.h"
 #include "tests/op_testing.h"
 
@@ -118,7 +119,8 @@ TEST_CASE("grouped_matmul_backward matches finite differences and leaves an empt
 }
 
 TEST_CASE("matmul results do not depend on the thread count", "[unit]") {
-    const int64_t N = 37, O = 41, I = 29;
+    const int64_t N = 45, O = 41, I = 67;
+    REQUIRE(worth_threads(N * O * I));  // the threads do split the work
     CpuOps ops;
     Rng rng(5, "matmul threads");
     std::vector<float> x = cast<float>(normals(N * I, rng)), w = cast<float>(normals(O * I, rng));

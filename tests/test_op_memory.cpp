@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/parallel.h"
 #include "tests/op_testing.h"
 
 using namespace moe;
@@ -91,8 +92,9 @@ TEST_CASE("add and scale match naive loops", "[unit]") {
 TEST_CASE("sum and sum_squares are double sums that do not depend on the thread count", "[unit]") {
     CpuOps ops;
     Rng rng(3, "sums");
-    // Long enough to span many chunks, and not a multiple of any chunk size.
+    // Long enough to span many chunks and threads, and not a multiple of any chunk size.
     const int64_t n = 300007;
+    REQUIRE(worth_threads(n));
     std::vector<float> x = cast<float>(normals(n, rng));
     double sum = 0, squares = 0;
     for (float v : x) {

@@ -6,6 +6,7 @@
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/parallel.h"
 
 namespace moe {
 
@@ -21,7 +22,7 @@ void CpuOps::silu_forward(Tensor y, Tensor x) {
         const T* px = x.ptr<T>();
         T* py = y.ptr<T>();
         const int64_t n = x.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(n))
         for (int64_t i = 0; i < n; ++i) py[i] = px[i] * sigmoid(px[i]);
     });
 }
@@ -35,7 +36,7 @@ void CpuOps::silu_backward(Tensor dx, Tensor dy, Tensor x) {
         const T *px = x.ptr<T>(), *pdy = dy.ptr<T>();
         T* pdx = dx.ptr<T>();
         const int64_t n = x.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(n))
         for (int64_t i = 0; i < n; ++i) pdx[i] += pdy[i] * silu_grad(px[i], sigmoid(px[i]));
     });
 }
@@ -48,7 +49,7 @@ void CpuOps::swiglu_forward(Tensor out, Tensor gate, Tensor up) {
         const T *g = gate.ptr<T>(), *u = up.ptr<T>();
         T* o = out.ptr<T>();
         const int64_t n = out.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(n))
         for (int64_t i = 0; i < n; ++i) o[i] = g[i] * sigmoid(g[i]) * u[i];
     });
 }
@@ -64,7 +65,7 @@ void CpuOps::swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate,
         T* dg = dgate.empty() ? nullptr : dgate.ptr<T>();
         T* du = dup.empty() ? nullptr : dup.ptr<T>();
         const int64_t n = dout.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(n))
         for (int64_t i = 0; i < n; ++i) {
             const T s = sigmoid(g[i]);
             if (dg) dg[i] += d[i] * u[i] * silu_grad(g[i], s);

@@ -10,6 +10,7 @@
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/parallel.h"
 
 namespace moe {
 
@@ -25,7 +26,7 @@ void CpuOps::adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, const Ada
         T *p = param.ptr<T>(), *pm = m.ptr<T>(), *pv = v.ptr<T>();
         const T* g = grad.ptr<T>();
         const int64_t n = param.numel();
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (worth_threads(n))
         for (int64_t i = 0; i < n; ++i) {
             const double gi = double(g[i]) * a.grad_scale;
             const double mi = a.beta1 * double(pm[i]) + (1 - a.beta1) * gi;

@@ -14,6 +14,7 @@
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/parallel.h"
 
 namespace moe {
 
@@ -65,7 +66,7 @@ void CpuOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tenso
         const T scale = T(1.0 / std::sqrt(double(d.hd)));
         const T *pq = q.ptr<T>(), *pk = k.ptr<T>(), *pv = v.ptr<T>();
         T *po = out.ptr<T>(), *pl = lse.ptr<T>();
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(d.B * d.nh * d.T * d.T * d.hd))
         {
             std::vector<T> score(d.T);
 #pragma omp for schedule(static)
@@ -106,7 +107,7 @@ void CpuOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Te
         T *pdq = data_or_null<T>(dq), *pdk = data_or_null<T>(dk), *pdv = data_or_null<T>(dv);
         // One thread per (batch, kv head): it owns dk, dv of that head and dq
         // of the query heads that share it, so no two threads write one value.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(d.B * d.nh * d.T * d.T * d.hd))
         for (int64_t bg = 0; bg < d.B * d.nkv; ++bg) {
             const int64_t b = bg / d.nkv, kvh = bg % d.nkv;
             for (int64_t h = kvh * d.group(); h < (kvh + 1) * d.group(); ++h)

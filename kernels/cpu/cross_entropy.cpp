@@ -9,6 +9,7 @@
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/parallel.h"
 
 namespace moe {
 
@@ -42,7 +43,7 @@ void CpuOps::cross_entropy_forward(Tensor losses, Tensor logits, Tensor targets)
         using T = std::remove_pointer_t<decltype(tag)>;
         const T* pl = logits.ptr<T>();
         T* out = losses.ptr<T>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(N * V))
         for (int64_t n = 0; n < N; ++n) {
             const T* row = pl + n * V;
             const double max = row_max(row, V);
@@ -62,7 +63,7 @@ void CpuOps::cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor target
         using T = std::remove_pointer_t<decltype(tag)>;
         const T* pl = logits.ptr<T>();
         T* pd = dlogits.ptr<T>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(N * V))
         for (int64_t n = 0; n < N; ++n) {
             const T* row = pl + n * V;
             T* grad = pd + n * V;

@@ -7,6 +7,7 @@
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/parallel.h"
 
 namespace moe {
 
@@ -35,7 +36,7 @@ void CpuOps::embedding_forward(Tensor out, Tensor ids, Tensor table) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const T* w = table.ptr<T>();
         T* o = out.ptr<T>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(N * H))
         for (int64_t n = 0; n < N; ++n) std::copy_n(w + int64_t(id[n]) * H, H, o + n * H);
     });
 }

@@ -14,6 +14,7 @@
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/parallel.h"
 
 namespace moe {
 
@@ -76,7 +77,7 @@ template <class T> void edge_tile(const Product<T>& p, int64_t r0, int64_t rows,
 template <class T> void accumulate_product(const Product<T>& p) {
     constexpr int64_t W = kTileCols<T>;
     const int64_t blocks = (p.M + kTileRows - 1) / kTileRows;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(p.M * p.K * p.L))
     for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t r0 = blk * kTileRows, rows = std::min(kTileRows, p.M - r0);
         int64_t c0 = 0;
@@ -99,7 +100,7 @@ template <class T> const T* transposed(const T* w, int64_t O, int64_t I) {
 
 template <class T> void linear_forward(T* y, const T* x, const T* w, const T* b, int64_t N, int64_t O, int64_t I) {
     // y starts as the bias (or 0) and the product accumulates onto it.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(N * O))
     for (int64_t n = 0; n < N; ++n) {
         T* yn = y + n * O;
         if (b)

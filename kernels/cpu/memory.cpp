@@ -9,6 +9,7 @@
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/parallel.h"
 
 namespace moe {
 
@@ -48,7 +49,7 @@ void CpuOps::add(Tensor y, Tensor x, double alpha) {
         const T* px = x.ptr<T>();
         const T a = T(alpha);
         const int64_t n = y.numel();
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (worth_threads(n))
         for (int64_t i = 0; i < n; ++i) py[i] += a * px[i];
     });
 }
@@ -59,7 +60,7 @@ void CpuOps::scale(Tensor y, double alpha) {
         T* py = y.ptr<T>();
         const T a = T(alpha);
         const int64_t n = y.numel();
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (worth_threads(n))
         for (int64_t i = 0; i < n; ++i) py[i] *= a;
     });
 }
@@ -78,7 +79,7 @@ template <class F> double reduce(const Tensor& x, F term) {
     dispatch_float(x, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const T* p = x.ptr<T>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(n))
         for (int64_t c = 0; c < chunks; ++c) {
             const int64_t end = std::min(n, (c + 1) * chunk);
             double s = 0;
@@ -110,7 +111,7 @@ void CpuOps::concat_cols_forward(Tensor out, Tensor a, Tensor b) {
         using T = std::remove_pointer_t<decltype(tag)>;
         T* po = out.ptr<T>();
         const T *pa = a.ptr<T>(), *pb = b.ptr<T>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(N * (A + Bc)))
         for (int64_t n = 0; n < N; ++n) {
             std::copy_n(pa + n * A, A, po + n * (A + Bc));
             std::copy_n(pb + n * Bc, Bc, po + n * (A + Bc) + A);
@@ -131,7 +132,7 @@ void CpuOps::concat_cols_backward(Tensor da, Tensor db, Tensor dout) {
         const T* pd = dout.ptr<T>();
         T* pa = da.empty() ? nullptr : da.ptr<T>();
         T* pb = db.empty() ? nullptr : db.ptr<T>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(N * W))
         for (int64_t n = 0; n < N; ++n) {
             const T* row = pd + n * W;
             if (pa)

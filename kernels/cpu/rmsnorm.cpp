@@ -9,6 +9,7 @@
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/parallel.h"
 
 namespace moe {
 
@@ -31,7 +32,7 @@ void CpuOps::rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double e
         using T = std::remove_pointer_t<decltype(tag)>;
         const T *px = x.ptr<T>(), *pw = w.ptr<T>();
         T *py = y.ptr<T>(), *pr = rstd.ptr<T>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(R * D))
         for (int64_t r = 0; r < R; ++r) {
             const T* xr = px + r * D;
             double ss = 0;
@@ -56,7 +57,7 @@ void CpuOps::rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor 
         const T *px = x.ptr<T>(), *pw = w.ptr<T>(), *pdy = dy.ptr<T>(), *pr = rstd.ptr<T>();
         if (!dx.empty()) {
             T* pdx = dx.ptr<T>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(R * D))
             for (int64_t r = 0; r < R; ++r) {
                 const T *xr = px + r * D, *dyr = pdy + r * D;
                 const double s = pr[r];
@@ -74,7 +75,7 @@ void CpuOps::rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor 
             // Threads split the columns into fixed blocks and walk the rows in
             // order, so each column's sum is the serial one.
             constexpr int64_t kCols = 32;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(R * D))
             for (int64_t c0 = 0; c0 < D; c0 += kCols) {
                 const int64_t cols = std::min(kCols, D - c0);
                 double acc[kCols] = {};

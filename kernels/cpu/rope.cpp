@@ -8,6 +8,7 @@
 #include "kernels/cpu/check.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/parallel.h"
 
 namespace moe {
 
@@ -20,7 +21,7 @@ void rotate(const char* op, Tensor x, double theta, int direction) {
     dispatch_float(x, [&](auto tag) {
         using F = std::remove_pointer_t<decltype(tag)>;
         F* p = x.ptr<F>();
-#pragma omp parallel
+#pragma omp parallel if (worth_threads(x.numel()))
         {
             std::vector<F> cos_t(half), sin_t(half);
             // One position per iteration: its angles are computed once for every batch row and head.

@@ -258,6 +258,17 @@ TEST_CASE("all_to_all_v refuses counts that do not fit the group or the peers", 
             [&] { world->all_to_all_v(send.data(), twos, recv.data(), expect, DType::I32); });
         CHECK(contains(message, "expected recv_counts[" + std::to_string(left) + "] = 1 elements"));
     }
+    // One rank's mistake stops them all, so none waits for a transfer.
+    SECTION("only the last rank expects the wrong count") {
+        std::vector<int64_t> expect = twos;
+        if (me == n - 1) expect[size_t(left)] = 5;
+        const std::string message = error_of<CommError>(
+            [&] { world->all_to_all_v(send.data(), twos, recv.data(), expect, DType::I32); });
+        if (me == n - 1)
+            CHECK(contains(message, "expected recv_counts[" + std::to_string(left) + "] = 5 elements"));
+        else
+            CHECK(contains(message, "rank " + std::to_string(n - 1) + " expected other counts than its peers send"));
+    }
     CHECK(world->bytes_sent_all_to_all() == 0);
 }
 
