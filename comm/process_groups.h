@@ -31,9 +31,4 @@ ProcessGroups make_process_groups(std::unique_ptr<Communicator> world, int exper
 // The same over MPI's world; MPI must be running (see MpiRuntime).
 ProcessGroups make_process_groups(int expert_parallel);
 
-// Throws CommError on every rank, naming the ranks whose `text` differs from
-// rank 0's, unless all ranks hold the same text. `what` names the text in the
-// message (e.g. "config"). Collective over world.
-void check_same_on_all_ranks(Communicator& world, const std::string& what, const std::string& text);
-
 }  // namespace moe

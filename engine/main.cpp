@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <memory>
 
+#include "comm/agreement.h"
+#include "comm/mpi_communicator.h"
 #include "comm/mpi_runtime.h"
 #include "comm/process_groups.h"
 #include "engine/cli.h"
@@ -26,16 +28,23 @@ std::unique_ptr<moe::Ops> make_backend(const moe::RunConfig& run) {
 }
 
 int run(int argc, char** argv) {
-    const moe::CliOptions cli = moe::parse_cli(argc, argv);
+    std::unique_ptr<moe::Communicator> world = moe::MpiCommunicator::world();
+    moe::CliOptions cli;
+    moe::Config cfg;
+    // Every rank reads the command line and the config; one that rejects them
+    // (a --set given to one rank only, a file one node lacks) stops them all.
+    moe::on_all_ranks(world.get(), [&] {
+        cli = moe::parse_cli(argc, argv);
+        if (!cli.help) cfg = moe::load_config(cli.config, cli.overrides);
+    });
     if (cli.help) {
-        std::fputs(moe::cli_usage(), stdout);
+        if (world->rank() == 0) std::fputs(moe::cli_usage(), stdout);
         return 0;
     }
-    const moe::Config cfg = moe::load_config(cli.config, cli.overrides);
-    moe::ProcessGroups groups = moe::make_process_groups(cfg.parallel.expert_parallel);
-    // Ranks started with different configs (or --set) would train different
-    // models, or hang in mismatched collectives: refuse before any work.
-    moe::check_same_on_all_ranks(*groups.world, "config", moe::to_yaml(cfg));
+    // Ranks started with different configs would train different models, or
+    // hang in mismatched collectives: refuse before any work.
+    moe::check_same_on_all_ranks(*world, "config", moe::to_yaml(cfg));
+    moe::ProcessGroups groups = moe::make_process_groups(std::move(world), cfg.parallel.expert_parallel);
     auto ops = make_backend(cfg.run);
     if (!cli.batch.empty()) {
         if (groups.world_size() > 1)
@@ -62,6 +71,12 @@ int main(int argc, char** argv) {
     if (rank != 0) spdlog::set_level(spdlog::level::warn);  // one log for the job
     try {
         return run(argc, argv);
+    } catch (const moe::JobError& e) {  // raised on every rank: say it once
+        if (rank == 0) {
+            const std::string where = e.rank() == 0 ? "" : "rank " + std::to_string(e.rank()) + ": ";
+            std::fprintf(stderr, "moe-train: %s%s\n", where.c_str(), e.what());
+        }
+        return 2;
     } catch (const moe::CliError& e) {  // the same on every rank: say it once
         if (rank == 0) std::fprintf(stderr, "moe-train: %s\n", e.what());
         return 2;

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "comm/agreement.h"
 #include "engine/data_loader.h"
 #include "engine/flops.h"
 #include "engine/grad_sync.h"
@@ -105,27 +106,35 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
     const int rank = groups ? groups->world_rank() : 0, world = world_size(groups);
     const bool lead = rank == 0;  // logs and writes the run directory
 
+    Communicator* world_comm = groups ? groups->world.get() : nullptr;
     std::unique_ptr<MetricsWriter> metrics;
-    if (lead) {
-        std::error_code ec;
-        fs::create_directories(cfg.run.out_dir, ec);
-        if (ec) throw TrainingError("cannot create run.out_dir '" + cfg.run.out_dir + "': " + ec.message());
-        std::ofstream f(cfg.run.out_dir + "/config.yaml");
-        f << to_yaml(cfg);
-        if (!f) throw TrainingError("cannot write into run.out_dir '" + cfg.run.out_dir + "': check its permissions");
-        metrics = std::make_unique<MetricsWriter>(cfg.run.out_dir + "/metrics.jsonl");
-    }
-
-    DataLoader train_data(cfg.data.train, mc.vocab_size, T, B, cfg.run.seed, /*shuffle=*/true, rank, world);
-    std::unique_ptr<DataLoader> val_data;
-    if (!cfg.data.val.empty())
-        val_data = std::make_unique<DataLoader>(cfg.data.val, mc.vocab_size, T, B, cfg.run.seed, /*shuffle=*/false,
-                                                rank, world);
+    std::unique_ptr<DataLoader> train_data, val_data;
+    // Bad input that one rank finds (an unwritable run directory, a shard one
+    // node lacks) stops every rank with its message.
+    on_all_ranks(world_comm, [&] {
+        if (lead) {
+            std::error_code ec;
+            fs::create_directories(cfg.run.out_dir, ec);
+            if (ec) throw TrainingError("cannot create run.out_dir '" + cfg.run.out_dir + "': " + ec.message());
+            std::ofstream f(cfg.run.out_dir + "/config.yaml");
+            f << to_yaml(cfg);
+            if (!f)
+                throw TrainingError("cannot write into run.out_dir '" + cfg.run.out_dir + "': check its permissions");
+            metrics = std::make_unique<MetricsWriter>(cfg.run.out_dir + "/metrics.jsonl");
+        }
+        train_data = std::make_unique<DataLoader>(cfg.data.train, mc.vocab_size, T, B, cfg.run.seed,
+                                                  /*shuffle=*/true, rank, world);
+        if (!cfg.data.val.empty())
+            val_data = std::make_unique<DataLoader>(cfg.data.val, mc.vocab_size, T, B, cfg.run.seed,
+                                                    /*shuffle=*/false, rank, world);
+    });
 
     Model model(mc, ops, DType::F32, B, T, groups ? groups->ep.get() : nullptr);
     ParameterSet& params = model.params();
     params.initialize(cfg.run.seed);
-    if (!opts.init_from.empty()) load_tensors(opts.init_from, params.named(ParameterSet::Slot::Value), ops);
+    on_all_ranks(world_comm, [&] {
+        if (!opts.init_from.empty()) load_tensors(opts.init_from, params.named(ParameterSet::Slot::Value), ops);
+    });
     AdamW optimizer(cfg.optimizer, params);
 
     const double flops_per_token = train_flops_per_token(mc, T);
@@ -144,7 +153,7 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
     if (lead)
         spdlog::info("data: {} train tokens; {} tokens per step ({} x {} x {} accumulation x {} ranks); "
                      "activations {:.1f} MiB per rank",
-                     train_data.total_tokens(), tokens_per_step, B, T, A, world, model.activation_bytes() / 1048576.0);
+                     train_data->total_tokens(), tokens_per_step, B, T, A, world, model.activation_bytes() / 1048576.0);
 
     std::vector<int32_t> inputs(size_t(B) * T), targets(size_t(B) * T);
     TrainSummary summary;
@@ -158,7 +167,7 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
         params.zero_grads();
         StepTotals totals;
         for (int a = 0; a < A; ++a) {
-            train_data.next_batch(inputs.data(), targets.data());
+            train_data->next_batch(inputs.data(), targets.data());
             ForwardResult r = model.forward(inputs.data(), targets.data());
             totals.loss += r.loss / A;
             totals.aux += r.aux / A;

@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --parity
 scripts/build.sh
 cd build
-ctest --output-on-failure -L unit -j "$(nproc)"
+ctest --output-on-failure -L "unit|mpi" -j "$(nproc)"

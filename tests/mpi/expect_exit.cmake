@@ -1,6 +1,9 @@
 # Runs a command and passes if it exits with EXPECT_EXIT ("nonzero": any
 # failure) within WITHIN_SECONDS: a job with a failing rank must stop, not hang.
-#   cmake -DEXPECT_EXIT=<code|nonzero> -DWITHIN_SECONDS=<s> -P expect_exit.cmake <command> [args...]
+# With EXPECT_MESSAGE, its output must also hold that text exactly once (one
+# message for the job, not one per rank).
+#   cmake -DEXPECT_EXIT=<code|nonzero> -DWITHIN_SECONDS=<s> [-DEXPECT_MESSAGE=<text>]
+#         -P expect_exit.cmake <command> [args...]
 # The command is everything after the script's path.
 math(EXPR last "${CMAKE_ARGC} - 1")
 set(first 0)
@@ -15,7 +18,9 @@ foreach(i RANGE ${first} ${last})
 endforeach()
 
 string(TIMESTAMP start "%s")
-execute_process(COMMAND ${command} RESULT_VARIABLE code TIMEOUT ${WITHIN_SECONDS})
+execute_process(COMMAND ${command} RESULT_VARIABLE code TIMEOUT ${WITHIN_SECONDS}
+                OUTPUT_VARIABLE out ERROR_VARIABLE out)
+message("${out}")
 string(TIMESTAMP end "%s")
 math(EXPR seconds "${end} - ${start}")
 message(STATUS "exit '${code}' after about ${seconds} s: ${command}")
@@ -29,4 +34,17 @@ if(EXPECT_EXIT STREQUAL "nonzero")
   endif()
 elseif(NOT code STREQUAL EXPECT_EXIT)
   message(FATAL_ERROR "the job ended with '${code}', expected exit ${EXPECT_EXIT}")
+endif()
+if(DEFINED EXPECT_MESSAGE)
+  string(FIND "${out}" "${EXPECT_MESSAGE}" first)
+  if(first EQUAL -1)
+    message(FATAL_ERROR "the output lacks '${EXPECT_MESSAGE}'")
+  endif()
+  string(LENGTH "${EXPECT_MESSAGE}" length)
+  math(EXPR after "${first} + ${length}")
+  string(SUBSTRING "${out}" ${after} -1 rest)
+  string(FIND "${rest}" "${EXPECT_MESSAGE}" second)
+  if(NOT second EQUAL -1)
+    message(FATAL_ERROR "'${EXPECT_MESSAGE}' appears more than once: one message per job, not per rank")
+  endif()
 endif()

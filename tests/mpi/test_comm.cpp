@@ -11,6 +11,7 @@
 
 #include "comm/mpi_communicator.h"
 #include "comm/mpi_runtime.h"
+#include "comm/agreement.h"
 #include "comm/process_groups.h"
 #include "tests/test_util.h"
 
@@ -328,4 +329,33 @@ TEST_CASE("a nested MpiRuntime leaves MPI running", "[mpi]") {
         CHECK(inner.world_size() == size);
     }
     CHECK(mpi_running());
+}
+
+TEST_CASE("an error met by one rank stops every rank with its message", "[mpi]") {
+    auto world = MpiCommunicator::world();
+    const int me = world->rank(), n = world->size();
+    REQUIRE_NOTHROW(stop_all_if_any_failed(*world, ""));
+    // The last rank and, if there are three or more, rank 1 fail: rank 1's
+    // message (the lowest failing rank) reaches everyone.
+    const int reported = n >= 3 ? 1 : n - 1;
+    std::string error;
+    if (me == n - 1) error = "the last rank's error";
+    if (n >= 3 && me == 1) error = "rank one's error";
+    try {
+        on_all_ranks(world.get(), [&] {
+            if (!error.empty()) throw std::runtime_error(error);
+        });
+        FAIL("no rank threw");
+    } catch (const JobError& e) {
+        CHECK(n > 1);
+        CHECK(e.rank() == reported);
+        CHECK(std::string(e.what()) == (n >= 3 ? "rank one's error" : "the last rank's error"));
+    } catch (const std::runtime_error& e) {  // a world of one passes f's own exception
+        CHECK(n == 1);
+        CHECK(std::string(e.what()) == "the last rank's error");
+    }
+}
+
+TEST_CASE("without a world of several ranks, on_all_ranks passes exceptions unchanged", "[mpi]") {
+    CHECK_THROWS_AS(on_all_ranks(nullptr, [] { throw std::out_of_range("x"); }), std::out_of_range);
 }
