@@ -1,5 +1,6 @@
 #include "comm/communicator.h"
 
+#include <chrono>
 #include <string>
 
 namespace moe {
@@ -27,7 +28,9 @@ void Communicator::all_to_all_v(const void* send, const std::vector<int64_t>& se
                                 const std::vector<int64_t>& recv_counts, DType dtype) {
     check_counts(send_counts, "send_counts", size());
     check_counts(recv_counts, "recv_counts", size());
+    const auto start = std::chrono::steady_clock::now();
     do_all_to_all_v(send, send_counts, recv, recv_counts, dtype);
+    seconds_in_all_to_all_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     for (int p = 0; p < size(); ++p)
         if (p != rank()) bytes_sent_all_to_all_ += send_counts[size_t(p)] * int64_t(dtype_size(dtype));
 }

@@ -56,6 +56,9 @@ public:
     // since construction or the last reset: the dispatch volume.
     int64_t bytes_sent_all_to_all() const { return bytes_sent_all_to_all_; }
     void reset_bytes_sent_all_to_all() { bytes_sent_all_to_all_ = 0; }
+    // Wall time spent in all_to_all(_v) since construction: waiting for the
+    // slowest peer included, so it shows load imbalance as well as transfer.
+    double seconds_in_all_to_all() const { return seconds_in_all_to_all_; }
 
 protected:
     // all_to_all_v with validated counts (one per rank, none negative).
@@ -64,6 +67,7 @@ protected:
 
 private:
     int64_t bytes_sent_all_to_all_ = 0;
+    double seconds_in_all_to_all_ = 0;
 };
 
 }  // namespace moe

@@ -162,8 +162,13 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
     double timed_s = 0;  // time in training steps, without evaluation
     int consecutive_skips = 0;
 
+    Communicator* ep = groups && groups->ep_size() > 1 ? groups->ep.get() : nullptr;
+    double a2a_s = 0, a2a_bytes = 0;  // in the timed steps, this rank
+
     for (int step = 0; step < steps; ++step) {
         const auto t0 = Clock::now();
+        const double a2a_s0 = ep ? ep->seconds_in_all_to_all() : 0;
+        const double a2a_bytes0 = ep ? double(ep->bytes_sent_all_to_all()) : 0;
         params.zero_grads();
         StepTotals totals;
         for (int a = 0; a < A; ++a) {
@@ -198,6 +203,9 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
         optimizer.step(step + 1, lr, optimizer.clip_scale(grad_norm));
         const double step_s = seconds_since(t0);
         timed_s += step_s;
+        const double step_a2a_s = ep ? ep->seconds_in_all_to_all() - a2a_s0 : 0;
+        a2a_s += step_a2a_s;
+        if (ep) a2a_bytes += double(ep->bytes_sent_all_to_all()) - a2a_bytes0;
         summary.steps_done = step + 1;
         summary.last_train_loss = loss;
         summary.losses.push_back(loss);
@@ -213,7 +221,8 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
                        {"tokens_per_s", tok_s},
                        {"load_max_over_mean", imbalance},
                        {"dropped", double(dropped)},
-                       {"step_s", step_s}});
+                       {"step_s", step_s},
+                       {"all_to_all_s", step_a2a_s}});
         if (lead && ((step + 1) % cfg.log.every == 0 || step == 0 || step + 1 == steps)) {
             const double avg_tok_s = tokens_per_step * summary.steps_done / timed_s;
             const double eta = (steps - step - 1) * timed_s / summary.steps_done;
@@ -242,8 +251,17 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
     }
     summary.tokens_per_s = timed_s > 0 ? tokens_per_step * summary.steps_done / timed_s : 0;
     if (lead)
-        spdlog::info("done: {} steps in {}, {:.0f} tokens/s", summary.steps_done, format_duration(seconds_since(start)),
-                 summary.tokens_per_s);
+        spdlog::info("done: {} steps in {}, {:.0f} tokens/s, {:.1f} ms per step", summary.steps_done,
+                     format_duration(seconds_since(start)), summary.tokens_per_s,
+                     summary.steps_done ? 1e3 * timed_s / summary.steps_done : 0.0);
+    if (groups && groups->ep_size() > 1) {
+        std::vector<double> comm = {a2a_s, timed_s, a2a_bytes};  // means over the ranks
+        sum_over_world(comm, groups);
+        summary.all_to_all_share = comm[1] > 0 ? comm[0] / comm[1] : 0;
+        if (lead && summary.steps_done > 0)
+            spdlog::info("all-to-all: {:.1f}% of step time, {:.1f} KiB sent per rank per step (mean over ranks)",
+                         100 * summary.all_to_all_share, comm[2] / world / summary.steps_done / 1024);
+    }
     return summary;
 }
 

@@ -21,6 +21,7 @@ struct TrainSummary {
     double last_train_loss = 0;
     double val_loss = 0;    // NaN when there is no validation data
     double tokens_per_s = 0;
+    double all_to_all_share = 0;  // of the step time, mean over ranks (expert parallel only)
     std::vector<double> losses;  // training loss of every step taken
 };
 
