@@ -1,23 +1,12 @@
 #include "comm/agreement.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
+#include "comm/fnv1a.h"
+
 namespace moe {
-
-namespace {
-
-// FNV-1a, 64 bits: a fingerprint to compare texts across ranks.
-uint64_t fnv1a(const std::string& text) {
-    uint64_t hash = 14695981039346656037ull;
-    for (unsigned char c : text) {
-        hash ^= c;
-        hash *= 1099511628211ull;
-    }
-    return hash;
-}
-
-}  // namespace
 
 void stop_all_if_any_failed(Communicator& world, const std::string& error) {
     // The lowest failing rank r is found as the largest (size - r).
@@ -31,6 +20,22 @@ void stop_all_if_any_failed(Communicator& world, const std::string& error) {
     message.resize(size_t(length));
     world.broadcast(message.data(), length, failed);
     throw JobError(failed, message);
+}
+
+std::vector<std::string> all_gather_strings(Communicator& world, const std::string& text) {
+    const size_t n = size_t(world.size());
+    const int32_t mine = int32_t(text.size());
+    std::vector<int32_t> lengths(n);
+    world.all_gather(&mine, lengths.data(), 1, DType::I32);
+    // Moved as I32 words, each text padded to the longest.
+    const int64_t words = (*std::max_element(lengths.begin(), lengths.end()) + 3) / 4;
+    std::vector<int32_t> padded(size_t(words), 0), all(n * size_t(words));
+    std::memcpy(padded.data(), text.data(), text.size());
+    world.all_gather(padded.data(), all.data(), words, DType::I32);
+    std::vector<std::string> texts(n);
+    for (size_t r = 0; r < n; ++r)
+        texts[r].assign(reinterpret_cast<const char*>(all.data() + r * size_t(words)), size_t(lengths[r]));
+    return texts;
 }
 
 void check_same_on_all_ranks(Communicator& world, const std::string& what, const std::string& text) {

@@ -5,6 +5,7 @@
 #pragma once
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "comm/communicator.h"
 
@@ -37,6 +38,9 @@ template <class F> void on_all_ranks(Communicator* world, F&& f) {
     }
     stop_all_if_any_failed(*world, error);
 }
+
+// Every rank's text, in rank order, on every rank. Collective.
+std::vector<std::string> all_gather_strings(Communicator& world, const std::string& text);
 
 // Throws CommError on every rank, naming the ranks whose `text` differs from
 // rank 0's, unless all ranks hold the same text. `what` names the text in the

@@ -5,13 +5,15 @@
 namespace moe {
 
 const char* cli_usage() {
-    return "usage: moe-train --config FILE [--set key=value]... [--init-from W.safetensors]\n"
+    return "usage: moe-train --config FILE [--set key=value]... [--resume auto|DIR | --init-from W.safetensors]\n"
            "       moe-train --config FILE --batch B.safetensors --dump-grads G.safetensors\n"
            "                 [--init-from W.safetensors] [--dtype f32|f64] [--set key=value]...\n"
            "\n"
            "  --config FILE        YAML run configuration (see configs/)\n"
            "  --set key=value      override any config key, e.g. --set train.steps=50\n"
-           "  --init-from FILE     start from these weights (safetensors, MODEL.md names)\n"
+           "  --resume auto|DIR    continue from a checkpoint: auto takes the newest complete one in\n"
+           "                       run.out_dir/checkpoints (or starts fresh when there is none)\n"
+           "  --init-from FILE     start a new run from these weights (safetensors, MODEL.md names)\n"
            "  --batch FILE         parity mode: one batch, tensors 'inputs' and 'targets' (I32 [B, T])\n"
            "  --dump-grads FILE    parity mode: write the loss and every gradient there and exit\n"
            "  --dtype f32|f64      parity mode: compute precision (default f32)\n";
@@ -33,6 +35,8 @@ CliOptions parse_cli(int argc, const char* const* argv) {
             o.overrides.push_back(value());
         else if (arg == "--init-from")
             o.init_from = value();
+        else if (arg == "--resume")
+            o.resume = value();
         else if (arg == "--dump-grads")
             o.dump_grads = value();
         else if (arg == "--batch")
@@ -47,6 +51,10 @@ CliOptions parse_cli(int argc, const char* const* argv) {
     if (o.dump_grads.empty() != o.batch.empty())
         throw CliError("parity mode needs both --batch and --dump-grads");
     if (o.dtype != "f32" && o.dtype != "f64") throw CliError("--dtype must be f32 or f64, got '" + o.dtype + "'");
+    if (!o.resume.empty() && !o.init_from.empty())
+        throw CliError("--resume and --init-from exclude each other: --resume continues a run (weights, optimizer, "
+                       "data position), --init-from starts a new one from weights");
+    if (!o.resume.empty() && !o.batch.empty()) throw CliError("--resume does not apply to parity mode");
     if (o.dtype != "f32" && o.batch.empty()) throw CliError("--dtype applies to parity mode (--batch, --dump-grads) only");
     return o;
 }

@@ -10,6 +10,7 @@ struct CliOptions {
     std::string config;                  // --config FILE
     std::vector<std::string> overrides;  // --set a.b=c (repeatable)
     std::string init_from;               // --init-from W.safetensors
+    std::string resume;                  // --resume auto|DIR
     std::string dump_grads;              // --dump-grads G.safetensors (parity mode)
     std::string batch;                   // --batch B.safetensors (parity mode)
     std::string dtype = "f32";           // --dtype f32|f64 (parity mode)

@@ -98,6 +98,8 @@ const std::vector<Key>& schema() {
         MOE_KEY(eval.every, kNonNegative),
         MOE_KEY(eval.batches, kAtLeastOne),
         MOE_KEY(log.every, kAtLeastOne),
+        MOE_KEY(checkpoint.every, kNonNegative),
+        MOE_KEY(checkpoint.keep, kAtLeastOne),
         MOE_KEY(run.seed, kAny),
         MOE_KEY(run.out_dir, kAny),
         MOE_ENUM(run.device, "cpu", "cuda", "auto"),

@@ -80,6 +80,11 @@ struct LogConfig {
     int every = 10;  // steps between progress lines
 };
 
+struct CheckpointConfig {
+    int every = 0;  // steps between checkpoints (0: only at the end, or when stopped by a signal)
+    int keep = 2;   // the newest complete checkpoints kept in run.out_dir/checkpoints
+};
+
 struct RunConfig {
     uint64_t seed = 1234;
     std::string out_dir = "runs/tiny";
@@ -99,6 +104,7 @@ struct Config {
     OptimizerConfig optimizer;
     EvalConfig eval;
     LogConfig log;
+    CheckpointConfig checkpoint;
     RunConfig run;
     ParallelConfig parallel;
 };

@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <spdlog/spdlog.h>
 
+#include <csignal>
 #include <cstdio>
 #include <memory>
 
@@ -14,10 +15,14 @@
 #include "engine/cli.h"
 #include "engine/config.h"
 #include "engine/parity.h"
+#include "engine/stop_signal.h"
 #include "engine/trainer.h"
 #include "kernels/cpu/cpu_ops.h"
 
 namespace {
+
+// Stopped by a signal before train.steps, with a checkpoint to resume from.
+constexpr int kExitStopped = 3;
 
 std::unique_ptr<moe::Ops> make_backend(const moe::RunConfig& run) {
     if (run.device == "cuda")
@@ -57,7 +62,11 @@ int run(int argc, char** argv) {
     }
     moe::TrainOptions opts;
     opts.init_from = cli.init_from;
+    opts.resume = cli.resume;
+    moe::install_stop_handlers();
+    std::signal(SIGXFSZ, SIG_IGN);  // a file size limit fails the write (EFBIG) instead of killing us
     const moe::TrainSummary s = moe::train(cfg, *ops, opts, &groups);
+    if (s.stopped) return kExitStopped;
     if (groups.world_rank() == 0 && s.val_loss == s.val_loss) std::printf("final validation loss %.4f\n", s.val_loss);
     return 0;
 }

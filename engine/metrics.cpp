@@ -3,9 +3,24 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <stdexcept>
 
+#include "engine/shards.h"
+
 namespace moe {
+
+void truncate_metrics(const std::string& path, int last_step) {
+    std::ifstream in(path);
+    if (!in) return;
+    std::string kept, line;
+    while (std::getline(in, line)) {
+        double step = 0;
+        if (last_step > 0 && std::sscanf(line.c_str(), "{\"step\": %lf", &step) == 1 && step <= last_step)
+            kept += line + "\n";
+    }
+    write_file_atomically(path, {{kept.data(), kept.size()}});
+}
 
 MetricsWriter::MetricsWriter(const std::string& path) {
     file_ = std::fopen(path.c_str(), "a");
@@ -22,7 +37,7 @@ void MetricsWriter::write(const std::vector<std::pair<std::string, double>>& fie
     for (size_t i = 0; i < fields.size(); ++i) {
         const double v = fields[i].second;
         if (std::isfinite(v))
-            std::snprintf(num, sizeof num, "%.9g", v);
+            std::snprintf(num, sizeof num, "%.17g", v);
         else
             std::snprintf(num, sizeof num, "null");  // JSON has no NaN
         line += (i ? ", \"" : "\"") + fields[i].first + "\": " + num;

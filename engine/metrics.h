@@ -7,6 +7,10 @@
 
 namespace moe {
 
+// Keeps the lines of an existing metrics file up to step last_step: a resumed
+// run drops what its predecessor logged after the checkpoint; 0 empties it.
+void truncate_metrics(const std::string& path, int last_step);
+
 class MetricsWriter {
 public:
     explicit MetricsWriter(const std::string& path);
@@ -14,7 +18,8 @@ public:
     MetricsWriter(const MetricsWriter&) = delete;
     MetricsWriter& operator=(const MetricsWriter&) = delete;
 
-    // Writes {"k": v, ...} as one line and flushes it.
+    // Writes {"k": v, ...} as one line and flushes it; doubles in full (%.17g),
+    // so a resumed run's losses can be compared bit for bit.
     void write(const std::vector<std::pair<std::string, double>>& fields);
 
 private:

@@ -122,4 +122,13 @@ std::vector<NamedTensor> ParameterSet::named(Slot slot) const {
     return out;
 }
 
+std::set<std::string> ParameterSet::experts_elsewhere(int num_experts) const {
+    std::set<std::string> names;
+    for (const Param& p : params_)
+        if (p.is_expert_stack())
+            for (int e = 0; e < num_experts; ++e)
+                if (e < p.expert_offset || e >= p.expert_offset + p.shape[0]) names.insert(expert_name(p.name, e));
+    return names;
+}
+
 }  // namespace moe

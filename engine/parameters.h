@@ -4,6 +4,7 @@
 #pragma once
 #include <deque>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,9 @@ public:
     int64_t numel() const;
     // Tensors as files name them, experts split, in a stable order.
     std::vector<NamedTensor> named(Slot slot) const;
+    // The names of the experts of a model of num_experts per layer that this
+    // set does not hold (other ranks of its EP group do).
+    std::set<std::string> experts_elsewhere(int num_experts) const;
     Ops& ops() const { return *ops_; }
     DType dtype() const { return dtype_; }
 

@@ -68,7 +68,7 @@ size_t safetensors_dtype_size(const std::string& dtype) {
     return it == sizes.end() ? 0 : it->second;
 }
 
-void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
+FileDigest write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
                        const std::map<std::string, std::string>& metadata) {
     std::string header = "{";
     if (!metadata.empty()) {
@@ -101,7 +101,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorRef>& te
     const uint64_t header_len = header.size();
     parts[0] = {&header_len, 8};
     parts[1] = {header.data(), header.size()};
-    write_file_atomically(path, parts);
+    return write_file_atomically(path, parts);
 }
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {

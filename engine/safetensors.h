@@ -24,7 +24,7 @@ struct TensorRef {
 size_t safetensors_dtype_size(const std::string& dtype);
 
 // Writes path.tmp, fsyncs it, renames it over path.
-void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
+FileDigest write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
 class SafetensorsFile {

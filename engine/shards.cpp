@@ -11,6 +11,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "comm/fnv1a.h"
+
 namespace moe {
 
 ReadOnlyFile::ReadOnlyFile(const std::string& path) : path_(path) {
@@ -58,7 +60,7 @@ void ReadOnlyFile::read_at(uint64_t offset, void* dst, size_t n) const {
     }
 }
 
-void write_file_atomically(const std::string& path, const std::vector<ByteSpan>& parts) {
+FileDigest write_file_atomically(const std::string& path, const std::vector<ByteSpan>& parts) {
     const std::string tmp = path + ".tmp";
     const auto fail = [&](const std::string& what, int err) {
         ::unlink(tmp.c_str());
@@ -67,7 +69,11 @@ void write_file_atomically(const std::string& path, const std::vector<ByteSpan>&
     };
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) throw fail("create '" + tmp + "'", errno);
+    FileDigest digest;
+    Fnv1a hash;
     for (const ByteSpan& part : parts) {
+        hash.update(part.first, part.second);
+        digest.bytes += part.second;
         const char* bytes = static_cast<const char*>(part.first);
         size_t done = 0;
         while (done < part.second) {
@@ -95,6 +101,23 @@ void write_file_atomically(const std::string& path, const std::vector<ByteSpan>&
         ::fsync(dfd);
         ::close(dfd);
     }
+    digest.fnv1a = hash.value();
+    return digest;
+}
+
+FileDigest digest_file(const std::string& path) {
+    const ReadOnlyFile file(path);
+    FileDigest digest;
+    digest.bytes = file.size();
+    Fnv1a hash;
+    std::vector<char> buf(size_t(1) << 20);
+    for (uint64_t at = 0; at < file.size(); at += buf.size()) {
+        const size_t n = size_t(std::min<uint64_t>(buf.size(), file.size() - at));
+        file.read_at(at, buf.data(), n);
+        hash.update(buf.data(), n);
+    }
+    digest.fnv1a = hash.value();
+    return digest;
 }
 
 ShardInfo read_shard_header(const std::string& path) {

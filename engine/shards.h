@@ -44,9 +44,17 @@ private:
 // Bytes to write, in order, without copying them first.
 using ByteSpan = std::pair<const void*, size_t>;
 
+// What was written: its size and FNV-1a fingerprint (comm/fnv1a.h).
+struct FileDigest {
+    uint64_t bytes = 0;
+    uint64_t fnv1a = 0;
+};
+
 // Writes path.tmp, fsyncs it, renames it over path and fsyncs the directory:
 // a crash leaves the old file or the new one, never a torn one.
-void write_file_atomically(const std::string& path, const std::vector<ByteSpan>& parts);
+FileDigest write_file_atomically(const std::string& path, const std::vector<ByteSpan>& parts);
+// The digest of a file as it is on disk (DataError if it cannot be read).
+FileDigest digest_file(const std::string& path);
 
 constexpr int32_t kShardMagic = 20240520;
 constexpr int64_t kShardHeaderInts = 256;

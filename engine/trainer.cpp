@@ -9,12 +9,14 @@
 #include <fstream>
 
 #include "comm/agreement.h"
+#include "engine/checkpoint.h"
 #include "engine/data_loader.h"
 #include "engine/flops.h"
 #include "engine/grad_sync.h"
 #include "engine/metrics.h"
 #include "engine/model.h"
 #include "engine/optimizer.h"
+#include "engine/stop_signal.h"
 #include "engine/weights_io.h"
 
 namespace moe {
@@ -107,11 +109,22 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
     const bool lead = rank == 0;  // logs and writes the run directory
 
     Communicator* world_comm = groups ? groups->world.get() : nullptr;
+    const std::string metrics_path = cfg.run.out_dir + "/metrics.jsonl";
     std::unique_ptr<MetricsWriter> metrics;
     std::unique_ptr<DataLoader> train_data, val_data;
+    std::string resume_from;  // a checkpoint directory, or empty: a fresh start
     // Bad input that one rank finds (an unwritable run directory, a shard one
     // node lacks) stops every rank with its message.
     on_all_ranks(world_comm, [&] {
+        const std::string latest = latest_checkpoint(cfg.run.out_dir);
+        if (opts.resume == "auto") {
+            resume_from = latest;
+        } else if (!opts.resume.empty()) {
+            resume_from = opts.resume;
+        } else if (!latest.empty()) {  // a fresh start would overwrite that run's checkpoints
+            throw TrainingError("run.out_dir '" + cfg.run.out_dir + "' already holds checkpoints (newest: " + latest +
+                                "): continue that run with --resume auto, or set another run.out_dir");
+        }
         if (lead) {
             std::error_code ec;
             fs::create_directories(cfg.run.out_dir, ec);
@@ -120,7 +133,6 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
             f << to_yaml(cfg);
             if (!f)
                 throw TrainingError("cannot write into run.out_dir '" + cfg.run.out_dir + "': check its permissions");
-            metrics = std::make_unique<MetricsWriter>(cfg.run.out_dir + "/metrics.jsonl");
         }
         train_data = std::make_unique<DataLoader>(cfg.data.train, mc.vocab_size, T, B, cfg.run.seed,
                                                   /*shuffle=*/true, rank, world);
@@ -128,13 +140,30 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
             val_data = std::make_unique<DataLoader>(cfg.data.val, mc.vocab_size, T, B, cfg.run.seed,
                                                     /*shuffle=*/false, rank, world);
     });
+    if (world_comm && world_comm->size() > 1) check_same_on_all_ranks(*world_comm, "checkpoint to resume", resume_from);
 
     Model model(mc, ops, DType::F32, B, T, groups ? groups->ep.get() : nullptr);
     ParameterSet& params = model.params();
     params.initialize(cfg.run.seed);
+    TrainProgress progress;
     on_all_ranks(world_comm, [&] {
-        if (!opts.init_from.empty()) load_tensors(opts.init_from, params.named(ParameterSet::Slot::Value), ops);
+        if (!opts.init_from.empty())
+            load_tensors(opts.init_from, params.named(ParameterSet::Slot::Value), ops,
+                         params.experts_elsewhere(mc.moe.num_experts));
+        if (!resume_from.empty()) {
+            progress = load_checkpoint(resume_from, cfg, params);
+            train_data->set_position(progress.data);
+        }
+        if (lead) {
+            truncate_metrics(metrics_path, progress.step);  // a fresh start: empty
+            metrics = std::make_unique<MetricsWriter>(metrics_path);
+        }
     });
+    if (lead && !resume_from.empty())
+        spdlog::info("resumed from {} at step {} (data epoch {}, sequence {})", resume_from, progress.step,
+                     progress.data.epoch, progress.data.cursor);
+    else if (lead && opts.resume == "auto")
+        spdlog::info("no checkpoint in {}: starting from scratch", checkpoints_dir(cfg.run.out_dir));
     AdamW optimizer(cfg.optimizer, params);
 
     const double flops_per_token = train_flops_per_token(mc, T);
@@ -159,13 +188,39 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
     TrainSummary summary;
     summary.val_loss = std::nan("");
     const auto start = Clock::now();
-    double timed_s = 0;  // time in training steps, without evaluation
+    double timed_s = 0;  // time in the steps taken, without evaluation and checkpoints
+    int timed_steps = 0;
     int consecutive_skips = 0;
 
     Communicator* ep = groups && groups->ep_size() > 1 ? groups->ep.get() : nullptr;
     double a2a_s = 0, a2a_bytes = 0;  // in the timed steps, this rank
 
-    for (int step = 0; step < steps; ++step) {
+    // Saves the state after `done` steps; every rank takes part.
+    const auto save = [&](int done) {
+        progress.step = done;
+        progress.data = train_data->position();
+        progress.steps_skipped = summary.steps_skipped;
+        summary.checkpoint = save_checkpoint(cfg, progress, params, groups);
+        if (lead) spdlog::info("step {:>5}/{} | checkpoint {}", done, steps, summary.checkpoint);
+    };
+    const auto validate = [&](int done) {
+        summary.val_loss = evaluate(model, *val_data, cfg.eval.batches * A, inputs, targets, groups);
+        if (lead) {
+            metrics->write({{"step", done}, {"val_loss", summary.val_loss}});
+            spdlog::info("step {:>5}/{} | validation loss {:.4f}", done, steps, summary.val_loss);
+        }
+    };
+    summary.first_step = summary.steps_done = progress.step;
+    summary.steps_skipped = progress.steps_skipped;
+    if (progress.step >= steps) {
+        if (lead)
+            spdlog::info("the checkpoint is at step {} and train.steps is {}: nothing left to train (raise "
+                         "train.steps to train further)",
+                         progress.step, steps);
+        if (val_data) validate(progress.step);
+    }
+
+    for (int step = progress.step; step < steps; ++step) {
         const auto t0 = Clock::now();
         const double a2a_s0 = ep ? ep->seconds_in_all_to_all() : 0;
         const double a2a_bytes0 = ep ? double(ep->bytes_sent_all_to_all()) : 0;
@@ -187,6 +242,7 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
         const double loss = totals.loss, aux = totals.aux, grad_norm = global_grad_norm(params, groups);
         const int64_t dropped = totals.dropped;
         const double lr = learning_rate(cfg.optimizer, step, steps);
+        summary.steps_done = step + 1;
         if (!std::isfinite(loss) || !std::isfinite(aux) || !std::isfinite(grad_norm)) {
             const std::string what = "step " + std::to_string(step + 1) + ": loss " + std::to_string(loss) +
                                      ", aux " + std::to_string(aux) + ", grad norm " + std::to_string(grad_norm);
@@ -197,70 +253,65 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
             if (++consecutive_skips >= 10)
                 throw TrainingError(what + ": 10 non-finite steps in a row, the run stops (lower optimizer.lr)");
             if (lead) spdlog::warn("{} is not finite: step skipped (run.nan_policy=skip)", what);
-            continue;
-        }
-        consecutive_skips = 0;
-        optimizer.step(step + 1, lr, optimizer.clip_scale(grad_norm));
-        const double step_s = seconds_since(t0);
-        timed_s += step_s;
-        const double step_a2a_s = ep ? ep->seconds_in_all_to_all() - a2a_s0 : 0;
-        a2a_s += step_a2a_s;
-        if (ep) a2a_bytes += double(ep->bytes_sent_all_to_all()) - a2a_bytes0;
-        summary.steps_done = step + 1;
-        summary.last_train_loss = loss;
-        summary.losses.push_back(loss);
+        } else {
+            consecutive_skips = 0;
+            optimizer.step(step + 1, lr, optimizer.clip_scale(grad_norm));
+            const double step_s = seconds_since(t0);
+            timed_s += step_s;
+            ++timed_steps;
+            const double step_a2a_s = ep ? ep->seconds_in_all_to_all() - a2a_s0 : 0;
+            a2a_s += step_a2a_s;
+            if (ep) a2a_bytes += double(ep->bytes_sent_all_to_all()) - a2a_bytes0;
+            summary.last_train_loss = loss;
+            summary.losses.push_back(loss);
 
-        const double tok_s = tokens_per_step / step_s;
-        const double imbalance = load_imbalance(totals.routed);
-        if (lead)
-            metrics->write({{"step", step + 1},
-                       {"loss", loss},
-                       {"aux", aux},
-                       {"lr", lr},
-                       {"grad_norm", grad_norm},
-                       {"tokens_per_s", tok_s},
-                       {"load_max_over_mean", imbalance},
-                       {"dropped", double(dropped)},
-                       {"step_s", step_s},
-                       {"all_to_all_s", step_a2a_s}});
-        if (lead && ((step + 1) % cfg.log.every == 0 || step == 0 || step + 1 == steps)) {
-            const double avg_tok_s = tokens_per_step * summary.steps_done / timed_s;
-            const double eta = (steps - step - 1) * timed_s / summary.steps_done;
-            spdlog::info("step {:>5}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | grad {:.3f} | {:.0f} tok/s | "
-                         "{:.2f} GFLOP/s | load max/mean {:.2f}{} | eta {}",
-                         step + 1, steps, loss, aux, lr, grad_norm, avg_tok_s, avg_tok_s * flops_per_token / 1e9,
-                         imbalance, dropped ? " | dropped " + std::to_string(dropped) : std::string(),
-                         format_duration(eta));
-        }
-        const bool last = step + 1 == steps;
-        if (val_data && ((cfg.eval.every > 0 && (step + 1) % cfg.eval.every == 0) || last)) {
-            summary.val_loss = evaluate(model, *val_data, cfg.eval.batches * A, inputs, targets, groups);
-            if (lead) {
-                metrics->write({{"step", step + 1}, {"val_loss", summary.val_loss}});
-                spdlog::info("step {:>5}/{} | validation loss {:.4f}", step + 1, steps, summary.val_loss);
+            const double imbalance = load_imbalance(totals.routed);
+            if (lead)
+                metrics->write({{"step", step + 1},
+                                {"loss", loss},
+                                {"aux", aux},
+                                {"lr", lr},
+                                {"grad_norm", grad_norm},
+                                {"tokens_per_s", tokens_per_step / step_s},
+                                {"load_max_over_mean", imbalance},
+                                {"dropped", double(dropped)},
+                                {"step_s", step_s},
+                                {"all_to_all_s", step_a2a_s}});
+            if (lead && ((step + 1) % cfg.log.every == 0 || step == progress.step || step + 1 == steps)) {
+                const double avg_tok_s = tokens_per_step * timed_steps / timed_s;
+                const double eta = (steps - step - 1) * timed_s / timed_steps;
+                spdlog::info("step {:>5}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | grad {:.3f} | {:.0f} tok/s | "
+                             "{:.2f} GFLOP/s | load max/mean {:.2f}{} | eta {}",
+                             step + 1, steps, loss, aux, lr, grad_norm, avg_tok_s,
+                             avg_tok_s * flops_per_token / 1e9, imbalance,
+                             dropped ? " | dropped " + std::to_string(dropped) : std::string(), format_duration(eta));
             }
         }
+        const bool last = step + 1 == steps;
+        if (val_data && ((cfg.eval.every > 0 && (step + 1) % cfg.eval.every == 0) || last)) validate(step + 1);
+
+        // A stop signal on any rank stops every rank after this step.
+        int32_t stop = stop_requested();
+        if (world > 1) groups->world->all_reduce(&stop, 1, DType::I32, ReduceOp::Max);
+        if (last || stop || (cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0)) save(step + 1);
+        if (stop && !last) {
+            summary.stopped = true;
+            if (lead)
+                spdlog::warn("stopped by a signal after step {} of {}: continue with --resume auto", step + 1, steps);
+            break;
+        }
     }
-    // The final weights: one file, or with expert parallelism one per EP rank
-    // (each with the replicated tensors and its own experts, global names).
-    if (!groups || groups->dp_rank() == 0) {
-        const std::string name = !groups || groups->ep_size() == 1
-                                     ? "/model.safetensors"
-                                     : "/model-ep" + std::to_string(groups->ep_rank()) + ".safetensors";
-        save_tensors(cfg.run.out_dir + name, params.named(ParameterSet::Slot::Value), ops);
-    }
-    summary.tokens_per_s = timed_s > 0 ? tokens_per_step * summary.steps_done / timed_s : 0;
-    if (lead)
-        spdlog::info("done: {} steps in {}, {:.0f} tokens/s, {:.1f} ms per step", summary.steps_done,
-                     format_duration(seconds_since(start)), summary.tokens_per_s,
-                     summary.steps_done ? 1e3 * timed_s / summary.steps_done : 0.0);
+    summary.tokens_per_s = timed_s > 0 ? tokens_per_step * timed_steps / timed_s : 0;
+    if (lead && timed_steps > 0)
+        spdlog::info("done: {} steps in {}, {:.0f} tokens/s, {:.1f} ms per step", timed_steps,
+                     format_duration(seconds_since(start)), summary.tokens_per_s, 1e3 * timed_s / timed_steps);
     if (groups && groups->ep_size() > 1) {
         std::vector<double> comm = {a2a_s, timed_s, a2a_bytes};  // means over the ranks
         sum_over_world(comm, groups);
         summary.all_to_all_share = comm[1] > 0 ? comm[0] / comm[1] : 0;
-        if (lead && summary.steps_done > 0)
+        if (lead && timed_steps > 0)
             spdlog::info("all-to-all: {:.1f}% of step time, {:.1f} KiB sent per rank per step (mean over ranks)",
-                         100 * summary.all_to_all_share, comm[2] / world / summary.steps_done / 1024);
+                         100 * summary.all_to_all_share, comm[2] / world / timed_steps / 1024);
     }
     return summary;
 }

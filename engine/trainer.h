@@ -16,17 +16,21 @@ struct TrainingError : std::runtime_error {
 };
 
 struct TrainSummary {
-    int steps_done = 0;
+    int first_step = 0;     // steps done before this call (resumed from a checkpoint)
+    int steps_done = 0;     // steps done when it returns, skipped ones included
+    bool stopped = false;   // by a signal, before train.steps
+    std::string checkpoint; // the last one saved
     int steps_skipped = 0;  // non-finite losses skipped (nan_policy: skip)
     double last_train_loss = 0;
     double val_loss = 0;    // NaN when there is no validation data
     double tokens_per_s = 0;
     double all_to_all_share = 0;  // of the step time, mean over ranks (expert parallel only)
-    std::vector<double> losses;  // training loss of every step taken
+    std::vector<double> losses;  // training loss of every step taken by this call
 };
 
 struct TrainOptions {
-    std::string init_from;  // safetensors weights to start from (empty: seeded init)
+    std::string init_from;  // safetensors weights to start a new run from (empty: seeded init)
+    std::string resume;     // "auto": the newest checkpoint in run.out_dir, if any; a checkpoint directory; or empty
 };
 
 // groups: the process groups of a multi-process run (null: one process).

@@ -1,8 +1,5 @@
 #include "engine/weights_io.h"
 
-#include <set>
-
-#include "engine/safetensors.h"
 #include "engine/shards.h"
 
 namespace moe {
@@ -11,7 +8,7 @@ namespace {
 std::vector<int64_t> shape_of(const Tensor& t) { return std::vector<int64_t>(t.shape.begin(), t.shape.begin() + t.ndim); }
 }  // namespace
 
-void save_tensors(const std::string& path, const std::vector<NamedTensor>& tensors, Ops& ops,
+FileDigest save_tensors(const std::string& path, const std::vector<NamedTensor>& tensors, Ops& ops,
                   const std::map<std::string, std::string>& metadata) {
     std::vector<std::vector<float>> host(tensors.size());
     std::vector<TensorRef> refs;
@@ -27,29 +24,30 @@ void save_tensors(const std::string& path, const std::vector<NamedTensor>& tenso
         }
         refs.push_back({tensors[i].name, "F32", shape_of(t), host[i].data()});
     }
-    write_safetensors(path, refs, metadata);
+    return write_safetensors(path, refs, metadata);
 }
 
-void load_tensors(const std::string& path, const std::vector<NamedTensor>& tensors, Ops& ops) {
+void read_tensor(const SafetensorsFile& file, const std::string& name, const Tensor& t, Ops& ops) {
+    std::vector<float> host(size_t(t.numel()));
+    file.read(name, "F32", shape_of(t), host.data());
+    if (t.dtype == DType::F64) {
+        std::vector<double> d(host.begin(), host.end());
+        ops.copy_from_host(t, d.data());
+    } else {
+        ops.copy_from_host(t, host.data());
+    }
+}
+
+void load_tensors(const std::string& path, const std::vector<NamedTensor>& tensors, Ops& ops,
+                  const std::set<std::string>& elsewhere) {
     SafetensorsFile file(path);
     std::set<std::string> wanted;
     for (const NamedTensor& nt : tensors) wanted.insert(nt.name);
     for (const std::string& name : file.names())
-        if (!wanted.count(name))
+        if (!wanted.count(name) && !elsewhere.count(name))
             throw DataError("'" + path + "' holds tensor '" + name +
                             "' that this model does not have: the file is of another model config");
-    std::vector<float> host;
-    for (const NamedTensor& nt : tensors) {
-        const Tensor& t = nt.tensor;
-        host.resize(t.numel());
-        file.read(nt.name, "F32", shape_of(t), host.data());
-        if (t.dtype == DType::F64) {
-            std::vector<double> d(host.begin(), host.end());
-            ops.copy_from_host(t, d.data());
-        } else {
-            ops.copy_from_host(t, host.data());
-        }
-    }
+    for (const NamedTensor& nt : tensors) read_tensor(file, nt.name, nt.tensor, ops);
 }
 
 }  // namespace moe

@@ -60,11 +60,13 @@ TEST_CASE("the same seed gives bit-identical losses", "[unit]") {
     Config c = small_config("determinism");
     CpuOps ops;
     const TrainSummary a = train(c, ops);
+    c.run.out_dir += "-again";
     const TrainSummary b = train(c, ops);
     REQUIRE(a.losses.size() == 6);
     REQUIRE(a.losses == b.losses);  // exact, not approximate
     REQUIRE(a.val_loss == b.val_loss);
     c.run.seed = 99;
+    c.run.out_dir += "-seed99";
     const TrainSummary other = train(c, ops);
     REQUIRE(other.losses != a.losses);
 }
@@ -79,6 +81,7 @@ TEST_CASE("gradient accumulation matches one larger micro-batch", "[unit]") {
     const TrainSummary one = train(c, ops);
     c.train.micro_batch_size = 2;
     c.train.grad_accum_steps = 2;
+    c.run.out_dir += "-accumulated";
     const TrainSummary two = train(c, ops);
     REQUIRE(one.losses.size() == two.losses.size());
     for (size_t i = 0; i < one.losses.size(); ++i) REQUIRE(two.losses[i] == Approx(one.losses[i]).epsilon(1e-5));
@@ -93,7 +96,7 @@ TEST_CASE("training lowers the loss", "[unit]") {
     REQUIRE(s.losses.back() < s.losses.front() - 0.5);
     REQUIRE(s.val_loss < std::log(16.0));  // below a uniform guess
     REQUIRE(fs::exists(c.run.out_dir + "/metrics.jsonl"));
-    REQUIRE(fs::exists(c.run.out_dir + "/model.safetensors"));
+    REQUIRE(fs::exists(c.run.out_dir + "/checkpoints/latest"));
 }
 
 TEST_CASE("a non-finite loss stops the run or is skipped, as configured", "[unit]") {

@@ -312,6 +312,11 @@ TEST_CASE("20 training steps give one process's loss curve", "[mpi]") {
     const int W = world->size(), rank = world->rank();
     const std::string shards = write_training_shards(*world, small_model().vocab_size);
     const std::string out = std::string(MOE_BINARY_DIR) + "/test_data/mpi_parallel/";
+    // Fresh run directories (a run refuses to start over another's checkpoints).
+    if (rank == 0)
+        for (const char* run : {"single-rank", "ep"})
+            for (int i = 0; i <= W; ++i) std::filesystem::remove_all(out + run + std::to_string(i));
+    world->barrier();
     CpuOps ops;
 
     // The reference: one process reading the W micro-batches of each step in turn.
