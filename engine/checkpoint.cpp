@@ -5,11 +5,14 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "comm/agreement.h"
 #include "engine/safetensors.h"
@@ -133,6 +136,14 @@ void prune(const std::string& root, int keep) {
     for (size_t i = size_t(keep); i < complete.size(); ++i) fs::remove_all(complete[i].second, ec);
 }
 
+// A test hook: MOE_TEST_SAVE_STALL_S=s pauses every save for s seconds once
+// its parts are written and before it is published, so that a test can kill a
+// run in the middle of a save.
+void stall_for_tests() {
+    if (const char* s = std::getenv("MOE_TEST_SAVE_STALL_S"))
+        std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(s)));
+}
+
 }  // namespace
 
 std::string CheckpointInfo::model_part(int p) const { return part_name("model", p, expert_parallel); }
@@ -199,6 +210,7 @@ std::string save_checkpoint(const Config& cfg, const TrainProgress& progress, co
         }
         std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
 
+        if (rank == 0) stall_for_tests();
         on_all_ranks(world, [&] {
             if (rank != 0) return;
             const std::string text = info_yaml(cfg, progress, world_size, parts, files);

@@ -12,52 +12,13 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/catch.h"
 #include "tests/test_util.h"
+#include "tests/train_fixture.h"
 
 using namespace moe;
 namespace fs = std::filesystem;
 
-namespace {
-
-// A directory of shards holding a repeating pattern with noise: learnable.
-std::string make_data(const std::string& name) {
-    const std::string dir = moe::test::fresh_dir("trainer", name);
-    Rng rng(5);
-    std::vector<uint32_t> tokens(6000);
-    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = rng.uniform() < 0.1 ? rng.next() % 16 : (i * 7) % 13;
-    write_shard(dir + "/train_000000.bin", tokens, 1);
-    tokens.resize(1200);
-    write_shard(dir + "/val_000000.bin", tokens, 2);
-    return dir;
-}
-
-Config small_config(const std::string& name) {
-    Config c;
-    const std::string data = make_data(name);
-    c.data.train = data + "/train_*.bin";
-    c.data.val = data + "/val_*.bin";
-    c.model.vocab_size = 16;
-    c.model.hidden_size = 32;
-    c.model.num_layers = 2;
-    c.model.num_heads = 4;
-    c.model.num_kv_heads = 2;
-    c.model.moe.num_experts = 3;
-    c.model.moe.expert_hidden_size = 48;
-    c.model.dynamics.controller_size = 16;
-    c.train.seq_len = 16;
-    c.train.micro_batch_size = 4;
-    c.train.steps = 6;
-    c.optimizer.warmup_steps = 2;
-    c.eval.every = 3;
-    c.eval.batches = 2;
-    c.log.every = 100;
-    c.run.out_dir = data + "/run";
-    return c;
-}
-
-}  // namespace
-
 TEST_CASE("the same seed gives bit-identical losses", "[unit]") {
-    Config c = small_config("determinism");
+    Config c = moe::test::small_config("determinism");
     CpuOps ops;
     const TrainSummary a = train(c, ops);
     c.run.out_dir += "-again";
@@ -74,7 +35,7 @@ TEST_CASE("the same seed gives bit-identical losses", "[unit]") {
 TEST_CASE("gradient accumulation matches one larger micro-batch", "[unit]") {
     // Without the aux losses (nonlinear in the batch's routing statistics),
     // two micro-batches of 2 accumulate the gradient of one batch of 4.
-    Config c = small_config("accumulation");
+    Config c = moe::test::small_config("accumulation");
     c.model.moe.load_balancing_weight = 0;
     c.model.moe.z_loss_weight = 0;
     CpuOps ops;
@@ -88,7 +49,7 @@ TEST_CASE("gradient accumulation matches one larger micro-batch", "[unit]") {
 }
 
 TEST_CASE("training lowers the loss", "[unit]") {
-    Config c = small_config("learning");
+    Config c = moe::test::small_config("learning");
     c.train.steps = 40;
     c.eval.every = 0;
     CpuOps ops;
@@ -100,7 +61,7 @@ TEST_CASE("training lowers the loss", "[unit]") {
 }
 
 TEST_CASE("a non-finite loss stops the run or is skipped, as configured", "[unit]") {
-    Config c = small_config("nan");
+    Config c = moe::test::small_config("nan");
     CpuOps ops;
     // Weights with a NaN in the embedding: every loss is NaN.
     const std::string weights = c.run.out_dir + "_nan.safetensors";
