@@ -109,7 +109,7 @@ TEST_CASE("a run resumed from a checkpoint gives the losses of one that never st
     CHECK(again.val_loss == straight.val_loss);
 }
 
-TEST_CASE("--resume auto starts fresh without a checkpoint; a fresh start never overwrites one", "[unit]") {
+TEST_CASE("resume auto starts fresh without a checkpoint, and a fresh start never overwrites one", "[unit]") {
     CpuOps ops;
     Config c = moe::test::small_config("ckpt-fresh");
     c.train.steps = 2;

@@ -158,7 +158,7 @@ TEST_CASE("a run killed in the middle of a save resumes from the checkpoint befo
     CHECK_FALSE(incomplete_save_exists(s.cfg.run.out_dir));  // the next save cleared it
 }
 
-TEST_CASE("SIGTERM saves a checkpoint and exits; the resumed run continues exactly", "[unit]") {
+TEST_CASE("SIGTERM saves a checkpoint and exits, and the resumed run continues exactly", "[unit]") {
     Scenario s("resume-sigterm");
     const pid_t pid = start(s.config_path, {}, s.log("stopped"));
     wait_until([&] { return losses(s.cfg.run.out_dir).size() >= 7; }, "step 7");
