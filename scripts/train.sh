@@ -2,7 +2,9 @@
 # One command from a fresh machine to a trained demo model: installs what is
 # missing, builds, prepares the demo data and trains configs/tiny.yaml on the
 # CPU as 2 processes (MOE_RANKS) with its experts split between them (expert
-# parallel 2). Extra arguments go to moe-train (e.g. --set train.steps=50).
+# parallel 2). Run again, it continues from the newest checkpoint in
+# runs/tiny (Ctrl-C saves one). Extra arguments go to moe-train (e.g.
+# --set train.steps=2000 to train further).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -18,7 +20,7 @@ if [ "$(id -u)" = 0 ]; then  # Open MPI refuses root unless told
 fi
 if [ "$(nproc)" -lt "$ranks" ]; then export OMPI_MCA_rmaps_base_oversubscribe=1; fi
 mpirun -np "$ranks" --bind-to none build/moe-train --config configs/tiny.yaml \
-    --set parallel.expert_parallel="$ranks" "$@"
+    --set parallel.expert_parallel="$ranks" --resume auto "$@"
 
 entropy=$(awk '/unigram_entropy_nats/ {print $2}' data/fortunes/stats.txt)
 echo "unigram entropy of the training text: $entropy nats/token (what a model blind to context reaches)"
