@@ -7,32 +7,13 @@
 #include "engine/rng.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/gradcheck.h"
+#include "tests/tiny_model.h"
 
 using namespace moe;
+using moe::test::tiny_model;
+using moe::test::Variant;
 
 namespace {
-
-ModelConfig tiny_model() {
-    ModelConfig m;
-    m.vocab_size = 11;
-    m.hidden_size = 8;
-    m.num_layers = 2;
-    m.num_heads = 2;
-    m.num_kv_heads = 1;
-    m.init_std = 0.3;  // large enough that every path carries a visible gradient
-    m.moe.num_experts = 3;
-    m.moe.top_k = 2;
-    m.moe.expert_hidden_size = 6;
-    m.moe.load_balancing_weight = 0.1;
-    m.moe.z_loss_weight = 0.01;
-    m.dynamics.controller_size = 5;
-    return m;
-}
-
-struct Variant {
-    std::string name;
-    std::function<void(ModelConfig&)> apply;
-};
 
 // Checks d(loss + aux)/d(every parameter) on a fixed batch of B=2, T=5.
 void check_model_gradients(const ModelConfig& cfg) {

@@ -21,34 +21,23 @@
 #include "engine/trainer.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/test_util.h"
+#include "tests/tiny_model.h"
 
 using namespace moe;
+using moe::test::Variant;
 
 namespace {
 
 constexpr int kB = 2, kT = 6, kSeed = 5;
 
+// The tiny model with 4 experts (so that 1, 2 and 4 ranks split them) and a
+// vocabulary large enough for varied token_id routing.
 ModelConfig small_model() {
-    ModelConfig m;
+    ModelConfig m = moe::test::tiny_model();
     m.vocab_size = 32;
-    m.hidden_size = 8;
-    m.num_layers = 2;
-    m.num_heads = 2;
-    m.num_kv_heads = 1;
-    m.init_std = 0.3;  // large enough that routing differs from token to token
     m.moe.num_experts = 4;
-    m.moe.top_k = 2;
-    m.moe.expert_hidden_size = 6;
-    m.moe.load_balancing_weight = 0.1;
-    m.moe.z_loss_weight = 0.01;
-    m.dynamics.controller_size = 5;
     return m;
 }
-
-struct Variant {
-    std::string name;
-    std::function<void(ModelConfig&)> apply;
-};
 
 const std::vector<Variant>& variants() {
     static const std::vector<Variant> v = {
