@@ -200,8 +200,10 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
         progress.step = done;
         progress.data = train_data->position();
         progress.steps_skipped = summary.steps_skipped;
+        const auto t0 = Clock::now();
         summary.checkpoint = save_checkpoint(cfg, progress, params, groups);
-        if (lead) spdlog::info("step {:>5}/{} | checkpoint {}", done, steps, summary.checkpoint);
+        if (lead) spdlog::info("step {:>5}/{} | checkpoint {} ({:.2f} s)", done, steps, summary.checkpoint,
+                               seconds_since(t0));
     };
     const auto validate = [&](int done) {
         summary.val_loss = evaluate(model, *val_data, cfg.eval.batches * A, inputs, targets, groups);

@@ -2,10 +2,12 @@
 // every way a checkpoint or a run directory is refused.
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "engine/checkpoint.h"
 #include "engine/trainer.h"
