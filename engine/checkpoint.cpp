@@ -325,26 +325,32 @@ void verify_checkpoint_file(const CheckpointInfo& info, const std::string& name)
 
 namespace {
 
-// The first scalar under `path` that differs between a and b ("" if none).
-std::string first_difference(const YAML::Node& a, const YAML::Node& b, const std::string& path) {
+// Every scalar under `path` that differs between a and b, as "key is A in the
+// checkpoint but B in the config".
+void differences(const YAML::Node& a, const YAML::Node& b, const std::string& path, std::vector<std::string>& out) {
     if (a.IsMap() || b.IsMap()) {
         std::set<std::string> keys;
         for (const auto& kv : a) keys.insert(kv.first.as<std::string>());
         for (const auto& kv : b) keys.insert(kv.first.as<std::string>());
-        for (const std::string& k : keys) {
-            const std::string d = first_difference(a[k], b[k], path + "." + k);
-            if (!d.empty()) return d;
-        }
-        return "";
+        for (const std::string& k : keys) differences(a[k], b[k], path.empty() ? k : path + "." + k, out);
+        return;
     }
     const std::string va = a ? YAML::Dump(a) : "(absent)", vb = b ? YAML::Dump(b) : "(absent)";
-    return va == vb ? "" : path + " is " + va + " in the checkpoint but " + vb + " in the config";
+    if (va != vb) out.push_back(path + " is " + va + " in the checkpoint but " + vb + " in the config");
 }
 
 }  // namespace
 
+std::vector<std::string> config_differences(const Config& checkpoint, const Config& current) {
+    std::vector<std::string> out;
+    differences(YAML::Load(to_yaml(checkpoint)), YAML::Load(to_yaml(current)), "", out);
+    return out;
+}
+
 std::string model_difference(const Config& checkpoint, const Config& current) {
-    return first_difference(YAML::Load(to_yaml(checkpoint))["model"], YAML::Load(to_yaml(current))["model"], "model");
+    for (const std::string& d : config_differences(checkpoint, current))
+        if (d.rfind("model.", 0) == 0) return d;
+    return "";
 }
 
 TrainProgress load_checkpoint(const std::string& dir, const Config& cfg, ParameterSet& params) {

@@ -75,8 +75,11 @@ CheckpointInfo read_checkpoint_info(const std::string& dir);
 // Checks a file of the checkpoint against its recorded size and FNV-1a.
 void verify_checkpoint_file(const CheckpointInfo& info, const std::string& name);
 
-// Empty if the two configs describe the same model; otherwise one line naming
-// the first key that differs.
+// Every key whose value differs, as "train.steps is 1200 in the checkpoint but
+// 2000 in the config".
+std::vector<std::string> config_differences(const Config& checkpoint, const Config& current);
+// Empty if the two configs describe the same model; otherwise the first
+// difference in the model section.
 std::string model_difference(const Config& checkpoint, const Config& current);
 
 // Loads this rank's tensors (values and moments, whatever layout saved them)

@@ -159,9 +159,12 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
             metrics = std::make_unique<MetricsWriter>(metrics_path);
         }
     });
-    if (lead && !resume_from.empty())
+    if (lead && !resume_from.empty()) {
         spdlog::info("resumed from {} at step {} (data epoch {}, sequence {})", resume_from, progress.step,
                      progress.data.epoch, progress.data.cursor);
+        for (const std::string& d : config_differences(read_checkpoint_info(resume_from).config, cfg))
+            spdlog::info("resumed with a changed setting: {}", d);
+    }
     else if (lead && opts.resume == "auto")
         spdlog::info("no checkpoint in {}: starting from scratch", checkpoints_dir(cfg.run.out_dir));
     AdamW optimizer(cfg.optimizer, params);

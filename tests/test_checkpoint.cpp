@@ -79,6 +79,10 @@ TEST_CASE("a save writes its parts, checkpoint.yaml and latest; old ones are pru
     CHECK(info.expert_parallel == 1);
     CHECK(info.seed == c.run.seed);
     CHECK(model_difference(info.config, c).empty());
+    Config changed = c;
+    changed.train.steps = 9;
+    CHECK(config_differences(info.config, changed) ==
+          std::vector<std::string>{"train.steps is 6 in the checkpoint but 9 in the config"});
     REQUIRE(info.files.size() == 2);
     CHECK(info.files[0].name == "model-00000-of-00001.safetensors");
     CHECK(info.files[1].name == "optimizer-00000-of-00001.safetensors");
