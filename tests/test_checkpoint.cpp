@@ -55,7 +55,7 @@ void flip_byte(const std::string& path, uint64_t offset) {
 
 }  // namespace
 
-TEST_CASE("a save writes its parts, checkpoint.yaml and latest; old ones are pruned", "[unit]") {
+TEST_CASE("a save writes its parts, checkpoint.yaml and latest, and prunes old ones", "[unit]") {
     CpuOps ops;
     Config c = moe::test::small_config("ckpt-save");
     c.train.steps = 6;

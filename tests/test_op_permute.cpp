@@ -121,7 +121,7 @@ TEST_CASE("permute_backward sums each token's rows in row order for any thread c
     omp_set_num_threads(saved);
 }
 
-TEST_CASE("combine_backward matches finite differences; dropped slots get no gradient", "[unit]") {
+TEST_CASE("combine_backward matches finite differences, dropped slots get no gradient", "[unit]") {
     Buffers<double> b;
     Rng rng(8, "combine upstream");
     std::vector<double> dy = normals<double>(N * H, rng);  // loss = sum dy * y
