@@ -40,6 +40,9 @@ public:
     // Accumulates into the parameter gradients the gradient of
     // loss_scale * (loss + aux) of the last forward.
     void backward(double loss_scale);
+    // The [B*T, V] logits of the last forward, for sampling; backward
+    // overwrites them with their gradient.
+    const Tensor& logits() const { return logits_; }
 
 private:
     struct Block;

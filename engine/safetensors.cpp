@@ -8,13 +8,8 @@
 
 namespace moe {
 
-namespace {
-
-// The safetensors reference implementation refuses larger headers too.
-constexpr uint64_t kMaxHeaderBytes = uint64_t(100) << 20;
-
-// A JSON string literal: quotes, backslashes and control characters escaped
-// (YAML would fold a raw newline inside quotes into a space).
+// Control characters as \u00XX: YAML, which parses our headers, would fold a
+// raw newline inside quotes into a space.
 std::string json_string(const std::string& s) {
     std::string out = "\"";
     for (unsigned char c : s) {
@@ -37,6 +32,11 @@ std::string shape_text(const std::vector<int64_t>& shape) {
     for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
     return s + "]";
 }
+
+namespace {
+
+// The safetensors reference implementation refuses larger headers too.
+constexpr uint64_t kMaxHeaderBytes = uint64_t(100) << 20;
 
 // Bytes of a tensor of `width`-byte elements; calls `fail` (which throws) when
 // a dimension is negative or the size overflows.

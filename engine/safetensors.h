@@ -20,6 +20,11 @@ struct TensorRef {
     const void* data;
 };
 
+// A JSON string literal: quotes, backslashes and control characters escaped.
+std::string json_string(const std::string& s);
+// "[2, 3]"
+std::string shape_text(const std::vector<int64_t>& shape);
+
 // Bytes per element of a safetensors dtype; 0 if unknown.
 size_t safetensors_dtype_size(const std::string& dtype);
 

@@ -1,0 +1,308 @@
+// moe-checkpoint (inspect, export) and moe-generate, run as processes on the
+// checkpoints of a small byte-level model trained here: what they print, what
+// export writes (exactly the checkpoint's weights, loadable by --init-from),
+// reproducible sampling, and one-line refusals (exit 2) of broken checkpoints.
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <yaml-cpp/yaml.h>
+
+#include "engine/checkpoint.h"
+#include "engine/model.h"
+#include "engine/safetensors.h"
+#include "engine/trainer.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "tests/catch.h"
+#include "tests/test_util.h"
+#include "tests/train_fixture.h"
+#include "tools/checkpoint_reading.h"
+
+using namespace moe;
+using moe::test::contains;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+    int exit_code;
+    std::string output;  // stdout and stderr
+};
+
+std::string quoted(const std::string& s) {
+    std::string out = "'";
+    for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return out + "'";
+}
+
+Result run(const std::string& program, const std::vector<std::string>& args) {
+    std::string command = "OMP_NUM_THREADS=1 " + quoted(program);
+    for (const std::string& a : args) command += " " + quoted(a);
+    FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+    REQUIRE(pipe);
+    std::string output;
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) output.append(buf, n);
+    const int status = pclose(pipe);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output};
+}
+
+Result checkpoint_tool(const std::vector<std::string>& args) { return run(MOE_CHECKPOINT_TOOL, args); }
+Result generate(const std::vector<std::string>& args) { return run(MOE_GENERATE_TOOL, args); }
+
+// A byte-level model of 4 experts trained 6 steps, a checkpoint every 3.
+Config trained(const std::string& name) {
+    Config c = moe::test::small_config(name);
+    c.model.vocab_size = 256;
+    c.model.moe.num_experts = 4;
+    c.checkpoint.every = 3;
+    c.eval.every = 0;
+    CpuOps ops;
+    train(c, ops);
+    return c;
+}
+
+std::string part(const char* kind, int p, int parts) {
+    char name[64];
+    std::snprintf(name, sizeof name, "%s-%05d-of-%05d.safetensors", kind, p, parts);
+    return name;
+}
+
+// The checkpoint as two EP ranks would have saved it: experts 0-1 (with every
+// replicated tensor) in part 0, experts 2-3 in part 1.
+std::string in_two_parts(const std::string& src, const std::string& dst) {
+    fs::create_directories(dst);
+    YAML::Node files;
+    for (const char* kind : {"model", "optimizer"}) {
+        const SafetensorsFile file(src + "/" + part(kind, 0, 1));
+        std::deque<std::vector<char>> data;
+        std::vector<TensorRef> parts[2];
+        for (const std::string& name : file.names()) {
+            const size_t at = name.find(".experts.");
+            const int p = at != std::string::npos && std::stoi(name.substr(at + 9)) >= 2;
+            data.push_back(file.read_raw(name));
+            parts[p].push_back({name, "F32", file.info(name).shape, data.back().data()});
+        }
+        for (int p = 0; p < 2; ++p) {
+            const FileDigest d = write_safetensors(dst + "/" + part(kind, p, 2), parts[p]);
+            char hex[17];
+            std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(d.fnv1a));
+            YAML::Node f;
+            f["name"] = part(kind, p, 2);
+            f["bytes"] = d.bytes;
+            f["fnv1a"] = std::string(hex);
+            files.push_back(f);
+        }
+    }
+    YAML::Node info = YAML::LoadFile(src + "/checkpoint.yaml");
+    info["layout"]["world_size"] = 2;
+    info["layout"]["expert_parallel"] = 2;
+    info["files"] = files;
+    std::ofstream(dst + "/checkpoint.yaml") << YAML::Dump(info) << "\n";
+    return dst;
+}
+
+void flip_last_byte(const std::string& path) {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-1, std::ios::end);
+    const char c = char(f.get() ^ 0x40);
+    f.seekp(-1, std::ios::end);
+    f.put(c);
+}
+
+std::vector<std::string> weight_names(const Config& c) {
+    CpuOps ops;
+    Model model(c.model, ops, DType::F32, 1, 1);
+    std::vector<std::string> names;
+    for (const NamedTensor& t : model.params().named(ParameterSet::Slot::Value)) names.push_back(t.name);
+    return names;
+}
+
+}  // namespace
+
+TEST_CASE("the tools' MODEL.md name list is the model's own", "[unit]") {
+    Config c = moe::test::small_config_at("unused");
+    const auto same = [](std::vector<std::string> a, std::vector<std::string> b) {
+        std::sort(a.begin(), a.end());
+        std::sort(b.begin(), b.end());
+        return a == b;
+    };
+    REQUIRE(same(model_tensor_names(c.model), weight_names(c)));
+    c.model.qk_norm = true;
+    c.model.tie_embeddings = true;
+    c.model.moe.router = "token_id";
+    c.model.moe.top_k = 1;
+    c.model.dynamics.shared = false;
+    REQUIRE(same(model_tensor_names(c.model), weight_names(c)));
+    c.model.dynamics.enabled = false;
+    REQUIRE(same(model_tensor_names(c.model), weight_names(c)));
+}
+
+TEST_CASE("moe-checkpoint inspects and exports checkpoints of any layout", "[unit]") {
+    const Config c = trained("tools-export");
+    const std::string latest = latest_checkpoint(c.run.out_dir);
+    REQUIRE(fs::path(latest).filename() == "step-00000006");
+    const std::string two = in_two_parts(latest, c.run.out_dir + "-two-parts/step-00000006");
+
+    SECTION("inspect: progress, config, checksums and every tensor, for a run or a checkpoint directory") {
+        for (const std::string& dir : {c.run.out_dir, two}) {
+            const Result r = checkpoint_tool({"inspect", dir});
+            INFO(r.output);
+            REQUIRE(r.exit_code == 0);
+            REQUIRE(contains(r.output, "step        6"));
+            REQUIRE(contains(r.output, "    num_experts: 4"));
+            REQUIRE(contains(r.output, "checksum ok"));
+            REQUIRE(!contains(r.output, "FAILED"));
+            REQUIRE(!contains(r.output, "missing"));
+            size_t at = 0;  // every tensor, in MODEL.md order
+            for (const std::string& name : model_tensor_names(c.model)) {
+                at = r.output.find("\n  " + name + " ", at);
+                REQUIRE(at != std::string::npos);
+            }
+        }
+        REQUIRE(contains(checkpoint_tool({"inspect", two}).output, "world size 2, expert parallel 2"));
+    }
+
+    SECTION("generate reads the parts of any layout") {
+        const Result one = generate({latest, "--prompt", "abc", "--tokens", "8", "--temperature", "0"});
+        REQUIRE(one.exit_code == 0);
+        REQUIRE(generate({two, "--prompt", "abc", "--tokens", "8", "--temperature", "0"}).output == one.output);
+    }
+
+    SECTION("export merges the parts into the checkpoint's weights, which --init-from loads") {
+        const std::string out = c.run.out_dir + "-export";
+        fs::remove_all(out);
+        const Result r = checkpoint_tool({"export", two, "--out", out});
+        INFO(r.output);
+        REQUIRE(r.exit_code == 0);
+        const SafetensorsFile exported(out + "/model.safetensors"), saved(latest + "/" + part("model", 0, 1));
+        REQUIRE(exported.names() == model_tensor_names(c.model));
+        for (const std::string& name : saved.names()) {
+            REQUIRE(exported.info(name).dtype == "F32");
+            REQUIRE(exported.read_raw(name) == saved.read_raw(name));  // bit for bit
+        }
+        const YAML::Node json = YAML::LoadFile(out + "/config.json");  // JSON is YAML
+        REQUIRE(json["architecture"].as<std::string>() == "moe-inl");
+        REQUIRE(json["format_version"].as<int>() == 1);
+        REQUIRE(json["vocab_size"].as<int>() == 256);
+        REQUIRE(json["moe"]["num_experts"].as<int>() == 4);
+        REQUIRE(json["moe"]["router"].as<std::string>() == "learned");
+        REQUIRE(json["moe"]["capacity_factor"].IsNull());
+        REQUIRE(json["dynamics"]["controller_size"].as<int>() == 16);
+
+        Config fresh = c;
+        fresh.run.out_dir = c.run.out_dir + "-from-export";
+        fresh.train.steps = 2;
+        fresh.optimizer.warmup_steps = 1;
+        fresh.checkpoint.every = 0;
+        TrainOptions opts;
+        opts.init_from = out + "/model.safetensors";
+        CpuOps ops;
+        REQUIRE_NOTHROW(train(fresh, ops, opts));
+
+        const Result again = checkpoint_tool({"export", two, "--out", out});
+        REQUIRE(again.exit_code == 2);
+        REQUIRE(contains(again.output, "--force"));
+        REQUIRE(checkpoint_tool({"export", two, "--out", out, "--force"}).exit_code == 0);
+    }
+}
+
+TEST_CASE("moe-generate samples reproducibly from a checkpoint", "[unit]") {
+    const Config c = trained("tools-generate");
+    const std::string prompt = "a 'quoted' prompt";
+    const auto text = [&](std::vector<std::string> extra) {
+        std::vector<std::string> args = {c.run.out_dir, "--prompt", prompt, "--tokens", "24"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        const Result r = generate(args);
+        INFO(r.output);
+        REQUIRE(r.exit_code == 0);
+        REQUIRE(r.output.size() == prompt.size() + 24);  // the prompt, then 24 bytes
+        REQUIRE(r.output.compare(0, prompt.size(), prompt) == 0);
+        return r.output;
+    };
+    REQUIRE(text({"--temperature", "0"}) == text({"--temperature", "0", "--seed", "9"}));  // greedy: no draws
+    REQUIRE(text({"--seed", "7"}) == text({"--seed", "7"}));
+    REQUIRE(text({"--seed", "7", "--top-k", "0"}) != text({"--seed", "8", "--top-k", "0"}));
+    // A context longer than train.seq_len (16) keeps its last 16 tokens.
+    REQUIRE(generate({c.run.out_dir, "--prompt", std::string(40, 'x'), "--tokens", "3"}).exit_code == 0);
+
+    const Result bad = generate({c.run.out_dir, "--prompt", "x", "--top-k", "-1"});
+    REQUIRE(bad.exit_code == 2);
+    REQUIRE(contains(bad.output, "--top-k takes an integer >= 0"));
+}
+
+TEST_CASE("moe-generate reads and writes token ids for vocabularies other than bytes", "[unit]") {
+    Config c = moe::test::small_config("tools-ids");  // vocab 16
+    c.train.steps = 2;
+    c.optimizer.warmup_steps = 1;
+    c.eval.every = 0;
+    CpuOps ops;
+    train(c, ops);
+    const Result r = generate({c.run.out_dir, "--prompt", "1 2  3", "--tokens", "5"});
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    REQUIRE(r.output.rfind("1 2 3 ", 0) == 0);
+    std::vector<int> ids;
+    std::istringstream printed(r.output);
+    for (int id; printed >> id;) ids.push_back(id);
+    REQUIRE(ids.size() == 8);
+    for (int id : ids) REQUIRE((id >= 0 && id < 16));
+    const Result bad = generate({c.run.out_dir, "--prompt", "1 16"});
+    REQUIRE(bad.exit_code == 2);
+    REQUIRE(contains(bad.output, "token ids in [0, 16)"));
+}
+
+TEST_CASE("broken checkpoints are refused with one line naming the problem", "[unit]") {
+    const Config c = trained("tools-broken");
+    const std::string good = latest_checkpoint(c.run.out_dir);
+    const std::string dir = c.run.out_dir + "-corrupted/step-00000006";
+    fs::create_directories(dir);
+    fs::copy(good, dir, fs::copy_options::recursive);
+    const std::string file = part("model", 0, 1);
+    flip_last_byte(dir + "/" + file);
+
+    SECTION("a corrupted part: inspect reports it, export and generate refuse") {
+        const Result inspect = checkpoint_tool({"inspect", dir});
+        INFO(inspect.output);
+        REQUIRE(inspect.exit_code == 2);
+        REQUIRE(contains(inspect.output, file + " "));
+        REQUIRE(contains(inspect.output, "checksum FAILED"));
+        REQUIRE(contains(inspect.output, "lm_head.weight"));  // the report is still whole
+        REQUIRE(contains(inspect.output, "moe-checkpoint: checkpoint '" + dir + "': file " + file + " is corrupted"));
+
+        for (const Result& r : {checkpoint_tool({"export", dir, "--out", dir + "-export"}),
+                                generate({dir, "--prompt", "x", "--tokens", "2"})}) {
+            INFO(r.output);
+            REQUIRE(r.exit_code == 2);
+            REQUIRE(contains(r.output, "file " + file + " is corrupted"));
+            REQUIRE(std::count(r.output.begin(), r.output.end(), '\n') == 1);  // one line, no trace
+        }
+        REQUIRE(!fs::exists(dir + "-export/model.safetensors"));
+    }
+
+    SECTION("missing, incomplete and truncated checkpoints, and bad arguments") {
+        const auto refused = [](const Result& r, const std::string& why) {
+            INFO(r.output);
+            REQUIRE(r.exit_code == 2);
+            REQUIRE(contains(r.output, why));
+        };
+        refused(checkpoint_tool({"inspect", dir + "-nowhere"}), "no such directory");
+        refused(generate({c.run.out_dir + "-corrupted", "--prompt", "x"}), "no checkpoint.yaml and no checkpoints/");
+        fs::remove(dir + "/checkpoint.yaml");
+        refused(checkpoint_tool({"inspect", dir}), "has no checkpoint.yaml");
+        fs::copy(good + "/checkpoint.yaml", dir + "/checkpoint.yaml");
+        fs::resize_file(dir + "/" + file, 100);
+        refused(checkpoint_tool({"export", dir, "--out", dir + "-export"}), "has 100 bytes");
+        refused(checkpoint_tool({"export", dir}), "export needs --out");
+        refused(checkpoint_tool({"unpack", dir}), "unknown command 'unpack'");
+        refused(generate({dir}), "--prompt TEXT is required");
+        refused(generate({c.run.out_dir, "--prompt", "x", "--temperature", "-1"}), "--temperature takes a number >= 0");
+    }
+}

@@ -1,0 +1,186 @@
+// moe-generate: text from a checkpoint. Loads every expert into one CPU Model
+// built from the checkpoint's own config, then samples one token at a time.
+// The Model is planned for a fixed micro-batch, so each step runs a forward
+// over one sequence of train.seq_len positions: the context, padded at the end.
+// Attention is causal and the other layers act per position (capacity drops
+// go in token order, so the padding behind the context loses slots first), so
+// the logits at the context's last position do not see the padding.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "engine/model.h"
+#include "engine/rng.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "tools/checkpoint_reading.h"
+
+using namespace moe;
+
+namespace {
+
+const char* kUsage =
+    "usage: moe-generate DIR --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
+    "  Samples N tokens (default 200) after the prompt from the weights of a checkpoint\n"
+    "  (DIR: a checkpoint directory, or a run directory for its newest checkpoint).\n"
+    "  Byte-level models (vocab 256): the prompt is text, and the prompt and the sample are printed as text.\n"
+    "  Other vocabularies: the prompt is token ids separated by spaces, and ids are printed.\n"
+    "  --temperature T (default 0.8): 0 takes the most likely token (greedy).\n"
+    "  --top-k K (default 40): sample among the K most likely tokens; 0: among all.\n"
+    "  --seed S (default 1): the same seed gives the same text.\n"
+    "  Runs on the CPU, one process; contexts longer than the model's train.seq_len keep their last tokens.\n";
+
+[[noreturn]] void fail(const std::string& msg) {
+    std::fflush(stdout);  // what was printed comes first, the reason last
+    std::fprintf(stderr, "moe-generate: %s\n", msg.c_str());
+    std::exit(2);
+}
+
+struct Args {
+    std::string dir, prompt;
+    bool has_prompt = false;
+    long tokens = 200, top_k = 40;
+    double temperature = 0.8;
+    unsigned long long seed = 1;
+};
+
+long non_negative(const std::string& flag, const char* text) {
+    char* end = nullptr;
+    errno = 0;
+    const long v = std::strtol(text, &end, 10);
+    if (!*text || *end || errno || v < 0) fail(flag + " takes an integer >= 0, got '" + text + "'");
+    return v;
+}
+
+Args parse(int argc, char** argv) {
+    Args a;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        const auto value = [&]() -> const char* {
+            if (i + 1 >= argc) fail(arg + " needs a value\n" + kUsage);
+            return argv[++i];
+        };
+        if (arg == "--help" || arg == "-h") {
+            std::fputs(kUsage, stdout);
+            std::exit(0);
+        } else if (arg == "--prompt") {
+            a.prompt = value();
+            a.has_prompt = true;
+        } else if (arg == "--tokens") {
+            a.tokens = non_negative(arg, value());
+        } else if (arg == "--top-k") {
+            a.top_k = non_negative(arg, value());
+        } else if (arg == "--seed") {
+            a.seed = static_cast<unsigned long long>(non_negative(arg, value()));
+        } else if (arg == "--temperature") {
+            const char* text = value();
+            char* end = nullptr;
+            a.temperature = std::strtod(text, &end);
+            if (!*text || *end || !std::isfinite(a.temperature) || a.temperature < 0)
+                fail("--temperature takes a number >= 0, got '" + std::string(text) + "'");
+        } else if (arg.rfind("-", 0) == 0 || !a.dir.empty()) {
+            fail("unexpected argument '" + arg + "'\n" + kUsage);
+        } else {
+            a.dir = arg;
+        }
+    }
+    if (a.dir.empty()) fail(std::string("a checkpoint or run directory is required\n") + kUsage);
+    if (!a.has_prompt) fail(std::string("--prompt TEXT is required\n") + kUsage);
+    return a;
+}
+
+// The prompt as token ids: its bytes for a byte-level model, else the ids it lists.
+std::vector<int32_t> prompt_tokens(const std::string& prompt, int vocab) {
+    std::vector<int32_t> ids;
+    if (vocab == 256) {
+        for (unsigned char c : prompt) ids.push_back(c);
+    } else {
+        const char* at = prompt.c_str();
+        for (char* end = nullptr;; at = end) {
+            while (*at == ' ') ++at;
+            if (!*at) break;
+            errno = 0;
+            const long id = std::strtol(at, &end, 10);
+            if (end == at || (*end && *end != ' ') || errno || id < 0 || id >= vocab)
+                fail("the prompt of a model of vocab " + std::to_string(vocab) +
+                     " is token ids in [0, " + std::to_string(vocab) + ") separated by spaces, got '" + prompt + "'");
+            ids.push_back(int32_t(id));
+        }
+    }
+    if (ids.empty()) fail("the prompt is empty: give at least one token to continue");
+    return ids;
+}
+
+// The next token from one row of logits: the most likely one at temperature 0
+// (the lowest id on a tie), else a draw from softmax(logits / temperature)
+// over the top_k most likely (0: all).
+int32_t sample(const std::vector<float>& logits, double temperature, size_t top_k, Rng& rng) {
+    std::vector<int32_t> ids(logits.size());
+    std::iota(ids.begin(), ids.end(), 0);
+    const auto more_likely = [&](int32_t a, int32_t b) {
+        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    };
+    if (temperature == 0) return *std::min_element(ids.begin(), ids.end(), more_likely);
+    if (top_k > 0 && top_k < ids.size()) {
+        std::partial_sort(ids.begin(), ids.begin() + top_k, ids.end(), more_likely);
+        ids.resize(top_k);
+    }
+    double top = -INFINITY, total = 0;
+    for (int32_t id : ids) top = std::max(top, double(logits[id]));
+    std::vector<double> weight(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) total += weight[i] = std::exp((logits[ids[i]] - top) / temperature);
+    double u = rng.uniform() * total;
+    for (size_t i = 0; i < ids.size(); ++i)
+        if ((u -= weight[i]) < 0) return ids[i];
+    return ids.back();  // rounding left u at the very end
+}
+
+void print_token(int32_t id, bool bytes, bool first) {
+    if (bytes) {
+        std::fputc(id, stdout);
+    } else {
+        std::printf(first ? "%d" : " %d", id);
+    }
+    std::fflush(stdout);  // the text appears as it is made
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const Args a = parse(argc, argv);
+    try {
+        const CheckpointInfo info = open_checkpoint(a.dir);
+        const ModelConfig& mc = info.config.model;
+        const int T = info.config.train.seq_len, V = mc.vocab_size;
+        const bool bytes = V == 256;
+        std::vector<int32_t> context = prompt_tokens(a.prompt, V);
+
+        CpuOps ops;
+        Model model(mc, ops, DType::F32, 1, T);  // no EP group: every expert in this process
+        load_checkpoint(info.dir, info.config, model.params());  // checks the checksums of the files it reads
+
+        for (size_t i = 0; i < context.size(); ++i) print_token(context[i], bytes, i == 0);
+        Rng rng(a.seed);
+        std::vector<int32_t> window(T);
+        std::vector<float> logits(V);
+        for (long n = 0; n < a.tokens; ++n) {
+            const size_t used = std::min(context.size(), size_t(T));
+            std::fill(window.begin(), window.end(), 0);
+            std::copy(context.end() - used, context.end(), window.begin());
+            model.forward(window.data(), window.data());  // targets: any valid ids, the loss goes unused
+            ops.copy_to_host(logits.data(), model.logits().rows(used - 1, used));
+            context.push_back(sample(logits, a.temperature, size_t(a.top_k), rng));
+            print_token(context.back(), bytes, false);
+        }
+        if (!bytes || isatty(STDOUT_FILENO)) std::fputc('\n', stdout);  // piped bytes stay exactly the text
+    } catch (const std::exception& e) {
+        fail(e.what());
+    }
+    return 0;
+}
