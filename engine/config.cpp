@@ -106,6 +106,7 @@ const std::vector<Key>& schema() {
         MOE_ENUM(run.nan_policy, "stop", "skip"),
         MOE_KEY(run.threads, kNonNegative),
         MOE_KEY(parallel.expert_parallel, kAtLeastOne),
+        MOE_KEY(parallel.allow_shared_gpu, kAny),
     };
     return keys;
 }

@@ -94,7 +94,8 @@ struct RunConfig {
 };
 
 struct ParallelConfig {
-    int expert_parallel = 1;  // ep: ranks that split the experts
+    int expert_parallel = 1;        // ep: ranks that split the experts
+    bool allow_shared_gpu = false;  // let ranks of a node share a GPU (tests; slow otherwise)
 };
 
 struct Config {

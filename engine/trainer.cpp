@@ -13,6 +13,7 @@
 #include "engine/data_loader.h"
 #include "engine/flops.h"
 #include "engine/grad_sync.h"
+#include "engine/layout_report.h"
 #include "engine/metrics.h"
 #include "engine/model.h"
 #include "engine/optimizer.h"
@@ -171,9 +172,13 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
 
     const double flops_per_token = train_flops_per_token(mc, T);
     const int64_t tokens_per_step = int64_t(B) * T * A * world;
-    if (lead && world > 1)
-        spdlog::info("layout: {} ranks, expert parallel {} x data parallel {}; {} experts per rank", world,
-                     groups->ep_size(), groups->dp_size(), mc.moe.num_experts / groups->ep_size());
+    if (groups) {
+        const std::vector<RankPlace> places = gather_places(*groups->world, ops.device_name());
+        if (lead)
+            spdlog::info("{}", layout_report(places, groups->ep_size(), mc.moe.num_experts / groups->ep_size()));
+        const std::string problem = shared_gpu_problem(places);
+        if (!problem.empty() && !cfg.parallel.allow_shared_gpu) throw CommError(problem);
+    }
     double total_params = 0;  // of the whole model, whatever this rank holds
     for (const Param& p : params.all())
         total_params += double(p.numel()) * (p.is_expert_stack() && groups ? groups->ep_size() : 1);

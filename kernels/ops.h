@@ -12,6 +12,7 @@
 //   backward, so the backward recomputes nothing it can keep cheaply.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernels/tensor.h"
@@ -35,6 +36,8 @@ class Ops {
 public:
     virtual ~Ops() = default;
     virtual Device device() const = 0;
+    // Where this backend computes, for the layout report: "cpu", "cuda:0", ...
+    virtual std::string device_name() const = 0;
 
     // ---- memory -----------------------------------------------------------
     virtual void* alloc(size_t bytes) = 0;  // zero-filled, aligned to 256

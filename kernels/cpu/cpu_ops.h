@@ -10,6 +10,7 @@ namespace moe {
 class CpuOps final : public Ops {
 public:
     Device device() const override { return Device::CPU; }
+    std::string device_name() const override { return "cpu"; }
 
     void* alloc(size_t bytes) override;
     void release(void* p) override;
