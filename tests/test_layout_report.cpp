@@ -33,7 +33,7 @@ TEST_CASE("a large job's report stays short", "[unit]") {
     CHECK(std::count(report.begin(), report.end(), '\n') < 24);
 }
 
-TEST_CASE("two ranks of a node on one GPU are named; CPU ranks may share a node", "[unit]") {
+TEST_CASE("two ranks of a node on one GPU are named, CPU ranks may share a node", "[unit]") {
     CHECK(shared_gpu_problem({{"a", "cpu"}, {"a", "cpu"}}).empty());
     CHECK(shared_gpu_problem({{"a", "cuda:0"}, {"b", "cuda:0"}}).empty());
     const std::string problem = shared_gpu_problem({{"a", "cuda:0"}, {"a", "cuda:1"}, {"a", "cuda:0"}});
