@@ -2,11 +2,18 @@
 # Installs what the build, the tests and the demo need, if it is missing:
 # Debian 12 / Ubuntu 24.04 packages. As root it runs apt-get; otherwise it
 # prints the command to run. --parity adds PyTorch (Debian's python3-torch)
-# for the parity test against tools/torch_reference.py.
+# for the parity test against tools/torch_reference.py; --cluster adds Slurm,
+# munge and iproute2 for the cluster tests (tests/cluster).
 set -euo pipefail
 
 packages=(cmake ninja-build g++ libyaml-cpp-dev libspdlog-dev catch2 libopenmpi-dev openmpi-bin fortunes)
-[ "${1:-}" = "--parity" ] && packages+=(python3-torch python3-yaml python3-numpy)
+for flag in "$@"; do
+  case "$flag" in
+    --parity) packages+=(python3-torch python3-yaml python3-numpy) ;;
+    --cluster) packages+=(slurm-wlm munge iproute2 util-linux) ;;
+    *) echo "setup: unknown option '$flag' (--parity, --cluster)" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${packages[@]}"; do
