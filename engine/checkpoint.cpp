@@ -161,7 +161,6 @@ std::string save_checkpoint(const Config& cfg, const TrainProgress& progress, co
     const int parts = groups ? groups->ep_size() : 1, part = groups ? groups->ep_rank() : 0;
     const bool writes_part = !groups || groups->dp_rank() == 0;  // one copy of each part
     Communicator* world = groups ? groups->world.get() : nullptr;
-    const std::string previous = latest_checkpoint(cfg.run.out_dir);
 
     try {
         bool exists = false;
@@ -226,6 +225,7 @@ std::string save_checkpoint(const Config& cfg, const TrainProgress& progress, co
             std::error_code ec;
             fs::remove_all(tmp_dir, ec);
         }
+        const std::string previous = latest_checkpoint(cfg.run.out_dir);  // a failed save never moves it
         const std::string kept = previous.empty() ? "there is no earlier checkpoint"
                                                   : "the previous checkpoint '" + previous + "' is intact and `latest` "
                                                     "still names it";
@@ -353,7 +353,7 @@ std::string model_difference(const Config& checkpoint, const Config& current) {
     return "";
 }
 
-TrainProgress load_checkpoint(const std::string& dir, const Config& cfg, ParameterSet& params) {
+CheckpointInfo load_checkpoint(const std::string& dir, const Config& cfg, ParameterSet& params) {
     const CheckpointInfo info = read_checkpoint_info(dir);
     const std::string diff = model_difference(info.config, cfg);
     if (!diff.empty())
@@ -387,7 +387,7 @@ TrainProgress load_checkpoint(const std::string& dir, const Config& cfg, Paramet
     load(params.named(ParameterSet::Slot::Value), model, "");
     load(params.named(ParameterSet::Slot::M), optim, "exp_avg.");
     load(params.named(ParameterSet::Slot::V), optim, "exp_avg_sq.");
-    return info.progress;
+    return info;
 }
 
 }  // namespace moe

@@ -84,7 +84,7 @@ std::string model_difference(const Config& checkpoint, const Config& current);
 
 // Loads this rank's tensors (values and moments, whatever layout saved them)
 // after checking the model matches cfg and the checksums of the files it
-// reads. Returns the progress to resume from.
-TrainProgress load_checkpoint(const std::string& dir, const Config& cfg, ParameterSet& params);
+// reads. Returns the checkpoint's info (the progress to resume from, its config).
+CheckpointInfo load_checkpoint(const std::string& dir, const Config& cfg, ParameterSet& params);
 
 }  // namespace moe

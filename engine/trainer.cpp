@@ -84,16 +84,18 @@ struct StepTotals {
     double loss = 0, aux = 0;
     int64_t dropped = 0;
     std::vector<std::vector<int64_t>> routed;  // [L][E]
+    bool stop = false;  // a stop signal reached some rank: all stop after this step
 
     void reduce(const ProcessGroups* groups) {
-        std::vector<double> flat = {loss, aux, double(dropped)};
+        std::vector<double> flat = {loss, aux, double(dropped), double(stop)};
         for (const auto& layer : routed) flat.insert(flat.end(), layer.begin(), layer.end());
         sum_over_world(flat, groups);
         const int W = world_size(groups);
         loss = flat[0] / W;
         aux = flat[1] / W;
         dropped = int64_t(flat[2]);
-        size_t i = 3;
+        stop = flat[3] > 0;
+        size_t i = 4;
         for (auto& layer : routed)
             for (auto& c : layer) c = int64_t(flat[i++]);
     }
@@ -147,12 +149,15 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
     ParameterSet& params = model.params();
     params.initialize(cfg.run.seed);
     TrainProgress progress;
+    std::vector<std::string> resumed_changes;  // settings that differ from the checkpoint's
     on_all_ranks(world_comm, [&] {
         if (!opts.init_from.empty())
             load_tensors(opts.init_from, params.named(ParameterSet::Slot::Value), ops,
                          params.experts_elsewhere(mc.moe.num_experts));
         if (!resume_from.empty()) {
-            progress = load_checkpoint(resume_from, cfg, params);
+            const CheckpointInfo info = load_checkpoint(resume_from, cfg, params);
+            progress = info.progress;
+            resumed_changes = config_differences(info.config, cfg);
             train_data->set_position(progress.data);
         }
         if (lead) {
@@ -163,8 +168,7 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
     if (lead && !resume_from.empty()) {
         spdlog::info("resumed from {} at step {} (data epoch {}, sequence {})", resume_from, progress.step,
                      progress.data.epoch, progress.data.cursor);
-        for (const std::string& d : config_differences(read_checkpoint_info(resume_from).config, cfg))
-            spdlog::info("resumed with a changed setting: {}", d);
+        for (const std::string& d : resumed_changes) spdlog::info("resumed with a changed setting: {}", d);
     }
     else if (lead && opts.resume == "auto")
         spdlog::info("no checkpoint in {}: starting from scratch", checkpoints_dir(cfg.run.out_dir));
@@ -247,6 +251,7 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
             // collective calls; the step is judged once all ranks agree.
             model.backward(1.0 / A);
         }
+        totals.stop = stop_requested();
         totals.reduce(groups);
         average_gradients(params, groups);
         const double loss = totals.loss, aux = totals.aux, grad_norm = global_grad_norm(params, groups);
@@ -300,9 +305,7 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
         const bool last = step + 1 == steps;
         if (val_data && ((cfg.eval.every > 0 && (step + 1) % cfg.eval.every == 0) || last)) validate(step + 1);
 
-        // A stop signal on any rank stops every rank after this step.
-        int32_t stop = stop_requested();
-        if (world > 1) groups->world->all_reduce(&stop, 1, DType::I32, ReduceOp::Max);
+        const bool stop = totals.stop;
         if (last || stop || (cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0)) save(step + 1);
         if (stop && !last) {
             summary.stopped = true;

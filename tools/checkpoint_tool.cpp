@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "tools/tool_errors.h"
 #include "engine/safetensors.h"
 #include "tools/checkpoint_reading.h"
 
@@ -39,11 +40,9 @@ const char* kUsage =
     "           MODEL.md names; loads with moe-train --init-from) and OUT_DIR/config.json (the model\n"
     "           hyper-parameters). An existing OUT_DIR/model.safetensors is kept unless --force.\n";
 
-[[noreturn]] void fail(const std::string& msg) {
-    std::fflush(stdout);  // what was printed comes first, the reason last
-    std::fprintf(stderr, "moe-checkpoint: %s\n", msg.c_str());
-    std::exit(2);
-}
+constexpr const char* kProgram = "moe-checkpoint";
+
+[[noreturn]] void fail(const std::string& msg) { exit_with_error(kProgram, msg); }
 
 int64_t numel(const std::vector<int64_t>& shape) {
     return std::accumulate(shape.begin(), shape.end(), int64_t(1), std::multiplies<int64_t>());

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "tools/tool_errors.h"
 #include "engine/model.h"
 #include "engine/rng.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -36,11 +37,9 @@ const char* kUsage =
     "  --seed S (default 1): the same seed gives the same text.\n"
     "  Runs on the CPU, one process; contexts longer than the model's train.seq_len keep their last tokens.\n";
 
-[[noreturn]] void fail(const std::string& msg) {
-    std::fflush(stdout);  // what was printed comes first, the reason last
-    std::fprintf(stderr, "moe-generate: %s\n", msg.c_str());
-    std::exit(2);
-}
+constexpr const char* kProgram = "moe-generate";
+
+[[noreturn]] void fail(const std::string& msg) { exit_with_error(kProgram, msg); }
 
 struct Args {
     std::string dir, prompt;
@@ -49,14 +48,6 @@ struct Args {
     double temperature = 0.8;
     unsigned long long seed = 1;
 };
-
-long non_negative(const std::string& flag, const char* text) {
-    char* end = nullptr;
-    errno = 0;
-    const long v = std::strtol(text, &end, 10);
-    if (!*text || *end || errno || v < 0) fail(flag + " takes an integer >= 0, got '" + text + "'");
-    return v;
-}
 
 Args parse(int argc, char** argv) {
     Args a;
@@ -73,11 +64,11 @@ Args parse(int argc, char** argv) {
             a.prompt = value();
             a.has_prompt = true;
         } else if (arg == "--tokens") {
-            a.tokens = non_negative(arg, value());
+            a.tokens = integer_flag(kProgram, arg, value(), 0);
         } else if (arg == "--top-k") {
-            a.top_k = non_negative(arg, value());
+            a.top_k = integer_flag(kProgram, arg, value(), 0);
         } else if (arg == "--seed") {
-            a.seed = static_cast<unsigned long long>(non_negative(arg, value()));
+            a.seed = static_cast<unsigned long long>(integer_flag(kProgram, arg, value(), 0));
         } else if (arg == "--temperature") {
             const char* text = value();
             char* end = nullptr;

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "tools/tool_errors.h"
 #include "engine/shards.h"
 
 namespace {
@@ -26,17 +27,9 @@ struct Args {
     std::vector<std::string> files;
 };
 
-[[noreturn]] void fail(const std::string& msg) {
-    std::fprintf(stderr, "moe-shards: %s\n", msg.c_str());
-    std::exit(2);
-}
+constexpr const char* kProgram = "moe-shards";
 
-long positive(const std::string& flag, const char* text) {
-    char* end = nullptr;
-    const long v = std::strtol(text, &end, 10);
-    if (!*text || *end || v <= 0) fail(flag + " takes a positive integer, got '" + text + "'");
-    return v;
-}
+[[noreturn]] void fail(const std::string& msg) { moe::exit_with_error(kProgram, msg); }
 
 Args parse(int argc, char** argv) {
     Args a;
@@ -52,13 +45,13 @@ Args parse(int argc, char** argv) {
         } else if (arg == "--out") {
             a.out = value();
         } else if (arg == "--val-every") {
-            a.val_every = positive(arg, value());
+            a.val_every = moe::integer_flag(kProgram, arg, value(), 1);
         } else if (arg == "--chunk") {
-            a.chunk = positive(arg, value());
+            a.chunk = moe::integer_flag(kProgram, arg, value(), 1);
         } else if (arg == "--shard-tokens") {
-            a.shard_tokens = positive(arg, value());
+            a.shard_tokens = moe::integer_flag(kProgram, arg, value(), 1);
         } else if (arg == "--version") {
-            a.version = positive(arg, value());
+            a.version = moe::integer_flag(kProgram, arg, value(), 1);
             if (a.version != 1 && a.version != 2) fail("--version must be 1 (uint16 tokens) or 2 (uint32 tokens)");
         } else if (arg.rfind("--", 0) == 0) {
             fail("unknown option '" + arg + "'\n" + kUsage);
