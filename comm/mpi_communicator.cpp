@@ -71,16 +71,21 @@ MpiCommunicator::~MpiCommunicator() {
 void MpiCommunicator::all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) {
     const MPI_Datatype type = reducible_type(dtype, "all_reduce");
     const size_t elem = dtype_size(dtype);
+    void* host = staging_.to_host(0, buf, size_t(count) * elem, true);
     for_each_chunk(count, max_count_, [&](int64_t offset, int n) {
-        mpi_check(MPI_Allreduce(MPI_IN_PLACE, at(buf, offset, elem), n, type, mpi_op(op), comm_), "MPI_Allreduce");
+        mpi_check(MPI_Allreduce(MPI_IN_PLACE, at(host, offset, elem), n, type, mpi_op(op), comm_), "MPI_Allreduce");
     });
+    staging_.to_device(buf, host, size_t(count) * elem);
 }
 
 // A block longer than one MPI call goes piece by piece: the same piece of
 // every rank's block is packed side by side in a staging buffer.
-void MpiCommunicator::reduce_scatter(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op) {
+void MpiCommunicator::reduce_scatter(const void* send_buf, void* recv_buf, int64_t count, DType dtype,
+                                     ReduceOp op) {
     const MPI_Datatype type = reducible_type(dtype, "reduce_scatter");
     const size_t elem = dtype_size(dtype);
+    const void* send = staging_.to_host(0, send_buf, size_t(size_) * size_t(count) * elem, true);
+    void* recv = staging_.to_host(1, recv_buf, size_t(count) * elem, false);
     std::vector<char> staging;
     for_each_chunk(count, max_count_, [&](int64_t offset, int n) {
         const void* pieces = send;
@@ -93,11 +98,14 @@ void MpiCommunicator::reduce_scatter(const void* send, void* recv, int64_t count
         mpi_check(MPI_Reduce_scatter_block(pieces, at(recv, offset, elem), n, type, mpi_op(op), comm_),
                   "MPI_Reduce_scatter_block");
     });
+    staging_.to_device(recv_buf, recv, size_t(count) * elem);
 }
 
-void MpiCommunicator::all_gather(const void* send, void* recv, int64_t count, DType dtype) {
+void MpiCommunicator::all_gather(const void* send_buf, void* recv_buf, int64_t count, DType dtype) {
     const MPI_Datatype type = mpi_type(dtype);
     const size_t elem = dtype_size(dtype);
+    const void* send = staging_.to_host(0, send_buf, size_t(count) * elem, true);
+    void* recv = staging_.to_host(1, recv_buf, size_t(size_) * size_t(count) * elem, false);
     std::vector<char> staging;
     for_each_chunk(count, max_count_, [&](int64_t offset, int n) {
         if (n == count) {
@@ -109,12 +117,15 @@ void MpiCommunicator::all_gather(const void* send, void* recv, int64_t count, DT
         for (int r = 0; r < size_; ++r)
             std::memcpy(at(recv, r * count + offset, elem), at(staging.data(), int64_t(r) * n, elem), n * elem);
     });
+    staging_.to_device(recv_buf, recv, size_t(size_) * size_t(count) * elem);
 }
 
 void MpiCommunicator::broadcast(void* buf, int64_t bytes, int root) {
+    void* host = staging_.to_host(0, buf, size_t(bytes), rank_ == root);
     for_each_chunk(bytes, max_count_, [&](int64_t offset, int n) {
-        mpi_check(MPI_Bcast(at(buf, offset, 1), n, MPI_BYTE, root, comm_), "MPI_Bcast");
+        mpi_check(MPI_Bcast(at(host, offset, 1), n, MPI_BYTE, root, comm_), "MPI_Bcast");
     });
+    staging_.to_device(buf, host, size_t(bytes));
 }
 
 void MpiCommunicator::barrier() { mpi_check(MPI_Barrier(comm_), "MPI_Barrier"); }
@@ -152,7 +163,7 @@ void MpiCommunicator::check_counts_match(const std::vector<int64_t>& send_counts
                         " expected other counts than its peers send (its own error says which)");
 }
 
-void MpiCommunicator::do_all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
+void MpiCommunicator::do_all_to_all_v(const void* send_buf, const std::vector<int64_t>& send_counts, void* recv_buf,
                                       const std::vector<int64_t>& recv_counts, DType dtype) {
     check_counts_match(send_counts, recv_counts);
     const MPI_Datatype type = mpi_type(dtype);
@@ -162,6 +173,9 @@ void MpiCommunicator::do_all_to_all_v(const void* send, const std::vector<int64_
         send_offsets[p + 1] = send_offsets[p] + send_counts[p];
         recv_offsets[p + 1] = recv_offsets[p] + recv_counts[p];
     }
+    const size_t send_bytes = size_t(send_offsets.back()) * elem, recv_bytes = size_t(recv_offsets.back()) * elem;
+    const void* send = staging_.to_host(0, send_buf, send_bytes, true);
+    void* recv = staging_.to_host(1, recv_buf, recv_bytes, false);
 
     // Receives first, then sends; messages from one peer match in posting order.
     std::vector<MPI_Request> requests;
@@ -188,6 +202,7 @@ void MpiCommunicator::do_all_to_all_v(const void* send, const std::vector<int64_
     if (recv_counts[me] > 0)
         std::memcpy(at(recv, recv_offsets[me], elem), at(send, send_offsets[me], elem), size_t(recv_counts[me]) * elem);
     mpi_check(MPI_Waitall(int(requests.size()), requests.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+    staging_.to_device(recv_buf, recv, recv_bytes);
 }
 
 }  // namespace moe

@@ -1,5 +1,7 @@
-// The Communicator over MPI, for host buffers. Counts beyond what one MPI call
-// takes (INT_MAX elements) are split into several calls.
+// The Communicator over MPI. Host buffers go to MPI directly; device buffers
+// are staged through pinned host memory (comm/device_staging.h). Counts
+// beyond what one MPI call takes (INT_MAX elements) are split into several
+// calls.
 #pragma once
 #include <mpi.h>
 
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "comm/device_staging.h"
 
 namespace moe {
 
@@ -46,6 +49,7 @@ protected:
 private:
     void check_counts_match(const std::vector<int64_t>& send_counts, const std::vector<int64_t>& recv_counts);
 
+    DeviceStaging staging_;
     MPI_Comm comm_;
     int rank_ = 0;
     int size_ = 1;

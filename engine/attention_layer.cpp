@@ -18,15 +18,16 @@ AttentionLayer::AttentionLayer(const ModelConfig& cfg, ParameterSet& params, int
     }
 }
 
-void AttentionLayer::carve(Arena& acts, Arena& scratch, DType dt, int B, int T) {
+void AttentionLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int B, int T) {
     B_ = B;
     T_ = T;
     const int64_t N = int64_t(B) * T, hd = cfg_.head_dim(), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
+    const DType dt = pr.act;
     q_ = acts.take(dt, {B, T, nh, hd});
     k_ = acts.take(dt, {B, T, nkv, hd});
     v_ = acts.take(dt, {B, T, nkv, hd});
     att_ = acts.take(dt, {B, T, nh, hd});
-    lse_ = acts.take(dt, {B, nh, T});
+    lse_ = acts.take(pr.stat, {B, nh, T});
     dq_ = scratch.take(dt, {B, T, nh, hd});
     dk_ = scratch.take(dt, {B, T, nkv, hd});
     dv_ = scratch.take(dt, {B, T, nkv, hd});
@@ -34,8 +35,8 @@ void AttentionLayer::carve(Arena& acts, Arena& scratch, DType dt, int B, int T) 
     if (cfg_.qk_norm) {
         q_raw_ = acts.take(dt, {N * nh, hd});
         k_raw_ = acts.take(dt, {N * nkv, hd});
-        rstd_q_ = acts.take(dt, {N * nh});
-        rstd_k_ = acts.take(dt, {N * nkv});
+        rstd_q_ = acts.take(pr.stat, {N * nh});
+        rstd_k_ = acts.take(pr.stat, {N * nkv});
         dq_raw_ = scratch.take(dt, {N * nh, hd});
         dk_raw_ = scratch.take(dt, {N * nkv, hd});
     }
@@ -44,19 +45,19 @@ void AttentionLayer::carve(Arena& acts, Arena& scratch, DType dt, int B, int T) 
 void AttentionLayer::forward(Ops& ops, Tensor x, Tensor out) {
     const int64_t N = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
     if (cfg_.qk_norm) {
-        ops.matmul_forward(q_raw_.view({N, nh * hd}), x, wq_->value, {});
-        ops.matmul_forward(k_raw_.view({N, nkv * hd}), x, wk_->value, {});
-        ops.rmsnorm_forward(q_.view({N * nh, hd}), rstd_q_, q_raw_, q_norm_->value, cfg_.norm_eps);
-        ops.rmsnorm_forward(k_.view({N * nkv, hd}), rstd_k_, k_raw_, k_norm_->value, cfg_.norm_eps);
+        ops.matmul_forward(q_raw_.view({N, nh * hd}), x, wq_->work, {});
+        ops.matmul_forward(k_raw_.view({N, nkv * hd}), x, wk_->work, {});
+        ops.rmsnorm_forward(q_.view({N * nh, hd}), rstd_q_, q_raw_, q_norm_->work, cfg_.norm_eps);
+        ops.rmsnorm_forward(k_.view({N * nkv, hd}), rstd_k_, k_raw_, k_norm_->work, cfg_.norm_eps);
     } else {
-        ops.matmul_forward(q_.view({N, nh * hd}), x, wq_->value, {});
-        ops.matmul_forward(k_.view({N, nkv * hd}), x, wk_->value, {});
+        ops.matmul_forward(q_.view({N, nh * hd}), x, wq_->work, {});
+        ops.matmul_forward(k_.view({N, nkv * hd}), x, wk_->work, {});
     }
-    ops.matmul_forward(v_.view({N, nkv * hd}), x, wv_->value, {});
+    ops.matmul_forward(v_.view({N, nkv * hd}), x, wv_->work, {});
     ops.rope_forward(q_, cfg_.rope_theta);
     ops.rope_forward(k_, cfg_.rope_theta);
     ops.attention_forward(att_, lse_, q_, k_, v_);
-    ops.matmul_forward(out, att_.view({N, nh * hd}), wo_->value, {});
+    ops.matmul_forward(out, att_.view({N, nh * hd}), wo_->work, {});
 }
 
 void AttentionLayer::backward(Ops& ops, Tensor x, Tensor dout, Tensor dx) {
@@ -65,7 +66,7 @@ void AttentionLayer::backward(Ops& ops, Tensor x, Tensor dout, Tensor dx) {
     ops.zero(dq_);
     ops.zero(dk_);
     ops.zero(dv_);
-    ops.matmul_backward(datt_.view({N, nh * hd}), wo_->grad, {}, dout, att_.view({N, nh * hd}), wo_->value);
+    ops.matmul_backward(datt_.view({N, nh * hd}), wo_->grad, {}, dout, att_.view({N, nh * hd}), wo_->work);
     ops.attention_backward(dq_, dk_, dv_, datt_, q_, k_, v_, att_, lse_);
     ops.rope_backward(dq_, cfg_.rope_theta);
     ops.rope_backward(dk_, cfg_.rope_theta);
@@ -73,14 +74,14 @@ void AttentionLayer::backward(Ops& ops, Tensor x, Tensor dout, Tensor dx) {
     if (cfg_.qk_norm) {
         ops.zero(dq_raw_);
         ops.zero(dk_raw_);
-        ops.rmsnorm_backward(dq_raw_, q_norm_->grad, dq_.view({N * nh, hd}), q_raw_, q_norm_->value, rstd_q_);
-        ops.rmsnorm_backward(dk_raw_, k_norm_->grad, dk_.view({N * nkv, hd}), k_raw_, k_norm_->value, rstd_k_);
+        ops.rmsnorm_backward(dq_raw_, q_norm_->grad, dq_.view({N * nh, hd}), q_raw_, q_norm_->work, rstd_q_);
+        ops.rmsnorm_backward(dk_raw_, k_norm_->grad, dk_.view({N * nkv, hd}), k_raw_, k_norm_->work, rstd_k_);
         dq = dq_raw_.view({N, nh * hd});
         dk = dk_raw_.view({N, nkv * hd});
     }
-    ops.matmul_backward(dx, wq_->grad, {}, dq, x, wq_->value);
-    ops.matmul_backward(dx, wk_->grad, {}, dk, x, wk_->value);
-    ops.matmul_backward(dx, wv_->grad, {}, dv_.view({N, nkv * hd}), x, wv_->value);
+    ops.matmul_backward(dx, wq_->grad, {}, dq, x, wq_->work);
+    ops.matmul_backward(dx, wk_->grad, {}, dk, x, wk_->work);
+    ops.matmul_backward(dx, wv_->grad, {}, dv_.view({N, nkv * hd}), x, wv_->work);
 }
 
 }  // namespace moe

@@ -12,7 +12,7 @@ class AttentionLayer {
 public:
     AttentionLayer(const ModelConfig& cfg, ParameterSet& params, int layer);
     // Saved activations in acts (per layer), temporaries in scratch (shared).
-    void carve(Arena& acts, Arena& scratch, DType dt, int B, int T);
+    void carve(Arena& acts, Arena& scratch, const Precision& pr, int B, int T);
     // out[N,H] = attention(x[N,H]); x is the normed layer input.
     void forward(Ops& ops, Tensor x, Tensor out);
     // dx += d/dx of sum(dout * out); parameter gradients accumulate.

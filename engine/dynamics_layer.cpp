@@ -33,7 +33,8 @@ DynamicsLayer::DynamicsLayer(const ModelConfig& cfg, DynamicsModule& module)
     p_.mu_max = d.mu_max;
 }
 
-void DynamicsLayer::carve(Arena& acts, Arena& scratch, DType dt, int64_t N) {
+void DynamicsLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N) {
+    const DType dt = pr.act;
     hv_ = acts.take(dt, {N, 2 * H_});
     c1_out_ = acts.take(dt, {N, C_});
     c1_act_ = acts.take(dt, {N, C_});
@@ -46,10 +47,10 @@ void DynamicsLayer::carve(Arena& acts, Arena& scratch, DType dt, int64_t N) {
 
 void DynamicsLayer::forward(Ops& ops, Tensor h, Tensor v, Tensor h_out, Tensor v_out) {
     ops.concat_cols_forward(hv_, h, v);
-    ops.matmul_forward(c1_out_, hv_, m_.c1_weight->value, m_.c1_bias->value);
+    ops.matmul_forward(c1_out_, hv_, m_.c1_weight->work, m_.c1_bias->work);
     ops.silu_forward(c1_act_, c1_out_);
-    ops.matmul_forward(ctrl_, c1_act_, m_.c2_weight->value, m_.c2_bias->value);
-    ops.dynamics_forward(h_out, v_out, h, v, ctrl_, m_.mu->value, p_);
+    ops.matmul_forward(ctrl_, c1_act_, m_.c2_weight->work, m_.c2_bias->work);
+    ops.dynamics_forward(h_out, v_out, h, v, ctrl_, m_.mu->work, p_);
 }
 
 void DynamicsLayer::backward(Ops& ops, Tensor h, Tensor v, Tensor dh_out, Tensor dv_out, Tensor dh, Tensor dv) {
@@ -57,10 +58,10 @@ void DynamicsLayer::backward(Ops& ops, Tensor h, Tensor v, Tensor dh_out, Tensor
     ops.zero(dc1_act_);
     ops.zero(dc1_out_);
     ops.zero(dhv_);
-    ops.dynamics_backward(dh, dv, dctrl_, m_.mu->grad, dh_out, dv_out, h, v, ctrl_, m_.mu->value, p_);
-    ops.matmul_backward(dc1_act_, m_.c2_weight->grad, m_.c2_bias->grad, dctrl_, c1_act_, m_.c2_weight->value);
+    ops.dynamics_backward(dh, dv, dctrl_, m_.mu->grad, dh_out, dv_out, h, v, ctrl_, m_.mu->work, p_);
+    ops.matmul_backward(dc1_act_, m_.c2_weight->grad, m_.c2_bias->grad, dctrl_, c1_act_, m_.c2_weight->work);
     ops.silu_backward(dc1_out_, dc1_act_, c1_out_);
-    ops.matmul_backward(dhv_, m_.c1_weight->grad, m_.c1_bias->grad, dc1_out_, hv_, m_.c1_weight->value);
+    ops.matmul_backward(dhv_, m_.c1_weight->grad, m_.c1_bias->grad, dc1_out_, hv_, m_.c1_weight->work);
     ops.concat_cols_backward(dh, dv, dhv_);
 }
 

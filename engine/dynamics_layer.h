@@ -20,7 +20,7 @@ struct DynamicsModule {
 class DynamicsLayer {
 public:
     DynamicsLayer(const ModelConfig& cfg, DynamicsModule& module);
-    void carve(Arena& acts, Arena& scratch, DType dt, int64_t N);
+    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N);
 
     // (h_out, v_out) = dynamics(h, v), all [N,H].
     void forward(Ops& ops, Tensor h, Tensor v, Tensor h_out, Tensor v_out);

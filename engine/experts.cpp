@@ -13,7 +13,8 @@ Experts::Experts(const ModelConfig& cfg, ParameterSet& params, int layer, int fi
     w_down_ = &params.add(p + "w_down", {count, H, I}, init, true, first);
 }
 
-void Experts::carve(Arena& acts, Arena& scratch, DType dt, int64_t max_rows) {
+void Experts::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t max_rows) {
+    const DType dt = pr.act;
     const int64_t I = w_gate_->shape[1];
     gate_ = acts.take(dt, {max_rows, I});
     up_ = acts.take(dt, {max_rows, I});
@@ -26,10 +27,10 @@ void Experts::carve(Arena& acts, Arena& scratch, DType dt, int64_t max_rows) {
 void Experts::forward(Ops& ops, Tensor xe, Tensor ye, const std::vector<int64_t>& offsets) {
     const int64_t R = xe.dim(0);
     Tensor gate = gate_.rows(0, R), up = up_.rows(0, R), act = act_.rows(0, R);
-    ops.grouped_matmul_forward(gate, xe, w_gate_->value, offsets);
-    ops.grouped_matmul_forward(up, xe, w_up_->value, offsets);
+    ops.grouped_matmul_forward(gate, xe, w_gate_->work, offsets);
+    ops.grouped_matmul_forward(up, xe, w_up_->work, offsets);
     ops.swiglu_forward(act, gate, up);
-    ops.grouped_matmul_forward(ye, act, w_down_->value, offsets);
+    ops.grouped_matmul_forward(ye, act, w_down_->work, offsets);
 }
 
 void Experts::backward(Ops& ops, Tensor xe, Tensor dye, Tensor dxe, const std::vector<int64_t>& offsets) {
@@ -39,10 +40,10 @@ void Experts::backward(Ops& ops, Tensor xe, Tensor dye, Tensor dxe, const std::v
     ops.zero(dact);
     ops.zero(dgate);
     ops.zero(dup);
-    ops.grouped_matmul_backward(dact, w_down_->grad, dye, act, w_down_->value, offsets);
+    ops.grouped_matmul_backward(dact, w_down_->grad, dye, act, w_down_->work, offsets);
     ops.swiglu_backward(dgate, dup, dact, gate, up);
-    ops.grouped_matmul_backward(dxe, w_gate_->grad, dgate, xe, w_gate_->value, offsets);
-    ops.grouped_matmul_backward(dxe, w_up_->grad, dup, xe, w_up_->value, offsets);
+    ops.grouped_matmul_backward(dxe, w_gate_->grad, dgate, xe, w_gate_->work, offsets);
+    ops.grouped_matmul_backward(dxe, w_up_->grad, dup, xe, w_up_->work, offsets);
 }
 
 }  // namespace moe

@@ -14,7 +14,7 @@ class Experts {
 public:
     // The experts [first, first + count) of the layer live here.
     Experts(const ModelConfig& cfg, ParameterSet& params, int layer, int first, int count);
-    void carve(Arena& acts, Arena& scratch, DType dt, int64_t max_rows);
+    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t max_rows);
 
     // ye[R,H] from xe[R,H]; offsets[count+1] split the rows by local expert.
     void forward(Ops& ops, Tensor xe, Tensor ye, const std::vector<int64_t>& offsets);

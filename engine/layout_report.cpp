@@ -26,11 +26,22 @@ constexpr size_t kMaxListed = 16;
 
 }  // namespace
 
-std::vector<RankPlace> gather_places(Communicator& world, const std::string& device) {
+std::string host_name() {
     char host[HOST_NAME_MAX + 1] = {0};
     gethostname(host, sizeof host - 1);
+    return host;
+}
+
+int local_rank(Communicator& world) {
+    const std::vector<std::string> hosts = all_gather_strings(world, host_name());
+    int below = 0;
+    for (int r = 0; r < world.rank(); ++r) below += hosts[size_t(r)] == hosts[size_t(world.rank())];
+    return below;
+}
+
+std::vector<RankPlace> gather_places(Communicator& world, const std::string& device) {
     std::vector<RankPlace> places;
-    for (const std::string& s : all_gather_strings(world, std::string(host) + "\n" + device)) {
+    for (const std::string& s : all_gather_strings(world, host_name() + "\n" + device)) {
         const size_t nl = s.find('\n');
         places.push_back({s.substr(0, nl), s.substr(nl + 1)});
     }

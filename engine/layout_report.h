@@ -16,6 +16,12 @@ struct RankPlace {
     std::string device;  // "cpu", or a GPU such as "cuda:0"
 };
 
+// This node's hostname.
+std::string host_name();
+// This rank's index among the ranks on its node (by hostname): which GPU of
+// the node it takes. Collective over the world.
+int local_rank(Communicator& world);
+
 // Every rank's place, in rank order, on every rank. Collective over the world.
 std::vector<RankPlace> gather_places(Communicator& world, const std::string& device);
 

@@ -12,25 +12,17 @@
 #include "comm/mpi_communicator.h"
 #include "comm/mpi_runtime.h"
 #include "comm/process_groups.h"
+#include "engine/backend.h"
 #include "engine/cli.h"
 #include "engine/config.h"
 #include "engine/parity.h"
 #include "engine/stop_signal.h"
 #include "engine/trainer.h"
-#include "kernels/cpu/cpu_ops.h"
 
 namespace {
 
 // Stopped by a signal before train.steps, with a checkpoint to resume from.
 constexpr int kExitStopped = 3;
-
-std::unique_ptr<moe::Ops> make_backend(const moe::RunConfig& run) {
-    if (run.device == "cuda")
-        throw moe::ConfigError("config: run.device is 'cuda' but this build has no CUDA backend yet: set run.device=cpu");
-    if (run.device == "auto") spdlog::info("run.device=auto: using the CPU backend");
-    if (run.threads > 0) omp_set_num_threads(run.threads);
-    return std::make_unique<moe::CpuOps>();
-}
 
 int run(int argc, char** argv) {
     std::unique_ptr<moe::Communicator> world = moe::MpiCommunicator::world();
@@ -50,7 +42,8 @@ int run(int argc, char** argv) {
     // hang in mismatched collectives: refuse before any work.
     moe::check_same_on_all_ranks(*world, "config", moe::to_yaml(cfg));
     moe::ProcessGroups groups = moe::make_process_groups(std::move(world), cfg.parallel.expert_parallel);
-    auto ops = make_backend(cfg.run);
+    std::unique_ptr<moe::Ops> ops;
+    moe::on_all_ranks(groups.world.get(), [&] { ops = moe::make_backend(cfg.run, groups.world.get()); });
     if (!cli.batch.empty()) {
         if (groups.world_size() > 1)
             throw moe::ConfigError("parity mode (--batch, --dump-grads) runs as one process: start it without mpirun");

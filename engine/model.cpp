@@ -1,5 +1,6 @@
 #include "engine/model.h"
 
+#include <cstdio>
 #include <string>
 #include <utility>
 
@@ -25,8 +26,12 @@ struct Model::Block {
     }
 };
 
-Model::Model(const ModelConfig& cfg, Ops& ops, DType dtype, int B, int T, Communicator* ep)
-    : cfg_(cfg), ops_(ops), dt_(dtype), B_(B), T_(T), acts_(ops), scratch_(ops) {
+Model::Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B, int T, Communicator* ep)
+    : cfg_(cfg), ops_(ops), pr_(precision), B_(B), T_(T), acts_(ops), scratch_(ops) {
+    const int hd = cfg.head_dim();
+    if (ops.device() == Device::CUDA && hd != 16 && hd != 32 && hd != 64 && hd != 128)
+        throw ConfigError("config: the head size model.hidden_size / model.num_heads is " + std::to_string(hd) +
+                          "; the CUDA attention kernels take 16, 32, 64 or 128: change model.num_heads");
     const int64_t V = cfg.vocab_size, H = cfg.hidden_size;
     const InitSpec init = InitSpec::normal(cfg.init_std);
     embed_ = &params_.add("embed.weight", {V, H}, init, true);
@@ -42,16 +47,33 @@ Model::Model(const ModelConfig& cfg, Ops& ops, DType dtype, int B, int T, Commun
     }
     norm_ = &params_.add("norm.weight", {H}, InitSpec::fill(1), false);
     lm_head_ = cfg.tie_embeddings ? embed_ : &params_.add("lm_head.weight", {V, H}, init, true);
-    params_.allocate(ops, dtype);
-
-    carve();
-    acts_.allocate();
-    scratch_.allocate();
+    carve();  // a dry run sizes the arenas
+    try {
+        params_.allocate(ops, precision);
+        acts_.allocate();
+        scratch_.allocate();
+    } catch (const OutOfDeviceMemory& e) {
+        throw ConfigError(out_of_memory_message(e));
+    }
     carve();
     ids_host_.resize(size_t(B) * T);
 }
 
 Model::~Model() = default;
+
+std::string Model::out_of_memory_message(const OutOfDeviceMemory& e) const {
+    const double gib = 1024.0 * 1024.0 * 1024.0;
+    char buf[768];
+    std::snprintf(buf, sizeof buf,
+                  "out of GPU memory: this config needs %.2f GiB for %.1fM parameters on this rank (weights, "
+                  "gradients, AdamW state) and %.2f GiB for activations of train.micro_batch_size %d x "
+                  "train.seq_len %d; %.2f GiB of %.2f GiB were free (an allocation of %.2f GiB failed). Lower "
+                  "train.micro_batch_size (raise train.grad_accum_steps to keep the batch), or spread the experts "
+                  "over more GPUs with parallel.expert_parallel",
+                  params_.planned_bytes(pr_) / gib, params_.numel() / 1e6, activation_bytes() / gib, B_, T_,
+                  e.free_bytes / gib, e.total_bytes / gib, e.requested / gib);
+    return buf;
+}
 
 void Model::carve() {
     const int64_t N = int64_t(B_) * T_, H = cfg_.hidden_size, V = cfg_.vocab_size, L = cfg_.num_layers;
@@ -61,63 +83,84 @@ void Model::carve() {
     h_.assign(L + 1, Tensor{});
     v_.assign(L + 1, Tensor{});
     for (int64_t l = 0; l <= L; ++l) {
-        h_[l] = acts_.take(dt_, {N, H});
-        if (dyn) v_[l] = acts_.take(dt_, {N, H});
+        h_[l] = acts_.take(pr_.act, {N, H});
+        if (dyn) v_[l] = acts_.take(pr_.act, {N, H});
     }
     for (auto& b : blocks_) {
         scratch_.rewind();  // every block reuses the same scratch
-        b->xn1 = acts_.take(dt_, {N, H});
-        b->rstd1 = acts_.take(dt_, {N});
-        b->attn_out = acts_.take(dt_, {N, H});
-        b->x = acts_.take(dt_, {N, H});
-        b->xn2 = acts_.take(dt_, {N, H});
-        b->rstd2 = acts_.take(dt_, {N});
-        b->moe_out = acts_.take(dt_, {N, H});
-        if (dyn) b->h_mid = acts_.take(dt_, {N, H});
-        b->attn.carve(acts_, scratch_, dt_, B_, T_);
-        b->moe.carve(acts_, scratch_, dt_, N);
-        if (dyn) b->dynamics->carve(acts_, scratch_, dt_, N);
+        b->xn1 = acts_.take(pr_.act, {N, H});
+        b->rstd1 = acts_.take(pr_.stat, {N});
+        b->attn_out = acts_.take(pr_.act, {N, H});
+        b->x = acts_.take(pr_.act, {N, H});
+        b->xn2 = acts_.take(pr_.act, {N, H});
+        b->rstd2 = acts_.take(pr_.stat, {N});
+        b->moe_out = acts_.take(pr_.act, {N, H});
+        if (dyn) b->h_mid = acts_.take(pr_.act, {N, H});
+        b->attn.carve(acts_, scratch_, pr_, B_, T_);
+        b->moe.carve(acts_, scratch_, pr_, N);
+        if (dyn) b->dynamics->carve(acts_, scratch_, pr_, N);
     }
-    hn_ = acts_.take(dt_, {N, H});
-    rstd_ = acts_.take(dt_, {N});
-    logits_ = acts_.take(dt_, {N, V});
-    losses_ = acts_.take(dt_, {N});
+    hn_ = acts_.take(pr_.act, {N, H});
+    rstd_ = acts_.take(pr_.stat, {N});
+    logits_ = acts_.take(pr_.act, {N, V});
+    losses_ = acts_.take(pr_.stat, {N});
     // Gradient streams live outside the per-block scratch.
     for (int i = 0; i < 2; ++i) {
-        dh_[i] = acts_.take(dt_, {N, H});
-        if (dyn) dv_[i] = acts_.take(dt_, {N, H});
+        dh_[i] = acts_.take(pr_.act, {N, H});
+        if (dyn) dv_[i] = acts_.take(pr_.act, {N, H});
     }
-    dxn_ = acts_.take(dt_, {N, H});
+    dxn_ = acts_.take(pr_.act, {N, H});
+}
+
+void Model::set_phase_times(PhaseTimes* times) {
+    times_ = times;
+    for (auto& b : blocks_) b->moe.set_phase_times(times);
 }
 
 ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
     const int64_t N = int64_t(B_) * T_;
     ForwardResult r;
-    ids_host_.assign(inputs, inputs + N);
-    ops_.copy_from_host(ids_, inputs);
-    ops_.copy_from_host(targets_, targets);
-    ops_.embedding_forward(h_[0], ids_, embed_->value);
-    if (cfg_.dynamics.enabled) ops_.zero(v_[0]);
+    {
+        PhaseScope scope(times_, ops_, Phase::Other);
+        ids_host_.assign(inputs, inputs + N);
+        ops_.copy_from_host(ids_, inputs);
+        ops_.copy_from_host(targets_, targets);
+        ops_.embedding_forward(h_[0], ids_, embed_->work);
+        if (cfg_.dynamics.enabled) ops_.zero(v_[0]);
+    }
 
     for (size_t l = 0; l < blocks_.size(); ++l) {
         Block& b = *blocks_[l];
-        ops_.rmsnorm_forward(b.xn1, b.rstd1, h_[l], b.attn_norm->value, cfg_.norm_eps);
-        b.attn.forward(ops_, b.xn1, b.attn_out);
-        ops_.copy(b.x, h_[l]);
-        ops_.add(b.x, b.attn_out);
-        ops_.rmsnorm_forward(b.xn2, b.rstd2, b.x, b.moe_norm->value, cfg_.norm_eps);
+        {
+            PhaseScope scope(times_, ops_, Phase::Attention);
+            ops_.rmsnorm_forward(b.xn1, b.rstd1, h_[l], b.attn_norm->work, cfg_.norm_eps);
+            b.attn.forward(ops_, b.xn1, b.attn_out);
+        }
+        {
+            PhaseScope scope(times_, ops_, Phase::Other);
+            ops_.copy(b.x, h_[l]);
+            ops_.add(b.x, b.attn_out);
+            ops_.rmsnorm_forward(b.xn2, b.rstd2, b.x, b.moe_norm->work, cfg_.norm_eps);
+        }
         MoeStats s = b.moe.forward(ops_, b.xn2, ids_host_.data(), b.moe_out);
         Tensor after = b.dynamics ? b.h_mid : h_[l + 1];
-        ops_.copy(after, b.x);
-        ops_.add(after, b.moe_out);
-        if (b.dynamics) b.dynamics->forward(ops_, b.h_mid, v_[l], h_[l + 1], v_[l + 1]);
+        {
+            PhaseScope scope(times_, ops_, Phase::Other);
+            ops_.copy(after, b.x);
+            ops_.add(after, b.moe_out);
+        }
+        if (b.dynamics) {
+            PhaseScope scope(times_, ops_, Phase::Dynamics);
+            b.dynamics->forward(ops_, b.h_mid, v_[l], h_[l + 1], v_[l + 1]);
+        }
         r.aux += s.losses.aux + s.losses.z_loss;
         r.routed.push_back(std::move(s.routed));
         r.dropped += s.dropped;
     }
 
-    ops_.rmsnorm_forward(hn_, rstd_, h_.back(), norm_->value, cfg_.norm_eps);
-    ops_.matmul_forward(logits_, hn_, lm_head_->value, {});
+    PhaseScope scope(times_, ops_, Phase::Head);
+    ops_.rmsnorm_forward(hn_, rstd_, h_.back(), norm_->work, cfg_.norm_eps);
+    ops_.matmul_forward(logits_, hn_, lm_head_->work, {});
     ops_.cross_entropy_forward(losses_, logits_, targets_);
     r.loss = ops_.sum(losses_) / double(N);
     return r;
@@ -128,17 +171,21 @@ void Model::backward(double loss_scale) {
     const bool dyn = cfg_.dynamics.enabled;
     Tensor dh = dh_[0], dv = dv_[0];
 
-    // Head: logits -> dlogits in place, then through the final norm.
-    ops_.cross_entropy_backward(logits_, logits_, targets_, loss_scale / double(N));
-    ops_.zero(dxn_);
-    ops_.zero(dh);
-    ops_.matmul_backward(dxn_, lm_head_->grad, {}, logits_, hn_, lm_head_->value);
-    ops_.rmsnorm_backward(dh, norm_->grad, dxn_, h_.back(), norm_->value, rstd_);
-    if (dyn) ops_.zero(dv);
+    {
+        // Head: logits -> dlogits in place, then through the final norm.
+        PhaseScope scope(times_, ops_, Phase::Head);
+        ops_.cross_entropy_backward(logits_, logits_, targets_, loss_scale / double(N));
+        ops_.zero(dxn_);
+        ops_.zero(dh);
+        ops_.matmul_backward(dxn_, lm_head_->grad, {}, logits_, hn_, lm_head_->work);
+        ops_.rmsnorm_backward(dh, norm_->grad, dxn_, h_.back(), norm_->work, rstd_);
+        if (dyn) ops_.zero(dv);
+    }
 
     for (size_t l = blocks_.size(); l-- > 0;) {
         Block& b = *blocks_[l];
         if (dyn) {
+            PhaseScope scope(times_, ops_, Phase::Dynamics);
             Tensor dh_in = dh.data == dh_[0].data ? dh_[1] : dh_[0];
             Tensor dv_in = dv.data == dv_[0].data ? dv_[1] : dv_[0];
             ops_.zero(dh_in);
@@ -150,12 +197,17 @@ void Model::backward(double loss_scale) {
         // h_mid = x + moe(norm(x)): dh flows to x unchanged, plus the MoE path.
         ops_.zero(dxn_);
         b.moe.backward(ops_, b.xn2, dh, dxn_, loss_scale);
-        ops_.rmsnorm_backward(dh, b.moe_norm->grad, dxn_, b.x, b.moe_norm->value, b.rstd2);
+        {
+            PhaseScope scope(times_, ops_, Phase::Other);
+            ops_.rmsnorm_backward(dh, b.moe_norm->grad, dxn_, b.x, b.moe_norm->work, b.rstd2);
+        }
         // x = h + attn(norm(h)).
+        PhaseScope scope(times_, ops_, Phase::Attention);
         ops_.zero(dxn_);
         b.attn.backward(ops_, b.xn1, dh, dxn_);
-        ops_.rmsnorm_backward(dh, b.attn_norm->grad, dxn_, h_[l], b.attn_norm->value, b.rstd1);
+        ops_.rmsnorm_backward(dh, b.attn_norm->grad, dxn_, h_[l], b.attn_norm->work, b.rstd1);
     }
+    PhaseScope scope(times_, ops_, Phase::Other);
     ops_.embedding_backward(embed_->grad, ids_, dh);
 }
 

@@ -11,6 +11,7 @@
 #include "engine/dynamics_layer.h"
 #include "engine/moe_layer.h"
 #include "engine/parameters.h"
+#include "engine/phase_times.h"
 
 namespace moe {
 
@@ -25,7 +26,10 @@ class Model {
 public:
     // ep: the expert-parallel group; this rank then holds its share of the
     // experts (null: all of them).
-    Model(const ModelConfig& cfg, Ops& ops, DType dtype, int B, int T, Communicator* ep = nullptr);
+    // precision: the backend's training_precision(), or a uniform F32/F64 on
+    // the CPU. Memory for everything is allocated here; a GPU too small for
+    // the config throws ConfigError with the bytes planned and free.
+    Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B, int T, Communicator* ep = nullptr);
     ~Model();
 
     ParameterSet& params() { return params_; }
@@ -43,20 +47,25 @@ public:
     // The [B*T, V] logits of the last forward, for sampling; backward
     // overwrites them with their gradient.
     const Tensor& logits() const { return logits_; }
+    // Adds each phase's time of later forwards and backwards to times (null:
+    // stop). Timing waits for the device at every phase boundary.
+    void set_phase_times(PhaseTimes* times);
 
 private:
     struct Block;
     void carve();
+    std::string out_of_memory_message(const OutOfDeviceMemory& e) const;
 
     const ModelConfig cfg_;
     Ops& ops_;
-    DType dt_;
+    Precision pr_;
     int B_, T_;
     ParameterSet params_;
     Param *embed_, *norm_, *lm_head_;  // lm_head_ == embed_ when tied
     std::vector<std::unique_ptr<DynamicsModule>> dynamics_;
     std::vector<std::unique_ptr<Block>> blocks_;
     std::vector<int32_t> ids_host_;
+    PhaseTimes* times_ = nullptr;
 
     Arena acts_, scratch_;
     Tensor ids_, targets_;

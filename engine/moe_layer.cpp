@@ -16,17 +16,24 @@ MoeLayer::MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, Comm
       experts_(cfg, params, layer, group_rank(ep) * (cfg.moe.num_experts / group_size(ep)),
                cfg.moe.num_experts / group_size(ep)) {}
 
-void MoeLayer::carve(Arena& acts, Arena& scratch, DType dt, int64_t N) {
-    router_.carve(acts, scratch, dt, N);
-    dispatcher_.carve(acts, scratch, dt, N, H_);
-    experts_.carve(acts, scratch, dt, N * k_ * ep_size_);  // every slot of the EP group at most
-    dtopk_w_ = scratch.take(dt, {N, k_});
+void MoeLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N) {
+    router_.carve(acts, scratch, pr, N);
+    dispatcher_.carve(acts, scratch, pr, N, H_);
+    experts_.carve(acts, scratch, pr, N * k_ * ep_size_);  // every slot of the EP group at most
+    dtopk_w_ = scratch.take(pr.stat, {N, k_});
 }
 
 MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y) {
-    router_.forward(ops, x, ids);
-    expert_in_ = dispatcher_.dispatch(ops, router_.expert_of_slot(), x);
-    experts_.forward(ops, expert_in_, dispatcher_.expert_output(), dispatcher_.local_offsets());
+    {
+        PhaseScope scope(times_, ops, Phase::Routing);
+        router_.forward(ops, x, ids);
+        expert_in_ = dispatcher_.dispatch(ops, router_.expert_of_slot(), x);
+    }
+    {
+        PhaseScope scope(times_, ops, Phase::Experts);
+        experts_.forward(ops, expert_in_, dispatcher_.expert_output(), dispatcher_.local_offsets());
+    }
+    PhaseScope scope(times_, ops, Phase::Routing);
     dispatcher_.combine(ops, router_.topk_w(), y);
 
     const RoutingPlan& plan = dispatcher_.plan();
@@ -40,10 +47,18 @@ MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y) {
 
 void MoeLayer::backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_scale) {
     const bool learned = router_.learned();
-    if (learned) ops.zero(dtopk_w_);
-    Tensor d_out = dispatcher_.combine_backward(ops, dy, router_.topk_w(), learned ? dtopk_w_ : Tensor{});
-    Tensor d_in = dispatcher_.expert_input_grad(ops);
-    experts_.backward(ops, expert_in_, d_out, d_in, dispatcher_.local_offsets());
+    Tensor d_out, d_in;
+    {
+        PhaseScope scope(times_, ops, Phase::Routing);
+        if (learned) ops.zero(dtopk_w_);
+        d_out = dispatcher_.combine_backward(ops, dy, router_.topk_w(), learned ? dtopk_w_ : Tensor{});
+        d_in = dispatcher_.expert_input_grad(ops);
+    }
+    {
+        PhaseScope scope(times_, ops, Phase::Experts);
+        experts_.backward(ops, expert_in_, d_out, d_in, dispatcher_.local_offsets());
+    }
+    PhaseScope scope(times_, ops, Phase::Routing);
     dispatcher_.dispatch_backward(ops, d_in, dx);
     router_.backward(ops, x, dtopk_w_, dx, loss_scale);
 }

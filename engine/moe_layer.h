@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "engine/experts.h"
+#include "engine/phase_times.h"
 #include "engine/router.h"
 #include "engine/token_dispatcher.h"
 
@@ -19,12 +20,14 @@ class MoeLayer {
 public:
     // ep: the expert-parallel group (null: all experts here).
     MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, Communicator* ep);
-    void carve(Arena& acts, Arena& scratch, DType dt, int64_t N);
+    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N);
 
     // y[N,H] = moe(x[N,H]); ids[N] (host) feed the token_id router.
     MoeStats forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y);
     // dx += input gradient of sum(dy * y) + loss_scale * (aux + z).
     void backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_scale);
+    // Times the experts and the routing apart (null: no timing).
+    void set_phase_times(PhaseTimes* times) { times_ = times; }
 
 private:
     int64_t H_, k_, ep_size_;
@@ -33,6 +36,7 @@ private:
     Experts experts_;
     Tensor expert_in_;  // this micro-batch's rows for the local experts (saved)
     Tensor dtopk_w_;
+    PhaseTimes* times_ = nullptr;
 };
 
 }  // namespace moe

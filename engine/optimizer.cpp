@@ -27,7 +27,7 @@ void AdamW::step(int64_t step, double lr, double grad_scale) {
     a.grad_scale = grad_scale;
     for (Param& p : params_.all()) {
         a.weight_decay = p.decay ? cfg_.weight_decay : 0.0;
-        params_.ops().adamw_step(p.value, p.grad, p.m, p.v, a);
+        params_.ops().adamw_step(p.value, p.grad, p.m, p.v, p.work, a);
     }
 }
 

@@ -42,11 +42,24 @@ Tensor carve(Arena& arena, DType dtype, const std::vector<int64_t>& shape) {
 }
 }  // namespace
 
-void ParameterSet::allocate(Ops& ops, DType dtype) {
+size_t ParameterSet::planned_bytes(const Precision& precision) const {
+    const bool separate_work = precision.work != precision.master;
+    size_t bytes = 0;
+    for (const Param& p : params_)
+        bytes += size_t(p.numel()) * (4 * dtype_size(precision.master) + (separate_work ? dtype_size(precision.work) : 0));
+    return bytes;
+}
+
+void ParameterSet::allocate(Ops& ops, const Precision& precision) {
     ops_ = &ops;
-    dtype_ = dtype;
-    Tensor Param::*slots[] = {&Param::value, &Param::grad, &Param::m, &Param::v};
-    for (auto slot : slots) {
+    precision_ = precision;
+    const bool separate_work = precision.work != precision.master;
+    std::vector<std::pair<Tensor Param::*, DType>> slots = {{&Param::value, precision.master},
+                                                             {&Param::grad, precision.master},
+                                                             {&Param::m, precision.master},
+                                                             {&Param::v, precision.master}};
+    if (separate_work) slots.push_back({&Param::work, precision.work});
+    for (auto [slot, dtype] : slots) {
         auto arena = std::make_unique<Arena>(ops);
         for (int pass = 0; pass < 2; ++pass) {
             if (pass == 1) arena->allocate();
@@ -54,6 +67,13 @@ void ParameterSet::allocate(Ops& ops, DType dtype) {
         }
         arenas_.push_back(std::move(arena));
     }
+    if (!separate_work)
+        for (Param& p : params_) p.work = p.value;
+}
+
+void ParameterSet::refresh_work() {
+    for (Param& p : params_)
+        if (p.work.data != p.value.data) ops_->copy(p.work, p.value);
 }
 
 namespace {
@@ -81,13 +101,14 @@ void ParameterSet::initialize(uint64_t seed) {
             Rng rng(seed, name);
             fill(p.init, rng, host.data() + i * per, per);
         }
-        if (dtype_ == DType::F64) {
+        if (dtype() == DType::F64) {
             ops_->copy_from_host(p.value, host.data());
         } else {
             host32.assign(host.begin(), host.end());
             ops_->copy_from_host(p.value, host32.data());
         }
     }
+    refresh_work();
 }
 
 void ParameterSet::zero_grads() {

@@ -1,5 +1,6 @@
-// The model's parameters with their gradients and AdamW moments: four arenas
-// of one layout. Experts of a layer are stacked [E_local, ...] in memory; files
+// The model's parameters with their gradients and AdamW moments: arenas of
+// one layout in the master dtype, plus the working copy the compute reads
+// when the backend computes in another dtype (bf16 on the GPU). Experts of a layer are stacked [E_local, ...] in memory; files
 // and tools see one tensor per expert under its global index (MODEL.md names).
 #pragma once
 #include <deque>
@@ -28,7 +29,8 @@ struct Param {
     InitSpec init;
     bool decay = false;            // AdamW weight decay (2-D weights only)
     int expert_offset = -1;        // >= 0: dim 0 are experts from this global index
-    Tensor value, grad, m, v;
+    Tensor value, grad, m, v;  // master dtype
+    Tensor work;               // the compute's copy: value itself when the dtypes agree
 
     bool is_expert_stack() const { return expert_offset >= 0; }
     int64_t numel() const;
@@ -50,11 +52,16 @@ public:
 
     Param& add(const std::string& name, std::vector<int64_t> shape, InitSpec init, bool decay,
                int expert_offset = -1);
-    // Carves value, grad, m and v for every parameter (zero-filled).
-    void allocate(Ops& ops, DType dtype);
+    // Bytes allocate() will take for these parameters in this precision.
+    size_t planned_bytes(const Precision& precision) const;
+    // Carves value, grad, m, v (and work) for every parameter (zero-filled).
+    void allocate(Ops& ops, const Precision& precision);
     // Fills values from the seed: each file-level tensor (each expert too) has
     // its own random stream, so a layout change does not change the model.
     void initialize(uint64_t seed);
+    // Rewrites the working copies from the values: after anything but the
+    // optimizer wrote values (a load).
+    void refresh_work();
     void zero_grads();
 
     std::deque<Param>& all() { return params_; }
@@ -67,12 +74,12 @@ public:
     // set does not hold (other ranks of its EP group do).
     std::set<std::string> experts_elsewhere(int num_experts) const;
     Ops& ops() const { return *ops_; }
-    DType dtype() const { return dtype_; }
+    DType dtype() const { return precision_.master; }
 
 private:
     std::deque<Param> params_;  // deque: references stay valid as it grows
     Ops* ops_ = nullptr;
-    DType dtype_ = DType::F32;
+    Precision precision_;
     std::vector<std::unique_ptr<Arena>> arenas_;
 };
 

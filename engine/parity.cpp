@@ -35,10 +35,13 @@ double run_parity(const ModelConfig& cfg, uint64_t seed, Ops& ops, const ParityR
                                 std::to_string(i) + " is outside [0, model.vocab_size=" +
                                 std::to_string(cfg.vocab_size) + ")");
 
-    Model model(cfg, ops, req.dtype, B, T);
+    // The CPU computes in the asked dtype; a GPU in its training precision.
+    const Precision precision = ops.device() == Device::CPU ? Precision(req.dtype) : ops.training_precision();
+    Model model(cfg, ops, precision, B, T);
     ParameterSet& params = model.params();
     params.initialize(seed);
     if (!req.init_from.empty()) load_tensors(req.init_from, params.named(ParameterSet::Slot::Value), ops);
+    params.refresh_work();
     params.zero_grads();
     const ForwardResult r = model.forward(inputs.data(), targets.data());
     model.backward(1.0);

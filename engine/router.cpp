@@ -10,16 +10,17 @@ Router::Router(const ModelConfig& cfg, ParameterSet& params, int layer) : cfg_(c
                               {cfg_.num_experts, cfg.hidden_size}, InitSpec::normal(cfg.init_std), true);
 }
 
-void Router::carve(Arena& acts, Arena& scratch, DType dt, int64_t N) {
+void Router::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N) {
     const int64_t E = cfg_.num_experts, k = cfg_.top_k;
-    topk_w_ = acts.take(dt, {N, k});
+    topk_w_ = acts.take(pr.stat, {N, k});
     expert_of_slot_.resize(N * k);
     if (!learned()) return;
-    logits_ = acts.take(dt, {N, E});
-    probs_ = acts.take(dt, {N, E});
-    lse_ = acts.take(dt, {N});
+    logits_ = acts.take(pr.stat, {N, E});
+    probs_ = acts.take(pr.stat, {N, E});
+    lse_ = acts.take(pr.stat, {N});
     topk_idx_ = acts.take(DType::I32, {N, k});
-    dlogits_ = scratch.take(dt, {N, E});
+    dlogits_ = scratch.take(pr.stat, {N, E});
+    dlogits_act_ = pr.act == pr.stat ? dlogits_ : scratch.take(pr.act, {N, E});
 }
 
 void Router::forward(Ops& ops, Tensor x, const int32_t* ids) {
@@ -38,7 +39,7 @@ void Router::forward(Ops& ops, Tensor x, const int32_t* ids) {
         }
         return;
     }
-    ops.matmul_forward(logits_, x, weight_->value, {});
+    ops.matmul_forward(logits_, x, weight_->work, {});
     ops.router_forward(probs_, lse_, topk_idx_, topk_w_, logits_, cfg_.normalize_top_k);
     ops.copy_to_host(expert_of_slot_.data(), topk_idx_);
 }
@@ -71,7 +72,8 @@ void Router::backward(Ops& ops, Tensor x, Tensor dtopk_w, Tensor dx, double loss
     ops.zero(dlogits_);
     ops.router_backward(dlogits_, dtopk_w, probs_, lse_, topk_idx_, topk_w_, cfg_.normalize_top_k, aux_coef,
                         z_coef_ * loss_scale);
-    ops.matmul_backward(dx, weight_->grad, {}, dlogits_, x, weight_->value);
+    if (dlogits_act_.data != dlogits_.data) ops.copy(dlogits_act_, dlogits_);
+    ops.matmul_backward(dx, weight_->grad, {}, dlogits_act_, x, weight_->work);
 }
 
 }  // namespace moe

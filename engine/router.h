@@ -19,7 +19,7 @@ struct RouterLosses {
 class Router {
 public:
     Router(const ModelConfig& cfg, ParameterSet& params, int layer);
-    void carve(Arena& acts, Arena& scratch, DType dt, int64_t N);
+    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N);
 
     // Chooses experts for x[N,H]: fills topk_w() and expert_of_slot() [N*k].
     void forward(Ops& ops, Tensor x, const int32_t* ids);
@@ -35,7 +35,9 @@ public:
 private:
     const MoeConfig& cfg_;
     Param* weight_ = nullptr;  // [E, H], learned router only
-    Tensor logits_, probs_, lse_, topk_idx_, topk_w_, dlogits_;
+    // logits_ to dlogits_ in fp32 (stat); dlogits_act_ feeds the matmul
+    // backward (dlogits_ itself when the dtypes agree).
+    Tensor logits_, probs_, lse_, topk_idx_, topk_w_, dlogits_, dlogits_act_;
     std::vector<int32_t> expert_of_slot_;
     std::vector<double> aux_coef_;  // d aux / d probs[t, e], per expert
     double z_coef_ = 0;

@@ -10,7 +10,8 @@ TokenDispatcher::TokenDispatcher(int num_experts, int top_k, std::optional<doubl
         throw std::logic_error("token dispatcher: experts do not split evenly over the EP group");
 }
 
-void TokenDispatcher::carve(Arena& acts, Arena& scratch, DType dt, int64_t N, int64_t H) {
+void TokenDispatcher::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, int64_t H) {
+    const DType dt = pr.act;
     H_ = H;
     const int64_t slots = N * k_;
     slot_row_ = acts.take(DType::I32, {slots});
@@ -31,6 +32,7 @@ void TokenDispatcher::carve(Arena& acts, Arena& scratch, DType dt, int64_t N, in
     local_in_ = acts.take(dt, {most, H});
     local_out_ = acts.take(dt, {most, H});
     local_index_ = acts.take(DType::I32, {most});
+    source_index_ = acts.take(DType::I32, {most});
     source_in_ = scratch.take(dt, {most, H});
     source_out_ = scratch.take(dt, {most, H});
     d_local_out_ = scratch.take(dt, {most, H});
@@ -84,7 +86,10 @@ void TokenDispatcher::exchange_counts(Ops& ops) {
             for (int32_t i = 0; i < theirs[s * El + e]; ++i) local_index_host_[r++] = int32_t(cursor[s]++);
         local_offsets_[e + 1] = r;
     }
+    source_index_host_.resize(local_rows_);
+    for (int64_t l = 0; l < local_rows_; ++l) source_index_host_[local_index_host_[l]] = int32_t(l);
     ops.copy_from_host(local_index_.rows(0, local_rows_), local_index_host_.data());
+    ops.copy_from_host(source_index_.rows(0, local_rows_), source_index_host_.data());
 }
 
 void TokenDispatcher::to_experts(Ops& ops, Tensor routing_rows, Tensor local_rows) {
@@ -102,8 +107,7 @@ void TokenDispatcher::to_experts(Ops& ops, Tensor routing_rows, Tensor local_row
 void TokenDispatcher::from_experts(Ops& ops, Tensor local_rows, Tensor routing_rows) {
     const int P = ep_->size();
     Tensor source = source_out_.rows(0, local_rows_);
-    ops.zero(source);
-    ops.permute_backward(source, local_rows, local_index_.rows(0, local_rows_));  // a permutation: a scatter
+    ops.permute_forward(source, local_rows, source_index_.rows(0, local_rows_));
     std::vector<int64_t> send(P), recv(P);
     for (int p = 0; p < P; ++p) {
         send[p] = recv_rows_[p] * H_;
@@ -144,7 +148,7 @@ void TokenDispatcher::dispatch_backward(Ops& ops, Tensor dxl, Tensor dx) {
         d_routed = d_send_.rows(0, R);
         from_experts(ops, dxl, d_routed);
     }
-    ops.permute_backward(dx, d_routed, row_token_.rows(0, R));
+    ops.permute_backward(dx, d_routed, slot_row_);
 }
 
 }  // namespace moe

@@ -22,7 +22,7 @@ class TokenDispatcher {
 public:
     // ep: the expert-parallel group, or null when every expert is local.
     TokenDispatcher(int num_experts, int top_k, std::optional<double> capacity_factor, Communicator* ep);
-    void carve(Arena& acts, Arena& scratch, DType dt, int64_t N, int64_t H);
+    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, int64_t H);
 
     // Plans routing from expert_of_slot[N*k] and brings x[N,H]'s rows to the
     // local experts. Returns them in local order; local_offsets() split them.
@@ -63,8 +63,9 @@ private:
     // Distributed only:
     Tensor source_in_, source_out_;  // rows as received from / sent to each rank (source order)
     Tensor local_index_;             // local row -> source-order row
+    Tensor source_index_;            // source-order row -> local row (its inverse)
     std::vector<int64_t> send_rows_, recv_rows_;  // per rank
-    std::vector<int32_t> local_index_host_;
+    std::vector<int32_t> local_index_host_, source_index_host_;
     std::vector<int64_t> local_offsets_;
     int64_t local_rows_ = 0;
     // scratch gradients

@@ -145,7 +145,13 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
     });
     if (world_comm && world_comm->size() > 1) check_same_on_all_ranks(*world_comm, "checkpoint to resume", resume_from);
 
-    Model model(mc, ops, DType::F32, B, T, groups ? groups->ep.get() : nullptr);
+    std::unique_ptr<Model> model_owner;
+    // A GPU too small for the config may fail on some ranks only.
+    on_all_ranks(world_comm, [&] {
+        model_owner = std::make_unique<Model>(mc, ops, ops.training_precision(), B, T,
+                                              groups ? groups->ep.get() : nullptr);
+    });
+    Model& model = *model_owner;
     ParameterSet& params = model.params();
     params.initialize(cfg.run.seed);
     TrainProgress progress;
@@ -160,6 +166,7 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
             resumed_changes = config_differences(info.config, cfg);
             train_data->set_position(progress.data);
         }
+        params.refresh_work();
         if (lead) {
             truncate_metrics(metrics_path, progress.step);  // a fresh start: empty
             metrics = std::make_unique<MetricsWriter>(metrics_path);

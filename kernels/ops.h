@@ -3,8 +3,16 @@
 //
 // Conventions, for every op:
 // - Shapes are given in the comments; N = B*T tokens, rows of a 2-D tensor are
-//   tokens. Float tensors of one call share the backend's dtypes (the CPU
-//   backend: all F32, or all F64 for gradient checks); index tensors are I32.
+//   tokens. Index tensors are I32. Float tensors play one of four roles, each
+//   with the backend's dtype for it (see Precision below):
+//     act    activations and their gradients          CPU: F32 (F64)  CUDA: BF16
+//     stat   norm/softmax statistics (rstd, lse), router logits, probs and
+//            weights, per-token losses                 CPU: F32 (F64)  CUDA: F32
+//     work   the weights the compute reads             CPU: F32 (F64)  CUDA: BF16
+//     master parameters' master copy, gradients and AdamW moments
+//                                                      CPU: F32 (F64)  CUDA: F32
+//   Each op's comment names the role of its float tensors where it is not act.
+//   The CPU backend computes in the tensors' dtype (F64 for gradient checks).
 // - Backward ops ACCUMULATE (+=) into every gradient they produce, inputs and
 //   parameters alike; the caller zeroes gradient buffers. An empty() gradient
 //   tensor means "not wanted" and is skipped.
@@ -12,6 +20,7 @@
 //   backward, so the backward recomputes nothing it can keep cheaply.
 #pragma once
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -20,6 +29,27 @@
 namespace moe {
 
 enum class Device { CPU, CUDA };
+
+// alloc() found too little device memory: how much was asked and was free.
+class OutOfDeviceMemory : public std::runtime_error {
+public:
+    OutOfDeviceMemory(size_t requested, size_t free_bytes, size_t total_bytes, const std::string& device)
+        : std::runtime_error(device + ": out of memory allocating " + std::to_string(requested) + " bytes (" +
+                             std::to_string(free_bytes) + " free of " + std::to_string(total_bytes) + ")"),
+          requested(requested), free_bytes(free_bytes), total_bytes(total_bytes) {}
+    size_t requested, free_bytes, total_bytes;
+};
+
+// The dtype of each tensor role (above) for a backend.
+struct Precision {
+    DType act, stat, work, master;
+    // Every role in one dtype: the CPU backend (F32, or F64 for gradient checks).
+    Precision(DType dt = DType::F32) : act(dt), stat(dt), work(dt), master(dt) {}
+    Precision(DType act_, DType stat_, DType work_, DType master_)
+        : act(act_), stat(stat_), work(work_), master(master_) {}
+    // The CUDA backend: bf16 compute, fp32 statistics, master weights, gradients.
+    static Precision mixed_bf16() { return {DType::BF16, DType::F32, DType::BF16, DType::F32}; }
+};
 
 // Hyper-parameters of the INL dynamics update (MODEL.md).
 struct DynamicsParams {
@@ -38,35 +68,50 @@ public:
     virtual Device device() const = 0;
     // Where this backend computes, for the layout report: "cpu", "cuda:0", ...
     virtual std::string device_name() const = 0;
+    // The dtypes a model trains with on this backend.
+    virtual Precision training_precision() const = 0;
+    // Waits until the work queued so far is done (timing; the CPU computes
+    // synchronously).
+    virtual void synchronize() {}
+    // Device memory in use by this process, 0 on the CPU.
+    virtual size_t device_memory_used() const { return 0; }
 
     // ---- memory -----------------------------------------------------------
-    virtual void* alloc(size_t bytes) = 0;  // zero-filled, aligned to 256
+    // Zero-filled, aligned to 256; throws OutOfDeviceMemory (CPU: bad_alloc).
+    virtual void* alloc(size_t bytes) = 0;
     virtual void release(void* p) = 0;
     virtual void copy_from_host(Tensor dst, const void* src) = 0;  // dst.bytes()
     virtual void copy_to_host(void* dst, Tensor src) = 0;          // src.bytes()
 
     // ---- elementwise and reductions ---------------------------------------
     virtual void zero(Tensor t) = 0;
-    virtual void copy(Tensor dst, Tensor src) = 0;              // same shape
+    // Same element count; converts between float dtypes the backend holds
+    // (CPU: F32 <-> F64; CUDA: F32 <-> BF16), rounding to nearest.
+    virtual void copy(Tensor dst, Tensor src) = 0;
     virtual void add(Tensor y, Tensor x, double alpha = 1) = 0; // y += alpha x
     virtual void scale(Tensor y, double alpha) = 0;             // y *= alpha
-    virtual double sum_squares(Tensor x) = 0;                   // sum x^2, in double
-    virtual double sum(Tensor x) = 0;                           // sum x, in double
+    // Reductions in a fixed order (the same result on every call), in double
+    // on the CPU and fp32 partials summed in double on the GPU.
+    virtual double sum_squares(Tensor x) = 0;                   // sum x^2
+    virtual double sum(Tensor x) = 0;                           // sum x
     // Row-wise concat: out[N, a+b] = [a_ | b_]; backward splits and accumulates.
     virtual void concat_cols_forward(Tensor out, Tensor a, Tensor b) = 0;
     virtual void concat_cols_backward(Tensor da, Tensor db, Tensor dout) = 0;
 
     // ---- embedding --------------------------------------------------------
-    // out[N,H] = table[ids[n]]; ids I32[N] already checked against V.
+    // out[N,H] = table[ids[n]]; ids I32[N] already checked against V. table:
+    // work; dtable: master (a gradient).
     virtual void embedding_forward(Tensor out, Tensor ids, Tensor table) = 0;
     virtual void embedding_backward(Tensor dtable, Tensor ids, Tensor dout) = 0;
 
-    // ---- RMSNorm over the last dim: x[R,D], w[D], y[R,D], rstd[R] -----------
+    // ---- RMSNorm over the last dim: x[R,D], w[D] (work), y[R,D], rstd[R] (stat);
+    //      dw: master. Statistics in fp32 (F64 on the CPU in F64). -------------
     virtual void rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double eps) = 0;
     virtual void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd) = 0;
 
     // ---- linear: y[N,O] = x[N,I] w[O,I]^T (+ b[O]; b may be empty) -----------
-    // The forward overwrites y.
+    // w, b: work; dw, db: master. y may be stat (router logits in fp32). The
+    // forward overwrites y; the backward accumulates dx (act), dw and db.
     virtual void matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) = 0;
     virtual void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w) = 0;
     // Grouped linear over expert-sorted rows: rows offsets[e]..offsets[e+1] of
@@ -88,13 +133,13 @@ public:
     virtual void rope_backward(Tensor dx, double theta) = 0;
 
     // ---- causal GQA attention ---------------------------------------------
-    // q[B,T,nh,hd], k,v[B,T,nkv,hd] -> out[B,T,nh,hd], lse[B,nh,T] (log-sum-exp
-    // of the scaled, masked scores of each query). Scale 1/sqrt(hd).
+    // q[B,T,nh,hd], k,v[B,T,nkv,hd] -> out[B,T,nh,hd], lse[B,nh,T] (stat: the
+    // log-sum-exp of the scaled, masked scores of each query). Scale 1/sqrt(hd).
     virtual void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) = 0;
     virtual void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
                                     Tensor out, Tensor lse) = 0;
 
-    // ---- learned router ---------------------------------------------------
+    // ---- learned router (every float tensor here is stat) ------------------
     // logits[N,E] -> probs[N,E] = softmax, lse[N], topk_idx I32[N,k] (largest
     // first, ties to the lower expert), topk_w[N,k] (renormalised if asked).
     virtual void router_forward(Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w, Tensor logits,
@@ -111,29 +156,36 @@ public:
     // ---- MoE permutation (indices from a RoutingPlan) ----------------------
     // xe[r] = x[row_token[r]] for r < R (gather into expert order).
     virtual void permute_forward(Tensor xe, Tensor x, Tensor row_token) = 0;
-    virtual void permute_backward(Tensor dx, Tensor dxe, Tensor row_token) = 0;
-    // y[t] += sum_j w[t,j] * ye[slot_row[t*k+j]] over slots with slot_row >= 0.
+    // dx[t] += sum_j dxe[slot_row[t*k+j]] over slots with slot_row >= 0, with
+    // k = slot_row.numel() / N: a gather per token, so no two writers meet.
+    virtual void permute_backward(Tensor dx, Tensor dxe, Tensor slot_row) = 0;
+    // y[t] += sum_j w[t,j] * ye[slot_row[t*k+j]] over slots with slot_row >= 0;
+    // w[N,k] and dw are stat.
     virtual void combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row) = 0;
     // dye[r] += w * dy[t];  dw[t,j] += dot(dy[t], ye[r]).
     virtual void combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row) = 0;
 
     // ---- INL dynamics -----------------------------------------------------
-    // ctrl[N,3H] = (a | b | g) from the controller; mu[H]; h,v[N,H] -> h',v'.
+    // ctrl[N,3H] = (a | b | g) from the controller; mu[H] (work; dmu master);
+    // h,v[N,H] -> h',v'.
     virtual void dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor ctrl, Tensor mu,
                                   const DynamicsParams& p) = 0;
     virtual void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out,
                                    Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p) = 0;
 
     // ---- loss -------------------------------------------------------------
-    // losses[N] = logsumexp(logits[n]) - logits[n, targets[n]].
+    // losses[N] (stat) = logsumexp(logits[n]) - logits[n, targets[n]], in fp32
+    // from logits in act (no fp32 copy of the logits).
     virtual void cross_entropy_forward(Tensor losses, Tensor logits, Tensor targets) = 0;
     // dlogits = dloss * (softmax(logits) - onehot(target)); OVERWRITES dlogits,
     // which may be the logits buffer itself.
     virtual void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor targets, double dloss) = 0;
 
     // ---- optimizer --------------------------------------------------------
-    // One AdamW step on a parameter (decoupled weight decay lr*wd*param).
-    virtual void adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWParams& p) = 0;
+    // One AdamW step on a parameter (decoupled weight decay lr*wd*param):
+    // param, grad, m, v master; work, the parameter's working copy, is then
+    // rewritten from param unless it is param itself (same memory).
+    virtual void adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor work, const AdamWParams& p) = 0;
 };
 
 }  // namespace moe

@@ -94,12 +94,12 @@ TEST_CASE("permute_backward matches finite differences", "[unit]") {
     };
     const std::vector<double> before = normals<double>(N * H, rng);
     std::vector<double> dx = before, dxe_in = dxe;
-    ops.permute_backward(tensor(dx, {N, H}), tensor(dxe_in, {b.R, H}), b.row_token());
+    ops.permute_backward(tensor(dx, {N, H}), tensor(dxe_in, {b.R, H}), b.slot_row());
     for (int i = 0; i < N * H; ++i) dx[i] -= before[i];
     test::check_gradient("dx", loss, b.x.data(), dx.data(), N * H);
 }
 
-TEST_CASE("permute_backward sums each token's rows in row order for any thread count", "[unit]") {
+TEST_CASE("permute_backward sums each token's slots in slot order for any thread count", "[unit]") {
     // Many tokens and wide rows, in F32 where the order of a sum shows.
     const int n = 64, k = 4, e = 8, h = 200;
     Rng rng(7, "permute order");
@@ -108,14 +108,15 @@ TEST_CASE("permute_backward sums each token's rows in row order for any thread c
     RoutingPlan plan = build_routing_plan(expert_of_slot.data(), n, k, e, std::nullopt);
     const int64_t R = plan.rows();
     std::vector<float> dxe = normals<float>(R * h, rng), serial(n * h, 0.0f);
-    for (int64_t r = 0; r < R; ++r)
-        for (int c = 0; c < h; ++c) serial[plan.row_token[r] * h + c] += dxe[r * h + c];
+    for (int t = 0; t < n; ++t)
+        for (int j = 0; j < k; ++j)
+            for (int c = 0; c < h; ++c) serial[t * h + c] += dxe[plan.slot_row[t * k + j] * h + c];
     CpuOps ops;
     const int saved = omp_get_max_threads();
     for (int threads : {1, 2, 3}) {
         omp_set_num_threads(threads);
         std::vector<float> dx(n * h, 0.0f);
-        ops.permute_backward(tensor(dx, {n, h}), tensor(dxe, {R, h}), Tensor(plan.row_token.data(), DType::I32, {R}));
+        ops.permute_backward(tensor(dx, {n, h}), tensor(dxe, {R, h}), Tensor(plan.slot_row.data(), DType::I32, {n * k}));
         REQUIRE(dx == serial);
     }
     omp_set_num_threads(saved);

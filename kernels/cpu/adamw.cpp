@@ -7,14 +7,14 @@
 #include <string>
 #include <type_traits>
 
-#include "kernels/cpu/check.h"
+#include "kernels/check.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/parallel.h"
 
 namespace moe {
 
-void CpuOps::adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWParams& a) {
+void CpuOps::adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor work, const AdamWParams& a) {
     check_same_shape("adamw_step", param, grad);
     check_same_shape("adamw_step", param, m);
     check_same_shape("adamw_step", param, v);
@@ -36,6 +36,7 @@ void CpuOps::adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, const Ada
             p[i] = T(double(p[i]) * decay - step_size * mi / (std::sqrt(vi) / sqrt_c2 + a.eps));
         }
     });
+    if (!work.empty() && work.data != param.data) copy(work, param);
 }
 
 }  // namespace moe

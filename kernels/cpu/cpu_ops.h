@@ -11,6 +11,7 @@ class CpuOps final : public Ops {
 public:
     Device device() const override { return Device::CPU; }
     std::string device_name() const override { return "cpu"; }
+    Precision training_precision() const override { return Precision(DType::F32); }
 
     void* alloc(size_t bytes) override;
     void release(void* p) override;
@@ -57,7 +58,7 @@ public:
     void router_stats(std::vector<double>& prob_sums, double& lse_sq_sum, Tensor probs, Tensor lse) override;
 
     void permute_forward(Tensor xe, Tensor x, Tensor row_token) override;
-    void permute_backward(Tensor dx, Tensor dxe, Tensor row_token) override;
+    void permute_backward(Tensor dx, Tensor dxe, Tensor slot_row) override;
     void combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row) override;
     void combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row) override;
 
@@ -69,7 +70,7 @@ public:
     void cross_entropy_forward(Tensor losses, Tensor logits, Tensor targets) override;
     void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor targets, double dloss) override;
 
-    void adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWParams& p) override;
+    void adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor work, const AdamWParams& p) override;
 };
 
 }  // namespace moe

@@ -6,7 +6,7 @@
 #include <new>
 #include <type_traits>
 
-#include "kernels/cpu/check.h"
+#include "kernels/check.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/parallel.h"
@@ -37,8 +37,21 @@ void CpuOps::zero(Tensor t) {
 }
 
 void CpuOps::copy(Tensor dst, Tensor src) {
-    check_same_shape("copy", dst, src);
-    if (src.bytes()) std::memmove(dst.data, src.data, src.bytes());
+    if (dst.dtype == src.dtype) {
+        check_same_shape("copy", dst, src);
+        if (src.bytes()) std::memmove(dst.data, src.data, src.bytes());
+        return;
+    }
+    check(dst.numel() == src.numel(), "copy", "tensors " + dst.shape_str() + " and " + src.shape_str() + " differ");
+    dispatch_float(dst, [&](auto dtag) {
+        dispatch_float(src, [&](auto stag) {
+            using D = std::remove_pointer_t<decltype(dtag)>;
+            using S = std::remove_pointer_t<decltype(stag)>;
+            D* d = dst.ptr<D>();
+            const S* s = src.ptr<S>();
+            for (int64_t i = 0; i < dst.numel(); ++i) d[i] = D(s[i]);
+        });
+    });
 }
 
 void CpuOps::add(Tensor y, Tensor x, double alpha) {

@@ -59,28 +59,28 @@ void CpuOps::permute_forward(Tensor xe, Tensor x, Tensor row_token) {
     });
 }
 
-void CpuOps::permute_backward(Tensor dx, Tensor dxe, Tensor row_token) {
+void CpuOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row) {
     if (dx.empty()) return;
-    const int64_t R = row_token.numel();
-    check_rows("permute_backward", dxe, "dxe", dx, "dx", R, dx.dim(0));
-    check_indices("permute_backward", "row_token", row_token, 0, dx.dim(0));
-    const int64_t H = dx.dim(1);
-    // A token owns k rows, so rows scatter into the same dx row. Threads split
-    // the columns instead and walk the rows in order: each sum is the serial one.
-    constexpr int64_t kCols = 64;
-    const int64_t blocks = (H + kCols - 1) / kCols;
+    const int64_t N = dx.dim(0);
+    if (dx.ndim != 2 || dxe.ndim != 2 || dxe.dim(1) != dx.dim(1) || N == 0 || slot_row.numel() % N != 0)
+        throw std::invalid_argument("permute_backward: expected dx [N,H], dxe [R,H] and slot_row [N*k]; got " +
+                                    dx.shape_str() + ", " + dxe.shape_str() + " and " + slot_row.shape_str());
+    check_indices("permute_backward", "slot_row", slot_row, -1, dxe.dim(0));
+    const int64_t H = dx.dim(1), k = slot_row.numel() / N;
     dispatch_float(dx, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const T* src = dxe.ptr<T>();
         T* dst = dx.ptr<T>();
-        const int32_t* token = row_token.ptr<int32_t>();
+        const int32_t* slot = slot_row.ptr<int32_t>();
+        // Each token gathers its own slots: threads never share a dx row.
 #pragma omp parallel for schedule(static)
-        for (int64_t b = 0; b < blocks; ++b) {
-            const int64_t c0 = b * kCols, c1 = std::min(H, c0 + kCols);
-            for (int64_t r = 0; r < R; ++r) {
-                T* d = dst + token[r] * H;
-                const T* s = src + r * H;
-                for (int64_t c = c0; c < c1; ++c) d[c] += s[c];
+        for (int64_t t = 0; t < N; ++t) {
+            T* d = dst + t * H;
+            for (int64_t j = 0; j < k; ++j) {
+                const int32_t r = slot[t * k + j];
+                if (r < 0) continue;
+                const T* s = src + int64_t(r) * H;
+                for (int64_t c = 0; c < H; ++c) d[c] += s[c];
             }
         }
     });

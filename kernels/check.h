@@ -1,4 +1,4 @@
-// Cheap argument checks for CPU ops: a wrong shape is a programming error
+// Cheap argument checks for ops (both backends): a wrong shape is a programming error
 // that names the op and the shapes, never a silent out-of-bounds access.
 #pragma once
 #include <stdexcept>

@@ -1,0 +1,116 @@
+// CudaOps' device, stream, cuBLASLt handle and scratch; memory and the
+// host <-> device copies.
+#include <string>
+
+#include "kernels/cuda/common.cuh"
+
+namespace moe {
+
+void throw_cuda_error(cudaError_t err, const char* call, const char* file, int line) {
+    throw std::runtime_error(std::string("CUDA error ") + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) +
+                             ") in " + call + " at " + file + ":" + std::to_string(line));
+}
+
+int cuda_device_count() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();  // no driver or no device: clear the sticky error
+        return 0;
+    }
+    return n;
+}
+
+namespace {
+void check_lt(cublasStatus_t s, const char* what) {
+    if (s != CUBLAS_STATUS_SUCCESS)
+        throw std::runtime_error(std::string("cuBLASLt: ") + what + " failed with status " + std::to_string(int(s)));
+}
+}  // namespace
+
+CudaOps::CudaOps(int device) : device_(device) {
+    const int count = cuda_device_count();
+    if (device < 0 || device >= count)
+        throw std::runtime_error("CUDA device " + std::to_string(device) + " does not exist: this process sees " +
+                                 std::to_string(count) + " GPU(s) (check CUDA_VISIBLE_DEVICES)");
+    MOE_CUDA_CHECK(cudaSetDevice(device));
+    MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    check_lt(cublasLtCreate(&lt_), "cublasLtCreate");
+    MOE_CUDA_CHECK(cudaMalloc(&lt_workspace_, kLtWorkspaceBytes));
+    MOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&partials_), kMaxPartials * sizeof(double)));
+    MOE_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_results_), kMaxPartials * sizeof(double)));
+    MOE_CUDA_CHECK(cudaMalloc(&upload_, kUploadBytes));
+}
+
+CudaOps::~CudaOps() {
+    // Errors here cannot be reported; free what exists.
+    if (stream_) cudaStreamSynchronize(stream_);
+    destroy_matmul_plans(matmul_plans_);
+    cudaFree(scratch_);
+    cudaFree(upload_);
+    cudaFreeHost(host_results_);
+    cudaFree(partials_);
+    cudaFree(lt_workspace_);
+    if (lt_) cublasLtDestroy(lt_);
+    if (stream_) cudaStreamDestroy(stream_);
+}
+
+std::string CudaOps::device_name() const {
+    cudaDeviceProp prop{};
+    std::string name = "cuda:" + std::to_string(device_);
+    if (cudaGetDeviceProperties(&prop, device_) == cudaSuccess) name += " (" + std::string(prop.name) + ")";
+    return name;
+}
+
+void CudaOps::synchronize() { MOE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+size_t CudaOps::device_memory_used() const {
+    size_t free_bytes = 0, total = 0;
+    if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) return 0;
+    return total - free_bytes;
+}
+
+void* CudaOps::alloc(size_t bytes) {
+    void* p = nullptr;
+    const cudaError_t err = cudaMalloc(&p, bytes);
+    if (err == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        size_t free_bytes = 0, total = 0;
+        cudaMemGetInfo(&free_bytes, &total);
+        throw OutOfDeviceMemory(bytes, free_bytes, total, device_name());
+    }
+    MOE_CUDA_CHECK(err);
+    MOE_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return p;
+}
+
+void CudaOps::release(void* p) {
+    if (!p) return;
+    cudaStreamSynchronize(stream_);
+    cudaFree(p);
+}
+
+void* CudaOps::scratch(size_t bytes) {
+    if (bytes <= scratch_bytes_) return scratch_;
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));  // queued work may still use the old one
+    MOE_CUDA_CHECK(cudaFree(scratch_));
+    scratch_ = nullptr;
+    scratch_bytes_ = 0;
+    MOE_CUDA_CHECK(cudaMalloc(&scratch_, bytes));
+    scratch_bytes_ = bytes;
+    return scratch_;
+}
+
+void CudaOps::copy_from_host(Tensor dst, const void* src) {
+    // From pageable memory the call returns once src is staged, so the
+    // caller may reuse src at once.
+    if (dst.bytes()) MOE_CUDA_CHECK(cudaMemcpyAsync(dst.data, src, dst.bytes(), cudaMemcpyHostToDevice, stream_));
+}
+
+void CudaOps::copy_to_host(void* dst, Tensor src) {
+    if (!src.bytes()) return;
+    MOE_CUDA_CHECK(cudaMemcpyAsync(dst, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+}  // namespace moe

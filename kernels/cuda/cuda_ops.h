@@ -1,0 +1,144 @@
+// The CUDA backend: the ops of kernels/ops.h on one GPU, every op family in
+// its own .cu file beside this one. Precision is mixed (Precision::mixed_bf16):
+// activations and working weights in bf16, statistics, losses, gradients of
+// parameters, master weights and AdamW moments in fp32; every kernel
+// accumulates in fp32. Dense and grouped GEMMs go through cuBLASLt.
+//
+// All work is queued on one stream, in call order; copy_to_host and the
+// reductions returning a host value wait for it. Kernels never use atomics
+// on floats: every output is written by one thread in a fixed order, so a
+// step gives the same bits on every run.
+//
+// Memory: the engine plans its tensors in arenas (one alloc each); the
+// backend's own fixed scratch (cuBLASLt workspace, reduction partials, small
+// uploads) is allocated at construction, and a growable scratch (sorting in
+// the embedding backward) on the first call that needs it: a step of the same
+// shapes allocates nothing.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "kernels/ops.h"
+
+namespace moe {
+
+struct MatmulPlans;  // cuBLASLt descriptors and algorithms by shape (matmul.cu)
+void destroy_matmul_plans(MatmulPlans* plans);
+
+class CudaOps final : public Ops {
+public:
+    // Binds the calling thread to GPU `device` and creates the stream and
+    // cuBLASLt handle. Throws std::runtime_error naming the device on failure.
+    explicit CudaOps(int device);
+    ~CudaOps() override;
+    CudaOps(const CudaOps&) = delete;
+    CudaOps& operator=(const CudaOps&) = delete;
+
+    Device device() const override { return Device::CUDA; }
+    std::string device_name() const override;
+    Precision training_precision() const override { return Precision::mixed_bf16(); }
+    int device_index() const { return device_; }
+    cudaStream_t stream() const { return stream_; }
+    // Waits for all queued work; throws on an asynchronous kernel error.
+    void synchronize() override;
+    // Device memory in use on this GPU (all processes, the CUDA context too).
+    size_t device_memory_used() const override;
+
+    void* alloc(size_t bytes) override;
+    void release(void* p) override;
+    void copy_from_host(Tensor dst, const void* src) override;
+    void copy_to_host(void* dst, Tensor src) override;
+
+    void zero(Tensor t) override;
+    void copy(Tensor dst, Tensor src) override;
+    void add(Tensor y, Tensor x, double alpha = 1) override;
+    void scale(Tensor y, double alpha) override;
+    double sum_squares(Tensor x) override;
+    double sum(Tensor x) override;
+    void concat_cols_forward(Tensor out, Tensor a, Tensor b) override;
+    void concat_cols_backward(Tensor da, Tensor db, Tensor dout) override;
+
+    void embedding_forward(Tensor out, Tensor ids, Tensor table) override;
+    void embedding_backward(Tensor dtable, Tensor ids, Tensor dout) override;
+
+    void rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double eps) override;
+    void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd) override;
+
+    void matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) override;
+    void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w) override;
+    void grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vector<int64_t>& offsets) override;
+    void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
+                                 const std::vector<int64_t>& offsets) override;
+
+    void silu_forward(Tensor y, Tensor x) override;
+    void silu_backward(Tensor dx, Tensor dy, Tensor x) override;
+    void swiglu_forward(Tensor out, Tensor gate, Tensor up) override;
+    void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up) override;
+
+    void rope_forward(Tensor x, double theta) override;
+    void rope_backward(Tensor dx, double theta) override;
+
+    void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) override;
+    void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
+                            Tensor lse) override;
+
+    void router_forward(Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w, Tensor logits,
+                        bool normalize) override;
+    void router_backward(Tensor dlogits, Tensor dtopk_w, Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w,
+                         bool normalize, const std::vector<double>& aux_coef, double z_coef) override;
+    void router_stats(std::vector<double>& prob_sums, double& lse_sq_sum, Tensor probs, Tensor lse) override;
+
+    void permute_forward(Tensor xe, Tensor x, Tensor row_token) override;
+    void permute_backward(Tensor dx, Tensor dxe, Tensor slot_row) override;
+    void combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row) override;
+    void combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row) override;
+
+    void dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor ctrl, Tensor mu,
+                          const DynamicsParams& p) override;
+    void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out, Tensor h,
+                           Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p) override;
+
+    void cross_entropy_forward(Tensor losses, Tensor logits, Tensor targets) override;
+    void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor targets, double dloss) override;
+
+    void adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor work, const AdamWParams& p) override;
+
+    // ---- scratch shared by the op families (kernels/cuda/*.cu) -------------
+    // Per-block fp64 partial sums for the deterministic reductions: room for
+    // kMaxPartials doubles.
+    static constexpr int kMaxPartials = 4096;
+    double* partials() const { return partials_; }
+    // Pinned host doubles for results read back: room for kMaxPartials.
+    double* host_results() const { return host_results_; }
+    // Device bytes for small per-call uploads (router coefficients).
+    static constexpr size_t kUploadBytes = size_t(1) << 16;
+    void* upload_area() const { return upload_; }
+    // At least `bytes` of device scratch, valid until the next call; grows
+    // (after waiting for queued work) only when a larger size is asked for.
+    void* scratch(size_t bytes);
+    static constexpr size_t kLtWorkspaceBytes = size_t(32) << 20;
+
+private:
+    int device_;
+    cudaStream_t stream_ = nullptr;
+    cublasLtHandle_t lt_ = nullptr;
+    void* lt_workspace_ = nullptr;
+    double* partials_ = nullptr;
+    double* host_results_ = nullptr;
+    void* upload_ = nullptr;
+    void* scratch_ = nullptr;
+    size_t scratch_bytes_ = 0;
+    MatmulPlans* matmul_plans_ = nullptr;
+    // out[M,N] (column-major, ld M) = alpha op(a) op(b) + beta out (matmul.cu).
+    void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type, int64_t lda,
+              const void* b, DType b_type, int64_t ldb, void* out, DType out_type, float beta, const void* bias);
+};
+
+// GPUs this process can see (0 when there is no driver or no device).
+int cuda_device_count();
+
+}  // namespace moe

@@ -1,0 +1,181 @@
+// Elementwise ops, dtype conversion, column concat and the deterministic
+// reductions (sum, sum of squares) of the CUDA backend. Elementwise kernels
+// take F32 or BF16 and compute in fp32.
+#include <string>
+
+#include "kernels/cuda/common.cuh"
+
+namespace moe {
+
+namespace {
+
+using cuda::bf16;
+constexpr int kThreads = 256;
+
+// Calls fn with a null pointer of t's element type (float or bf16).
+template <class F> void dispatch_f32_bf16(const char* op, const Tensor& t, F&& fn) {
+    switch (t.dtype) {
+        case DType::F32: fn(static_cast<float*>(nullptr)); return;
+        case DType::BF16: fn(static_cast<bf16*>(nullptr)); return;
+        default:
+            throw std::invalid_argument(std::string(op) + ": the CUDA backend takes F32 or BF16 here, got " +
+                                        dtype_name(t.dtype));
+    }
+}
+
+template <class D, class S> __global__ void convert_kernel(D* dst, const S* src, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+        cuda::store(dst, i, cuda::load(src, i));
+}
+
+template <class T> __global__ void add_kernel(T* y, const T* x, float alpha, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+        cuda::store(y, i, cuda::load(y, i) + alpha * cuda::load(x, i));
+}
+
+template <class T> __global__ void scale_kernel(T* y, float alpha, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+        cuda::store(y, i, alpha * cuda::load(y, i));
+}
+
+// Block b sums term(x[i]) in double over its fixed chunk of i; the launch
+// (grid and block size) depends on n alone, so the result is reproducible.
+template <class T, bool kSquares> __global__ void partial_sums_kernel(const T* x, int64_t n, int64_t chunk, double* out) {
+    __shared__ double shared[32];
+    const int64_t begin = blockIdx.x * chunk, end = min(n, begin + chunk);
+    double s = 0;
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        const double v = cuda::load(x, i);
+        s += kSquares ? v * v : v;
+    }
+    s = cuda::block_sum(s, shared);
+    if (threadIdx.x == 0) out[blockIdx.x] = s;
+}
+
+// Column ranges [0, A) of out from a and [A, A+B) from b, or the reverse
+// (split) when kSplit: one thread per element of out.
+template <class T, bool kSplit>
+__global__ void concat_kernel(T* out, T* a, T* b, int64_t N, int64_t A, int64_t B) {
+    const int64_t W = A + B, n = N * W;
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t row = i / W, col = i % W;
+        T* part = col < A ? a : b;
+        if (!part) continue;  // split into an unwanted gradient
+        const int64_t j = col < A ? row * A + col : row * B + col - A;
+        if (kSplit)
+            cuda::store(part, j, cuda::load(part, j) + cuda::load(out, i));
+        else
+            out[i] = part[j];
+    }
+}
+
+}  // namespace
+
+void CudaOps::zero(Tensor t) {
+    if (t.bytes()) MOE_CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.bytes(), stream_));
+}
+
+void CudaOps::copy(Tensor dst, Tensor src) {
+    check(dst.numel() == src.numel(), "copy", "tensors " + dst.shape_str() + " and " + src.shape_str() + " differ");
+    if (!src.bytes()) return;
+    if (dst.dtype == src.dtype) {
+        MOE_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, src.bytes(), cudaMemcpyDeviceToDevice, stream_));
+        return;
+    }
+    const int64_t n = src.numel();
+    dispatch_f32_bf16("copy", dst, [&](auto dtag) {
+        dispatch_f32_bf16("copy", src, [&](auto stag) {
+            using D = std::remove_pointer_t<decltype(dtag)>;
+            using S = std::remove_pointer_t<decltype(stag)>;
+            convert_kernel<<<cuda::blocks_for(n, kThreads, 4096), kThreads, 0, stream_>>>(
+                static_cast<D*>(dst.data), static_cast<const S*>(src.data), n);
+        });
+    });
+    MOE_CUDA_LAUNCHED();
+}
+
+void CudaOps::add(Tensor y, Tensor x, double alpha) {
+    check_same_shape("add", y, x);
+    const int64_t n = y.numel();
+    if (!n) return;
+    dispatch_f32_bf16("add", y, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        add_kernel<<<cuda::blocks_for(n, kThreads, 4096), kThreads, 0, stream_>>>(
+            static_cast<T*>(y.data), static_cast<const T*>(x.data), float(alpha), n);
+    });
+    MOE_CUDA_LAUNCHED();
+}
+
+void CudaOps::scale(Tensor y, double alpha) {
+    const int64_t n = y.numel();
+    if (!n) return;
+    dispatch_f32_bf16("scale", y, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        scale_kernel<<<cuda::blocks_for(n, kThreads, 4096), kThreads, 0, stream_>>>(static_cast<T*>(y.data),
+                                                                                      float(alpha), n);
+    });
+    MOE_CUDA_LAUNCHED();
+}
+
+namespace {
+
+// sum of x (or of its squares) in double: per-block partials, read back and
+// added in block order on the host.
+template <bool kSquares> double reduce(CudaOps& ops, const Tensor& x, const char* op) {
+    const int64_t n = x.numel();
+    if (!n) return 0;
+    constexpr int kBlocks = 1024;  // <= CudaOps::kMaxPartials
+    const int64_t chunk = std::max<int64_t>(4096, (n + kBlocks - 1) / kBlocks);
+    const int blocks = int((n + chunk - 1) / chunk);
+    dispatch_f32_bf16(op, x, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        partial_sums_kernel<T, kSquares><<<blocks, kThreads, 0, ops.stream()>>>(static_cast<const T*>(x.data), n,
+                                                                                chunk, ops.partials());
+    });
+    MOE_CUDA_LAUNCHED();
+    MOE_CUDA_CHECK(cudaMemcpyAsync(ops.host_results(), ops.partials(), blocks * sizeof(double),
+                                   cudaMemcpyDeviceToHost, ops.stream()));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(ops.stream()));
+    double total = 0;
+    for (int b = 0; b < blocks; ++b) total += ops.host_results()[b];
+    return total;
+}
+
+}  // namespace
+
+double CudaOps::sum_squares(Tensor x) { return reduce<true>(*this, x, "sum_squares"); }
+
+double CudaOps::sum(Tensor x) { return reduce<false>(*this, x, "sum"); }
+
+void CudaOps::concat_cols_forward(Tensor out, Tensor a, Tensor b) {
+    const int64_t N = out.dim(0), A = a.row_size(), B = b.row_size();
+    check(a.dim(0) == N && b.dim(0) == N && out.row_size() == A + B && a.dtype == out.dtype && b.dtype == out.dtype,
+          "concat_cols_forward",
+          "out " + out.shape_str() + " is not [a | b] of " + a.shape_str() + " and " + b.shape_str());
+    if (!out.numel()) return;
+    dispatch_f32_bf16("concat_cols_forward", out, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        concat_kernel<T, false><<<cuda::blocks_for(out.numel(), kThreads, 4096), kThreads, 0, stream_>>>(
+            static_cast<T*>(out.data), static_cast<T*>(a.data), static_cast<T*>(b.data), N, A, B);
+    });
+    MOE_CUDA_LAUNCHED();
+}
+
+void CudaOps::concat_cols_backward(Tensor da, Tensor db, Tensor dout) {
+    if (da.empty() && db.empty()) return;
+    const int64_t N = dout.dim(0), W = dout.row_size();
+    const int64_t A = da.empty() ? W - db.row_size() : da.row_size(), B = W - A;
+    check((da.empty() || (da.dim(0) == N && da.dtype == dout.dtype)) &&
+              (db.empty() || (db.dim(0) == N && db.row_size() == B && db.dtype == dout.dtype)) && B >= 0,
+          "concat_cols_backward",
+          "dout " + dout.shape_str() + " is not [da | db] of " + da.shape_str() + " and " + db.shape_str());
+    if (!dout.numel()) return;
+    dispatch_f32_bf16("concat_cols_backward", dout, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        concat_kernel<T, true><<<cuda::blocks_for(dout.numel(), kThreads, 4096), kThreads, 0, stream_>>>(
+            static_cast<T*>(dout.data), static_cast<T*>(da.data), static_cast<T*>(db.data), N, A, B);
+    });
+    MOE_CUDA_LAUNCHED();
+}
+
+}  // namespace moe

@@ -1,0 +1,228 @@
+// Linear layers through cuBLASLt: bf16 inputs, fp32 compute, bf16 or fp32
+// output; the bias rides the forward GEMM's epilogue. Grouped (per-expert)
+// GEMMs are one GEMM per expert over its rows. cuBLASLt is column-major: a
+// row-major [R,C] matrix is its column-major transpose [C,R] with ld C, so
+//   y[N,O] = x[N,I] w[O,I]^T      is  y^T (O x N) = w^T(T) . x^T,
+//   dx[N,I] += dy[N,O] w[O,I]     is  dx^T (I x N) = w^T . dy^T,
+//   dw[O,I] += dy^T x             is  dw^T (I x O) = x^T . dy^T(T).
+// Descriptors, layouts and the chosen algorithm are cached per shape.
+#include <map>
+#include <memory>
+#include <tuple>
+
+#include "kernels/cuda/column_sums.h"
+#include "kernels/cuda/common.cuh"
+
+namespace moe {
+
+namespace {
+
+void check_lt(cublasStatus_t s, const char* what) {
+    if (s != CUBLAS_STATUS_SUCCESS)
+        throw std::runtime_error(std::string("cuBLASLt: ") + what + " failed with status " + std::to_string(int(s)));
+}
+
+cudaDataType_t cuda_type(DType t) {
+    switch (t) {
+        case DType::BF16: return CUDA_R_16BF;
+        case DType::F32: return CUDA_R_32F;
+        default: throw std::invalid_argument(std::string("matmul: the CUDA backend has no GEMM on ") + dtype_name(t));
+    }
+}
+
+// Largest power of two (<= 256) dividing the address: cuBLASLt picks
+// algorithms for an alignment it is told.
+int alignment_of(const void* p) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    int align = 256;
+    while (align > 1 && a % align) align >>= 1;
+    return align;
+}
+
+}  // namespace
+
+struct MatmulPlans {
+    struct Plan {
+        cublasLtMatmulDesc_t desc = nullptr;
+        cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+        cublasLtMatmulAlgo_t algo{};
+        ~Plan() {
+            if (a) cublasLtMatrixLayoutDestroy(a);
+            if (b) cublasLtMatrixLayoutDestroy(b);
+            if (c) cublasLtMatrixLayoutDestroy(c);
+            if (desc) cublasLtMatmulDescDestroy(desc);
+        }
+    };
+    // trans_a, trans_b, m, n, k, lda, ldb, types, bias, alignments of a, b, out, bias.
+    using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, bool, int, int, int,
+                           int, bool>;
+    std::map<Key, std::unique_ptr<Plan>> plans;
+};
+
+void destroy_matmul_plans(MatmulPlans* plans) { delete plans; }
+
+void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type,
+                   int64_t lda, const void* b, DType b_type, int64_t ldb, void* out, DType out_type, float beta,
+                   const void* bias) {
+    if (m == 0 || n == 0) return;
+    if (k == 0) {  // an empty sum: out = beta out
+        if (beta == 0) zero(Tensor(out, out_type, {m, n}));
+        return;
+    }
+    if (!matmul_plans_) matmul_plans_ = new MatmulPlans;
+    const MatmulPlans::Key key{trans_a, trans_b, m, n, k, lda, ldb, int(a_type), int(b_type), int(out_type),
+                               bias != nullptr, alignment_of(a), alignment_of(b), alignment_of(out),
+                               bias ? alignment_of(bias) : 0, beta != 0};
+    std::unique_ptr<MatmulPlans::Plan>& slot = matmul_plans_->plans[key];
+    if (!slot) {
+        auto plan = std::make_unique<MatmulPlans::Plan>();
+        check_lt(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul descriptor");
+        const cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+        check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "transa");
+        check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "transb");
+        if (bias) {
+            const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+            check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)),
+                     "bias epilogue");
+            const cudaDataType_t bias_type = cuda_type(out_type);
+            check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                    sizeof(bias_type)),
+                     "bias type");
+        }
+        // Stored shapes: op(a) is m x k, so a is k x m when transposed.
+        check_lt(cublasLtMatrixLayoutCreate(&plan->a, cuda_type(a_type), trans_a ? k : m, trans_a ? m : k, lda),
+                 "layout a");
+        check_lt(cublasLtMatrixLayoutCreate(&plan->b, cuda_type(b_type), trans_b ? n : k, trans_b ? k : n, ldb),
+                 "layout b");
+        check_lt(cublasLtMatrixLayoutCreate(&plan->c, cuda_type(out_type), m, n, m), "layout out");
+
+        cublasLtMatmulPreference_t pref = nullptr;
+        check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
+        const size_t ws = kLtWorkspaceBytes;
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+        const uint32_t al_a = alignment_of(a), al_b = alignment_of(b), al_c = alignment_of(out);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a));
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b));
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c));
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c));
+        cublasLtMatmulHeuristicResult_t result{};
+        int found = 0;
+        const cublasStatus_t s =
+            cublasLtMatmulAlgoGetHeuristic(lt_, plan->desc, plan->a, plan->b, plan->c, plan->c, pref, 1, &result, &found);
+        cublasLtMatmulPreferenceDestroy(pref);
+        if (s != CUBLAS_STATUS_SUCCESS || found == 0)
+            throw std::runtime_error("cuBLASLt has no algorithm for a " + std::to_string(m) + " x " +
+                                     std::to_string(n) + " x " + std::to_string(k) + " GEMM (" + dtype_name(a_type) +
+                                     " -> " + dtype_name(out_type) + ", alignment " + std::to_string(al_a) + "/" +
+                                     std::to_string(al_b) + "/" + std::to_string(al_c) + " bytes)");
+        plan->algo = result.algo;
+        slot = std::move(plan);
+    }
+    MatmulPlans::Plan& plan = *slot;
+    if (bias)
+        check_lt(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
+                 "bias pointer");
+    const float alpha = 1.0f;
+    check_lt(cublasLtMatmul(lt_, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, out, plan.c, out, plan.c, &plan.algo,
+                            lt_workspace_, kLtWorkspaceBytes, stream_),
+             "matmul");
+}
+
+namespace {
+
+struct Linear {
+    int64_t N, I, O;
+};
+
+Linear check_linear(const char* op, const Tensor& y, const Tensor& x, const Tensor& w) {
+    const int64_t O = w.dim(0), I = w.dim(1);
+    check(w.ndim == 2 && x.row_size() == I && y.row_size() == O && y.dim(0) == x.dim(0), op,
+          "expected x [N,I], w [O,I], y [N,O]; got x " + x.shape_str() + ", w " + w.shape_str() + ", y " +
+              y.shape_str());
+    cuda::require_dtype(op, "x", x, DType::BF16);
+    cuda::require_dtype(op, "w", w, DType::BF16);
+    return {x.dim(0), I, O};
+}
+
+// Rows offsets[e]..offsets[e+1] of a grouped GEMM, checked against R and E.
+void check_offsets(const char* op, const std::vector<int64_t>& offsets, int64_t E, int64_t R) {
+    check(int64_t(offsets.size()) == E + 1 && offsets.front() == 0 && offsets.back() == R, op,
+          "offsets must hold E+1 = " + std::to_string(E + 1) + " entries from 0 to the " + std::to_string(R) +
+              " rows");
+    for (int64_t e = 0; e < E; ++e) check(offsets[e] <= offsets[e + 1], op, "offsets must not decrease");
+}
+
+}  // namespace
+
+void CudaOps::matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) {
+    const Linear s = check_linear("matmul_forward", y, x, w);
+    check(b.empty() || (b.numel() == s.O && b.dtype == y.dtype), "matmul_forward",
+          "bias " + b.shape_str() + " must be [O] in the output's dtype");
+    check(y.dtype == DType::BF16 || (y.dtype == DType::F32 && b.empty()), "matmul_forward",
+          "y must be BF16, or F32 without a bias");
+    gemm(true, false, s.O, s.N, s.I, w.data, w.dtype, s.I, x.data, x.dtype, s.I, y.data, y.dtype, 0.0f,
+         b.empty() ? nullptr : b.data);
+}
+
+void CudaOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w) {
+    const Linear s = check_linear("matmul_backward", dy, x, w);
+    cuda::require_dtype("matmul_backward", "dy", dy, DType::BF16);
+    cuda::require_dtype("matmul_backward", "dx", dx, DType::BF16);
+    cuda::require_dtype("matmul_backward", "dw", dw, DType::F32);
+    cuda::require_dtype("matmul_backward", "db", db, DType::F32);
+    check((dx.empty() || dx.numel() == x.numel()) && (dw.empty() || dw.numel() == w.numel()) &&
+              (db.empty() || db.numel() == s.O),
+          "matmul_backward", "gradient shapes dx " + dx.shape_str() + ", dw " + dw.shape_str() + ", db " +
+                                 db.shape_str() + " do not match x " + x.shape_str() + ", w " + w.shape_str());
+    if (!dx.empty())
+        gemm(false, false, s.I, s.N, s.O, w.data, w.dtype, s.I, dy.data, dy.dtype, s.O, dx.data, dx.dtype, 1.0f, nullptr);
+    if (!dw.empty())
+        gemm(false, true, s.I, s.O, s.N, x.data, x.dtype, s.I, dy.data, dy.dtype, s.O, dw.data, dw.dtype, 1.0f, nullptr);
+    if (!db.empty())
+        cuda::add_column_sums(*this, static_cast<float*>(db.data), static_cast<const cuda::bf16*>(dy.data), nullptr,
+                              nullptr, s.N, s.O);
+}
+
+void CudaOps::grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vector<int64_t>& offsets) {
+    check(w.ndim == 3, "grouped_matmul_forward", "w must be [E,O,I], got " + w.shape_str());
+    const int64_t E = w.dim(0), O = w.dim(1), I = w.dim(2), R = x.dim(0);
+    check(x.row_size() == I && y.row_size() == O && y.dim(0) == R, "grouped_matmul_forward",
+          "expected x [R,I], y [R,O] for w " + w.shape_str() + "; got x " + x.shape_str() + ", y " + y.shape_str());
+    check_offsets("grouped_matmul_forward", offsets, E, R);
+    for (const Tensor* t : {&y, &x, &w}) cuda::require_dtype("grouped_matmul_forward", "y, x and w", *t, DType::BF16);
+    for (int64_t e = 0; e < E; ++e) {
+        const int64_t rows = offsets[e + 1] - offsets[e];
+        if (!rows) continue;
+        Tensor we = w.rows(e, e + 1), xe = x.rows(offsets[e], offsets[e + 1]), ye = y.rows(offsets[e], offsets[e + 1]);
+        gemm(true, false, O, rows, I, we.data, w.dtype, I, xe.data, x.dtype, I, ye.data, y.dtype, 0.0f, nullptr);
+    }
+}
+
+void CudaOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
+                                      const std::vector<int64_t>& offsets) {
+    check(w.ndim == 3, "grouped_matmul_backward", "w must be [E,O,I], got " + w.shape_str());
+    const int64_t E = w.dim(0), O = w.dim(1), I = w.dim(2), R = x.dim(0);
+    check(x.row_size() == I && dy.row_size() == O && dy.dim(0) == R && (dx.empty() || dx.numel() == x.numel()) &&
+              (dw.empty() || dw.numel() == w.numel()),
+          "grouped_matmul_backward",
+          "expected x [R,I], dy [R,O] and gradients like x and w " + w.shape_str() + "; got x " + x.shape_str() +
+              ", dy " + dy.shape_str() + ", dx " + dx.shape_str() + ", dw " + dw.shape_str());
+    check_offsets("grouped_matmul_backward", offsets, E, R);
+    for (const Tensor* t : {&dy, &x, &w, &dx})
+        cuda::require_dtype("grouped_matmul_backward", "dy, x, w and dx", *t, DType::BF16);
+    cuda::require_dtype("grouped_matmul_backward", "dw", dw, DType::F32);
+    for (int64_t e = 0; e < E; ++e) {
+        const int64_t r0 = offsets[e], r1 = offsets[e + 1];
+        if (r0 == r1) continue;
+        const void* we = w.rows(e, e + 1).data;
+        const void* dye = dy.rows(r0, r1).data;
+        if (!dx.empty())
+            gemm(false, false, I, r1 - r0, O, we, w.dtype, I, dye, dy.dtype, O, dx.rows(r0, r1).data, dx.dtype, 1.0f,
+                 nullptr);
+        if (!dw.empty())
+            gemm(false, true, I, O, r1 - r0, x.rows(r0, r1).data, x.dtype, I, dye, dy.dtype, O, dw.rows(e, e + 1).data,
+                 dw.dtype, 1.0f, nullptr);
+    }
+}
+
+}  // namespace moe

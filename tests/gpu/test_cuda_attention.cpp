@@ -1,0 +1,209 @@
+// The CUDA attention and RoPE ops against the CPU reference on the same
+// bf16-exact inputs: causal GQA attention forward and backward at sizes that
+// leave partial 64-row tiles, every supported head size, the backward's
+// accumulation, bit-identical reruns, and RoPE both ways.
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "tests/catch.h"
+#include "tests/gpu/gpu_testing.h"
+
+using namespace moe;
+using namespace moe::test;
+
+namespace {
+
+struct Shape {
+    int64_t B, T, nh, nkv, hd;
+    int64_t q_size() const { return B * T * nh * hd; }
+    int64_t kv_size() const { return B * T * nkv * hd; }
+    int64_t lse_size() const { return B * nh * T; }
+};
+
+std::string describe(const Shape& d) {
+    return "B " + std::to_string(d.B) + " T " + std::to_string(d.T) + " nh " + std::to_string(d.nh) + " nkv " +
+           std::to_string(d.nkv) + " hd " + std::to_string(d.hd);
+}
+
+// T 77 and 130 leave partial tiles; nkv < nh groups query heads; hd 128 takes
+// the backward's 32-row tiles.
+const Shape kShapes[] = {{2, 77, 4, 2, 32}, {2, 130, 4, 4, 64}, {1, 77, 4, 2, 128}, {1, 40, 2, 1, 16}};
+
+// One attention call's operands: host values (bf16-exact) and their device
+// copies.
+struct Operands {
+    Shape d;
+    std::vector<float> q, k, v;
+    Tensor gq, gk, gv;
+
+    Operands(Backends& be, const Shape& d_, Rng& rng)
+        : d(d_),
+          q(bf16_normals(d.q_size(), rng)),
+          k(bf16_normals(d.kv_size(), rng)),
+          v(bf16_normals(d.kv_size(), rng)) {
+        gq = be.upload(q, DType::BF16, {d.B, d.T, d.nh, d.hd});
+        gk = be.upload(k, DType::BF16, {d.B, d.T, d.nkv, d.hd});
+        gv = be.upload(v, DType::BF16, {d.B, d.T, d.nkv, d.hd});
+    }
+    Tensor cq() { return host_tensor(q, {d.B, d.T, d.nh, d.hd}); }
+    Tensor ck() { return host_tensor(k, {d.B, d.T, d.nkv, d.hd}); }
+    Tensor cv() { return host_tensor(v, {d.B, d.T, d.nkv, d.hd}); }
+};
+
+double max_abs(const std::vector<float>& a) {
+    double m = 0;
+    for (float x : a) m = std::max(m, std::fabs(double(x)));
+    return m;
+}
+
+double max_abs_difference(const std::vector<float>& a, const std::vector<float>& b) {
+    double m = 0;
+    for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - double(b[i])));
+    return m;
+}
+
+// Looser than kBf16Rtol alone: the tensor cores take P (in P V, P^T dO) and
+// dS (in dS K, dS^T Q) rounded to bf16, each term relative to itself, so an
+// element whose terms cancel keeps an error of the terms' size, not its own:
+// at most 2^-8 of a p-weighted mean of |v| in the forward, and of that order
+// of the largest gradient entries in the backward. Hence atol = 2^-8 * scale,
+// with scale max |v| for out and the largest change for a gradient; rtol
+// kBf16Rtol covers the output's own rounding.
+void require_attention_near(const std::string& what, const std::vector<float>& gpu, const std::vector<float>& cpu,
+                            double scale) {
+    require_near(what, gpu, cpu, kBf16Rtol, scale / 256);
+}
+
+void check_forward(const Shape& d) {
+    INFO(describe(d));
+    Backends be;
+    Rng rng(1, "cuda attention forward");
+    Operands x(be, d, rng);
+    std::vector<float> out(size_t(d.q_size())), lse(size_t(d.lse_size()));
+    be.cpu.attention_forward(host_tensor(out, {d.B, d.T, d.nh, d.hd}), host_tensor(lse, {d.B, d.nh, d.T}), x.cq(),
+                             x.ck(), x.cv());
+    Tensor gout = be.zeros(DType::BF16, {d.B, d.T, d.nh, d.hd}), glse = be.zeros(DType::F32, {d.B, d.nh, d.T});
+    be.gpu.attention_forward(gout, glse, x.gq, x.gk, x.gv);
+    require_attention_near("out", be.download(gout), out, max_abs(x.v));
+    // fp32 on both sides from the same bf16 products, summed in other orders
+    // (and exp2 on the GPU): a few fp32 roundings of values near log T.
+    require_near("lse", be.download(glse), lse, 1e-5, 1e-5);
+}
+
+// dq, dk, dv start from non-zero values on both backends (the op adds to
+// them); dk is left out when !with_dk.
+void check_backward(const Shape& d, bool with_dk) {
+    INFO(describe(d) << (with_dk ? "" : ", no dk"));
+    Backends be;
+    Rng rng(2, "cuda attention backward");
+    Operands x(be, d, rng);
+    std::vector<float> dout = bf16_normals(d.q_size(), rng);
+    // out and lse from the CPU forward, out rounded to bf16: both backwards
+    // read the same values, so this checks the backward alone.
+    std::vector<float> out(size_t(d.q_size())), lse(size_t(d.lse_size()));
+    be.cpu.attention_forward(host_tensor(out, {d.B, d.T, d.nh, d.hd}), host_tensor(lse, {d.B, d.nh, d.T}), x.cq(),
+                             x.ck(), x.cv());
+    for (float& o : out) o = round_bf16(o);
+    const std::vector<float> dq0 = bf16_normals(d.q_size(), rng), dk0 = bf16_normals(d.kv_size(), rng),
+                             dv0 = bf16_normals(d.kv_size(), rng);
+
+    std::vector<float> dq = dq0, dk = dk0, dv = dv0;
+    be.cpu.attention_backward(
+        host_tensor(dq, {d.B, d.T, d.nh, d.hd}), with_dk ? host_tensor(dk, {d.B, d.T, d.nkv, d.hd}) : Tensor(),
+        host_tensor(dv, {d.B, d.T, d.nkv, d.hd}), host_tensor(dout, {d.B, d.T, d.nh, d.hd}), x.cq(), x.ck(), x.cv(),
+        host_tensor(out, {d.B, d.T, d.nh, d.hd}), host_tensor(lse, {d.B, d.nh, d.T}));
+
+    Tensor gdq = be.upload(dq0, DType::BF16, {d.B, d.T, d.nh, d.hd});
+    Tensor gdk = with_dk ? be.upload(dk0, DType::BF16, {d.B, d.T, d.nkv, d.hd}) : Tensor();
+    Tensor gdv = be.upload(dv0, DType::BF16, {d.B, d.T, d.nkv, d.hd});
+    be.gpu.attention_backward(gdq, gdk, gdv, be.upload(dout, DType::BF16, {d.B, d.T, d.nh, d.hd}), x.gq, x.gk, x.gv,
+                              be.upload(out, DType::BF16, {d.B, d.T, d.nh, d.hd}),
+                              be.upload(lse, DType::F32, {d.B, d.nh, d.T}));
+    // The terms' scale is that of what the op adds.
+    require_attention_near("dq", be.download(gdq), dq, max_abs_difference(dq, dq0));
+    if (with_dk) require_attention_near("dk", be.download(gdk), dk, max_abs_difference(dk, dk0));
+    require_attention_near("dv", be.download(gdv), dv, max_abs_difference(dv, dv0));
+}
+
+}  // namespace
+
+TEST_CASE("cuda attention_forward matches the cpu", "[gpu]") {
+    for (const Shape& d : kShapes) check_forward(d);
+}
+
+TEST_CASE("cuda attention_backward accumulates the cpu's gradients", "[gpu]") {
+    for (const Shape& d : kShapes) check_backward(d, true);
+    check_backward(kShapes[0], false);
+}
+
+TEST_CASE("cuda attention gives the same bits on every run", "[gpu]") {
+    const Shape d{2, 200, 4, 2, 64};
+    Backends be;
+    Rng rng(3, "cuda attention reruns");
+    Operands x(be, d, rng);
+    const std::vector<float> dout = bf16_normals(d.q_size(), rng), dq0 = bf16_normals(d.q_size(), rng),
+                             dk0 = bf16_normals(d.kv_size(), rng), dv0 = bf16_normals(d.kv_size(), rng);
+    Tensor gdout = be.upload(dout, DType::BF16, {d.B, d.T, d.nh, d.hd});
+    struct Run {
+        std::vector<float> out, lse, dq, dk, dv;
+    };
+    // with_dk false leaves dk out: dq and dv do not depend on it.
+    auto run = [&](bool with_dk) {
+        Tensor out = be.zeros(DType::BF16, {d.B, d.T, d.nh, d.hd}), lse = be.zeros(DType::F32, {d.B, d.nh, d.T});
+        be.gpu.attention_forward(out, lse, x.gq, x.gk, x.gv);
+        Tensor dq = be.upload(dq0, DType::BF16, {d.B, d.T, d.nh, d.hd});
+        Tensor dk = with_dk ? be.upload(dk0, DType::BF16, {d.B, d.T, d.nkv, d.hd}) : Tensor();
+        Tensor dv = be.upload(dv0, DType::BF16, {d.B, d.T, d.nkv, d.hd});
+        be.gpu.attention_backward(dq, dk, dv, gdout, x.gq, x.gk, x.gv, out, lse);
+        return Run{be.download(out), be.download(lse), be.download(dq), with_dk ? be.download(dk) : dk0,
+                   be.download(dv)};
+    };
+    const Run a = run(true), b = run(true), no_dk = run(false);
+    REQUIRE(a.out == b.out);
+    REQUIRE(a.lse == b.lse);
+    REQUIRE(a.dq == b.dq);
+    REQUIRE(a.dk == b.dk);
+    REQUIRE(a.dv == b.dv);
+    REQUIRE(no_dk.dq == a.dq);
+    REQUIRE(no_dk.dv == a.dv);
+}
+
+TEST_CASE("cuda attention names the head sizes it supports", "[gpu]") {
+    const Shape d{1, 8, 2, 1, 48};
+    Backends be;
+    Tensor q = be.zeros(DType::BF16, {d.B, d.T, d.nh, d.hd}), kv = be.zeros(DType::BF16, {d.B, d.T, d.nkv, d.hd});
+    Tensor out = be.zeros(DType::BF16, {d.B, d.T, d.nh, d.hd}), lse = be.zeros(DType::F32, {d.B, d.nh, d.T});
+    std::string message;
+    try {
+        be.gpu.attention_forward(out, lse, q, kv, kv);
+    } catch (const std::invalid_argument& e) {
+        message = e.what();
+    }
+    INFO(message);
+    REQUIRE(message.find("16, 32, 64 and 128") != std::string::npos);
+    REQUIRE(message.find("hd 48") != std::string::npos);
+}
+
+TEST_CASE("cuda rope matches the cpu both ways", "[gpu]") {
+    const int64_t B = 2, T = 77, H = 4, hd = 64;
+    const double theta = 10000;
+    Backends be;
+    Rng rng(4, "cuda rope");
+    const std::vector<float> x = bf16_normals(B * T * H * hd, rng);
+    for (const bool forward : {true, false}) {
+        std::vector<float> cpu = x;
+        Tensor gpu = be.upload(x, DType::BF16, {B, T, H, hd});
+        if (forward) {
+            be.cpu.rope_forward(host_tensor(cpu, {B, T, H, hd}), theta);
+            be.gpu.rope_forward(gpu, theta);
+        } else {
+            be.cpu.rope_backward(host_tensor(cpu, {B, T, H, hd}), theta);
+            be.gpu.rope_backward(gpu, theta);
+        }
+        // Same double angles, fp32 rotation: only the output's bf16 rounding differs.
+        require_near(forward ? "rope_forward" : "rope_backward", be.download(gpu), cpu, kBf16Rtol, kBf16Atol);
+    }
+}

@@ -1,0 +1,202 @@
+// The CUDA backend's dense ops against the CPU ops: elementwise and
+// conversions, reductions, column concat, RMSNorm, linear (cuBLASLt) and
+// grouped linear, SiLU/SwiGLU, AdamW with its bf16 working copy.
+#include <cmath>
+
+#include "tests/gpu/gpu_testing.h"
+
+using namespace moe;
+using namespace moe::test;
+
+TEST_CASE("copy converts F32 <-> BF16 with round-to-nearest, add and scale compute in fp32", "[gpu]") {
+    Backends b;
+    Rng rng(1, "elementwise");
+    const int64_t n = 1000;
+    std::vector<float> x(n);
+    for (float& v : x) v = float(rng.normal());
+    Tensor f32 = b.upload(x, DType::F32, {n}), h = b.zeros(DType::BF16, {n}), back = b.zeros(DType::F32, {n});
+    b.gpu.copy(h, f32);
+    b.gpu.copy(back, h);
+    const std::vector<float> rounded = b.download(back);
+    for (int64_t i = 0; i < n; ++i) REQUIRE(rounded[size_t(i)] == round_bf16(x[size_t(i)]));
+
+    std::vector<float> y = bf16_normals(n, rng), d = bf16_normals(n, rng);
+    Tensor gy = b.upload(y, DType::BF16, {n}), gd = b.upload(d, DType::BF16, {n});
+    b.gpu.add(gy, gd, 0.5);
+    b.gpu.scale(gy, -2.0);
+    std::vector<float> expected(n);
+    for (int64_t i = 0; i < n; ++i)
+        expected[size_t(i)] = round_bf16(-2.0f * round_bf16(y[size_t(i)] + 0.5f * d[size_t(i)]));
+    REQUIRE(b.download(gy) == expected);
+}
+
+TEST_CASE("sum and sum_squares match the CPU and repeat bit for bit", "[gpu]") {
+    Backends b;
+    Rng rng(2, "sums");
+    for (int64_t n : {int64_t(1), int64_t(4097), int64_t(3) << 20}) {
+        std::vector<float> x(static_cast<size_t>(n));
+        for (float& v : x) v = float(rng.normal());
+        Tensor g = b.upload(x, DType::F32, {n});
+        Tensor c = host_tensor(x, {n});
+        const double s = b.gpu.sum(g), ss = b.gpu.sum_squares(g);
+        REQUIRE(s == Approx(b.cpu.sum(c)).epsilon(1e-9).margin(1e-9));
+        REQUIRE(ss == Approx(b.cpu.sum_squares(c)).epsilon(1e-9));
+        REQUIRE(b.gpu.sum(g) == s);
+        REQUIRE(b.gpu.sum_squares(g) == ss);
+    }
+}
+
+TEST_CASE("concat_cols forward and backward match the CPU", "[gpu]") {
+    Backends b;
+    Rng rng(3, "concat");
+    const int64_t N = 37, A = 24, C = 13;
+    std::vector<float> a = bf16_normals(N * A, rng), c = bf16_normals(N * C, rng), dout = bf16_normals(N * (A + C), rng);
+    std::vector<float> out_cpu(size_t(N * (A + C)));
+    b.cpu.concat_cols_forward(host_tensor(out_cpu, {N, A + C}), host_tensor(a, {N, A}), host_tensor(c, {N, C}));
+    Tensor out = b.zeros(DType::BF16, {N, A + C});
+    b.gpu.concat_cols_forward(out, b.upload(a, DType::BF16, {N, A}), b.upload(c, DType::BF16, {N, C}));
+    REQUIRE(b.download(out) == out_cpu);
+
+    std::vector<float> da = bf16_normals(N * A, rng), dc = bf16_normals(N * C, rng);
+    Tensor gda = b.upload(da, DType::BF16, {N, A}), gdc = b.upload(dc, DType::BF16, {N, C});
+    b.gpu.concat_cols_backward(gda, gdc, b.upload(dout, DType::BF16, {N, A + C}));
+    b.cpu.concat_cols_backward(host_tensor(da, {N, A}), host_tensor(dc, {N, C}), host_tensor(dout, {N, A + C}));
+    require_near("da", b.download(gda), da, kBf16Rtol, kBf16Atol);
+    require_near("dc", b.download(gdc), dc, kBf16Rtol, kBf16Atol);
+}
+
+TEST_CASE("rmsnorm forward and backward match the CPU", "[gpu]") {
+    Backends b;
+    Rng rng(4, "rmsnorm");
+    for (int64_t D : {int64_t(64), int64_t(1000)}) {
+        const int64_t R = 301;
+        std::vector<float> x = bf16_normals(R * D, rng, 2.0), w = bf16_normals(D, rng), dy = bf16_normals(R * D, rng);
+        std::vector<float> y(size_t(R * D)), rstd(static_cast<size_t>(R));
+        b.cpu.rmsnorm_forward(host_tensor(y, {R, D}), host_tensor(rstd, {R}), host_tensor(x, {R, D}),
+                              host_tensor(w, {D}), 1e-6);
+        Tensor gx = b.upload(x, DType::BF16, {R, D}), gw = b.upload(w, DType::BF16, {D});
+        Tensor gy = b.zeros(DType::BF16, {R, D}), grstd = b.zeros(DType::F32, {R});
+        b.gpu.rmsnorm_forward(gy, grstd, gx, gw, 1e-6);
+        require_near("y", b.download(gy), y, kBf16Rtol, kBf16Atol);
+        require_near("rstd", b.download(grstd), rstd, 1e-5, 0);
+
+        // Backward from non-zero gradients: it accumulates. rstd from the CPU
+        // on both sides, so only the backward's own rounding shows.
+        std::vector<float> dx = bf16_normals(R * D, rng), dw(size_t(D), 0.25f);
+        Tensor gdx = b.upload(dx, DType::BF16, {R, D}), gdw = b.upload(dw, DType::F32, {D});
+        b.gpu.rmsnorm_backward(gdx, gdw, b.upload(dy, DType::BF16, {R, D}), gx, gw, b.upload(rstd, DType::F32, {R}));
+        b.cpu.rmsnorm_backward(host_tensor(dx, {R, D}), host_tensor(dw, {D}), host_tensor(dy, {R, D}),
+                               host_tensor(x, {R, D}), host_tensor(w, {D}), host_tensor(rstd, {R}));
+        require_near("dx", b.download(gdx), dx, kBf16Rtol, 2 * kBf16Atol);
+        require_near("dw", b.download(gdw), dw, 1e-4, 1e-4);  // fp32 sums of R products in another order
+    }
+}
+
+TEST_CASE("matmul forward (with bias, into F32) and backward match the CPU", "[gpu]") {
+    Backends b;
+    Rng rng(5, "matmul");
+    const int64_t N = 133, I = 72, O = 40;  // no dimension a multiple of a tile
+    std::vector<float> x = bf16_normals(N * I, rng), w = bf16_normals(O * I, rng, 0.1), bias = bf16_normals(O, rng);
+    std::vector<float> y(size_t(N * O));
+    b.cpu.matmul_forward(host_tensor(y, {N, O}), host_tensor(x, {N, I}), host_tensor(w, {O, I}), host_tensor(bias, {O}));
+    Tensor gx = b.upload(x, DType::BF16, {N, I}), gw = b.upload(w, DType::BF16, {O, I});
+    Tensor gy = b.zeros(DType::BF16, {N, O});
+    b.gpu.matmul_forward(gy, gx, gw, b.upload(bias, DType::BF16, {O}));
+    require_near("y", b.download(gy), y, kBf16Rtol, kBf16Atol);
+
+    std::vector<float> y_nobias(size_t(N * O));
+    b.cpu.matmul_forward(host_tensor(y_nobias, {N, O}), host_tensor(x, {N, I}), host_tensor(w, {O, I}), {});
+    Tensor gy32 = b.zeros(DType::F32, {N, O});
+    b.gpu.matmul_forward(gy32, gx, gw, {});
+    require_near("y (F32 out)", b.download(gy32), y_nobias, 1e-5, 1e-5);
+
+    std::vector<float> dy = bf16_normals(N * O, rng), dx = bf16_normals(N * I, rng);
+    std::vector<float> dw(size_t(O * I), 0.5f), db(size_t(O), -1.0f);
+    Tensor gdx = b.upload(dx, DType::BF16, {N, I}), gdw = b.upload(dw, DType::F32, {O, I});
+    Tensor gdb = b.upload(db, DType::F32, {O});
+    b.gpu.matmul_backward(gdx, gdw, gdb, b.upload(dy, DType::BF16, {N, O}), gx, gw);
+    b.cpu.matmul_backward(host_tensor(dx, {N, I}), host_tensor(dw, {O, I}), host_tensor(db, {O}),
+                          host_tensor(dy, {N, O}), host_tensor(x, {N, I}), host_tensor(w, {O, I}));
+    require_near("dx", b.download(gdx), dx, kBf16Rtol, kBf16Atol);
+    require_near("dw", b.download(gdw), dw, 1e-5, 1e-4);
+    require_near("db", b.download(gdb), db, 1e-5, 1e-4);
+}
+
+TEST_CASE("grouped matmul matches the CPU with an expert that gets no row", "[gpu]") {
+    Backends b;
+    Rng rng(6, "grouped");
+    const int64_t E = 5, I = 48, O = 24;
+    const std::vector<int64_t> offsets = {0, 7, 7, 30, 31, 50};  // expert 1 gets nothing
+    const int64_t R = offsets.back();
+    std::vector<float> x = bf16_normals(R * I, rng), w = bf16_normals(E * O * I, rng, 0.1);
+    std::vector<float> y(size_t(R * O));
+    b.cpu.grouped_matmul_forward(host_tensor(y, {R, O}), host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets);
+    Tensor gx = b.upload(x, DType::BF16, {R, I}), gw = b.upload(w, DType::BF16, {E, O, I});
+    Tensor gy = b.zeros(DType::BF16, {R, O});
+    b.gpu.grouped_matmul_forward(gy, gx, gw, offsets);
+    require_near("y", b.download(gy), y, kBf16Rtol, kBf16Atol);
+
+    std::vector<float> dy = bf16_normals(R * O, rng), dx = bf16_normals(R * I, rng);
+    std::vector<float> dw(size_t(E * O * I), 0.125f);
+    Tensor gdx = b.upload(dx, DType::BF16, {R, I}), gdw = b.upload(dw, DType::F32, {E, O, I});
+    b.gpu.grouped_matmul_backward(gdx, gdw, b.upload(dy, DType::BF16, {R, O}), gx, gw, offsets);
+    b.cpu.grouped_matmul_backward(host_tensor(dx, {R, I}), host_tensor(dw, {E, O, I}), host_tensor(dy, {R, O}),
+                                  host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets);
+    require_near("dx", b.download(gdx), dx, kBf16Rtol, kBf16Atol);
+    require_near("dw", b.download(gdw), dw, 1e-5, 1e-4);  // expert 1's stays 0.125: nothing added
+}
+
+TEST_CASE("silu and swiglu forward and backward match the CPU", "[gpu]") {
+    Backends b;
+    Rng rng(7, "activations");
+    const int64_t R = 33, I = 70;
+    std::vector<float> g = bf16_normals(R * I, rng, 3.0), u = bf16_normals(R * I, rng), d = bf16_normals(R * I, rng);
+    std::vector<float> out(size_t(R * I)), s(size_t(R * I));
+    b.cpu.swiglu_forward(host_tensor(out, {R, I}), host_tensor(g, {R, I}), host_tensor(u, {R, I}));
+    b.cpu.silu_forward(host_tensor(s, {R, I}), host_tensor(g, {R, I}));
+    Tensor gg = b.upload(g, DType::BF16, {R, I}), gu = b.upload(u, DType::BF16, {R, I});
+    Tensor gout = b.zeros(DType::BF16, {R, I}), gs = b.zeros(DType::BF16, {R, I});
+    b.gpu.swiglu_forward(gout, gg, gu);
+    b.gpu.silu_forward(gs, gg);
+    require_near("swiglu", b.download(gout), out, kBf16Rtol, kBf16Atol);
+    require_near("silu", b.download(gs), s, kBf16Rtol, kBf16Atol);
+
+    std::vector<float> dg = bf16_normals(R * I, rng), du = bf16_normals(R * I, rng), dx = dg;
+    Tensor gdg = b.upload(dg, DType::BF16, {R, I}), gdu = b.upload(du, DType::BF16, {R, I});
+    Tensor gdx = b.upload(dx, DType::BF16, {R, I}), gd = b.upload(d, DType::BF16, {R, I});
+    b.gpu.swiglu_backward(gdg, gdu, gd, gg, gu);
+    b.gpu.silu_backward(gdx, gd, gg);
+    b.cpu.swiglu_backward(host_tensor(dg, {R, I}), host_tensor(du, {R, I}), host_tensor(d, {R, I}),
+                          host_tensor(g, {R, I}), host_tensor(u, {R, I}));
+    b.cpu.silu_backward(host_tensor(dx, {R, I}), host_tensor(d, {R, I}), host_tensor(g, {R, I}));
+    require_near("dgate", b.download(gdg), dg, kBf16Rtol, kBf16Atol);
+    require_near("dup", b.download(gdu), du, kBf16Rtol, kBf16Atol);
+    require_near("silu dx", b.download(gdx), dx, kBf16Rtol, kBf16Atol);
+}
+
+TEST_CASE("adamw updates fp32 master weights like the CPU and rewrites the bf16 copy", "[gpu]") {
+    Backends b;
+    Rng rng(8, "adamw");
+    const int64_t n = 777;
+    std::vector<float> p(static_cast<size_t>(n)), g(static_cast<size_t>(n)), m(static_cast<size_t>(n)), v(static_cast<size_t>(n));
+    for (size_t i = 0; i < size_t(n); ++i) {
+        p[i] = float(rng.normal());
+        g[i] = float(rng.normal());
+        m[i] = float(0.1 * rng.normal());
+        v[i] = float(0.01 * std::fabs(rng.normal()));
+    }
+    Tensor gp = b.upload(p, DType::F32, {n}), gg = b.upload(g, DType::F32, {n}), gm = b.upload(m, DType::F32, {n});
+    Tensor gv = b.upload(v, DType::F32, {n}), work = b.zeros(DType::BF16, {n});
+    AdamWParams a;
+    a.lr = 1e-2;
+    a.weight_decay = 0.1;
+    a.step = 3;
+    a.grad_scale = 0.5;
+    b.gpu.adamw_step(gp, gg, gm, gv, work, a);
+    b.cpu.adamw_step(host_tensor(p, {n}), host_tensor(g, {n}), host_tensor(m, {n}), host_tensor(v, {n}), {}, a);
+    require_near("param", b.download(gp), p, 1e-5, 1e-6);
+    require_near("m", b.download(gm), m, 1e-5, 1e-7);
+    require_near("v", b.download(gv), v, 1e-5, 1e-9);
+    const std::vector<float> master = b.download(gp), copy = b.download(work);
+    for (size_t i = 0; i < size_t(n); ++i) REQUIRE(copy[i] == round_bf16(master[i]));
+}

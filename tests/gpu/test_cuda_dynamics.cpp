@@ -1,0 +1,121 @@
+// The CUDA INL dynamics ops against the CPU reference, on values that hit
+// every clamp: |u| past a small velocity_max, softplus(b) past beta_max (and
+// past softplus' linear threshold), mu below mu_min, above mu_max and on both
+// bounds. H = 20 and 300 (two column tiles), N = 37 (a partial row chunk).
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
+#include "tests/catch.h"
+#include "tests/gpu/gpu_testing.h"
+
+using namespace moe;
+using namespace moe::test;
+
+namespace {
+
+// dmu sums N = 37 terms g_u * beta (|g_u| < ~4, beta <= 2) computed in fp32,
+// each a chain of ~10 roundings (5e-7 relative), against the CPU's double:
+// at most 37 * 8 * 5e-7 = 1.5e-4 apart, far below the O(1) values.
+constexpr double kDmuRtol = 1e-5, kDmuAtol = 2e-4;
+
+struct Problem {
+    int64_t N, H;
+    DynamicsParams p;
+    std::vector<float> h, v, ctrl, mu;
+
+    Problem(int64_t N_, int64_t H_, Rng& rng)
+        : N(N_), H(H_), h(bf16_normals(N * H, rng, 2.0)), v(bf16_normals(N * H, rng)),
+          ctrl(bf16_normals(N * 3 * H, rng, 2.5)), mu(bf16_normals(H, rng, 1.5)) {
+        p.velocity_max = 0.5;
+        for (float& m : mu) m = round_bf16(m + 1.0f);  // around (mu_min + mu_max) / 2, often outside
+        mu[0] = float(p.mu_min);
+        mu[1] = float(p.mu_max);
+        mu[2] = -0.5f;
+        mu[3] = 3.0f;
+        ctrl[H + 5] = 25.0f;  // b past softplus' threshold of 20
+    }
+    Tensor cpu(std::vector<float>& t, int64_t cols) { return host_tensor(t, {N, cols}); }
+};
+
+// Every clamp clips somewhere and passes somewhere.
+void require_every_clamp(const Problem& q, const std::vector<float>& v_out) {
+    int v_clipped = 0, beta_clipped = 0, mu_clipped = 0;
+    for (float x : v_out) v_clipped += std::fabs(x) == float(q.p.velocity_max);
+    for (int64_t n = 0; n < q.N; ++n)
+        for (int64_t c = 0; c < q.H; ++c) {
+            const double b = q.ctrl[n * 3 * q.H + q.H + c];
+            beta_clipped += (b > 20 ? b : std::log1p(std::exp(b))) > q.p.beta_max;
+        }
+    for (float m : q.mu) mu_clipped += m < q.p.mu_min || m > q.p.mu_max;
+    const int all = int(q.N * q.H);
+    REQUIRE(v_clipped > 0);
+    REQUIRE(v_clipped < all);
+    REQUIRE(beta_clipped > 0);
+    REQUIRE(beta_clipped < all);
+    REQUIRE(mu_clipped > 0);
+    REQUIRE(mu_clipped < q.H);
+}
+
+void check_dynamics(Backends& b, int64_t N, int64_t H) {
+    INFO("N " << N << ", H " << H);
+    Rng rng(uint64_t(H), "cuda dynamics");
+    Problem q(N, H, rng);
+    Tensor h = b.upload(q.h, DType::BF16, {N, H}), v = b.upload(q.v, DType::BF16, {N, H});
+    Tensor ctrl = b.upload(q.ctrl, DType::BF16, {N, 3 * H}), mu = b.upload(q.mu, DType::BF16, {H});
+
+    std::vector<float> h_out(size_t(N * H)), v_out(size_t(N * H));
+    b.cpu.dynamics_forward(q.cpu(h_out, H), q.cpu(v_out, H), q.cpu(q.h, H), q.cpu(q.v, H), q.cpu(q.ctrl, 3 * H),
+                           host_tensor(q.mu, {H}), q.p);
+    require_every_clamp(q, v_out);
+    Tensor gpu_h_out = b.zeros(DType::BF16, {N, H}), gpu_v_out = b.zeros(DType::BF16, {N, H});
+    b.gpu.dynamics_forward(gpu_h_out, gpu_v_out, h, v, ctrl, mu, q.p);
+    require_near("h_out", b.download(gpu_h_out), h_out, kBf16Rtol, kBf16Atol);
+    require_near("v_out", b.download(gpu_v_out), v_out, kBf16Rtol, kBf16Atol);
+
+    // Nonzero starting gradients: the op must add, not overwrite.
+    std::vector<float> dh_out = bf16_normals(N * H, rng), dv_out = bf16_normals(N * H, rng);
+    const std::vector<float> dh0 = bf16_normals(N * H, rng), dv0 = bf16_normals(N * H, rng);
+    const std::vector<float> dctrl0 = bf16_normals(N * 3 * H, rng), dmu0 = bf16_normals(H, rng);
+    std::vector<float> dh = dh0, dv = dv0, dctrl = dctrl0, dmu = dmu0;
+    b.cpu.dynamics_backward(q.cpu(dh, H), q.cpu(dv, H), q.cpu(dctrl, 3 * H), host_tensor(dmu, {H}),
+                            q.cpu(dh_out, H), q.cpu(dv_out, H), q.cpu(q.h, H), q.cpu(q.v, H), q.cpu(q.ctrl, 3 * H),
+                            host_tensor(q.mu, {H}), q.p);
+    Tensor gpu_dh_out = b.upload(dh_out, DType::BF16, {N, H}), gpu_dv_out = b.upload(dv_out, DType::BF16, {N, H});
+    Tensor gpu_dh = b.upload(dh0, DType::BF16, {N, H}), gpu_dv = b.upload(dv0, DType::BF16, {N, H});
+    Tensor gpu_dctrl = b.upload(dctrl0, DType::BF16, {N, 3 * H}), gpu_dmu = b.upload(dmu0, DType::F32, {H});
+    b.gpu.dynamics_backward(gpu_dh, gpu_dv, gpu_dctrl, gpu_dmu, gpu_dh_out, gpu_dv_out, h, v, ctrl, mu, q.p);
+    require_near("dh", b.download(gpu_dh), dh, kBf16Rtol, kBf16Atol);
+    require_near("dv", b.download(gpu_dv), dv, kBf16Rtol, kBf16Atol);
+    require_near("dctrl", b.download(gpu_dctrl), dctrl, kBf16Rtol, kBf16Atol);
+    require_near("dmu", b.download(gpu_dmu), dmu, kDmuRtol, kDmuAtol);
+
+    // Empty gradients are not wanted: dmu alone, then dctrl alone.
+    Tensor dmu_only = b.upload(dmu0, DType::F32, {H}), dctrl_only = b.upload(dctrl0, DType::BF16, {N, 3 * H});
+    b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, dmu_only, gpu_dh_out, gpu_dv_out, h, v, ctrl, mu, q.p);
+    b.gpu.dynamics_backward(Tensor{}, Tensor{}, dctrl_only, Tensor{}, gpu_dh_out, gpu_dv_out, h, v, ctrl, mu, q.p);
+    require_near("dmu alone", b.download(dmu_only), dmu, kDmuRtol, kDmuAtol);
+    require_near("dctrl alone", b.download(dctrl_only), dctrl, kBf16Rtol, kBf16Atol);
+}
+
+}  // namespace
+
+TEST_CASE("cuda dynamics forward and backward match the CPU through every clamp", "[gpu]") {
+    Backends b;
+    check_dynamics(b, 37, 20);
+    check_dynamics(b, 37, 300);
+}
+
+TEST_CASE("cuda dynamics reject wrong dtypes and shapes", "[gpu]") {
+    Backends b;
+    const int64_t N = 3, H = 4;
+    Tensor h = b.zeros(DType::BF16, {N, H}), ctrl = b.zeros(DType::BF16, {N, 3 * H}), mu = b.zeros(DType::BF16, {H});
+    const DynamicsParams p;
+    REQUIRE_THROWS_AS(b.gpu.dynamics_forward(h, h, h, h, b.zeros(DType::BF16, {N, 2 * H}), mu, p),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, b.zeros(DType::BF16, {H}), h, h, h, h,
+                                              ctrl, mu, p),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, Tensor{}, Tensor{}, h, h, h, ctrl, mu, p),
+                      std::invalid_argument);
+}

@@ -1,0 +1,110 @@
+// The CUDA permute and combine ops against the CPU reference, on routing
+// plans with dropped slots (slot_row -1) and an expert that gets no token,
+// for k = 1 and 2, H = 20 (the element path) and H = 64 (16-byte chunks).
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include "comm/routing_plan.h"
+#include "tests/catch.h"
+#include "tests/gpu/gpu_testing.h"
+
+using namespace moe;
+using namespace moe::test;
+
+namespace {
+
+constexpr int kTokens = 40, kExperts = 6;
+
+// dw is an fp32 dot over H of exact bf16 products: a lane adds its chunks'
+// elements in order (8 for H = 64) and a 5-level tree adds the lanes, so the
+// rounding is at most ~13 * 2^-24 * sum |dy ye| (~0.64 H = 41 for unit
+// normals) = 3e-5; the CPU's double dot is exact by comparison.
+constexpr double kDwRtol = 1e-5, kDwAtol = 1e-4;
+
+// Token t's first choice is expert 0 or 1, past their capacity (capacity
+// factor 1), so slots drop; its second is 2, 3 or 4; expert 5 gets none.
+RoutingPlan make_plan(int k, Rng& rng) {
+    std::vector<int32_t> expert_of_slot(size_t(kTokens * k));
+    for (int t = 0; t < kTokens; ++t) {
+        expert_of_slot[t * k] = rng.uniform() < 0.5 ? 0 : 1;
+        if (k > 1) expert_of_slot[t * k + 1] = 2 + t % 3;
+    }
+    RoutingPlan plan = build_routing_plan(expert_of_slot.data(), kTokens, k, kExperts, 1.0);
+    REQUIRE(plan.total_dropped() > 0);
+    REQUIRE(plan.offsets[kExperts - 1] == plan.offsets[kExperts]);
+    return plan;
+}
+
+void check_ops(Backends& b, int k, int64_t H) {
+    INFO("k " << k << ", H " << H);
+    Rng rng(uint64_t(100 * k + H), "cuda permute");
+    RoutingPlan plan = make_plan(k, rng);
+    const int64_t N = kTokens, R = plan.rows();
+    Tensor slot_row = b.upload_ids(plan.slot_row, {N * k}), row_token = b.upload_ids(plan.row_token, {R});
+    Tensor cpu_slot_row = host_ids(plan.slot_row, {N * k});
+
+    // permute_forward copies rows: exact.
+    std::vector<float> x = bf16_normals(N * H, rng), xe(size_t(R * H));
+    b.cpu.permute_forward(host_tensor(xe, {R, H}), host_tensor(x, {N, H}), host_ids(plan.row_token, {R}));
+    Tensor gpu_xe = b.zeros(DType::BF16, {R, H});
+    b.gpu.permute_forward(gpu_xe, b.upload(x, DType::BF16, {N, H}), row_token);
+    require_near("xe", b.download(gpu_xe), xe, 0, 0);
+
+    // Every op below adds into a nonzero start.
+    std::vector<float> ye = bf16_normals(R * H, rng), w = bf16_normals(N * k, rng);
+    Tensor gpu_ye = b.upload(ye, DType::BF16, {R, H}), gpu_w = b.upload(w, DType::F32, {N, k});
+    const std::vector<float> y0 = bf16_normals(N * H, rng);
+    std::vector<float> y = y0;
+    b.cpu.combine_forward(host_tensor(y, {N, H}), host_tensor(ye, {R, H}), host_tensor(w, {N, k}), cpu_slot_row);
+    Tensor gpu_y = b.upload(y0, DType::BF16, {N, H});
+    b.gpu.combine_forward(gpu_y, gpu_ye, gpu_w, slot_row);
+    require_near("y", b.download(gpu_y), y, kBf16Rtol, kBf16Atol);
+
+    std::vector<float> dxe = bf16_normals(R * H, rng);
+    const std::vector<float> dx0 = bf16_normals(N * H, rng);
+    std::vector<float> dx = dx0;
+    b.cpu.permute_backward(host_tensor(dx, {N, H}), host_tensor(dxe, {R, H}), cpu_slot_row);
+    Tensor gpu_dx = b.upload(dx0, DType::BF16, {N, H});
+    b.gpu.permute_backward(gpu_dx, b.upload(dxe, DType::BF16, {R, H}), slot_row);
+    require_near("dx", b.download(gpu_dx), dx, kBf16Rtol, kBf16Atol);
+
+    std::vector<float> dy = bf16_normals(N * H, rng);
+    const std::vector<float> dye0 = bf16_normals(R * H, rng), dw0 = bf16_normals(N * k, rng);
+    std::vector<float> dye = dye0, dw = dw0;
+    b.cpu.combine_backward(host_tensor(dye, {R, H}), host_tensor(dw, {N, k}), host_tensor(dy, {N, H}),
+                           host_tensor(ye, {R, H}), host_tensor(w, {N, k}), cpu_slot_row);
+    Tensor gpu_dy = b.upload(dy, DType::BF16, {N, H});
+    Tensor gpu_dye = b.upload(dye0, DType::BF16, {R, H}), gpu_dw = b.upload(dw0, DType::F32, {N, k});
+    b.gpu.combine_backward(gpu_dye, gpu_dw, gpu_dy, gpu_ye, gpu_w, slot_row);
+    require_near("dye", b.download(gpu_dye), dye, kBf16Rtol, kBf16Atol);
+    require_near("dw", b.download(gpu_dw), dw, kDwRtol, kDwAtol);
+
+    // Either gradient alone: an empty one is not wanted.
+    Tensor dw_only = b.upload(dw0, DType::F32, {N, k}), dye_only = b.upload(dye0, DType::BF16, {R, H});
+    b.gpu.combine_backward(Tensor{}, dw_only, gpu_dy, gpu_ye, gpu_w, slot_row);
+    b.gpu.combine_backward(dye_only, Tensor{}, gpu_dy, gpu_ye, gpu_w, slot_row);
+    require_near("dw alone", b.download(dw_only), dw, kDwRtol, kDwAtol);
+    require_near("dye alone", b.download(dye_only), dye, kBf16Rtol, kBf16Atol);
+}
+
+}  // namespace
+
+TEST_CASE("cuda permute and combine match the CPU, with dropped slots and an idle expert", "[gpu]") {
+    Backends b;
+    for (int k : {1, 2})
+        for (int64_t H : {20, 64}) check_ops(b, k, H);
+}
+
+TEST_CASE("cuda permute and combine reject wrong dtypes and shapes", "[gpu]") {
+    Backends b;
+    const int64_t N = 4, R = 6, H = 8, k = 2;
+    Tensor y = b.zeros(DType::BF16, {N, H}), ye = b.zeros(DType::BF16, {R, H});
+    Tensor slot_row = b.zeros(DType::I32, {N * k});
+    REQUIRE_THROWS_AS(b.gpu.combine_forward(y, ye, b.zeros(DType::BF16, {N, k}), slot_row), std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.combine_forward(y, b.zeros(DType::BF16, {R, H + 1}), b.zeros(DType::F32, {N, k}), slot_row),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.permute_forward(b.zeros(DType::BF16, {R + 1, H}), y, b.zeros(DType::I32, {R})),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.permute_backward(y, ye, b.zeros(DType::I32, {N * k + 1})), std::invalid_argument);
+}

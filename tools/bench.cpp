@@ -1,0 +1,209 @@
+// moe-bench: training speed of a config on synthetic tokens. Warm-up steps,
+// then timed steps (forward, backward, gradient averaging, norm, AdamW: a
+// whole training step); prints step time, tokens/s, model TFLOP/s and MFU by
+// MODEL.md's count, device memory, and a second pass timing each phase.
+// Runs as one process or under mpirun (expert and data parallel as in
+// training); with several ranks it also prints the all-to-all volume and time.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/agreement.h"
+#include "comm/mpi_communicator.h"
+#include "comm/mpi_runtime.h"
+#include "comm/process_groups.h"
+#include "engine/backend.h"
+#include "engine/config.h"
+#include "engine/flops.h"
+#include "engine/grad_sync.h"
+#include "engine/model.h"
+#include "engine/optimizer.h"
+#include "engine/rng.h"
+#include "tools/tool_errors.h"
+
+namespace {
+
+constexpr const char* kProgram = "moe-bench";
+constexpr double kPeakTflops = 989.4;  // H100/H200 SXM dense bf16 (MODEL.md)
+
+const char* kUsage =
+    "usage: moe-bench --config FILE [--steps N] [--warmup N] [--phase-steps N] [--set key=value ...]\n"
+    "  Trains FILE's model on random tokens: N timed steps after the warm-up, then\n"
+    "  --phase-steps steps timed phase by phase (0: skip). Under mpirun the ranks\n"
+    "  split the experts as parallel.expert_parallel says.\n";
+
+struct Args {
+    std::string config;
+    int steps = 20, warmup = 3, phase_steps = 5;
+    std::vector<std::string> overrides;
+};
+
+Args parse(int argc, char** argv) {
+    Args a;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        const auto value = [&]() -> const char* {
+            if (i + 1 >= argc) moe::exit_with_error(kProgram, arg + " needs a value\n" + kUsage);
+            return argv[++i];
+        };
+        if (arg == "--config") a.config = value();
+        else if (arg == "--steps") a.steps = int(moe::integer_flag(kProgram, arg, value(), 1));
+        else if (arg == "--warmup") a.warmup = int(moe::integer_flag(kProgram, arg, value(), 0));
+        else if (arg == "--phase-steps") a.phase_steps = int(moe::integer_flag(kProgram, arg, value(), 0));
+        else if (arg == "--set") a.overrides.push_back(value());
+        else if (arg == "--help" || arg == "-h") {
+            std::fputs(kUsage, stdout);
+            std::exit(0);
+        } else moe::exit_with_error(kProgram, "unknown argument '" + arg + "'\n" + kUsage);
+    }
+    if (a.config.empty()) moe::exit_with_error(kProgram, std::string("--config is required\n") + kUsage);
+    return a;
+}
+
+double since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int run(const Args& args) {
+    moe::Config cfg;
+    std::unique_ptr<moe::Communicator> world_comm = moe::MpiCommunicator::world();
+    moe::on_all_ranks(world_comm.get(), [&] { cfg = moe::load_config(args.config, args.overrides); });
+    moe::ProcessGroups groups = moe::make_process_groups(std::move(world_comm), cfg.parallel.expert_parallel);
+    moe::Communicator* world = groups.world.get();
+    const bool lead = groups.world_rank() == 0;
+    std::unique_ptr<moe::Ops> ops;
+    moe::on_all_ranks(world, [&] { ops = moe::make_backend(cfg.run, world); });
+    const moe::ModelConfig& mc = cfg.model;
+    const int B = cfg.train.micro_batch_size, T = cfg.train.seq_len;
+    std::unique_ptr<moe::Model> model;
+    moe::on_all_ranks(world, [&] {
+        model = std::make_unique<moe::Model>(mc, *ops, ops->training_precision(), B, T,
+                                             groups.ep_size() > 1 ? groups.ep.get() : nullptr);
+    });
+    moe::ParameterSet& params = model->params();
+    params.initialize(cfg.run.seed);
+    moe::AdamW optimizer(cfg.optimizer, params);
+
+    // Random tokens, a different stream per rank.
+    moe::Rng rng(cfg.run.seed, "bench tokens rank " + std::to_string(groups.world_rank()));
+    std::vector<int32_t> inputs(size_t(B) * T), targets(size_t(B) * T);
+    for (int32_t& t : inputs) t = int32_t(rng.next() % uint64_t(mc.vocab_size));
+    for (int32_t& t : targets) t = int32_t(rng.next() % uint64_t(mc.vocab_size));
+
+    moe::Communicator* ep = groups.ep_size() > 1 ? groups.ep.get() : nullptr;
+    double loss = 0, grad_sync_s = 0;
+    const auto step = [&](int64_t n) {
+        params.zero_grads();
+        const moe::ForwardResult r = model->forward(inputs.data(), targets.data());
+        model->backward(1.0);
+        ops->synchronize();
+        const auto t0 = std::chrono::steady_clock::now();
+        moe::average_gradients(params, &groups);
+        ops->synchronize();
+        grad_sync_s += since(t0);
+        const double norm = moe::global_grad_norm(params, &groups);
+        optimizer.step(n, cfg.optimizer.lr, optimizer.clip_scale(norm));
+        loss = r.loss;
+    };
+    if (lead)
+        spdlog::info("moe-bench: {} on {} ({} rank(s), ep {}), micro-batch {} x {} tokens per rank", args.config,
+                     ops->device_name(), groups.world_size(), groups.ep_size(), B, T);
+    int64_t n = 1;
+    for (int i = 0; i < args.warmup; ++i) step(n++);
+    ops->synchronize();
+    world->barrier();
+
+    grad_sync_s = 0;
+    const double a2a_s0 = ep ? ep->seconds_in_all_to_all() : 0;
+    const double a2a_bytes0 = ep ? double(ep->bytes_sent_all_to_all()) : 0;
+    std::vector<double> step_s;
+    for (int i = 0; i < args.steps; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        step(n++);
+        ops->synchronize();
+        step_s.push_back(since(t0));
+    }
+    world->barrier();
+    double mean = 0;
+    for (double s : step_s) mean += s / double(step_s.size());
+    const double best = *std::min_element(step_s.begin(), step_s.end());
+    const double tokens_per_step = double(B) * T * groups.world_size();
+    const double tok_s = tokens_per_step / mean;
+    const double tflops = moe::train_flops_per_token(mc, T) * tok_s / 1e12;
+    const bool gpu = ops->device() == moe::Device::CUDA;
+    if (lead) {
+        std::printf("step time      %.2f ms mean, %.2f ms best (%d steps after %d warm-up; loss %.4f)\n", mean * 1e3,
+                    best * 1e3, args.steps, args.warmup, loss);
+        std::printf("tokens/s       %.0f (%.0f tokens per step, %d rank(s))\n", tok_s, tokens_per_step,
+                    groups.world_size());
+        std::printf("model TFLOP/s  %.4g in all, %.4g per rank", tflops, tflops / groups.world_size());
+        if (gpu)
+            std::printf("; MFU %.1f%% of %.1f TFLOP/s per GPU\n", 100 * tflops / groups.world_size() / kPeakTflops,
+                        kPeakTflops);
+        else
+            std::printf(" (no MFU on the CPU)\n");
+        if (gpu)
+            std::printf("GPU memory     %.2f GiB in use on rank 0's GPU (CUDA context included); model planned "
+                        "%.2f GiB activations\n",
+                        ops->device_memory_used() / 1073741824.0, model->activation_bytes() / 1073741824.0);
+        std::printf("grad sync      %.2f ms per step (all-reduce of gradients)\n", grad_sync_s / args.steps * 1e3);
+    }
+    if (ep) {
+        const double a2a_s = (ep->seconds_in_all_to_all() - a2a_s0) / args.steps;
+        const double bytes = (double(ep->bytes_sent_all_to_all()) - a2a_bytes0) / args.steps;
+        if (lead)
+            std::printf("all-to-all     %.2f ms per step on rank 0 (%.1f%% of the step), %.2f MiB sent per step, "
+                        "%.1f bytes per token\n",
+                        a2a_s * 1e3, 100 * a2a_s / mean, bytes / 1048576.0, bytes / (double(B) * T));
+    }
+
+    if (args.phase_steps > 0) {
+        moe::PhaseTimes times;
+        model->set_phase_times(&times);
+        for (int i = 0; i < args.phase_steps; ++i) {
+            params.zero_grads();
+            model->forward(inputs.data(), targets.data());
+            model->backward(1.0);
+            moe::PhaseScope scope(&times, *ops, moe::Phase::Optimizer);
+            moe::average_gradients(params, &groups);
+            optimizer.step(n++, cfg.optimizer.lr, optimizer.clip_scale(moe::global_grad_norm(params, &groups)));
+        }
+        model->set_phase_times(nullptr);
+        double total = 0;
+        for (double s : times.seconds) total += s;
+        if (lead) {
+            std::printf("phases (%d steps, waiting for the device at each boundary: %.2f ms per step)\n",
+                        args.phase_steps, total / args.phase_steps * 1e3);
+            for (int p = 0; p < moe::kPhases; ++p)
+                std::printf("  %-36s %8.2f ms %5.1f%%\n", moe::phase_name(moe::Phase(p)),
+                            times.seconds[size_t(p)] / args.phase_steps * 1e3, 100 * times.seconds[size_t(p)] / total);
+        }
+    }
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    spdlog::set_pattern("[%H:%M:%S] %l %v");
+    moe::MpiRuntime mpi(&argc, &argv);
+    if (mpi.world_rank() != 0) spdlog::set_level(spdlog::level::warn);
+    const Args args = parse(argc, argv);
+    try {
+        return run(args);
+    } catch (const moe::JobError& e) {  // raised on every rank: say it once
+        if (mpi.world_rank() == 0) std::fprintf(stderr, "%s: %s\n", kProgram, e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        if (mpi.world_size() > 1) {
+            std::fprintf(stderr, "%s: rank %d: %s\n", kProgram, mpi.world_rank(), e.what());
+            moe::abort_all(1);
+        }
+        moe::exit_with_error(kProgram, e.what());
+    }
+}
