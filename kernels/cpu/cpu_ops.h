@@ -2,12 +2,13 @@
 // checks) tensors, each op family in its own file beside this one. Loops that
 // split work over threads (OpenMP) give every output element to one thread
 // and sum in a fixed order, so results do not depend on the thread count.
+// Tests derive from it to stand in for a device (a small memory, say).
 #pragma once
 #include "kernels/ops.h"
 
 namespace moe {
 
-class CpuOps final : public Ops {
+class CpuOps : public Ops {
 public:
     Device device() const override { return Device::CPU; }
     std::string device_name() const override { return "cpu"; }
