@@ -8,10 +8,15 @@
 #if MOE_HAVE_CUDA
 #include "kernels/cuda/cuda_ops.h"
 #endif
+#if MOE_HAVE_NCCL
+#include "comm/nccl_communicator.h"
+#endif
 
 namespace moe {
 
 bool cuda_backend_built() { return MOE_HAVE_CUDA != 0; }
+
+bool nccl_built() { return MOE_HAVE_NCCL != 0; }
 
 namespace {
 int visible_gpus() {
@@ -44,6 +49,26 @@ std::unique_ptr<Ops> make_backend(const RunConfig& run, Communicator* world) {
 #else
     (void)local;
     throw ConfigError("unreachable: no CUDA backend");
+#endif
+}
+
+std::unique_ptr<Communicator> world_for_backend(std::unique_ptr<Communicator> world, Ops& ops,
+                                                const ParallelConfig& parallel) {
+    if (parallel.comm == "mpi" || ops.device() != Device::CUDA) return world;
+    // NCCL refuses two ranks on one GPU: every rank must see the same answer.
+    const std::string shared = shared_gpu_problem(gather_places(*world, ops.device_name()));
+    const bool asked = parallel.comm == "nccl";
+    if (asked && !nccl_built())
+        throw ConfigError("config: parallel.comm is 'nccl' but this build has no NCCL: install NCCL where cmake "
+                          "finds it (next to CUDA), or set parallel.comm=mpi");
+    if (asked && !shared.empty())
+        throw ConfigError("config: parallel.comm is 'nccl' but " + shared.substr(0, shared.find(": start")) +
+                          ", which NCCL refuses: set parallel.comm=mpi");
+    if (!nccl_built() || !shared.empty()) return world;
+#if MOE_HAVE_NCCL
+    return std::make_unique<NcclCommunicator>(std::move(world), static_cast<CudaOps&>(ops).stream());
+#else
+    return world;
 #endif
 }
 

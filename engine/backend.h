@@ -18,4 +18,14 @@ bool cuda_backend_built();
 // cuda is asked for and cannot be had.
 std::unique_ptr<Ops> make_backend(const RunConfig& run, Communicator* world);
 
+// Whether this build has the NCCL communicator.
+bool nccl_built();
+
+// The world communicator for ops' buffers (parallel.comm): over NCCL when ops
+// is a GPU backend, NCCL is built, each rank has its own GPU and comm is auto
+// or nccl; else `world` itself (MPI, staging GPU buffers through host
+// memory). Collective over world; throws ConfigError when nccl cannot be had.
+std::unique_ptr<Communicator> world_for_backend(std::unique_ptr<Communicator> world, Ops& ops,
+                                                const ParallelConfig& parallel);
+
 }  // namespace moe

@@ -107,6 +107,7 @@ const std::vector<Key>& schema() {
         MOE_KEY(run.threads, kNonNegative),
         MOE_KEY(parallel.expert_parallel, kAtLeastOne),
         MOE_KEY(parallel.allow_shared_gpu, kAny),
+        MOE_ENUM(parallel.comm, "auto", "mpi", "nccl"),
     };
     return keys;
 }

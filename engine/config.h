@@ -96,6 +96,10 @@ struct RunConfig {
 struct ParallelConfig {
     int expert_parallel = 1;        // ep: ranks that split the experts
     bool allow_shared_gpu = false;  // let ranks of a node share a GPU (tests; slow otherwise)
+    // How GPU buffers move between ranks: nccl, mpi (staged through pinned
+    // host memory: where NCCL is missing, or ranks share a GPU), or auto
+    // (nccl when built with it and each rank has its own GPU).
+    std::string comm = "auto";
 };
 
 struct Config {

@@ -41,9 +41,10 @@ int run(int argc, char** argv) {
     // Ranks started with different configs would train different models, or
     // hang in mismatched collectives: refuse before any work.
     moe::check_same_on_all_ranks(*world, "config", moe::to_yaml(cfg));
-    moe::ProcessGroups groups = moe::make_process_groups(std::move(world), cfg.parallel.expert_parallel);
     std::unique_ptr<moe::Ops> ops;
-    moe::on_all_ranks(groups.world.get(), [&] { ops = moe::make_backend(cfg.run, groups.world.get()); });
+    moe::on_all_ranks(world.get(), [&] { ops = moe::make_backend(cfg.run, world.get()); });
+    world = moe::world_for_backend(std::move(world), *ops, cfg.parallel);
+    moe::ProcessGroups groups = moe::make_process_groups(std::move(world), cfg.parallel.expert_parallel);
     if (!cli.batch.empty()) {
         if (groups.world_size() > 1)
             throw moe::ConfigError("parity mode (--batch, --dump-grads) runs as one process: start it without mpirun");

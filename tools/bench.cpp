@@ -73,11 +73,12 @@ int run(const Args& args) {
     moe::Config cfg;
     std::unique_ptr<moe::Communicator> world_comm = moe::MpiCommunicator::world();
     moe::on_all_ranks(world_comm.get(), [&] { cfg = moe::load_config(args.config, args.overrides); });
+    std::unique_ptr<moe::Ops> ops;
+    moe::on_all_ranks(world_comm.get(), [&] { ops = moe::make_backend(cfg.run, world_comm.get()); });
+    world_comm = moe::world_for_backend(std::move(world_comm), *ops, cfg.parallel);
     moe::ProcessGroups groups = moe::make_process_groups(std::move(world_comm), cfg.parallel.expert_parallel);
     moe::Communicator* world = groups.world.get();
     const bool lead = groups.world_rank() == 0;
-    std::unique_ptr<moe::Ops> ops;
-    moe::on_all_ranks(world, [&] { ops = moe::make_backend(cfg.run, world); });
     const moe::ModelConfig& mc = cfg.model;
     const int B = cfg.train.micro_batch_size, T = cfg.train.seq_len;
     std::unique_ptr<moe::Model> model;

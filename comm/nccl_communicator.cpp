@@ -1,0 +1,124 @@
+#include "comm/nccl_communicator.h"
+
+#include <string>
+
+#include "comm/device_staging.h"
+
+namespace moe {
+
+namespace {
+
+void check_nccl(ncclResult_t r, const char* what) {
+    if (r != ncclSuccess)
+        throw CommError(std::string("NCCL: ") + what + " failed: " + ncclGetErrorString(r) +
+                        " (NCCL_DEBUG=INFO says more; parallel.comm=mpi avoids NCCL)");
+}
+
+void check_cuda(cudaError_t e, const char* what) {
+    if (e != cudaSuccess) throw CommError(std::string("NCCL communicator: ") + what + ": " + cudaGetErrorString(e));
+}
+
+ncclDataType_t nccl_type(DType t) {
+    switch (t) {
+        case DType::F32: return ncclFloat32;
+        case DType::F64: return ncclFloat64;
+        case DType::BF16: return ncclBfloat16;
+        case DType::I32: return ncclInt32;
+    }
+    throw CommError("NCCL: unknown dtype");
+}
+
+ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::Sum ? ncclSum : ncclMax; }
+
+// Both buffers of a call on the device, or both on the host.
+bool on_device(const void* a, const void* b = nullptr) {
+    const bool da = DeviceStaging::is_device(a);
+    if (b && DeviceStaging::is_device(b) != da)
+        throw CommError("NCCL communicator: a call mixes a host and a device buffer");
+    return da;
+}
+
+}  // namespace
+
+NcclCommunicator::NcclCommunicator(std::unique_ptr<Communicator> host, cudaStream_t compute)
+    : host_(std::move(host)), compute_(compute) {
+    ncclUniqueId id{};
+    if (host_->rank() == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
+    host_->broadcast(&id, sizeof id, 0);
+    check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    check_cuda(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming), "cudaEventCreate");
+    check_cuda(cudaEventCreateWithFlags(&comm_done_, cudaEventDisableTiming), "cudaEventCreate");
+    check_nccl(ncclCommInitRank(&comm_, host_->size(), id, host_->rank()), "ncclCommInitRank");
+}
+
+NcclCommunicator::~NcclCommunicator() {
+    if (comm_) ncclCommDestroy(comm_);
+    if (comm_done_) cudaEventDestroy(comm_done_);
+    if (compute_done_) cudaEventDestroy(compute_done_);
+    if (stream_) cudaStreamDestroy(stream_);
+}
+
+void NcclCommunicator::begin() {
+    check_cuda(cudaEventRecord(compute_done_, compute_), "cudaEventRecord");
+    check_cuda(cudaStreamWaitEvent(stream_, compute_done_, 0), "cudaStreamWaitEvent");
+}
+
+void NcclCommunicator::end() {
+    check_cuda(cudaEventRecord(comm_done_, stream_), "cudaEventRecord");
+    check_cuda(cudaStreamWaitEvent(compute_, comm_done_, 0), "cudaStreamWaitEvent");
+}
+
+void NcclCommunicator::all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) {
+    if (!on_device(buf)) return host_->all_reduce(buf, count, dtype, op);
+    begin();
+    check_nccl(ncclAllReduce(buf, buf, size_t(count), nccl_type(dtype), nccl_op(op), comm_, stream_), "ncclAllReduce");
+    end();
+}
+
+void NcclCommunicator::reduce_scatter(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op) {
+    if (!on_device(send, recv)) return host_->reduce_scatter(send, recv, count, dtype, op);
+    begin();
+    check_nccl(ncclReduceScatter(send, recv, size_t(count), nccl_type(dtype), nccl_op(op), comm_, stream_),
+               "ncclReduceScatter");
+    end();
+}
+
+void NcclCommunicator::all_gather(const void* send, void* recv, int64_t count, DType dtype) {
+    if (!on_device(send, recv)) return host_->all_gather(send, recv, count, dtype);
+    begin();
+    check_nccl(ncclAllGather(send, recv, size_t(count), nccl_type(dtype), comm_, stream_), "ncclAllGather");
+    end();
+}
+
+void NcclCommunicator::broadcast(void* buf, int64_t bytes, int root) {
+    if (!on_device(buf)) return host_->broadcast(buf, bytes, root);
+    begin();
+    check_nccl(ncclBroadcast(buf, buf, size_t(bytes), ncclUint8, root, comm_, stream_), "ncclBroadcast");
+    end();
+}
+
+std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
+    return std::make_unique<NcclCommunicator>(host_->split(color, key), compute_);
+}
+
+void NcclCommunicator::do_all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
+                                       const std::vector<int64_t>& recv_counts, DType dtype) {
+    if (!on_device(send, recv)) return host_->all_to_all_v(send, send_counts, recv, recv_counts, dtype);
+    const size_t elem = dtype_size(dtype);
+    const ncclDataType_t type = nccl_type(dtype);
+    begin();
+    size_t send_off = 0, recv_off = 0;
+    check_nccl(ncclGroupStart(), "ncclGroupStart");
+    for (int p = 0; p < size(); ++p) {
+        const size_t s = size_t(send_counts[size_t(p)]), r = size_t(recv_counts[size_t(p)]);
+        if (s) check_nccl(ncclSend(static_cast<const char*>(send) + send_off * elem, s, type, p, comm_, stream_), "ncclSend");
+        if (r) check_nccl(ncclRecv(static_cast<char*>(recv) + recv_off * elem, r, type, p, comm_, stream_), "ncclRecv");
+        send_off += s;
+        recv_off += r;
+    }
+    check_nccl(ncclGroupEnd(), "ncclGroupEnd");
+    end();
+    check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+}
+
+}  // namespace moe

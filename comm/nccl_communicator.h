@@ -1,0 +1,59 @@
+// The Communicator over NCCL for GPU buffers: one NCCL communicator per group
+// (its unique id broadcast over the group's MPI communicator), collectives on
+// NCCL's own stream, ordered against the compute stream with events (the
+// collective waits for the compute queued before it; compute queued after it
+// waits for the collective). All-to-all-v is grouped ncclSend/ncclRecv.
+// Host buffers (counts, losses, norms) go through the MPI communicator the
+// NCCL one was built on, so one Communicator serves both.
+//
+// NCCL refuses two ranks on one GPU: such layouts use the MPI communicator
+// (staging device buffers through host memory) instead.
+#pragma once
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <memory>
+
+#include "comm/communicator.h"
+
+namespace moe {
+
+class NcclCommunicator final : public Communicator {
+public:
+    // host: the MPI communicator of the same ranks (bootstrap and host
+    // buffers). compute: the stream the GPU backend queues its kernels on.
+    // Collective over host.
+    NcclCommunicator(std::unique_ptr<Communicator> host, cudaStream_t compute);
+    ~NcclCommunicator() override;
+    NcclCommunicator(const NcclCommunicator&) = delete;
+    NcclCommunicator& operator=(const NcclCommunicator&) = delete;
+
+    int rank() const override { return host_->rank(); }
+    int size() const override { return host_->size(); }
+    void all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) override;
+    void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op) override;
+    void all_gather(const void* send, void* recv, int64_t count, DType dtype) override;
+    void broadcast(void* buf, int64_t bytes, int root) override;
+    void barrier() override { host_->barrier(); }
+    std::unique_ptr<Communicator> split(int color, int key) override;
+
+protected:
+    // Waits for the transfer before returning, so the time the base class
+    // measures is the exchange's (the dispatcher needs the rows next anyway).
+    void do_all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
+                         const std::vector<int64_t>& recv_counts, DType dtype) override;
+
+private:
+    // The comm stream waits for the compute queued so far; after the
+    // collective, the compute stream waits for it.
+    void begin();
+    void end();
+
+    std::unique_ptr<Communicator> host_;
+    cudaStream_t compute_;
+    cudaStream_t stream_ = nullptr;
+    cudaEvent_t compute_done_ = nullptr, comm_done_ = nullptr;
+    ncclComm_t comm_ = nullptr;
+};
+
+}  // namespace moe
