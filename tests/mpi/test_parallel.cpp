@@ -20,6 +20,9 @@
 #include "engine/shards.h"
 #include "engine/trainer.h"
 #include "kernels/cpu/cpu_ops.h"
+#if MOE_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
 #include "tests/test_util.h"
 #include "tests/tiny_model.h"
 
@@ -76,34 +79,45 @@ GlobalBatch make_batch(int W, int vocab) {
     return b;
 }
 
+// An F32 or F64 tensor of the backend's memory, as doubles on the host.
+std::vector<double> host_values(Ops& ops, const Tensor& t) {
+    if (t.dtype == DType::F64) {
+        std::vector<double> v(static_cast<size_t>(t.numel()));
+        ops.copy_to_host(v.data(), t);
+        return v;
+    }
+    std::vector<float> f(static_cast<size_t>(t.numel()));
+    ops.copy_to_host(f.data(), t);
+    return std::vector<double>(f.begin(), f.end());
+}
+
 // Perturbs the 1-D parameters (norms, mu, biases) away from their constant
 // init, the same on every rank, so their gradients are generic.
 void perturb(ParameterSet& params) {
+    Ops& ops = params.ops();
     for (Param& p : params.all()) {
         if (p.shape.size() != 1) continue;
         Rng rng(std::hash<std::string>{}(p.name));
-        for (int64_t i = 0; i < p.numel(); ++i) {
-            const double d = 0.1 * rng.normal();
-            if (p.value.dtype == DType::F64)
-                p.value.ptr<double>()[i] += d;
-            else
-                p.value.ptr<float>()[i] += float(d);
+        std::vector<double> v = host_values(ops, p.value);
+        for (double& x : v) x += 0.1 * rng.normal();
+        if (p.value.dtype == DType::F64) {
+            ops.copy_from_host(p.value, v.data());
+        } else {
+            const std::vector<float> f(v.begin(), v.end());
+            ops.copy_from_host(p.value, f.data());
         }
     }
-}
-
-double element(const Tensor& t, int64_t i) {
-    return t.dtype == DType::F64 ? t.ptr<double>()[i] : double(t.ptr<float>()[i]);
+    params.refresh_work();
 }
 
 // |got - want| <= rtol * max|want| over the tensor (zero tensors: exactly 0).
-void check_close(const std::string& what, const Tensor& got, int64_t got_start, const Tensor& want,
-                 int64_t want_start, int64_t n, double rtol) {
+void check_close(const std::string& what, const std::vector<double>& got, int64_t got_start,
+                 const std::vector<double>& want, int64_t want_start, int64_t n, double rtol) {
     double scale = 0, worst = 0;
     int64_t worst_at = 0;
-    for (int64_t i = 0; i < n; ++i) scale = std::max(scale, std::fabs(element(want, want_start + i)));
+    for (int64_t i = 0; i < n; ++i) scale = std::max(scale, std::fabs(want[size_t(want_start + i)]));
     for (int64_t i = 0; i < n; ++i) {
-        const double d = std::fabs(element(got, got_start + i) - element(want, want_start + i));
+        const double d = std::fabs(got[size_t(got_start + i)] - want[size_t(want_start + i)]);
         if (d > worst) worst = d, worst_at = i;
     }
     INFO(what << ": max |difference| " << worst << " at element " << worst_at << ", max |reference| " << scale);
@@ -128,18 +142,18 @@ Reference single_process_step(Model& model, const GlobalBatch& batch, int W) {
     return r;
 }
 
-void check_layout_matches_one_process(const ModelConfig& cfg, DType dtype, double rtol, int ep) {
-    CpuOps ops;
+void check_layout_matches_one_process(const ModelConfig& cfg, Ops& ops, const Precision& precision, double rtol,
+                                      int ep) {
     ProcessGroups groups = make_process_groups(ep);
     const int W = groups.world_size(), rank = groups.world_rank();
     const GlobalBatch batch = make_batch(W, cfg.vocab_size);
 
-    Model reference(cfg, ops, dtype, kB, kT);
+    Model reference(cfg, ops, precision, kB, kT);
     reference.params().initialize(kSeed);
     perturb(reference.params());
     const Reference want = single_process_step(reference, batch, W);
 
-    Model model(cfg, ops, dtype, kB, kT, groups.ep.get());
+    Model model(cfg, ops, precision, kB, kT, groups.ep.get());
     ParameterSet& params = model.params();
     params.initialize(kSeed);
     perturb(params);
@@ -158,7 +172,8 @@ void check_layout_matches_one_process(const ModelConfig& cfg, DType dtype, doubl
         // An expert stack holds this rank's experts: compare with theirs.
         const int64_t start = p.is_expert_stack() ? p.expert_offset * (p.numel() / p.shape[0]) : 0;
         REQUIRE(r.numel() >= start + p.numel());
-        check_close(p.name + " gradient", p.grad, 0, r.grad, start, p.numel(), rtol);
+        check_close(p.name + " gradient", host_values(ops, p.grad), 0, host_values(ops, r.grad), start, p.numel(),
+                    rtol);
     }
     // Every rank reports the same norm, the norm of the reference's gradient.
     const double norm = global_grad_norm(params, &groups);
@@ -181,11 +196,38 @@ TEST_CASE("each ep x dp layout gives the loss and gradients of one process", "[m
             for (const auto& [dtype, rtol] : {std::pair{DType::F64, 1e-11}, std::pair{DType::F32, 1e-5}}) {
                 INFO(v.name << ", expert_parallel " << ep << " x data parallel " << world_size / ep << ", "
                             << (dtype == DType::F64 ? "F64" : "F32"));
-                check_layout_matches_one_process(cfg, dtype, rtol, ep);
+                CpuOps ops;
+                check_layout_matches_one_process(cfg, ops, dtype, rtol, ep);
             }
         }
     }
 }
+
+#if MOE_HAVE_CUDA
+// All ranks on one GPU (NCCL refuses that), device buffers staged through
+// host memory by the MPI communicator. Hidden tag: ctest runs it by name
+// where there is a GPU (label gpu). The tiny model with head size 16 (the
+// smallest the CUDA attention takes). Tolerance: bf16 compute; a layout
+// changes the rows each expert GEMM sees and so cuBLAS's summation, which a
+// bf16 rounding can turn into one ulp (2^-8) here and there: 2% of each
+// tensor's largest element.
+TEST_CASE("on one GPU, each ep layout over staged MPI gives one process's loss and gradients", "[.][gpu]") {
+    const int world_size = MpiCommunicator::world()->size();
+    CudaOps ops(0);
+    for (const Variant& v : variants()) {
+        ModelConfig cfg = small_model();
+        cfg.hidden_size = 32;
+        cfg.num_heads = 2;
+        cfg.moe.expert_hidden_size = 16;  // rows of whole 16-byte words for cuBLASLt
+        cfg.dynamics.controller_size = 8;
+        v.apply(cfg);
+        for (int ep : expert_parallel_sizes(world_size, cfg.moe.num_experts)) {
+            INFO(v.name << ", expert_parallel " << ep << " x data parallel " << world_size / ep << " on one GPU");
+            check_layout_matches_one_process(cfg, ops, ops.training_precision(), 2e-2, ep);
+        }
+    }
+}
+#endif
 
 namespace {
 
