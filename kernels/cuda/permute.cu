@@ -20,41 +20,14 @@ namespace moe {
 namespace {
 
 using cuda::bf16;
+using cuda::load_chunk;
+using cuda::store_chunk;
 using cuda::require_dtype;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
 bf16* bf16_ptr(const Tensor& t) { return static_cast<bf16*>(t.data); }  // dtype checked by the caller
-
-// W consecutive bf16 as floats, and back (W = 8: one 16-byte access).
-template <int W> __device__ __forceinline__ void load_chunk(float (&out)[W], const bf16* p) {
-    if constexpr (W == 8) {
-        const uint4 u = *reinterpret_cast<const uint4*>(p);
-        const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float2 f = __bfloat1622float2(pairs[i]);
-            out[2 * i] = f.x;
-            out[2 * i + 1] = f.y;
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < W; ++i) out[i] = __bfloat162float(p[i]);
-    }
-}
-template <int W> __device__ __forceinline__ void store_chunk(bf16* p, const float (&in)[W]) {
-    if constexpr (W == 8) {
-        uint4 u;
-        auto* pairs = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) pairs[i] = __floats2bfloat162_rn(in[2 * i], in[2 * i + 1]);
-        *reinterpret_cast<uint4*>(p) = u;
-    } else {
-#pragma unroll
-        for (int i = 0; i < W; ++i) p[i] = __float2bfloat16_rn(in[i]);
-    }
-}
 
 // xe[r] = x[row_token[r]], one thread per chunk.
 template <int W>
