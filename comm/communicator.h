@@ -33,6 +33,14 @@ public:
 
     // buf[count] is replaced by the element-wise reduction over the group.
     virtual void all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) = 0;
+    // The same, allowed to finish later: the compute queued after it may run
+    // alongside it until wait_async(). Transports that cannot overlap (MPI)
+    // finish it at once.
+    virtual void all_reduce_async(void* buf, int64_t count, DType dtype, ReduceOp op) {
+        all_reduce(buf, count, dtype, op);
+    }
+    // Later compute sees the results of every all_reduce_async before it.
+    virtual void wait_async() {}
     // send[size() * count]: block r of every rank, reduced, lands in recv[count] of rank r.
     virtual void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op) = 0;
     // send[count] of rank r lands in block r of recv[size() * count] on every rank.

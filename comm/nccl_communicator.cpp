@@ -75,6 +75,12 @@ void NcclCommunicator::all_reduce(void* buf, int64_t count, DType dtype, ReduceO
     end();
 }
 
+void NcclCommunicator::all_reduce_async(void* buf, int64_t count, DType dtype, ReduceOp op) {
+    if (!on_device(buf)) return host_->all_reduce(buf, count, dtype, op);
+    begin();
+    check_nccl(ncclAllReduce(buf, buf, size_t(count), nccl_type(dtype), nccl_op(op), comm_, stream_), "ncclAllReduce");
+}
+
 void NcclCommunicator::reduce_scatter(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op) {
     if (!on_device(send, recv)) return host_->reduce_scatter(send, recv, count, dtype, op);
     begin();

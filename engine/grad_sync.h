@@ -3,12 +3,32 @@
 // the tokens of its EP group (they came through the all-to-all), so it is
 // summed over the expert-data-parallel group and divided by the world size.
 #pragma once
+#include <vector>
+
 #include "comm/process_groups.h"
 #include "engine/parameters.h"
 
 namespace moe {
 
-// groups may be null (one process): then nothing to do.
+// Averages gradients in buckets as the backward finishes them: the model
+// hands over each layer's parameters once their gradients are final
+// (ready()), their all-reduce starts at once (on NCCL it runs alongside the
+// rest of the backward), and finish() reduces what is left, waits, and
+// divides by the world size. groups null or a world of one: nothing moves.
+class GradientReducer {
+public:
+    GradientReducer(ParameterSet& params, const ProcessGroups* groups) : params_(params), groups_(groups) {}
+    void ready(const std::vector<Param*>& bucket);
+    void finish();
+
+private:
+    void reduce(Param& p);
+    ParameterSet& params_;
+    const ProcessGroups* groups_;
+    std::vector<const Param*> reduced_;
+};
+
+// All gradients at once (a GradientReducer given everything at the end).
 void average_gradients(ParameterSet& params, const ProcessGroups* groups);
 // sqrt of the sum of squared gradients of the whole model, over all ranks
 // (after average_gradients: replicated gradients are equal everywhere, expert

@@ -47,6 +47,13 @@ Model::Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B
     }
     norm_ = &params_.add("norm.weight", {H}, InitSpec::fill(1), false);
     lm_head_ = cfg.tie_embeddings ? embed_ : &params_.add("lm_head.weight", {V, H}, init, true);
+    layer_buckets_.resize(size_t(cfg.num_layers));
+    for (Param& p : params_.all()) {
+        if (p.name.rfind("layers.", 0) == 0)
+            layer_buckets_[size_t(std::stoi(p.name.substr(7)))].push_back(&p);
+    }
+    head_bucket_.push_back(norm_);
+    if (!cfg.tie_embeddings) head_bucket_.push_back(lm_head_);
     carve();  // a dry run sizes the arenas
     try {
         params_.allocate(ops, precision);
@@ -166,7 +173,7 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
     return r;
 }
 
-void Model::backward(double loss_scale) {
+void Model::backward(double loss_scale, GradientReducer* reducer) {
     const int64_t N = int64_t(B_) * T_;
     const bool dyn = cfg_.dynamics.enabled;
     Tensor dh = dh_[0], dv = dv_[0];
@@ -180,6 +187,7 @@ void Model::backward(double loss_scale) {
         ops_.matmul_backward(dxn_, lm_head_->grad, {}, logits_, hn_, lm_head_->work);
         ops_.rmsnorm_backward(dh, norm_->grad, dxn_, h_.back(), norm_->work, rstd_);
         if (dyn) ops_.zero(dv);
+        if (reducer) reducer->ready(head_bucket_);
     }
 
     for (size_t l = blocks_.size(); l-- > 0;) {
@@ -206,6 +214,7 @@ void Model::backward(double loss_scale) {
         ops_.zero(dxn_);
         b.attn.backward(ops_, b.xn1, dh, dxn_);
         ops_.rmsnorm_backward(dh, b.attn_norm->grad, dxn_, h_[l], b.attn_norm->work, b.rstd1);
+        if (reducer) reducer->ready(layer_buckets_[l]);
     }
     PhaseScope scope(times_, ops_, Phase::Other);
     ops_.embedding_backward(embed_->grad, ids_, dh);

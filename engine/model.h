@@ -9,6 +9,7 @@
 #include "engine/attention_layer.h"
 #include "engine/config.h"
 #include "engine/dynamics_layer.h"
+#include "engine/grad_sync.h"
 #include "engine/moe_layer.h"
 #include "engine/parameters.h"
 #include "engine/phase_times.h"
@@ -42,8 +43,10 @@ public:
     // Keeps what the backward needs.
     ForwardResult forward(const int32_t* inputs, const int32_t* targets);
     // Accumulates into the parameter gradients the gradient of
-    // loss_scale * (loss + aux) of the last forward.
-    void backward(double loss_scale);
+    // loss_scale * (loss + aux) of the last forward. A reducer, when given,
+    // receives each layer's parameters as soon as their gradients are final
+    // (the last micro-batch of a step), so their all-reduce overlaps the rest.
+    void backward(double loss_scale, GradientReducer* reducer = nullptr);
     // The [B*T, V] logits of the last forward, for sampling; backward
     // overwrites them with their gradient.
     const Tensor& logits() const { return logits_; }
@@ -65,6 +68,10 @@ private:
     std::vector<std::unique_ptr<DynamicsModule>> dynamics_;
     std::vector<std::unique_ptr<Block>> blocks_;
     std::vector<int32_t> ids_host_;
+    // Gradient buckets in the order the backward finishes them: the head's
+    // (final norm, untied lm_head), then each layer's, last layer first.
+    std::vector<Param*> head_bucket_;
+    std::vector<std::vector<Param*>> layer_buckets_;
     PhaseTimes* times_ = nullptr;
 
     Arena acts_, scratch_;

@@ -247,6 +247,7 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
         const double a2a_bytes0 = ep ? double(ep->bytes_sent_all_to_all()) : 0;
         params.zero_grads();
         StepTotals totals;
+        GradientReducer reducer(params, groups);
         for (int a = 0; a < A; ++a) {
             train_data->next_batch(inputs.data(), targets.data());
             ForwardResult r = model.forward(inputs.data(), targets.data());
@@ -256,11 +257,11 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
             add_counts(totals.routed, r.routed);
             // Always backward, even after a NaN: every rank must make the same
             // collective calls; the step is judged once all ranks agree.
-            model.backward(1.0 / A);
+            model.backward(1.0 / A, a == A - 1 ? &reducer : nullptr);
         }
         totals.stop = stop_requested();
         totals.reduce(groups);
-        average_gradients(params, groups);
+        reducer.finish();
         const double loss = totals.loss, aux = totals.aux, grad_norm = global_grad_norm(params, groups);
         const int64_t dropped = totals.dropped;
         const double lr = learning_rate(cfg.optimizer, step, steps);

@@ -32,14 +32,17 @@ constexpr const char* kProgram = "moe-bench";
 constexpr double kPeakTflops = 989.4;  // H100/H200 SXM dense bf16 (MODEL.md)
 
 const char* kUsage =
-    "usage: moe-bench --config FILE [--steps N] [--warmup N] [--phase-steps N] [--set key=value ...]\n"
+    "usage: moe-bench --config FILE [--steps N] [--warmup N] [--phase-steps N] [--no-overlap]\n"
+    "                 [--set key=value ...]\n"
     "  Trains FILE's model on random tokens: N timed steps after the warm-up, then\n"
     "  --phase-steps steps timed phase by phase (0: skip). Under mpirun the ranks\n"
-    "  split the experts as parallel.expert_parallel says.\n";
+    "  split the experts as parallel.expert_parallel says; gradients are all-reduced\n"
+    "  layer by layer during the backward, or after it with --no-overlap.\n";
 
 struct Args {
     std::string config;
     int steps = 20, warmup = 3, phase_steps = 5;
+    bool overlap = true;
     std::vector<std::string> overrides;
 };
 
@@ -56,6 +59,7 @@ Args parse(int argc, char** argv) {
         else if (arg == "--warmup") a.warmup = int(moe::integer_flag(kProgram, arg, value(), 0));
         else if (arg == "--phase-steps") a.phase_steps = int(moe::integer_flag(kProgram, arg, value(), 0));
         else if (arg == "--set") a.overrides.push_back(value());
+        else if (arg == "--no-overlap") a.overlap = false;
         else if (arg == "--help" || arg == "-h") {
             std::fputs(kUsage, stdout);
             std::exit(0);
@@ -101,10 +105,11 @@ int run(const Args& args) {
     const auto step = [&](int64_t n) {
         params.zero_grads();
         const moe::ForwardResult r = model->forward(inputs.data(), targets.data());
-        model->backward(1.0);
+        moe::GradientReducer reducer(params, &groups);
+        model->backward(1.0, args.overlap ? &reducer : nullptr);
         ops->synchronize();
         const auto t0 = std::chrono::steady_clock::now();
-        moe::average_gradients(params, &groups);
+        reducer.finish();
         ops->synchronize();
         grad_sync_s += since(t0);
         const double norm = moe::global_grad_norm(params, &groups);
@@ -152,7 +157,8 @@ int run(const Args& args) {
             std::printf("GPU memory     %.2f GiB in use on rank 0's GPU (CUDA context included); model planned "
                         "%.2f GiB activations\n",
                         ops->device_memory_used() / 1073741824.0, model->activation_bytes() / 1073741824.0);
-        std::printf("grad sync      %.2f ms per step (all-reduce of gradients)\n", grad_sync_s / args.steps * 1e3);
+        std::printf("grad sync      %.2f ms per step after the backward (%s)\n", grad_sync_s / args.steps * 1e3,
+                    args.overlap ? "the rest of the all-reduce started layer by layer during it" : "all of it");
     }
     if (ep) {
         const double a2a_s = (ep->seconds_in_all_to_all() - a2a_s0) / args.steps;
