@@ -15,6 +15,7 @@
 #include "comm/mpi_communicator.h"
 #include "comm/process_groups.h"
 #include "engine/grad_sync.h"
+#include "engine/layout_report.h"
 #include "engine/model.h"
 #include "engine/rng.h"
 #include "engine/shards.h"
@@ -339,6 +340,13 @@ Config training_config(const std::string& shards, int micro_batch, int accum, in
 
 // Training runs in fp32: the layouts' curves agree to relative 1e-4 over 20
 // steps (the gradients differ in the last bits, and AdamW carries that on).
+// All ranks of these tests share one host: the GPU each takes (its local
+// rank) is its world rank.
+TEST_CASE("a rank's local rank counts the ranks before it on its node", "[mpi]") {
+    std::unique_ptr<Communicator> world = MpiCommunicator::world();
+    REQUIRE(local_rank(*world) == world->rank());
+}
+
 TEST_CASE("20 training steps give one process's loss curve", "[mpi]") {
     spdlog::set_level(spdlog::level::warn);  // every rank trains a reference: keep their logs quiet
     auto world = MpiCommunicator::world();
