@@ -42,9 +42,11 @@ void* DeviceStaging::to_host(int slot, const void* p, size_t bytes, bool copy_in
         check(cudaMallocHost(&pinned_[slot], bytes), "cudaMallocHost");
         capacity_[slot] = bytes;
     }
+    // The compute runs on its own non-blocking stream, which these
+    // default-stream copies do not wait for: finish everything queued before
+    // p is read here or, receive-only too, overwritten by to_device().
+    check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
     if (copy_in) {
-        // The compute runs on its own stream: wait for everything queued.
-        check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
         check(cudaMemcpy(pinned_[slot], p, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
         bytes_staged_ += bytes;
     }

@@ -21,8 +21,9 @@ public:
     // Whether p points into GPU memory.
     static bool is_device(const void* p);
     // A host pointer for `bytes` of p: p itself when it is host memory, else
-    // the pinned buffer of `slot`, filled from p when copy_in (after all
-    // queued GPU work is done, so p holds what the compute wrote).
+    // the pinned buffer of `slot`, filled from p when copy_in. A device p
+    // waits for all queued GPU work first, so p holds what the compute wrote
+    // and no queued work still uses it when to_device() writes it.
     void* to_host(int slot, const void* p, size_t bytes, bool copy_in);
     // Copies host back into p when to_host() staged it.
     void to_device(void* p, const void* host, size_t bytes);

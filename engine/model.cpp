@@ -74,11 +74,11 @@ std::string Model::out_of_memory_message(const OutOfDeviceMemory& e) const {
     std::snprintf(buf, sizeof buf,
                   "out of GPU memory: this config needs %.2f GiB for %.1fM parameters on this rank (weights, "
                   "gradients, AdamW state) and %.2f GiB for activations of train.micro_batch_size %d x "
-                  "train.seq_len %d; %.2f GiB of %.2f GiB were free (an allocation of %.2f GiB failed). Lower "
+                  "train.seq_len %d; an allocation of %.2f GiB failed with %.2f GiB of the GPU's %.2f GiB free. Lower "
                   "train.micro_batch_size (raise train.grad_accum_steps to keep the batch), or spread the experts "
                   "over more GPUs with parallel.expert_parallel",
                   params_.planned_bytes(pr_) / gib, params_.numel() / 1e6, activation_bytes() / gib, B_, T_,
-                  e.free_bytes / gib, e.total_bytes / gib, e.requested / gib);
+                  e.requested / gib, e.free_bytes / gib, e.total_bytes / gib);
     return buf;
 }
 
