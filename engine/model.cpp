@@ -4,6 +4,8 @@
 #include <string>
 #include <utility>
 
+#include "kernels/attention_dims.h"
+
 namespace moe {
 
 // One transformer block: x = h + attn(norm(h)); h' = x + moe(norm(x)); then
@@ -29,7 +31,7 @@ struct Model::Block {
 Model::Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B, int T, Communicator* ep)
     : cfg_(cfg), ops_(ops), pr_(precision), B_(B), T_(T), acts_(ops), scratch_(ops) {
     const int hd = cfg.head_dim();
-    if (ops.device() == Device::CUDA && hd != 16 && hd != 32 && hd != 64 && hd != 128)
+    if (ops.device() == Device::CUDA && !gpu_attention_head_size(hd))
         throw ConfigError("config: the head size model.hidden_size / model.num_heads is " + std::to_string(hd) +
                           "; the CUDA attention kernels take 16, 32, 64 or 128: change model.num_heads");
     const int64_t V = cfg.vocab_size, H = cfg.hidden_size;

@@ -16,7 +16,7 @@ constexpr int kPhases = 7;
 
 inline const char* phase_name(Phase p) {
     static const char* names[kPhases] = {"attention",      "experts",          "routing+permutation",
-                                         "dynamics",       "lm head+loss",     "optimizer",
+                                         "dynamics",       "lm head+loss",     "grad all-reduce+optimizer",
                                          "other (embedding, norms, residuals)"};
     return names[int(p)];
 }

@@ -7,6 +7,7 @@
 
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/parallel.h"
+#include "tests/attention_shape.h"
 #include "tests/gradcheck.h"
 #include "tests/op_testing.h"
 
@@ -14,13 +15,6 @@ using namespace moe;
 using namespace moe::test;
 
 namespace {
-
-struct Shape {
-    int64_t B, T, nh, nkv, hd;
-    int64_t q_size() const { return B * T * nh * hd; }
-    int64_t kv_size() const { return B * T * nkv * hd; }
-    int64_t lse_size() const { return B * nh * T; }
-};
 
 struct Reference {
     std::vector<double> out, lse;

@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/attention_dims.h"
 #include "kernels/check.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
@@ -19,29 +20,6 @@
 namespace moe {
 
 namespace {
-
-struct Dims {
-    int64_t B, T, nh, nkv, hd;
-    int64_t group() const { return nh / nkv; }  // query heads per kv head
-    // Offsets of (b, t, head) in q/out [B,T,nh,hd] and in k/v [B,T,nkv,hd].
-    int64_t q_at(int64_t b, int64_t t, int64_t h) const { return ((b * T + t) * nh + h) * hd; }
-    int64_t kv_at(int64_t b, int64_t t, int64_t h) const { return ((b * T + t) * nkv + h) * hd; }
-    int64_t lse_at(int64_t b, int64_t h, int64_t t) const { return (b * nh + h) * T + t; }
-};
-
-Dims dims_of(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-             const Tensor& lse) {
-    const std::string shapes = "q " + q.shape_str() + ", k " + k.shape_str() + ", v " + v.shape_str() + ", out " +
-                               out.shape_str() + ", lse " + lse.shape_str();
-    check(q.ndim == 4 && k.ndim == 4 && k.shape == v.shape, op,
-          "expected q [B,T,nh,hd], k and v [B,T,nkv,hd]; got " + shapes);
-    const Dims d{q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3)};
-    check(k.dim(0) == d.B && k.dim(1) == d.T && k.dim(3) == d.hd && d.nkv > 0 && d.nh % d.nkv == 0 &&
-              out.numel() == q.numel() && lse.numel() == d.B * d.nh * d.T,
-          op, "expected q [B,T,nh,hd], k and v [B,T,nkv,hd] with nkv dividing nh, out like q, lse [B,nh,T]; got " +
-                  shapes);
-    return d;
-}
 
 template <class T> T dot(const T* a, const T* b, int64_t n) {
     T acc = 0;
@@ -60,7 +38,7 @@ template <class T> T* data_or_null(const Tensor& t) { return t.empty() ? nullptr
 }  // namespace
 
 void CpuOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) {
-    const Dims d = dims_of("attention_forward", q, k, v, out, lse);
+    const AttentionDims d = attention_dims("attention_forward", q, k, v, out, lse);
     dispatch_float(q, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const T scale = T(1.0 / std::sqrt(double(d.hd)));
@@ -93,7 +71,7 @@ void CpuOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tenso
 
 void CpuOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
                                 Tensor out, Tensor lse) {
-    const Dims d = dims_of("attention_backward", q, k, v, out, lse);
+    const AttentionDims d = attention_dims("attention_backward", q, k, v, out, lse);
     check(dout.numel() == q.numel() && (dq.empty() || dq.numel() == q.numel()) &&
               (dk.empty() || dk.numel() == k.numel()) && (dv.empty() || dv.numel() == v.numel()),
           "attention_backward",

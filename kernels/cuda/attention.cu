@@ -22,6 +22,7 @@
 #include <string>
 #include <type_traits>
 
+#include "kernels/attention_dims.h"
 #include "kernels/cuda/common.cuh"
 
 namespace moe {
@@ -478,21 +479,11 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
 
 // ---- host side ------------------------------------------------------------------
 
-struct Dims {
-    int64_t B, T, nh, nkv, hd;
-};
-
-Dims dims_of(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse) {
-    const std::string shapes = "q " + q.shape_str() + ", k " + k.shape_str() + ", v " + v.shape_str() + ", out " +
-                               out.shape_str() + ", lse " + lse.shape_str();
-    check(q.ndim == 4 && k.ndim == 4 && k.shape == v.shape, op,
-          "expected q [B,T,nh,hd], k and v [B,T,nkv,hd]; got " + shapes);
-    const Dims d{q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3)};
-    check(k.dim(0) == d.B && k.dim(1) == d.T && k.dim(3) == d.hd && d.nkv > 0 && d.nh % d.nkv == 0 &&
-              out.numel() == q.numel() && lse.numel() == d.B * d.nh * d.T,
-          op,
-          "expected q [B,T,nh,hd], k and v [B,T,nkv,hd] with nkv dividing nh, out like q, lse [B,nh,T]; got " + shapes);
-    check(d.hd == 16 || d.hd == 32 || d.hd == 64 || d.hd == 128, op,
+AttentionDims dims_of(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                      const Tensor& lse) {
+    const AttentionDims d = attention_dims(op, q, k, v, out, lse);
+    const std::string shapes = attention_shapes(q, k, v, out, lse);
+    check(gpu_attention_head_size(d.hd), op,
           "the CUDA backend supports head sizes 16, 32, 64 and 128, got hd " + std::to_string(d.hd) + " (" + shapes +
               ")");
     // Grid y counts 64-row tiles; grid x counts (batch, head) pairs.
@@ -531,7 +522,7 @@ template <class Kernel> void allow_shared(Kernel kernel, size_t bytes) {
         MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
-Shape shape_of(const Dims& d) {
+Shape shape_of(const AttentionDims& d) {
     const float scale = float(1.0 / std::sqrt(double(d.hd)));
     return {int(d.T), int(d.nh), int(d.nkv), scale, scale * kLog2e};
 }
@@ -542,7 +533,7 @@ int tiles(int64_t T) { return int((T + kTile - 1) / kTile); }
 
 void CudaOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) {
     const char* op = "attention_forward";
-    const Dims d = dims_of(op, q, k, v, out, lse);
+    const AttentionDims d = dims_of(op, q, k, v, out, lse);
     require_aligned(op, "q", q, 16);
     require_aligned(op, "k", k, 16);
     require_aligned(op, "v", v, 16);
@@ -563,7 +554,7 @@ void CudaOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tens
 void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
                                  Tensor lse) {
     const char* op = "attention_backward";
-    const Dims d = dims_of(op, q, k, v, out, lse);
+    const AttentionDims d = dims_of(op, q, k, v, out, lse);
     check(dout.numel() == q.numel() && (dq.empty() || dq.numel() == q.numel()) &&
               (dk.empty() || dk.numel() == k.numel()) && (dv.empty() || dv.numel() == v.numel()),
           op,

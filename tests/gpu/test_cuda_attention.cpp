@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/attention_shape.h"
 #include "tests/catch.h"
 #include "tests/gpu/gpu_testing.h"
 
@@ -15,13 +16,6 @@ using namespace moe;
 using namespace moe::test;
 
 namespace {
-
-struct Shape {
-    int64_t B, T, nh, nkv, hd;
-    int64_t q_size() const { return B * T * nh * hd; }
-    int64_t kv_size() const { return B * T * nkv * hd; }
-    int64_t lse_size() const { return B * nh * T; }
-};
 
 std::string describe(const Shape& d) {
     return "B " + std::to_string(d.B) + " T " + std::to_string(d.T) + " nh " + std::to_string(d.nh) + " nkv " +
