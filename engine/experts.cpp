@@ -38,8 +38,6 @@ void Experts::backward(Ops& ops, Tensor xe, Tensor dye, Tensor dxe, const std::v
     Tensor gate = gate_.rows(0, R), up = up_.rows(0, R), act = act_.rows(0, R);
     Tensor dgate = dgate_.rows(0, R), dup = dup_.rows(0, R), dact = dact_.rows(0, R);
     ops.zero(dact);
-    ops.zero(dgate);
-    ops.zero(dup);
     ops.grouped_matmul_backward(dact, w_down_->grad, dye, act, w_down_->work, offsets);
     ops.swiglu_backward(dgate, dup, dact, gate, up);
     ops.grouped_matmul_backward(dxe, w_gate_->grad, dgate, xe, w_gate_->work, offsets);

@@ -37,8 +37,11 @@ void GradientReducer::finish() {
 void average_gradients(ParameterSet& params, const ProcessGroups* groups) { GradientReducer(params, groups).finish(); }
 
 double global_grad_norm(ParameterSet& params, const ProcessGroups* groups) {
+    std::vector<Tensor> grads;
+    for (const Param& p : params.all()) grads.push_back(p.grad);
+    const std::vector<double> sums = params.ops().sum_squares(grads);  // one wait for all
     double replicated = 0, experts = 0;
-    for (const Param& p : params.all()) (p.is_expert_stack() ? experts : replicated) += params.ops().sum_squares(p.grad);
+    for (size_t i = 0; i < sums.size(); ++i) (params.all()[i].is_expert_stack() ? experts : replicated) += sums[i];
     if (groups && groups->ep_size() > 1) groups->ep->all_reduce(&experts, 1, DType::F64, ReduceOp::Sum);
     return std::sqrt(replicated + experts);
 }

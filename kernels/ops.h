@@ -92,7 +92,8 @@ public:
     virtual void scale(Tensor y, double alpha) = 0;             // y *= alpha
     // Reductions in a fixed order (the same result on every call), in double
     // on the CPU and fp32 partials summed in double on the GPU.
-    virtual double sum_squares(Tensor x) = 0;                   // sum x^2
+    // Each tensor's sum x^2, read back together: a device waits once for all.
+    virtual std::vector<double> sum_squares(const std::vector<Tensor>& xs) = 0;
     virtual double sum(Tensor x) = 0;                           // sum x
     // Row-wise concat: out[N, a+b] = [a_ | b_]; backward splits and accumulates.
     virtual void concat_cols_forward(Tensor out, Tensor a, Tensor b) = 0;
@@ -125,6 +126,9 @@ public:
     virtual void silu_backward(Tensor dx, Tensor dy, Tensor x) = 0;
     // out = silu(gate) * up, all [R,I].
     virtual void swiglu_forward(Tensor out, Tensor gate, Tensor up) = 0;
+    // Writes (does not add to) dgate and dup, either may be empty: they are
+    // the experts' scratch, the largest activations of a step, and adding
+    // would cost a zeroing pass and a read of each.
     virtual void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up) = 0;
 
     // ---- RoPE, rotate-half, in place on x[B,T,heads,hd], position = t -----

@@ -45,7 +45,7 @@ void check_model_gradients(const ModelConfig& cfg) {
     if (cfg.moe.capacity_factor) REQUIRE(r.dropped > 0);
 
     for (Param& p : params.all()) {
-        REQUIRE(params.ops().sum_squares(p.grad) > 0);  // every parameter is reached
+        REQUIRE(params.ops().sum_squares({p.grad})[0] > 0);  // every parameter is reached
         moe::test::check_gradient(p.name, loss, p.value.ptr<double>(), p.grad.ptr<double>(), p.numel(), 1e-6,
                                   1e-9, 16);
     }

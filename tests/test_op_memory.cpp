@@ -101,7 +101,7 @@ TEST_CASE("sum and sum_squares are double sums that do not depend on the thread 
         sum += v;
         squares += double(v) * v;
     }
-    auto sums = [&] { return std::vector<double>{ops.sum(tensor(x, {n})), ops.sum_squares(tensor(x, {n}))}; };
+    auto sums = [&] { return std::vector<double>{ops.sum(tensor(x, {n})), ops.sum_squares({tensor(x, {n})})[0]}; };
     const std::vector<double> got = sums();
     REQUIRE(got[0] == Approx(sum).epsilon(1e-12).margin(1e-9));
     REQUIRE(got[1] == Approx(squares).epsilon(1e-12));
@@ -109,7 +109,10 @@ TEST_CASE("sum and sum_squares are double sums that do not depend on the thread 
 
     std::vector<double> small = {1, -2, 3};
     REQUIRE(ops.sum(tensor(small, {3})) == 2);
-    REQUIRE(ops.sum_squares(tensor(small, {3})) == 14);
+    std::vector<double> empty;
+    // several tensors at once: each its own sum, in order; an empty one sums to 0
+    REQUIRE(ops.sum_squares({tensor(small, {3}), tensor(empty, {0}), tensor(x, {n})}) ==
+            std::vector<double>{14, 0, got[1]});
 }
 
 TEST_CASE("concat_cols joins rows and its backward splits and accumulates", "[unit]") {

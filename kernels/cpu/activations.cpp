@@ -68,8 +68,8 @@ void CpuOps::swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate,
 #pragma omp parallel for schedule(static) if (worth_threads(n))
         for (int64_t i = 0; i < n; ++i) {
             const T s = sigmoid(g[i]);
-            if (dg) dg[i] += d[i] * u[i] * silu_grad(g[i], s);
-            if (du) du[i] += d[i] * g[i] * s;
+            if (dg) dg[i] = d[i] * u[i] * silu_grad(g[i], s);
+            if (du) du[i] = d[i] * g[i] * s;
         }
     });
 }

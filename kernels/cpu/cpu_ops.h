@@ -23,7 +23,7 @@ public:
     void copy(Tensor dst, Tensor src) override;
     void add(Tensor y, Tensor x, double alpha = 1) override;
     void scale(Tensor y, double alpha) override;
-    double sum_squares(Tensor x) override;
+    std::vector<double> sum_squares(const std::vector<Tensor>& xs) override;
     double sum(Tensor x) override;
     void concat_cols_forward(Tensor out, Tensor a, Tensor b) override;
     void concat_cols_backward(Tensor da, Tensor db, Tensor dout) override;

@@ -108,8 +108,11 @@ template <class F> double reduce(const Tensor& x, F term) {
 
 }  // namespace
 
-double CpuOps::sum_squares(Tensor x) {
-    return reduce(x, [](double v) { return v * v; });
+std::vector<double> CpuOps::sum_squares(const std::vector<Tensor>& xs) {
+    std::vector<double> sums;
+    sums.reserve(xs.size());
+    for (const Tensor& x : xs) sums.push_back(reduce(x, [](double v) { return v * v; }));
+    return sums;
 }
 
 double CpuOps::sum(Tensor x) {

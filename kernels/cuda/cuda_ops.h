@@ -57,7 +57,7 @@ public:
     void copy(Tensor dst, Tensor src) override;
     void add(Tensor y, Tensor x, double alpha = 1) override;
     void scale(Tensor y, double alpha) override;
-    double sum_squares(Tensor x) override;
+    std::vector<double> sum_squares(const std::vector<Tensor>& xs) override;
     double sum(Tensor x) override;
     void concat_cols_forward(Tensor out, Tensor a, Tensor b) override;
     void concat_cols_backward(Tensor da, Tensor db, Tensor dout) override;
@@ -109,8 +109,8 @@ public:
 
     // ---- scratch shared by the op families (kernels/cuda/*.cu) -------------
     // Per-block fp64 partial sums for the deterministic reductions: room for
-    // kMaxPartials doubles.
-    static constexpr int kMaxPartials = 4096;
+    // kMaxPartials doubles (the blocks of every gradient of a large model).
+    static constexpr int kMaxPartials = 65536;
     double* partials() const { return partials_; }
     // Pinned host doubles for results read back: room for kMaxPartials.
     double* host_results() const { return host_results_; }
@@ -121,6 +121,9 @@ public:
     // (after waiting for queued work) only when a larger size is asked for.
     void* scratch(size_t bytes);
     static constexpr size_t kLtWorkspaceBytes = size_t(32) << 20;
+    // cuBLASLt plans made so far (shapes seen; a grouped GEMM's expert sizes
+    // count by size class).
+    size_t matmul_plan_count() const;
 
 private:
     int device_;
@@ -133,9 +136,12 @@ private:
     void* scratch_ = nullptr;
     size_t scratch_bytes_ = 0;
     MatmulPlans* matmul_plans_ = nullptr;
+    // Which size of a GEMM changes from call to call (an expert's rows).
+    enum class GemmVaries { nothing, n, k };
     // out[M,N] (column-major, ld M) = alpha op(a) op(b) + beta out (matmul.cu).
     void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type, int64_t lda,
-              const void* b, DType b_type, int64_t ldb, void* out, DType out_type, float beta, const void* bias);
+              const void* b, DType b_type, int64_t ldb, void* out, DType out_type, float beta, const void* bias,
+              GemmVaries varies = GemmVaries::nothing);
 };
 
 // GPUs this process can see (0 when there is no driver or no device).

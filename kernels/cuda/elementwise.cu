@@ -119,33 +119,55 @@ void CudaOps::scale(Tensor y, double alpha) {
 
 namespace {
 
-// sum of x (or of its squares) in double: per-block partials, read back and
-// added in block order on the host.
-template <bool kSquares> double reduce(CudaOps& ops, const Tensor& x, const char* op) {
-    const int64_t n = x.numel();
-    if (!n) return 0;
-    constexpr int kBlocks = 1024;  // <= CudaOps::kMaxPartials
-    const int64_t chunk = std::max<int64_t>(4096, (n + kBlocks - 1) / kBlocks);
-    const int blocks = int((n + chunk - 1) / chunk);
-    dispatch_f32_bf16(op, x, [&](auto tag) {
-        using T = std::remove_pointer_t<decltype(tag)>;
-        partial_sums_kernel<T, kSquares><<<blocks, kThreads, 0, ops.stream()>>>(static_cast<const T*>(x.data), n,
-                                                                                chunk, ops.partials());
-    });
-    MOE_CUDA_LAUNCHED();
-    MOE_CUDA_CHECK(cudaMemcpyAsync(ops.host_results(), ops.partials(), blocks * sizeof(double),
-                                   cudaMemcpyDeviceToHost, ops.stream()));
-    MOE_CUDA_CHECK(cudaStreamSynchronize(ops.stream()));
-    double total = 0;
-    for (int b = 0; b < blocks; ++b) total += ops.host_results()[b];
-    return total;
+// Sums of each x (or of its squares) in double: per-block partials, packed
+// for many tensors into the partials buffer, read back together and added in
+// block order on the host. One wait per buffer-full (the grad norm of a
+// model: one), not one per tensor.
+template <bool kSquares> std::vector<double> reduce_each(CudaOps& ops, const std::vector<Tensor>& xs, const char* op) {
+    constexpr int64_t kBlocks = 1024, kMinChunk = 4096;  // kBlocks <= CudaOps::kMaxPartials
+    std::vector<double> totals(xs.size(), 0.0);
+    struct Pending {
+        size_t index;
+        int64_t first, blocks;
+    };
+    std::vector<Pending> pending;
+    int64_t used = 0;
+    const auto read_back = [&] {
+        if (!used) return;
+        MOE_CUDA_CHECK(cudaMemcpyAsync(ops.host_results(), ops.partials(), size_t(used) * sizeof(double),
+                                       cudaMemcpyDeviceToHost, ops.stream()));
+        MOE_CUDA_CHECK(cudaStreamSynchronize(ops.stream()));
+        for (const Pending& p : pending)
+            for (int64_t b = 0; b < p.blocks; ++b) totals[p.index] += ops.host_results()[p.first + b];
+        pending.clear();
+        used = 0;
+    };
+    for (size_t i = 0; i < xs.size(); ++i) {
+        const Tensor& x = xs[i];
+        const int64_t n = x.numel();
+        if (!n) continue;
+        const int64_t chunk = std::max(kMinChunk, (n + kBlocks - 1) / kBlocks), blocks = (n + chunk - 1) / chunk;
+        if (used + blocks > CudaOps::kMaxPartials) read_back();
+        dispatch_f32_bf16(op, x, [&](auto tag) {
+            using T = std::remove_pointer_t<decltype(tag)>;
+            partial_sums_kernel<T, kSquares><<<unsigned(blocks), kThreads, 0, ops.stream()>>>(
+                static_cast<const T*>(x.data), n, chunk, ops.partials() + used);
+        });
+        MOE_CUDA_LAUNCHED();
+        pending.push_back({i, used, blocks});
+        used += blocks;
+    }
+    read_back();
+    return totals;
 }
 
 }  // namespace
 
-double CudaOps::sum_squares(Tensor x) { return reduce<true>(*this, x, "sum_squares"); }
+std::vector<double> CudaOps::sum_squares(const std::vector<Tensor>& xs) {
+    return reduce_each<true>(*this, xs, "sum_squares");
+}
 
-double CudaOps::sum(Tensor x) { return reduce<false>(*this, x, "sum"); }
+double CudaOps::sum(Tensor x) { return reduce_each<false>(*this, {x}, "sum")[0]; }
 
 void CudaOps::concat_cols_forward(Tensor out, Tensor a, Tensor b) {
     const int64_t N = out.dim(0), A = a.row_size(), B = b.row_size();

@@ -39,6 +39,30 @@ int alignment_of(const void* p) {
     return align;
 }
 
+// A grouped GEMM's per-expert row count changes every step; asking cuBLASLt's
+// heuristic for each new count costs host time on every layer and grows the
+// cache without bound. That dimension is planned by size class instead (the
+// class's algorithm runs every size up to it; quarter-octave classes keep the
+// heuristic's problem within 25% of the real one), and the real sizes are set
+// on the layouts at each call. Should cuBLASLt refuse a class's algorithm for
+// a real size, that exact size gets its own plan.
+int64_t size_class(int64_t n) {
+    if (n <= 256) {
+        int64_t c = 1;
+        while (c < n) c <<= 1;
+        return c;
+    }
+    int64_t octave = 256;
+    while (octave * 2 <= n) octave <<= 1;
+    const int64_t step = octave / 4;
+    return (n + step - 1) / step * step;
+}
+
+void set_layout_dims(cublasLtMatrixLayout_t layout, uint64_t rows, uint64_t cols) {
+    check_lt(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_ROWS, &rows, sizeof(rows)), "layout rows");
+    check_lt(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof(cols)), "layout cols");
+}
+
 }  // namespace
 
 struct MatmulPlans {
@@ -52,8 +76,15 @@ struct MatmulPlans {
             if (c) cublasLtMatrixLayoutDestroy(c);
             if (desc) cublasLtMatmulDescDestroy(desc);
         }
+        // The layouts' sizes for out (m x n) = op(a) (m x k) op(b) (k x n).
+        void set_dims(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k) const {
+            set_layout_dims(a, trans_a ? k : m, trans_a ? m : k);
+            set_layout_dims(b, trans_b ? n : k, trans_b ? k : n);
+            set_layout_dims(c, m, n);
+        }
     };
-    // trans_a, trans_b, m, n, k, lda, ldb, types, bias, alignments of a, b, out, bias.
+    // trans_a, trans_b, m, n, k (planned sizes), lda, ldb, types, bias,
+    // alignments of a, b, out, bias, accumulate.
     using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, bool, int, int, int,
                            int, bool>;
     std::map<Key, std::unique_ptr<Plan>> plans;
@@ -61,20 +92,24 @@ struct MatmulPlans {
 
 void destroy_matmul_plans(MatmulPlans* plans) { delete plans; }
 
+size_t CudaOps::matmul_plan_count() const { return matmul_plans_ ? matmul_plans_->plans.size() : 0; }
+
 void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type,
                    int64_t lda, const void* b, DType b_type, int64_t ldb, void* out, DType out_type, float beta,
-                   const void* bias) {
+                   const void* bias, GemmVaries varies) {
     if (m == 0 || n == 0) return;
     if (k == 0) {  // an empty sum: out = beta out
         if (beta == 0) zero(Tensor(out, out_type, {m, n}));
         return;
     }
     if (!matmul_plans_) matmul_plans_ = new MatmulPlans;
-    const MatmulPlans::Key key{trans_a, trans_b, m, n, k, lda, ldb, int(a_type), int(b_type), int(out_type),
-                               bias != nullptr, alignment_of(a), alignment_of(b), alignment_of(out),
-                               bias ? alignment_of(bias) : 0, beta != 0};
-    std::unique_ptr<MatmulPlans::Plan>& slot = matmul_plans_->plans[key];
-    if (!slot) {
+    const int al_a = alignment_of(a), al_b = alignment_of(b), al_c = alignment_of(out);
+    // The plan for problem size m x pn x pk (created on first use).
+    const auto plan_for = [&](int64_t pn, int64_t pk) -> MatmulPlans::Plan& {
+        const MatmulPlans::Key key{trans_a, trans_b, m, pn, pk, lda, ldb, int(a_type), int(b_type), int(out_type),
+                                   bias != nullptr, al_a, al_b, al_c, bias ? alignment_of(bias) : 0, beta != 0};
+        std::unique_ptr<MatmulPlans::Plan>& slot = matmul_plans_->plans[key];
+        if (slot) return *slot;
         auto plan = std::make_unique<MatmulPlans::Plan>();
         check_lt(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul descriptor");
         const cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -90,21 +125,21 @@ void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
                      "bias type");
         }
         // Stored shapes: op(a) is m x k, so a is k x m when transposed.
-        check_lt(cublasLtMatrixLayoutCreate(&plan->a, cuda_type(a_type), trans_a ? k : m, trans_a ? m : k, lda),
+        check_lt(cublasLtMatrixLayoutCreate(&plan->a, cuda_type(a_type), trans_a ? pk : m, trans_a ? m : pk, lda),
                  "layout a");
-        check_lt(cublasLtMatrixLayoutCreate(&plan->b, cuda_type(b_type), trans_b ? n : k, trans_b ? k : n, ldb),
+        check_lt(cublasLtMatrixLayoutCreate(&plan->b, cuda_type(b_type), trans_b ? pn : pk, trans_b ? pk : pn, ldb),
                  "layout b");
-        check_lt(cublasLtMatrixLayoutCreate(&plan->c, cuda_type(out_type), m, n, m), "layout out");
+        check_lt(cublasLtMatrixLayoutCreate(&plan->c, cuda_type(out_type), m, pn, m), "layout out");
 
         cublasLtMatmulPreference_t pref = nullptr;
         check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
         const size_t ws = kLtWorkspaceBytes;
+        const uint32_t ua = al_a, ub = al_b, uc = al_c;
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-        const uint32_t al_a = alignment_of(a), al_b = alignment_of(b), al_c = alignment_of(out);
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a));
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b));
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c));
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c));
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &ua, sizeof(ua));
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ub, sizeof(ub));
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &uc, sizeof(uc));
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &uc, sizeof(uc));
         cublasLtMatmulHeuristicResult_t result{};
         int found = 0;
         const cublasStatus_t s =
@@ -112,20 +147,27 @@ void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
         cublasLtMatmulPreferenceDestroy(pref);
         if (s != CUBLAS_STATUS_SUCCESS || found == 0)
             throw std::runtime_error("cuBLASLt has no algorithm for a " + std::to_string(m) + " x " +
-                                     std::to_string(n) + " x " + std::to_string(k) + " GEMM (" + dtype_name(a_type) +
+                                     std::to_string(pn) + " x " + std::to_string(pk) + " GEMM (" + dtype_name(a_type) +
                                      " -> " + dtype_name(out_type) + ", alignment " + std::to_string(al_a) + "/" +
                                      std::to_string(al_b) + "/" + std::to_string(al_c) + " bytes)");
         plan->algo = result.algo;
         slot = std::move(plan);
-    }
-    MatmulPlans::Plan& plan = *slot;
-    if (bias)
-        check_lt(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
-                 "bias pointer");
+        return *slot;
+    };
     const float alpha = 1.0f;
-    check_lt(cublasLtMatmul(lt_, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, out, plan.c, out, plan.c, &plan.algo,
-                            lt_workspace_, kLtWorkspaceBytes, stream_),
-             "matmul");
+    const auto run = [&](const MatmulPlans::Plan& plan) {
+        if (varies != GemmVaries::nothing) plan.set_dims(trans_a, trans_b, m, n, k);
+        if (bias)
+            check_lt(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
+                     "bias pointer");
+        return cublasLtMatmul(lt_, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, out, plan.c, out, plan.c,
+                              &plan.algo, lt_workspace_, kLtWorkspaceBytes, stream_);
+    };
+    const int64_t pn = varies == GemmVaries::n ? size_class(n) : n, pk = varies == GemmVaries::k ? size_class(k) : k;
+    cublasStatus_t s = run(plan_for(pn, pk));
+    if ((s == CUBLAS_STATUS_NOT_SUPPORTED || s == CUBLAS_STATUS_INVALID_VALUE) && (pn != n || pk != k))
+        s = run(plan_for(n, k));
+    check_lt(s, "matmul");
 }
 
 namespace {
@@ -194,7 +236,8 @@ void CudaOps::grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::ve
         const int64_t rows = offsets[e + 1] - offsets[e];
         if (!rows) continue;
         Tensor we = w.rows(e, e + 1), xe = x.rows(offsets[e], offsets[e + 1]), ye = y.rows(offsets[e], offsets[e + 1]);
-        gemm(true, false, O, rows, I, we.data, w.dtype, I, xe.data, x.dtype, I, ye.data, y.dtype, 0.0f, nullptr);
+        gemm(true, false, O, rows, I, we.data, w.dtype, I, xe.data, x.dtype, I, ye.data, y.dtype, 0.0f, nullptr,
+             GemmVaries::n);
     }
 }
 
@@ -218,10 +261,10 @@ void CudaOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x,
         const void* dye = dy.rows(r0, r1).data;
         if (!dx.empty())
             gemm(false, false, I, r1 - r0, O, we, w.dtype, I, dye, dy.dtype, O, dx.rows(r0, r1).data, dx.dtype, 1.0f,
-                 nullptr);
+                 nullptr, GemmVaries::n);
         if (!dw.empty())
             gemm(false, true, I, O, r1 - r0, x.rows(r0, r1).data, x.dtype, I, dye, dy.dtype, O, dw.rows(e, e + 1).data,
-                 dw.dtype, 1.0f, nullptr);
+                 dw.dtype, 1.0f, nullptr, GemmVaries::k);
     }
 }
 

@@ -38,11 +38,31 @@ TEST_CASE("sum and sum_squares match the CPU and repeat bit for bit", "[gpu]") {
         for (float& v : x) v = float(rng.normal());
         Tensor g = b.upload(x, DType::F32, {n});
         Tensor c = host_tensor(x, {n});
-        const double s = b.gpu.sum(g), ss = b.gpu.sum_squares(g);
+        const double s = b.gpu.sum(g), ss = b.gpu.sum_squares({g})[0];
         REQUIRE(s == Approx(b.cpu.sum(c)).epsilon(1e-9).margin(1e-9));
-        REQUIRE(ss == Approx(b.cpu.sum_squares(c)).epsilon(1e-9));
+        REQUIRE(ss == Approx(b.cpu.sum_squares({c})[0]).epsilon(1e-9));
         REQUIRE(b.gpu.sum(g) == s);
-        REQUIRE(b.gpu.sum_squares(g) == ss);
+        REQUIRE(b.gpu.sum_squares({g})[0] == ss);
+    }
+}
+
+TEST_CASE("sum_squares of many tensors gives each one's sum, past one buffer of partials too", "[gpu]") {
+    Backends b;
+    Rng rng(12, "many sums");
+    const int64_t big = int64_t(4) << 20, small = 5000;  // big: 1024 partial blocks
+    std::vector<float> xb = bf16_normals(big, rng), xs = bf16_normals(small, rng);
+    Tensor gb = b.upload(xb, DType::BF16, {big}), gs = b.upload(xs, DType::F32, {small});
+    const double want_big = b.gpu.sum_squares({gb})[0], want_small = b.gpu.sum_squares({gs})[0];
+    REQUIRE(want_small == Approx(b.cpu.sum_squares({host_tensor(xs, {small})})[0]).epsilon(1e-9));
+    // 65 big ones need more partials than one buffer holds: a read-back midway
+    std::vector<Tensor> many(65, gb);
+    many.insert(many.begin() + 30, gs);
+    many.push_back(Tensor(nullptr, DType::F32, {0}));
+    const std::vector<double> sums = b.gpu.sum_squares(many);
+    REQUIRE(sums.size() == many.size());
+    for (size_t i = 0; i < sums.size(); ++i) {
+        INFO("tensor " << i);
+        REQUIRE(sums[i] == (i == 30 ? want_small : i + 1 == sums.size() ? 0.0 : want_big));  // bit for bit
     }
 }
 
@@ -146,32 +166,74 @@ TEST_CASE("grouped matmul matches the CPU with an expert that gets no row", "[gp
     require_near("dw", b.download(gdw), dw, 1e-5, 1e-4);  // expert 1's stays 0.125: nothing added
 }
 
+TEST_CASE("grouped matmul plans expert sizes by class: new loads reuse plans and stay exact", "[gpu]") {
+    Backends b;
+    Rng rng(16, "grouped sizes");
+    const int64_t E = 2, I = 128, O = 128;  // 256-byte rows: every expert's slice has one alignment
+    std::vector<float> w = bf16_normals(E * O * I, rng, 0.1);
+    Tensor gw = b.upload(w, DType::BF16, {E, O, I});
+    size_t plans_after_first = 0;
+    // Expert loads of one size class (1025..1280 rows), a new pair every step.
+    const std::vector<std::pair<int64_t, int64_t>> loads = {{1025, 1280}, {1100, 1031}, {1279, 1200}, {1177, 1026}};
+    for (const auto& [r0, r1] : loads) {
+        INFO("expert rows " << r0 << " and " << r1);
+        const std::vector<int64_t> offsets = {0, r0, r0 + r1};
+        const int64_t R = r0 + r1;
+        std::vector<float> x = bf16_normals(R * I, rng), dy = bf16_normals(R * O, rng);
+        std::vector<float> y(size_t(R * O)), dx(size_t(R * I), 0.0f), dw(size_t(E * O * I), 0.0f);
+        Tensor gx = b.upload(x, DType::BF16, {R, I}), gy = b.zeros(DType::BF16, {R, O});
+        Tensor gdx = b.zeros(DType::BF16, {R, I}), gdw = b.zeros(DType::F32, {E, O, I});
+        b.gpu.grouped_matmul_forward(gy, gx, gw, offsets);
+        b.gpu.grouped_matmul_backward(gdx, gdw, b.upload(dy, DType::BF16, {R, O}), gx, gw, offsets);
+        b.cpu.grouped_matmul_forward(host_tensor(y, {R, O}), host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets);
+        b.cpu.grouped_matmul_backward(host_tensor(dx, {R, I}), host_tensor(dw, {E, O, I}), host_tensor(dy, {R, O}),
+                                      host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets);
+        require_near("y", b.download(gy), y, kBf16Rtol, kBf16Atol);
+        require_near("dx", b.download(gdx), dx, kBf16Rtol, kBf16Atol);
+        require_near("dw", b.download(gdw), dw, 1e-5, 1e-4);
+        if (!plans_after_first) plans_after_first = b.gpu.matmul_plan_count();
+        // forward, dx and dw: one plan each for the whole class
+        REQUIRE(b.gpu.matmul_plan_count() == plans_after_first);
+        REQUIRE(plans_after_first <= 3);
+    }
+}
+
 TEST_CASE("silu and swiglu forward and backward match the CPU", "[gpu]") {
     Backends b;
     Rng rng(7, "activations");
-    const int64_t R = 33, I = 70;
-    std::vector<float> g = bf16_normals(R * I, rng, 3.0), u = bf16_normals(R * I, rng), d = bf16_normals(R * I, rng);
-    std::vector<float> out(size_t(R * I)), s(size_t(R * I));
-    b.cpu.swiglu_forward(host_tensor(out, {R, I}), host_tensor(g, {R, I}), host_tensor(u, {R, I}));
-    b.cpu.silu_forward(host_tensor(s, {R, I}), host_tensor(g, {R, I}));
-    Tensor gg = b.upload(g, DType::BF16, {R, I}), gu = b.upload(u, DType::BF16, {R, I});
-    Tensor gout = b.zeros(DType::BF16, {R, I}), gs = b.zeros(DType::BF16, {R, I});
-    b.gpu.swiglu_forward(gout, gg, gu);
-    b.gpu.silu_forward(gs, gg);
-    require_near("swiglu", b.download(gout), out, kBf16Rtol, kBf16Atol);
-    require_near("silu", b.download(gs), s, kBf16Rtol, kBf16Atol);
+    // 33 x 70: element by element; 16 x 72: SwiGLU in 16-byte chunks
+    for (const auto& [R, I] : {std::pair<int64_t, int64_t>{33, 70}, std::pair<int64_t, int64_t>{16, 72}}) {
+        INFO(R << " x " << I);
+        std::vector<float> g = bf16_normals(R * I, rng, 3.0), u = bf16_normals(R * I, rng),
+                           d = bf16_normals(R * I, rng);
+        std::vector<float> out(size_t(R * I)), s(size_t(R * I));
+        b.cpu.swiglu_forward(host_tensor(out, {R, I}), host_tensor(g, {R, I}), host_tensor(u, {R, I}));
+        b.cpu.silu_forward(host_tensor(s, {R, I}), host_tensor(g, {R, I}));
+        Tensor gg = b.upload(g, DType::BF16, {R, I}), gu = b.upload(u, DType::BF16, {R, I});
+        Tensor gout = b.zeros(DType::BF16, {R, I}), gs = b.zeros(DType::BF16, {R, I});
+        b.gpu.swiglu_forward(gout, gg, gu);
+        b.gpu.silu_forward(gs, gg);
+        require_near("swiglu", b.download(gout), out, kBf16Rtol, kBf16Atol);
+        require_near("silu", b.download(gs), s, kBf16Rtol, kBf16Atol);
 
-    std::vector<float> dg = bf16_normals(R * I, rng), du = bf16_normals(R * I, rng), dx = dg;
-    Tensor gdg = b.upload(dg, DType::BF16, {R, I}), gdu = b.upload(du, DType::BF16, {R, I});
-    Tensor gdx = b.upload(dx, DType::BF16, {R, I}), gd = b.upload(d, DType::BF16, {R, I});
-    b.gpu.swiglu_backward(gdg, gdu, gd, gg, gu);
-    b.gpu.silu_backward(gdx, gd, gg);
-    b.cpu.swiglu_backward(host_tensor(dg, {R, I}), host_tensor(du, {R, I}), host_tensor(d, {R, I}),
-                          host_tensor(g, {R, I}), host_tensor(u, {R, I}));
-    b.cpu.silu_backward(host_tensor(dx, {R, I}), host_tensor(d, {R, I}), host_tensor(g, {R, I}));
-    require_near("dgate", b.download(gdg), dg, kBf16Rtol, kBf16Atol);
-    require_near("dup", b.download(gdu), du, kBf16Rtol, kBf16Atol);
-    require_near("silu dx", b.download(gdx), dx, kBf16Rtol, kBf16Atol);
+        // swiglu's gradients overwrite what the buffers held; silu's add to it
+        std::vector<float> dg = bf16_normals(R * I, rng), du = bf16_normals(R * I, rng), dx = dg;
+        Tensor gdg = b.upload(dg, DType::BF16, {R, I}), gdu = b.upload(du, DType::BF16, {R, I});
+        Tensor gdx = b.upload(dx, DType::BF16, {R, I}), gd = b.upload(d, DType::BF16, {R, I});
+        b.gpu.swiglu_backward(gdg, gdu, gd, gg, gu);
+        b.gpu.silu_backward(gdx, gd, gg);
+        b.cpu.swiglu_backward(host_tensor(dg, {R, I}), host_tensor(du, {R, I}), host_tensor(d, {R, I}),
+                              host_tensor(g, {R, I}), host_tensor(u, {R, I}));
+        b.cpu.silu_backward(host_tensor(dx, {R, I}), host_tensor(d, {R, I}), host_tensor(g, {R, I}));
+        require_near("dgate", b.download(gdg), dg, kBf16Rtol, kBf16Atol);
+        require_near("dup", b.download(gdu), du, kBf16Rtol, kBf16Atol);
+        require_near("silu dx", b.download(gdx), dx, kBf16Rtol, kBf16Atol);
+
+        // one gradient alone
+        Tensor gdu_alone = b.zeros(DType::BF16, {R, I});
+        b.gpu.swiglu_backward({}, gdu_alone, gd, gg, gu);
+        REQUIRE(b.download(gdu_alone) == b.download(gdu));
+    }
 }
 
 TEST_CASE("adamw updates fp32 master weights like the CPU and rewrites the bf16 copy", "[gpu]") {

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one go, for a machine lent for minutes:
+# builds natively, runs the gpu tests (and compute-sanitizer on the kernel
+# tests), the medium benchmarks, the staged two-rank runs (dispatch/combine
+# time, overlap of the gradient all-reduce) and a short moe-train on the GPU.
+# Each stage logs to OUT/<stage>.log and goes on after a failure; the summary
+# (OUT/summary.txt, printed last) has each stage's exit status and headline
+# figures.
+#
+#   scripts/gpu_session.sh OUT [stage ...]
+#   stages: build test sanitize bench staged train (default: all, in order)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -lt 1 ]; then
+  echo "usage: scripts/gpu_session.sh OUT [build|test|sanitize|bench|staged|train ...]" >&2
+  exit 2
+fi
+out=$(mkdir -p "$1" && cd "$1" && pwd)
+shift
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench staged train)
+build=build-gpu
+jobs=$(nproc)
+# mpirun as root (the lent machines run commands as root)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+summary="$out/summary.txt"
+: > "$summary"
+
+note() { echo "$*" | tee -a "$summary"; }
+
+# stage NAME COMMAND...: runs COMMAND with its output in OUT/NAME.log.
+stage() {
+  local name=$1
+  shift
+  local t0=$SECONDS
+  "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  note "== $name: exit $rc, $((SECONDS - t0)) s (log $name.log)"
+  return $rc
+}
+
+do_build() {
+  nvidia-smi || true
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON &&
+    cmake --build "$build" -j "$jobs"
+}
+
+do_test() { (cd "$build" && ctest -L gpu --output-on-failure --timeout 600); }
+
+# Races, out-of-bounds accesses and uninitialised reads in the kernels, on the
+# op tests (small shapes; the model tests would take too long under the tool).
+do_sanitize() {
+  local rc=0 tool t
+  command -v compute-sanitizer >/dev/null || { echo "compute-sanitizer is not on the PATH"; return 1; }
+  for tool in memcheck racecheck initcheck; do
+    for t in dense attention router permute dynamics cross_entropy embedding; do
+      echo "--- $tool gpu_cuda_$t"
+      compute-sanitizer --tool "$tool" --error-exitcode 9 "$build/gpu_cuda_$t" || rc=1
+    done
+  done
+  return $rc
+}
+
+do_bench() {
+  local rc=0 c
+  for c in medium medium-tr; do
+    echo "--- $c"
+    "$build/moe-bench" --config "configs/bench/$c.yaml" --steps 20 --warmup 3 --phase-steps 5 || rc=1
+  done
+  return $rc
+}
+
+# Two ranks on the one GPU through the staged MPI communicator (NCCL refuses
+# two ranks on one GPU): dispatch/combine time and bytes per token, and the
+# step with the gradient all-reduce overlapped against after the backward.
+# Each rank holds half the experts: two ranks of medium fit in 80 GB.
+do_staged() {
+  local rc=0 c overlap
+  local common=(--set parallel.allow_shared_gpu=true --set parallel.comm=mpi --set parallel.expert_parallel=2
+                --steps 10 --warmup 2 --phase-steps 0)
+  for c in medium medium-tr; do
+    for overlap in "" --no-overlap; do
+      echo "--- $c ep 2 staged ${overlap:-(overlap)}"
+      mpirun -np 2 "$build/moe-bench" --config "configs/bench/$c.yaml" "${common[@]}" $overlap || rc=1
+    done
+  done
+  return $rc
+}
+
+# A short real run: demo data if present, else shards of this repository's
+# text; then a resume from its checkpoint.
+do_train() {
+  local data=data/fortunes
+  if [ ! -f "$data/stats.txt" ]; then
+    data="$out/train-data"
+    mapfile -t files < <(git ls-files '*.md' '*.cpp' '*.h' '*.cu' | head -200)
+    "$build/moe-shards" --out "$data" "${files[@]}" || return 1
+  fi
+  local run="$out/train-run"
+  rm -rf "$run"
+  local args=(--config configs/tiny.yaml --set run.device=cuda --set "run.out_dir=$run"
+              --set "data.train=$data/train_*.bin" --set "data.val=$data/val_*.bin")
+  "$build/moe-train" "${args[@]}" --set train.steps=200 &&
+    "$build/moe-train" "${args[@]}" --set train.steps=300 --resume auto
+}
+
+failed=0
+for s in "${stages[@]}"; do
+  case $s in
+    build | test | sanitize | bench | staged | train) stage "$s" "do_$s" || failed=1 ;;
+    *) note "unknown stage '$s' (build test sanitize bench staged train)"; failed=1 ;;
+  esac
+done
+
+# Headline figures from the logs.
+for f in bench staged; do
+  [ -f "$out/$f.log" ] && grep -E "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^  [a-z]" \
+    "$out/$f.log" >> "$summary"
+done
+[ -f "$out/test.log" ] && grep -E "tests passed|tests failed|\(Failed\)|\(Not Run\)|Skipped" "$out/test.log" >> "$summary"
+echo
+cat "$summary"
+exit $failed
