@@ -1,48 +1,53 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one go, for a machine lent for minutes:
-# builds natively, runs the gpu tests (and compute-sanitizer on the kernel
-# tests), the medium benchmarks, the staged two-rank runs (dispatch/combine
-# time, overlap of the gradient all-reduce) and a short moe-train on the GPU.
-# Each stage logs to OUT/<stage>.log and goes on after a failure; the summary
+# builds natively, runs the gpu tests, the medium benchmarks, the staged
+# two-rank runs (dispatch/combine time, overlap of the gradient all-reduce),
+# a short moe-train on the GPU with a resume, and on request
+# compute-sanitizer on the kernel tests. Each stage logs to OUT/<stage>.log,
+# has a time limit, and the next one runs after a failure; the summary
 # (OUT/summary.txt, printed last) has each stage's exit status and headline
-# figures.
+# figures. The default stages fit one 10-minute call.
 #
 #   scripts/gpu_session.sh OUT [stage ...]
-#   stages: build test sanitize bench staged train (default: all, in order)
+#   stages: build test bench staged train sanitize
+#   (default: build test bench staged train, in that order)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ]; then
-  echo "usage: scripts/gpu_session.sh OUT [build|test|sanitize|bench|staged|train ...]" >&2
+  echo "usage: scripts/gpu_session.sh OUT [build|test|bench|staged|train|sanitize ...]" >&2
   exit 2
 fi
 out=$(mkdir -p "$1" && cd "$1" && pwd)
 shift
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench staged train)
+[ ${#stages[@]} -eq 0 ] && stages=(build test bench staged train)
 build=build-gpu
-jobs=$(nproc)
+njobs=$(nproc)
+export out build njobs
 # mpirun as root (the lent machines run commands as root)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# seconds each stage may take
+declare -A limit=([build]=240 [test]=200 [bench]=150 [staged]=200 [train]=120 [sanitize]=480)
 summary="$out/summary.txt"
 : > "$summary"
 
 note() { echo "$*" | tee -a "$summary"; }
 
-# stage NAME COMMAND...: runs COMMAND with its output in OUT/NAME.log.
+# stage NAME: runs do_NAME within its time limit, output in OUT/NAME.log.
 stage() {
-  local name=$1
-  shift
-  local t0=$SECONDS
-  "$@" > "$out/$name.log" 2>&1
+  local name=$1 t0=$SECONDS
+  timeout --kill-after=10 "${limit[$name]}" bash -c "do_$name" > "$out/$name.log" 2>&1
   local rc=$?
-  note "== $name: exit $rc, $((SECONDS - t0)) s (log $name.log)"
+  local why=""
+  [ $rc -eq 124 ] && why=" (past its ${limit[$name]} s limit)"
+  note "== $name: exit $rc$why, $((SECONDS - t0)) s (log $name.log)"
   return $rc
 }
 
 do_build() {
   nvidia-smi || true
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON &&
-    cmake --build "$build" -j "$jobs"
+    cmake --build "$build" -j "$njobs"
 }
 
 do_test() { (cd "$build" && ctest -L gpu --output-on-failure --timeout 600); }
@@ -104,11 +109,12 @@ do_train() {
     "$build/moe-train" "${args[@]}" --set train.steps=300 --resume auto
 }
 
+export -f do_build do_test do_sanitize do_bench do_staged do_train
 failed=0
 for s in "${stages[@]}"; do
   case $s in
-    build | test | sanitize | bench | staged | train) stage "$s" "do_$s" || failed=1 ;;
-    *) note "unknown stage '$s' (build test sanitize bench staged train)"; failed=1 ;;
+    build | test | bench | staged | train | sanitize) stage "$s" || failed=1 ;;
+    *) note "unknown stage '$s' (build test bench staged train sanitize)"; failed=1 ;;
   esac
 done
 
