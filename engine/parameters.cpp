@@ -1,6 +1,8 @@
 #include "engine/parameters.h"
 
+#include <deque>
 #include <stdexcept>
+#include <vector>
 
 #include "engine/rng.h"
 
@@ -77,37 +79,61 @@ void ParameterSet::refresh_work() {
 }
 
 namespace {
-void fill(const InitSpec& init, Rng& rng, double* out, int64_t n) {
+// Values in double, stored as T (the rounding of a float copy of them).
+template <class T> void fill(const InitSpec& init, Rng& rng, T* out, int64_t n) {
     for (int64_t i = 0; i < n; ++i) {
+        double x = 0;
         switch (init.kind) {
-            case InitSpec::Normal: out[i] = init.a * rng.normal(); break;
-            case InitSpec::Uniform: out[i] = rng.uniform(-init.a, init.a); break;
-            case InitSpec::Fill: out[i] = init.a; break;
-            case InitSpec::Thirds: out[i] = i < n / 3 ? init.a : i < 2 * n / 3 ? init.b : init.c; break;
+            case InitSpec::Normal: x = init.a * rng.normal(); break;
+            case InitSpec::Uniform: x = rng.uniform(-init.a, init.a); break;
+            case InitSpec::Fill: x = init.a; break;
+            case InitSpec::Thirds: x = i < n / 3 ? init.a : i < 2 * n / 3 ? init.b : init.c; break;
+        }
+        out[i] = T(x);
+    }
+}
+
+// Every parameter, and every expert of a stack, draws from its own named
+// stream: the slices fill in parallel (the values do not depend on the thread
+// count), a batch of parameters at a time so host memory stays bounded. A
+// billion values take seconds on a node's cores rather than minutes on one.
+template <class T> void initialize_as(std::deque<Param>& params, Ops& ops, uint64_t seed) {
+    constexpr int64_t kBatchValues = int64_t(1) << 26;
+    struct Slice {
+        const Param* param;
+        int expert;  // within the stack; 0 for a plain parameter
+        int64_t at, n;
+    };
+    std::vector<T> host;
+    for (auto first = params.begin(); first != params.end();) {
+        std::vector<Slice> slices;
+        int64_t total = 0;
+        auto last = first;
+        for (; last != params.end() && (last == first || total + last->numel() <= kBatchValues); ++last) {
+            const int experts = last->is_expert_stack() ? int(last->shape[0]) : 1;
+            const int64_t per = last->numel() / experts;
+            for (int e = 0; e < experts; ++e) slices.push_back({&*last, e, total + e * per, per});
+            total += last->numel();
+        }
+        host.resize(size_t(total));
+#pragma omp parallel for schedule(dynamic, 1)
+        for (size_t i = 0; i < slices.size(); ++i) {
+            const Slice& s = slices[i];
+            const Param& p = *s.param;
+            Rng rng(seed, p.is_expert_stack() ? expert_name(p.name, p.expert_offset + s.expert) : p.name);
+            fill(p.init, rng, host.data() + s.at, s.n);
+        }
+        for (int64_t at = 0; first != last; ++first) {
+            ops.copy_from_host(first->value, host.data() + at);
+            at += first->numel();
         }
     }
 }
 }  // namespace
 
 void ParameterSet::initialize(uint64_t seed) {
-    std::vector<double> host;
-    std::vector<float> host32;
-    for (const Param& p : params_) {
-        const int experts = p.is_expert_stack() ? int(p.shape[0]) : 1;
-        const int64_t per = p.numel() / experts;
-        host.resize(p.numel());
-        for (int i = 0; i < experts; ++i) {
-            const std::string name = p.is_expert_stack() ? expert_name(p.name, p.expert_offset + i) : p.name;
-            Rng rng(seed, name);
-            fill(p.init, rng, host.data() + i * per, per);
-        }
-        if (dtype() == DType::F64) {
-            ops_->copy_from_host(p.value, host.data());
-        } else {
-            host32.assign(host.begin(), host.end());
-            ops_->copy_from_host(p.value, host32.data());
-        }
-    }
+    if (dtype() == DType::F64) initialize_as<double>(params_, *ops_, seed);
+    else initialize_as<float>(params_, *ops_, seed);
     refresh_work();
 }
 
