@@ -156,7 +156,8 @@ void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
     };
     const float alpha = 1.0f;
     const auto run = [&](const MatmulPlans::Plan& plan) {
-        if (varies != GemmVaries::nothing) plan.set_dims(trans_a, trans_b, m, n, k);
+        // Always: a dense GEMM's shape may be some expert size class's too.
+        plan.set_dims(trans_a, trans_b, m, n, k);
         if (bias)
             check_lt(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
                      "bias pointer");

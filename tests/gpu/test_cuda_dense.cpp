@@ -198,6 +198,24 @@ TEST_CASE("grouped matmul plans expert sizes by class: new loads reuse plans and
     }
 }
 
+TEST_CASE("a dense GEMM of an expert size class's shape runs at its own size", "[gpu]") {
+    Backends b;
+    Rng rng(17, "shared plan");
+    // Expert 1's 100 rows are planned as the class of 128 rows, the shape of
+    // the dense GEMM after it: the plan they share must take each call's size.
+    const int64_t E = 2, I = 128, O = 256, N = 128;
+    const std::vector<int64_t> offsets = {0, 28, 128};
+    std::vector<float> w = bf16_normals(E * O * I, rng, 0.1), x = bf16_normals(N * I, rng);
+    Tensor gw = b.upload(w, DType::BF16, {E, O, I}), gx = b.upload(x, DType::BF16, {N, I});
+    b.gpu.grouped_matmul_forward(b.zeros(DType::BF16, {N, O}), gx, gw, offsets);
+    std::vector<float> y(size_t(N * O));
+    std::vector<float> w0(w.begin(), w.begin() + O * I);
+    b.cpu.matmul_forward(host_tensor(y, {N, O}), host_tensor(x, {N, I}), host_tensor(w0, {O, I}), {});
+    Tensor gy = b.zeros(DType::BF16, {N, O});
+    b.gpu.matmul_forward(gy, gx, gw.rows(0, 1).view({O, I}), {});
+    require_near("y", b.download(gy), y, kBf16Rtol, kBf16Atol);  // every row, not the expert's 100
+}
+
 TEST_CASE("silu and swiglu forward and backward match the CPU", "[gpu]") {
     Backends b;
     Rng rng(7, "activations");
