@@ -46,8 +46,20 @@ stage() {
 
 do_build() {
   nvidia-smi || true
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON &&
-    cmake --build "$build" -j "$njobs"
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON || return 1
+  if grep -q "^MOE_NCCL_LIBRARY.*NOTFOUND\|^MOE_NCCL_INCLUDE.*NOTFOUND" "$build/CMakeCache.txt"; then
+    # No system NCCL: take the one PyTorch's wheels bring, if any.
+    local d lib
+    d=$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null)
+    lib=$(ls "$d"/lib/libnccl.so* 2>/dev/null | head -1)
+    if [ -n "$lib" ] && [ -f "$d/include/nccl.h" ]; then
+      echo "no system NCCL; using $lib"
+      cmake -S . -B "$build" -DMOE_NCCL_INCLUDE="$d/include" -DMOE_NCCL_LIBRARY="$lib" || return 1
+    else
+      echo "no NCCL found: the NCCL communicator and gpu_nccl are not built"
+    fi
+  fi
+  cmake --build "$build" -j "$njobs"
 }
 
 do_test() { (cd "$build" && ctest -L gpu --output-on-failure --timeout 600); }
@@ -119,6 +131,7 @@ for s in "${stages[@]}"; do
 done
 
 # Headline figures from the logs.
+[ -f "$out/build.log" ] && grep -E "^-- moe:|no system NCCL|no NCCL found" "$out/build.log" | sort -u >> "$summary"
 for f in bench staged; do
   [ -f "$out/$f.log" ] && grep -E "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^  [a-z]" \
     "$out/$f.log" >> "$summary"
