@@ -14,8 +14,10 @@
 //   Each op's comment names the role of its float tensors where it is not act.
 //   The CPU backend computes in the tensors' dtype (F64 for gradient checks).
 // - Backward ops ACCUMULATE (+=) into every gradient they produce, inputs and
-//   parameters alike; the caller zeroes gradient buffers. An empty() gradient
-//   tensor means "not wanted" and is skipped.
+//   parameters alike; the caller zeroes gradient buffers. Two say they
+//   overwrite instead: swiglu_backward and cross_entropy_backward, whose
+//   gradients are large scratch no one adds to. An empty() gradient tensor
+//   means "not wanted" and is skipped.
 // - "stats" tensors (rstd, lse) are written by the forward and read by the
 //   backward, so the backward recomputes nothing it can keep cheaply.
 #pragma once
