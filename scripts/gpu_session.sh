@@ -27,7 +27,7 @@ export out build njobs
 # mpirun as root (the lent machines run commands as root)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # seconds each stage may take
-declare -A limit=([build]=240 [test]=200 [bench]=150 [staged]=200 [train]=120 [sanitize]=480)
+declare -A limit=([build]=240 [test]=200 [bench]=200 [staged]=200 [train]=120 [sanitize]=480)
 summary="$out/summary.txt"
 : > "$summary"
 
@@ -83,6 +83,8 @@ do_bench() {
   for c in medium medium-tr; do
     echo "--- $c"
     "$build/moe-bench" --config "configs/bench/$c.yaml" --steps 20 --warmup 3 --phase-steps 5 || rc=1
+    echo "--- $c, op by op"
+    "$build/moe-opbench" --config "configs/bench/$c.yaml" || rc=1
   done
   return $rc
 }
@@ -133,7 +135,7 @@ done
 # Headline figures from the logs.
 [ -f "$out/build.log" ] && grep -E "^-- moe:|no system NCCL|no NCCL found" "$out/build.log" | sort -u >> "$summary"
 for f in bench staged; do
-  [ -f "$out/$f.log" ] && grep -E "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^  [a-z]" \
+  [ -f "$out/$f.log" ] && grep -E "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^  [a-z]|^these ops" \
     "$out/$f.log" >> "$summary"
 done
 [ -f "$out/test.log" ] && grep -E "tests passed|tests failed|\(Failed\)|\(Not Run\)|Skipped" "$out/test.log" >> "$summary"

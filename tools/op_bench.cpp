@@ -1,0 +1,333 @@
+// moe-opbench: each op of a training step alone, at a config's shapes (one
+// micro-batch of one rank, experts equally loaded), on the run's backend.
+// Per op: time per call, the bytes it must move at least (each input read
+// once, each output written once) and the FLOPs it must do, as GB/s and
+// TFLOP/s, so a slow kernel shows against its floor; then the sum over the
+// calls a step makes of these ops, to set beside moe-bench's step time (the
+// difference is launch gaps, host waits and the ops not listed: residual
+// adds, copies, zeroing, the small parameters' optimizer).
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/mpi_runtime.h"
+#include "comm/routing_plan.h"
+#include "engine/backend.h"
+#include "engine/config.h"
+#include "engine/rng.h"
+#include "tools/tool_errors.h"
+
+namespace {
+
+constexpr const char* kProgram = "moe-opbench";
+
+const char* kUsage =
+    "usage: moe-opbench --config FILE [--reps N] [--set key=value ...]\n"
+    "  Times each op of a training step of FILE's model alone (N calls after one\n"
+    "  warm-up call, default 20) and prints time, GB/s and TFLOP/s per op.\n";
+
+struct Args {
+    std::string config;
+    int reps = 20;
+    std::vector<std::string> overrides;
+};
+
+Args parse(int argc, char** argv) {
+    Args a;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        const auto value = [&]() -> const char* {
+            if (i + 1 >= argc) moe::exit_with_error(kProgram, arg + " needs a value\n" + kUsage);
+            return argv[++i];
+        };
+        if (arg == "--config") a.config = value();
+        else if (arg == "--reps") a.reps = int(moe::integer_flag(kProgram, arg, value(), 1));
+        else if (arg == "--set") a.overrides.push_back(value());
+        else if (arg == "--help" || arg == "-h") {
+            std::fputs(kUsage, stdout);
+            std::exit(0);
+        } else moe::exit_with_error(kProgram, "unknown argument '" + arg + "'\n" + kUsage);
+    }
+    if (a.config.empty()) moe::exit_with_error(kProgram, std::string("--config is required\n") + kUsage);
+    return a;
+}
+
+// Device tensors of random values, freed with it.
+class Buffers {
+public:
+    explicit Buffers(moe::Ops& ops) : ops_(ops) {}
+    ~Buffers() {
+        for (void* p : owned_) ops_.release(p);
+    }
+    moe::Tensor zeros(moe::DType dt, std::initializer_list<int64_t> dims) {
+        moe::Tensor t(nullptr, dt, dims);
+        t.data = ops_.alloc(t.bytes());
+        owned_.push_back(t.data);
+        return t;
+    }
+    // N(0, scale) values, converted on the device where dt is not F32. A
+    // pool of normals drawn once is tiled from a new offset for each tensor:
+    // the values matter to timing only in not being zeros, and drawing a
+    // normal for each of medium's half-billion logits would take half a
+    // minute.
+    moe::Tensor random(moe::DType dt, std::initializer_list<int64_t> dims, double scale = 1) {
+        moe::Tensor t = zeros(dt, dims);
+        if (pool_.empty())
+            for (int i = 0; i < kPool; ++i) pool_.push_back(float(rng_.normal()));
+        std::vector<float> host(size_t(t.numel()));
+        offset_ += 7919;
+        for (size_t i = 0; i < host.size(); ++i) host[i] = float(scale) * pool_[(i + offset_) % kPool];
+        if (dt == moe::DType::F32) {
+            ops_.copy_from_host(t, host.data());
+        } else {
+            moe::Tensor f = zeros(moe::DType::F32, dims);
+            ops_.copy_from_host(f, host.data());
+            ops_.copy(t, f);
+        }
+        return t;
+    }
+    moe::Tensor ids(const std::vector<int32_t>& host) {
+        moe::Tensor t = zeros(moe::DType::I32, {int64_t(host.size())});
+        ops_.copy_from_host(t, host.data());
+        return t;
+    }
+
+private:
+    static constexpr int kPool = 1 << 20;
+    moe::Ops& ops_;
+    moe::Rng rng_{7, "opbench"};
+    std::vector<float> pool_;
+    size_t offset_ = 0;
+    std::vector<void*> owned_;
+};
+
+struct Row {
+    std::string op, shape;
+    double per_step;  // calls in one training step
+    double bytes, flops, seconds;
+};
+
+std::string dims(std::initializer_list<int64_t> d) {
+    std::string s;
+    for (int64_t x : d) s += (s.empty() ? "" : "x") + std::to_string(x);
+    return s;
+}
+
+int run(const Args& args) {
+    const moe::Config cfg = moe::load_config(args.config, args.overrides);
+    std::unique_ptr<moe::Ops> backend = moe::make_backend(cfg.run, nullptr);
+    moe::Ops& ops = *backend;
+    const moe::Precision pr = ops.training_precision();
+    const moe::ModelConfig& m = cfg.model;
+    const int64_t B = cfg.train.micro_batch_size, T = cfg.train.seq_len, N = B * T, H = m.hidden_size;
+    const int64_t nh = m.num_heads, nkv = m.num_kv_heads, hd = m.head_dim(), V = m.vocab_size, L = m.num_layers;
+    const int64_t E = m.moe.num_experts, k = m.moe.top_k, I = m.moe.expert_hidden_size, R = N * k;
+    const int64_t C = m.dynamics.controller_size;
+    const bool learned = m.moe.router == "learned", dynamics = m.dynamics.enabled;
+    const double act = double(moe::dtype_size(pr.act)), stat = double(moe::dtype_size(pr.stat));
+    const double work = double(moe::dtype_size(pr.work)), master = double(moe::dtype_size(pr.master));
+    Buffers buf(ops);
+    std::vector<Row> rows;
+    const auto time = [&](const std::string& op, const std::string& shape, double per_step, double bytes,
+                          double flops, const std::function<void()>& f) {
+        f();
+        ops.synchronize();
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < args.reps; ++i) f();
+        ops.synchronize();
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / args.reps;
+        rows.push_back({op, shape, per_step, bytes, flops, s});
+    };
+    spdlog::info("moe-opbench: {} on {}, {} tokens per micro-batch, {} calls per op", args.config,
+                 ops.device_name(), N, args.reps);
+
+    // Tokens, and a routing plan with every expert equally loaded.
+    moe::Rng rng(3, "opbench tokens");
+    std::vector<int32_t> tokens(static_cast<size_t>(N)), expert_of_slot(static_cast<size_t>(R));
+    for (int32_t& t : tokens) t = int32_t(rng.next() % uint64_t(V));
+    for (int64_t s = 0; s < R; ++s) expert_of_slot[size_t(s)] = int32_t((s / k * k + s % k * (E / k + 1)) % E);
+    const moe::RoutingPlan plan = moe::build_routing_plan(expert_of_slot.data(), int(N), int(k), int(E), {});
+    moe::Tensor ids = buf.ids(tokens), slot_row = buf.ids(plan.slot_row), row_token = buf.ids(plan.row_token);
+
+    // ---- embedding, RMSNorm ------------------------------------------------
+    moe::Tensor table = buf.random(pr.work, {V, H}, 0.02), dtable = buf.zeros(pr.master, {V, H});
+    moe::Tensor x = buf.random(pr.act, {N, H}), y = buf.zeros(pr.act, {N, H}), dx = buf.zeros(pr.act, {N, H});
+    moe::Tensor dy = buf.random(pr.act, {N, H});
+    const std::string NH = dims({N, H});
+    time("embedding forward", NH, 1, 2 * N * H * act + N * 4, 0, [&] { ops.embedding_forward(y, ids, table); });
+    time("embedding backward", NH, 1, N * H * (act + 2 * master) + N * 4, 0,
+         [&] { ops.embedding_backward(dtable, ids, dy); });
+    moe::Tensor w_norm = buf.random(pr.work, {H}), dw_norm = buf.zeros(pr.master, {H}), rstd = buf.zeros(pr.stat, {N});
+    time("rmsnorm forward", NH, 2 * L + 1, 2 * N * H * act + N * stat, 3 * N * H,
+         [&] { ops.rmsnorm_forward(y, rstd, x, w_norm, m.norm_eps); });
+    time("rmsnorm backward", NH, 2 * L + 1, 4 * N * H * act + N * stat, 8 * N * H,
+         [&] { ops.rmsnorm_backward(dx, dw_norm, dy, x, w_norm, rstd); });
+
+    // ---- dense linear layers ------------------------------------------------
+    const auto linear = [&](const std::string& name, int64_t O, double per_step, moe::DType out_dtype) {
+        moe::Tensor w = buf.random(pr.work, {O, H}, 0.02), dw = buf.zeros(pr.master, {O, H});
+        moe::Tensor out = buf.zeros(out_dtype, {N, O}), dout = buf.random(pr.act, {N, O});
+        const double o_bytes = double(moe::dtype_size(out_dtype));
+        const std::string shape = dims({N, H, O});
+        time(name + " forward", shape, per_step, N * H * act + O * H * work + N * O * o_bytes, 2.0 * N * H * O,
+             [&] { ops.matmul_forward(out, x, w, {}); });
+        if (out_dtype == pr.act)  // the router's fp32 logits take their gradient through the router op
+            time(name + " backward", shape, per_step,
+                 N * O * act + N * H * act + O * H * work + 2 * N * H * act + 2 * O * H * master, 4.0 * N * H * O,
+                 [&] { ops.matmul_backward(dx, dw, {}, dout, x, w); });
+    };
+    linear("linear q, o (H -> nh hd)", nh * hd, 2 * L, pr.act);
+    linear("linear k, v (H -> nkv hd)", nkv * hd, 2 * L, pr.act);
+    linear("lm head (H -> V)", V, 1, pr.act);
+    if (learned) linear("router logits (H -> E)", E, L, pr.stat);
+
+    // ---- RoPE, attention ------------------------------------------------------
+    moe::Tensor q = buf.random(pr.act, {B, T, nh, hd}), kk = buf.random(pr.act, {B, T, nkv, hd});
+    moe::Tensor vv = buf.random(pr.act, {B, T, nkv, hd}), out = buf.zeros(pr.act, {B, T, nh, hd});
+    moe::Tensor lse = buf.zeros(pr.stat, {B, nh, T}), dout = buf.random(pr.act, {B, T, nh, hd});
+    moe::Tensor dq = buf.zeros(pr.act, {B, T, nh, hd}), dk = buf.zeros(pr.act, {B, T, nkv, hd});
+    moe::Tensor dv = buf.zeros(pr.act, {B, T, nkv, hd});
+    time("rope q (in place)", dims({B, T, nh, hd}), 2 * L, 2 * q.bytes(), 6.0 * q.numel(),
+         [&] { ops.rope_forward(q, m.rope_theta); });
+    time("rope k (in place)", dims({B, T, nkv, hd}), 2 * L, 2 * kk.bytes(), 6.0 * kk.numel(),
+         [&] { ops.rope_forward(kk, m.rope_theta); });
+    const double causal_pairs = double(B) * nh * T * (T + 1) / 2;
+    const std::string att = dims({B, T, nh, nkv, hd});
+    time("attention forward", att, L, double(q.bytes() + kk.bytes() + vv.bytes() + out.bytes() + lse.bytes()),
+         4 * causal_pairs * hd, [&] { ops.attention_forward(out, lse, q, kk, vv); });
+    time("attention backward", att, L,
+         double(2 * q.bytes() + 3 * kk.bytes() + 3 * vv.bytes() + 2 * out.bytes() + lse.bytes() + q.bytes()),
+         10 * causal_pairs * hd, [&] { ops.attention_backward(dq, dk, dv, dout, q, kk, vv, out, lse); });
+
+    // ---- router, permutation, experts ------------------------------------------
+    if (learned) {
+        moe::Tensor logits = buf.random(pr.stat, {N, E}), probs = buf.zeros(pr.stat, {N, E});
+        moe::Tensor rlse = buf.zeros(pr.stat, {N}), topk_idx = buf.zeros(moe::DType::I32, {N, k});
+        moe::Tensor topk_w = buf.zeros(pr.stat, {N, k}), dtopk_w = buf.random(pr.stat, {N, k});
+        moe::Tensor dlogits = buf.zeros(pr.stat, {N, E});
+        const std::vector<double> aux_coef(size_t(E), 1e-3);
+        const double rbytes = double(2 * N * E * stat + N * stat + N * k * (4 + stat));
+        time("router forward", dims({N, E, k}), L, rbytes, 5.0 * N * E,
+             [&] { ops.router_forward(probs, rlse, topk_idx, topk_w, logits, m.moe.normalize_top_k); });
+        time("router backward", dims({N, E, k}), L, rbytes + N * E * stat, 8.0 * N * E, [&] {
+            ops.router_backward(dlogits, dtopk_w, probs, rlse, topk_idx, topk_w, m.moe.normalize_top_k, aux_coef,
+                                m.moe.z_loss_weight);
+        });
+        std::vector<double> sums;
+        double lse_sq = 0;
+        time("router stats (a host wait)", dims({N, E}), L, double(N * E * stat + N * stat), 2.0 * N * E,
+             [&] { ops.router_stats(sums, lse_sq, probs, rlse); });
+    }
+    moe::Tensor xe = buf.zeros(pr.act, {R, H}), ye = buf.random(pr.act, {R, H}), dye = buf.zeros(pr.act, {R, H});
+    moe::Tensor topw = buf.random(pr.stat, {N, k}), dtopw = buf.zeros(pr.stat, {N, k});
+    const std::string RH = dims({R, H});
+    time("permute forward", RH, L, 2 * R * H * act + R * 4, 0, [&] { ops.permute_forward(xe, x, row_token); });
+    time("permute backward", RH, L, R * H * act + 2 * N * H * act + R * 4, double(R * H),
+         [&] { ops.permute_backward(dx, ye, slot_row); });
+    time("combine forward", RH, L, R * H * act + 2 * N * H * act + N * k * (4 + stat), 2.0 * R * H,
+         [&] { ops.combine_forward(y, ye, topw, slot_row); });
+    time("combine backward", RH, L, 3 * R * H * act + N * H * act + N * k * (4 + 2 * stat), 4.0 * R * H,
+         [&] { ops.combine_backward(dye, dtopw, dy, ye, topw, slot_row); });
+
+    moe::Tensor w_gate = buf.random(pr.work, {E, I, H}, 0.02), w_down = buf.random(pr.work, {E, H, I}, 0.02);
+    moe::Tensor dw_gate = buf.zeros(pr.master, {E, I, H}), dw_down = buf.zeros(pr.master, {E, H, I});
+    moe::Tensor gate = buf.random(pr.act, {R, I}), up = buf.random(pr.act, {R, I}), a = buf.zeros(pr.act, {R, I});
+    moe::Tensor dgate = buf.zeros(pr.act, {R, I}), dup = buf.zeros(pr.act, {R, I}), da = buf.random(pr.act, {R, I});
+    const double wbytes = double(E * I * H) * work, gbytes = double(E * I * H) * master;
+    const std::string RHI = dims({R, H, I}) + " E" + std::to_string(E);
+    time("experts gate, up forward", RHI, 2 * L, R * H * act + wbytes + R * I * act, 2.0 * R * H * I,
+         [&] { ops.grouped_matmul_forward(gate, xe, w_gate, plan.offsets); });
+    time("experts gate, up backward", RHI, 2 * L, R * I * act + R * H * act + wbytes + 2 * R * H * act + 2 * gbytes,
+         4.0 * R * H * I, [&] { ops.grouped_matmul_backward(dye, dw_gate, gate, xe, w_gate, plan.offsets); });
+    time("experts down forward", RHI, L, R * I * act + wbytes + R * H * act, 2.0 * R * H * I,
+         [&] { ops.grouped_matmul_forward(ye, a, w_down, plan.offsets); });
+    time("experts down backward", RHI, L, R * H * act + R * I * act + wbytes + 2 * R * I * act + 2 * gbytes,
+         4.0 * R * H * I, [&] { ops.grouped_matmul_backward(da, dw_down, dye, a, w_down, plan.offsets); });
+    const std::string RI = dims({R, I});
+    time("swiglu forward", RI, L, 3 * R * I * act, 6.0 * R * I, [&] { ops.swiglu_forward(a, gate, up); });
+    time("swiglu backward", RI, L, 5 * R * I * act, 12.0 * R * I,
+         [&] { ops.swiglu_backward(dgate, dup, da, gate, up); });
+
+    // ---- INL dynamics ------------------------------------------------------------
+    if (dynamics) {
+        moe::Tensor hv = buf.zeros(pr.act, {N, 2 * H}), dhv = buf.zeros(pr.act, {N, 2 * H});
+        moe::Tensor dv_in = buf.zeros(pr.act, {N, H});
+        time("dynamics concat(h, v)", dims({N, 2 * H}), L, 4 * N * H * act, 0,
+             [&] { ops.concat_cols_forward(hv, x, dy); });
+        time("dynamics concat backward", dims({N, 2 * H}), L, 6 * N * H * act, 0,
+             [&] { ops.concat_cols_backward(dx, dv_in, dhv); });
+        moe::Tensor c1 = buf.random(pr.work, {C, 2 * H}, 0.02), dc1 = buf.zeros(pr.master, {C, 2 * H});
+        moe::Tensor hidden = buf.random(pr.act, {N, C}), dhidden = buf.random(pr.act, {N, C});
+        time("dynamics c1 forward", dims({N, 2 * H, C}), L, N * 2 * H * act + C * 2 * H * work + N * C * act,
+             4.0 * N * H * C, [&] { ops.matmul_forward(hidden, hv, c1, {}); });
+        time("dynamics c1 backward", dims({N, 2 * H, C}), L,
+             N * C * act + 3 * N * 2 * H * act + C * 2 * H * (work + 2 * master), 8.0 * N * H * C,
+             [&] { ops.matmul_backward(dhv, dc1, {}, dhidden, hv, c1); });
+        moe::Tensor c2 = buf.random(pr.work, {3 * H, C}, 0.02), dc2 = buf.zeros(pr.master, {3 * H, C});
+        moe::Tensor ctrl = buf.random(pr.act, {N, 3 * H}), dctrl = buf.random(pr.act, {N, 3 * H});
+        time("dynamics c2 forward", dims({N, C, 3 * H}), L, N * C * act + 3 * H * C * work + 3 * N * H * act,
+             6.0 * N * H * C, [&] { ops.matmul_forward(ctrl, hidden, c2, {}); });
+        time("dynamics c2 backward", dims({N, C, 3 * H}), L,
+             3 * N * H * act + 3 * N * C * act + 3 * H * C * (work + 2 * master), 12.0 * N * H * C,
+             [&] { ops.matmul_backward(dhidden, dc2, {}, dctrl, hidden, c2); });
+        moe::Tensor mu = buf.random(pr.work, {H}), dmu = buf.zeros(pr.master, {H});
+        moe::Tensor h2 = buf.zeros(pr.act, {N, H}), v2 = buf.zeros(pr.act, {N, H});
+        const moe::DynamicsParams p{m.dynamics.dt, m.dynamics.beta_max, m.dynamics.velocity_max, m.dynamics.mu_min,
+                                    m.dynamics.mu_max};
+        time("dynamics update forward", NH, L, 7 * N * H * act, 20.0 * N * H,
+             [&] { ops.dynamics_forward(h2, v2, x, dy, ctrl, mu, p); });
+        time("dynamics update backward", NH, L, 13 * N * H * act, 40.0 * N * H,
+             [&] { ops.dynamics_backward(dx, dv_in, dctrl, dmu, y, y, x, dy, ctrl, mu, p); });
+    }
+
+    // ---- loss ----------------------------------------------------------------------
+    moe::Tensor logits = buf.random(pr.act, {N, V}), dlogits = buf.zeros(pr.act, {N, V});
+    moe::Tensor losses = buf.zeros(pr.stat, {N});
+    const std::string NV = dims({N, V});
+    time("cross-entropy forward", NV, 1, N * V * act + N * (4 + stat), 4.0 * N * V,
+         [&] { ops.cross_entropy_forward(losses, logits, ids); });
+    time("cross-entropy backward", NV, 1, 2 * N * V * act + N * 4, 5.0 * N * V,
+         [&] { ops.cross_entropy_backward(dlogits, logits, ids, 1.0 / double(N)); });
+
+    // ---- optimizer on one expert stack (3 per layer) ------------------------------------
+    moe::Tensor param = buf.random(pr.master, {E, I, H}, 0.02), m1 = buf.zeros(pr.master, {E, I, H});
+    moe::Tensor m2 = buf.zeros(pr.master, {E, I, H}), wcopy = buf.zeros(pr.work, {E, I, H});
+    moe::AdamWParams adam;
+    adam.lr = 1e-4;
+    adam.weight_decay = 0.1;
+    const double n = double(E * I * H);
+    time("adamw (expert stack)", dims({E, I, H}), 3 * L, n * (7 * master + work), 12 * n,
+         [&] { ops.adamw_step(param, dw_gate, m1, m2, wcopy, adam); });
+    time("zero gradient (expert stack)", dims({E, I, H}), 3 * L, n * master, 0, [&] { ops.zero(dw_down); });
+    time("sum of squares (expert stack)", dims({E, I, H}), 3 * L / 3.0, 3 * n * master, 6 * n,
+         [&] { ops.sum_squares({dw_gate, dw_down, param}); });
+
+    std::printf("%-34s %-24s %10s %9s %9s %8s %10s\n", "op", "shape", "ms/call", "GB/s", "TFLOP/s", "calls", "ms/step");
+    double step = 0;
+    for (const Row& r : rows) {
+        std::printf("%-34s %-24s %10.4f %9.1f %9.2f %8.0f %10.3f\n", r.op.c_str(), r.shape.c_str(), r.seconds * 1e3,
+                    r.bytes / r.seconds / 1e9, r.flops / r.seconds / 1e12, r.per_step, r.per_step * r.seconds * 1e3);
+        step += r.per_step * r.seconds;
+    }
+    std::printf("these ops' calls in one step: %.2f ms\n", step * 1e3);
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    spdlog::set_pattern("[%H:%M:%S] %l %v");
+    moe::MpiRuntime mpi(&argc, &argv);
+    const Args args = parse(argc, argv);
+    try {
+        return run(args);
+    } catch (const std::exception& e) {
+        moe::exit_with_error(kProgram, e.what());
+    }
+}
