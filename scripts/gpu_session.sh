@@ -2,40 +2,42 @@
 # Everything that needs a GPU, in one go, for a machine lent for minutes:
 # builds natively, runs the gpu tests, the medium benchmarks, the staged
 # two-rank runs (dispatch/combine time, overlap of the gradient all-reduce),
-# a short moe-train on the GPU with a resume, and on request
+# a short moe-train on the GPU with a resume, the CPU test labels (this
+# machine's compilers and libraries: Catch2 3, yaml-cpp 0.8), and on request
 # compute-sanitizer on the kernel tests. Each stage logs to OUT/<stage>.log,
 # has a time limit, and the next one runs after a failure; the summary
 # (OUT/summary.txt, printed last) has each stage's exit status and headline
 # figures. The default stages fit one 10-minute call.
 #
 #   scripts/gpu_session.sh OUT [stage ...]
-#   stages: build test bench staged train sanitize
-#   (default: build test bench staged train, in that order)
+#   stages: build test bench staged train unit sanitize
+#   (default: all but sanitize, in that order)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ]; then
-  echo "usage: scripts/gpu_session.sh OUT [build|test|bench|staged|train|sanitize ...]" >&2
+  echo "usage: scripts/gpu_session.sh OUT [build|test|bench|staged|train|unit|sanitize ...]" >&2
   exit 2
 fi
 out=$(mkdir -p "$1" && cd "$1" && pwd)
 shift
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build test bench staged train)
+[ ${#stages[@]} -eq 0 ] && stages=(build test bench staged train unit)
 build=build-gpu
 njobs=$(nproc)
 export out build njobs
 # mpirun as root (the lent machines run commands as root)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # seconds each stage may take
-declare -A limit=([build]=240 [test]=200 [bench]=200 [staged]=200 [train]=120 [sanitize]=480)
+declare -A limit=([build]=240 [test]=200 [bench]=200 [staged]=200 [train]=120 [unit]=180 [sanitize]=480)
 summary="$out/summary.txt"
 : > "$summary"
 
-note() { echo "$*" | tee -a "$summary"; }
+note() { echo "$*" >> "$summary"; }
 
 # stage NAME: runs do_NAME within its time limit, output in OUT/NAME.log.
 stage() {
   local name=$1 t0=$SECONDS
+  echo "running $name (at most ${limit[$name]} s)"
   timeout --kill-after=10 "${limit[$name]}" bash -c "do_$name" > "$out/$name.log" 2>&1
   local rc=$?
   local why=""
@@ -63,6 +65,8 @@ do_build() {
 }
 
 do_test() { (cd "$build" && ctest -L gpu --output-on-failure --timeout 600); }
+
+do_unit() { (cd "$build" && ctest -L "unit|mpi" --output-on-failure -j "$njobs"); }
 
 # Races, out-of-bounds accesses and uninitialised reads in the kernels, on the
 # op tests (small shapes; the model tests would take too long under the tool).
@@ -123,12 +127,12 @@ do_train() {
     "$build/moe-train" "${args[@]}" --set train.steps=300 --resume auto
 }
 
-export -f do_build do_test do_sanitize do_bench do_staged do_train
+export -f do_build do_test do_unit do_sanitize do_bench do_staged do_train
 failed=0
 for s in "${stages[@]}"; do
   case $s in
-    build | test | bench | staged | train | sanitize) stage "$s" || failed=1 ;;
-    *) note "unknown stage '$s' (build test bench staged train sanitize)"; failed=1 ;;
+    build | test | bench | staged | train | unit | sanitize) stage "$s" || failed=1 ;;
+    *) note "unknown stage '$s' (build test bench staged train unit sanitize)"; failed=1 ;;
   esac
 done
 
@@ -138,7 +142,9 @@ for f in bench staged; do
   [ -f "$out/$f.log" ] && grep -E "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^  [a-z]|^these ops" \
     "$out/$f.log" >> "$summary"
 done
-[ -f "$out/test.log" ] && grep -E "tests passed|tests failed|\(Failed\)|\(Not Run\)|Skipped" "$out/test.log" >> "$summary"
+for f in test unit; do
+  [ -f "$out/$f.log" ] && grep -E "tests passed|tests failed|\(Failed\)|\(Not Run\)|Skipped" "$out/$f.log" >> "$summary"
+done
 echo
 cat "$summary"
 exit $failed
