@@ -48,24 +48,18 @@ struct Args {
 
 Args parse(int argc, char** argv) {
     Args a;
-    for (int i = 1; i < argc; ++i) {
-        const std::string arg = argv[i];
-        const auto value = [&]() -> const char* {
-            if (i + 1 >= argc) moe::exit_with_error(kProgram, arg + " needs a value\n" + kUsage);
-            return argv[++i];
-        };
-        if (arg == "--config") a.config = value();
-        else if (arg == "--steps") a.steps = int(moe::integer_flag(kProgram, arg, value(), 1));
-        else if (arg == "--warmup") a.warmup = int(moe::integer_flag(kProgram, arg, value(), 0));
-        else if (arg == "--phase-steps") a.phase_steps = int(moe::integer_flag(kProgram, arg, value(), 0));
-        else if (arg == "--set") a.overrides.push_back(value());
+    moe::ToolArgs args(kProgram, kUsage, argc, argv);
+    while (args.next()) {
+        const std::string& arg = args.arg();
+        if (arg == "--config") a.config = args.value();
+        else if (arg == "--steps") a.steps = int(args.integer(1));
+        else if (arg == "--warmup") a.warmup = int(args.integer(0));
+        else if (arg == "--phase-steps") a.phase_steps = int(args.integer(0));
+        else if (arg == "--set") a.overrides.push_back(args.value());
         else if (arg == "--no-overlap") a.overlap = false;
-        else if (arg == "--help" || arg == "-h") {
-            std::fputs(kUsage, stdout);
-            std::exit(0);
-        } else moe::exit_with_error(kProgram, "unknown argument '" + arg + "'\n" + kUsage);
+        else args.fail_with_usage("unknown argument '" + arg + "'");
     }
-    if (a.config.empty()) moe::exit_with_error(kProgram, std::string("--config is required\n") + kUsage);
+    if (a.config.empty()) args.fail_with_usage("--config is required");
     return a;
 }
 

@@ -51,38 +51,32 @@ struct Args {
 
 Args parse(int argc, char** argv) {
     Args a;
-    for (int i = 1; i < argc; ++i) {
-        const std::string arg = argv[i];
-        const auto value = [&]() -> const char* {
-            if (i + 1 >= argc) fail(arg + " needs a value\n" + kUsage);
-            return argv[++i];
-        };
-        if (arg == "--help" || arg == "-h") {
-            std::fputs(kUsage, stdout);
-            std::exit(0);
-        } else if (arg == "--prompt") {
-            a.prompt = value();
+    ToolArgs args(kProgram, kUsage, argc, argv);
+    while (args.next()) {
+        const std::string& arg = args.arg();
+        if (arg == "--prompt") {
+            a.prompt = args.value();
             a.has_prompt = true;
         } else if (arg == "--tokens") {
-            a.tokens = integer_flag(kProgram, arg, value(), 0);
+            a.tokens = args.integer(0);
         } else if (arg == "--top-k") {
-            a.top_k = integer_flag(kProgram, arg, value(), 0);
+            a.top_k = args.integer(0);
         } else if (arg == "--seed") {
-            a.seed = static_cast<unsigned long long>(integer_flag(kProgram, arg, value(), 0));
+            a.seed = static_cast<unsigned long long>(args.integer(0));
         } else if (arg == "--temperature") {
-            const char* text = value();
+            const char* text = args.value();
             char* end = nullptr;
             a.temperature = std::strtod(text, &end);
             if (!*text || *end || !std::isfinite(a.temperature) || a.temperature < 0)
                 fail("--temperature takes a number >= 0, got '" + std::string(text) + "'");
         } else if (arg.rfind("-", 0) == 0 || !a.dir.empty()) {
-            fail("unexpected argument '" + arg + "'\n" + kUsage);
+            args.fail_with_usage("unexpected argument '" + arg + "'");
         } else {
             a.dir = arg;
         }
     }
-    if (a.dir.empty()) fail(std::string("a checkpoint or run directory is required\n") + kUsage);
-    if (!a.has_prompt) fail(std::string("--prompt TEXT is required\n") + kUsage);
+    if (a.dir.empty()) args.fail_with_usage("a checkpoint or run directory is required");
+    if (!a.has_prompt) args.fail_with_usage("--prompt TEXT is required");
     return a;
 }
 

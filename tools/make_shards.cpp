@@ -33,34 +33,28 @@ constexpr const char* kProgram = "moe-shards";
 
 Args parse(int argc, char** argv) {
     Args a;
-    for (int i = 1; i < argc; ++i) {
-        const std::string arg = argv[i];
-        const auto value = [&]() -> const char* {
-            if (i + 1 >= argc) fail(arg + " needs a value\n" + kUsage);
-            return argv[++i];
-        };
-        if (arg == "--help" || arg == "-h") {
-            std::fputs(kUsage, stdout);
-            std::exit(0);
-        } else if (arg == "--out") {
-            a.out = value();
+    moe::ToolArgs args(kProgram, kUsage, argc, argv);
+    while (args.next()) {
+        const std::string& arg = args.arg();
+        if (arg == "--out") {
+            a.out = args.value();
         } else if (arg == "--val-every") {
-            a.val_every = moe::integer_flag(kProgram, arg, value(), 1);
+            a.val_every = args.integer(1);
         } else if (arg == "--chunk") {
-            a.chunk = moe::integer_flag(kProgram, arg, value(), 1);
+            a.chunk = args.integer(1);
         } else if (arg == "--shard-tokens") {
-            a.shard_tokens = moe::integer_flag(kProgram, arg, value(), 1);
+            a.shard_tokens = args.integer(1);
         } else if (arg == "--version") {
-            a.version = moe::integer_flag(kProgram, arg, value(), 1);
+            a.version = args.integer(1);
             if (a.version != 1 && a.version != 2) fail("--version must be 1 (uint16 tokens) or 2 (uint32 tokens)");
         } else if (arg.rfind("--", 0) == 0) {
-            fail("unknown option '" + arg + "'\n" + kUsage);
+            args.fail_with_usage("unknown option '" + arg + "'");
         } else {
             a.files.push_back(arg);
         }
     }
-    if (a.out.empty()) fail(std::string("--out DIR is required\n") + kUsage);
-    if (a.files.empty()) fail(std::string("no input files\n") + kUsage);
+    if (a.out.empty()) args.fail_with_usage("--out DIR is required");
+    if (a.files.empty()) args.fail_with_usage("no input files");
     if (a.val_every < 2) fail("--val-every must be at least 2 (1 would leave no training data)");
     return a;
 }

@@ -40,21 +40,15 @@ struct Args {
 
 Args parse(int argc, char** argv) {
     Args a;
-    for (int i = 1; i < argc; ++i) {
-        const std::string arg = argv[i];
-        const auto value = [&]() -> const char* {
-            if (i + 1 >= argc) moe::exit_with_error(kProgram, arg + " needs a value\n" + kUsage);
-            return argv[++i];
-        };
-        if (arg == "--config") a.config = value();
-        else if (arg == "--reps") a.reps = int(moe::integer_flag(kProgram, arg, value(), 1));
-        else if (arg == "--set") a.overrides.push_back(value());
-        else if (arg == "--help" || arg == "-h") {
-            std::fputs(kUsage, stdout);
-            std::exit(0);
-        } else moe::exit_with_error(kProgram, "unknown argument '" + arg + "'\n" + kUsage);
+    moe::ToolArgs args(kProgram, kUsage, argc, argv);
+    while (args.next()) {
+        const std::string& arg = args.arg();
+        if (arg == "--config") a.config = args.value();
+        else if (arg == "--reps") a.reps = int(args.integer(1));
+        else if (arg == "--set") a.overrides.push_back(args.value());
+        else args.fail_with_usage("unknown argument '" + arg + "'");
     }
-    if (a.config.empty()) moe::exit_with_error(kProgram, std::string("--config is required\n") + kUsage);
+    if (a.config.empty()) args.fail_with_usage("--config is required");
     return a;
 }
 
@@ -305,7 +299,7 @@ int run(const Args& args) {
     time("adamw (expert stack)", dims({E, I, H}), 3 * L, n * (7 * master + work), 12 * n,
          [&] { ops.adamw_step(param, dw_gate, m1, m2, wcopy, adam); });
     time("zero gradient (expert stack)", dims({E, I, H}), 3 * L, n * master, 0, [&] { ops.zero(dw_down); });
-    time("sum of squares (expert stack)", dims({E, I, H}), 3 * L / 3.0, 3 * n * master, 6 * n,
+    time("sum of squares (3 expert stacks)", dims({E, I, H}), L, 3 * n * master, 6 * n,
          [&] { ops.sum_squares({dw_gate, dw_down, param}); });
 
     std::printf("%-34s %-24s %10s %9s %9s %8s %10s\n", "op", "shape", "ms/call", "GB/s", "TFLOP/s", "calls", "ms/step");

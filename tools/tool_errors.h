@@ -15,14 +15,51 @@ namespace moe {
     std::exit(2);
 }
 
-// The value of an integer flag: the whole text, at least `min`.
-inline long integer_flag(const char* program, const std::string& flag, const char* text, long min) {
-    char* end = nullptr;
-    errno = 0;
-    const long v = std::strtol(text, &end, 10);
-    if (!*text || *end || errno || v < min)
-        exit_with_error(program, flag + " takes an integer >= " + std::to_string(min) + ", got '" + text + "'");
-    return v;
-}
+// A tool's command line, one argument at a time. --help and -h print the
+// usage and exit 0; a missing or bad flag value ends the program with one
+// line naming the flag.
+class ToolArgs {
+public:
+    ToolArgs(const char* program, const char* usage, int argc, char** argv)
+        : program_(program), usage_(usage), argc_(argc), argv_(argv) {}
+
+    // Steps to the next argument; false past the last.
+    bool next() {
+        if (++at_ >= argc_) return false;
+        arg_ = argv_[at_];
+        if (arg_ == "--help" || arg_ == "-h") {
+            std::fputs(usage_, stdout);
+            std::exit(0);
+        }
+        return true;
+    }
+    const std::string& arg() const { return arg_; }
+    // The argument after this flag.
+    const char* value() {
+        if (at_ + 1 >= argc_) fail_with_usage(arg_ + " needs a value");
+        return argv_[++at_];
+    }
+    // The flag's value as an integer: the whole text, at least `min`.
+    long integer(long min) {
+        const char* text = value();
+        char* end = nullptr;
+        errno = 0;
+        const long v = std::strtol(text, &end, 10);
+        if (!*text || *end || errno || v < min)
+            fail(arg_ + " takes an integer >= " + std::to_string(min) + ", got '" + text + "'");
+        return v;
+    }
+    [[noreturn]] void fail(const std::string& message) const { exit_with_error(program_, message); }
+    // The message, then the usage.
+    [[noreturn]] void fail_with_usage(const std::string& message) const { fail(message + "\n" + usage_); }
+
+private:
+    const char* program_;
+    const char* usage_;
+    int argc_;
+    char** argv_;
+    int at_ = 0;
+    std::string arg_;
+};
 
 }  // namespace moe
