@@ -64,9 +64,11 @@ public:
     // since construction or the last reset: the dispatch volume.
     int64_t bytes_sent_all_to_all() const { return bytes_sent_all_to_all_; }
     void reset_bytes_sent_all_to_all() { bytes_sent_all_to_all_ = 0; }
-    // Wall time spent in all_to_all(_v) since construction: waiting for the
+    // Time spent in all_to_all(_v) since construction: waiting for the
     // slowest peer included, so it shows load imbalance as well as transfer.
-    double seconds_in_all_to_all() const { return seconds_in_all_to_all_; }
+    // Here the calls' wall time; a transport that queues the exchange on a
+    // device stream measures it there (and may wait for it to finish).
+    virtual double seconds_in_all_to_all() const { return seconds_in_all_to_all_; }
 
 protected:
     // all_to_all_v with validated counts (one per rank, none negative).

@@ -52,6 +52,12 @@ NcclCommunicator::NcclCommunicator(std::unique_ptr<Communicator> host, cudaStrea
 }
 
 NcclCommunicator::~NcclCommunicator() {
+    if (stream_) cudaStreamSynchronize(stream_);
+    for (const Timing& t : pending_) idle_.push_back(t);
+    for (const Timing& t : idle_) {
+        cudaEventDestroy(t.start);
+        cudaEventDestroy(t.stop);
+    }
     if (comm_) ncclCommDestroy(comm_);
     if (comm_done_) cudaEventDestroy(comm_done_);
     if (compute_done_) cudaEventDestroy(compute_done_);
@@ -113,6 +119,8 @@ void NcclCommunicator::do_all_to_all_v(const void* send, const std::vector<int64
     const size_t elem = dtype_size(dtype);
     const ncclDataType_t type = nccl_type(dtype);
     begin();
+    const Timing timing = take_timing();
+    check_cuda(cudaEventRecord(timing.start, stream_), "cudaEventRecord");
     size_t send_off = 0, recv_off = 0;
     check_nccl(ncclGroupStart(), "ncclGroupStart");
     for (int p = 0; p < size(); ++p) {
@@ -123,8 +131,45 @@ void NcclCommunicator::do_all_to_all_v(const void* send, const std::vector<int64
         recv_off += r;
     }
     check_nccl(ncclGroupEnd(), "ncclGroupEnd");
+    check_cuda(cudaEventRecord(timing.stop, stream_), "cudaEventRecord");
+    pending_.push_back(timing);
     end();
-    check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+}
+
+NcclCommunicator::Timing NcclCommunicator::take_timing() {
+    settle_timings(false);
+    if (!idle_.empty()) {
+        const Timing t = idle_.back();
+        idle_.pop_back();
+        return t;
+    }
+    Timing t{};
+    check_cuda(cudaEventCreate(&t.start), "cudaEventCreate");
+    check_cuda(cudaEventCreate(&t.stop), "cudaEventCreate");
+    return t;
+}
+
+void NcclCommunicator::settle_timings(bool wait) const {
+    while (!pending_.empty()) {
+        const Timing t = pending_.front();
+        if (wait) {
+            check_cuda(cudaEventSynchronize(t.stop), "cudaEventSynchronize");
+        } else {
+            const cudaError_t state = cudaEventQuery(t.stop);
+            if (state == cudaErrorNotReady) return;
+            check_cuda(state, "cudaEventQuery");
+        }
+        float ms = 0;
+        check_cuda(cudaEventElapsedTime(&ms, t.start, t.stop), "cudaEventElapsedTime");
+        a2a_seconds_ += 1e-3 * ms;
+        pending_.pop_front();
+        idle_.push_back(t);
+    }
+}
+
+double NcclCommunicator::seconds_in_all_to_all() const {
+    settle_timings(true);
+    return a2a_seconds_ + host_->seconds_in_all_to_all();
 }
 
 }  // namespace moe

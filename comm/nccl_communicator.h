@@ -12,7 +12,9 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <deque>
 #include <memory>
+#include <vector>
 
 #include "comm/communicator.h"
 
@@ -40,9 +42,13 @@ public:
     void barrier() override { host_->barrier(); }
     std::unique_ptr<Communicator> split(int color, int key) override;
 
+    // The device exchanges' time on the comm stream, from the compute they
+    // waited for to their end (waits for those still running), plus the host
+    // exchanges' time in the MPI communicator.
+    double seconds_in_all_to_all() const override;
+
 protected:
-    // Waits for the transfer before returning, so the time the base class
-    // measures is the exchange's (the dispatcher needs the rows next anyway).
+    // Queued, not waited for: the compute queued after it waits on the GPU.
     void do_all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,
                          const std::vector<int64_t>& recv_counts, DType dtype) override;
 
@@ -52,11 +58,23 @@ private:
     void begin();
     void end();
 
+    // Timing events around each device all-to-all: pending until read, then
+    // added to a2a_seconds_ and reused.
+    struct Timing {
+        cudaEvent_t start, stop;
+    };
+    Timing take_timing();
+    // Adds up the pending timings that finished (all of them when wait).
+    void settle_timings(bool wait) const;
+
     std::unique_ptr<Communicator> host_;
     cudaStream_t compute_;
     cudaStream_t stream_ = nullptr;
     cudaEvent_t compute_done_ = nullptr, comm_done_ = nullptr;
     ncclComm_t comm_ = nullptr;
+    mutable std::deque<Timing> pending_;
+    mutable std::vector<Timing> idle_;
+    mutable double a2a_seconds_ = 0;
 };
 
 }  // namespace moe

@@ -89,13 +89,15 @@ void Model::carve() {
     const bool dyn = cfg_.dynamics.enabled;
     ids_ = acts_.take(DType::I32, {N});
     targets_ = acts_.take(DType::I32, {N});
+    if (cfg_.moe.router == "learned") router_stats_ = acts_.take(DType::F64, {L, cfg_.moe.num_experts + 1});
     h_.assign(L + 1, Tensor{});
     v_.assign(L + 1, Tensor{});
     for (int64_t l = 0; l <= L; ++l) {
         h_[l] = acts_.take(pr_.act, {N, H});
         if (dyn) v_[l] = acts_.take(pr_.act, {N, H});
     }
-    for (auto& b : blocks_) {
+    for (int64_t l = 0; l < L; ++l) {
+        Block* b = blocks_[size_t(l)].get();
         scratch_.rewind();  // every block reuses the same scratch
         b->xn1 = acts_.take(pr_.act, {N, H});
         b->rstd1 = acts_.take(pr_.stat, {N});
@@ -106,7 +108,7 @@ void Model::carve() {
         b->moe_out = acts_.take(pr_.act, {N, H});
         if (dyn) b->h_mid = acts_.take(pr_.act, {N, H});
         b->attn.carve(acts_, scratch_, pr_, B_, T_);
-        b->moe.carve(acts_, scratch_, pr_, N);
+        b->moe.carve(acts_, scratch_, pr_, N, router_stats_.empty() ? Tensor{} : router_stats_.rows(l, l + 1));
         if (dyn) b->dynamics->carve(acts_, scratch_, pr_, N);
     }
     hn_ = acts_.take(pr_.act, {N, H});
@@ -162,9 +164,19 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
             PhaseScope scope(times_, ops_, Phase::Dynamics);
             b.dynamics->forward(ops_, b.h_mid, v_[l], h_[l + 1], v_[l + 1]);
         }
-        r.aux += s.losses.aux + s.losses.z_loss;
         r.routed.push_back(std::move(s.routed));
         r.dropped += s.dropped;
+    }
+    if (!router_stats_.empty()) {
+        // Every layer's router statistics in one read: a device waits once.
+        PhaseScope scope(times_, ops_, Phase::Routing);
+        router_stats_host_.resize(size_t(router_stats_.numel()));
+        ops_.copy_to_host(router_stats_host_.data(), router_stats_);
+        const int64_t row = router_stats_.dim(1);
+        for (size_t l = 0; l < blocks_.size(); ++l) {
+            const RouterLosses losses = blocks_[l]->moe.router_losses(router_stats_host_.data() + l * row);
+            r.aux += losses.aux + losses.z_loss;
+        }
     }
 
     PhaseScope scope(times_, ops_, Phase::Head);

@@ -78,6 +78,8 @@ private:
     Tensor ids_, targets_;
     std::vector<Tensor> h_, v_;  // residual and velocity streams entering each layer, [L+1]
     Tensor hn_, rstd_, logits_, losses_;
+    Tensor router_stats_;  // F64 [L, E+1] (learned router): each layer's Router stats
+    std::vector<double> router_stats_host_;
     Tensor dh_[2], dv_[2], dxn_;
 };
 

@@ -16,8 +16,8 @@ MoeLayer::MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, Comm
       experts_(cfg, params, layer, group_rank(ep) * (cfg.moe.num_experts / group_size(ep)),
                cfg.moe.num_experts / group_size(ep)) {}
 
-void MoeLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N) {
-    router_.carve(acts, scratch, pr, N);
+void MoeLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor router_stats) {
+    router_.carve(acts, scratch, pr, N, router_stats);
     dispatcher_.carve(acts, scratch, pr, N, H_);
     experts_.carve(acts, scratch, pr, N * k_ * ep_size_);  // every slot of the EP group at most
     dtopk_w_ = scratch.take(pr.stat, {N, k_});
@@ -27,7 +27,9 @@ MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y) {
     {
         PhaseScope scope(times_, ops, Phase::Routing);
         router_.forward(ops, x, ids);
-        expert_in_ = dispatcher_.dispatch(ops, router_.expert_of_slot(), x);
+        expert_in_ = router_.learned() ? dispatcher_.dispatch(ops, router_.topk_idx(), x)
+                                       : dispatcher_.dispatch(ops, router_.token_experts(), x);
+        router_.set_load(dispatcher_.counts());
     }
     {
         PhaseScope scope(times_, ops, Phase::Experts);
@@ -36,12 +38,11 @@ MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y) {
     PhaseScope scope(times_, ops, Phase::Routing);
     dispatcher_.combine(ops, router_.topk_w(), y);
 
-    const RoutingPlan& plan = dispatcher_.plan();
+    const RoutingCounts& counts = dispatcher_.counts();
     MoeStats stats;
-    stats.losses = router_.losses(ops, plan);
-    stats.routed.resize(plan.num_experts);
-    for (int e = 0; e < plan.num_experts; ++e) stats.routed[e] = plan.routed(e);
-    stats.dropped = plan.total_dropped();
+    stats.routed.resize(counts.num_experts);
+    for (int e = 0; e < counts.num_experts; ++e) stats.routed[e] = counts.routed(e);
+    stats.dropped = counts.total_dropped();
     return stats;
 }
 

@@ -9,9 +9,8 @@
 
 namespace moe {
 
-// What one forward of the layer routed, for losses and logs.
+// What one forward of the layer routed, for logs.
 struct MoeStats {
-    RouterLosses losses;
     std::vector<int64_t> routed;  // [E] token-slots routed to each expert
     int64_t dropped = 0;          // slots dropped by capacity
 };
@@ -20,10 +19,15 @@ class MoeLayer {
 public:
     // ep: the expert-parallel group (null: all experts here).
     MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, Communicator* ep);
-    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N);
+    // router_stats: F64 [E+1] on the backend for the learned router's
+    // statistics (empty for token_id).
+    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor router_stats);
 
     // y[N,H] = moe(x[N,H]); ids[N] (host) feed the token_id router.
     MoeStats forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y);
+    // The router's aux and z losses of the last forward, from the stats it
+    // left in router_stats, read back (E+1 values).
+    RouterLosses router_losses(const double* stats) const { return router_.losses(stats); }
     // dx += input gradient of sum(dy * y) + loss_scale * (aux + z).
     void backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_scale);
     // Times the experts and the routing apart (null: no timing).

@@ -10,24 +10,27 @@ Router::Router(const ModelConfig& cfg, ParameterSet& params, int layer) : cfg_(c
                               {cfg_.num_experts, cfg.hidden_size}, InitSpec::normal(cfg.init_std), true);
 }
 
-void Router::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N) {
+void Router::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor stats) {
     const int64_t E = cfg_.num_experts, k = cfg_.top_k;
     topk_w_ = acts.take(pr.stat, {N, k});
-    expert_of_slot_.resize(N * k);
-    if (!learned()) return;
+    if (!learned()) {
+        token_experts_.resize(N);
+        return;
+    }
     logits_ = acts.take(pr.stat, {N, E});
     probs_ = acts.take(pr.stat, {N, E});
     lse_ = acts.take(pr.stat, {N});
     topk_idx_ = acts.take(DType::I32, {N, k});
     dlogits_ = scratch.take(pr.stat, {N, E});
     dlogits_act_ = pr.act == pr.stat ? dlogits_ : scratch.take(pr.act, {N, E});
+    stats_ = stats;
 }
 
 void Router::forward(Ops& ops, Tensor x, const int32_t* ids) {
     const int64_t N = x.dim(0);
     if (!learned()) {
         // token_id: one expert per token, weight 1.
-        for (int64_t t = 0; t < N; ++t) expert_of_slot_[t] = ids[t] % cfg_.num_experts;
+        for (int64_t t = 0; t < N; ++t) token_experts_[t] = ids[t] % cfg_.num_experts;
         if (ones_written_) return;
         ones_written_ = true;
         if (topk_w_.dtype == DType::F64) {
@@ -41,27 +44,26 @@ void Router::forward(Ops& ops, Tensor x, const int32_t* ids) {
     }
     ops.matmul_forward(logits_, x, weight_->work, {});
     ops.router_forward(probs_, lse_, topk_idx_, topk_w_, logits_, cfg_.normalize_top_k);
-    ops.copy_to_host(expert_of_slot_.data(), topk_idx_);
+    ops.router_stats(stats_, probs_, lse_);
 }
 
-RouterLosses Router::losses(Ops& ops, const RoutingPlan& plan) {
+void Router::set_load(const RoutingCounts& counts) {
+    if (!learned()) return;
+    // Switch: aux = w * E * sum_e f_e * P_e, f_e = share of slots routed to e
+    // (no gradient), P_e = mean_t p[t, e]: aux = sum_e aux_coef[e] * sum_t p[t, e].
+    const int E = cfg_.num_experts;
+    const double N = counts.num_tokens, slots = N * counts.top_k;
+    aux_coef_.assign(E, 0.0);
+    for (int e = 0; e < E; ++e) aux_coef_[e] = cfg_.load_balancing_weight * E * (counts.routed(e) / slots) / N;
+    z_coef_ = cfg_.z_loss_weight / N;
+}
+
+RouterLosses Router::losses(const double* stats) const {
     RouterLosses out;
     if (!learned()) return out;
     const int E = cfg_.num_experts;
-    const double N = plan.num_tokens, slots = N * plan.top_k;
-    std::vector<double> prob_sums;
-    double lse_sq = 0;
-    ops.router_stats(prob_sums, lse_sq, probs_, lse_);
-    // Switch: aux = w * E * sum_e f_e * P_e, f_e = share of slots routed to e
-    // (no gradient), P_e = mean_t p[t, e].
-    aux_coef_.assign(E, 0.0);
-    for (int e = 0; e < E; ++e) {
-        const double f = plan.routed(e) / slots;
-        out.aux += cfg_.load_balancing_weight * E * f * prob_sums[e] / N;
-        aux_coef_[e] = cfg_.load_balancing_weight * E * f / N;
-    }
-    out.z_loss = cfg_.z_loss_weight * lse_sq / N;
-    z_coef_ = cfg_.z_loss_weight / N;
+    for (int e = 0; e < E; ++e) out.aux += aux_coef_[e] * stats[e];
+    out.z_loss = z_coef_ * stats[E];
     return out;
 }
 

@@ -4,10 +4,10 @@
 #pragma once
 #include <vector>
 
-#include "comm/routing_plan.h"
 #include "engine/arena.h"
 #include "engine/config.h"
 #include "engine/parameters.h"
+#include "kernels/routing_plan.h"
 
 namespace moe {
 
@@ -19,17 +19,25 @@ struct RouterLosses {
 class Router {
 public:
     Router(const ModelConfig& cfg, ParameterSet& params, int layer);
-    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N);
+    // stats: F64 [E+1] on the backend where forward leaves the learned
+    // router's statistics (empty for token_id).
+    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor stats);
 
-    // Chooses experts for x[N,H]: fills topk_w() and expert_of_slot() [N*k].
+    // Chooses experts for x[N,H]: fills topk_w() and, learned, topk_idx() on
+    // the backend, token_id, token_experts() on the host. The learned router
+    // leaves its statistics in stats for losses().
     void forward(Ops& ops, Tensor x, const int32_t* ids);
-    // Losses of this micro-batch; the plan says how many slots each expert got.
-    RouterLosses losses(Ops& ops, const RoutingPlan& plan);
+    // The slots each expert got, which the aux loss and its gradient weigh.
+    void set_load(const RoutingCounts& counts);
+    // This micro-batch's losses from the stats forward left, read back to
+    // the host (E+1 values).
+    RouterLosses losses(const double* stats) const;
     // dx += router's input gradient given dtopk_w; loss_scale weights the losses.
     void backward(Ops& ops, Tensor x, Tensor dtopk_w, Tensor dx, double loss_scale);
 
     Tensor topk_w() const { return topk_w_; }
-    const std::vector<int32_t>& expert_of_slot() const { return expert_of_slot_; }
+    Tensor topk_idx() const { return topk_idx_; }  // I32 [N,k], learned
+    const std::vector<int32_t>& token_experts() const { return token_experts_; }  // [N], token_id
     bool learned() const { return weight_ != nullptr; }
 
 private:
@@ -37,8 +45,8 @@ private:
     Param* weight_ = nullptr;  // [E, H], learned router only
     // logits_ to dlogits_ in fp32 (stat); dlogits_act_ feeds the matmul
     // backward (dlogits_ itself when the dtypes agree).
-    Tensor logits_, probs_, lse_, topk_idx_, topk_w_, dlogits_, dlogits_act_;
-    std::vector<int32_t> expert_of_slot_;
+    Tensor logits_, probs_, lse_, topk_idx_, topk_w_, dlogits_, dlogits_act_, stats_;
+    std::vector<int32_t> token_experts_;
     std::vector<double> aux_coef_;  // d aux / d probs[t, e], per expert
     double z_coef_ = 0;
     bool ones_written_ = false;  // token_id: topk_w is constant 1

@@ -39,16 +39,25 @@ void TokenDispatcher::carve(Arena& acts, Arena& scratch, const Precision& pr, in
     d_local_in_ = scratch.take(dt, {most, H});
 }
 
+Tensor TokenDispatcher::dispatch(Ops& ops, Tensor expert_of_slot, Tensor x) {
+    counts_ = ops.plan_routing(slot_row_, row_token_, expert_of_slot, E_, capacity_factor_);
+    return send_rows(ops, x);
+}
+
 Tensor TokenDispatcher::dispatch(Ops& ops, const std::vector<int32_t>& expert_of_slot, Tensor x) {
-    const int N = int(x.dim(0));
-    plan_ = build_routing_plan(expert_of_slot.data(), N, k_, E_, capacity_factor_);
-    const int64_t R = plan_.rows();
-    ops.copy_from_host(slot_row_, plan_.slot_row.data());
-    ops.copy_from_host(row_token_.rows(0, R), plan_.row_token.data());
+    RoutingPlan plan = build_routing_plan(expert_of_slot.data(), int(x.dim(0)), k_, E_, capacity_factor_);
+    ops.copy_from_host(slot_row_, plan.slot_row.data());
+    ops.copy_from_host(row_token_.rows(0, plan.rows()), plan.row_token.data());
+    counts_ = std::move(plan);
+    return send_rows(ops, x);
+}
+
+Tensor TokenDispatcher::send_rows(Ops& ops, Tensor x) {
+    const int64_t R = counts_.rows();
     Tensor routed = send_.rows(0, R);
     ops.permute_forward(routed, x, row_token_.rows(0, R));
     if (!distributed()) {
-        local_offsets_ = plan_.offsets;
+        local_offsets_ = counts_.offsets;
         local_rows_ = R;
         return routed;
     }
@@ -62,7 +71,7 @@ void TokenDispatcher::exchange_counts(Ops& ops) {
     const int P = ep_->size(), El = E_ / P;
     // Rows per global expert, sent to the rank that holds the expert.
     std::vector<int32_t> mine(E_), theirs(E_);
-    for (int e = 0; e < E_; ++e) mine[e] = int32_t(plan_.offsets[e + 1] - plan_.offsets[e]);
+    for (int e = 0; e < E_; ++e) mine[e] = int32_t(counts_.offsets[e + 1] - counts_.offsets[e]);
     ep_->all_to_all(mine.data(), theirs.data(), El, DType::I32);  // theirs[s*El + e]: rows of source s for local e
 
     send_rows_.assign(P, 0);
@@ -117,7 +126,7 @@ void TokenDispatcher::from_experts(Ops& ops, Tensor local_rows, Tensor routing_r
 }
 
 void TokenDispatcher::combine(Ops& ops, Tensor w, Tensor y) {
-    const int64_t R = plan_.rows();
+    const int64_t R = counts_.rows();
     Tensor back = back_.rows(0, R);
     if (distributed()) from_experts(ops, expert_output(), back);
     ops.zero(y);
@@ -125,7 +134,7 @@ void TokenDispatcher::combine(Ops& ops, Tensor w, Tensor y) {
 }
 
 Tensor TokenDispatcher::combine_backward(Ops& ops, Tensor dy, Tensor w, Tensor dw) {
-    const int64_t R = plan_.rows();
+    const int64_t R = counts_.rows();
     Tensor d_back = d_back_.rows(0, R);
     ops.zero(d_back);
     ops.combine_backward(d_back, dw, dy, back_.rows(0, R), w, slot_row_);
@@ -142,7 +151,7 @@ Tensor TokenDispatcher::expert_input_grad(Ops& ops) {
 }
 
 void TokenDispatcher::dispatch_backward(Ops& ops, Tensor dxl, Tensor dx) {
-    const int64_t R = plan_.rows();
+    const int64_t R = counts_.rows();
     Tensor d_routed = dxl;
     if (distributed()) {
         d_routed = d_send_.rows(0, R);

@@ -1,5 +1,5 @@
 // Moves token vectors to their experts and back (Megatron's token
-// dispatcher). It builds the routing plan, permutes rows into expert order
+// dispatcher). It plans the routing, permutes rows into expert order
 // and, with expert parallelism, sends each rank the rows of its experts by an
 // all-to-all-v and brings the outputs back the same way; then it combines the
 // outputs weighted by the router. The backward replays the same plan.
@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "comm/communicator.h"
-#include "comm/routing_plan.h"
 #include "engine/arena.h"
 #include "kernels/ops.h"
+#include "kernels/routing_plan.h"
 
 namespace moe {
 
@@ -24,8 +24,12 @@ public:
     TokenDispatcher(int num_experts, int top_k, std::optional<double> capacity_factor, Communicator* ep);
     void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, int64_t H);
 
-    // Plans routing from expert_of_slot[N*k] and brings x[N,H]'s rows to the
+    // Plans routing from expert_of_slot[N,k] and brings x[N,H]'s rows to the
     // local experts. Returns them in local order; local_offsets() split them.
+    // Routing chosen on the backend (the learned router's top-k) is planned
+    // there; routing the host knows (token_id) is planned on the host and
+    // its indices uploaded, so nothing waits for the device.
+    Tensor dispatch(Ops& ops, Tensor expert_of_slot, Tensor x);
     Tensor dispatch(Ops& ops, const std::vector<int32_t>& expert_of_slot, Tensor x);
     // A buffer for the experts' outputs, rows as dispatch() returned.
     Tensor expert_output() const { return local_out_.rows(0, local_rows_); }
@@ -39,11 +43,13 @@ public:
     // A zeroed buffer for the experts' input gradient, in local order.
     Tensor expert_input_grad(Ops& ops);
 
-    const RoutingPlan& plan() const { return plan_; }
+    const RoutingCounts& counts() const { return counts_; }
     const std::vector<int64_t>& local_offsets() const { return local_offsets_; }
 
 private:
     bool distributed() const { return ep_ != nullptr && ep_->size() > 1; }
+    // After planning: x's rows into routing order, then to the local experts.
+    Tensor send_rows(Ops& ops, Tensor x);
     // Tells each rank how many rows of each of its experts come; plans the
     // local order and uploads its index.
     void exchange_counts(Ops& ops);
@@ -56,8 +62,8 @@ private:
     std::optional<double> capacity_factor_;
     Communicator* ep_;
     int64_t H_ = 0;
-    RoutingPlan plan_;
-    Tensor slot_row_, row_token_;  // plan indices on the device
+    RoutingCounts counts_;
+    Tensor slot_row_, row_token_;  // plan indices on the backend
     Tensor send_, back_;           // routing order: inputs sent, outputs returned (saved)
     Tensor local_in_, local_out_;  // local order: the experts' input (saved) and output
     // Distributed only:

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/routing_plan.h"
 #include "kernels/tensor.h"
 
 namespace moe {
@@ -156,10 +157,20 @@ public:
     virtual void router_backward(Tensor dlogits, Tensor dtopk_w, Tensor probs, Tensor lse, Tensor topk_idx,
                                  Tensor topk_w, bool normalize, const std::vector<double>& aux_coef,
                                  double z_coef) = 0;
-    // Column sums of probs[N,E] into host out[E], and sum of lse[N]^2.
-    virtual void router_stats(std::vector<double>& prob_sums, double& lse_sq_sum, Tensor probs, Tensor lse) = 0;
+    // stats F64[E+1] on the backend: the column sums of probs[N,E], then the
+    // sum of lse[N]^2. Stays on the device, so a model reads every layer's
+    // stats back at once.
+    virtual void router_stats(Tensor stats, Tensor probs, Tensor lse) = 0;
 
-    // ---- MoE permutation (indices from a RoutingPlan) ----------------------
+    // ---- MoE routing plan (kernels/routing_plan.h) -------------------------
+    // build_routing_plan for routing chosen on the backend: expert_of_slot
+    // I32[N,k] -> slot_row I32[N*k] and row_token I32[N*k] (its first R rows)
+    // on the backend; the counts come back to the host (a device waits here:
+    // the expert GEMMs are sized on the host).
+    virtual RoutingCounts plan_routing(Tensor slot_row, Tensor row_token, Tensor expert_of_slot, int num_experts,
+                                       std::optional<double> capacity_factor) = 0;
+
+    // ---- MoE permutation (indices from a routing plan) ---------------------
     // xe[r] = x[row_token[r]] for r < R (gather into expert order).
     virtual void permute_forward(Tensor xe, Tensor x, Tensor row_token) = 0;
     // dx[t] += sum_j dxe[slot_row[t*k+j]] over slots with slot_row >= 0, with

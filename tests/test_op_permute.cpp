@@ -1,6 +1,7 @@
 // MoE permute and combine on the CPU, driven by a RoutingPlan with a dropped
 // slot and an expert that receives no token: forwards against naive loops,
-// backwards against central finite differences in double.
+// backwards against central finite differences in double; plan_routing
+// against build_routing_plan.
 #include <omp.h>
 
 #include <cmath>
@@ -8,9 +9,9 @@
 #include <type_traits>
 #include <vector>
 
-#include "comm/routing_plan.h"
 #include "engine/rng.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/routing_plan.h"
 #include "tests/gradcheck.h"
 
 using namespace moe;
@@ -170,4 +171,23 @@ TEST_CASE("permute and combine reject indices outside their tensors", "[unit]") 
     expect_error([&] {
         ops.combine_forward(tensor(b.y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row());
     }, "slot_row");
+}
+
+TEST_CASE("plan_routing puts the plan of routing held in a tensor into index tensors", "[unit]") {
+    std::vector<int32_t> expert_of_slot = {0, 1, 0, 2, 1, 0, 0, 2, 1, 2};
+    const RoutingPlan expected = build_routing_plan(expert_of_slot.data(), N, K, E, 1.0);
+    std::vector<int32_t> slot_row(N * K, 7), row_token(N * K, 7);
+    CpuOps ops;
+    const RoutingCounts counts = ops.plan_routing(tensor(slot_row, {N * K}), tensor(row_token, {N * K}),
+                                                  tensor(expert_of_slot, {N, K}), E, 1.0);
+    REQUIRE(counts.offsets == expected.offsets);
+    REQUIRE(counts.dropped == expected.dropped);
+    REQUIRE(counts.capacity == expected.capacity);
+    REQUIRE(slot_row == expected.slot_row);
+    const int64_t R = expected.rows();
+    REQUIRE(std::vector<int32_t>(row_token.begin(), row_token.begin() + R) == expected.row_token);
+    REQUIRE(row_token[R] == 7);  // rows past R are not the plan's
+    REQUIRE_THROWS_AS(ops.plan_routing(tensor(slot_row, {N * K}), tensor(row_token, {N * K - 1}),
+                                       tensor(expert_of_slot, {N, K}), E, 1.0),
+                      std::invalid_argument);
 }

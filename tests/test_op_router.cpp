@@ -214,10 +214,10 @@ TEST_CASE("router_stats sums probabilities per expert and squared lse", "[unit]"
     RouterBuffers<float> r(logits_with_ties(), N, E, 2);
     CpuOps ops;
     r.forward(ops, true);
-    std::vector<double> sums{42.0};  // wrong size on purpose: the op resizes it
-    double lse_sq = -1;
-    ops.router_stats(sums, lse_sq, tensor(r.probs, {N, E}), tensor(r.lse, {N}));
-    REQUIRE(sums.size() == size_t(E));
+    std::vector<double> stats(E + 1, 42.0);  // garbage on purpose: the op overwrites it
+    ops.router_stats(Tensor(stats.data(), DType::F64, {E + 1}), tensor(r.probs, {N, E}), tensor(r.lse, {N}));
+    const std::vector<double> sums(stats.begin(), stats.begin() + E);
+    const double lse_sq = stats[E];
     double expected_lse_sq = 0;
     for (int64_t n = 0; n < N; ++n) expected_lse_sq += double(r.lse[n]) * r.lse[n];
     REQUIRE(lse_sq == Approx(expected_lse_sq).epsilon(1e-12));

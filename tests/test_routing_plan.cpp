@@ -1,4 +1,4 @@
-#include "comm/routing_plan.h"
+#include "kernels/routing_plan.h"
 #include "tests/catch.h"
 
 using namespace moe;

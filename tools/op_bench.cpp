@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "comm/mpi_runtime.h"
-#include "comm/routing_plan.h"
+#include "kernels/routing_plan.h"
 #include "engine/backend.h"
 #include "engine/config.h"
 #include "engine/rng.h"
@@ -213,10 +213,14 @@ int run(const Args& args) {
             ops.router_backward(dlogits, dtopk_w, probs, rlse, topk_idx, topk_w, m.moe.normalize_top_k, aux_coef,
                                 m.moe.z_loss_weight);
         });
-        std::vector<double> sums;
-        double lse_sq = 0;
-        time("router stats (a host wait)", dims({N, E}), L, double(N * E * stat + N * stat), 2.0 * N * E,
-             [&] { ops.router_stats(sums, lse_sq, probs, rlse); });
+        moe::Tensor stats = buf.zeros(moe::DType::F64, {E + 1});
+        time("router stats", dims({N, E}), L, double(N * E * stat + N * stat), 2.0 * N * E,
+             [&] { ops.router_stats(stats, probs, rlse); });
+        moe::Tensor choices = buf.ids(expert_of_slot).view({N, k});
+        moe::Tensor planned_slot_row = buf.zeros(moe::DType::I32, {R}), planned_row_token = buf.zeros(moe::DType::I32, {R});
+        time("routing plan (a host wait)", dims({N, k}) + " E" + std::to_string(E), L, 16.0 * R, 0, [&] {
+            ops.plan_routing(planned_slot_row, planned_row_token, choices, int(E), m.moe.capacity_factor);
+        });
     }
     moe::Tensor xe = buf.zeros(pr.act, {R, H}), ye = buf.random(pr.act, {R, H}), dye = buf.zeros(pr.act, {R, H});
     moe::Tensor topw = buf.random(pr.stat, {N, k}), dtopw = buf.zeros(pr.stat, {N, k});

@@ -56,7 +56,10 @@ public:
                         bool normalize) override;
     void router_backward(Tensor dlogits, Tensor dtopk_w, Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w,
                          bool normalize, const std::vector<double>& aux_coef, double z_coef) override;
-    void router_stats(std::vector<double>& prob_sums, double& lse_sq_sum, Tensor probs, Tensor lse) override;
+    void router_stats(Tensor stats, Tensor probs, Tensor lse) override;
+
+    RoutingCounts plan_routing(Tensor slot_row, Tensor row_token, Tensor expert_of_slot, int num_experts,
+                               std::optional<double> capacity_factor) override;
 
     void permute_forward(Tensor xe, Tensor x, Tensor row_token) override;
     void permute_backward(Tensor dx, Tensor dxe, Tensor slot_row) override;

@@ -1,7 +1,8 @@
 // MoE permutation between token order and expert-sorted rows, driven by the
-// index arrays of a RoutingPlan (comm/routing_plan.h): permute gathers token
-// rows into expert order, combine sums the weighted expert outputs back into
-// tokens. Dropped slots (slot_row < 0) add nothing and get no gradient.
+// index arrays of a RoutingPlan (kernels/routing_plan.h; plan_routing builds
+// one from routing held in a tensor): permute gathers token rows into expert
+// order, combine sums the weighted expert outputs back into tokens. Dropped
+// slots (slot_row < 0) add nothing and get no gradient.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -43,6 +44,21 @@ void check_combine(const char* op, Tensor y, Tensor ye, Tensor w, Tensor slot_ro
 }
 
 }  // namespace
+
+RoutingCounts CpuOps::plan_routing(Tensor slot_row, Tensor row_token, Tensor expert_of_slot, int num_experts,
+                                   std::optional<double> capacity_factor) {
+    const int64_t N = expert_of_slot.dim(0), k = expert_of_slot.dim(1);
+    if (expert_of_slot.ndim != 2 || expert_of_slot.dtype != DType::I32 || slot_row.dtype != DType::I32 ||
+        row_token.dtype != DType::I32 || slot_row.numel() != N * k || row_token.numel() != N * k)
+        throw std::invalid_argument("plan_routing: expected I32 expert_of_slot [N,k], slot_row and row_token [N*k]; "
+                                    "got " + expert_of_slot.shape_str() + ", " + slot_row.shape_str() + " and " +
+                                    row_token.shape_str());
+    RoutingPlan plan = build_routing_plan(expert_of_slot.ptr<int32_t>(), int(N), int(k), num_experts,
+                                          capacity_factor);
+    std::copy(plan.slot_row.begin(), plan.slot_row.end(), slot_row.ptr<int32_t>());
+    std::copy(plan.row_token.begin(), plan.row_token.end(), row_token.ptr<int32_t>());
+    return std::move(plan);  // its counts
+}
 
 void CpuOps::permute_forward(Tensor xe, Tensor x, Tensor row_token) {
     const int64_t R = row_token.numel();

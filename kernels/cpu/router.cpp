@@ -141,20 +141,21 @@ void CpuOps::router_backward(Tensor dlogits, Tensor dtopk_w, Tensor probs, Tenso
     });
 }
 
-void CpuOps::router_stats(std::vector<double>& prob_sums, double& lse_sq_sum, Tensor probs, Tensor lse) {
+void CpuOps::router_stats(Tensor stats, Tensor probs, Tensor lse) {
     const int64_t N = probs.dim(0), E = probs.dim(1);
-    if (probs.ndim != 2 || lse.numel() != N)
-        throw std::invalid_argument("router_stats: expected probs [N,E] and lse [N]; got " + probs.shape_str() +
-                                    " and " + lse.shape_str());
-    prob_sums.assign(E, 0.0);
-    lse_sq_sum = 0;
+    if (probs.ndim != 2 || lse.numel() != N || stats.dtype != DType::F64 || stats.numel() != E + 1)
+        throw std::invalid_argument("router_stats: expected stats F64 [E+1], probs [N,E] and lse [N]; got stats " +
+                                    std::string(dtype_name(stats.dtype)) + " " + stats.shape_str() + ", probs " +
+                                    probs.shape_str() + " and lse " + lse.shape_str());
+    double* out = stats.ptr<double>();
+    std::fill_n(out, E + 1, 0.0);
     dispatch_float(probs, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const T* p = probs.ptr<T>();
         const T* l = lse.ptr<T>();
         for (int64_t n = 0; n < N; ++n) {
-            for (int64_t e = 0; e < E; ++e) prob_sums[e] += p[n * E + e];
-            lse_sq_sum += double(l[n]) * l[n];
+            for (int64_t e = 0; e < E; ++e) out[e] += p[n * E + e];
+            out[E] += double(l[n]) * l[n];
         }
     });
 }

@@ -4,16 +4,16 @@
 // parameters, master weights and AdamW moments in fp32; every kernel
 // accumulates in fp32. Dense and grouped GEMMs go through cuBLASLt.
 //
-// All work is queued on one stream, in call order; copy_to_host and the
-// reductions returning a host value wait for it. Kernels never use atomics
-// on floats: every output is written by one thread in a fixed order, so a
-// step gives the same bits on every run.
+// All work is queued on one stream, in call order; copy_to_host, plan_routing
+// and the reductions returning a host value wait for it. Kernels never use
+// atomics on floats: every output is written by one thread in a fixed order,
+// so a step gives the same bits on every run.
 //
 // Memory: the engine plans its tensors in arenas (one alloc each); the
 // backend's own fixed scratch (cuBLASLt workspace, reduction partials, small
 // uploads) is allocated at construction, and a growable scratch (sorting in
-// the embedding backward) on the first call that needs it: a step of the same
-// shapes allocates nothing.
+// the embedding backward, the routing plan's counts) on the first call that
+// needs it: a step of the same shapes allocates nothing.
 #pragma once
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
@@ -90,7 +90,10 @@ public:
                         bool normalize) override;
     void router_backward(Tensor dlogits, Tensor dtopk_w, Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w,
                          bool normalize, const std::vector<double>& aux_coef, double z_coef) override;
-    void router_stats(std::vector<double>& prob_sums, double& lse_sq_sum, Tensor probs, Tensor lse) override;
+    void router_stats(Tensor stats, Tensor probs, Tensor lse) override;
+
+    RoutingCounts plan_routing(Tensor slot_row, Tensor row_token, Tensor expert_of_slot, int num_experts,
+                               std::optional<double> capacity_factor) override;
 
     void permute_forward(Tensor xe, Tensor x, Tensor row_token) override;
     void permute_backward(Tensor dx, Tensor dxe, Tensor slot_row) override;

@@ -1,7 +1,7 @@
 // The learned router on the GPU, the math of kernels/cpu/router.cpp in fp32:
 // one warp per token for the softmax, the top-k and the backward, so every
 // row reduction is the same shuffle tree on every run. router_stats sums fixed
-// row ranges per block in double and adds the blocks on the host, in order.
+// row ranges per block in double, then the blocks in order.
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -161,6 +161,15 @@ __global__ void router_stats_kernel(double* partials, const float* probs, const 
     if (t == 0) out[E] = sq;
 }
 
+// stats[c] = sum over blocks, in block order, of partials[b * columns + c].
+__global__ void stats_finish_kernel(double* stats, const double* partials, int64_t blocks, int64_t columns) {
+    const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (c >= columns) return;
+    double sum = 0;
+    for (int64_t b = 0; b < blocks; ++b) sum += partials[b * columns + c];
+    stats[c] = sum;
+}
+
 }  // namespace
 
 void CudaOps::router_forward(Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w, Tensor logits,
@@ -202,31 +211,24 @@ void CudaOps::router_backward(Tensor dlogits, Tensor dtopk_w, Tensor probs, Tens
     MOE_CUDA_LAUNCHED();
 }
 
-void CudaOps::router_stats(std::vector<double>& prob_sums, double& lse_sq_sum, Tensor probs, Tensor lse) {
+void CudaOps::router_stats(Tensor stats, Tensor probs, Tensor lse) {
     const char* op = "router_stats";
+    require_dtype(op, "stats", stats, DType::F64);
     require_dtype(op, "probs", probs, DType::F32);
     require_dtype(op, "lse", lse, DType::F32);
     const int64_t N = probs.dim(0), E = probs.dim(1);
-    check(probs.ndim == 2 && lse.numel() == N && E >= 1 && E < kMaxPartials, op,
-          "expected probs [N,E] with 1 <= E < " + std::to_string(kMaxPartials) + " and lse [N]; got " +
-              probs.shape_str() + " and " + lse.shape_str());
-    prob_sums.assign(size_t(E), 0.0);
-    lse_sq_sum = 0;
-    if (N == 0) return;
+    check(probs.ndim == 2 && lse.numel() == N && stats.numel() == E + 1 && E >= 1 && E < kMaxPartials, op,
+          "expected stats [E+1], probs [N,E] with 1 <= E < " + std::to_string(kMaxPartials) + " and lse [N]; got " +
+              stats.shape_str() + ", " + probs.shape_str() + " and " + lse.shape_str());
     // The block count depends only on N and E, so the summation order does too.
     const int64_t blocks =
         std::max<int64_t>(1, std::min<int64_t>(kMaxPartials / (E + 1), (N + kStatRows - 1) / kStatRows));
     router_stats_kernel<<<unsigned(blocks), kThreads, 0, stream()>>>(partials(), probs.ptr<float>(),
                                                                       lse.ptr<float>(), N, int(E));
     MOE_CUDA_LAUNCHED();
-    MOE_CUDA_CHECK(cudaMemcpyAsync(host_results(), partials(), size_t(blocks * (E + 1)) * sizeof(double),
-                                   cudaMemcpyDeviceToHost, stream()));
-    MOE_CUDA_CHECK(cudaStreamSynchronize(stream()));
-    const double* part = host_results();
-    for (int64_t b = 0; b < blocks; ++b) {
-        for (int64_t e = 0; e < E; ++e) prob_sums[e] += part[b * (E + 1) + e];
-        lse_sq_sum += part[b * (E + 1) + E];
-    }
+    stats_finish_kernel<<<cuda::blocks_for(E + 1, kThreads), kThreads, 0, stream()>>>(stats.ptr<double>(),
+                                                                                        partials(), blocks, E + 1);
+    MOE_CUDA_LAUNCHED();
 }
 
 }  // namespace moe

@@ -1,11 +1,15 @@
 // The CUDA permute and combine ops against the CPU reference, on routing
 // plans with dropped slots (slot_row -1) and an expert that gets no token,
-// for k = 1 and 2, H = 20 (the element path) and H = 64 (16-byte chunks).
+// for k = 1 and 2, H = 20 (the element path) and H = 64 (16-byte chunks);
+// plan_routing against build_routing_plan, index for index.
+#include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
-#include "comm/routing_plan.h"
+#include "kernels/routing_plan.h"
 #include "tests/catch.h"
 #include "tests/gpu/gpu_testing.h"
 
@@ -94,6 +98,50 @@ TEST_CASE("cuda permute and combine match the CPU, with dropped slots and an idl
     Backends b;
     for (int k : {1, 2})
         for (int64_t H : {20, 64}) check_ops(b, k, H);
+}
+
+TEST_CASE("cuda plan_routing gives the serial plan, drops and idle experts included", "[gpu]") {
+    Backends b;
+    struct Case { int N, k, E; std::optional<double> capacity; };
+    // Slot counts off the 256-slot chunks and the 32-slot steps; E below, at
+    // and past a warp and not a power of two; chunk counts past a warp.
+    for (const Case c : {Case{40, 2, 6, 1.0}, Case{5000, 2, 37, 0.8}, Case{5000, 2, 37, std::nullopt},
+                         Case{3001, 4, 300, 1.25}, Case{777, 1, 32, 1.0}, Case{1, 1, 1, std::nullopt}}) {
+        INFO("N " << c.N << ", k " << c.k << ", E " << c.E << ", capacity factor "
+                  << (c.capacity ? *c.capacity : 0.0));
+        Rng rng(uint64_t(c.N * c.E), "cuda plan_routing");
+        // Skewed choices: expert e with weight ~ 1/(e+1), the last expert never.
+        std::vector<int32_t> expert_of_slot(size_t(c.N * c.k));
+        for (int32_t& e : expert_of_slot) {
+            const int busy = std::max(1, c.E - 1);
+            e = int32_t(double(busy) * rng.uniform() * rng.uniform());
+        }
+        const RoutingPlan expected = build_routing_plan(expert_of_slot.data(), c.N, c.k, c.E, c.capacity);
+        const int64_t slots = int64_t(c.N) * c.k;
+        Tensor slot_row = b.zeros(DType::I32, {slots}), row_token = b.zeros(DType::I32, {slots});
+        const RoutingCounts counts = b.gpu.plan_routing(slot_row, row_token,
+                                                        b.upload_ids(expert_of_slot, {c.N, c.k}), c.E, c.capacity);
+        REQUIRE(counts.num_tokens == c.N);
+        REQUIRE(counts.top_k == c.k);
+        REQUIRE(counts.capacity == expected.capacity);
+        REQUIRE(counts.offsets == expected.offsets);
+        REQUIRE(counts.dropped == expected.dropped);
+        REQUIRE(b.download_ids(slot_row) == expected.slot_row);
+        const std::vector<int32_t> rows = b.download_ids(row_token);
+        REQUIRE(std::vector<int32_t>(rows.begin(), rows.begin() + expected.rows()) == expected.row_token);
+    }
+    // A slot naming an expert that does not exist: the error names it.
+    std::vector<int32_t> bad(600, 1);
+    bad[517] = 9;
+    Tensor slot_row = b.zeros(DType::I32, {600}), row_token = b.zeros(DType::I32, {600});
+    try {
+        b.gpu.plan_routing(slot_row, row_token, b.upload_ids(bad, {300, 2}), 4, std::nullopt);
+        FAIL("an expert index past E was accepted");
+    } catch (const std::logic_error& e) {
+        REQUIRE(std::string(e.what()) == "routing: slot 517 names expert 9");
+    }
+    REQUIRE_THROWS_AS(b.gpu.plan_routing(slot_row, b.zeros(DType::I32, {599}), b.upload_ids(bad, {300, 2}), 4, 1.0),
+                      std::invalid_argument);
 }
 
 TEST_CASE("cuda permute and combine reject wrong dtypes and shapes", "[gpu]") {

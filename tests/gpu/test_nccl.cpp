@@ -37,12 +37,21 @@ TEST_CASE("NCCL collectives at world size 1 leave device data as one rank's redu
 TEST_CASE("NCCL all-to-all-v to itself moves the rows and counts its bytes as local", "[gpu]") {
     Backends b;
     NcclCommunicator comm(MpiCommunicator::world(), b.gpu.stream());
-    std::vector<float> rows(64);
-    for (size_t i = 0; i < rows.size(); ++i) rows[i] = float(i) - 10.0f;
+    std::vector<float> rows(64), doubled(64);
+    for (size_t i = 0; i < rows.size(); ++i) {
+        rows[i] = float(i) - 10.0f;
+        doubled[i] = 2 * rows[i];
+    }
     Tensor send = b.upload(rows, DType::BF16, {64}), recv = b.zeros(DType::BF16, {64});
+    // Ordered on the GPU, not by the host: the exchange sees the compute
+    // queued before it and the compute after it sees the exchange.
+    b.gpu.scale(send, 2.0);
     comm.all_to_all_v(send.data, {64}, recv.data, {64}, DType::BF16);
-    REQUIRE(b.download(recv) == rows);
+    b.gpu.add(recv, recv, 1.0);
+    for (float& x : doubled) x *= 2;
+    REQUIRE(b.download(recv) == doubled);
     REQUIRE(comm.bytes_sent_all_to_all() == 0);  // nothing left this rank
+    REQUIRE(comm.seconds_in_all_to_all() > 0);   // timed on the comm stream
 }
 
 TEST_CASE("host buffers given to the NCCL communicator go through MPI", "[gpu]") {

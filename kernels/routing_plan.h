@@ -9,15 +9,15 @@
 
 namespace moe {
 
-struct RoutingPlan {
+// The sizes of a plan: all the host needs when the plan's indices stay on the
+// device (Ops::plan_routing).
+struct RoutingCounts {
     int num_tokens = 0;   // N
     int top_k = 0;        // k
     int num_experts = 0;  // E
-    int64_t capacity = -1;              // token-slots per expert; -1: dropless
-    std::vector<int32_t> slot_row;      // [N*k] row of slot t*k+j, -1 if dropped
-    std::vector<int32_t> row_token;     // [R] token of each row
-    std::vector<int64_t> offsets;       // [E+1] rows of expert e: offsets[e]..offsets[e+1]
-    std::vector<int64_t> dropped;       // [E] slots dropped per expert
+    int64_t capacity = -1;         // token-slots per expert; -1: dropless
+    std::vector<int64_t> offsets;  // [E+1] rows of expert e: offsets[e]..offsets[e+1]
+    std::vector<int64_t> dropped;  // [E] slots dropped per expert
 
     int64_t rows() const { return offsets.back(); }
     int64_t total_dropped() const;
@@ -25,8 +25,14 @@ struct RoutingPlan {
     int64_t routed(int e) const { return offsets[e + 1] - offsets[e] + dropped[e]; }
 };
 
-// ceil(c * N * k / E): the capacity of one expert for one micro-batch.
-int64_t expert_capacity(double capacity_factor, int num_tokens, int top_k, int num_experts);
+struct RoutingPlan : RoutingCounts {
+    std::vector<int32_t> slot_row;   // [N*k] row of slot t*k+j, -1 if dropped
+    std::vector<int32_t> row_token;  // [R] token of each row
+};
+
+// ceil(c * N * k / E): the capacity of one expert for one micro-batch; -1
+// (dropless) without a factor.
+int64_t expert_capacity(std::optional<double> capacity_factor, int num_tokens, int top_k, int num_experts);
 
 // expert_of_slot[N*k]: the expert chosen by each token-slot t*k+j. Rows of an
 // expert are in token order; with a capacity, slots past it (in token order)

@@ -1,4 +1,4 @@
-#include "comm/routing_plan.h"
+#include "kernels/routing_plan.h"
 
 #include <cmath>
 #include <numeric>
@@ -7,10 +7,11 @@
 
 namespace moe {
 
-int64_t RoutingPlan::total_dropped() const { return std::accumulate(dropped.begin(), dropped.end(), int64_t(0)); }
+int64_t RoutingCounts::total_dropped() const { return std::accumulate(dropped.begin(), dropped.end(), int64_t(0)); }
 
-int64_t expert_capacity(double capacity_factor, int num_tokens, int top_k, int num_experts) {
-    return int64_t(std::ceil(capacity_factor * double(num_tokens) * top_k / num_experts));
+int64_t expert_capacity(std::optional<double> capacity_factor, int num_tokens, int top_k, int num_experts) {
+    if (!capacity_factor) return -1;
+    return int64_t(std::ceil(*capacity_factor * double(num_tokens) * top_k / num_experts));
 }
 
 RoutingPlan build_routing_plan(const int32_t* expert_of_slot, int num_tokens, int top_k, int num_experts,
@@ -19,7 +20,7 @@ RoutingPlan build_routing_plan(const int32_t* expert_of_slot, int num_tokens, in
     p.num_tokens = num_tokens;
     p.top_k = top_k;
     p.num_experts = num_experts;
-    p.capacity = capacity_factor ? expert_capacity(*capacity_factor, num_tokens, top_k, num_experts) : -1;
+    p.capacity = expert_capacity(capacity_factor, num_tokens, top_k, num_experts);
     const int64_t slots = int64_t(num_tokens) * top_k;
 
     // Pass 1: kept slots per expert, in token order.
