@@ -18,7 +18,7 @@ public:
 
     // ye[R,H] from xe[R,H]; offsets[count+1] split the rows by local expert.
     void forward(Ops& ops, Tensor xe, Tensor ye, const std::vector<int64_t>& offsets);
-    // dxe += input gradient; parameter gradients accumulate.
+    // dxe = input gradient (overwritten); parameter gradients accumulate.
     void backward(Ops& ops, Tensor xe, Tensor dye, Tensor dxe, const std::vector<int64_t>& offsets);
 
 private:

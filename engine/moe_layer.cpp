@@ -53,7 +53,7 @@ void MoeLayer::backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_sc
         PhaseScope scope(times_, ops, Phase::Routing);
         if (learned) ops.zero(dtopk_w_);
         d_out = dispatcher_.combine_backward(ops, dy, router_.topk_w(), learned ? dtopk_w_ : Tensor{});
-        d_in = dispatcher_.expert_input_grad(ops);
+        d_in = dispatcher_.expert_input_grad();
     }
     {
         PhaseScope scope(times_, ops, Phase::Experts);

@@ -144,12 +144,6 @@ Tensor TokenDispatcher::combine_backward(Ops& ops, Tensor dy, Tensor w, Tensor d
     return d_local;
 }
 
-Tensor TokenDispatcher::expert_input_grad(Ops& ops) {
-    Tensor t = d_local_in_.rows(0, local_rows_);
-    ops.zero(t);
-    return t;
-}
-
 void TokenDispatcher::dispatch_backward(Ops& ops, Tensor dxl, Tensor dx) {
     const int64_t R = counts_.rows();
     Tensor d_routed = dxl;

@@ -40,8 +40,9 @@ public:
     // the experts' input gradient dxl (local order).
     Tensor combine_backward(Ops& ops, Tensor dy, Tensor w, Tensor dw);
     void dispatch_backward(Ops& ops, Tensor dxl, Tensor dx);
-    // A zeroed buffer for the experts' input gradient, in local order.
-    Tensor expert_input_grad(Ops& ops);
+    // A buffer for the experts' input gradient, in local order (the experts
+    // write every row of it).
+    Tensor expert_input_grad() const { return d_local_in_.rows(0, local_rows_); }
 
     const RoutingCounts& counts() const { return counts_; }
     const std::vector<int64_t>& local_offsets() const { return local_offsets_; }

@@ -16,8 +16,9 @@
 // - Backward ops ACCUMULATE (+=) into every gradient they produce, inputs and
 //   parameters alike; the caller zeroes gradient buffers. Two say they
 //   overwrite instead: swiglu_backward and cross_entropy_backward, whose
-//   gradients are large scratch no one adds to. An empty() gradient tensor
-//   means "not wanted" and is skipped.
+//   gradients are large scratch no one adds to; grouped_matmul_backward lets
+//   the caller choose for its input gradient (GradWrite). An empty() gradient
+//   tensor means "not wanted" and is skipped.
 // - "stats" tensors (rstd, lse) are written by the forward and read by the
 //   backward, so the backward recomputes nothing it can keep cheaply.
 #pragma once
@@ -58,6 +59,11 @@ struct Precision {
 struct DynamicsParams {
     double dt = 0.1, beta_max = 2.0, velocity_max = 10.0, mu_min = 0.0, mu_max = 2.0;
 };
+
+// How a backward op writes an input gradient: added to what the buffer holds,
+// or written over it, which spares the caller a zeroing pass and the op a
+// read of the old values.
+enum class GradWrite { add, overwrite };
 
 struct AdamWParams {
     double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0;
@@ -120,9 +126,10 @@ public:
     virtual void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w) = 0;
     // Grouped linear over expert-sorted rows: rows offsets[e]..offsets[e+1] of
     // x[R,I] use w[e] of w[E,O,I]. offsets is a host array of E+1 entries.
+    // The backward accumulates dw and writes dx as dx_write says.
     virtual void grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vector<int64_t>& offsets) = 0;
     virtual void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
-                                         const std::vector<int64_t>& offsets) = 0;
+                                         const std::vector<int64_t>& offsets, GradWrite dx_write) = 0;
 
     // ---- activations ------------------------------------------------------
     virtual void silu_forward(Tensor y, Tensor x) = 0;

@@ -241,12 +241,15 @@ int run(const Args& args) {
     const std::string RHI = dims({R, H, I}) + " E" + std::to_string(E);
     time("experts gate, up forward", RHI, 2 * L, R * H * act + wbytes + R * I * act, 2.0 * R * H * I,
          [&] { ops.grouped_matmul_forward(gate, xe, w_gate, plan.offsets); });
+    // Of a step's two, the one adding to dxe (the other overwrites it).
     time("experts gate, up backward", RHI, 2 * L, R * I * act + R * H * act + wbytes + 2 * R * H * act + 2 * gbytes,
-         4.0 * R * H * I, [&] { ops.grouped_matmul_backward(dye, dw_gate, gate, xe, w_gate, plan.offsets); });
+         4.0 * R * H * I,
+         [&] { ops.grouped_matmul_backward(dye, dw_gate, gate, xe, w_gate, plan.offsets, moe::GradWrite::add); });
     time("experts down forward", RHI, L, R * I * act + wbytes + R * H * act, 2.0 * R * H * I,
          [&] { ops.grouped_matmul_forward(ye, a, w_down, plan.offsets); });
-    time("experts down backward", RHI, L, R * H * act + R * I * act + wbytes + 2 * R * I * act + 2 * gbytes,
-         4.0 * R * H * I, [&] { ops.grouped_matmul_backward(da, dw_down, dye, a, w_down, plan.offsets); });
+    time("experts down backward", RHI, L, R * H * act + R * I * act + wbytes + R * I * act + 2 * gbytes,
+         4.0 * R * H * I,
+         [&] { ops.grouped_matmul_backward(da, dw_down, dye, a, w_down, plan.offsets, moe::GradWrite::overwrite); });
     const std::string RI = dims({R, I});
     time("swiglu forward", RI, L, 3 * R * I * act, 6.0 * R * I, [&] { ops.swiglu_forward(a, gate, up); });
     time("swiglu backward", RI, L, 5 * R * I * act, 12.0 * R * I,

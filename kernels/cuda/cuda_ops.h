@@ -72,7 +72,7 @@ public:
     void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w) override;
     void grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vector<int64_t>& offsets) override;
     void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
-                                 const std::vector<int64_t>& offsets) override;
+                                 const std::vector<int64_t>& offsets, GradWrite dx_write) override;
 
     void silu_forward(Tensor y, Tensor x) override;
     void silu_backward(Tensor dx, Tensor dy, Tensor x) override;

@@ -3,7 +3,7 @@
 // GEMMs are one GEMM per expert over its rows. cuBLASLt is column-major: a
 // row-major [R,C] matrix is its column-major transpose [C,R] with ld C, so
 //   y[N,O] = x[N,I] w[O,I]^T      is  y^T (O x N) = w^T(T) . x^T,
-//   dx[N,I] += dy[N,O] w[O,I]     is  dx^T (I x N) = w^T . dy^T,
+//   dx[N,I] (+)= dy[N,O] w[O,I]   is  dx^T (I x N) = w^T . dy^T,
 //   dw[O,I] += dy^T x             is  dw^T (I x O) = x^T . dy^T(T).
 // Descriptors, layouts and the chosen algorithm are cached per shape.
 #include <map>
@@ -243,7 +243,7 @@ void CudaOps::grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::ve
 }
 
 void CudaOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
-                                      const std::vector<int64_t>& offsets) {
+                                      const std::vector<int64_t>& offsets, GradWrite dx_write) {
     check(w.ndim == 3, "grouped_matmul_backward", "w must be [E,O,I], got " + w.shape_str());
     const int64_t E = w.dim(0), O = w.dim(1), I = w.dim(2), R = x.dim(0);
     check(x.row_size() == I && dy.row_size() == O && dy.dim(0) == R && (dx.empty() || dx.numel() == x.numel()) &&
@@ -255,14 +255,16 @@ void CudaOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x,
     for (const Tensor* t : {&dy, &x, &w, &dx})
         cuda::require_dtype("grouped_matmul_backward", "dy, x, w and dx", *t, DType::BF16);
     cuda::require_dtype("grouped_matmul_backward", "dw", dw, DType::F32);
+    // Every row of dx is some expert's, so overwriting needs no zeroing.
+    const float dx_beta = dx_write == GradWrite::overwrite ? 0.0f : 1.0f;
     for (int64_t e = 0; e < E; ++e) {
         const int64_t r0 = offsets[e], r1 = offsets[e + 1];
         if (r0 == r1) continue;
         const void* we = w.rows(e, e + 1).data;
         const void* dye = dy.rows(r0, r1).data;
         if (!dx.empty())
-            gemm(false, false, I, r1 - r0, O, we, w.dtype, I, dye, dy.dtype, O, dx.rows(r0, r1).data, dx.dtype, 1.0f,
-                 nullptr, GemmVaries::n);
+            gemm(false, false, I, r1 - r0, O, we, w.dtype, I, dye, dy.dtype, O, dx.rows(r0, r1).data, dx.dtype,
+                 dx_beta, nullptr, GemmVaries::n);
         if (!dw.empty())
             gemm(false, true, I, O, r1 - r0, x.rows(r0, r1).data, x.dtype, I, dye, dy.dtype, O, dw.rows(e, e + 1).data,
                  dw.dtype, 1.0f, nullptr, GemmVaries::k);
