@@ -38,10 +38,10 @@ void Experts::backward(Ops& ops, Tensor xe, Tensor dye, Tensor dxe, const std::v
     Tensor gate = gate_.rows(0, R), up = up_.rows(0, R), act = act_.rows(0, R);
     Tensor dgate = dgate_.rows(0, R), dup = dup_.rows(0, R), dact = dact_.rows(0, R);
     // The input gradients are written, not added to: nothing to zero first.
-    ops.grouped_matmul_backward(dact, w_down_->grad, dye, act, w_down_->work, offsets, GradWrite::overwrite);
+    ops.grouped_matmul_backward(dact, w_down_->grad, dye, act, w_down_->work, offsets, Write::overwrite);
     ops.swiglu_backward(dgate, dup, dact, gate, up);
-    ops.grouped_matmul_backward(dxe, w_gate_->grad, dgate, xe, w_gate_->work, offsets, GradWrite::overwrite);
-    ops.grouped_matmul_backward(dxe, w_up_->grad, dup, xe, w_up_->work, offsets, GradWrite::add);
+    ops.grouped_matmul_backward(dxe, w_gate_->grad, dgate, xe, w_gate_->work, offsets, Write::overwrite);
+    ops.grouped_matmul_backward(dxe, w_up_->grad, dup, xe, w_up_->work, offsets, Write::add);
 }
 
 }  // namespace moe

@@ -217,7 +217,6 @@ void Model::backward(double loss_scale, GradientReducer* reducer) {
             dv = dv_in;
         }
         // h_mid = x + moe(norm(x)): dh flows to x unchanged, plus the MoE path.
-        ops_.zero(dxn_);
         b.moe.backward(ops_, b.xn2, dh, dxn_, loss_scale);
         {
             PhaseScope scope(times_, ops_, Phase::Other);

@@ -28,7 +28,8 @@ public:
     // The router's aux and z losses of the last forward, from the stats it
     // left in router_stats, read back (E+1 values).
     RouterLosses router_losses(const double* stats) const { return router_.losses(stats); }
-    // dx += input gradient of sum(dy * y) + loss_scale * (aux + z).
+    // dx = input gradient of sum(dy * y) + loss_scale * (aux + z)
+    // (overwritten: the layer is dx's only writer).
     void backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_scale);
     // Times the experts and the routing apart (null: no timing).
     void set_phase_times(PhaseTimes* times) { times_ = times; }

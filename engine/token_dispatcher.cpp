@@ -129,15 +129,13 @@ void TokenDispatcher::combine(Ops& ops, Tensor w, Tensor y) {
     const int64_t R = counts_.rows();
     Tensor back = back_.rows(0, R);
     if (distributed()) from_experts(ops, expert_output(), back);
-    ops.zero(y);
-    ops.combine_forward(y, back, w, slot_row_);
+    ops.combine_forward(y, back, w, slot_row_, Write::overwrite);
 }
 
 Tensor TokenDispatcher::combine_backward(Ops& ops, Tensor dy, Tensor w, Tensor dw) {
     const int64_t R = counts_.rows();
     Tensor d_back = d_back_.rows(0, R);
-    ops.zero(d_back);
-    ops.combine_backward(d_back, dw, dy, back_.rows(0, R), w, slot_row_);
+    ops.combine_backward(d_back, dw, dy, back_.rows(0, R), w, slot_row_, Write::overwrite);
     if (!distributed()) return d_back;
     Tensor d_local = d_local_out_.rows(0, local_rows_);
     to_experts(ops, d_back, d_local);
@@ -151,7 +149,7 @@ void TokenDispatcher::dispatch_backward(Ops& ops, Tensor dxl, Tensor dx) {
         d_routed = d_send_.rows(0, R);
         from_experts(ops, dxl, d_routed);
     }
-    ops.permute_backward(dx, d_routed, slot_row_);
+    ops.permute_backward(dx, d_routed, slot_row_, Write::overwrite);
 }
 
 }  // namespace moe

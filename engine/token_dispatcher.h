@@ -36,8 +36,8 @@ public:
     // y[N,H] = router-weighted sum of expert_output(), brought back.
     void combine(Ops& ops, Tensor w, Tensor y);
 
-    // d expert_output (returned, local order) and dw from dy; then dx from
-    // the experts' input gradient dxl (local order).
+    // d expert_output (returned, local order) and dw += from dy; then dx =
+    // (overwritten) from the experts' input gradient dxl (local order).
     Tensor combine_backward(Ops& ops, Tensor dy, Tensor w, Tensor dw);
     void dispatch_backward(Ops& ops, Tensor dxl, Tensor dx);
     // A buffer for the experts' input gradient, in local order (the experts

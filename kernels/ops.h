@@ -16,9 +16,10 @@
 // - Backward ops ACCUMULATE (+=) into every gradient they produce, inputs and
 //   parameters alike; the caller zeroes gradient buffers. Two say they
 //   overwrite instead: swiglu_backward and cross_entropy_backward, whose
-//   gradients are large scratch no one adds to; grouped_matmul_backward lets
-//   the caller choose for its input gradient (GradWrite). An empty() gradient
-//   tensor means "not wanted" and is skipped.
+//   gradients are large scratch no one adds to. The grouped matmul backward
+//   and the MoE permutation ops let the caller choose (Write) for the output
+//   that is usually the only one written. An empty() gradient tensor means
+//   "not wanted" and is skipped.
 // - "stats" tensors (rstd, lse) are written by the forward and read by the
 //   backward, so the backward recomputes nothing it can keep cheaply.
 #pragma once
@@ -60,10 +61,10 @@ struct DynamicsParams {
     double dt = 0.1, beta_max = 2.0, velocity_max = 10.0, mu_min = 0.0, mu_max = 2.0;
 };
 
-// How a backward op writes an input gradient: added to what the buffer holds,
-// or written over it, which spares the caller a zeroing pass and the op a
-// read of the old values.
-enum class GradWrite { add, overwrite };
+// How an op that takes the choice writes its output: added to what the buffer
+// holds, or written over it, which spares the caller a zeroing pass and the
+// op a read of the old values.
+enum class Write { add, overwrite };
 
 struct AdamWParams {
     double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0;
@@ -129,7 +130,7 @@ public:
     // The backward accumulates dw and writes dx as dx_write says.
     virtual void grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vector<int64_t>& offsets) = 0;
     virtual void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
-                                         const std::vector<int64_t>& offsets, GradWrite dx_write) = 0;
+                                         const std::vector<int64_t>& offsets, Write dx_write) = 0;
 
     // ---- activations ------------------------------------------------------
     virtual void silu_forward(Tensor y, Tensor x) = 0;
@@ -180,14 +181,16 @@ public:
     // ---- MoE permutation (indices from a routing plan) ---------------------
     // xe[r] = x[row_token[r]] for r < R (gather into expert order).
     virtual void permute_forward(Tensor xe, Tensor x, Tensor row_token) = 0;
-    // dx[t] += sum_j dxe[slot_row[t*k+j]] over slots with slot_row >= 0, with
-    // k = slot_row.numel() / N: a gather per token, so no two writers meet.
-    virtual void permute_backward(Tensor dx, Tensor dxe, Tensor slot_row) = 0;
-    // y[t] += sum_j w[t,j] * ye[slot_row[t*k+j]] over slots with slot_row >= 0;
+    // dx[t] (+)= sum_j dxe[slot_row[t*k+j]] over slots with slot_row >= 0,
+    // with k = slot_row.numel() / N: a gather per token, so no two writers meet.
+    virtual void permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_write) = 0;
+    // y[t] (+)= sum_j w[t,j] * ye[slot_row[t*k+j]] over slots with slot_row >= 0;
     // w[N,k] and dw are stat.
-    virtual void combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row) = 0;
-    // dye[r] += w * dy[t];  dw[t,j] += dot(dy[t], ye[r]).
-    virtual void combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row) = 0;
+    virtual void combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row, Write y_write) = 0;
+    // dye[r] (+)= w * dy[t] (each of the R rows is one slot's);
+    // dw[t,j] += dot(dy[t], ye[r]).
+    virtual void combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row,
+                                  Write dye_write) = 0;
 
     // ---- INL dynamics -----------------------------------------------------
     // ctrl[N,3H] = (a | b | g) from the controller; mu[H] (work; dmu master);

@@ -111,7 +111,7 @@ TEST_CASE("grouped_matmul_backward matches finite differences and leaves an empt
     const std::vector<double> dx0 = normals(kR * I, rng), dw0 = normals(kE * O * I, rng);
     std::vector<double> dx = dx0, dw = dw0;
     ops.grouped_matmul_backward(tensor(dx, {kR, I}), tensor(dw, {kE, O, I}), tensor(dy, {kR, O}),
-                                tensor(x, {kR, I}), tensor(w, {kE, O, I}), kOffsets, GradWrite::add);
+                                tensor(x, {kR, I}), tensor(w, {kE, O, I}), kOffsets, Write::add);
     const std::vector<double> grad_w = accumulated(dw, dw0), grad_x = accumulated(dx, dx0);
     check_gradient("dx", loss, x.data(), grad_x.data(), kR * I);
     check_gradient("dw", loss, w.data(), grad_w.data(), kE * O * I, 1e-6, 1e-9, kE * O * I);
@@ -120,7 +120,7 @@ TEST_CASE("grouped_matmul_backward matches finite differences and leaves an empt
     // Overwriting dx: what it held is gone; dw still accumulates.
     std::vector<double> dx_over = normals(kR * I, rng), dw_again = dw0;
     ops.grouped_matmul_backward(tensor(dx_over, {kR, I}), tensor(dw_again, {kE, O, I}), tensor(dy, {kR, O}),
-                                tensor(x, {kR, I}), tensor(w, {kE, O, I}), kOffsets, GradWrite::overwrite);
+                                tensor(x, {kR, I}), tensor(w, {kE, O, I}), kOffsets, Write::overwrite);
     for (int64_t i = 0; i < kR * I; ++i) REQUIRE(dx_over[i] == Approx(grad_x[i]).margin(1e-12));
     REQUIRE(dw_again == dw);
 }

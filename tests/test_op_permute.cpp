@@ -63,7 +63,7 @@ template <class T> void check_forwards() {
         for (int c = 0; c < H; ++c) REQUIRE(b.xe[r * H + c] == b.x[b.plan.row_token[r] * H + c]);
 
     const std::vector<T> y_before = b.y;
-    ops.combine_forward(tensor(b.y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row());
+    ops.combine_forward(tensor(b.y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row(), Write::add);
     for (int t = 0; t < N; ++t)
         for (int c = 0; c < H; ++c) {
             double expected = y_before[t * H + c];
@@ -95,7 +95,7 @@ TEST_CASE("permute_backward matches finite differences", "[unit]") {
     };
     const std::vector<double> before = normals<double>(N * H, rng);
     std::vector<double> dx = before, dxe_in = dxe;
-    ops.permute_backward(tensor(dx, {N, H}), tensor(dxe_in, {b.R, H}), b.slot_row());
+    ops.permute_backward(tensor(dx, {N, H}), tensor(dxe_in, {b.R, H}), b.slot_row(), Write::add);
     for (int i = 0; i < N * H; ++i) dx[i] -= before[i];
     test::check_gradient("dx", loss, b.x.data(), dx.data(), N * H);
 }
@@ -117,7 +117,8 @@ TEST_CASE("permute_backward sums each token's slots in slot order for any thread
     for (int threads : {1, 2, 3}) {
         omp_set_num_threads(threads);
         std::vector<float> dx(n * h, 0.0f);
-        ops.permute_backward(tensor(dx, {n, h}), tensor(dxe, {R, h}), Tensor(plan.slot_row.data(), DType::I32, {n * k}));
+        ops.permute_backward(tensor(dx, {n, h}), tensor(dxe, {R, h}), Tensor(plan.slot_row.data(), DType::I32, {n * k}),
+                             Write::add);
         REQUIRE(dx == serial);
     }
     omp_set_num_threads(saved);
@@ -130,7 +131,7 @@ TEST_CASE("combine_backward matches finite differences, dropped slots get no gra
     CpuOps ops;
     auto loss = [&] {
         std::vector<double> y(N * H, 0.0);
-        ops.combine_forward(tensor(y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row());
+        ops.combine_forward(tensor(y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row(), Write::add);
         double f = 0;
         for (int i = 0; i < N * H; ++i) f += dy[i] * y[i];
         return f;
@@ -138,7 +139,7 @@ TEST_CASE("combine_backward matches finite differences, dropped slots get no gra
     const std::vector<double> dye_before = normals<double>(b.R * H, rng), dw_before = normals<double>(N * K, rng);
     std::vector<double> dye = dye_before, dw = dw_before;
     ops.combine_backward(tensor(dye, {b.R, H}), tensor(dw, {N, K}), tensor(dy, {N, H}), tensor(b.ye, {b.R, H}),
-                         tensor(b.w, {N, K}), b.slot_row());
+                         tensor(b.w, {N, K}), b.slot_row(), Write::add);
     REQUIRE(dw[6] == dw_before[6]);  // the dropped slot
     for (int64_t i = 0; i < b.R * H; ++i) dye[i] -= dye_before[i];
     for (int i = 0; i < N * K; ++i) dw[i] -= dw_before[i];
@@ -148,9 +149,35 @@ TEST_CASE("combine_backward matches finite differences, dropped slots get no gra
     SECTION("an empty dw is skipped and dye is unchanged by it") {
         std::vector<double> dye_alone = dye_before;
         ops.combine_backward(tensor(dye_alone, {b.R, H}), Tensor{}, tensor(dy, {N, H}), tensor(b.ye, {b.R, H}),
-                             tensor(b.w, {N, K}), b.slot_row());
+                             tensor(b.w, {N, K}), b.slot_row(), Write::add);
         for (int64_t i = 0; i < b.R * H; ++i) REQUIRE(dye_alone[i] - dye_before[i] == dye[i]);
     }
+}
+
+TEST_CASE("permutation ops told to overwrite give what adding to zeros gives, whatever the output held",
+          "[unit]") {
+    Buffers<double> b;
+    Rng rng(9, "overwrite");
+    CpuOps ops;
+    const std::vector<double> dy = normals<double>(N * H, rng), dxe = normals<double>(b.R * H, rng);
+    auto both = [&](int64_t n, auto&& call) {
+        std::vector<double> added(n, 0.0), written = normals<double>(n, rng);
+        call(added, Write::add);
+        call(written, Write::overwrite);
+        REQUIRE(written == added);
+    };
+    both(N * H, [&](std::vector<double>& y, Write wr) {
+        ops.combine_forward(tensor(y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row(), wr);
+    });
+    both(N * H, [&](std::vector<double>& dx, Write wr) {
+        std::vector<double> src = dxe;
+        ops.permute_backward(tensor(dx, {N, H}), tensor(src, {b.R, H}), b.slot_row(), wr);
+    });
+    both(b.R * H, [&](std::vector<double>& dye, Write wr) {
+        std::vector<double> g = dy;
+        ops.combine_backward(tensor(dye, {b.R, H}), Tensor{}, tensor(g, {N, H}), tensor(b.ye, {b.R, H}),
+                             tensor(b.w, {N, K}), b.slot_row(), wr);
+    });
 }
 
 TEST_CASE("permute and combine reject indices outside their tensors", "[unit]") {
@@ -169,7 +196,8 @@ TEST_CASE("permute and combine reject indices outside their tensors", "[unit]") 
                  "row_token");
     b.plan.slot_row[0] = int32_t(b.R);
     expect_error([&] {
-        ops.combine_forward(tensor(b.y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row());
+        ops.combine_forward(tensor(b.y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row(),
+                            Write::add);
     }, "slot_row");
 }
 

@@ -217,7 +217,8 @@ int run(const Args& args) {
         time("router stats", dims({N, E}), L, double(N * E * stat + N * stat), 2.0 * N * E,
              [&] { ops.router_stats(stats, probs, rlse); });
         moe::Tensor choices = buf.ids(expert_of_slot).view({N, k});
-        moe::Tensor planned_slot_row = buf.zeros(moe::DType::I32, {R}), planned_row_token = buf.zeros(moe::DType::I32, {R});
+        moe::Tensor planned_slot_row = buf.zeros(moe::DType::I32, {R});
+        moe::Tensor planned_row_token = buf.zeros(moe::DType::I32, {R});
         time("routing plan (a host wait)", dims({N, k}) + " E" + std::to_string(E), L, 16.0 * R, 0, [&] {
             ops.plan_routing(planned_slot_row, planned_row_token, choices, int(E), m.moe.capacity_factor);
         });
@@ -226,12 +227,13 @@ int run(const Args& args) {
     moe::Tensor topw = buf.random(pr.stat, {N, k}), dtopw = buf.zeros(pr.stat, {N, k});
     const std::string RH = dims({R, H});
     time("permute forward", RH, L, 2 * R * H * act + R * 4, 0, [&] { ops.permute_forward(xe, x, row_token); });
-    time("permute backward", RH, L, R * H * act + 2 * N * H * act + R * 4, double(R * H),
-         [&] { ops.permute_backward(dx, ye, slot_row); });
-    time("combine forward", RH, L, R * H * act + 2 * N * H * act + N * k * (4 + stat), 2.0 * R * H,
-         [&] { ops.combine_forward(y, ye, topw, slot_row); });
-    time("combine backward", RH, L, 3 * R * H * act + N * H * act + N * k * (4 + 2 * stat), 4.0 * R * H,
-         [&] { ops.combine_backward(dye, dtopw, dy, ye, topw, slot_row); });
+    // The outputs written over, as in a step.
+    time("permute backward", RH, L, R * H * act + N * H * act + R * 4, double(R * H),
+         [&] { ops.permute_backward(dx, ye, slot_row, moe::Write::overwrite); });
+    time("combine forward", RH, L, R * H * act + N * H * act + N * k * (4 + stat), 2.0 * R * H,
+         [&] { ops.combine_forward(y, ye, topw, slot_row, moe::Write::overwrite); });
+    time("combine backward", RH, L, 2 * R * H * act + N * H * act + N * k * (4 + 2 * stat), 4.0 * R * H,
+         [&] { ops.combine_backward(dye, dtopw, dy, ye, topw, slot_row, moe::Write::overwrite); });
 
     moe::Tensor w_gate = buf.random(pr.work, {E, I, H}, 0.02), w_down = buf.random(pr.work, {E, H, I}, 0.02);
     moe::Tensor dw_gate = buf.zeros(pr.master, {E, I, H}), dw_down = buf.zeros(pr.master, {E, H, I});
@@ -244,12 +246,12 @@ int run(const Args& args) {
     // Of a step's two, the one adding to dxe (the other overwrites it).
     time("experts gate, up backward", RHI, 2 * L, R * I * act + R * H * act + wbytes + 2 * R * H * act + 2 * gbytes,
          4.0 * R * H * I,
-         [&] { ops.grouped_matmul_backward(dye, dw_gate, gate, xe, w_gate, plan.offsets, moe::GradWrite::add); });
+         [&] { ops.grouped_matmul_backward(dye, dw_gate, gate, xe, w_gate, plan.offsets, moe::Write::add); });
     time("experts down forward", RHI, L, R * I * act + wbytes + R * H * act, 2.0 * R * H * I,
          [&] { ops.grouped_matmul_forward(ye, a, w_down, plan.offsets); });
     time("experts down backward", RHI, L, R * H * act + R * I * act + wbytes + R * I * act + 2 * gbytes,
          4.0 * R * H * I,
-         [&] { ops.grouped_matmul_backward(da, dw_down, dye, a, w_down, plan.offsets, moe::GradWrite::overwrite); });
+         [&] { ops.grouped_matmul_backward(da, dw_down, dye, a, w_down, plan.offsets, moe::Write::overwrite); });
     const std::string RI = dims({R, I});
     time("swiglu forward", RI, L, 3 * R * I * act, 6.0 * R * I, [&] { ops.swiglu_forward(a, gate, up); });
     time("swiglu backward", RI, L, 5 * R * I * act, 12.0 * R * I,

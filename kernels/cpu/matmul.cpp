@@ -182,14 +182,14 @@ void CpuOps::grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vec
 }
 
 void CpuOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
-                                     const std::vector<int64_t>& offsets, GradWrite dx_write) {
+                                     const std::vector<int64_t>& offsets, Write dx_write) {
     check(w.ndim == 3 && x.ndim == 2 && dy.ndim == 2 && dy.dim(0) == x.dim(0) &&
               (dx.empty() || dx.numel() == x.numel()) && (dw.empty() || (dw.ndim == 3 && dw.shape == w.shape)),
           "grouped_matmul_backward",
           "expected dy [R,O], x [R,I], w [E,O,I] and gradients of their shapes; got " + shapes(dy, x, w) + ", dx " +
               dx.shape_str() + ", dw " + dw.shape_str());
     check_offsets("grouped_matmul_backward", offsets, w.dim(0), x.dim(0));
-    if (dx_write == GradWrite::overwrite && !dx.empty()) zero(dx);
+    if (dx_write == Write::overwrite && !dx.empty()) zero(dx);
     for (int64_t e = 0; e < w.dim(0); ++e) {
         const int64_t lo = offsets[e], hi = offsets[e + 1];
         if (hi == lo) continue;

@@ -75,13 +75,14 @@ void CpuOps::permute_forward(Tensor xe, Tensor x, Tensor row_token) {
     });
 }
 
-void CpuOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row) {
+void CpuOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_write) {
     if (dx.empty()) return;
     const int64_t N = dx.dim(0);
     if (dx.ndim != 2 || dxe.ndim != 2 || dxe.dim(1) != dx.dim(1) || N == 0 || slot_row.numel() % N != 0)
         throw std::invalid_argument("permute_backward: expected dx [N,H], dxe [R,H] and slot_row [N*k]; got " +
                                     dx.shape_str() + ", " + dxe.shape_str() + " and " + slot_row.shape_str());
     check_indices("permute_backward", "slot_row", slot_row, -1, dxe.dim(0));
+    if (dx_write == Write::overwrite) zero(dx);
     const int64_t H = dx.dim(1), k = slot_row.numel() / N;
     dispatch_float(dx, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
@@ -102,8 +103,9 @@ void CpuOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row) {
     });
 }
 
-void CpuOps::combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row) {
+void CpuOps::combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row, Write y_write) {
     check_combine("combine_forward", y, ye, w, slot_row);
+    if (y_write == Write::overwrite) zero(y);
     const int64_t N = y.dim(0), H = y.dim(1), k = w.dim(1);
     dispatch_float(y, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
@@ -125,7 +127,8 @@ void CpuOps::combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row) {
     });
 }
 
-void CpuOps::combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row) {
+void CpuOps::combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row,
+                              Write dye_write) {
     check_combine("combine_backward", dy, ye, w, slot_row);
     if (!dye.empty() && dye.numel() != ye.numel())
         throw std::invalid_argument("combine_backward: dye " + dye.shape_str() + " must have the shape of ye " +
@@ -133,6 +136,7 @@ void CpuOps::combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tenso
     if (!dw.empty() && dw.numel() != w.numel())
         throw std::invalid_argument("combine_backward: dw " + dw.shape_str() + " must have the shape of w " +
                                     w.shape_str());
+    if (dye_write == Write::overwrite && !dye.empty()) zero(dye);
     const int64_t N = dy.dim(0), H = dy.dim(1), k = w.dim(1);
     dispatch_float(dy, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;

@@ -72,7 +72,7 @@ public:
     void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w) override;
     void grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vector<int64_t>& offsets) override;
     void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
-                                 const std::vector<int64_t>& offsets, GradWrite dx_write) override;
+                                 const std::vector<int64_t>& offsets, Write dx_write) override;
 
     void silu_forward(Tensor y, Tensor x) override;
     void silu_backward(Tensor dx, Tensor dy, Tensor x) override;
@@ -96,9 +96,10 @@ public:
                                std::optional<double> capacity_factor) override;
 
     void permute_forward(Tensor xe, Tensor x, Tensor row_token) override;
-    void permute_backward(Tensor dx, Tensor dxe, Tensor slot_row) override;
-    void combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row) override;
-    void combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row) override;
+    void permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_write) override;
+    void combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row, Write y_write) override;
+    void combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row,
+                          Write dye_write) override;
 
     void dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor ctrl, Tensor mu,
                           const DynamicsParams& p) override;

@@ -243,7 +243,7 @@ void CudaOps::grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::ve
 }
 
 void CudaOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
-                                      const std::vector<int64_t>& offsets, GradWrite dx_write) {
+                                      const std::vector<int64_t>& offsets, Write dx_write) {
     check(w.ndim == 3, "grouped_matmul_backward", "w must be [E,O,I], got " + w.shape_str());
     const int64_t E = w.dim(0), O = w.dim(1), I = w.dim(2), R = x.dim(0);
     check(x.row_size() == I && dy.row_size() == O && dy.dim(0) == R && (dx.empty() || dx.numel() == x.numel()) &&
@@ -256,7 +256,7 @@ void CudaOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x,
         cuda::require_dtype("grouped_matmul_backward", "dy, x, w and dx", *t, DType::BF16);
     cuda::require_dtype("grouped_matmul_backward", "dw", dw, DType::F32);
     // Every row of dx is some expert's, so overwriting needs no zeroing.
-    const float dx_beta = dx_write == GradWrite::overwrite ? 0.0f : 1.0f;
+    const float dx_beta = dx_write == Write::overwrite ? 0.0f : 1.0f;
     for (int64_t e = 0; e < E; ++e) {
         const int64_t r0 = offsets[e], r1 = offsets[e + 1];
         if (r0 == r1) continue;

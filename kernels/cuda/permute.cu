@@ -49,17 +49,22 @@ __global__ void permute_forward_kernel(bf16* xe, const bf16* x, const int32_t* r
     }
 }
 
-// dst[t] += sum_j w[t,j] src[slot_row[t*k+j]] over kept slots (w null: 1),
+// dst[t] (+)= sum_j w[t,j] src[slot_row[t*k+j]] over kept slots (w null: 1),
 // one thread per chunk of a token, its slots added in j order in fp32.
 template <int W>
 __global__ void gather_add_kernel(bf16* dst, const bf16* src, const float* w, const int32_t* slot_row, int64_t N,
-                                  int64_t R, int64_t H, int k) {
+                                  int64_t R, int64_t H, int k, bool accumulate) {
     const int64_t chunks = H / W;
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < N * chunks;
          i += int64_t(gridDim.x) * blockDim.x) {
         const int64_t t = i / chunks, col = (i % chunks) * W;
         float acc[W];
-        load_chunk<W>(acc, dst + t * H + col);
+        if (accumulate) {
+            load_chunk<W>(acc, dst + t * H + col);
+        } else {
+#pragma unroll
+            for (int e = 0; e < W; ++e) acc[e] = 0;
+        }
         for (int j = 0; j < k; ++j) {
             const int32_t r = slot_row[t * k + j];
             if (r < 0) continue;  // dropped
@@ -78,11 +83,12 @@ __global__ void gather_add_kernel(bf16* dst, const bf16* src, const float* w, co
     }
 }
 
-// One warp per slot s = t*k+j: dye[r] += w[s] dy[t] and dw[s] += dot(dy[t],
+// One warp per slot s = t*k+j: dye[r] (+)= w[s] dy[t] and dw[s] += dot(dy[t],
 // ye[r]), the dot summed per lane in chunk order then by a fixed shuffle tree.
 template <int W>
 __global__ void combine_backward_kernel(bf16* dye, float* dw, const bf16* dy, const bf16* ye, const float* w,
-                                        const int32_t* slot_row, int64_t slots, int64_t R, int64_t H, int k) {
+                                        const int32_t* slot_row, int64_t slots, int64_t R, int64_t H, int k,
+                                        bool accumulate) {
     const int lane = threadIdx.x & 31;
     const int64_t chunks = H / W;
     for (int64_t s = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5); s < slots;
@@ -100,7 +106,12 @@ __global__ void combine_backward_kernel(bf16* dye, float* dw, const bf16* dy, co
                 load_chunk<W>(gv, g + col);
                 if (dye) {
                     float d[W];
-                    load_chunk<W>(d, dye + int64_t(r) * H + col);
+                    if (accumulate) {
+                        load_chunk<W>(d, dye + int64_t(r) * H + col);
+                    } else {
+#pragma unroll
+                        for (int e = 0; e < W; ++e) d[e] = 0;
+                    }
 #pragma unroll
                     for (int e = 0; e < W; ++e) d[e] += ws * gv[e];
                     store_chunk<W>(dye + int64_t(r) * H + col, d);
@@ -170,7 +181,7 @@ void CudaOps::permute_forward(Tensor xe, Tensor x, Tensor row_token) {
     MOE_CUDA_LAUNCHED();
 }
 
-void CudaOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row) {
+void CudaOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_write) {
     const char* op = "permute_backward";
     require_dtype(op, "dx", dx, DType::BF16);
     require_dtype(op, "dxe", dxe, DType::BF16);
@@ -181,29 +192,32 @@ void CudaOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row) {
           "expected dx [N,H], dxe [R,H] and slot_row [N*k]; got " + dx.shape_str() + ", " + dxe.shape_str() +
               " and " + slot_row.shape_str());
     const int64_t R = dxe.dim(0), k = slot_row.numel() / N;
+    if (k == 0 && dx_write == Write::overwrite) zero(dx);  // no slot: a sum of nothing
     if (k == 0 || H == 0) return;
     by_width(H, {dx, dxe}, [&](auto width) {
         constexpr int W = decltype(width)::value;
         gather_add_kernel<W><<<cuda::blocks_for(N * H / W, kThreads), kThreads, 0, stream()>>>(
-            bf16_ptr(dx), bf16_ptr(dxe), nullptr, slot_row.ptr<int32_t>(), N, R, H, int(k));
+            bf16_ptr(dx), bf16_ptr(dxe), nullptr, slot_row.ptr<int32_t>(), N, R, H, int(k), dx_write == Write::add);
     });
     MOE_CUDA_LAUNCHED();
 }
 
-void CudaOps::combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row) {
+void CudaOps::combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row, Write y_write) {
     const char* op = "combine_forward";
     check_combine(op, y, "y", ye, w, slot_row);
     const int64_t N = y.dim(0), H = y.dim(1), R = ye.dim(0), k = w.dim(1);
+    if (k == 0 && y_write == Write::overwrite) zero(y);  // no slot: a sum of nothing
     if (N == 0 || H == 0 || k == 0) return;
     by_width(H, {y, ye}, [&](auto width) {
         constexpr int W = decltype(width)::value;
         gather_add_kernel<W><<<cuda::blocks_for(N * H / W, kThreads), kThreads, 0, stream()>>>(
-            bf16_ptr(y), bf16_ptr(ye), w.ptr<float>(), slot_row.ptr<int32_t>(), N, R, H, int(k));
+            bf16_ptr(y), bf16_ptr(ye), w.ptr<float>(), slot_row.ptr<int32_t>(), N, R, H, int(k), y_write == Write::add);
     });
     MOE_CUDA_LAUNCHED();
 }
 
-void CudaOps::combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row) {
+void CudaOps::combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row,
+                               Write dye_write) {
     const char* op = "combine_backward";
     require_dtype(op, "dye", dye, DType::BF16);
     require_dtype(op, "dw", dw, DType::F32);
@@ -218,7 +232,7 @@ void CudaOps::combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tens
     by_width(H, {dye, dy, ye}, [&](auto width) {
         combine_backward_kernel<decltype(width)::value><<<cuda::blocks_for(slots, kWarps), kThreads, 0, stream()>>>(
             bf16_ptr(dye), dw_p, bf16_ptr(dy), bf16_ptr(ye), w.ptr<float>(), slot_row.ptr<int32_t>(), slots, R, H,
-            int(k));
+            int(k), dye_write == Write::add);
     });
     MOE_CUDA_LAUNCHED();
 }

@@ -160,9 +160,9 @@ TEST_CASE("grouped matmul matches the CPU with an expert that gets no row", "[gp
     std::vector<float> dw(size_t(E * O * I), 0.125f);
     Tensor gdx = b.upload(dx, DType::BF16, {R, I}), gdw = b.upload(dw, DType::F32, {E, O, I});
     Tensor gdy = b.upload(dy, DType::BF16, {R, O});
-    b.gpu.grouped_matmul_backward(gdx, gdw, gdy, gx, gw, offsets, GradWrite::add);
+    b.gpu.grouped_matmul_backward(gdx, gdw, gdy, gx, gw, offsets, Write::add);
     b.cpu.grouped_matmul_backward(host_tensor(dx, {R, I}), host_tensor(dw, {E, O, I}), host_tensor(dy, {R, O}),
-                                  host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets, GradWrite::add);
+                                  host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets, Write::add);
     require_near("dx", b.download(gdx), dx, kBf16Rtol, kBf16Atol);
     require_near("dw", b.download(gdw), dw, 1e-5, 1e-4);  // expert 1's stays 0.125: nothing added
 
@@ -170,9 +170,9 @@ TEST_CASE("grouped matmul matches the CPU with an expert that gets no row", "[gp
     std::vector<float> garbage = bf16_normals(R * I, rng), dx_over(size_t(R * I));
     garbage[3] = NAN;
     Tensor gdx_over = b.upload(garbage, DType::BF16, {R, I});
-    b.gpu.grouped_matmul_backward(gdx_over, Tensor{}, gdy, gx, gw, offsets, GradWrite::overwrite);
+    b.gpu.grouped_matmul_backward(gdx_over, Tensor{}, gdy, gx, gw, offsets, Write::overwrite);
     b.cpu.grouped_matmul_backward(host_tensor(dx_over, {R, I}), Tensor{}, host_tensor(dy, {R, O}),
-                                  host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets, GradWrite::overwrite);
+                                  host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets, Write::overwrite);
     require_near("dx overwritten", b.download(gdx_over), dx_over, kBf16Rtol, kBf16Atol);
 }
 
@@ -194,10 +194,11 @@ TEST_CASE("grouped matmul plans expert sizes by class: new loads reuse plans and
         Tensor gx = b.upload(x, DType::BF16, {R, I}), gy = b.zeros(DType::BF16, {R, O});
         Tensor gdx = b.zeros(DType::BF16, {R, I}), gdw = b.zeros(DType::F32, {E, O, I});
         b.gpu.grouped_matmul_forward(gy, gx, gw, offsets);
-        b.gpu.grouped_matmul_backward(gdx, gdw, b.upload(dy, DType::BF16, {R, O}), gx, gw, offsets, GradWrite::add);
+        b.gpu.grouped_matmul_backward(gdx, gdw, b.upload(dy, DType::BF16, {R, O}), gx, gw, offsets,
+                                      Write::add);
         b.cpu.grouped_matmul_forward(host_tensor(y, {R, O}), host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets);
         b.cpu.grouped_matmul_backward(host_tensor(dx, {R, I}), host_tensor(dw, {E, O, I}), host_tensor(dy, {R, O}),
-                                      host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets, GradWrite::add);
+                                      host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets, Write::add);
         require_near("y", b.download(gy), y, kBf16Rtol, kBf16Atol);
         require_near("dx", b.download(gdx), dx, kBf16Rtol, kBf16Atol);
         require_near("dw", b.download(gdw), dw, 1e-5, 1e-4);

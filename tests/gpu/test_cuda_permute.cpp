@@ -40,8 +40,10 @@ RoutingPlan make_plan(int k, Rng& rng) {
     return plan;
 }
 
-void check_ops(Backends& b, int k, int64_t H) {
-    INFO("k " << k << ", H " << H);
+// wr: the combine and the permute backward add to, or write over, outputs
+// that start nonzero.
+void check_ops(Backends& b, int k, int64_t H, Write wr) {
+    INFO("k " << k << ", H " << H << (wr == Write::add ? ", adding" : ", overwriting"));
     Rng rng(uint64_t(100 * k + H), "cuda permute");
     RoutingPlan plan = make_plan(k, rng);
     const int64_t N = kTokens, R = plan.rows();
@@ -55,39 +57,39 @@ void check_ops(Backends& b, int k, int64_t H) {
     b.gpu.permute_forward(gpu_xe, b.upload(x, DType::BF16, {N, H}), row_token);
     require_near("xe", b.download(gpu_xe), xe, 0, 0);
 
-    // Every op below adds into a nonzero start.
+    // Every output below starts nonzero.
     std::vector<float> ye = bf16_normals(R * H, rng), w = bf16_normals(N * k, rng);
     Tensor gpu_ye = b.upload(ye, DType::BF16, {R, H}), gpu_w = b.upload(w, DType::F32, {N, k});
     const std::vector<float> y0 = bf16_normals(N * H, rng);
     std::vector<float> y = y0;
-    b.cpu.combine_forward(host_tensor(y, {N, H}), host_tensor(ye, {R, H}), host_tensor(w, {N, k}), cpu_slot_row);
+    b.cpu.combine_forward(host_tensor(y, {N, H}), host_tensor(ye, {R, H}), host_tensor(w, {N, k}), cpu_slot_row, wr);
     Tensor gpu_y = b.upload(y0, DType::BF16, {N, H});
-    b.gpu.combine_forward(gpu_y, gpu_ye, gpu_w, slot_row);
+    b.gpu.combine_forward(gpu_y, gpu_ye, gpu_w, slot_row, wr);
     require_near("y", b.download(gpu_y), y, kBf16Rtol, kBf16Atol);
 
     std::vector<float> dxe = bf16_normals(R * H, rng);
     const std::vector<float> dx0 = bf16_normals(N * H, rng);
     std::vector<float> dx = dx0;
-    b.cpu.permute_backward(host_tensor(dx, {N, H}), host_tensor(dxe, {R, H}), cpu_slot_row);
+    b.cpu.permute_backward(host_tensor(dx, {N, H}), host_tensor(dxe, {R, H}), cpu_slot_row, wr);
     Tensor gpu_dx = b.upload(dx0, DType::BF16, {N, H});
-    b.gpu.permute_backward(gpu_dx, b.upload(dxe, DType::BF16, {R, H}), slot_row);
+    b.gpu.permute_backward(gpu_dx, b.upload(dxe, DType::BF16, {R, H}), slot_row, wr);
     require_near("dx", b.download(gpu_dx), dx, kBf16Rtol, kBf16Atol);
 
     std::vector<float> dy = bf16_normals(N * H, rng);
     const std::vector<float> dye0 = bf16_normals(R * H, rng), dw0 = bf16_normals(N * k, rng);
     std::vector<float> dye = dye0, dw = dw0;
     b.cpu.combine_backward(host_tensor(dye, {R, H}), host_tensor(dw, {N, k}), host_tensor(dy, {N, H}),
-                           host_tensor(ye, {R, H}), host_tensor(w, {N, k}), cpu_slot_row);
+                           host_tensor(ye, {R, H}), host_tensor(w, {N, k}), cpu_slot_row, wr);
     Tensor gpu_dy = b.upload(dy, DType::BF16, {N, H});
     Tensor gpu_dye = b.upload(dye0, DType::BF16, {R, H}), gpu_dw = b.upload(dw0, DType::F32, {N, k});
-    b.gpu.combine_backward(gpu_dye, gpu_dw, gpu_dy, gpu_ye, gpu_w, slot_row);
+    b.gpu.combine_backward(gpu_dye, gpu_dw, gpu_dy, gpu_ye, gpu_w, slot_row, wr);
     require_near("dye", b.download(gpu_dye), dye, kBf16Rtol, kBf16Atol);
     require_near("dw", b.download(gpu_dw), dw, kDwRtol, kDwAtol);
 
     // Either gradient alone: an empty one is not wanted.
     Tensor dw_only = b.upload(dw0, DType::F32, {N, k}), dye_only = b.upload(dye0, DType::BF16, {R, H});
-    b.gpu.combine_backward(Tensor{}, dw_only, gpu_dy, gpu_ye, gpu_w, slot_row);
-    b.gpu.combine_backward(dye_only, Tensor{}, gpu_dy, gpu_ye, gpu_w, slot_row);
+    b.gpu.combine_backward(Tensor{}, dw_only, gpu_dy, gpu_ye, gpu_w, slot_row, wr);
+    b.gpu.combine_backward(dye_only, Tensor{}, gpu_dy, gpu_ye, gpu_w, slot_row, wr);
     require_near("dw alone", b.download(dw_only), dw, kDwRtol, kDwAtol);
     require_near("dye alone", b.download(dye_only), dye, kBf16Rtol, kBf16Atol);
 }
@@ -96,8 +98,9 @@ void check_ops(Backends& b, int k, int64_t H) {
 
 TEST_CASE("cuda permute and combine match the CPU, with dropped slots and an idle expert", "[gpu]") {
     Backends b;
-    for (int k : {1, 2})
-        for (int64_t H : {20, 64}) check_ops(b, k, H);
+    for (Write wr : {Write::add, Write::overwrite})
+        for (int k : {1, 2})
+            for (int64_t H : {20, 64}) check_ops(b, k, H, wr);
 }
 
 TEST_CASE("cuda plan_routing gives the serial plan, drops and idle experts included", "[gpu]") {
@@ -149,10 +152,13 @@ TEST_CASE("cuda permute and combine reject wrong dtypes and shapes", "[gpu]") {
     const int64_t N = 4, R = 6, H = 8, k = 2;
     Tensor y = b.zeros(DType::BF16, {N, H}), ye = b.zeros(DType::BF16, {R, H});
     Tensor slot_row = b.zeros(DType::I32, {N * k});
-    REQUIRE_THROWS_AS(b.gpu.combine_forward(y, ye, b.zeros(DType::BF16, {N, k}), slot_row), std::invalid_argument);
-    REQUIRE_THROWS_AS(b.gpu.combine_forward(y, b.zeros(DType::BF16, {R, H + 1}), b.zeros(DType::F32, {N, k}), slot_row),
+    REQUIRE_THROWS_AS(b.gpu.combine_forward(y, ye, b.zeros(DType::BF16, {N, k}), slot_row, Write::add),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.combine_forward(y, b.zeros(DType::BF16, {R, H + 1}), b.zeros(DType::F32, {N, k}), slot_row,
+                                            Write::add),
                       std::invalid_argument);
     REQUIRE_THROWS_AS(b.gpu.permute_forward(b.zeros(DType::BF16, {R + 1, H}), y, b.zeros(DType::I32, {R})),
                       std::invalid_argument);
-    REQUIRE_THROWS_AS(b.gpu.permute_backward(y, ye, b.zeros(DType::I32, {N * k + 1})), std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.permute_backward(y, ye, b.zeros(DType::I32, {N * k + 1}), Write::add),
+                      std::invalid_argument);
 }
