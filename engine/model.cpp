@@ -149,16 +149,14 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
         }
         {
             PhaseScope scope(times_, ops_, Phase::Other);
-            ops_.copy(b.x, h_[l]);
-            ops_.add(b.x, b.attn_out);
+            ops_.add_tensors(b.x, h_[l], b.attn_out);
             ops_.rmsnorm_forward(b.xn2, b.rstd2, b.x, b.moe_norm->work, cfg_.norm_eps);
         }
         MoeStats s = b.moe.forward(ops_, b.xn2, ids_host_.data(), b.moe_out);
         Tensor after = b.dynamics ? b.h_mid : h_[l + 1];
         {
             PhaseScope scope(times_, ops_, Phase::Other);
-            ops_.copy(after, b.x);
-            ops_.add(after, b.moe_out);
+            ops_.add_tensors(after, b.x, b.moe_out);
         }
         if (b.dynamics) {
             PhaseScope scope(times_, ops_, Phase::Dynamics);

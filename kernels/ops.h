@@ -99,6 +99,9 @@ public:
     // (CPU: F32 <-> F64; CUDA: F32 <-> BF16), rounding to nearest.
     virtual void copy(Tensor dst, Tensor src) = 0;
     virtual void add(Tensor y, Tensor x, double alpha = 1) = 0; // y += alpha x
+    // y = a + b, all of one shape and dtype (a residual stream and a branch:
+    // one pass where a copy and an add would take two).
+    virtual void add_tensors(Tensor y, Tensor a, Tensor b) = 0;
     virtual void scale(Tensor y, double alpha) = 0;             // y *= alpha
     // Reductions in a fixed order (the same result on every call), in double
     // on the CPU and fp32 partials summed in double on the GPU.

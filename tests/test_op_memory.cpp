@@ -26,6 +26,11 @@ template <class T> void check_add_and_scale() {
     ops.scale(tensor(y, {11}), 3.0);
     for (double& e : expected) e *= 3.0;
     require_close("scale", y, expected, tolerance<T>());
+    // y = a + b over whatever y held; exact: one rounding of the same sum.
+    const std::vector<T> a = cast<T>(normals(11, rng)), b = cast<T>(normals(11, rng));
+    std::vector<T> ca = a, cb = b;
+    ops.add_tensors(tensor(y, {11}), tensor(ca, {11}), tensor(cb, {11}));
+    for (int i = 0; i < 11; ++i) REQUIRE(y[i] == T(a[i] + b[i]));
 }
 
 template <class T> void check_concat() {
@@ -84,7 +89,7 @@ TEST_CASE("host copies, zero and copy move whole tensors", "[unit]") {
     ops.release(buffer);
 }
 
-TEST_CASE("add and scale match naive loops", "[unit]") {
+TEST_CASE("add, add_tensors and scale match naive loops", "[unit]") {
     check_add_and_scale<float>();
     check_add_and_scale<double>();
 }
@@ -125,6 +130,8 @@ TEST_CASE("mismatched shapes throw a logic_error naming the op and the shapes", 
     std::vector<float> a(6), b(4), c(12);
     require_logic_error([&] { ops.add(tensor(a, {2, 3}), tensor(b, {2, 2})); }, {"add", "[2, 3]", "[2, 2]"});
     require_logic_error([&] { ops.copy(tensor(a, {6}), tensor(b, {4})); }, {"copy", "[6]", "[4]"});
+    require_logic_error([&] { ops.add_tensors(tensor(a, {6}), tensor(a, {6}), tensor(b, {4})); },
+                        {"add_tensors", "[6]", "[4]"});
     require_logic_error([&] { ops.concat_cols_forward(tensor(c, {2, 6}), tensor(a, {2, 3}), tensor(b, {2, 2})); },
                         {"concat_cols_forward", "[2, 6]", "[2, 3]", "[2, 2]"});
     require_logic_error([&] { ops.concat_cols_backward(tensor(a, {2, 3}), tensor(b, {2, 2}), tensor(c, {2, 6})); },

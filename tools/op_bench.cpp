@@ -4,8 +4,8 @@
 // once, each output written once) and the FLOPs it must do, as GB/s and
 // TFLOP/s, so a slow kernel shows against its floor; then the sum over the
 // calls a step makes of these ops, to set beside moe-bench's step time (the
-// difference is launch gaps, host waits and the ops not listed: residual
-// adds, copies, zeroing, the small parameters' optimizer).
+// difference is launch gaps, host waits and the ops not listed: copies,
+// zeroing, the small parameters' optimizer).
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -162,6 +162,7 @@ int run(const Args& args) {
          [&] { ops.rmsnorm_forward(y, rstd, x, w_norm, m.norm_eps); });
     time("rmsnorm backward", NH, 2 * L + 1, 4 * N * H * act + N * stat, 8 * N * H,
          [&] { ops.rmsnorm_backward(dx, dw_norm, dy, x, w_norm, rstd); });
+    time("residual add", NH, 2 * L, 3 * N * H * act, N * H, [&] { ops.add_tensors(y, x, dy); });
 
     // ---- dense linear layers ------------------------------------------------
     const auto linear = [&](const std::string& name, int64_t O, double per_step, moe::DType out_dtype) {

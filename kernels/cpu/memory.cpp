@@ -67,6 +67,20 @@ void CpuOps::add(Tensor y, Tensor x, double alpha) {
     });
 }
 
+void CpuOps::add_tensors(Tensor y, Tensor a, Tensor b) {
+    check_same_shape("add_tensors", y, a);
+    check_same_shape("add_tensors", y, b);
+    dispatch_float(y, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        T* py = y.ptr<T>();
+        const T* pa = a.ptr<T>();
+        const T* pb = b.ptr<T>();
+        const int64_t n = y.numel();
+#pragma omp parallel for simd schedule(static) if (worth_threads(n))
+        for (int64_t i = 0; i < n; ++i) py[i] = pa[i] + pb[i];
+    });
+}
+
 void CpuOps::scale(Tensor y, double alpha) {
     dispatch_float(y, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;

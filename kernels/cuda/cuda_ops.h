@@ -56,6 +56,7 @@ public:
     void zero(Tensor t) override;
     void copy(Tensor dst, Tensor src) override;
     void add(Tensor y, Tensor x, double alpha = 1) override;
+    void add_tensors(Tensor y, Tensor a, Tensor b) override;
     void scale(Tensor y, double alpha) override;
     std::vector<double> sum_squares(const std::vector<Tensor>& xs) override;
     double sum(Tensor x) override;

@@ -1,7 +1,10 @@
 // Elementwise ops, dtype conversion, column concat and the deterministic
 // reductions (sum, sum of squares) of the CUDA backend. Elementwise kernels
 // take F32 or BF16 and compute in fp32.
+#include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 
@@ -31,6 +34,23 @@ template <class D, class S> __global__ void convert_kernel(D* dst, const S* src,
 template <class T> __global__ void add_kernel(T* y, const T* x, float alpha, int64_t n) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
         cuda::store(y, i, cuda::load(y, i) + alpha * cuda::load(x, i));
+}
+
+// y = a + b in chunks of W elements (W = 8: 16-byte accesses).
+template <int W, class T> __global__ void add_tensors_kernel(T* y, const T* a, const T* b, int64_t chunks) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < chunks;
+         i += int64_t(gridDim.x) * blockDim.x) {
+        if constexpr (W == 8) {
+            float va[W], vb[W];
+            cuda::load_chunk<W>(va, a + i * W);
+            cuda::load_chunk<W>(vb, b + i * W);
+#pragma unroll
+            for (int e = 0; e < W; ++e) va[e] += vb[e];
+            cuda::store_chunk<W>(y + i * W, va);
+        } else {
+            cuda::store(y, i, cuda::load(a, i) + cuda::load(b, i));
+        }
+    }
 }
 
 template <class T> __global__ void scale_kernel(T* y, float alpha, int64_t n) {
@@ -102,6 +122,30 @@ void CudaOps::add(Tensor y, Tensor x, double alpha) {
         using T = std::remove_pointer_t<decltype(tag)>;
         add_kernel<<<cuda::blocks_for(n, kThreads, 4096), kThreads, 0, stream_>>>(
             static_cast<T*>(y.data), static_cast<const T*>(x.data), float(alpha), n);
+    });
+    MOE_CUDA_LAUNCHED();
+}
+
+void CudaOps::add_tensors(Tensor y, Tensor a, Tensor b) {
+    check_same_shape("add_tensors", y, a);
+    check_same_shape("add_tensors", y, b);
+    const int64_t n = y.numel();
+    if (!n) return;
+    dispatch_f32_bf16("add_tensors", y, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        auto* py = static_cast<T*>(y.data);
+        const auto* pa = static_cast<const T*>(a.data);
+        const auto* pb = static_cast<const T*>(b.data);
+        bool wide = std::is_same_v<T, bf16> && n % 8 == 0;
+        for (const void* p : {y.data, a.data, b.data}) wide = wide && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+        if constexpr (std::is_same_v<T, bf16>) {
+            if (wide) {
+                add_tensors_kernel<8, T><<<cuda::blocks_for(n / 8, kThreads, 4096), kThreads, 0, stream_>>>(
+                    py, pa, pb, n / 8);
+                return;
+            }
+        }
+        add_tensors_kernel<1, T><<<cuda::blocks_for(n, kThreads, 4096), kThreads, 0, stream_>>>(py, pa, pb, n);
     });
     MOE_CUDA_LAUNCHED();
 }

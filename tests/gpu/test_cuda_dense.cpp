@@ -2,6 +2,7 @@
 // conversions, reductions, column concat, RMSNorm, linear (cuBLASLt) and
 // grouped linear, SiLU/SwiGLU, AdamW with its bf16 working copy.
 #include <cmath>
+#include <tuple>
 
 #include "tests/gpu/gpu_testing.h"
 
@@ -28,6 +29,22 @@ TEST_CASE("copy converts F32 <-> BF16 with round-to-nearest, add and scale compu
     for (int64_t i = 0; i < n; ++i)
         expected[size_t(i)] = round_bf16(-2.0f * round_bf16(y[size_t(i)] + 0.5f * d[size_t(i)]));
     REQUIRE(b.download(gy) == expected);
+
+    // add_tensors: y = a + b rounded once, in 16-byte chunks (n = 1000) and
+    // element by element (an odd count, an offset start); F32 as well.
+    for (auto [count, offset, dt] : {std::tuple<int64_t, int64_t, DType>{n, 0, DType::BF16}, {n - 3, 1, DType::BF16},
+                                      {n, 0, DType::F32}}) {
+        INFO("n " << count << ", offset " << offset << ", " << dtype_name(dt));
+        Tensor ga = b.upload(y, dt, {n}), gb = b.upload(d, dt, {n}), gs = b.upload(x, dt, {n});
+        const auto part = [&](Tensor t) { return t.view({n}).rows(offset, offset + count); };
+        b.gpu.add_tensors(part(gs), part(ga), part(gb));
+        const std::vector<float> got = b.download(gs);
+        for (int64_t i = 0; i < n; ++i) {
+            const bool in = i >= offset && i < offset + count;
+            const float want = in ? y[size_t(i)] + d[size_t(i)] : x[size_t(i)];
+            REQUIRE(got[size_t(i)] == (dt == DType::BF16 ? round_bf16(want) : want));
+        }
+    }
 }
 
 TEST_CASE("sum and sum_squares match the CPU and repeat bit for bit", "[gpu]") {
