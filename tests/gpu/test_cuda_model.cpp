@@ -6,13 +6,15 @@
 // Tolerances: the GPU computes in bf16 (8 significant bits) with fp32
 // accumulation, the CPU in fp32, from the same weights (the CPU's rounded to
 // bf16 like the GPU's working copies). A step passes some 30 bf16 roundings
-// from input to loss, so the loss is held to 1% and each gradient tensor to
-// 5% relative L2 error (||g_gpu - g_cpu|| / ||g_cpu||). A learned router's
-// choice is discrete: a token within bf16 noise of a tie may take another
-// expert on the GPU (seen in a CPU emulation of the kernels: 6-13% errors in
-// the two experts and router rows involved, 1% everywhere else). A layer
-// whose routing differs (other token counts per expert) has its MoE
-// gradients reported, not checked; everything else is.
+// from input to loss, whose errors mostly cancel in the mean: the loss is
+// held to 0.2% (a CPU emulation of the kernels differs by at most 0.023%; a
+// bug that left some LM head rows unwritten showed as 0.4%), the aux loss to
+// 1%, and each gradient tensor to 5% relative L2 error (||g_gpu - g_cpu|| /
+// ||g_cpu||). A learned router's choice is discrete: a token within bf16
+// noise of a tie may take another expert on the GPU (seen in the emulation:
+// 6-13% errors in the two experts and router rows involved, 1% everywhere
+// else). A layer whose routing differs (other token counts per expert) has
+// its MoE gradients reported, not checked; everything else is.
 #include <cmath>
 #include <cstdio>
 
@@ -109,7 +111,7 @@ void check_step_against_cpu(const ModelConfig& mc) {
     gpu_model.params().initialize(7);
     const StepResult c = one_step(cpu_model, b.cpu, batch), g = one_step(gpu_model, b.gpu, batch);
     INFO("loss gpu " << g.loss << " cpu " << c.loss << ", aux gpu " << g.aux << " cpu " << c.aux);
-    REQUIRE(std::fabs(g.loss - c.loss) <= 1e-2 * std::fabs(c.loss));
+    REQUIRE(std::fabs(g.loss - c.loss) <= 2e-3 * std::fabs(c.loss));
     REQUIRE(std::fabs(g.aux - c.aux) <= 1e-2 * std::fabs(c.aux) + 1e-6);
     int layers_routed_differently = 0;
     for (size_t l = 0; l < c.routed.size(); ++l) layers_routed_differently += g.routed[l] != c.routed[l];
