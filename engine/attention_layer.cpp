@@ -62,11 +62,11 @@ void AttentionLayer::forward(Ops& ops, Tensor x, Tensor out) {
 
 void AttentionLayer::backward(Ops& ops, Tensor x, Tensor dout, Tensor dx) {
     const int64_t N = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
-    ops.zero(datt_);
     ops.zero(dq_);
     ops.zero(dk_);
     ops.zero(dv_);
-    ops.matmul_backward(datt_.view({N, nh * hd}), wo_->grad, {}, dout, att_.view({N, nh * hd}), wo_->work);
+    ops.matmul_backward(datt_.view({N, nh * hd}), wo_->grad, {}, dout, att_.view({N, nh * hd}), wo_->work,
+                        Write::overwrite);
     ops.attention_backward(dq_, dk_, dv_, datt_, q_, k_, v_, att_, lse_);
     ops.rope_backward(dq_, cfg_.rope_theta);
     ops.rope_backward(dk_, cfg_.rope_theta);
@@ -79,9 +79,10 @@ void AttentionLayer::backward(Ops& ops, Tensor x, Tensor dout, Tensor dx) {
         dq = dq_raw_.view({N, nh * hd});
         dk = dk_raw_.view({N, nkv * hd});
     }
-    ops.matmul_backward(dx, wq_->grad, {}, dq, x, wq_->work);
-    ops.matmul_backward(dx, wk_->grad, {}, dk, x, wk_->work);
-    ops.matmul_backward(dx, wv_->grad, {}, dv_.view({N, nkv * hd}), x, wv_->work);
+    // dx = the three projections' input gradients (overwritten by the first).
+    ops.matmul_backward(dx, wq_->grad, {}, dq, x, wq_->work, Write::overwrite);
+    ops.matmul_backward(dx, wk_->grad, {}, dk, x, wk_->work, Write::add);
+    ops.matmul_backward(dx, wv_->grad, {}, dv_.view({N, nkv * hd}), x, wv_->work, Write::add);
 }
 
 }  // namespace moe

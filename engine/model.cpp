@@ -194,9 +194,8 @@ void Model::backward(double loss_scale, GradientReducer* reducer) {
         // Head: logits -> dlogits in place, then through the final norm.
         PhaseScope scope(times_, ops_, Phase::Head);
         ops_.cross_entropy_backward(logits_, logits_, targets_, loss_scale / double(N));
-        ops_.zero(dxn_);
         ops_.zero(dh);
-        ops_.matmul_backward(dxn_, lm_head_->grad, {}, logits_, hn_, lm_head_->work);
+        ops_.matmul_backward(dxn_, lm_head_->grad, {}, logits_, hn_, lm_head_->work, Write::overwrite);
         ops_.rmsnorm_backward(dh, norm_->grad, dxn_, h_.back(), norm_->work, rstd_);
         if (dyn) ops_.zero(dv);
         if (reducer) reducer->ready(head_bucket_);
@@ -222,7 +221,6 @@ void Model::backward(double loss_scale, GradientReducer* reducer) {
         }
         // x = h + attn(norm(h)).
         PhaseScope scope(times_, ops_, Phase::Attention);
-        ops_.zero(dxn_);
         b.attn.backward(ops_, b.xn1, dh, dxn_);
         ops_.rmsnorm_backward(dh, b.attn_norm->grad, dxn_, h_[l], b.attn_norm->work, b.rstd1);
         if (reducer) reducer->ready(layer_buckets_[l]);

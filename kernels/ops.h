@@ -16,9 +16,9 @@
 // - Backward ops ACCUMULATE (+=) into every gradient they produce, inputs and
 //   parameters alike; the caller zeroes gradient buffers. Two say they
 //   overwrite instead: swiglu_backward and cross_entropy_backward, whose
-//   gradients are large scratch no one adds to. The grouped matmul backward
-//   and the MoE permutation ops let the caller choose (Write) for the output
-//   that is usually the only one written. An empty() gradient tensor means
+//   gradients are large scratch no one adds to. The matmul backwards and the
+//   MoE permutation ops let the caller choose (Write) for the output that is
+//   often its buffer's only or first writer. An empty() gradient tensor means
 //   "not wanted" and is skipped.
 // - "stats" tensors (rstd, lse) are written by the forward and read by the
 //   backward, so the backward recomputes nothing it can keep cheaply.
@@ -125,9 +125,10 @@ public:
 
     // ---- linear: y[N,O] = x[N,I] w[O,I]^T (+ b[O]; b may be empty) -----------
     // w, b: work; dw, db: master. y may be stat (router logits in fp32). The
-    // forward overwrites y; the backward accumulates dx (act), dw and db.
+    // forward overwrites y; the backward accumulates dw and db and writes dx
+    // (act) as dx_write says.
     virtual void matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) = 0;
-    virtual void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w) = 0;
+    virtual void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write) = 0;
     // Grouped linear over expert-sorted rows: rows offsets[e]..offsets[e+1] of
     // x[R,I] use w[e] of w[E,O,I]. offsets is a host array of E+1 entries.
     // The backward accumulates dw and writes dx as dx_write says.

@@ -81,15 +81,23 @@ TEST_CASE("matmul_backward matches finite differences and accumulates", "[unit]"
     const std::vector<double> dx0 = normals(N * I, rng), dw0 = normals(O * I, rng), db0 = normals(O, rng);
     std::vector<double> dx = dx0, dw = dw0, db = db0;
     ops.matmul_backward(tensor(dx, {N, I}), tensor(dw, {O, I}), tensor(db, {O}), tensor(dy, {N, O}),
-                        tensor(x, {N, I}), tensor(w, {O, I}));
-    check_gradient("dx", loss, x.data(), accumulated(dx, dx0).data(), N * I);
+                        tensor(x, {N, I}), tensor(w, {O, I}), Write::add);
+    const std::vector<double> grad_x = accumulated(dx, dx0);
+    check_gradient("dx", loss, x.data(), grad_x.data(), N * I);
     check_gradient("dw", loss, w.data(), accumulated(dw, dw0).data(), O * I);
     check_gradient("db", loss, b.data(), accumulated(db, db0).data(), O);
 
     // Empty gradients are skipped; the others come out the same.
     std::vector<double> dw_alone = dw0;
-    ops.matmul_backward({}, tensor(dw_alone, {O, I}), {}, tensor(dy, {N, O}), tensor(x, {N, I}), tensor(w, {O, I}));
+    ops.matmul_backward({}, tensor(dw_alone, {O, I}), {}, tensor(dy, {N, O}), tensor(x, {N, I}), tensor(w, {O, I}),
+                        Write::add);
     REQUIRE(dw_alone == dw);
+
+    // Overwriting dx: what it held is gone.
+    std::vector<double> dx_over = normals(N * I, rng);
+    ops.matmul_backward(tensor(dx_over, {N, I}), {}, {}, tensor(dy, {N, O}), tensor(x, {N, I}), tensor(w, {O, I}),
+                        Write::overwrite);
+    for (int64_t i = 0; i < N * I; ++i) REQUIRE(dx_over[i] == Approx(grad_x[i]).margin(1e-12));
 }
 
 TEST_CASE("grouped_matmul_forward runs each expert over its rows, skipping an empty expert", "[unit]") {
@@ -136,7 +144,7 @@ TEST_CASE("matmul results do not depend on the thread count", "[unit]") {
         std::vector<float> y(N * O), dx(N * I), dw(O * I), db(O);
         ops.matmul_forward(tensor(y, {N, O}), tensor(x, {N, I}), tensor(w, {O, I}), tensor(b, {O}));
         ops.matmul_backward(tensor(dx, {N, I}), tensor(dw, {O, I}), tensor(db, {O}), tensor(dy, {N, O}),
-                            tensor(x, {N, I}), tensor(w, {O, I}));
+                            tensor(x, {N, I}), tensor(w, {O, I}), Write::add);
         return std::vector<std::vector<float>>{y, dx, dw, db};
     });
 }

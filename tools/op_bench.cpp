@@ -175,7 +175,7 @@ int run(const Args& args) {
         if (out_dtype == pr.act)  // the router's fp32 logits take their gradient through the router op
             time(name + " backward", shape, per_step,
                  N * O * act + N * H * act + O * H * work + 2 * N * H * act + 2 * O * H * master, 4.0 * N * H * O,
-                 [&] { ops.matmul_backward(dx, dw, {}, dout, x, w); });
+                 [&] { ops.matmul_backward(dx, dw, {}, dout, x, w, moe::Write::add); });
     };
     linear("linear q, o (H -> nh hd)", nh * hd, 2 * L, pr.act);
     linear("linear k, v (H -> nkv hd)", nkv * hd, 2 * L, pr.act);
@@ -272,14 +272,14 @@ int run(const Args& args) {
              4.0 * N * H * C, [&] { ops.matmul_forward(hidden, hv, c1, {}); });
         time("dynamics c1 backward", dims({N, 2 * H, C}), L,
              N * C * act + 3 * N * 2 * H * act + C * 2 * H * (work + 2 * master), 8.0 * N * H * C,
-             [&] { ops.matmul_backward(dhv, dc1, {}, dhidden, hv, c1); });
+             [&] { ops.matmul_backward(dhv, dc1, {}, dhidden, hv, c1, moe::Write::overwrite); });
         moe::Tensor c2 = buf.random(pr.work, {3 * H, C}, 0.02), dc2 = buf.zeros(pr.master, {3 * H, C});
         moe::Tensor ctrl = buf.random(pr.act, {N, 3 * H}), dctrl = buf.random(pr.act, {N, 3 * H});
         time("dynamics c2 forward", dims({N, C, 3 * H}), L, N * C * act + 3 * H * C * work + 3 * N * H * act,
              6.0 * N * H * C, [&] { ops.matmul_forward(ctrl, hidden, c2, {}); });
         time("dynamics c2 backward", dims({N, C, 3 * H}), L,
              3 * N * H * act + 3 * N * C * act + 3 * H * C * (work + 2 * master), 12.0 * N * H * C,
-             [&] { ops.matmul_backward(dhidden, dc2, {}, dctrl, hidden, c2); });
+             [&] { ops.matmul_backward(dhidden, dc2, {}, dctrl, hidden, c2, moe::Write::overwrite); });
         moe::Tensor mu = buf.random(pr.work, {H}), dmu = buf.zeros(pr.master, {H});
         moe::Tensor h2 = buf.zeros(pr.act, {N, H}), v2 = buf.zeros(pr.act, {N, H});
         const moe::DynamicsParams p{m.dynamics.dt, m.dynamics.beta_max, m.dynamics.velocity_max, m.dynamics.mu_min,

@@ -157,13 +157,14 @@ void CpuOps::matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) {
     });
 }
 
-void CpuOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w) {
+void CpuOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write) {
     const int64_t N = rows_of("matmul_backward", dy, x, w), O = w.dim(0), I = w.dim(1);
     check((dx.empty() || dx.numel() == x.numel()) && (dw.empty() || dw.numel() == w.numel()) &&
               (db.empty() || db.numel() == O),
           "matmul_backward",
           "gradients dx " + dx.shape_str() + ", dw " + dw.shape_str() + ", db " + db.shape_str() + " for " +
               shapes(dy, x, w));
+    if (dx_write == Write::overwrite && !dx.empty()) zero(dx);
     dispatch_float(x, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         linear_backward<T>(data_or_null<T>(dx), data_or_null<T>(dw), data_or_null<T>(db), dy.ptr<T>(), x.ptr<T>(),
@@ -194,7 +195,7 @@ void CpuOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, 
         const int64_t lo = offsets[e], hi = offsets[e + 1];
         if (hi == lo) continue;
         matmul_backward(dx.empty() ? Tensor{} : dx.rows(lo, hi), dw.empty() ? Tensor{} : expert(dw, e), {},
-                        dy.rows(lo, hi), x.rows(lo, hi), expert(w, e));
+                        dy.rows(lo, hi), x.rows(lo, hi), expert(w, e), Write::add);
     }
 }
 

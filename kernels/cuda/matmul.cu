@@ -207,7 +207,7 @@ void CudaOps::matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) {
          b.empty() ? nullptr : b.data);
 }
 
-void CudaOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w) {
+void CudaOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write) {
     const Linear s = check_linear("matmul_backward", dy, x, w);
     cuda::require_dtype("matmul_backward", "dy", dy, DType::BF16);
     cuda::require_dtype("matmul_backward", "dx", dx, DType::BF16);
@@ -218,7 +218,8 @@ void CudaOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor
           "matmul_backward", "gradient shapes dx " + dx.shape_str() + ", dw " + dw.shape_str() + ", db " +
                                  db.shape_str() + " do not match x " + x.shape_str() + ", w " + w.shape_str());
     if (!dx.empty())
-        gemm(false, false, s.I, s.N, s.O, w.data, w.dtype, s.I, dy.data, dy.dtype, s.O, dx.data, dx.dtype, 1.0f, nullptr);
+        gemm(false, false, s.I, s.N, s.O, w.data, w.dtype, s.I, dy.data, dy.dtype, s.O, dx.data, dx.dtype,
+             dx_write == Write::overwrite ? 0.0f : 1.0f, nullptr);
     if (!dw.empty())
         gemm(false, true, s.I, s.O, s.N, x.data, x.dtype, s.I, dy.data, dy.dtype, s.O, dw.data, dw.dtype, 1.0f, nullptr);
     if (!db.empty())

@@ -151,12 +151,22 @@ TEST_CASE("matmul forward (with bias, into F32) and backward match the CPU", "[g
     std::vector<float> dw(size_t(O * I), 0.5f), db(size_t(O), -1.0f);
     Tensor gdx = b.upload(dx, DType::BF16, {N, I}), gdw = b.upload(dw, DType::F32, {O, I});
     Tensor gdb = b.upload(db, DType::F32, {O});
-    b.gpu.matmul_backward(gdx, gdw, gdb, b.upload(dy, DType::BF16, {N, O}), gx, gw);
+    Tensor gdy = b.upload(dy, DType::BF16, {N, O});
+    b.gpu.matmul_backward(gdx, gdw, gdb, gdy, gx, gw, Write::add);
     b.cpu.matmul_backward(host_tensor(dx, {N, I}), host_tensor(dw, {O, I}), host_tensor(db, {O}),
-                          host_tensor(dy, {N, O}), host_tensor(x, {N, I}), host_tensor(w, {O, I}));
+                          host_tensor(dy, {N, O}), host_tensor(x, {N, I}), host_tensor(w, {O, I}), Write::add);
     require_near("dx", b.download(gdx), dx, kBf16Rtol, kBf16Atol);
     require_near("dw", b.download(gdw), dw, 1e-5, 1e-4);
     require_near("db", b.download(gdb), db, 1e-5, 1e-4);
+
+    // Overwriting dx: the garbage it held (NaN included) leaves no trace.
+    std::vector<float> garbage = bf16_normals(N * I, rng), dx_over(size_t(N * I));
+    garbage[5] = NAN;
+    Tensor gdx_over = b.upload(garbage, DType::BF16, {N, I});
+    b.gpu.matmul_backward(gdx_over, {}, {}, gdy, gx, gw, Write::overwrite);
+    b.cpu.matmul_backward(host_tensor(dx_over, {N, I}), {}, {}, host_tensor(dy, {N, O}), host_tensor(x, {N, I}),
+                          host_tensor(w, {O, I}), Write::overwrite);
+    require_near("dx overwritten", b.download(gdx_over), dx_over, kBf16Rtol, kBf16Atol);
 }
 
 TEST_CASE("grouped matmul matches the CPU with an expert that gets no row", "[gpu]") {
