@@ -54,9 +54,9 @@ void DynamicsLayer::forward(Ops& ops, Tensor h, Tensor v, Tensor h_out, Tensor v
 }
 
 void DynamicsLayer::backward(Ops& ops, Tensor h, Tensor v, Tensor dh_out, Tensor dv_out, Tensor dh, Tensor dv) {
-    ops.zero(dctrl_);
     ops.zero(dc1_out_);
-    ops.dynamics_backward(dh, dv, dctrl_, m_.mu->grad, dh_out, dv_out, h, v, ctrl_, m_.mu->work, p_);
+    ops.dynamics_backward(dh, dv, dctrl_, m_.mu->grad, dh_out, dv_out, h, v, ctrl_, m_.mu->work, p_,
+                          Write::overwrite);
     ops.matmul_backward(dc1_act_, m_.c2_weight->grad, m_.c2_bias->grad, dctrl_, c1_act_, m_.c2_weight->work,
                         Write::overwrite);
     ops.silu_backward(dc1_out_, dc1_act_, c1_out_);

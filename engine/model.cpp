@@ -207,8 +207,6 @@ void Model::backward(double loss_scale, GradientReducer* reducer) {
             PhaseScope scope(times_, ops_, Phase::Dynamics);
             Tensor dh_in = dh.data == dh_[0].data ? dh_[1] : dh_[0];
             Tensor dv_in = dv.data == dv_[0].data ? dv_[1] : dv_[0];
-            ops_.zero(dh_in);
-            ops_.zero(dv_in);
             b.dynamics->backward(ops_, b.h_mid, v_[l], dh, dv, dh_in, dv_in);
             dh = dh_in;
             dv = dv_in;

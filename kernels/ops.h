@@ -16,10 +16,10 @@
 // - Backward ops ACCUMULATE (+=) into every gradient they produce, inputs and
 //   parameters alike; the caller zeroes gradient buffers. Two say they
 //   overwrite instead: swiglu_backward and cross_entropy_backward, whose
-//   gradients are large scratch no one adds to. The matmul backwards and the
-//   MoE permutation ops let the caller choose (Write) for the output that is
-//   often its buffer's only or first writer. An empty() gradient tensor means
-//   "not wanted" and is skipped.
+//   gradients are large scratch no one adds to. The matmul backwards, the MoE
+//   permutation ops and the dynamics backward let the caller choose (Write)
+//   for the outputs that are often their buffers' only or first writers. An
+//   empty() gradient tensor means "not wanted" and is skipped.
 // - "stats" tensors (rstd, lse) are written by the forward and read by the
 //   backward, so the backward recomputes nothing it can keep cheaply.
 #pragma once
@@ -198,11 +198,13 @@ public:
 
     // ---- INL dynamics -----------------------------------------------------
     // ctrl[N,3H] = (a | b | g) from the controller; mu[H] (work; dmu master);
-    // h,v[N,H] -> h',v'.
+    // h,v[N,H] -> h',v'. The backward accumulates dmu and writes dh, dv and
+    // dctrl as write says.
     virtual void dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor ctrl, Tensor mu,
                                   const DynamicsParams& p) = 0;
     virtual void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out,
-                                   Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p) = 0;
+                                   Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p,
+                                   Write write) = 0;
 
     // ---- loss -------------------------------------------------------------
     // losses[N] (stat) = logsumexp(logits[n]) - logits[n, targets[n]], in fp32

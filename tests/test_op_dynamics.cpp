@@ -68,8 +68,9 @@ struct Problem {
         return f;
     }
     // Runs the backward into gradients that start nonzero and keeps what it
-    // added, so the op is checked to accumulate.
-    void backward(CpuOps& ops, Rng& rng) {
+    // added (dmu always accumulates; dh, dv and dctrl as write says), so the
+    // op is checked to add or to overwrite.
+    void backward(CpuOps& ops, Rng& rng, Write write) {
         std::vector<double>* grads[] = {&dh, &dv, &dctrl, &dmu};
         std::vector<std::vector<double>> before;
         for (auto* g : grads) {
@@ -78,9 +79,10 @@ struct Problem {
         }
         ops.dynamics_backward(tensor(dh, {N, H}), tensor(dv, {N, H}), tensor(dctrl, {N, 3 * H}), tensor(dmu, {H}),
                               tensor(dh_out, {N, H}), tensor(dv_out, {N, H}), tensor(h, {N, H}), tensor(v, {N, H}),
-                              tensor(ctrl, {N, 3 * H}), tensor(mu, {H}), p);
+                              tensor(ctrl, {N, 3 * H}), tensor(mu, {H}), p, write);
         for (size_t k = 0; k < before.size(); ++k)
-            for (size_t i = 0; i < before[k].size(); ++i) (*grads[k])[i] -= before[k][i];
+            if (write == Write::add || grads[k] == &dmu)
+                for (size_t i = 0; i < before[k].size(); ++i) (*grads[k])[i] -= before[k][i];
     }
 };
 
@@ -161,7 +163,7 @@ TEST_CASE("dynamics_backward matches finite differences away from the kinks", "[
     Problem pr = clipping_problem();
     CpuOps ops;
     Rng rng(10, "dynamics grads");
-    pr.backward(ops, rng);
+    pr.backward(ops, rng, Write::add);
     auto loss = [&] { return pr.loss(ops); };
     // atol: the loss is O(10), so rounding in a central difference with eps
     // 1e-6 is up to ~1e-15 * 10 / 2e-6 = 5e-9.
@@ -172,39 +174,42 @@ TEST_CASE("dynamics_backward matches finite differences away from the kinks", "[
 }
 
 TEST_CASE("dynamics_backward passes no gradient where a clamp clips", "[unit]") {
-    Problem pr = clipping_problem();
-    CpuOps ops;
-    Rng rng(11, "dynamics clipped");
-    pr.backward(ops, rng);
-    const int64_t H = pr.H;
-    int v_clipped = 0, beta_clipped = 0;
-    for (int64_t n = 0; n < pr.N; ++n)
-        for (int64_t c = 0; c < H; ++c) {
-            const int64_t i = n * H + c;
-            const Naive s = pr.at(n, c);
-            const double* gc = &pr.dctrl[n * 3 * H];
-            INFO("element " << n << ", " << c);
-            if (std::fabs(double(s.u)) > pr.p.velocity_max) {
-                ++v_clipped;
-                // Only h' = h + dt gate v' remains, with v' a constant.
-                REQUIRE(pr.dv[i] == 0);
-                REQUIRE(gc[c] == 0);
-                REQUIRE(gc[H + c] == 0);
-                REQUIRE(pr.dh[i] == Approx(pr.dh_out[i]).margin(1e-15));
-                REQUIRE(gc[2 * H + c] != 0);
-            } else {
-                REQUIRE(pr.dv[i] != 0);
+    for (const Write write : {Write::add, Write::overwrite}) {  // overwritten: zeros where clipped
+        INFO((write == Write::add ? "adding" : "overwriting"));
+        Problem pr = clipping_problem();
+        CpuOps ops;
+        Rng rng(11, "dynamics clipped");
+        pr.backward(ops, rng, write);
+        const int64_t H = pr.H;
+        int v_clipped = 0, beta_clipped = 0;
+        for (int64_t n = 0; n < pr.N; ++n)
+            for (int64_t c = 0; c < H; ++c) {
+                const int64_t i = n * H + c;
+                const Naive s = pr.at(n, c);
+                const double* gc = &pr.dctrl[n * 3 * H];
+                INFO("element " << n << ", " << c);
+                if (std::fabs(double(s.u)) > pr.p.velocity_max) {
+                    ++v_clipped;
+                    // Only h' = h + dt gate v' remains, with v' a constant.
+                    REQUIRE(pr.dv[i] == 0);
+                    REQUIRE(gc[c] == 0);
+                    REQUIRE(gc[H + c] == 0);
+                    REQUIRE(pr.dh[i] == Approx(pr.dh_out[i]).margin(1e-15));
+                    REQUIRE(gc[2 * H + c] != 0);
+                } else {
+                    REQUIRE(pr.dv[i] != 0);
+                }
+                if (s.softplus_b > pr.p.beta_max) {
+                    ++beta_clipped;
+                    REQUIRE(gc[H + c] == 0);
+                }
             }
-            if (s.softplus_b > pr.p.beta_max) {
-                ++beta_clipped;
-                REQUIRE(gc[H + c] == 0);
-            }
-        }
-    REQUIRE(v_clipped > 0);
-    REQUIRE(beta_clipped > 0);
-    REQUIRE(pr.dmu[0] == 0);  // mu below mu_min
-    REQUIRE(pr.dmu[3] == 0);  // mu above mu_max
-    REQUIRE(pr.dmu[1] != 0);
+        REQUIRE(v_clipped > 0);
+        REQUIRE(beta_clipped > 0);
+        REQUIRE(pr.dmu[0] == 0);  // mu below mu_min
+        REQUIRE(pr.dmu[3] == 0);  // mu above mu_max
+        REQUIRE(pr.dmu[1] != 0);
+    }
 }
 
 TEST_CASE("dynamics_backward passes gradient at the bounds themselves, as torch.clamp", "[unit]") {
@@ -225,7 +230,7 @@ TEST_CASE("dynamics_backward passes gradient at the bounds themselves, as torch.
     REQUIRE(pr.at(0, 2).softplus_b == p.beta_max);
     CpuOps ops;
     Rng rng(12, "dynamics bounds");
-    pr.backward(ops, rng);
+    pr.backward(ops, rng, Write::add);
     auto g_u = [&](int c) {  // dL/du where the velocity clamp passes
         return double(pr.dv_out[c] + pr.dh_out[c] * p.dt * pr.at(0, c).gate);
     };
@@ -258,7 +263,7 @@ TEST_CASE("dynamics_backward's dmu does not depend on the thread count", "[unit]
         std::vector<float> dmu(H, 0.0f);
         ops.dynamics_backward({}, {}, {}, tensor(dmu, {H}), tensor(dh_out, {N, H}), tensor(dv_out, {N, H}),
                               tensor(h, {N, H}), tensor(v, {N, H}), tensor(ctrl, {N, 3 * H}), tensor(mu, {H}),
-                              DynamicsParams{});
+                              DynamicsParams{}, Write::add);
         results.push_back(dmu);
     }
     omp_set_num_threads(saved);

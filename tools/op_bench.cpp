@@ -286,8 +286,8 @@ int run(const Args& args) {
                                     m.dynamics.mu_max};
         time("dynamics update forward", NH, L, 7 * N * H * act, 20.0 * N * H,
              [&] { ops.dynamics_forward(h2, v2, x, dy, ctrl, mu, p); });
-        time("dynamics update backward", NH, L, 13 * N * H * act, 40.0 * N * H,
-             [&] { ops.dynamics_backward(dx, dv_in, dctrl, dmu, y, y, x, dy, ctrl, mu, p); });
+        time("dynamics update backward", NH, L, 12 * N * H * act, 40.0 * N * H,
+             [&] { ops.dynamics_backward(dx, dv_in, dctrl, dmu, y, y, x, dy, ctrl, mu, p, moe::Write::overwrite); });
     }
 
     // ---- loss ----------------------------------------------------------------------

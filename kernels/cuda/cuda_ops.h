@@ -105,7 +105,7 @@ public:
     void dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor ctrl, Tensor mu,
                           const DynamicsParams& p) override;
     void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out, Tensor h,
-                           Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p) override;
+                           Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write) override;
 
     void cross_entropy_forward(Tensor losses, Tensor logits, Tensor targets) override;
     void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor targets, double dloss) override;

@@ -68,10 +68,12 @@ __global__ void dynamics_forward_kernel(bf16* h_out, bf16* v_out, const bf16* h,
 }
 
 // Block (x, y) takes rows [x*kRowsPerChunk, +kRowsPerChunk) of column
-// y*blockDim + thread; dmu_part (null: dmu not wanted) gets the chunk's column sums.
+// y*blockDim + thread; dmu_part (null: dmu not wanted) gets the chunk's column
+// sums. dh, dv and dctrl are added to when accumulate, else written.
 __global__ void dynamics_backward_kernel(bf16* dh, bf16* dv, bf16* dctrl, float* dmu_part, const bf16* dh_out,
                                          const bf16* dv_out, const bf16* h, const bf16* v, const bf16* ctrl,
-                                         const bf16* mu, int64_t N, int64_t H, Params p) {
+                                         const bf16* mu, int64_t N, int64_t H, Params p, bool accumulate) {
+    const auto prior = [accumulate](const bf16* g, int64_t i) { return accumulate ? load(g, i) : 0.0f; };
     const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
     if (c >= H) return;
     const int64_t chunk = blockIdx.x, n0 = chunk * kRowsPerChunk, n1 = min(N, n0 + kRowsPerChunk);
@@ -85,12 +87,13 @@ __global__ void dynamics_backward_kernel(bf16* dh, bf16* dv, bf16* dctrl, float*
         // h' = h + dt gate v' feeds v' as well as the v' output.
         const float g_vnew = load(dv_out, i) + g_h * p.dt * s.gate;
         const float g_u = s.v_passes ? g_vnew : 0;  // u = alpha v - beta (h - mu_c)
-        if (dh) store(dh, i, load(dh, i) + (g_h - g_u * s.beta));
-        if (dv) store(dv, i, load(dv, i) + g_u * s.alpha);
+        if (dh) store(dh, i, prior(dh, i) + (g_h - g_u * s.beta));
+        if (dv) store(dv, i, prior(dv, i) + g_u * s.alpha);
         if (dctrl) {
-            store(dctrl, ia, load(dctrl, ia) + g_u * vi * s.alpha * (1 - s.alpha));
-            if (s.beta_passes) store(dctrl, ib, load(dctrl, ib) + -g_u * (hi - s.mu_c) * softplus_grad(b));
-            store(dctrl, ig, load(dctrl, ig) + g_h * p.dt * s.v_new * s.gate * (1 - s.gate));
+            store(dctrl, ia, prior(dctrl, ia) + g_u * vi * s.alpha * (1 - s.alpha));
+            const float g_b = s.beta_passes ? -g_u * (hi - s.mu_c) * softplus_grad(b) : 0.0f;
+            if (s.beta_passes || !accumulate) store(dctrl, ib, prior(dctrl, ib) + g_b);
+            store(dctrl, ig, prior(dctrl, ig) + g_h * p.dt * s.v_new * s.gate * (1 - s.gate));
         }
         if (s.mu_passes) dmu_sum += g_u * s.beta;
     }
@@ -162,7 +165,7 @@ void CudaOps::dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, T
 }
 
 void CudaOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out,
-                                Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p) {
+                                Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write) {
     const char* op = "dynamics_backward";
     check_inputs(op, h, v, ctrl, mu);
     check_like(op, "dh_out", dh_out, h, DType::BF16);
@@ -178,7 +181,7 @@ void CudaOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, 
     float* part = dmu.empty() ? nullptr : static_cast<float*>(scratch(size_t(chunks * H) * sizeof(float)));
     dynamics_backward_kernel<<<dim3(unsigned(chunks), unsigned(tiles)), kThreads, 0, stream()>>>(
         bf16_ptr(dh), bf16_ptr(dv), bf16_ptr(dctrl), part, bf16_ptr(dh_out), bf16_ptr(dv_out), bf16_ptr(h),
-        bf16_ptr(v), bf16_ptr(ctrl), bf16_ptr(mu), N, H, params(p));
+        bf16_ptr(v), bf16_ptr(ctrl), bf16_ptr(mu), N, H, params(p), write == Write::add);
     MOE_CUDA_LAUNCHED();
     if (!part) return;
     dmu_reduce_kernel<<<unsigned((H + 31) / 32), kThreads, 0, stream()>>>(dmu.ptr<float>(), part, chunks, H);
