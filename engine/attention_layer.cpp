@@ -62,12 +62,9 @@ void AttentionLayer::forward(Ops& ops, Tensor x, Tensor out) {
 
 void AttentionLayer::backward(Ops& ops, Tensor x, Tensor dout, Tensor dx) {
     const int64_t N = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
-    ops.zero(dq_);
-    ops.zero(dk_);
-    ops.zero(dv_);
     ops.matmul_backward(datt_.view({N, nh * hd}), wo_->grad, {}, dout, att_.view({N, nh * hd}), wo_->work,
                         Write::overwrite);
-    ops.attention_backward(dq_, dk_, dv_, datt_, q_, k_, v_, att_, lse_);
+    ops.attention_backward(dq_, dk_, dv_, datt_, q_, k_, v_, att_, lse_, Write::overwrite);
     ops.rope_backward(dq_, cfg_.rope_theta);
     ops.rope_backward(dk_, cfg_.rope_theta);
     Tensor dq = dq_.view({N, nh * hd}), dk = dk_.view({N, nkv * hd});

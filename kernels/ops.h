@@ -16,10 +16,10 @@
 // - Backward ops ACCUMULATE (+=) into every gradient they produce, inputs and
 //   parameters alike; the caller zeroes gradient buffers. Two say they
 //   overwrite instead: swiglu_backward and cross_entropy_backward, whose
-//   gradients are large scratch no one adds to. The matmul backwards, the MoE
-//   permutation ops and the dynamics backward let the caller choose (Write)
-//   for the outputs that are often their buffers' only or first writers. An
-//   empty() gradient tensor means "not wanted" and is skipped.
+//   gradients are large scratch no one adds to. The matmul, attention and
+//   dynamics backwards and the MoE permutation ops let the caller choose
+//   (Write) for the outputs that are often their buffers' only or first
+//   writers. An empty() gradient tensor means "not wanted" and is skipped.
 // - "stats" tensors (rstd, lse) are written by the forward and read by the
 //   backward, so the backward recomputes nothing it can keep cheaply.
 #pragma once
@@ -154,9 +154,10 @@ public:
     // ---- causal GQA attention ---------------------------------------------
     // q[B,T,nh,hd], k,v[B,T,nkv,hd] -> out[B,T,nh,hd], lse[B,nh,T] (stat: the
     // log-sum-exp of the scaled, masked scores of each query). Scale 1/sqrt(hd).
+    // The backward writes dq, dk and dv as write says.
     virtual void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) = 0;
     virtual void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
-                                    Tensor out, Tensor lse) = 0;
+                                    Tensor out, Tensor lse, Write write) = 0;
 
     // ---- learned router (every float tensor here is stat) ------------------
     // logits[N,E] -> probs[N,E] = softmax, lse[N], topk_idx I32[N,k] (largest

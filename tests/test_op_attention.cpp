@@ -107,7 +107,7 @@ TEST_CASE("attention_backward matches finite differences with grouped kv heads",
     std::vector<double> dq = dq0, dk = dk0, dv = dv0;
     ops.attention_backward(tensor(dq, {d.B, d.T, d.nh, d.hd}), tensor(dk, {d.B, d.T, d.nkv, d.hd}),
                            tensor(dv, {d.B, d.T, d.nkv, d.hd}), tensor(dout, {d.B, d.T, d.nh, d.hd}), x.tq(),
-                           x.tk(), x.tv(), x.tout(), x.tlse());
+                           x.tk(), x.tv(), x.tout(), x.tlse(), Write::add);
     // The loss sums 336 terms, so its rounding (~1e-14) over a step of 1e-6
     // would swamp small gradients; a step of 1e-5 keeps both that noise and
     // the truncation error near 1e-10.
@@ -121,9 +121,24 @@ TEST_CASE("attention_backward matches finite differences with grouped kv heads",
     loss();
     std::vector<double> dq_alone = dq0, dv_alone = dv0;
     ops.attention_backward(tensor(dq_alone, {d.B, d.T, d.nh, d.hd}), {}, tensor(dv_alone, {d.B, d.T, d.nkv, d.hd}),
-                           tensor(dout, {d.B, d.T, d.nh, d.hd}), x.tq(), x.tk(), x.tv(), x.tout(), x.tlse());
+                           tensor(dout, {d.B, d.T, d.nh, d.hd}), x.tq(), x.tk(), x.tv(), x.tout(), x.tlse(),
+                           Write::add);
     REQUIRE(dq_alone == dq);
     REQUIRE(dv_alone == dv);
+
+    // Overwriting: what the gradients held is gone.
+    std::vector<double> dq_over = normals(d.q_size(), rng), dk_over = normals(d.kv_size(), rng),
+                        dv_over = normals(d.kv_size(), rng);
+    ops.attention_backward(tensor(dq_over, {d.B, d.T, d.nh, d.hd}), tensor(dk_over, {d.B, d.T, d.nkv, d.hd}),
+                           tensor(dv_over, {d.B, d.T, d.nkv, d.hd}), tensor(dout, {d.B, d.T, d.nh, d.hd}), x.tq(),
+                           x.tk(), x.tv(), x.tout(), x.tlse(), Write::overwrite);
+    const std::vector<double> grad_q = accumulated(dq, dq0), grad_k = accumulated(dk, dk0),
+                              grad_v = accumulated(dv, dv0);
+    for (int64_t i = 0; i < d.q_size(); ++i) REQUIRE(dq_over[i] == Approx(grad_q[i]).margin(1e-12));
+    for (int64_t i = 0; i < d.kv_size(); ++i) {
+        REQUIRE(dk_over[i] == Approx(grad_k[i]).margin(1e-12));
+        REQUIRE(dv_over[i] == Approx(grad_v[i]).margin(1e-12));
+    }
 }
 
 TEST_CASE("attention results do not depend on the thread count", "[unit]") {
@@ -138,7 +153,7 @@ TEST_CASE("attention results do not depend on the thread count", "[unit]") {
         ops.attention_forward(x.tout(), x.tlse(), x.tq(), x.tk(), x.tv());
         ops.attention_backward(tensor(dq, {d.B, d.T, d.nh, d.hd}), tensor(dk, {d.B, d.T, d.nkv, d.hd}),
                                tensor(dv, {d.B, d.T, d.nkv, d.hd}), tensor(dout, {d.B, d.T, d.nh, d.hd}), x.tq(),
-                               x.tk(), x.tv(), x.tout(), x.tlse());
+                               x.tk(), x.tv(), x.tout(), x.tlse(), Write::add);
         return std::vector<std::vector<float>>{x.out, x.lse, dq, dk, dv};
     });
 }

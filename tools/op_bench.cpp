@@ -198,7 +198,7 @@ int run(const Args& args) {
          4 * causal_pairs * hd, [&] { ops.attention_forward(out, lse, q, kk, vv); });
     time("attention backward", att, L,
          double(2 * q.bytes() + 3 * kk.bytes() + 3 * vv.bytes() + 2 * out.bytes() + lse.bytes() + q.bytes()),
-         10 * causal_pairs * hd, [&] { ops.attention_backward(dq, dk, dv, dout, q, kk, vv, out, lse); });
+         10 * causal_pairs * hd, [&] { ops.attention_backward(dq, dk, dv, dout, q, kk, vv, out, lse, moe::Write::overwrite); });
 
     // ---- router, permutation, experts ------------------------------------------
     if (learned) {

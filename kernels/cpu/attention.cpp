@@ -70,13 +70,16 @@ void CpuOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tenso
 }
 
 void CpuOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
-                                Tensor out, Tensor lse) {
+                                Tensor out, Tensor lse, Write write) {
     const AttentionDims d = attention_dims("attention_backward", q, k, v, out, lse);
     check(dout.numel() == q.numel() && (dq.empty() || dq.numel() == q.numel()) &&
               (dk.empty() || dk.numel() == k.numel()) && (dv.empty() || dv.numel() == v.numel()),
           "attention_backward",
           "dout " + dout.shape_str() + ", dq " + dq.shape_str() + ", dk " + dk.shape_str() + ", dv " +
               dv.shape_str() + " do not match q " + q.shape_str() + " and k, v " + k.shape_str());
+    if (write == Write::overwrite)
+        for (Tensor g : {dq, dk, dv})
+            if (!g.empty()) zero(g);
     dispatch_float(q, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const T scale = T(1.0 / std::sqrt(double(d.hd)));

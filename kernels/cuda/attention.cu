@@ -166,10 +166,11 @@ __device__ __forceinline__ float quad_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// dst[0..1] = round(dst[0..1] + alpha * (x0, x1)): one writer per element.
-__device__ __forceinline__ void add_pair(bf16* dst, float x0, float x1, float alpha) {
+// dst[0..1] = round(dst[0..1] + alpha * (x0, x1)) when accumulate, else
+// round(alpha * (x0, x1)): one writer per element.
+__device__ __forceinline__ void put_pair(bf16* dst, float x0, float x1, float alpha, bool accumulate) {
     __nv_bfloat162* p = reinterpret_cast<__nv_bfloat162*>(dst);
-    const float2 old = __bfloat1622float2(*p);
+    const float2 old = accumulate ? __bfloat1622float2(*p) : make_float2(0.f, 0.f);
     *p = __floats2bfloat162_rn(old.x + alpha * x0, old.y + alpha * x1);
 }
 
@@ -310,10 +311,11 @@ __global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf1
 }
 
 // dk and dv of one key tile of one kv head: grid (B*nkv, key tiles), the
-// first key tiles (seen by the most queries) first. Either output may be null.
+// first key tiles (seen by the most queries) first. Either output may be null;
+// both are added to when accumulate, else written.
 template <int HD> __global__ void __launch_bounds__(kThreads)
     attention_dkdv_kernel(bf16* dk, bf16* dv, const bf16* q, const bf16* k, const bf16* v, const bf16* dout,
-                          const float* lse, const float* delta, Shape s) {
+                          const float* lse, const float* delta, Shape s, bool accumulate) {
     constexpr int kS = HD + kPad, kQ = kBwdRows<HD>;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* sk = reinterpret_cast<bf16*>(smem);                   // [kTile][kS]
@@ -387,18 +389,18 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
     const int64_t lo = (kv_row0 + int64_t(warp * 16 + (lane >> 2)) * s.nkv) * HD + col, hi = lo + 8 * kv_stride;
 #pragma unroll
     for (int n = 0; n < HD / 8; ++n) {
-        if (dk && key_lo < s.T) add_pair(dk + lo + 8 * n, dk_acc[n][0], dk_acc[n][1], s.scale);
-        if (dk && key_hi < s.T) add_pair(dk + hi + 8 * n, dk_acc[n][2], dk_acc[n][3], s.scale);
-        if (dv && key_lo < s.T) add_pair(dv + lo + 8 * n, dv_acc[n][0], dv_acc[n][1], 1.f);
-        if (dv && key_hi < s.T) add_pair(dv + hi + 8 * n, dv_acc[n][2], dv_acc[n][3], 1.f);
+        if (dk && key_lo < s.T) put_pair(dk + lo + 8 * n, dk_acc[n][0], dk_acc[n][1], s.scale, accumulate);
+        if (dk && key_hi < s.T) put_pair(dk + hi + 8 * n, dk_acc[n][2], dk_acc[n][3], s.scale, accumulate);
+        if (dv && key_lo < s.T) put_pair(dv + lo + 8 * n, dv_acc[n][0], dv_acc[n][1], 1.f, accumulate);
+        if (dv && key_hi < s.T) put_pair(dv + hi + 8 * n, dv_acc[n][2], dv_acc[n][3], 1.f, accumulate);
     }
 }
 
 // dq of one query tile of one head: grid (B*nh, query tiles), the tiles with
-// the most keys first.
+// the most keys first; added to when accumulate, else written.
 template <int HD> __global__ void __launch_bounds__(kThreads)
     attention_dq_kernel(bf16* dq, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
-                        const float* delta, Shape s) {
+                        const float* delta, Shape s, bool accumulate) {
     constexpr int kS = HD + kPad, kK = kBwdRows<HD>;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* sq = reinterpret_cast<bf16*>(smem);  // [kTile][kS]
@@ -472,8 +474,8 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
     const int64_t lo = (q_row0 + int64_t(warp * 16 + (lane >> 2)) * s.nh) * HD + col, hi = lo + 8 * q_stride;
 #pragma unroll
     for (int n = 0; n < HD / 8; ++n) {
-        if (row_lo < s.T) add_pair(dq + lo + 8 * n, dq_acc[n][0], dq_acc[n][1], s.scale);
-        if (row_hi < s.T) add_pair(dq + hi + 8 * n, dq_acc[n][2], dq_acc[n][3], s.scale);
+        if (row_lo < s.T) put_pair(dq + lo + 8 * n, dq_acc[n][0], dq_acc[n][1], s.scale, accumulate);
+        if (row_hi < s.T) put_pair(dq + hi + 8 * n, dq_acc[n][2], dq_acc[n][3], s.scale, accumulate);
     }
 }
 
@@ -552,7 +554,7 @@ void CudaOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tens
 }
 
 void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
-                                 Tensor lse) {
+                                 Tensor lse, Write write) {
     const char* op = "attention_backward";
     const AttentionDims d = dims_of(op, q, k, v, out, lse);
     check(dout.numel() == q.numel() && (dq.empty() || dq.numel() == q.numel()) &&
@@ -595,14 +597,15 @@ void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, T
                 (size_t(2) * kTile + 4 * kRows) * (HD + kPad) * sizeof(bf16) + 4 * kRows * sizeof(float);
             allow_shared(attention_dkdv_kernel<HD>, bytes);
             attention_dkdv_kernel<HD><<<dim3(unsigned(d.B * d.nkv), unsigned(tiles(d.T))), kThreads, bytes, stream()>>>(
-                static_cast<bf16*>(dk.data), static_cast<bf16*>(dv.data), pq, pk, pv, pdo, plse, delta, s);
+                static_cast<bf16*>(dk.data), static_cast<bf16*>(dv.data), pq, pk, pv, pdo, plse, delta, s,
+                write == Write::add);
             MOE_CUDA_LAUNCHED();
         }
         if (!dq.empty()) {
             const size_t bytes = (size_t(2) * kTile + 4 * kRows) * (HD + kPad) * sizeof(bf16);  // q, dout; 2 x (k, v)
             allow_shared(attention_dq_kernel<HD>, bytes);
             attention_dq_kernel<HD><<<dim3(unsigned(d.B * d.nh), unsigned(tiles(d.T))), kThreads, bytes, stream()>>>(
-                static_cast<bf16*>(dq.data), pq, pk, pv, pdo, plse, delta, s);
+                static_cast<bf16*>(dq.data), pq, pk, pv, pdo, plse, delta, s, write == Write::add);
             MOE_CUDA_LAUNCHED();
         }
     });

@@ -85,7 +85,7 @@ public:
 
     void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) override;
     void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
-                            Tensor lse) override;
+                            Tensor lse, Write write) override;
 
     void router_forward(Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w, Tensor logits,
                         bool normalize) override;

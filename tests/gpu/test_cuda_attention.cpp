@@ -89,8 +89,8 @@ void check_forward(const Shape& d) {
 
 // dq, dk, dv start from non-zero values on both backends (the op adds to
 // them); dk is left out when !with_dk.
-void check_backward(const Shape& d, bool with_dk) {
-    INFO(describe(d) << (with_dk ? "" : ", no dk"));
+void check_backward(const Shape& d, bool with_dk, Write write) {
+    INFO(describe(d) << (with_dk ? "" : ", no dk") << (write == Write::add ? ", adding" : ", overwriting"));
     Backends be;
     Rng rng(2, "cuda attention backward");
     Operands x(be, d, rng);
@@ -108,18 +108,21 @@ void check_backward(const Shape& d, bool with_dk) {
     be.cpu.attention_backward(
         host_tensor(dq, {d.B, d.T, d.nh, d.hd}), with_dk ? host_tensor(dk, {d.B, d.T, d.nkv, d.hd}) : Tensor(),
         host_tensor(dv, {d.B, d.T, d.nkv, d.hd}), host_tensor(dout, {d.B, d.T, d.nh, d.hd}), x.cq(), x.ck(), x.cv(),
-        host_tensor(out, {d.B, d.T, d.nh, d.hd}), host_tensor(lse, {d.B, d.nh, d.T}));
+        host_tensor(out, {d.B, d.T, d.nh, d.hd}), host_tensor(lse, {d.B, d.nh, d.T}), write);
 
     Tensor gdq = be.upload(dq0, DType::BF16, {d.B, d.T, d.nh, d.hd});
     Tensor gdk = with_dk ? be.upload(dk0, DType::BF16, {d.B, d.T, d.nkv, d.hd}) : Tensor();
     Tensor gdv = be.upload(dv0, DType::BF16, {d.B, d.T, d.nkv, d.hd});
     be.gpu.attention_backward(gdq, gdk, gdv, be.upload(dout, DType::BF16, {d.B, d.T, d.nh, d.hd}), x.gq, x.gk, x.gv,
                               be.upload(out, DType::BF16, {d.B, d.T, d.nh, d.hd}),
-                              be.upload(lse, DType::F32, {d.B, d.nh, d.T}));
-    // The terms' scale is that of what the op adds.
-    require_attention_near("dq", be.download(gdq), dq, max_abs_difference(dq, dq0));
-    if (with_dk) require_attention_near("dk", be.download(gdk), dk, max_abs_difference(dk, dk0));
-    require_attention_near("dv", be.download(gdv), dv, max_abs_difference(dv, dv0));
+                              be.upload(lse, DType::F32, {d.B, d.nh, d.T}), write);
+    // The terms' scale is that of what the op adds (or writes).
+    const auto change = [&](const std::vector<float>& after, const std::vector<float>& before) {
+        return write == Write::add ? max_abs_difference(after, before) : max_abs(after);
+    };
+    require_attention_near("dq", be.download(gdq), dq, change(dq, dq0));
+    if (with_dk) require_attention_near("dk", be.download(gdk), dk, change(dk, dk0));
+    require_attention_near("dv", be.download(gdv), dv, change(dv, dv0));
 }
 
 }  // namespace
@@ -128,9 +131,11 @@ TEST_CASE("cuda attention_forward matches the cpu", "[gpu]") {
     for (const Shape& d : kShapes) check_forward(d);
 }
 
-TEST_CASE("cuda attention_backward accumulates the cpu's gradients", "[gpu]") {
-    for (const Shape& d : kShapes) check_backward(d, true);
-    check_backward(kShapes[0], false);
+TEST_CASE("cuda attention_backward adds or writes the cpu's gradients", "[gpu]") {
+    for (Write write : {Write::add, Write::overwrite}) {
+        for (const Shape& d : kShapes) check_backward(d, true, write);
+        check_backward(kShapes[0], false, write);
+    }
 }
 
 TEST_CASE("cuda attention gives the same bits on every run", "[gpu]") {
@@ -151,7 +156,7 @@ TEST_CASE("cuda attention gives the same bits on every run", "[gpu]") {
         Tensor dq = be.upload(dq0, DType::BF16, {d.B, d.T, d.nh, d.hd});
         Tensor dk = with_dk ? be.upload(dk0, DType::BF16, {d.B, d.T, d.nkv, d.hd}) : Tensor();
         Tensor dv = be.upload(dv0, DType::BF16, {d.B, d.T, d.nkv, d.hd});
-        be.gpu.attention_backward(dq, dk, dv, gdout, x.gq, x.gk, x.gv, out, lse);
+        be.gpu.attention_backward(dq, dk, dv, gdout, x.gq, x.gk, x.gv, out, lse, Write::add);
         return Run{be.download(out), be.download(lse), be.download(dq), with_dk ? be.download(dk) : dk0,
                    be.download(dv)};
     };
