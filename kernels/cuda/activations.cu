@@ -97,29 +97,17 @@ void CudaOps::silu_backward(Tensor dx, Tensor dy, Tensor x) {
     MOE_CUDA_LAUNCHED();
 }
 
-namespace {
-// 16-byte chunks when n and every (non-null) pointer allow them.
-bool vectorizable(int64_t n, std::initializer_list<const void*> ptrs) {
-    if (n % 8) return false;
-    for (const void* p : ptrs)
-        if (reinterpret_cast<uintptr_t>(p) % 16) return false;
-    return true;
-}
-}  // namespace
-
 void CudaOps::swiglu_forward(Tensor out, Tensor gate, Tensor up) {
     check_same_shape("swiglu_forward", out, gate);
     check_same_shape("swiglu_forward", out, up);
     require_bf16("swiglu_forward", {&out, &gate, &up});
     const int64_t n = out.numel();
     if (!n) return;
-    const auto launch = [&](auto width) {
+    cuda::with_chunk_width(n, {out.data, gate.data, up.data}, [&](auto width) {
         constexpr int W = decltype(width)::value;
         swiglu_forward_kernel<W><<<cuda::blocks_for(n / W, kThreads, 8192), kThreads, 0, stream_>>>(
             data<bf16>(out), data<const bf16>(gate), data<const bf16>(up), n / W);
-    };
-    if (vectorizable(n, {out.data, gate.data, up.data})) launch(std::integral_constant<int, 8>{});
-    else launch(std::integral_constant<int, 1>{});
+    });
     MOE_CUDA_LAUNCHED();
 }
 
@@ -131,16 +119,12 @@ void CudaOps::swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate
     require_bf16("swiglu_backward", {&dgate, &dup, &dout, &gate, &up});
     const int64_t n = dout.numel();
     if (!n || (dgate.empty() && dup.empty())) return;
-    const auto launch = [&](auto width) {
+    cuda::with_chunk_width(n, {dgate.data, dup.data, dout.data, gate.data, up.data}, [&](auto width) {
         constexpr int W = decltype(width)::value;
         swiglu_backward_kernel<W><<<cuda::blocks_for(n / W, kThreads, 8192), kThreads, 0, stream_>>>(
             data<bf16>(dgate), data<bf16>(dup), data<const bf16>(dout), data<const bf16>(gate), data<const bf16>(up),
             n / W);
-    };
-    if (vectorizable(n, {dgate.data, dup.data, dout.data, gate.data, up.data}))
-        launch(std::integral_constant<int, 8>{});
-    else
-        launch(std::integral_constant<int, 1>{});
+    });
     MOE_CUDA_LAUNCHED();
 }
 

@@ -6,8 +6,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/check.h"
 #include "kernels/cuda/cuda_ops.h"
@@ -73,6 +75,23 @@ template <int W> __device__ __forceinline__ void store_chunk(bf16* p, const floa
 #pragma unroll
         for (int i = 0; i < W; ++i) p[i] = __float2bfloat16_rn(in[i]);
     }
+}
+
+// Whether rows of n bf16 move as 16-byte chunks of 8: n a multiple of 8 and
+// every pointer (null ones pass) on 16 bytes.
+inline bool chunks_of_8(int64_t n, std::initializer_list<const void*> ptrs) {
+    if (n % 8) return false;
+    for (const void* p : ptrs)
+        if (reinterpret_cast<uintptr_t>(p) % 16) return false;
+    return true;
+}
+
+// Calls launch with the chunk width as a type: 8 when chunks_of_8, else 1.
+template <class Launch> void with_chunk_width(int64_t n, std::initializer_list<const void*> ptrs, Launch&& launch) {
+    if (chunks_of_8(n, ptrs))
+        launch(std::integral_constant<int, 8>());
+    else
+        launch(std::integral_constant<int, 1>());
 }
 
 // Blocks of `threads` covering n elements, capped so the grid stays legal.

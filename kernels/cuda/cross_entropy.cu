@@ -105,11 +105,6 @@ __global__ void cross_entropy_backward_kernel(bf16* dlogits, const bf16* logits,
     }
 }
 
-// 8-wide chunks when V % 8 == 0 and the buffers start on 16 bytes.
-bool wide(int64_t V, const void* a, const void* b) {
-    return V % 8 == 0 && reinterpret_cast<uintptr_t>(a) % 16 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0;
-}
-
 // logits BF16 [N,V] with N < 2^31 (one block per row), targets I32 [N].
 void check_inputs(const char* op, const Tensor& logits, const Tensor& targets) {
     require_dtype(op, "logits", logits, DType::BF16);
@@ -128,12 +123,10 @@ void CudaOps::cross_entropy_forward(Tensor losses, Tensor logits, Tensor targets
     const int64_t N = logits.dim(0), V = logits.dim(1);
     if (N == 0) return;
     const auto* x = static_cast<const bf16*>(logits.data);
-    if (wide(V, x, x))
-        cross_entropy_forward_kernel<8><<<unsigned(N), kThreads, 0, stream()>>>(losses.ptr<float>(), x,
-                                                                               targets.ptr<int32_t>(), V);
-    else
-        cross_entropy_forward_kernel<1><<<unsigned(N), kThreads, 0, stream()>>>(losses.ptr<float>(), x,
-                                                                               targets.ptr<int32_t>(), V);
+    cuda::with_chunk_width(V, {x}, [&](auto width) {
+        cross_entropy_forward_kernel<decltype(width)::value><<<unsigned(N), kThreads, 0, stream()>>>(
+            losses.ptr<float>(), x, targets.ptr<int32_t>(), V);
+    });
     MOE_CUDA_LAUNCHED();
 }
 
@@ -147,12 +140,10 @@ void CudaOps::cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor targe
     if (N == 0) return;
     const auto* x = static_cast<const bf16*>(logits.data);
     auto* g = static_cast<bf16*>(dlogits.data);
-    if (wide(V, x, g))
-        cross_entropy_backward_kernel<8><<<unsigned(N), kThreads, 0, stream()>>>(g, x, targets.ptr<int32_t>(), V,
-                                                                                float(dloss));
-    else
-        cross_entropy_backward_kernel<1><<<unsigned(N), kThreads, 0, stream()>>>(g, x, targets.ptr<int32_t>(), V,
-                                                                                float(dloss));
+    cuda::with_chunk_width(V, {x, g}, [&](auto width) {
+        cross_entropy_backward_kernel<decltype(width)::value><<<unsigned(N), kThreads, 0, stream()>>>(
+            g, x, targets.ptr<int32_t>(), V, float(dloss));
+    });
     MOE_CUDA_LAUNCHED();
 }
 

@@ -2,7 +2,6 @@
 // reductions (sum, sum of squares) of the CUDA backend. Elementwise kernels
 // take F32 or BF16 and compute in fp32.
 #include <cstdint>
-#include <initializer_list>
 #include <string>
 #include <type_traits>
 
@@ -136,16 +135,15 @@ void CudaOps::add_tensors(Tensor y, Tensor a, Tensor b) {
         auto* py = static_cast<T*>(y.data);
         const auto* pa = static_cast<const T*>(a.data);
         const auto* pb = static_cast<const T*>(b.data);
-        bool wide = std::is_same_v<T, bf16> && n % 8 == 0;
-        for (const void* p : {y.data, a.data, b.data}) wide = wide && reinterpret_cast<uintptr_t>(p) % 16 == 0;
         if constexpr (std::is_same_v<T, bf16>) {
-            if (wide) {
-                add_tensors_kernel<8, T><<<cuda::blocks_for(n / 8, kThreads, 4096), kThreads, 0, stream_>>>(
-                    py, pa, pb, n / 8);
-                return;
-            }
+            cuda::with_chunk_width(n, {py, pa, pb}, [&](auto width) {
+                constexpr int W = decltype(width)::value;
+                add_tensors_kernel<W, T><<<cuda::blocks_for(n / W, kThreads, 4096), kThreads, 0, stream_>>>(
+                    py, pa, pb, n / W);
+            });
+        } else {
+            add_tensors_kernel<1, T><<<cuda::blocks_for(n, kThreads, 4096), kThreads, 0, stream_>>>(py, pa, pb, n);
         }
-        add_tensors_kernel<1, T><<<cuda::blocks_for(n, kThreads, 4096), kThreads, 0, stream_>>>(py, pa, pb, n);
     });
     MOE_CUDA_LAUNCHED();
 }

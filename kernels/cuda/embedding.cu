@@ -123,9 +123,7 @@ void CudaOps::embedding_forward(Tensor out, Tensor ids, Tensor table) {
     check_lookup(op, out, ids, table);
     const int64_t N = ids.numel(), V = table.dim(0), H = table.dim(1);
     if (N == 0 || H == 0) return;
-    const bool wide = H % 8 == 0 && reinterpret_cast<uintptr_t>(out.data) % 16 == 0 &&
-                      reinterpret_cast<uintptr_t>(table.data) % 16 == 0;
-    if (wide)
+    if (cuda::chunks_of_8(H, {out.data, table.data}))
         embedding_forward_kernel<<<cuda::blocks_for(N * H / 8, kThreads), kThreads, 0, stream()>>>(
             static_cast<uint4*>(out.data), static_cast<const uint4*>(table.data), ids.ptr<int32_t>(), N, V, H / 8);
     else

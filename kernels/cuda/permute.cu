@@ -9,9 +9,7 @@
 // would write through it is skipped.
 #include <cmath>
 #include <cstdint>
-#include <initializer_list>
 #include <string>
-#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 
@@ -152,17 +150,6 @@ void check_combine(const char* op, const Tensor& y, const char* y_name, const Te
               " and " + slot_row.shape_str());
 }
 
-// Calls launch with the chunk width as a type: 8 when every row of every
-// (non-empty) tensor starts on 16 bytes, else 1.
-template <class Launch> void by_width(int64_t H, std::initializer_list<Tensor> rows, Launch&& launch) {
-    bool wide = H % 8 == 0;
-    for (const Tensor& t : rows) wide = wide && reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
-    if (wide)
-        launch(std::integral_constant<int, 8>());
-    else
-        launch(std::integral_constant<int, 1>());
-}
-
 }  // namespace
 
 void CudaOps::permute_forward(Tensor xe, Tensor x, Tensor row_token) {
@@ -173,7 +160,7 @@ void CudaOps::permute_forward(Tensor xe, Tensor x, Tensor row_token) {
     const int64_t R = row_token.numel(), N = x.dim(0), H = x.dim(1);
     check_rows(op, xe, "xe", x, "x", R, N);
     if (R == 0 || H == 0) return;
-    by_width(H, {xe, x}, [&](auto width) {
+    cuda::with_chunk_width(H, {xe.data, x.data}, [&](auto width) {
         constexpr int W = decltype(width)::value;
         permute_forward_kernel<W><<<cuda::blocks_for(R * H / W, kThreads), kThreads, 0, stream()>>>(
             bf16_ptr(xe), bf16_ptr(x), row_token.ptr<int32_t>(), R, N, H);
@@ -194,7 +181,7 @@ void CudaOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_
     const int64_t R = dxe.dim(0), k = slot_row.numel() / N;
     if (k == 0 && dx_write == Write::overwrite) zero(dx);  // no slot: a sum of nothing
     if (k == 0 || H == 0) return;
-    by_width(H, {dx, dxe}, [&](auto width) {
+    cuda::with_chunk_width(H, {dx.data, dxe.data}, [&](auto width) {
         constexpr int W = decltype(width)::value;
         gather_add_kernel<W><<<cuda::blocks_for(N * H / W, kThreads), kThreads, 0, stream()>>>(
             bf16_ptr(dx), bf16_ptr(dxe), nullptr, slot_row.ptr<int32_t>(), N, R, H, int(k), dx_write == Write::add);
@@ -208,7 +195,7 @@ void CudaOps::combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row, Wr
     const int64_t N = y.dim(0), H = y.dim(1), R = ye.dim(0), k = w.dim(1);
     if (k == 0 && y_write == Write::overwrite) zero(y);  // no slot: a sum of nothing
     if (N == 0 || H == 0 || k == 0) return;
-    by_width(H, {y, ye}, [&](auto width) {
+    cuda::with_chunk_width(H, {y.data, ye.data}, [&](auto width) {
         constexpr int W = decltype(width)::value;
         gather_add_kernel<W><<<cuda::blocks_for(N * H / W, kThreads), kThreads, 0, stream()>>>(
             bf16_ptr(y), bf16_ptr(ye), w.ptr<float>(), slot_row.ptr<int32_t>(), N, R, H, int(k), y_write == Write::add);
@@ -229,7 +216,7 @@ void CudaOps::combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tens
     const int64_t slots = slot_row.numel(), H = dy.dim(1), R = ye.dim(0), k = w.dim(1);
     if ((dye.empty() && dw.empty()) || slots == 0) return;
     float* dw_p = dw.empty() ? nullptr : dw.ptr<float>();
-    by_width(H, {dye, dy, ye}, [&](auto width) {
+    cuda::with_chunk_width(H, {dye.data, dy.data, ye.data}, [&](auto width) {
         combine_backward_kernel<decltype(width)::value><<<cuda::blocks_for(slots, kWarps), kThreads, 0, stream()>>>(
             bf16_ptr(dye), dw_p, bf16_ptr(dy), bf16_ptr(ye), w.ptr<float>(), slot_row.ptr<int32_t>(), slots, R, H,
             int(k), dye_write == Write::add);
