@@ -60,26 +60,26 @@ void AttentionLayer::forward(Ops& ops, Tensor x, Tensor out) {
     ops.matmul_forward(out, att_.view({N, nh * hd}), wo_->work, {});
 }
 
-void AttentionLayer::backward(Ops& ops, Tensor x, Tensor dout, Tensor dx) {
+void AttentionLayer::backward(Ops& ops, Tensor x, Tensor dout, Tensor dx, Write grads) {
     const int64_t N = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
     ops.matmul_backward(datt_.view({N, nh * hd}), wo_->grad, {}, dout, att_.view({N, nh * hd}), wo_->work,
-                        Write::overwrite);
+                        Write::overwrite, grads);
     ops.attention_backward(dq_, dk_, dv_, datt_, q_, k_, v_, att_, lse_, Write::overwrite);
     ops.rope_backward(dq_, cfg_.rope_theta);
     ops.rope_backward(dk_, cfg_.rope_theta);
     Tensor dq = dq_.view({N, nh * hd}), dk = dk_.view({N, nkv * hd});
     if (cfg_.qk_norm) {
-        ops.zero(dq_raw_);
-        ops.zero(dk_raw_);
-        ops.rmsnorm_backward(dq_raw_, q_norm_->grad, dq_.view({N * nh, hd}), q_raw_, q_norm_->work, rstd_q_);
-        ops.rmsnorm_backward(dk_raw_, k_norm_->grad, dk_.view({N * nkv, hd}), k_raw_, k_norm_->work, rstd_k_);
+        ops.rmsnorm_backward(dq_raw_, q_norm_->grad, dq_.view({N * nh, hd}), q_raw_, q_norm_->work, rstd_q_,
+                             Write::overwrite, grads);
+        ops.rmsnorm_backward(dk_raw_, k_norm_->grad, dk_.view({N * nkv, hd}), k_raw_, k_norm_->work, rstd_k_,
+                             Write::overwrite, grads);
         dq = dq_raw_.view({N, nh * hd});
         dk = dk_raw_.view({N, nkv * hd});
     }
     // dx = the three projections' input gradients (overwritten by the first).
-    ops.matmul_backward(dx, wq_->grad, {}, dq, x, wq_->work, Write::overwrite);
-    ops.matmul_backward(dx, wk_->grad, {}, dk, x, wk_->work, Write::add);
-    ops.matmul_backward(dx, wv_->grad, {}, dv_.view({N, nkv * hd}), x, wv_->work, Write::add);
+    ops.matmul_backward(dx, wq_->grad, {}, dq, x, wq_->work, Write::overwrite, grads);
+    ops.matmul_backward(dx, wk_->grad, {}, dk, x, wk_->work, Write::add, grads);
+    ops.matmul_backward(dx, wv_->grad, {}, dv_.view({N, nkv * hd}), x, wv_->work, Write::add, grads);
 }
 
 }  // namespace moe

@@ -15,9 +15,9 @@ public:
     void carve(Arena& acts, Arena& scratch, const Precision& pr, int B, int T);
     // out[N,H] = attention(x[N,H]); x is the normed layer input.
     void forward(Ops& ops, Tensor x, Tensor out);
-    // dx = d/dx of sum(dout * out) (overwritten); parameter gradients
-    // accumulate.
-    void backward(Ops& ops, Tensor x, Tensor dout, Tensor dx);
+    // dx = d/dx of sum(dout * out) (overwritten); parameter gradients are
+    // written as grads says.
+    void backward(Ops& ops, Tensor x, Tensor dout, Tensor dx, Write grads);
 
 private:
     const ModelConfig& cfg_;

@@ -53,15 +53,16 @@ void DynamicsLayer::forward(Ops& ops, Tensor h, Tensor v, Tensor h_out, Tensor v
     ops.dynamics_forward(h_out, v_out, h, v, ctrl_, m_.mu->work, p_);
 }
 
-void DynamicsLayer::backward(Ops& ops, Tensor h, Tensor v, Tensor dh_out, Tensor dv_out, Tensor dh, Tensor dv) {
+void DynamicsLayer::backward(Ops& ops, Tensor h, Tensor v, Tensor dh_out, Tensor dv_out, Tensor dh, Tensor dv,
+                             Write grads) {
     ops.zero(dc1_out_);
     ops.dynamics_backward(dh, dv, dctrl_, m_.mu->grad, dh_out, dv_out, h, v, ctrl_, m_.mu->work, p_,
-                          Write::overwrite);
+                          Write::overwrite, grads);
     ops.matmul_backward(dc1_act_, m_.c2_weight->grad, m_.c2_bias->grad, dctrl_, c1_act_, m_.c2_weight->work,
-                        Write::overwrite);
+                        Write::overwrite, grads);
     ops.silu_backward(dc1_out_, dc1_act_, c1_out_);
     ops.matmul_backward(dhv_, m_.c1_weight->grad, m_.c1_bias->grad, dc1_out_, hv_, m_.c1_weight->work,
-                        Write::overwrite);
+                        Write::overwrite, grads);
     ops.concat_cols_backward(dh, dv, dhv_);
 }
 

@@ -24,8 +24,9 @@ public:
 
     // (h_out, v_out) = dynamics(h, v), all [N,H].
     void forward(Ops& ops, Tensor h, Tensor v, Tensor h_out, Tensor v_out);
-    // dh, dv = input gradients (overwritten); parameter gradients accumulate.
-    void backward(Ops& ops, Tensor h, Tensor v, Tensor dh_out, Tensor dv_out, Tensor dh, Tensor dv);
+    // dh, dv = input gradients (overwritten); parameter gradients are
+    // written as grads says.
+    void backward(Ops& ops, Tensor h, Tensor v, Tensor dh_out, Tensor dv_out, Tensor dh, Tensor dv, Write grads);
 
 private:
     DynamicsModule& m_;

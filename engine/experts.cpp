@@ -33,15 +33,16 @@ void Experts::forward(Ops& ops, Tensor xe, Tensor ye, const std::vector<int64_t>
     ops.grouped_matmul_forward(ye, act, w_down_->work, offsets);
 }
 
-void Experts::backward(Ops& ops, Tensor xe, Tensor dye, Tensor dxe, const std::vector<int64_t>& offsets) {
+void Experts::backward(Ops& ops, Tensor xe, Tensor dye, Tensor dxe, const std::vector<int64_t>& offsets,
+                       Write grads) {
     const int64_t R = xe.dim(0);
     Tensor gate = gate_.rows(0, R), up = up_.rows(0, R), act = act_.rows(0, R);
     Tensor dgate = dgate_.rows(0, R), dup = dup_.rows(0, R), dact = dact_.rows(0, R);
     // The input gradients are written, not added to: nothing to zero first.
-    ops.grouped_matmul_backward(dact, w_down_->grad, dye, act, w_down_->work, offsets, Write::overwrite);
+    ops.grouped_matmul_backward(dact, w_down_->grad, dye, act, w_down_->work, offsets, Write::overwrite, grads);
     ops.swiglu_backward(dgate, dup, dact, gate, up);
-    ops.grouped_matmul_backward(dxe, w_gate_->grad, dgate, xe, w_gate_->work, offsets, Write::overwrite);
-    ops.grouped_matmul_backward(dxe, w_up_->grad, dup, xe, w_up_->work, offsets, Write::add);
+    ops.grouped_matmul_backward(dxe, w_gate_->grad, dgate, xe, w_gate_->work, offsets, Write::overwrite, grads);
+    ops.grouped_matmul_backward(dxe, w_up_->grad, dup, xe, w_up_->work, offsets, Write::add, grads);
 }
 
 }  // namespace moe

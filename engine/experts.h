@@ -18,8 +18,9 @@ public:
 
     // ye[R,H] from xe[R,H]; offsets[count+1] split the rows by local expert.
     void forward(Ops& ops, Tensor xe, Tensor ye, const std::vector<int64_t>& offsets);
-    // dxe = input gradient (overwritten); parameter gradients accumulate.
-    void backward(Ops& ops, Tensor xe, Tensor dye, Tensor dxe, const std::vector<int64_t>& offsets);
+    // dxe = input gradient (overwritten); parameter gradients are written as
+    // grads says.
+    void backward(Ops& ops, Tensor xe, Tensor dye, Tensor dxe, const std::vector<int64_t>& offsets, Write grads);
 
 private:
     Param *w_gate_, *w_up_, *w_down_;

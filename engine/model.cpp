@@ -185,7 +185,7 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
     return r;
 }
 
-void Model::backward(double loss_scale, GradientReducer* reducer) {
+void Model::backward(double loss_scale, Write grads, GradientReducer* reducer) {
     const int64_t N = int64_t(B_) * T_;
     const bool dyn = cfg_.dynamics.enabled;
     Tensor dh = dh_[0], dv = dv_[0];
@@ -194,9 +194,8 @@ void Model::backward(double loss_scale, GradientReducer* reducer) {
         // Head: logits -> dlogits in place, then through the final norm.
         PhaseScope scope(times_, ops_, Phase::Head);
         ops_.cross_entropy_backward(logits_, logits_, targets_, loss_scale / double(N));
-        ops_.zero(dh);
-        ops_.matmul_backward(dxn_, lm_head_->grad, {}, logits_, hn_, lm_head_->work, Write::overwrite);
-        ops_.rmsnorm_backward(dh, norm_->grad, dxn_, h_.back(), norm_->work, rstd_);
+        ops_.matmul_backward(dxn_, lm_head_->grad, {}, logits_, hn_, lm_head_->work, Write::overwrite, grads);
+        ops_.rmsnorm_backward(dh, norm_->grad, dxn_, h_.back(), norm_->work, rstd_, Write::overwrite, grads);
         if (dyn) ops_.zero(dv);
         if (reducer) reducer->ready(head_bucket_);
     }
@@ -207,24 +206,27 @@ void Model::backward(double loss_scale, GradientReducer* reducer) {
             PhaseScope scope(times_, ops_, Phase::Dynamics);
             Tensor dh_in = dh.data == dh_[0].data ? dh_[1] : dh_[0];
             Tensor dv_in = dv.data == dv_[0].data ? dv_[1] : dv_[0];
-            b.dynamics->backward(ops_, b.h_mid, v_[l], dh, dv, dh_in, dv_in);
+            // Shared dynamics get their first contribution from the last layer.
+            const bool first = !cfg_.dynamics.shared || l + 1 == blocks_.size();
+            b.dynamics->backward(ops_, b.h_mid, v_[l], dh, dv, dh_in, dv_in, first ? grads : Write::add);
             dh = dh_in;
             dv = dv_in;
         }
         // h_mid = x + moe(norm(x)): dh flows to x unchanged, plus the MoE path.
-        b.moe.backward(ops_, b.xn2, dh, dxn_, loss_scale);
+        b.moe.backward(ops_, b.xn2, dh, dxn_, loss_scale, grads);
         {
             PhaseScope scope(times_, ops_, Phase::Other);
-            ops_.rmsnorm_backward(dh, b.moe_norm->grad, dxn_, b.x, b.moe_norm->work, b.rstd2);
+            ops_.rmsnorm_backward(dh, b.moe_norm->grad, dxn_, b.x, b.moe_norm->work, b.rstd2, Write::add, grads);
         }
         // x = h + attn(norm(h)).
         PhaseScope scope(times_, ops_, Phase::Attention);
-        b.attn.backward(ops_, b.xn1, dh, dxn_);
-        ops_.rmsnorm_backward(dh, b.attn_norm->grad, dxn_, h_[l], b.attn_norm->work, b.rstd1);
+        b.attn.backward(ops_, b.xn1, dh, dxn_, grads);
+        ops_.rmsnorm_backward(dh, b.attn_norm->grad, dxn_, h_[l], b.attn_norm->work, b.rstd1, Write::add, grads);
         if (reducer) reducer->ready(layer_buckets_[l]);
     }
     PhaseScope scope(times_, ops_, Phase::Other);
-    ops_.embedding_backward(embed_->grad, ids_, dh);
+    // A tied table already holds the head's gradient.
+    ops_.embedding_backward(embed_->grad, ids_, dh, embed_ == lm_head_ ? Write::add : grads);
 }
 
 }  // namespace moe

@@ -42,11 +42,13 @@ public:
     // inputs, targets: host arrays [B*T], ids already checked against V.
     // Keeps what the backward needs.
     ForwardResult forward(const int32_t* inputs, const int32_t* targets);
-    // Accumulates into the parameter gradients the gradient of
-    // loss_scale * (loss + aux) of the last forward. A reducer, when given,
+    // The gradient of loss_scale * (loss + aux) of the last forward, written
+    // into the parameter gradients as grads says: Write::overwrite for a
+    // step's first micro-batch (no zeroing first), Write::add for the rest.
+    // A reducer, when given,
     // receives each layer's parameters as soon as their gradients are final
     // (the last micro-batch of a step), so their all-reduce overlaps the rest.
-    void backward(double loss_scale, GradientReducer* reducer = nullptr);
+    void backward(double loss_scale, Write grads, GradientReducer* reducer = nullptr);
     // The [B*T, V] logits of the last forward, for sampling; backward
     // overwrites them with their gradient.
     const Tensor& logits() const { return logits_; }

@@ -46,7 +46,7 @@ MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y) {
     return stats;
 }
 
-void MoeLayer::backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_scale) {
+void MoeLayer::backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_scale, Write grads) {
     const bool learned = router_.learned();
     Tensor d_out, d_in;
     {
@@ -57,11 +57,11 @@ void MoeLayer::backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_sc
     }
     {
         PhaseScope scope(times_, ops, Phase::Experts);
-        experts_.backward(ops, expert_in_, d_out, d_in, dispatcher_.local_offsets());
+        experts_.backward(ops, expert_in_, d_out, d_in, dispatcher_.local_offsets(), grads);
     }
     PhaseScope scope(times_, ops, Phase::Routing);
     dispatcher_.dispatch_backward(ops, d_in, dx);
-    router_.backward(ops, x, dtopk_w_, dx, loss_scale);
+    router_.backward(ops, x, dtopk_w_, dx, loss_scale, grads);
 }
 
 }  // namespace moe

@@ -29,8 +29,9 @@ public:
     // left in router_stats, read back (E+1 values).
     RouterLosses router_losses(const double* stats) const { return router_.losses(stats); }
     // dx = input gradient of sum(dy * y) + loss_scale * (aux + z)
-    // (overwritten: the layer is dx's only writer).
-    void backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_scale);
+    // (overwritten: the layer is dx's only writer); parameter gradients are
+    // written as grads says.
+    void backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_scale, Write grads);
     // Times the experts and the routing apart (null: no timing).
     void set_phase_times(PhaseTimes* times) { times_ = times; }
 

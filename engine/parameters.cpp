@@ -137,10 +137,6 @@ void ParameterSet::initialize(uint64_t seed) {
     refresh_work();
 }
 
-void ParameterSet::zero_grads() {
-    for (Param& p : params_) ops_->zero(p.grad);
-}
-
 const Param& ParameterSet::find(const std::string& name) const {
     for (const Param& p : params_)
         if (p.name == name) return p;

@@ -62,7 +62,6 @@ public:
     // Rewrites the working copies from the values: after anything but the
     // optimizer wrote values (a load).
     void refresh_work();
-    void zero_grads();
 
     std::deque<Param>& all() { return params_; }
     const std::deque<Param>& all() const { return params_; }

@@ -42,9 +42,8 @@ double run_parity(const ModelConfig& cfg, uint64_t seed, Ops& ops, const ParityR
     params.initialize(seed);
     if (!req.init_from.empty()) load_tensors(req.init_from, params.named(ParameterSet::Slot::Value), ops);
     params.refresh_work();
-    params.zero_grads();
     const ForwardResult r = model.forward(inputs.data(), targets.data());
-    model.backward(1.0);
+    model.backward(1.0, Write::overwrite);
     save_tensors(req.dump_grads, params.named(ParameterSet::Slot::Grad), ops,
                  {{"loss", g17(r.loss + r.aux)}, {"cross_entropy", g17(r.loss)}, {"aux", g17(r.aux)}});
     return r.loss + r.aux;

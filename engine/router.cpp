@@ -67,7 +67,7 @@ RouterLosses Router::losses(const double* stats) const {
     return out;
 }
 
-void Router::backward(Ops& ops, Tensor x, Tensor dtopk_w, Tensor dx, double loss_scale) {
+void Router::backward(Ops& ops, Tensor x, Tensor dtopk_w, Tensor dx, double loss_scale, Write grads) {
     if (!learned()) return;
     std::vector<double> aux_coef(aux_coef_);
     for (double& c : aux_coef) c *= loss_scale;
@@ -75,7 +75,7 @@ void Router::backward(Ops& ops, Tensor x, Tensor dtopk_w, Tensor dx, double loss
     ops.router_backward(dlogits_, dtopk_w, probs_, lse_, topk_idx_, topk_w_, cfg_.normalize_top_k, aux_coef,
                         z_coef_ * loss_scale);
     if (dlogits_act_.data != dlogits_.data) ops.copy(dlogits_act_, dlogits_);
-    ops.matmul_backward(dx, weight_->grad, {}, dlogits_act_, x, weight_->work, Write::add);
+    ops.matmul_backward(dx, weight_->grad, {}, dlogits_act_, x, weight_->work, Write::add, grads);
 }
 
 }  // namespace moe

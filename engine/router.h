@@ -32,8 +32,9 @@ public:
     // This micro-batch's losses from the stats forward left, read back to
     // the host (E+1 values).
     RouterLosses losses(const double* stats) const;
-    // dx += router's input gradient given dtopk_w; loss_scale weights the losses.
-    void backward(Ops& ops, Tensor x, Tensor dtopk_w, Tensor dx, double loss_scale);
+    // dx += router's input gradient given dtopk_w; loss_scale weights the
+    // losses; the weight's gradient is written as grads says.
+    void backward(Ops& ops, Tensor x, Tensor dtopk_w, Tensor dx, double loss_scale, Write grads);
 
     Tensor topk_w() const { return topk_w_; }
     Tensor topk_idx() const { return topk_idx_; }  // I32 [N,k], learned

@@ -245,7 +245,6 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
         const auto t0 = Clock::now();
         const double a2a_s0 = ep ? ep->seconds_in_all_to_all() : 0;
         const double a2a_bytes0 = ep ? double(ep->bytes_sent_all_to_all()) : 0;
-        params.zero_grads();
         StepTotals totals;
         GradientReducer reducer(params, groups);
         for (int a = 0; a < A; ++a) {
@@ -256,8 +255,9 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
             totals.dropped += r.dropped;
             add_counts(totals.routed, r.routed);
             // Always backward, even after a NaN: every rank must make the same
-            // collective calls; the step is judged once all ranks agree.
-            model.backward(1.0 / A, a == A - 1 ? &reducer : nullptr);
+            // collective calls; the step is judged once all ranks agree. The
+            // first micro-batch writes the gradients, so none are zeroed first.
+            model.backward(1.0 / A, a == 0 ? Write::overwrite : Write::add, a == A - 1 ? &reducer : nullptr);
         }
         totals.stop = stop_requested();
         totals.reduce(groups);

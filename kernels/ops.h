@@ -14,12 +14,16 @@
 //   Each op's comment names the role of its float tensors where it is not act.
 //   The CPU backend computes in the tensors' dtype (F64 for gradient checks).
 // - Backward ops ACCUMULATE (+=) into every gradient they produce, inputs and
-//   parameters alike; the caller zeroes gradient buffers. Two say they
-//   overwrite instead: swiglu_backward and cross_entropy_backward, whose
-//   gradients are large scratch no one adds to. The matmul, attention and
-//   dynamics backwards and the MoE permutation ops let the caller choose
-//   (Write) for the outputs that are often their buffers' only or first
-//   writers. An empty() gradient tensor means "not wanted" and is skipped.
+//   parameters alike, unless told otherwise. Two always overwrite:
+//   swiglu_backward and cross_entropy_backward, whose gradients are large
+//   scratch no one adds to. The others let the caller choose (Write) for the
+//   outputs that are often their buffers' only or first writers: dx_write for
+//   input gradients, dw_write for parameter gradients (master), which the
+//   step's first micro-batch writes and later ones add to, so no gradient
+//   buffer is zeroed before a step. An overwritten gradient is written whole,
+//   zeros where nothing contributes (an expert without rows, an unused
+//   vocabulary row, an empty batch). An empty() gradient tensor means "not
+//   wanted" and is skipped.
 // - "stats" tensors (rstd, lse) are written by the forward and read by the
 //   backward, so the backward recomputes nothing it can keep cheaply.
 #pragma once
@@ -116,25 +120,27 @@ public:
     // out[N,H] = table[ids[n]]; ids I32[N] already checked against V. table:
     // work; dtable: master (a gradient).
     virtual void embedding_forward(Tensor out, Tensor ids, Tensor table) = 0;
-    virtual void embedding_backward(Tensor dtable, Tensor ids, Tensor dout) = 0;
+    virtual void embedding_backward(Tensor dtable, Tensor ids, Tensor dout, Write dw_write) = 0;
 
     // ---- RMSNorm over the last dim: x[R,D], w[D] (work), y[R,D], rstd[R] (stat);
     //      dw: master. Statistics in fp32 (F64 on the CPU in F64). -------------
     virtual void rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double eps) = 0;
-    virtual void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd) = 0;
+    virtual void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd, Write dx_write,
+                                  Write dw_write) = 0;
 
     // ---- linear: y[N,O] = x[N,I] w[O,I]^T (+ b[O]; b may be empty) -----------
     // w, b: work; dw, db: master. y may be stat (router logits in fp32). The
-    // forward overwrites y; the backward accumulates dw and db and writes dx
-    // (act) as dx_write says.
+    // forward overwrites y; the backward writes dx (act) as dx_write says and
+    // dw and db as dw_write says.
     virtual void matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) = 0;
-    virtual void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write) = 0;
+    virtual void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write,
+                                 Write dw_write) = 0;
     // Grouped linear over expert-sorted rows: rows offsets[e]..offsets[e+1] of
     // x[R,I] use w[e] of w[E,O,I]. offsets is a host array of E+1 entries.
-    // The backward accumulates dw and writes dx as dx_write says.
+    // The backward writes dx and dw as dx_write and dw_write say.
     virtual void grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vector<int64_t>& offsets) = 0;
     virtual void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
-                                         const std::vector<int64_t>& offsets, Write dx_write) = 0;
+                                         const std::vector<int64_t>& offsets, Write dx_write, Write dw_write) = 0;
 
     // ---- activations ------------------------------------------------------
     virtual void silu_forward(Tensor y, Tensor x) = 0;
@@ -199,13 +205,13 @@ public:
 
     // ---- INL dynamics -----------------------------------------------------
     // ctrl[N,3H] = (a | b | g) from the controller; mu[H] (work; dmu master);
-    // h,v[N,H] -> h',v'. The backward accumulates dmu and writes dh, dv and
-    // dctrl as write says.
+    // h,v[N,H] -> h',v'. The backward writes dh, dv and dctrl as write says
+    // and dmu as dw_write says.
     virtual void dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor ctrl, Tensor mu,
                                   const DynamicsParams& p) = 0;
     virtual void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out,
                                    Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p,
-                                   Write write) = 0;
+                                   Write write, Write dw_write) = 0;
 
     // ---- loss -------------------------------------------------------------
     // losses[N] (stat) = logsumexp(logits[n]) - logits[n, targets[n]], in fp32

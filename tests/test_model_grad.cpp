@@ -38,9 +38,9 @@ void check_model_gradients(const ModelConfig& cfg) {
         const ForwardResult r = model.forward(inputs.data(), targets.data());
         return r.loss + r.aux;
     };
-    params.zero_grads();
+    moe::test::poison_grads(params);  // the backward writes every gradient whole
     const ForwardResult r = model.forward(inputs.data(), targets.data());
-    model.backward(1.0);
+    model.backward(1.0, Write::overwrite);
     if (cfg.moe.router == "learned") REQUIRE(r.aux > 0);
     if (cfg.moe.capacity_factor) REQUIRE(r.dropped > 0);
 
@@ -76,5 +76,44 @@ TEST_CASE("model gradients match finite differences", "[unit]") {
             v.apply(cfg);
             check_model_gradients(cfg);
         }
+    }
+}
+
+TEST_CASE("a micro-batch's backward adds to the gradients the first one wrote", "[unit]") {
+    // Shared dynamics and tied embeddings: parameters that several ops of one
+    // backward contribute to, so only the first of them may overwrite.
+    ModelConfig cfg = tiny_model();
+    cfg.tie_embeddings = true;
+    CpuOps ops;
+    const int B = 2, T = 5;
+    Model model(cfg, ops, DType::F64, B, T);
+    ParameterSet& params = model.params();
+    params.initialize(3);
+    Rng rng(17);
+    std::vector<std::vector<int32_t>> inputs(2), targets(2);
+    for (int m = 0; m < 2; ++m)
+        for (int i = 0; i < B * T; ++i) {
+            inputs[m].push_back(int32_t(rng.next() % cfg.vocab_size));
+            targets[m].push_back(int32_t(rng.next() % cfg.vocab_size));
+        }
+    // Every gradient after backwards of the given micro-batches, from NaN.
+    const auto gradients = [&](const std::vector<int>& micro_batches) {
+        moe::test::poison_grads(params);
+        for (size_t i = 0; i < micro_batches.size(); ++i) {
+            const int m = micro_batches[i];
+            model.forward(inputs[m].data(), targets[m].data());
+            model.backward(0.5, i == 0 ? Write::overwrite : Write::add);
+        }
+        std::vector<std::vector<double>> out;
+        for (const Param& p : params.all()) out.emplace_back(p.grad.ptr<double>(), p.grad.ptr<double>() + p.numel());
+        return out;
+    };
+    const auto first = gradients({0}), second = gradients({1}), both = gradients({0, 1});
+    size_t k = 0;
+    for (const Param& p : params.all()) {
+        INFO(p.name);
+        for (size_t i = 0; i < both[k].size(); ++i)
+            REQUIRE(both[k][i] == Approx(first[k][i] + second[k][i]).epsilon(1e-12).margin(1e-15));
+        ++k;
     }
 }

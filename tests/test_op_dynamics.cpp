@@ -68,8 +68,8 @@ struct Problem {
         return f;
     }
     // Runs the backward into gradients that start nonzero and keeps what it
-    // added (dmu always accumulates; dh, dv and dctrl as write says), so the
-    // op is checked to add or to overwrite.
+    // added (all four written as write says), so the op is checked to add or
+    // to overwrite.
     void backward(CpuOps& ops, Rng& rng, Write write) {
         std::vector<double>* grads[] = {&dh, &dv, &dctrl, &dmu};
         std::vector<std::vector<double>> before;
@@ -79,9 +79,9 @@ struct Problem {
         }
         ops.dynamics_backward(tensor(dh, {N, H}), tensor(dv, {N, H}), tensor(dctrl, {N, 3 * H}), tensor(dmu, {H}),
                               tensor(dh_out, {N, H}), tensor(dv_out, {N, H}), tensor(h, {N, H}), tensor(v, {N, H}),
-                              tensor(ctrl, {N, 3 * H}), tensor(mu, {H}), p, write);
-        for (size_t k = 0; k < before.size(); ++k)
-            if (write == Write::add || grads[k] == &dmu)
+                              tensor(ctrl, {N, 3 * H}), tensor(mu, {H}), p, write, write);
+        if (write == Write::add)
+            for (size_t k = 0; k < before.size(); ++k)
                 for (size_t i = 0; i < before[k].size(); ++i) (*grads[k])[i] -= before[k][i];
     }
 };
@@ -263,7 +263,7 @@ TEST_CASE("dynamics_backward's dmu does not depend on the thread count", "[unit]
         std::vector<float> dmu(H, 0.0f);
         ops.dynamics_backward({}, {}, {}, tensor(dmu, {H}), tensor(dh_out, {N, H}), tensor(dv_out, {N, H}),
                               tensor(h, {N, H}), tensor(v, {N, H}), tensor(ctrl, {N, 3 * H}), tensor(mu, {H}),
-                              DynamicsParams{}, Write::add);
+                              DynamicsParams{}, Write::add, Write::add);
         results.push_back(dmu);
     }
     omp_set_num_threads(saved);

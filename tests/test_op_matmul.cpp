@@ -68,7 +68,7 @@ TEST_CASE("matmul_forward matches a naive loop, with and without bias", "[unit]"
     check_forward<float>(3, 5, 1);    // edges only
 }
 
-TEST_CASE("matmul_backward matches finite differences and accumulates", "[unit]") {
+TEST_CASE("matmul_backward matches finite differences, accumulates and overwrites", "[unit]") {
     const int64_t N = 6, O = 19, I = 5;
     CpuOps ops;
     Rng rng(3, "matmul backward");
@@ -81,23 +81,32 @@ TEST_CASE("matmul_backward matches finite differences and accumulates", "[unit]"
     const std::vector<double> dx0 = normals(N * I, rng), dw0 = normals(O * I, rng), db0 = normals(O, rng);
     std::vector<double> dx = dx0, dw = dw0, db = db0;
     ops.matmul_backward(tensor(dx, {N, I}), tensor(dw, {O, I}), tensor(db, {O}), tensor(dy, {N, O}),
-                        tensor(x, {N, I}), tensor(w, {O, I}), Write::add);
-    const std::vector<double> grad_x = accumulated(dx, dx0);
+                        tensor(x, {N, I}), tensor(w, {O, I}), Write::add, Write::add);
+    const std::vector<double> grad_x = accumulated(dx, dx0), grad_w = accumulated(dw, dw0),
+                              grad_b = accumulated(db, db0);
     check_gradient("dx", loss, x.data(), grad_x.data(), N * I);
-    check_gradient("dw", loss, w.data(), accumulated(dw, dw0).data(), O * I);
-    check_gradient("db", loss, b.data(), accumulated(db, db0).data(), O);
+    check_gradient("dw", loss, w.data(), grad_w.data(), O * I);
+    check_gradient("db", loss, b.data(), grad_b.data(), O);
 
     // Empty gradients are skipped; the others come out the same.
     std::vector<double> dw_alone = dw0;
     ops.matmul_backward({}, tensor(dw_alone, {O, I}), {}, tensor(dy, {N, O}), tensor(x, {N, I}), tensor(w, {O, I}),
-                        Write::add);
+                        Write::add, Write::add);
     REQUIRE(dw_alone == dw);
 
-    // Overwriting dx: what it held is gone.
-    std::vector<double> dx_over = normals(N * I, rng);
-    ops.matmul_backward(tensor(dx_over, {N, I}), {}, {}, tensor(dy, {N, O}), tensor(x, {N, I}), tensor(w, {O, I}),
-                        Write::overwrite);
+    // Overwriting dx, then dw and db: what they held is gone, the other kind
+    // of gradient still accumulates.
+    std::vector<double> dx_over = normals(N * I, rng), dw_over = normals(O * I, rng), db_over = normals(O, rng);
+    std::vector<double> dw_kept = dw0, dx_kept = dx0;
+    ops.matmul_backward(tensor(dx_over, {N, I}), tensor(dw_kept, {O, I}), {}, tensor(dy, {N, O}), tensor(x, {N, I}),
+                        tensor(w, {O, I}), Write::overwrite, Write::add);
+    ops.matmul_backward(tensor(dx_kept, {N, I}), tensor(dw_over, {O, I}), tensor(db_over, {O}), tensor(dy, {N, O}),
+                        tensor(x, {N, I}), tensor(w, {O, I}), Write::add, Write::overwrite);
     for (int64_t i = 0; i < N * I; ++i) REQUIRE(dx_over[i] == Approx(grad_x[i]).margin(1e-12));
+    for (int64_t i = 0; i < O * I; ++i) REQUIRE(dw_over[i] == Approx(grad_w[i]).margin(1e-12));
+    for (int64_t i = 0; i < O; ++i) REQUIRE(db_over[i] == Approx(grad_b[i]).margin(1e-12));
+    REQUIRE(dw_kept == dw);
+    REQUIRE(dx_kept == dx);
 }
 
 TEST_CASE("grouped_matmul_forward runs each expert over its rows, skipping an empty expert", "[unit]") {
@@ -105,7 +114,7 @@ TEST_CASE("grouped_matmul_forward runs each expert over its rows, skipping an em
     check_grouped_forward<double>(17, 6);
 }
 
-TEST_CASE("grouped_matmul_backward matches finite differences and leaves an empty expert's weight alone",
+TEST_CASE("grouped_matmul_backward matches finite differences, and an empty expert gets no weight gradient",
           "[unit]") {
     const int64_t O = 5, I = 7;
     CpuOps ops;
@@ -119,7 +128,7 @@ TEST_CASE("grouped_matmul_backward matches finite differences and leaves an empt
     const std::vector<double> dx0 = normals(kR * I, rng), dw0 = normals(kE * O * I, rng);
     std::vector<double> dx = dx0, dw = dw0;
     ops.grouped_matmul_backward(tensor(dx, {kR, I}), tensor(dw, {kE, O, I}), tensor(dy, {kR, O}),
-                                tensor(x, {kR, I}), tensor(w, {kE, O, I}), kOffsets, Write::add);
+                                tensor(x, {kR, I}), tensor(w, {kE, O, I}), kOffsets, Write::add, Write::add);
     const std::vector<double> grad_w = accumulated(dw, dw0), grad_x = accumulated(dx, dx0);
     check_gradient("dx", loss, x.data(), grad_x.data(), kR * I);
     check_gradient("dw", loss, w.data(), grad_w.data(), kE * O * I, 1e-6, 1e-9, kE * O * I);
@@ -128,9 +137,15 @@ TEST_CASE("grouped_matmul_backward matches finite differences and leaves an empt
     // Overwriting dx: what it held is gone; dw still accumulates.
     std::vector<double> dx_over = normals(kR * I, rng), dw_again = dw0;
     ops.grouped_matmul_backward(tensor(dx_over, {kR, I}), tensor(dw_again, {kE, O, I}), tensor(dy, {kR, O}),
-                                tensor(x, {kR, I}), tensor(w, {kE, O, I}), kOffsets, Write::overwrite);
+                                tensor(x, {kR, I}), tensor(w, {kE, O, I}), kOffsets, Write::overwrite, Write::add);
     for (int64_t i = 0; i < kR * I; ++i) REQUIRE(dx_over[i] == Approx(grad_x[i]).margin(1e-12));
     REQUIRE(dw_again == dw);
+
+    // Overwriting dw: every expert's slice is written, the empty one's with zeros.
+    std::vector<double> dw_over = normals(kE * O * I, rng);
+    ops.grouped_matmul_backward({}, tensor(dw_over, {kE, O, I}), tensor(dy, {kR, O}), tensor(x, {kR, I}),
+                                tensor(w, {kE, O, I}), kOffsets, Write::add, Write::overwrite);
+    for (int64_t j = 0; j < kE * O * I; ++j) REQUIRE(dw_over[j] == Approx(grad_w[j]).margin(1e-12));
 }
 
 TEST_CASE("matmul results do not depend on the thread count", "[unit]") {
@@ -144,7 +159,7 @@ TEST_CASE("matmul results do not depend on the thread count", "[unit]") {
         std::vector<float> y(N * O), dx(N * I), dw(O * I), db(O);
         ops.matmul_forward(tensor(y, {N, O}), tensor(x, {N, I}), tensor(w, {O, I}), tensor(b, {O}));
         ops.matmul_backward(tensor(dx, {N, I}), tensor(dw, {O, I}), tensor(db, {O}), tensor(dy, {N, O}),
-                            tensor(x, {N, I}), tensor(w, {O, I}), Write::add);
+                            tensor(x, {N, I}), tensor(w, {O, I}), Write::add, Write::add);
         return std::vector<std::vector<float>>{y, dx, dw, db};
     });
 }

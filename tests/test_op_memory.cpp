@@ -150,11 +150,18 @@ TEST_CASE("embedding gathers rows and scatter-adds repeated ids", "[unit]") {
         for (int i = 0; i < H; ++i) REQUIRE(out[n * H + i] == table[ids[n] * H + i]);
 
     std::vector<double> dout = normals(N * H, rng), before = normals(V * H, rng), dtable = before;
-    ops.embedding_backward(tensor(dtable, {V, H}), id_t, tensor(dout, {N, H}));
+    ops.embedding_backward(tensor(dtable, {V, H}), id_t, tensor(dout, {N, H}), Write::add);
     std::vector<double> expected = before;
     for (int n = 0; n < N; ++n)
         for (int i = 0; i < H; ++i) expected[ids[n] * H + i] += dout[n * H + i];
     require_close("dtable", dtable, expected, 1e-15);  // row 3 has no token and keeps its value
+
+    // Overwritten: the sums alone, row 3 zero.
+    ops.embedding_backward(tensor(dtable, {V, H}), id_t, tensor(dout, {N, H}), Write::overwrite);
+    for (int v = 0; v < V; ++v)
+        for (int i = 0; i < H; ++i) expected[v * H + i] -= before[v * H + i];
+    require_close("dtable", dtable, expected, 1e-15);
+    for (int i = 0; i < H; ++i) REQUIRE(dtable[3 * H + i] == 0);
 
     ids[2] = V;
     const std::string message =

@@ -40,7 +40,7 @@ TEST_CASE("rmsnorm_forward matches a naive loop", "[unit]") {
     check_forward<double>();
 }
 
-TEST_CASE("rmsnorm_backward matches finite differences and accumulates", "[unit]") {
+TEST_CASE("rmsnorm_backward matches finite differences, accumulates and overwrites", "[unit]") {
     CpuOps ops;
     Rng rng(2, "rmsnorm backward");
     std::vector<double> x = normals(R * D, rng), w = normals(D, rng), dy = normals(R * D, rng);
@@ -53,16 +53,24 @@ TEST_CASE("rmsnorm_backward matches finite differences and accumulates", "[unit]
     const std::vector<double> dx0 = normals(R * D, rng), dw0 = normals(D, rng);
     std::vector<double> dx = dx0, dw = dw0;
     ops.rmsnorm_backward(tensor(dx, {R, D}), tensor(dw, {D}), tensor(dy, {R, D}), tensor(x, {R, D}), tensor(w, {D}),
-                         tensor(rstd, {R}));
-    check_gradient("dx", forward, x.data(), accumulated(dx, dx0).data(), R * D);
-    check_gradient("dw", forward, w.data(), accumulated(dw, dw0).data(), D);
+                         tensor(rstd, {R}), Write::add, Write::add);
+    const std::vector<double> grad_x = accumulated(dx, dx0), grad_w = accumulated(dw, dw0);
+    check_gradient("dx", forward, x.data(), grad_x.data(), R * D);
+    check_gradient("dw", forward, w.data(), grad_w.data(), D);
 
     // Without dx, dw is the same (from rstd of the unperturbed inputs).
     forward();
     std::vector<double> dw_alone = dw0;
     ops.rmsnorm_backward({}, tensor(dw_alone, {D}), tensor(dy, {R, D}), tensor(x, {R, D}), tensor(w, {D}),
-                         tensor(rstd, {R}));
+                         tensor(rstd, {R}), Write::add, Write::add);
     REQUIRE(dw_alone == dw);
+
+    // Overwritten, each is the gradient alone.
+    std::vector<double> dx_over = normals(R * D, rng), dw_over = normals(D, rng);
+    ops.rmsnorm_backward(tensor(dx_over, {R, D}), tensor(dw_over, {D}), tensor(dy, {R, D}), tensor(x, {R, D}),
+                         tensor(w, {D}), tensor(rstd, {R}), Write::overwrite, Write::overwrite);
+    for (int64_t i = 0; i < R * D; ++i) REQUIRE(dx_over[i] == Approx(grad_x[i]).margin(1e-12));
+    for (int64_t i = 0; i < D; ++i) REQUIRE(dw_over[i] == Approx(grad_w[i]).margin(1e-12));
 }
 
 TEST_CASE("rmsnorm rejects mismatched shapes", "[unit]") {

@@ -1,11 +1,14 @@
 // The smallest model that still exercises every path (two layers, GQA, top-2
-// of 3 experts, dynamics), for tests that check gradients exactly, and a named
-// change of it (a routing or dynamics variant).
+// of 3 experts, dynamics), for tests that check gradients exactly, a named
+// change of it (a routing or dynamics variant), and NaN-filled gradients.
 #pragma once
+#include <cmath>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "engine/config.h"
+#include "engine/parameters.h"
 
 namespace moe::test {
 
@@ -30,5 +33,17 @@ struct Variant {
     std::string name;
     std::function<void(ModelConfig&)> apply;
 };
+
+// Every gradient buffer (F32 or F64) filled with NaN: a backward that
+// overwrites the gradients must leave no element of them unwritten.
+inline void poison_grads(ParameterSet& params) {
+    for (Param& p : params.all()) {
+        const size_t n = size_t(p.numel());
+        if (p.grad.dtype == DType::F64)
+            params.ops().copy_from_host(p.grad, std::vector<double>(n, std::nan("")).data());
+        else
+            params.ops().copy_from_host(p.grad, std::vector<float>(n, std::nanf("")).data());
+    }
+}
 
 }  // namespace moe::test

@@ -155,13 +155,14 @@ int run(const Args& args) {
     moe::Tensor dy = buf.random(pr.act, {N, H});
     const std::string NH = dims({N, H});
     time("embedding forward", NH, 1, 2 * N * H * act + N * 4, 0, [&] { ops.embedding_forward(y, ids, table); });
-    time("embedding backward", NH, 1, N * H * (act + 2 * master) + N * 4, 0,
-         [&] { ops.embedding_backward(dtable, ids, dy); });
+    // Parameter gradients written over, as by a step's first micro-batch.
+    time("embedding backward", NH, 1, N * H * act + V * H * master + N * 4, 0,
+         [&] { ops.embedding_backward(dtable, ids, dy, moe::Write::overwrite); });
     moe::Tensor w_norm = buf.random(pr.work, {H}), dw_norm = buf.zeros(pr.master, {H}), rstd = buf.zeros(pr.stat, {N});
     time("rmsnorm forward", NH, 2 * L + 1, 2 * N * H * act + N * stat, 3 * N * H,
          [&] { ops.rmsnorm_forward(y, rstd, x, w_norm, m.norm_eps); });
     time("rmsnorm backward", NH, 2 * L + 1, 4 * N * H * act + N * stat, 8 * N * H,
-         [&] { ops.rmsnorm_backward(dx, dw_norm, dy, x, w_norm, rstd); });
+         [&] { ops.rmsnorm_backward(dx, dw_norm, dy, x, w_norm, rstd, moe::Write::add, moe::Write::overwrite); });
     time("residual add", NH, 2 * L, 3 * N * H * act, N * H, [&] { ops.add_tensors(y, x, dy); });
 
     // ---- dense linear layers ------------------------------------------------
@@ -174,8 +175,8 @@ int run(const Args& args) {
              [&] { ops.matmul_forward(out, x, w, {}); });
         if (out_dtype == pr.act)  // the router's fp32 logits take their gradient through the router op
             time(name + " backward", shape, per_step,
-                 N * O * act + N * H * act + O * H * work + 2 * N * H * act + 2 * O * H * master, 4.0 * N * H * O,
-                 [&] { ops.matmul_backward(dx, dw, {}, dout, x, w, moe::Write::add); });
+                 N * O * act + N * H * act + O * H * work + 2 * N * H * act + O * H * master, 4.0 * N * H * O,
+                 [&] { ops.matmul_backward(dx, dw, {}, dout, x, w, moe::Write::add, moe::Write::overwrite); });
     };
     linear("linear q, o (H -> nh hd)", nh * hd, 2 * L, pr.act);
     linear("linear k, v (H -> nkv hd)", nkv * hd, 2 * L, pr.act);
@@ -245,14 +246,18 @@ int run(const Args& args) {
     time("experts gate, up forward", RHI, 2 * L, R * H * act + wbytes + R * I * act, 2.0 * R * H * I,
          [&] { ops.grouped_matmul_forward(gate, xe, w_gate, plan.offsets); });
     // Of a step's two, the one adding to dxe (the other overwrites it).
-    time("experts gate, up backward", RHI, 2 * L, R * I * act + R * H * act + wbytes + 2 * R * H * act + 2 * gbytes,
-         4.0 * R * H * I,
-         [&] { ops.grouped_matmul_backward(dye, dw_gate, gate, xe, w_gate, plan.offsets, moe::Write::add); });
+    time("experts gate, up backward", RHI, 2 * L, R * I * act + R * H * act + wbytes + 2 * R * H * act + gbytes,
+         4.0 * R * H * I, [&] {
+             ops.grouped_matmul_backward(dye, dw_gate, gate, xe, w_gate, plan.offsets, moe::Write::add,
+                                         moe::Write::overwrite);
+         });
     time("experts down forward", RHI, L, R * I * act + wbytes + R * H * act, 2.0 * R * H * I,
          [&] { ops.grouped_matmul_forward(ye, a, w_down, plan.offsets); });
-    time("experts down backward", RHI, L, R * H * act + R * I * act + wbytes + R * I * act + 2 * gbytes,
-         4.0 * R * H * I,
-         [&] { ops.grouped_matmul_backward(da, dw_down, dye, a, w_down, plan.offsets, moe::Write::overwrite); });
+    time("experts down backward", RHI, L, R * H * act + R * I * act + wbytes + R * I * act + gbytes,
+         4.0 * R * H * I, [&] {
+             ops.grouped_matmul_backward(da, dw_down, dye, a, w_down, plan.offsets, moe::Write::overwrite,
+                                         moe::Write::overwrite);
+         });
     const std::string RI = dims({R, I});
     time("swiglu forward", RI, L, 3 * R * I * act, 6.0 * R * I, [&] { ops.swiglu_forward(a, gate, up); });
     time("swiglu backward", RI, L, 5 * R * I * act, 12.0 * R * I,
@@ -271,15 +276,16 @@ int run(const Args& args) {
         time("dynamics c1 forward", dims({N, 2 * H, C}), L, N * 2 * H * act + C * 2 * H * work + N * C * act,
              4.0 * N * H * C, [&] { ops.matmul_forward(hidden, hv, c1, {}); });
         time("dynamics c1 backward", dims({N, 2 * H, C}), L,
-             N * C * act + 3 * N * 2 * H * act + C * 2 * H * (work + 2 * master), 8.0 * N * H * C,
-             [&] { ops.matmul_backward(dhv, dc1, {}, dhidden, hv, c1, moe::Write::overwrite); });
+             N * C * act + 3 * N * 2 * H * act + C * 2 * H * (work + master), 8.0 * N * H * C,
+             [&] { ops.matmul_backward(dhv, dc1, {}, dhidden, hv, c1, moe::Write::overwrite, moe::Write::overwrite); });
         moe::Tensor c2 = buf.random(pr.work, {3 * H, C}, 0.02), dc2 = buf.zeros(pr.master, {3 * H, C});
         moe::Tensor ctrl = buf.random(pr.act, {N, 3 * H}), dctrl = buf.random(pr.act, {N, 3 * H});
         time("dynamics c2 forward", dims({N, C, 3 * H}), L, N * C * act + 3 * H * C * work + 3 * N * H * act,
              6.0 * N * H * C, [&] { ops.matmul_forward(ctrl, hidden, c2, {}); });
         time("dynamics c2 backward", dims({N, C, 3 * H}), L,
-             3 * N * H * act + 3 * N * C * act + 3 * H * C * (work + 2 * master), 12.0 * N * H * C,
-             [&] { ops.matmul_backward(dhidden, dc2, {}, dctrl, hidden, c2, moe::Write::overwrite); });
+             3 * N * H * act + 3 * N * C * act + 3 * H * C * (work + master), 12.0 * N * H * C, [&] {
+                 ops.matmul_backward(dhidden, dc2, {}, dctrl, hidden, c2, moe::Write::overwrite, moe::Write::overwrite);
+             });
         moe::Tensor mu = buf.random(pr.work, {H}), dmu = buf.zeros(pr.master, {H});
         moe::Tensor h2 = buf.zeros(pr.act, {N, H}), v2 = buf.zeros(pr.act, {N, H});
         const moe::DynamicsParams p{m.dynamics.dt, m.dynamics.beta_max, m.dynamics.velocity_max, m.dynamics.mu_min,
@@ -287,7 +293,10 @@ int run(const Args& args) {
         time("dynamics update forward", NH, L, 7 * N * H * act, 20.0 * N * H,
              [&] { ops.dynamics_forward(h2, v2, x, dy, ctrl, mu, p); });
         time("dynamics update backward", NH, L, 12 * N * H * act, 40.0 * N * H,
-             [&] { ops.dynamics_backward(dx, dv_in, dctrl, dmu, y, y, x, dy, ctrl, mu, p, moe::Write::overwrite); });
+             [&] {
+                 ops.dynamics_backward(dx, dv_in, dctrl, dmu, y, y, x, dy, ctrl, mu, p, moe::Write::overwrite,
+                                       moe::Write::overwrite);
+             });
     }
 
     // ---- loss ----------------------------------------------------------------------
@@ -308,7 +317,6 @@ int run(const Args& args) {
     const double n = double(E * I * H);
     time("adamw (expert stack)", dims({E, I, H}), 3 * L, n * (7 * master + work), 12 * n,
          [&] { ops.adamw_step(param, dw_gate, m1, m2, wcopy, adam); });
-    time("zero gradient (expert stack)", dims({E, I, H}), 3 * L, n * master, 0, [&] { ops.zero(dw_down); });
     time("sum of squares (3 expert stacks)", dims({E, I, H}), L, 3 * n * master, 6 * n,
          [&] { ops.sum_squares({dw_gate, dw_down, param}); });
 

@@ -30,16 +30,18 @@ public:
     void concat_cols_backward(Tensor da, Tensor db, Tensor dout) override;
 
     void embedding_forward(Tensor out, Tensor ids, Tensor table) override;
-    void embedding_backward(Tensor dtable, Tensor ids, Tensor dout) override;
+    void embedding_backward(Tensor dtable, Tensor ids, Tensor dout, Write dw_write) override;
 
     void rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double eps) override;
-    void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd) override;
+    void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd, Write dx_write,
+                          Write dw_write) override;
 
     void matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) override;
-    void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write) override;
+    void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write,
+                         Write dw_write) override;
     void grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vector<int64_t>& offsets) override;
     void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
-                                 const std::vector<int64_t>& offsets, Write dx_write) override;
+                                 const std::vector<int64_t>& offsets, Write dx_write, Write dw_write) override;
 
     void silu_forward(Tensor y, Tensor x) override;
     void silu_backward(Tensor dx, Tensor dy, Tensor x) override;
@@ -71,7 +73,8 @@ public:
     void dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor ctrl, Tensor mu,
                           const DynamicsParams& p) override;
     void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out, Tensor h,
-                           Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write) override;
+                           Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write,
+                           Write dw_write) override;
 
     void cross_entropy_forward(Tensor losses, Tensor logits, Tensor targets) override;
     void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor targets, double dloss) override;

@@ -94,7 +94,8 @@ void CpuOps::dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Te
 }
 
 void CpuOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out,
-                               Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write) {
+                               Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write,
+                               Write dw_write) {
     const char* op = "dynamics_backward";
     check_shapes(op, h, v, ctrl, mu);
     check_like(op, "dh_out", dh_out, h);
@@ -106,6 +107,7 @@ void CpuOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, T
     if (write == Write::overwrite)
         for (Tensor g : {dh, dv, dctrl})
             if (!g.empty()) zero(g);
+    if (dw_write == Write::overwrite && !dmu.empty()) zero(dmu);
     const int64_t N = h.dim(0), H = h.dim(1);
     const int64_t chunks = (N + kRowsPerChunk - 1) / kRowsPerChunk;
     std::vector<double> dmu_part(dmu.empty() ? 0 : size_t(chunks * H), 0.0);

@@ -41,9 +41,10 @@ void CpuOps::embedding_forward(Tensor out, Tensor ids, Tensor table) {
     });
 }
 
-void CpuOps::embedding_backward(Tensor dtable, Tensor ids, Tensor dout) {
+void CpuOps::embedding_backward(Tensor dtable, Tensor ids, Tensor dout, Write dw_write) {
     if (dtable.empty()) return;
     check_lookup("embedding_backward", dout, ids, dtable);
+    if (dw_write == Write::overwrite) zero(dtable);
     const int64_t N = ids.numel(), H = dtable.dim(1);
     const int32_t* id = ids.ptr<int32_t>();
     dispatch_float(dtable, [&](auto tag) {

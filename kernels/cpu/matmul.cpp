@@ -157,7 +157,8 @@ void CpuOps::matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) {
     });
 }
 
-void CpuOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write) {
+void CpuOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write,
+                             Write dw_write) {
     const int64_t N = rows_of("matmul_backward", dy, x, w), O = w.dim(0), I = w.dim(1);
     check((dx.empty() || dx.numel() == x.numel()) && (dw.empty() || dw.numel() == w.numel()) &&
               (db.empty() || db.numel() == O),
@@ -165,6 +166,9 @@ void CpuOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor 
           "gradients dx " + dx.shape_str() + ", dw " + dw.shape_str() + ", db " + db.shape_str() + " for " +
               shapes(dy, x, w));
     if (dx_write == Write::overwrite && !dx.empty()) zero(dx);
+    if (dw_write == Write::overwrite)
+        for (Tensor g : {dw, db})
+            if (!g.empty()) zero(g);
     dispatch_float(x, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         linear_backward<T>(data_or_null<T>(dx), data_or_null<T>(dw), data_or_null<T>(db), dy.ptr<T>(), x.ptr<T>(),
@@ -183,7 +187,7 @@ void CpuOps::grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vec
 }
 
 void CpuOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
-                                     const std::vector<int64_t>& offsets, Write dx_write) {
+                                     const std::vector<int64_t>& offsets, Write dx_write, Write dw_write) {
     check(w.ndim == 3 && x.ndim == 2 && dy.ndim == 2 && dy.dim(0) == x.dim(0) &&
               (dx.empty() || dx.numel() == x.numel()) && (dw.empty() || (dw.ndim == 3 && dw.shape == w.shape)),
           "grouped_matmul_backward",
@@ -191,11 +195,12 @@ void CpuOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, 
               dx.shape_str() + ", dw " + dw.shape_str());
     check_offsets("grouped_matmul_backward", offsets, w.dim(0), x.dim(0));
     if (dx_write == Write::overwrite && !dx.empty()) zero(dx);
+    if (dw_write == Write::overwrite && !dw.empty()) zero(dw);
     for (int64_t e = 0; e < w.dim(0); ++e) {
         const int64_t lo = offsets[e], hi = offsets[e + 1];
         if (hi == lo) continue;
         matmul_backward(dx.empty() ? Tensor{} : dx.rows(lo, hi), dw.empty() ? Tensor{} : expert(dw, e), {},
-                        dy.rows(lo, hi), x.rows(lo, hi), expert(w, e), Write::add);
+                        dy.rows(lo, hi), x.rows(lo, hi), expert(w, e), Write::add, Write::add);
     }
 }
 

@@ -47,11 +47,14 @@ void CpuOps::rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double e
     });
 }
 
-void CpuOps::rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd) {
+void CpuOps::rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd, Write dx_write,
+                              Write dw_write) {
     const int64_t R = rows_of("rmsnorm_backward", dy, rstd, x, w), D = w.numel();
     check((dx.empty() || dx.numel() == x.numel()) && (dw.empty() || dw.numel() == D), "rmsnorm_backward",
           "gradients dx " + dx.shape_str() + ", dw " + dw.shape_str() + " for x " + x.shape_str() + ", w " +
               w.shape_str());
+    if (dx_write == Write::overwrite && !dx.empty()) zero(dx);
+    if (dw_write == Write::overwrite && !dw.empty()) zero(dw);
     dispatch_float(x, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const T *px = x.ptr<T>(), *pw = w.ptr<T>(), *pdy = dy.ptr<T>(), *pr = rstd.ptr<T>();

@@ -25,19 +25,23 @@ __global__ void partial_kernel(float* partial, const bf16* a, const bf16* b, con
     partial[blockIdx.y * D + c] = acc;
 }
 
-__global__ void finish_kernel(float* out, const float* partial, int64_t chunks, int64_t D) {
+__global__ void finish_kernel(float* out, const float* partial, int64_t chunks, int64_t D, bool accumulate) {
     const int64_t c = blockIdx.x * int64_t(kThreads) + threadIdx.x;
     if (c >= D) return;
     float acc = 0;
     for (int64_t k = 0; k < chunks; ++k) acc += partial[k * D + c];
-    out[c] += acc;
+    out[c] = accumulate ? out[c] + acc : acc;
 }
 
 }  // namespace
 
-void add_column_sums(CudaOps& ops, float* out, const bf16* a, const bf16* b, const float* row_scale, int64_t R,
-                     int64_t D) {
-    if (R == 0 || D == 0) return;
+void column_sums(CudaOps& ops, float* out, Write write, const bf16* a, const bf16* b, const float* row_scale,
+                 int64_t R, int64_t D) {
+    if (D == 0) return;
+    if (R == 0) {
+        if (write == Write::overwrite) ops.zero(Tensor(out, DType::F32, {D}));
+        return;
+    }
     const int64_t rows_per_chunk = std::max<int64_t>(64, (R + kMaxChunks - 1) / kMaxChunks);
     const int64_t chunks = (R + rows_per_chunk - 1) / rows_per_chunk;
     float* partial = static_cast<float*>(ops.scratch(size_t(chunks * D) * sizeof(float)));
@@ -45,7 +49,7 @@ void add_column_sums(CudaOps& ops, float* out, const bf16* a, const bf16* b, con
     partial_kernel<<<dim3(col_blocks, unsigned(chunks)), kThreads, 0, ops.stream()>>>(partial, a, b, row_scale, R, D,
                                                                                       rows_per_chunk);
     MOE_CUDA_LAUNCHED();
-    finish_kernel<<<col_blocks, kThreads, 0, ops.stream()>>>(out, partial, chunks, D);
+    finish_kernel<<<col_blocks, kThreads, 0, ops.stream()>>>(out, partial, chunks, D, write == Write::add);
     MOE_CUDA_LAUNCHED();
 }
 

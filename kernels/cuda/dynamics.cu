@@ -100,9 +100,9 @@ __global__ void dynamics_backward_kernel(bf16* dh, bf16* dv, bf16* dctrl, float*
     if (dmu_part) dmu_part[chunk * H + c] = dmu_sum;
 }
 
-// dmu[c] += sum over chunks of part[chunk, c]. A block takes 32 columns; warp
-// w sums chunks w, w + kWarps, ... and warp 0 adds the warps' sums in order.
-__global__ void dmu_reduce_kernel(float* dmu, const float* part, int64_t chunks, int64_t H) {
+// dmu[c] (+)= sum over chunks of part[chunk, c]. A block takes 32 columns;
+// warp w sums chunks w, w + kWarps, ... and warp 0 adds the warps' sums in order.
+__global__ void dmu_reduce_kernel(float* dmu, const float* part, int64_t chunks, int64_t H, bool accumulate) {
     __shared__ float sums[kWarps][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t c = int64_t(blockIdx.x) * 32 + lane;
@@ -114,7 +114,7 @@ __global__ void dmu_reduce_kernel(float* dmu, const float* part, int64_t chunks,
     if (warp == 0 && c < H) {
         float total = 0;
         for (int w = 0; w < kWarps; ++w) total += sums[w][lane];
-        dmu[c] += total;
+        dmu[c] = accumulate ? dmu[c] + total : total;
     }
 }
 
@@ -165,7 +165,8 @@ void CudaOps::dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, T
 }
 
 void CudaOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out,
-                                Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write) {
+                                Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write,
+                                Write dw_write) {
     const char* op = "dynamics_backward";
     check_inputs(op, h, v, ctrl, mu);
     check_like(op, "dh_out", dh_out, h, DType::BF16);
@@ -175,7 +176,11 @@ void CudaOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, 
     check_like(op, "dctrl", dctrl, ctrl, DType::BF16, true);
     check_like(op, "dmu", dmu, mu, DType::F32, true);
     const int64_t N = h.dim(0), H = h.dim(1);
-    if (N * H == 0 || (dh.empty() && dv.empty() && dctrl.empty() && dmu.empty())) return;
+    if (H == 0 || (dh.empty() && dv.empty() && dctrl.empty() && dmu.empty())) return;
+    if (N == 0) {  // nothing to add; an overwritten dmu is zero
+        if (!dmu.empty() && dw_write == Write::overwrite) zero(dmu);
+        return;
+    }
     const int64_t chunks = (N + kRowsPerChunk - 1) / kRowsPerChunk, tiles = (H + kThreads - 1) / kThreads;
     check(tiles <= 65535, op, "h " + h.shape_str() + " has too many columns for one launch");
     float* part = dmu.empty() ? nullptr : static_cast<float*>(scratch(size_t(chunks * H) * sizeof(float)));
@@ -184,7 +189,8 @@ void CudaOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, 
         bf16_ptr(v), bf16_ptr(ctrl), bf16_ptr(mu), N, H, params(p), write == Write::add);
     MOE_CUDA_LAUNCHED();
     if (!part) return;
-    dmu_reduce_kernel<<<unsigned((H + 31) / 32), kThreads, 0, stream()>>>(dmu.ptr<float>(), part, chunks, H);
+    dmu_reduce_kernel<<<unsigned((H + 31) / 32), kThreads, 0, stream()>>>(dmu.ptr<float>(), part, chunks, H,
+                                                                          dw_write == Write::add);
     MOE_CUDA_LAUNCHED();
 }
 

@@ -69,16 +69,22 @@ constexpr int kColsPerLane = 8;
 constexpr int kTile = 32 * kColsPerLane;
 static_assert(kTile == kThreads, "one thread per column of a tile adds the warps' sums");
 
-// dtable[v] += sum of dout[positions[i]] over v's run. Per tile of columns,
-// warp w sums the run's rows w, w + kWarps, ... in order (lane l taking
-// columns l, l + 32, ...), then thread t adds column t over the warps in order.
+// dtable[v] (+)= sum of dout[positions[i]] over v's run (overwriting writes
+// zeros where v has no run). Per tile of columns, warp w sums the run's rows
+// w, w + kWarps, ... in order (lane l taking columns l, l + 32, ...), then
+// thread t adds column t over the warps in order.
 __global__ void embedding_backward_kernel(float* dtable, const bf16* dout, const int32_t* positions,
-                                          const int32_t* run_begin, const int32_t* run_end, int64_t V, int64_t H) {
+                                          const int32_t* run_begin, const int32_t* run_end, int64_t V, int64_t H,
+                                          bool accumulate) {
     __shared__ float part[kWarps][kTile];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int64_t v = blockIdx.x; v < V; v += gridDim.x) {
         const int32_t begin = run_begin[v], end = run_end[v];
-        if (begin == end) continue;  // the same for the whole block
+        if (begin == end) {  // the same for the whole block
+            if (!accumulate)
+                for (int64_t c = threadIdx.x; c < H; c += kThreads) dtable[v * H + c] = 0;
+            continue;
+        }
         for (int64_t c0 = 0; c0 < H; c0 += kTile) {
             float acc[kColsPerLane] = {};
             // Unrolled so that the loads of several rows are in flight at once.
@@ -95,7 +101,8 @@ __global__ void embedding_backward_kernel(float* dtable, const bf16* dout, const
             if (c0 + threadIdx.x < H) {
                 float sum = 0;
                 for (int w = 0; w < kWarps; ++w) sum += part[w][threadIdx.x];
-                dtable[v * H + c0 + threadIdx.x] += sum;
+                float& out = dtable[v * H + c0 + threadIdx.x];
+                out = accumulate ? out + sum : sum;
             }
             __syncthreads();  // part is refilled by the next tile
         }
@@ -132,14 +139,17 @@ void CudaOps::embedding_forward(Tensor out, Tensor ids, Tensor table) {
     MOE_CUDA_LAUNCHED();
 }
 
-void CudaOps::embedding_backward(Tensor dtable, Tensor ids, Tensor dout) {
+void CudaOps::embedding_backward(Tensor dtable, Tensor ids, Tensor dout, Write dw_write) {
     const char* op = "embedding_backward";
     require_dtype(op, "dtable", dtable, DType::F32);
     require_dtype(op, "dout", dout, DType::BF16);
     if (dtable.empty()) return;
     check_lookup(op, dout, ids, dtable);
     const int64_t N = ids.numel(), V = dtable.dim(0), H = dtable.dim(1);
-    if (N == 0 || H == 0) return;
+    if (N == 0 || H == 0) {
+        if (dw_write == Write::overwrite) zero(dtable);
+        return;
+    }
 
     // Keys go up to V (bad ids), so the sort needs only the bits of V.
     int end_bit = 1;
@@ -169,7 +179,8 @@ void CudaOps::embedding_backward(Tensor dtable, Tensor ids, Tensor dout) {
     run_bounds_kernel<<<cuda::blocks_for(N, kThreads), kThreads, 0, stream()>>>(run_begin, run_end, keys, N);
     MOE_CUDA_LAUNCHED();
     embedding_backward_kernel<<<cuda::blocks_for(V, 1), kThreads, 0, stream()>>>(
-        dtable.ptr<float>(), static_cast<const bf16*>(dout.data), positions, run_begin, run_end, V, H);
+        dtable.ptr<float>(), static_cast<const bf16*>(dout.data), positions, run_begin, run_end, V, H,
+        dw_write == Write::add);
     MOE_CUDA_LAUNCHED();
 }
 

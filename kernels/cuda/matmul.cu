@@ -4,7 +4,7 @@
 // row-major [R,C] matrix is its column-major transpose [C,R] with ld C, so
 //   y[N,O] = x[N,I] w[O,I]^T      is  y^T (O x N) = w^T(T) . x^T,
 //   dx[N,I] (+)= dy[N,O] w[O,I]   is  dx^T (I x N) = w^T . dy^T,
-//   dw[O,I] += dy^T x             is  dw^T (I x O) = x^T . dy^T(T).
+//   dw[O,I] (+)= dy^T x           is  dw^T (I x O) = x^T . dy^T(T).
 // Descriptors, layouts and the chosen algorithm are cached per shape.
 #include <map>
 #include <memory>
@@ -187,6 +187,9 @@ Linear check_linear(const char* op, const Tensor& y, const Tensor& x, const Tens
     return {x.dim(0), I, O};
 }
 
+// The GEMM's beta for an output written as `write` says.
+float beta_for(Write write) { return write == Write::overwrite ? 0.0f : 1.0f; }
+
 // Rows offsets[e]..offsets[e+1] of a grouped GEMM, checked against R and E.
 void check_offsets(const char* op, const std::vector<int64_t>& offsets, int64_t E, int64_t R) {
     check(int64_t(offsets.size()) == E + 1 && offsets.front() == 0 && offsets.back() == R, op,
@@ -207,7 +210,8 @@ void CudaOps::matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) {
          b.empty() ? nullptr : b.data);
 }
 
-void CudaOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write) {
+void CudaOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write,
+                              Write dw_write) {
     const Linear s = check_linear("matmul_backward", dy, x, w);
     cuda::require_dtype("matmul_backward", "dy", dy, DType::BF16);
     cuda::require_dtype("matmul_backward", "dx", dx, DType::BF16);
@@ -219,12 +223,13 @@ void CudaOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor
                                  db.shape_str() + " do not match x " + x.shape_str() + ", w " + w.shape_str());
     if (!dx.empty())
         gemm(false, false, s.I, s.N, s.O, w.data, w.dtype, s.I, dy.data, dy.dtype, s.O, dx.data, dx.dtype,
-             dx_write == Write::overwrite ? 0.0f : 1.0f, nullptr);
+             beta_for(dx_write), nullptr);
     if (!dw.empty())
-        gemm(false, true, s.I, s.O, s.N, x.data, x.dtype, s.I, dy.data, dy.dtype, s.O, dw.data, dw.dtype, 1.0f, nullptr);
+        gemm(false, true, s.I, s.O, s.N, x.data, x.dtype, s.I, dy.data, dy.dtype, s.O, dw.data, dw.dtype,
+             beta_for(dw_write), nullptr);
     if (!db.empty())
-        cuda::add_column_sums(*this, static_cast<float*>(db.data), static_cast<const cuda::bf16*>(dy.data), nullptr,
-                              nullptr, s.N, s.O);
+        cuda::column_sums(*this, static_cast<float*>(db.data), dw_write, static_cast<const cuda::bf16*>(dy.data),
+                          nullptr, nullptr, s.N, s.O);
 }
 
 void CudaOps::grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vector<int64_t>& offsets) {
@@ -244,7 +249,7 @@ void CudaOps::grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::ve
 }
 
 void CudaOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
-                                      const std::vector<int64_t>& offsets, Write dx_write) {
+                                      const std::vector<int64_t>& offsets, Write dx_write, Write dw_write) {
     check(w.ndim == 3, "grouped_matmul_backward", "w must be [E,O,I], got " + w.shape_str());
     const int64_t E = w.dim(0), O = w.dim(1), I = w.dim(2), R = x.dim(0);
     check(x.row_size() == I && dy.row_size() == O && dy.dim(0) == R && (dx.empty() || dx.numel() == x.numel()) &&
@@ -256,19 +261,22 @@ void CudaOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x,
     for (const Tensor* t : {&dy, &x, &w, &dx})
         cuda::require_dtype("grouped_matmul_backward", "dy, x, w and dx", *t, DType::BF16);
     cuda::require_dtype("grouped_matmul_backward", "dw", dw, DType::F32);
-    // Every row of dx is some expert's, so overwriting needs no zeroing.
-    const float dx_beta = dx_write == Write::overwrite ? 0.0f : 1.0f;
+    // Every row of dx is some expert's, so overwriting dx needs no zeroing;
+    // an expert without rows has a zero dw.
     for (int64_t e = 0; e < E; ++e) {
         const int64_t r0 = offsets[e], r1 = offsets[e + 1];
-        if (r0 == r1) continue;
+        if (r0 == r1) {
+            if (!dw.empty() && dw_write == Write::overwrite) zero(dw.rows(e, e + 1));
+            continue;
+        }
         const void* we = w.rows(e, e + 1).data;
         const void* dye = dy.rows(r0, r1).data;
         if (!dx.empty())
             gemm(false, false, I, r1 - r0, O, we, w.dtype, I, dye, dy.dtype, O, dx.rows(r0, r1).data, dx.dtype,
-                 dx_beta, nullptr, GemmVaries::n);
+                 beta_for(dx_write), nullptr, GemmVaries::n);
         if (!dw.empty())
             gemm(false, true, I, O, r1 - r0, x.rows(r0, r1).data, x.dtype, I, dye, dy.dtype, O, dw.rows(e, e + 1).data,
-                 dw.dtype, 1.0f, nullptr, GemmVaries::k);
+                 dw.dtype, beta_for(dw_write), nullptr, GemmVaries::k);
     }
 }
 

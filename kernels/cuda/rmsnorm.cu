@@ -29,9 +29,9 @@ __global__ void rmsnorm_forward_kernel(bf16* y, float* rstd, const bf16* x, cons
     for (int i = lane; i < D; i += 32) yr[i] = __float2bfloat16_rn(__bfloat162float(xr[i]) * s * __bfloat162float(w[i]));
 }
 
-// dx += rstd * (w dy - xhat * mean(w dy xhat)), xhat = x * rstd.
+// dx (+)= rstd * (w dy - xhat * mean(w dy xhat)), xhat = x * rstd.
 __global__ void rmsnorm_dx_kernel(bf16* dx, const bf16* dy, const bf16* x, const bf16* w, const float* rstd,
-                                  int64_t R, int D) {
+                                  int64_t R, int D, bool accumulate) {
     const int lane = threadIdx.x & 31;
     const int64_t r = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
     if (r >= R) return;
@@ -44,7 +44,7 @@ __global__ void rmsnorm_dx_kernel(bf16* dx, const bf16* dy, const bf16* x, const
     bf16* dxr = dx + r * D;
     for (int i = lane; i < D; i += 32) {
         const float g = s * (__bfloat162float(w[i]) * __bfloat162float(dyr[i]) - __bfloat162float(xr[i]) * s * m);
-        dxr[i] = __float2bfloat16_rn(__bfloat162float(dxr[i]) + g);
+        dxr[i] = __float2bfloat16_rn(accumulate ? __bfloat162float(dxr[i]) + g : g);
     }
 }
 
@@ -72,7 +72,8 @@ void CudaOps::rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double 
     MOE_CUDA_LAUNCHED();
 }
 
-void CudaOps::rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd) {
+void CudaOps::rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd, Write dx_write,
+                               Write dw_write) {
     const int64_t R = rows_of("rmsnorm_backward", dy, rstd, x, w);
     const int D = int(w.numel());
     check((dx.empty() || dx.numel() == x.numel()) && (dw.empty() || dw.numel() == D), "rmsnorm_backward",
@@ -81,16 +82,16 @@ void CudaOps::rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor
     cuda::require_dtype("rmsnorm_backward", "dy", dy, DType::BF16);
     cuda::require_dtype("rmsnorm_backward", "dx", dx, DType::BF16);
     cuda::require_dtype("rmsnorm_backward", "dw", dw, DType::F32);
-    if (!R) return;
     const bf16 *pdy = static_cast<const bf16*>(dy.data), *px = static_cast<const bf16*>(x.data);
     const float* pr = static_cast<const float*>(rstd.data);
-    if (!dx.empty()) {
+    if (R && !dx.empty()) {
         const unsigned blocks = unsigned((R + kWarps - 1) / kWarps);
         rmsnorm_dx_kernel<<<blocks, kWarps * 32, 0, stream_>>>(static_cast<bf16*>(dx.data), pdy, px,
-                                                               static_cast<const bf16*>(w.data), pr, R, D);
+                                                               static_cast<const bf16*>(w.data), pr, R, D,
+                                                               dx_write == Write::add);
         MOE_CUDA_LAUNCHED();
     }
-    if (!dw.empty()) cuda::add_column_sums(*this, static_cast<float*>(dw.data), pdy, px, pr, R, D);
+    if (!dw.empty()) cuda::column_sums(*this, static_cast<float*>(dw.data), dw_write, pdy, px, pr, R, D);
 }
 
 }  // namespace moe

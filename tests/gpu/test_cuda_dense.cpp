@@ -121,11 +121,24 @@ TEST_CASE("rmsnorm forward and backward match the CPU", "[gpu]") {
         // on both sides, so only the backward's own rounding shows.
         std::vector<float> dx = bf16_normals(R * D, rng), dw(size_t(D), 0.25f);
         Tensor gdx = b.upload(dx, DType::BF16, {R, D}), gdw = b.upload(dw, DType::F32, {D});
-        b.gpu.rmsnorm_backward(gdx, gdw, b.upload(dy, DType::BF16, {R, D}), gx, gw, b.upload(rstd, DType::F32, {R}));
+        Tensor gdy = b.upload(dy, DType::BF16, {R, D}), grstd_cpu = b.upload(rstd, DType::F32, {R});
+        b.gpu.rmsnorm_backward(gdx, gdw, gdy, gx, gw, grstd_cpu, Write::add, Write::add);
         b.cpu.rmsnorm_backward(host_tensor(dx, {R, D}), host_tensor(dw, {D}), host_tensor(dy, {R, D}),
-                               host_tensor(x, {R, D}), host_tensor(w, {D}), host_tensor(rstd, {R}));
+                               host_tensor(x, {R, D}), host_tensor(w, {D}), host_tensor(rstd, {R}), Write::add,
+                               Write::add);
         require_near("dx", b.download(gdx), dx, kBf16Rtol, 2 * kBf16Atol);
         require_near("dw", b.download(gdw), dw, 1e-4, 1e-4);  // fp32 sums of R products in another order
+
+        // Overwriting both: the garbage they held (NaN included) leaves no trace.
+        std::vector<float> dx_garbage = bf16_normals(R * D, rng), dw_garbage = bf16_normals(D, rng);
+        dx_garbage[7] = dw_garbage[1] = NAN;
+        Tensor gdx_over = b.upload(dx_garbage, DType::BF16, {R, D}), gdw_over = b.upload(dw_garbage, DType::F32, {D});
+        b.gpu.rmsnorm_backward(gdx_over, gdw_over, gdy, gx, gw, grstd_cpu, Write::overwrite, Write::overwrite);
+        b.cpu.rmsnorm_backward(host_tensor(dx, {R, D}), host_tensor(dw, {D}), host_tensor(dy, {R, D}),
+                               host_tensor(x, {R, D}), host_tensor(w, {D}), host_tensor(rstd, {R}),
+                               Write::overwrite, Write::overwrite);
+        require_near("dx overwritten", b.download(gdx_over), dx, kBf16Rtol, 2 * kBf16Atol);
+        require_near("dw overwritten", b.download(gdw_over), dw, 1e-4, 1e-4);
     }
 }
 
@@ -152,21 +165,27 @@ TEST_CASE("matmul forward (with bias, into F32) and backward match the CPU", "[g
     Tensor gdx = b.upload(dx, DType::BF16, {N, I}), gdw = b.upload(dw, DType::F32, {O, I});
     Tensor gdb = b.upload(db, DType::F32, {O});
     Tensor gdy = b.upload(dy, DType::BF16, {N, O});
-    b.gpu.matmul_backward(gdx, gdw, gdb, gdy, gx, gw, Write::add);
+    b.gpu.matmul_backward(gdx, gdw, gdb, gdy, gx, gw, Write::add, Write::add);
     b.cpu.matmul_backward(host_tensor(dx, {N, I}), host_tensor(dw, {O, I}), host_tensor(db, {O}),
-                          host_tensor(dy, {N, O}), host_tensor(x, {N, I}), host_tensor(w, {O, I}), Write::add);
+                          host_tensor(dy, {N, O}), host_tensor(x, {N, I}), host_tensor(w, {O, I}), Write::add,
+                          Write::add);
     require_near("dx", b.download(gdx), dx, kBf16Rtol, kBf16Atol);
     require_near("dw", b.download(gdw), dw, 1e-5, 1e-4);
     require_near("db", b.download(gdb), db, 1e-5, 1e-4);
 
-    // Overwriting dx: the garbage it held (NaN included) leaves no trace.
-    std::vector<float> garbage = bf16_normals(N * I, rng), dx_over(size_t(N * I));
-    garbage[5] = NAN;
-    Tensor gdx_over = b.upload(garbage, DType::BF16, {N, I});
-    b.gpu.matmul_backward(gdx_over, {}, {}, gdy, gx, gw, Write::overwrite);
-    b.cpu.matmul_backward(host_tensor(dx_over, {N, I}), {}, {}, host_tensor(dy, {N, O}), host_tensor(x, {N, I}),
-                          host_tensor(w, {O, I}), Write::overwrite);
-    require_near("dx overwritten", b.download(gdx_over), dx_over, kBf16Rtol, kBf16Atol);
+    // Overwriting: the garbage the gradients held (NaN included) leaves no trace.
+    std::vector<float> dx_garbage = bf16_normals(N * I, rng), dw_garbage = bf16_normals(O * I, rng),
+                       db_garbage = bf16_normals(O, rng);
+    dx_garbage[5] = dw_garbage[9] = db_garbage[2] = NAN;
+    Tensor gdx_over = b.upload(dx_garbage, DType::BF16, {N, I}), gdw_over = b.upload(dw_garbage, DType::F32, {O, I});
+    Tensor gdb_over = b.upload(db_garbage, DType::F32, {O});
+    b.gpu.matmul_backward(gdx_over, gdw_over, gdb_over, gdy, gx, gw, Write::overwrite, Write::overwrite);
+    b.cpu.matmul_backward(host_tensor(dx, {N, I}), host_tensor(dw, {O, I}), host_tensor(db, {O}),
+                          host_tensor(dy, {N, O}), host_tensor(x, {N, I}), host_tensor(w, {O, I}), Write::overwrite,
+                          Write::overwrite);
+    require_near("dx overwritten", b.download(gdx_over), dx, kBf16Rtol, kBf16Atol);
+    require_near("dw overwritten", b.download(gdw_over), dw, 1e-5, 1e-4);
+    require_near("db overwritten", b.download(gdb_over), db, 1e-5, 1e-4);
 }
 
 TEST_CASE("grouped matmul matches the CPU with an expert that gets no row", "[gpu]") {
@@ -187,20 +206,25 @@ TEST_CASE("grouped matmul matches the CPU with an expert that gets no row", "[gp
     std::vector<float> dw(size_t(E * O * I), 0.125f);
     Tensor gdx = b.upload(dx, DType::BF16, {R, I}), gdw = b.upload(dw, DType::F32, {E, O, I});
     Tensor gdy = b.upload(dy, DType::BF16, {R, O});
-    b.gpu.grouped_matmul_backward(gdx, gdw, gdy, gx, gw, offsets, Write::add);
+    b.gpu.grouped_matmul_backward(gdx, gdw, gdy, gx, gw, offsets, Write::add, Write::add);
     b.cpu.grouped_matmul_backward(host_tensor(dx, {R, I}), host_tensor(dw, {E, O, I}), host_tensor(dy, {R, O}),
-                                  host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets, Write::add);
+                                  host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets, Write::add, Write::add);
     require_near("dx", b.download(gdx), dx, kBf16Rtol, kBf16Atol);
     require_near("dw", b.download(gdw), dw, 1e-5, 1e-4);  // expert 1's stays 0.125: nothing added
 
-    // Overwriting dx: the garbage it held (NaN included) leaves no trace.
-    std::vector<float> garbage = bf16_normals(R * I, rng), dx_over(size_t(R * I));
-    garbage[3] = NAN;
-    Tensor gdx_over = b.upload(garbage, DType::BF16, {R, I});
-    b.gpu.grouped_matmul_backward(gdx_over, Tensor{}, gdy, gx, gw, offsets, Write::overwrite);
-    b.cpu.grouped_matmul_backward(host_tensor(dx_over, {R, I}), Tensor{}, host_tensor(dy, {R, O}),
-                                  host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets, Write::overwrite);
-    require_near("dx overwritten", b.download(gdx_over), dx_over, kBf16Rtol, kBf16Atol);
+    // Overwriting: the garbage the gradients held (NaN included, in the empty
+    // expert's weights too) leaves no trace; expert 1's gradient is zero.
+    std::vector<float> dx_garbage = bf16_normals(R * I, rng), dw_garbage = bf16_normals(E * O * I, rng);
+    dx_garbage[3] = dw_garbage[O * I + 5] = NAN;
+    Tensor gdx_over = b.upload(dx_garbage, DType::BF16, {R, I}), gdw_over = b.upload(dw_garbage, DType::F32, {E, O, I});
+    b.gpu.grouped_matmul_backward(gdx_over, gdw_over, gdy, gx, gw, offsets, Write::overwrite, Write::overwrite);
+    b.cpu.grouped_matmul_backward(host_tensor(dx, {R, I}), host_tensor(dw, {E, O, I}), host_tensor(dy, {R, O}),
+                                  host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets, Write::overwrite,
+                                  Write::overwrite);
+    require_near("dx overwritten", b.download(gdx_over), dx, kBf16Rtol, kBf16Atol);
+    const std::vector<float> dw_over = b.download(gdw_over);
+    require_near("dw overwritten", dw_over, dw, 1e-5, 1e-4);
+    for (int64_t j = O * I; j < 2 * O * I; ++j) REQUIRE(dw_over[size_t(j)] == 0.0f);
 }
 
 TEST_CASE("grouped matmul plans expert sizes by class: new loads reuse plans and stay exact", "[gpu]") {
@@ -222,10 +246,11 @@ TEST_CASE("grouped matmul plans expert sizes by class: new loads reuse plans and
         Tensor gdx = b.zeros(DType::BF16, {R, I}), gdw = b.zeros(DType::F32, {E, O, I});
         b.gpu.grouped_matmul_forward(gy, gx, gw, offsets);
         b.gpu.grouped_matmul_backward(gdx, gdw, b.upload(dy, DType::BF16, {R, O}), gx, gw, offsets,
-                                      Write::add);
+                                      Write::add, Write::add);
         b.cpu.grouped_matmul_forward(host_tensor(y, {R, O}), host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets);
         b.cpu.grouped_matmul_backward(host_tensor(dx, {R, I}), host_tensor(dw, {E, O, I}), host_tensor(dy, {R, O}),
-                                      host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets, Write::add);
+                                      host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets, Write::add,
+                                      Write::add);
         require_near("y", b.download(gy), y, kBf16Rtol, kBf16Atol);
         require_near("dx", b.download(gdx), dx, kBf16Rtol, kBf16Atol);
         require_near("dw", b.download(gdw), dw, 1e-5, 1e-4);

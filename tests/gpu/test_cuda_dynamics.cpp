@@ -73,18 +73,20 @@ void check_dynamics(Backends& b, int64_t N, int64_t H, Write write) {
     require_near("h_out", b.download(gpu_h_out), h_out, kBf16Rtol, kBf16Atol);
     require_near("v_out", b.download(gpu_v_out), v_out, kBf16Rtol, kBf16Atol);
 
-    // Nonzero starting gradients: the op must add to them, or write over them.
+    // Nonzero starting gradients: the op must add to them, or write over them
+    // (dmu as well).
     std::vector<float> dh_out = bf16_normals(N * H, rng), dv_out = bf16_normals(N * H, rng);
     const std::vector<float> dh0 = bf16_normals(N * H, rng), dv0 = bf16_normals(N * H, rng);
     const std::vector<float> dctrl0 = bf16_normals(N * 3 * H, rng), dmu0 = bf16_normals(H, rng);
     std::vector<float> dh = dh0, dv = dv0, dctrl = dctrl0, dmu = dmu0;
     b.cpu.dynamics_backward(q.cpu(dh, H), q.cpu(dv, H), q.cpu(dctrl, 3 * H), host_tensor(dmu, {H}),
                             q.cpu(dh_out, H), q.cpu(dv_out, H), q.cpu(q.h, H), q.cpu(q.v, H), q.cpu(q.ctrl, 3 * H),
-                            host_tensor(q.mu, {H}), q.p, write);
+                            host_tensor(q.mu, {H}), q.p, write, write);
     Tensor gpu_dh_out = b.upload(dh_out, DType::BF16, {N, H}), gpu_dv_out = b.upload(dv_out, DType::BF16, {N, H});
     Tensor gpu_dh = b.upload(dh0, DType::BF16, {N, H}), gpu_dv = b.upload(dv0, DType::BF16, {N, H});
     Tensor gpu_dctrl = b.upload(dctrl0, DType::BF16, {N, 3 * H}), gpu_dmu = b.upload(dmu0, DType::F32, {H});
-    b.gpu.dynamics_backward(gpu_dh, gpu_dv, gpu_dctrl, gpu_dmu, gpu_dh_out, gpu_dv_out, h, v, ctrl, mu, q.p, write);
+    b.gpu.dynamics_backward(gpu_dh, gpu_dv, gpu_dctrl, gpu_dmu, gpu_dh_out, gpu_dv_out, h, v, ctrl, mu, q.p, write,
+                            write);
     require_near("dh", b.download(gpu_dh), dh, kBf16Rtol, kBf16Atol);
     require_near("dv", b.download(gpu_dv), dv, kBf16Rtol, kBf16Atol);
     require_near("dctrl", b.download(gpu_dctrl), dctrl, kBf16Rtol, kBf16Atol);
@@ -93,9 +95,9 @@ void check_dynamics(Backends& b, int64_t N, int64_t H, Write write) {
     // Empty gradients are not wanted: dmu alone, then dctrl alone.
     Tensor dmu_only = b.upload(dmu0, DType::F32, {H}), dctrl_only = b.upload(dctrl0, DType::BF16, {N, 3 * H});
     b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, dmu_only, gpu_dh_out, gpu_dv_out, h, v, ctrl, mu, q.p,
-                            write);
+                            write, write);
     b.gpu.dynamics_backward(Tensor{}, Tensor{}, dctrl_only, Tensor{}, gpu_dh_out, gpu_dv_out, h, v, ctrl, mu, q.p,
-                            write);
+                            write, write);
     require_near("dmu alone", b.download(dmu_only), dmu, kDmuRtol, kDmuAtol);
     require_near("dctrl alone", b.download(dctrl_only), dctrl, kBf16Rtol, kBf16Atol);
 }
@@ -118,9 +120,9 @@ TEST_CASE("cuda dynamics reject wrong dtypes and shapes", "[gpu]") {
     REQUIRE_THROWS_AS(b.gpu.dynamics_forward(h, h, h, h, b.zeros(DType::BF16, {N, 2 * H}), mu, p),
                       std::invalid_argument);
     REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, b.zeros(DType::BF16, {H}), h, h, h, h,
-                                              ctrl, mu, p, Write::add),
+                                              ctrl, mu, p, Write::add, Write::add),
                       std::invalid_argument);
     REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, Tensor{}, Tensor{}, h, h, h, ctrl, mu, p,
-                                              Write::add),
+                                              Write::add, Write::add),
                       std::invalid_argument);
 }

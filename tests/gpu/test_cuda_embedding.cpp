@@ -1,9 +1,9 @@
 // The CUDA embedding ops against the CPU reference: the forward gather for
-// H = 20 (the element path) and 64 (16-byte chunks); the backward with ids
-// repeated many times (V = 5, N = 300) and over a skewed vocabulary with
-// unused rows (V = 1000, N = 4096), on values whose sums are exact in fp32,
-// so it must equal the CPU exactly; the same bits on every run for values
-// whose sums round; and ids outside the table.
+// H = 20 (the element path) and 64 (16-byte chunks); the backward, adding and
+// overwriting, with ids repeated many times (V = 5, N = 300) and over a
+// skewed vocabulary with unused rows (V = 1000, N = 4096), on values whose
+// sums are exact in fp32, so it must equal the CPU exactly; the same bits on
+// every run for values whose sums round; and ids outside the table.
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -45,16 +45,19 @@ void check_forward(Backends& b, int64_t N, int64_t V, int64_t H) {
     require_near("out", b.download(gpu_out), out, 0, 0);  // a copy: exact
 }
 
-void check_backward_exact(Backends& b, int64_t N, int64_t V, int64_t H, double skew) {
-    INFO("N " << N << ", V " << V << ", H " << H << ", skew " << skew);
+void check_backward_exact(Backends& b, int64_t N, int64_t V, int64_t H, double skew, Write write) {
+    INFO("N " << N << ", V " << V << ", H " << H << ", skew " << skew << (write == Write::add ? ", adding" : ", overwriting"));
     Rng rng(uint64_t(N + H), "cuda embedding backward");
     std::vector<int32_t> ids = random_ids(N, V, skew, rng);
     std::vector<float> dout = eighths(N * H, rng);
-    const std::vector<float> start = eighths(V * H, rng);  // nonzero: the op must add
+    // Nonzero: the op must add to it, or leave no trace of it (NaN included,
+    // in the last row, which is unused where the ids are skewed).
+    std::vector<float> start = eighths(V * H, rng);
+    if (write == Write::overwrite) start[size_t(V * H - 1)] = NAN;
     std::vector<float> expected = start;
-    b.cpu.embedding_backward(host_tensor(expected, {V, H}), host_ids(ids, {N}), host_tensor(dout, {N, H}));
+    b.cpu.embedding_backward(host_tensor(expected, {V, H}), host_ids(ids, {N}), host_tensor(dout, {N, H}), write);
     Tensor dtable = b.upload(start, DType::F32, {V, H});
-    b.gpu.embedding_backward(dtable, b.upload_ids(ids, {N}), b.upload(dout, DType::BF16, {N, H}));
+    b.gpu.embedding_backward(dtable, b.upload_ids(ids, {N}), b.upload(dout, DType::BF16, {N, H}), write);
     require_near("dtable", b.download(dtable), expected, 0, 0);
 }
 
@@ -67,8 +70,10 @@ TEST_CASE("cuda embedding_forward gathers the CPU's rows", "[gpu]") {
 
 TEST_CASE("cuda embedding_backward equals the CPU on exact sums, repeated and unused ids", "[gpu]") {
     Backends b;
-    for (int64_t H : {20, 64}) check_backward_exact(b, 300, 5, H, 1);
-    check_backward_exact(b, 4096, 1000, 64, 3);
+    for (Write write : {Write::add, Write::overwrite}) {
+        for (int64_t H : {20, 64}) check_backward_exact(b, 300, 5, H, 1, write);
+        check_backward_exact(b, 4096, 1000, 64, 3, write);
+    }
 }
 
 TEST_CASE("cuda embedding_backward gives the same bits on every run", "[gpu]") {
@@ -80,8 +85,8 @@ TEST_CASE("cuda embedding_backward gives the same bits on every run", "[gpu]") {
     const std::vector<float> start = bf16_normals(V * H, rng);
     Tensor gpu_ids = b.upload_ids(ids, {N}), gpu_dout = b.upload(dout, DType::BF16, {N, H});
     Tensor first = b.upload(start, DType::F32, {V, H}), second = b.upload(start, DType::F32, {V, H});
-    b.gpu.embedding_backward(first, gpu_ids, gpu_dout);
-    b.gpu.embedding_backward(second, gpu_ids, gpu_dout);
+    b.gpu.embedding_backward(first, gpu_ids, gpu_dout, Write::add);
+    b.gpu.embedding_backward(second, gpu_ids, gpu_dout, Write::add);
     const std::vector<float> a = b.download(first), c = b.download(second);
     REQUIRE(std::memcmp(a.data(), c.data(), a.size() * sizeof(float)) == 0);
 
@@ -89,7 +94,7 @@ TEST_CASE("cuda embedding_backward gives the same bits on every run", "[gpu]") {
     // summation in two orders differs by at most ~60 * 2^-24 * sum |terms|
     // (~48) = 1.7e-4, typically far less.
     std::vector<float> expected = start;
-    b.cpu.embedding_backward(host_tensor(expected, {V, H}), host_ids(ids, {N}), host_tensor(dout, {N, H}));
+    b.cpu.embedding_backward(host_tensor(expected, {V, H}), host_ids(ids, {N}), host_tensor(dout, {N, H}), Write::add);
     require_near("dtable", a, expected, 1e-5, 2e-4);
 }
 
@@ -112,7 +117,7 @@ TEST_CASE("cuda embedding reads a bad id as a NaN row and adds nothing for it", 
     }
 
     Tensor dtable = b.upload(table, DType::F32, {V, H});
-    b.gpu.embedding_backward(dtable, gpu_ids, b.upload(dout, DType::BF16, {N, H}));
+    b.gpu.embedding_backward(dtable, gpu_ids, b.upload(dout, DType::BF16, {N, H}), Write::add);
     std::vector<float> expected = table;
     for (int64_t c = 0; c < H; ++c) {
         expected[c] += dout[c];
@@ -129,9 +134,10 @@ TEST_CASE("cuda embedding rejects wrong dtypes and shapes", "[gpu]") {
                       std::invalid_argument);
     REQUIRE_THROWS_AS(b.gpu.embedding_forward(b.zeros(DType::BF16, {N, H + 1}), ids, b.zeros(DType::BF16, {V, H})),
                       std::invalid_argument);
-    REQUIRE_THROWS_AS(b.gpu.embedding_backward(b.zeros(DType::BF16, {V, H}), ids, b.zeros(DType::BF16, {N, H})),
-                      std::invalid_argument);
+    REQUIRE_THROWS_AS(
+        b.gpu.embedding_backward(b.zeros(DType::BF16, {V, H}), ids, b.zeros(DType::BF16, {N, H}), Write::add),
+        std::invalid_argument);
     REQUIRE_THROWS_AS(b.gpu.embedding_backward(b.zeros(DType::F32, {V, H}), b.zeros(DType::I32, {N + 1}),
-                                               b.zeros(DType::BF16, {N, H})),
+                                               b.zeros(DType::BF16, {N, H}), Write::add),
                       std::invalid_argument);
 }

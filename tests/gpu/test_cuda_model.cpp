@@ -21,6 +21,7 @@
 #include "engine/model.h"
 #include "engine/trainer.h"
 #include "tests/gpu/gpu_testing.h"
+#include "tests/tiny_model.h"
 #include "tests/train_fixture.h"
 
 using namespace moe;
@@ -80,9 +81,9 @@ struct StepResult {
 };
 
 StepResult one_step(Model& model, Ops& ops, const Batch& batch) {
-    model.params().zero_grads();
+    poison_grads(model.params());  // an element the backward leaves unwritten stays NaN
     const ForwardResult r = model.forward(batch.inputs.data(), batch.targets.data());
-    model.backward(1.0);
+    model.backward(1.0, Write::overwrite);
     StepResult s{r.loss, r.aux, r.routed, {}};
     for (const Param& p : model.params().all()) {
         std::vector<float> g(static_cast<size_t>(p.numel()));

@@ -132,13 +132,12 @@ struct Reference {
 // One process, all experts, accumulating the W micro-batches: what a step of
 // W ranks must equal.
 Reference single_process_step(Model& model, const GlobalBatch& batch, int W) {
-    model.params().zero_grads();
     Reference r;
     for (int w = 0; w < W; ++w) {
         const ForwardResult f = model.forward(batch.in(w), batch.tg(w));
         r.loss += f.loss / W;
         r.aux += f.aux / W;
-        model.backward(1.0 / W);
+        model.backward(1.0 / W, w == 0 ? Write::overwrite : Write::add);
     }
     return r;
 }
@@ -158,11 +157,10 @@ void check_layout_matches_one_process(const ModelConfig& cfg, Ops& ops, const Pr
     ParameterSet& params = model.params();
     params.initialize(kSeed);
     perturb(params);
-    params.zero_grads();
     const ForwardResult f = model.forward(batch.in(rank), batch.tg(rank));
     // Gradients reduced layer by layer as the backward finishes them.
     GradientReducer reducer(params, &groups);
-    model.backward(1.0, &reducer);
+    model.backward(1.0, Write::overwrite, &reducer);
     if (cfg.moe.capacity_factor) REQUIRE(f.dropped > 0);
     std::vector<double> losses = {f.loss, f.aux};
     groups.world->all_reduce(losses.data(), 2, DType::F64, ReduceOp::Sum);
@@ -287,10 +285,9 @@ TEST_CASE("all-to-all moves each token vector once per remote expert", "[mpi]") 
             const int64_t rows_bytes = (sent + received) * H * 4;  // F32 rows: dispatch, then combine
 
             groups.ep->reset_bytes_sent_all_to_all();
-            model.params().zero_grads();
             model.forward(ids, batch.tg(groups.world_rank()));
             CHECK(groups.ep->bytes_sent_all_to_all() == L * (counts_bytes + rows_bytes));
-            model.backward(1.0);
+            model.backward(1.0, Write::overwrite);
             CHECK(groups.ep->bytes_sent_all_to_all() == L * (counts_bytes + 2 * rows_bytes));
         }
     }
