@@ -101,11 +101,7 @@ void* CudaOps::scratch(size_t bytes) {
     return scratch_;
 }
 
-void CudaOps::copy_from_host(Tensor dst, const void* src) {
-    // From pageable memory the call returns once src is staged, so the
-    // caller may reuse src at once.
-    if (dst.bytes()) MOE_CUDA_CHECK(cudaMemcpyAsync(dst.data, src, dst.bytes(), cudaMemcpyHostToDevice, stream_));
-}
+void CudaOps::copy_from_host(Tensor dst, const void* src) { uploads_.copy(dst.data, src, dst.bytes(), stream_); }
 
 void CudaOps::copy_to_host(void* dst, Tensor src) {
     if (!src.bytes()) return;

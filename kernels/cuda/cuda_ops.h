@@ -5,7 +5,8 @@
 // accumulates in fp32. Dense and grouped GEMMs go through cuBLASLt.
 //
 // All work is queued on one stream, in call order; copy_to_host, plan_routing
-// and the reductions returning a host value wait for it. Kernels never use
+// and the reductions returning a host value wait for it, copy_from_host does
+// not (it stages through a pinned ring, upload_ring.h). Kernels never use
 // atomics on floats: every output is written by one thread in a fixed order,
 // so a step gives the same bits on every run.
 //
@@ -22,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/upload_ring.h"
 #include "kernels/ops.h"
 
 namespace moe {
@@ -122,7 +124,8 @@ public:
     double* partials() const { return partials_; }
     // Pinned host doubles for results read back: room for kMaxPartials.
     double* host_results() const { return host_results_; }
-    // Device bytes for small per-call uploads (router coefficients).
+    // Device bytes for small per-call uploads (router coefficients), filled
+    // with copy_from_host.
     static constexpr size_t kUploadBytes = size_t(1) << 16;
     void* upload_area() const { return upload_; }
     // At least `bytes` of device scratch, valid until the next call; grows
@@ -144,6 +147,10 @@ private:
     void* scratch_ = nullptr;
     size_t scratch_bytes_ = 0;
     MatmulPlans* matmul_plans_ = nullptr;
+    // Pinned staging of copy_from_host: a step's uploads (token ids, a
+    // token_id plan per layer) many times over.
+    static constexpr size_t kUploadRingBytes = size_t(16) << 20;
+    cuda::UploadRing uploads_{kUploadRingBytes};
     // Which size of a GEMM changes from call to call (an expert's rows).
     enum class GemmVaries { nothing, n, k };
     // out[M,N] (column-major, ld M) = alpha op(a) op(b) + beta out (matmul.cu).

@@ -203,8 +203,7 @@ void CudaOps::router_backward(Tensor dlogits, Tensor dtopk_w, Tensor probs, Tens
               ") expected, at most " + std::to_string(kUploadBytes / sizeof(double)));
     if (N == 0) return;
     auto* coef = static_cast<double*>(upload_area());
-    MOE_CUDA_CHECK(
-        cudaMemcpyAsync(coef, aux_coef.data(), E * sizeof(double), cudaMemcpyHostToDevice, stream()));
+    copy_from_host(Tensor(coef, DType::F64, {E}), aux_coef.data());
     router_backward_kernel<<<cuda::blocks_for(N, kWarps), kThreads, 0, stream()>>>(
         dlogits.ptr<float>(), dtopk_w.empty() ? nullptr : dtopk_w.ptr<float>(), probs.ptr<float>(),
         lse.ptr<float>(), topk_idx.ptr<int32_t>(), coef, N, int(E), int(k), normalize, float(z_coef));
