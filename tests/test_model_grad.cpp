@@ -15,6 +15,13 @@ using moe::test::Variant;
 
 namespace {
 
+// n random token ids of cfg's vocabulary.
+std::vector<int32_t> random_tokens(const ModelConfig& cfg, int n, Rng& rng) {
+    std::vector<int32_t> ids(static_cast<size_t>(n));
+    for (int32_t& id : ids) id = int32_t(rng.next() % cfg.vocab_size);
+    return ids;
+}
+
 // Checks d(loss + aux)/d(every parameter) on a fixed batch of B=2, T=5.
 void check_model_gradients(const ModelConfig& cfg) {
     CpuOps ops;
@@ -29,11 +36,7 @@ void check_model_gradients(const ModelConfig& cfg) {
         if (p.shape.size() == 1)
             for (int64_t i = 0; i < p.numel(); ++i) p.value.ptr<double>()[i] += 0.1 * rng.normal();
 
-    std::vector<int32_t> inputs(B * T), targets(B * T);
-    for (int i = 0; i < B * T; ++i) {
-        inputs[i] = int32_t(rng.next() % cfg.vocab_size);
-        targets[i] = int32_t(rng.next() % cfg.vocab_size);
-    }
+    const std::vector<int32_t> inputs = random_tokens(cfg, B * T, rng), targets = random_tokens(cfg, B * T, rng);
     auto loss = [&] {
         const ForwardResult r = model.forward(inputs.data(), targets.data());
         return r.loss + r.aux;
@@ -85,17 +88,15 @@ TEST_CASE("a micro-batch's backward adds to the gradients the first one wrote", 
     ModelConfig cfg = tiny_model();
     cfg.tie_embeddings = true;
     CpuOps ops;
-    const int B = 2, T = 5;
-    Model model(cfg, ops, DType::F64, B, T);
+    Model model(cfg, ops, DType::F64, 2, 5);
     ParameterSet& params = model.params();
     params.initialize(3);
     Rng rng(17);
-    std::vector<std::vector<int32_t>> inputs(2), targets(2);
-    for (int m = 0; m < 2; ++m)
-        for (int i = 0; i < B * T; ++i) {
-            inputs[m].push_back(int32_t(rng.next() % cfg.vocab_size));
-            targets[m].push_back(int32_t(rng.next() % cfg.vocab_size));
-        }
+    std::vector<std::vector<int32_t>> inputs, targets;
+    for (int m = 0; m < 2; ++m) {
+        inputs.push_back(random_tokens(cfg, 10, rng));
+        targets.push_back(random_tokens(cfg, 10, rng));
+    }
     // Every gradient after backwards of the given micro-batches, from NaN.
     const auto gradients = [&](const std::vector<int>& micro_batches) {
         moe::test::poison_grads(params);

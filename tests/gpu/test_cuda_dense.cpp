@@ -202,32 +202,27 @@ TEST_CASE("matmul forward (with bias, into F32) and backward match the CPU", "[g
     b.gpu.matmul_forward(gy32, gx, gw, {});
     require_near("y (F32 out)", b.download(gy32), y_nobias, 1e-5, 1e-5);
 
-    std::vector<float> dy = bf16_normals(N * O, rng), dx = bf16_normals(N * I, rng);
-    std::vector<float> dw(size_t(O * I), 0.5f), db(size_t(O), -1.0f);
-    Tensor gdx = b.upload(dx, DType::BF16, {N, I}), gdw = b.upload(dw, DType::F32, {O, I});
-    Tensor gdb = b.upload(db, DType::F32, {O});
+    std::vector<float> dy = bf16_normals(N * O, rng);
     Tensor gdy = b.upload(dy, DType::BF16, {N, O});
-    b.gpu.matmul_backward(gdx, gdw, gdb, gdy, gx, gw, Write::add, Write::add);
-    b.cpu.matmul_backward(host_tensor(dx, {N, I}), host_tensor(dw, {O, I}), host_tensor(db, {O}),
-                          host_tensor(dy, {N, O}), host_tensor(x, {N, I}), host_tensor(w, {O, I}), Write::add,
-                          Write::add);
-    require_near("dx", b.download(gdx), dx, kBf16Rtol, kBf16Atol);
-    require_near("dw", b.download(gdw), dw, 1e-5, 1e-4);
-    require_near("db", b.download(gdb), db, 1e-5, 1e-4);
-
-    // Overwriting: the garbage the gradients held (NaN included) leaves no trace.
+    // The backward from given gradients, added to or written over (then the
+    // garbage they held, NaN included, must leave no trace), against the CPU.
+    const auto check_backward = [&](Write write, std::vector<float> dx, std::vector<float> dw, std::vector<float> db) {
+        INFO((write == Write::add ? "adding" : "overwriting"));
+        Tensor gdx = b.upload(dx, DType::BF16, {N, I}), gdw = b.upload(dw, DType::F32, {O, I});
+        Tensor gdb = b.upload(db, DType::F32, {O});
+        b.gpu.matmul_backward(gdx, gdw, gdb, gdy, gx, gw, write, write);
+        b.cpu.matmul_backward(host_tensor(dx, {N, I}), host_tensor(dw, {O, I}), host_tensor(db, {O}),
+                              host_tensor(dy, {N, O}), host_tensor(x, {N, I}), host_tensor(w, {O, I}), write, write);
+        require_near("dx", b.download(gdx), dx, kBf16Rtol, kBf16Atol);
+        require_near("dw", b.download(gdw), dw, 1e-5, 1e-4);
+        require_near("db", b.download(gdb), db, 1e-5, 1e-4);
+    };
+    check_backward(Write::add, bf16_normals(N * I, rng), std::vector<float>(size_t(O * I), 0.5f),
+                   std::vector<float>(size_t(O), -1.0f));
     std::vector<float> dx_garbage = bf16_normals(N * I, rng), dw_garbage = bf16_normals(O * I, rng),
                        db_garbage = bf16_normals(O, rng);
     dx_garbage[5] = dw_garbage[9] = db_garbage[2] = NAN;
-    Tensor gdx_over = b.upload(dx_garbage, DType::BF16, {N, I}), gdw_over = b.upload(dw_garbage, DType::F32, {O, I});
-    Tensor gdb_over = b.upload(db_garbage, DType::F32, {O});
-    b.gpu.matmul_backward(gdx_over, gdw_over, gdb_over, gdy, gx, gw, Write::overwrite, Write::overwrite);
-    b.cpu.matmul_backward(host_tensor(dx, {N, I}), host_tensor(dw, {O, I}), host_tensor(db, {O}),
-                          host_tensor(dy, {N, O}), host_tensor(x, {N, I}), host_tensor(w, {O, I}), Write::overwrite,
-                          Write::overwrite);
-    require_near("dx overwritten", b.download(gdx_over), dx, kBf16Rtol, kBf16Atol);
-    require_near("dw overwritten", b.download(gdw_over), dw, 1e-5, 1e-4);
-    require_near("db overwritten", b.download(gdb_over), db, 1e-5, 1e-4);
+    check_backward(Write::overwrite, dx_garbage, dw_garbage, db_garbage);
 }
 
 TEST_CASE("grouped matmul matches the CPU with an expert that gets no row", "[gpu]") {
