@@ -40,10 +40,9 @@ const char* kUsage =
     "  layer by layer during the backward, or after it with --no-overlap.\n";
 
 struct Args {
-    std::string config;
+    moe::ConfigFlags config;
     int steps = 20, warmup = 3, phase_steps = 5;
     bool overlap = true;
-    std::vector<std::string> overrides;
 };
 
 Args parse(int argc, char** argv) {
@@ -51,15 +50,14 @@ Args parse(int argc, char** argv) {
     moe::ToolArgs args(kProgram, kUsage, argc, argv);
     while (args.next()) {
         const std::string& arg = args.arg();
-        if (arg == "--config") a.config = args.value();
-        else if (arg == "--steps") a.steps = int(args.integer(1));
+        if (args.config_flag(a.config)) continue;
+        if (arg == "--steps") a.steps = int(args.integer(1));
         else if (arg == "--warmup") a.warmup = int(args.integer(0));
         else if (arg == "--phase-steps") a.phase_steps = int(args.integer(0));
-        else if (arg == "--set") a.overrides.push_back(args.value());
         else if (arg == "--no-overlap") a.overlap = false;
         else args.fail_with_usage("unknown argument '" + arg + "'");
     }
-    if (a.config.empty()) args.fail_with_usage("--config is required");
+    args.require_config(a.config);
     return a;
 }
 
@@ -70,7 +68,7 @@ double since(std::chrono::steady_clock::time_point t0) {
 int run(const Args& args) {
     moe::Config cfg;
     std::unique_ptr<moe::Communicator> world_comm = moe::MpiCommunicator::world();
-    moe::on_all_ranks(world_comm.get(), [&] { cfg = moe::load_config(args.config, args.overrides); });
+    moe::on_all_ranks(world_comm.get(), [&] { cfg = moe::load_config(args.config.path, args.config.overrides); });
     std::unique_ptr<moe::Ops> ops;
     moe::on_all_ranks(world_comm.get(), [&] { ops = moe::make_backend(cfg.run, world_comm.get()); });
     world_comm = moe::world_for_backend(std::move(world_comm), *ops, cfg.parallel);
@@ -114,7 +112,7 @@ int run(const Args& args) {
         loss = r.loss;
     };
     if (lead)
-        spdlog::info("moe-bench: {} on {} ({} rank(s), ep {}), micro-batch {} x {} tokens per rank", args.config,
+        spdlog::info("moe-bench: {} on {} ({} rank(s), ep {}), micro-batch {} x {} tokens per rank", args.config.path,
                      ops->device_name(), groups.world_size(), groups.ep_size(), B, T);
     int64_t n = 1;
     for (int i = 0; i < args.warmup; ++i) step(n++);

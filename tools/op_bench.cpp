@@ -33,9 +33,8 @@ const char* kUsage =
     "  warm-up call, default 20) and prints time, GB/s and TFLOP/s per op.\n";
 
 struct Args {
-    std::string config;
+    moe::ConfigFlags config;
     int reps = 20;
-    std::vector<std::string> overrides;
 };
 
 Args parse(int argc, char** argv) {
@@ -43,12 +42,11 @@ Args parse(int argc, char** argv) {
     moe::ToolArgs args(kProgram, kUsage, argc, argv);
     while (args.next()) {
         const std::string& arg = args.arg();
-        if (arg == "--config") a.config = args.value();
-        else if (arg == "--reps") a.reps = int(args.integer(1));
-        else if (arg == "--set") a.overrides.push_back(args.value());
+        if (args.config_flag(a.config)) continue;
+        if (arg == "--reps") a.reps = int(args.integer(1));
         else args.fail_with_usage("unknown argument '" + arg + "'");
     }
-    if (a.config.empty()) args.fail_with_usage("--config is required");
+    args.require_config(a.config);
     return a;
 }
 
@@ -114,7 +112,7 @@ std::string dims(std::initializer_list<int64_t> d) {
 }
 
 int run(const Args& args) {
-    const moe::Config cfg = moe::load_config(args.config, args.overrides);
+    const moe::Config cfg = moe::load_config(args.config.path, args.config.overrides);
     std::unique_ptr<moe::Ops> backend = moe::make_backend(cfg.run, nullptr);
     moe::Ops& ops = *backend;
     const moe::Precision pr = ops.training_precision();
@@ -138,7 +136,7 @@ int run(const Args& args) {
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / args.reps;
         rows.push_back({op, shape, per_step, bytes, flops, s});
     };
-    spdlog::info("moe-opbench: {} on {}, {} tokens per micro-batch, {} calls per op", args.config,
+    spdlog::info("moe-opbench: {} on {}, {} tokens per micro-batch, {} calls per op", args.config.path,
                  ops.device_name(), N, args.reps);
 
     // Tokens, and a routing plan with every expert equally loaded.

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 namespace moe {
 
@@ -14,6 +15,12 @@ namespace moe {
     std::fprintf(stderr, "%s: %s\n", program, message.c_str());
     std::exit(2);
 }
+
+// A config file and its --set key=value overrides, as the benchmarks take them.
+struct ConfigFlags {
+    std::string path;
+    std::vector<std::string> overrides;
+};
 
 // A tool's command line, one argument at a time. --help and -h print the
 // usage and exit 0; a missing or bad flag value ends the program with one
@@ -48,6 +55,17 @@ public:
         if (!*text || *end || errno || v < min)
             fail(arg_ + " takes an integer >= " + std::to_string(min) + ", got '" + text + "'");
         return v;
+    }
+    // Takes this argument when it is --config FILE or --set key=value.
+    bool config_flag(ConfigFlags& c) {
+        if (arg_ == "--config") c.path = value();
+        else if (arg_ == "--set") c.overrides.push_back(value());
+        else return false;
+        return true;
+    }
+    // After the last argument: --config was given.
+    void require_config(const ConfigFlags& c) const {
+        if (c.path.empty()) fail_with_usage("--config is required");
     }
     [[noreturn]] void fail(const std::string& message) const { exit_with_error(program_, message); }
     // The message, then the usage.
