@@ -7,6 +7,15 @@
 
 namespace moe {
 
+// One line of a metrics file: its fields in order; null (a NaN or infinity
+// when written) reads as NaN.
+using MetricsLine = std::vector<std::pair<std::string, double>>;
+
+// The lines of a metrics file. A malformed line throws DataError naming the
+// file and the line; a last line without its newline (still being written)
+// is left out.
+std::vector<MetricsLine> read_metrics(const std::string& path);
+
 // Keeps the lines of an existing metrics file up to step last_step: a resumed
 // run drops what its predecessor logged after the checkpoint; 0 empties it.
 void truncate_metrics(const std::string& path, int last_step);
@@ -20,7 +29,7 @@ public:
 
     // Writes {"k": v, ...} as one line and flushes it; doubles in full (%.17g),
     // so a resumed run's losses can be compared bit for bit.
-    void write(const std::vector<std::pair<std::string, double>>& fields);
+    void write(const MetricsLine& fields);
 
 private:
     std::FILE* file_ = nullptr;

@@ -6,7 +6,7 @@
 # munge and iproute2 for the cluster tests (tests/cluster).
 set -euo pipefail
 
-packages=(cmake ninja-build g++ libyaml-cpp-dev libspdlog-dev catch2 libopenmpi-dev openmpi-bin fortunes)
+packages=(cmake ninja-build g++ libyaml-cpp-dev libspdlog-dev catch2 libopenmpi-dev openmpi-bin zlib1g-dev fortunes)
 for flag in "$@"; do
   case "$flag" in
     --parity) packages+=(python3-torch python3-yaml python3-numpy) ;;

@@ -3,7 +3,8 @@
 # missing, builds, prepares the demo data and trains configs/tiny.yaml on the
 # CPU as 2 processes (MOE_RANKS) with its experts split between them (expert
 # parallel 2). Run again, it continues from the newest checkpoint in
-# runs/tiny (Ctrl-C saves one). Extra arguments go to moe-train (e.g.
+# runs/tiny (Ctrl-C saves one). It ends with the run's charts in
+# runs/tiny/metrics.png. Extra arguments go to moe-train (e.g.
 # --set train.steps=2000 to train further).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,5 +23,6 @@ if [ "$(nproc)" -lt "$ranks" ]; then export OMPI_MCA_rmaps_base_oversubscribe=1;
 mpirun -np "$ranks" --bind-to none build/moe-train --config configs/tiny.yaml \
     --set parallel.expert_parallel="$ranks" --resume auto "$@"
 
+build/moe-plot runs/tiny  # the run's charts: runs/tiny/metrics.png
 entropy=$(awk '/unigram_entropy_nats/ {print $2}' data/fortunes/stats.txt)
 echo "unigram entropy of the training text: $entropy nats/token (what a model blind to context reaches)"

@@ -2,8 +2,6 @@
 // checkpoints of a small byte-level model trained here: what they print, what
 // export writes (exactly the checkpoint's weights, loadable by --init-from),
 // reproducible sampling, and one-line refusals (exit 2) of broken checkpoints.
-#include <sys/wait.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <deque>
@@ -27,35 +25,14 @@
 
 using namespace moe;
 using moe::test::contains;
+using moe::test::ProgramResult;
+using moe::test::run_program;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-    int exit_code;
-    std::string output;  // stdout and stderr
-};
-
-std::string quoted(const std::string& s) {
-    std::string out = "'";
-    for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return out + "'";
-}
-
-Result run(const std::string& program, const std::vector<std::string>& args) {
-    std::string command = "OMP_NUM_THREADS=1 " + quoted(program);
-    for (const std::string& a : args) command += " " + quoted(a);
-    FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-    REQUIRE(pipe);
-    std::string output;
-    char buf[4096];
-    for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) output.append(buf, n);
-    const int status = pclose(pipe);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output};
-}
-
-Result checkpoint_tool(const std::vector<std::string>& args) { return run(MOE_CHECKPOINT_TOOL, args); }
-Result generate(const std::vector<std::string>& args) { return run(MOE_GENERATE_TOOL, args); }
+ProgramResult checkpoint_tool(const std::vector<std::string>& args) { return run_program(MOE_CHECKPOINT_TOOL, args); }
+ProgramResult generate(const std::vector<std::string>& args) { return run_program(MOE_GENERATE_TOOL, args); }
 
 // A byte-level model of 4 experts trained 6 steps, a checkpoint every 3.
 Config trained(const std::string& name) {
@@ -153,7 +130,7 @@ TEST_CASE("moe-checkpoint inspects and exports checkpoints of any layout", "[uni
 
     SECTION("inspect: progress, config, checksums and every tensor, for a run or a checkpoint directory") {
         for (const std::string& dir : {c.run.out_dir, two}) {
-            const Result r = checkpoint_tool({"inspect", dir});
+            const ProgramResult r = checkpoint_tool({"inspect", dir});
             INFO(r.output);
             REQUIRE(r.exit_code == 0);
             REQUIRE(contains(r.output, "step        6"));
@@ -171,7 +148,7 @@ TEST_CASE("moe-checkpoint inspects and exports checkpoints of any layout", "[uni
     }
 
     SECTION("generate reads the parts of any layout") {
-        const Result one = generate({latest, "--prompt", "abc", "--tokens", "8", "--temperature", "0"});
+        const ProgramResult one = generate({latest, "--prompt", "abc", "--tokens", "8", "--temperature", "0"});
         REQUIRE(one.exit_code == 0);
         REQUIRE(generate({two, "--prompt", "abc", "--tokens", "8", "--temperature", "0"}).output == one.output);
     }
@@ -179,7 +156,7 @@ TEST_CASE("moe-checkpoint inspects and exports checkpoints of any layout", "[uni
     SECTION("export merges the parts into the checkpoint's weights, which --init-from loads") {
         const std::string out = c.run.out_dir + "-export";
         fs::remove_all(out);
-        const Result r = checkpoint_tool({"export", two, "--out", out});
+        const ProgramResult r = checkpoint_tool({"export", two, "--out", out});
         INFO(r.output);
         REQUIRE(r.exit_code == 0);
         const SafetensorsFile exported(out + "/model.safetensors"), saved(latest + "/" + part("model", 0, 1));
@@ -207,7 +184,7 @@ TEST_CASE("moe-checkpoint inspects and exports checkpoints of any layout", "[uni
         CpuOps ops;
         REQUIRE_NOTHROW(train(fresh, ops, opts));
 
-        const Result again = checkpoint_tool({"export", two, "--out", out});
+        const ProgramResult again = checkpoint_tool({"export", two, "--out", out});
         REQUIRE(again.exit_code == 2);
         REQUIRE(contains(again.output, "--force"));
         REQUIRE(checkpoint_tool({"export", two, "--out", out, "--force"}).exit_code == 0);
@@ -220,7 +197,7 @@ TEST_CASE("moe-generate samples reproducibly from a checkpoint", "[unit]") {
     const auto text = [&](std::vector<std::string> extra) {
         std::vector<std::string> args = {c.run.out_dir, "--prompt", prompt, "--tokens", "24"};
         args.insert(args.end(), extra.begin(), extra.end());
-        const Result r = generate(args);
+        const ProgramResult r = generate(args);
         INFO(r.output);
         REQUIRE(r.exit_code == 0);
         REQUIRE(r.output.size() == prompt.size() + 24);  // the prompt, then 24 bytes
@@ -233,7 +210,7 @@ TEST_CASE("moe-generate samples reproducibly from a checkpoint", "[unit]") {
     // A context longer than train.seq_len (16) keeps its last 16 tokens.
     REQUIRE(generate({c.run.out_dir, "--prompt", std::string(40, 'x'), "--tokens", "3"}).exit_code == 0);
 
-    const Result bad = generate({c.run.out_dir, "--prompt", "x", "--top-k", "-1"});
+    const ProgramResult bad = generate({c.run.out_dir, "--prompt", "x", "--top-k", "-1"});
     REQUIRE(bad.exit_code == 2);
     REQUIRE(contains(bad.output, "--top-k takes an integer >= 0"));
 }
@@ -245,7 +222,7 @@ TEST_CASE("moe-generate reads and writes token ids for vocabularies other than b
     c.eval.every = 0;
     CpuOps ops;
     train(c, ops);
-    const Result r = generate({c.run.out_dir, "--prompt", "1 2  3", "--tokens", "5"});
+    const ProgramResult r = generate({c.run.out_dir, "--prompt", "1 2  3", "--tokens", "5"});
     INFO(r.output);
     REQUIRE(r.exit_code == 0);
     REQUIRE(r.output.rfind("1 2 3 ", 0) == 0);
@@ -254,7 +231,7 @@ TEST_CASE("moe-generate reads and writes token ids for vocabularies other than b
     for (int id; printed >> id;) ids.push_back(id);
     REQUIRE(ids.size() == 8);
     for (int id : ids) REQUIRE((id >= 0 && id < 16));
-    const Result bad = generate({c.run.out_dir, "--prompt", "1 16"});
+    const ProgramResult bad = generate({c.run.out_dir, "--prompt", "1 16"});
     REQUIRE(bad.exit_code == 2);
     REQUIRE(contains(bad.output, "token ids in [0, 16)"));
 }
@@ -269,7 +246,7 @@ TEST_CASE("broken checkpoints are refused with one line naming the problem", "[u
     flip_last_byte(dir + "/" + file);
 
     SECTION("a corrupted part: inspect reports it, export and generate refuse") {
-        const Result inspect = checkpoint_tool({"inspect", dir});
+        const ProgramResult inspect = checkpoint_tool({"inspect", dir});
         INFO(inspect.output);
         REQUIRE(inspect.exit_code == 2);
         REQUIRE(contains(inspect.output, file + " "));
@@ -277,7 +254,7 @@ TEST_CASE("broken checkpoints are refused with one line naming the problem", "[u
         REQUIRE(contains(inspect.output, "lm_head.weight"));  // the report is still whole
         REQUIRE(contains(inspect.output, "moe-checkpoint: checkpoint '" + dir + "': file " + file + " is corrupted"));
 
-        for (const Result& r : {checkpoint_tool({"export", dir, "--out", dir + "-export"}),
+        for (const ProgramResult& r : {checkpoint_tool({"export", dir, "--out", dir + "-export"}),
                                 generate({dir, "--prompt", "x", "--tokens", "2"})}) {
             INFO(r.output);
             REQUIRE(r.exit_code == 2);
@@ -288,7 +265,7 @@ TEST_CASE("broken checkpoints are refused with one line naming the problem", "[u
     }
 
     SECTION("missing, incomplete and truncated checkpoints, and bad arguments") {
-        const auto refused = [](const Result& r, const std::string& why) {
+        const auto refused = [](const ProgramResult& r, const std::string& why) {
             INFO(r.output);
             REQUIRE(r.exit_code == 2);
             REQUIRE(contains(r.output, why));

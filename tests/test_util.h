@@ -1,7 +1,12 @@
-// Small helpers the tests share: scratch directories and error messages.
+// Small helpers the tests share: scratch directories, error messages, and
+// running the tools as processes.
 #pragma once
+#include <sys/wait.h>
+
+#include <cstdio>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "tests/catch.h"
 
@@ -24,6 +29,31 @@ template <class E, class F> std::string error_of(F f) {
     }
     FAIL("the expected exception was not thrown");
     return "";
+}
+
+// What a program run by run_program did.
+struct ProgramResult {
+    int exit_code;       // 128 + the signal when one ended it
+    std::string output;  // stdout and stderr
+};
+
+inline std::string shell_quoted(const std::string& s) {
+    std::string out = "'";
+    for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return out + "'";
+}
+
+// Runs program with args (one OpenMP thread) and waits for it.
+inline ProgramResult run_program(const std::string& program, const std::vector<std::string>& args) {
+    std::string command = "OMP_NUM_THREADS=1 " + shell_quoted(program);
+    for (const std::string& a : args) command += " " + shell_quoted(a);
+    FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+    REQUIRE(pipe);
+    std::string output;
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) output.append(buf, n);
+    const int status = pclose(pipe);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output};
 }
 
 inline bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }

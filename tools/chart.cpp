@@ -1,0 +1,176 @@
+#include "tools/chart.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+
+namespace moe {
+
+namespace {
+
+const Rgb kInk{40, 40, 40}, kGrid{225, 225, 225}, kWhite{255, 255, 255};
+constexpr int kTitleScale = 2, kLabelScale = 2;
+
+double nice_step(double range, int max_ticks) {
+    const double raw = range / std::max(1, max_ticks);
+    const double power = std::pow(10.0, std::floor(std::log10(raw)));
+    for (double m : {1.0, 2.0, 5.0})
+        if (m * power >= raw * (1 - 1e-9)) return m * power;
+    return 10 * power;
+}
+
+// The finite y range of the panel's points; NaN when there are none.
+std::pair<double, double> y_range(const Panel& panel) {
+    double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+    for (const Series& s : panel.series)
+        for (const auto& p : s.points)
+            if (std::isfinite(p.second)) {
+                lo = std::min(lo, p.second);
+                hi = std::max(hi, p.second);
+            }
+    if (lo > hi) return {std::nan(""), std::nan("")};
+    return {lo, hi};
+}
+
+void draw_marker(Canvas& c, int x, int y, Rgb color) { c.fill_rect(x - 3, y - 3, x + 3, y + 3, color); }
+
+}  // namespace
+
+int PlotArea::px(double x) const {
+    return left + int(std::lround((x - x_lo) / (x_hi - x_lo) * (right - left)));
+}
+int PlotArea::py(double y) const {
+    return bottom - int(std::lround((y - y_lo) / (y_hi - y_lo) * (bottom - top)));
+}
+
+std::vector<double> nice_ticks(double lo, double hi, int max_ticks) {
+    if (!(hi > lo)) {  // one value: a small range around it
+        const double pad = lo != 0 ? std::fabs(lo) * 0.05 : 1.0;
+        lo -= pad;
+        hi += pad;
+    }
+    const double step = nice_step(hi - lo, max_ticks);
+    std::vector<double> ticks;
+    const double first = std::floor(lo / step + 1e-9), last = std::ceil(hi / step - 1e-9);
+    for (double i = first; i <= last; ++i) ticks.push_back(i * step == 0 ? 0.0 : i * step);
+    return ticks;
+}
+
+std::string tick_label(double value, double step) {
+    char buf[32];
+    const double mag = std::max(std::fabs(value), step);
+    if (value == 0) return "0";
+    if (step >= 1e3) {  // thousands and millions
+        const double unit = step >= 1e5 ? 1e6 : 1e3;
+        const int decimals = std::max(0, int(std::ceil(-std::log10(step / unit) - 1e-9)));
+        std::snprintf(buf, sizeof buf, "%.*f%s", decimals, value / unit, unit == 1e6 ? "M" : "k");
+    } else if (step < 1e-3) {  // mantissa digits that tell the ticks apart
+        const int exponent = int(std::floor(std::log10(mag)));
+        const int decimals = std::max(0, int(std::ceil(exponent - std::log10(step) - 1e-9)));
+        std::snprintf(buf, sizeof buf, "%.*e", decimals, value);
+    } else {
+        const int decimals = std::max(0, int(std::ceil(-std::log10(step) - 1e-9)));
+        std::snprintf(buf, sizeof buf, "%.*f", decimals, value);
+    }
+    return buf;
+}
+
+PlotArea draw_panel(Canvas& canvas, int x0, int y0, int x1, int y1, const Panel& panel, double x_lo, double x_hi) {
+    const int th = Canvas::text_height(kTitleScale), lh = Canvas::text_height(kLabelScale);
+    canvas.text(x0, y0, panel.title, kInk, kTitleScale);
+
+    const auto range = y_range(panel);
+    const std::vector<double> yt =
+        std::isnan(range.first) ? std::vector<double>{0.0, 1.0} : nice_ticks(range.first, range.second, 5);
+    const double ystep = yt.size() > 1 ? yt[1] - yt[0] : 1.0;
+    if (!(x_hi > x_lo)) x_hi = x_lo + 1;
+    const std::vector<double> xt = nice_ticks(x_lo, x_hi, 6);
+    const double xstep = xt.size() > 1 ? xt[1] - xt[0] : 1.0;
+
+    int label_w = 0;
+    for (double v : yt) label_w = std::max(label_w, Canvas::text_width(tick_label(v, ystep), kLabelScale));
+    PlotArea a;
+    a.left = x0 + label_w + 8;
+    a.top = y0 + th + 14;
+    a.right = x1;
+    a.bottom = y1 - lh - 8;
+    a.x_lo = x_lo;
+    a.x_hi = x_hi;
+    a.y_lo = yt.front();
+    a.y_hi = yt.back();
+
+    // Grid and labels; x ticks outside [x_lo, x_hi] are left out.
+    for (double v : yt) {
+        const int y = a.py(v);
+        canvas.line(a.left, y, a.right, y, kGrid);
+        const std::string s = tick_label(v, ystep);
+        canvas.text(a.left - 6 - Canvas::text_width(s, kLabelScale), y - lh / 2, s, kInk, kLabelScale);
+    }
+    for (double v : xt) {
+        if (v < x_lo - 1e-9 * xstep || v > x_hi + 1e-9 * xstep) continue;
+        const int x = a.px(v);
+        canvas.line(x, a.top, x, a.bottom, kGrid);
+        const std::string s = tick_label(v, xstep);
+        const int w = Canvas::text_width(s, kLabelScale);
+        canvas.text(std::min(std::max(x - w / 2, a.left), x1 - w), a.bottom + 6, s, kInk, kLabelScale);
+    }
+
+    for (const Series& s : panel.series) {
+        bool have_prev = false;
+        int px = 0, py = 0;
+        for (const auto& p : s.points) {
+            if (!std::isfinite(p.second) || p.first < x_lo || p.first > x_hi) {
+                have_prev = false;
+                continue;
+            }
+            const int x = a.px(p.first), y = a.py(p.second);
+            if (s.markers)
+                draw_marker(canvas, x, y, s.color);
+            else if (have_prev)
+                canvas.line(px, py, x, y, s.color, 2);
+            else
+                canvas.line(x, y, x, y, s.color, 2);
+            px = x;
+            py = y;
+            have_prev = true;
+        }
+    }
+
+    // Frame last, over the data's edge pixels.
+    canvas.line(a.left, a.top, a.right, a.top, kInk);
+    canvas.line(a.left, a.bottom, a.right, a.bottom, kInk);
+    canvas.line(a.left, a.top, a.left, a.bottom, kInk);
+    canvas.line(a.right, a.top, a.right, a.bottom, kInk);
+
+    // Legend: top right inside the plot, one row a labelled series.
+    int rows = 0, legend_w = 0;
+    for (const Series& s : panel.series)
+        if (!s.label.empty()) {
+            ++rows;
+            legend_w = std::max(legend_w, Canvas::text_width(s.label, kLabelScale));
+        }
+    if (rows) {
+        const int row_h = lh + 6, swatch = 24;
+        const int lx1 = a.right - 6, lx0 = lx1 - (legend_w + swatch + 18), ly0 = a.top + 6;
+        canvas.fill_rect(lx0, ly0, lx1, ly0 + rows * row_h + 6, kWhite);
+        canvas.line(lx0, ly0, lx1, ly0, kGrid);
+        canvas.line(lx0, ly0 + rows * row_h + 6, lx1, ly0 + rows * row_h + 6, kGrid);
+        canvas.line(lx0, ly0, lx0, ly0 + rows * row_h + 6, kGrid);
+        canvas.line(lx1, ly0, lx1, ly0 + rows * row_h + 6, kGrid);
+        int r = 0;
+        for (const Series& s : panel.series) {
+            if (s.label.empty()) continue;
+            const int cy = ly0 + 6 + r * row_h + lh / 2, sx = lx0 + 6;
+            if (s.markers)
+                draw_marker(canvas, sx + swatch / 2, cy, s.color);
+            else
+                canvas.line(sx, cy, sx + swatch, cy, s.color, 2);
+            canvas.text(sx + swatch + 6, cy - lh / 2, s.label, kInk, kLabelScale);
+            ++r;
+        }
+    }
+    return a;
+}
+
+}  // namespace moe
