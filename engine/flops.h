@@ -1,4 +1,4 @@
-// Model FLOPs per trained token (MODEL.md "FLOPs counted for MFU"): 3 * F.
+// Model FLOPs per trained token (MODEL.md "FLOPs counted for MFU"): 3 * F, and MFU.
 #pragma once
 #include "engine/config.h"
 
@@ -15,5 +15,13 @@ inline double forward_flops_per_token(const ModelConfig& m, int seq_len) {
 }
 
 inline double train_flops_per_token(const ModelConfig& m, int seq_len) { return 3 * forward_flops_per_token(m, seq_len); }
+
+// MFU's denominator: one H100/H200 SXM GPU's dense bf16 peak, TFLOP/s.
+constexpr double kGpuPeakTflops = 989.4;
+
+// The share of `gpus` GPUs' peak that training at tokens_per_s uses.
+inline double model_flops_utilization(const ModelConfig& m, int seq_len, double tokens_per_s, int gpus) {
+    return train_flops_per_token(m, seq_len) * tokens_per_s / (gpus * kGpuPeakTflops * 1e12);
+}
 
 }  // namespace moe

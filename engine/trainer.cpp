@@ -1,5 +1,6 @@
 #include "engine/trainer.h"
 
+#include <spdlog/fmt/fmt.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -182,6 +183,7 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
     AdamW optimizer(cfg.optimizer, params);
 
     const double flops_per_token = train_flops_per_token(mc, T);
+    const bool gpu = ops.device() == Device::CUDA;
     const int64_t tokens_per_step = int64_t(B) * T * A * world;
     if (groups) {
         const std::vector<RankPlace> places = gather_places(*groups->world, ops.device_name());
@@ -303,10 +305,15 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
             if (lead && ((step + 1) % cfg.log.every == 0 || step == progress.step || step + 1 == steps)) {
                 const double avg_tok_s = tokens_per_step * timed_steps / timed_s;
                 const double eta = (steps - step - 1) * timed_s / timed_steps;
+                // On GPUs, model TFLOP/s and MFU; on CPUs, GFLOP/s.
+                const double flops = avg_tok_s * flops_per_token;
+                const std::string speed =
+                    gpu ? fmt::format("{:.1f} TFLOP/s | MFU {:.1f}%", flops / 1e12,
+                                      100 * model_flops_utilization(mc, T, avg_tok_s, world))
+                        : fmt::format("{:.2f} GFLOP/s", flops / 1e9);
                 spdlog::info("step {:>5}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | grad {:.3f} | {:.0f} tok/s | "
-                             "{:.2f} GFLOP/s | load max/mean {:.2f}{} | eta {}",
-                             step + 1, steps, loss, aux, lr, grad_norm, avg_tok_s,
-                             avg_tok_s * flops_per_token / 1e9, imbalance,
+                             "{} | load max/mean {:.2f}{} | eta {}",
+                             step + 1, steps, loss, aux, lr, grad_norm, avg_tok_s, speed, imbalance,
                              dropped ? " | dropped " + std::to_string(dropped) : std::string(), format_duration(eta));
             }
         }

@@ -29,7 +29,6 @@
 namespace {
 
 constexpr const char* kProgram = "moe-bench";
-constexpr double kPeakTflops = 989.4;  // H100/H200 SXM dense bf16 (MODEL.md)
 
 const char* kUsage =
     "usage: moe-bench --config FILE [--steps N] [--warmup N] [--phase-steps N] [--no-overlap]\n"
@@ -144,8 +143,8 @@ int run(const Args& args) {
                     groups.world_size());
         std::printf("model TFLOP/s  %.4g in all, %.4g per rank", tflops, tflops / groups.world_size());
         if (gpu)
-            std::printf("; MFU %.1f%% of %.1f TFLOP/s per GPU\n", 100 * tflops / groups.world_size() / kPeakTflops,
-                        kPeakTflops);
+            std::printf("; MFU %.1f%% of %.1f TFLOP/s per GPU\n",
+                        100 * moe::model_flops_utilization(mc, T, tok_s, groups.world_size()), moe::kGpuPeakTflops);
         else
             std::printf(" (no MFU on the CPU)\n");
         if (gpu)
