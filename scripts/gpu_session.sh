@@ -28,7 +28,7 @@ export out build njobs
 # mpirun as root (the lent machines run commands as root)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # seconds each stage may take
-declare -A limit=([build]=240 [test]=200 [bench]=200 [staged]=200 [train]=120 [unit]=180 [sanitize]=480)
+declare -A limit=([build]=240 [test]=200 [bench]=200 [staged]=200 [train]=180 [unit]=180 [sanitize]=480)
 summary="$out/summary.txt"
 : > "$summary"
 
@@ -111,7 +111,8 @@ do_staged() {
 }
 
 # A short real run: demo data if present, else shards of this repository's
-# text; then a resume from its checkpoint.
+# text; then a resume from its checkpoint; then the same two runs on the CPU,
+# both curves in OUT/train-gpu-vs-cpu.png.
 do_train() {
   local data=data/fortunes
   if [ ! -f "$data/stats.txt" ]; then
@@ -119,12 +120,19 @@ do_train() {
     mapfile -t files < <(git ls-files '*.md' '*.cpp' '*.h' '*.cu' | head -200)
     "$build/moe-shards" --out "$data" "${files[@]}" || return 1
   fi
-  local run="$out/train-run"
+  local run="$out/train-gpu"
   rm -rf "$run"
-  local args=(--config configs/tiny.yaml --set run.device=cuda --set "run.out_dir=$run"
-              --set "data.train=$data/train_*.bin" --set "data.val=$data/val_*.bin")
-  "$build/moe-train" "${args[@]}" --set train.steps=200 &&
-    "$build/moe-train" "${args[@]}" --set train.steps=300 --resume auto
+  local args=(--config configs/tiny.yaml --set "data.train=$data/train_*.bin" --set "data.val=$data/val_*.bin")
+  local cpu="$out/train-cpu" device
+  rm -rf "$cpu"
+  for device in cuda cpu; do
+    local dir=$run
+    [ $device = cpu ] && dir=$cpu
+    "$build/moe-train" "${args[@]}" --set run.device=$device --set "run.out_dir=$dir" --set train.steps=200 &&
+      "$build/moe-train" "${args[@]}" --set run.device=$device --set "run.out_dir=$dir" --set train.steps=300 \
+        --resume auto || return 1
+  done
+  "$build/moe-plot" "$run" "$cpu" -o "$out/train-gpu-vs-cpu.png"
 }
 
 export -f do_build do_test do_unit do_sanitize do_bench do_staged do_train
@@ -142,6 +150,7 @@ for f in bench staged; do
   [ -f "$out/$f.log" ] && grep -E "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^  [a-z]|^these ops" \
     "$out/$f.log" >> "$summary"
 done
+[ -f "$out/train.log" ] && grep -E "final validation loss|train-gpu-vs-cpu.png" "$out/train.log" >> "$summary"
 for f in test unit; do
   [ -f "$out/$f.log" ] && grep -E "tests passed|tests failed|\(Failed\)|\(Not Run\)|Skipped" "$out/$f.log" >> "$summary"
 done
