@@ -52,8 +52,8 @@ void check_same_on_all_ranks(Communicator& world, const std::string& what, const
         differing += (differing.empty() ? "" : ", ") + std::to_string(r);
     }
     if (!differing.empty())
-        throw CommError("ranks were started with different " + what + ": rank(s) " + differing +
-                        " differ from rank 0; start every rank with the same " + what);
+        throw JobError(0, "ranks were started with different " + what + ": rank(s) " + differing +
+                              " differ from rank 0; start every rank with the same " + what);
 }
 
 }  // namespace moe

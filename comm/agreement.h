@@ -42,7 +42,7 @@ template <class F> void on_all_ranks(Communicator* world, F&& f) {
 // Every rank's text, in rank order, on every rank. Collective.
 std::vector<std::string> all_gather_strings(Communicator& world, const std::string& text);
 
-// Throws CommError on every rank, naming the ranks whose `text` differs from
+// Throws JobError on every rank, naming the ranks whose `text` differs from
 // rank 0's, unless all ranks hold the same text. `what` names the text in the
 // message (e.g. "config"). Collective over world.
 void check_same_on_all_ranks(Communicator& world, const std::string& what, const std::string& text);

@@ -1,5 +1,9 @@
 #include "comm/nccl_communicator.h"
 
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
 #include <string>
 
 #include "comm/device_staging.h"
@@ -42,6 +46,13 @@ bool on_device(const void* a, const void* b = nullptr) {
 
 NcclCommunicator::NcclCommunicator(std::unique_ptr<Communicator> host, cudaStream_t compute)
     : host_(std::move(host)), compute_(compute) {
+    // The world, EP and expert-DP communicators run on streams of their own,
+    // so a GPU may hold kernels of several at once; NCCL can deadlock unless
+    // their launches follow one order on every GPU. Every rank issues them in
+    // the same program order, and this makes NCCL launch them in that order
+    // (NCCL >= 2.26, CUDA >= 12.3; read at NCCL's first use; a user's own
+    // setting wins).
+    setenv("NCCL_LAUNCH_ORDER_IMPLICIT", "1", /*overwrite=*/0);
     ncclUniqueId id{};
     if (host_->rank() == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId");
     host_->broadcast(&id, sizeof id, 0);
@@ -49,9 +60,21 @@ NcclCommunicator::NcclCommunicator(std::unique_ptr<Communicator> host, cudaStrea
     check_cuda(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming), "cudaEventCreate");
     check_cuda(cudaEventCreateWithFlags(&comm_done_, cudaEventDisableTiming), "cudaEventCreate");
     check_nccl(ncclCommInitRank(&comm_, host_->size(), id, host_->rank()), "ncclCommInitRank");
+    watchdog_ = std::thread([this] { watch(); });
 }
 
 NcclCommunicator::~NcclCommunicator() {
+    {
+        std::lock_guard<std::mutex> lock(watch_mutex_);
+        watch_stop_ = true;
+    }
+    watch_wake_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
+    const bool failing = std::uncaught_exceptions() > 0;  // the peers may never join a collective destroy
+    if (failing && comm_) {
+        ncclCommAbort(comm_);
+        comm_ = nullptr;
+    }
     if (stream_) cudaStreamSynchronize(stream_);
     for (const Timing& t : pending_) idle_.push_back(t);
     for (const Timing& t : idle_) {
@@ -62,6 +85,23 @@ NcclCommunicator::~NcclCommunicator() {
     if (comm_done_) cudaEventDestroy(comm_done_);
     if (compute_done_) cudaEventDestroy(compute_done_);
     if (stream_) cudaStreamDestroy(stream_);
+}
+
+void NcclCommunicator::watch() {
+    std::unique_lock<std::mutex> lock(watch_mutex_);
+    while (!watch_wake_.wait_for(lock, std::chrono::seconds(1), [this] { return watch_stop_; })) {
+        ncclResult_t state = ncclSuccess;
+        const ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
+        if (r == ncclSuccess && (state == ncclSuccess || state == ncclInProgress)) continue;
+        // Only the main thread may call MPI; ending this process makes mpirun
+        // or srun stop the others.
+        std::fprintf(stderr,
+                     "NCCL failed in a group of %d ranks (this process is its rank %d): %s (NCCL_DEBUG=INFO says "
+                     "more); stopping the job\n",
+                     size(), rank(), ncclGetErrorString(r != ncclSuccess ? r : state));
+        std::fflush(nullptr);
+        std::_Exit(1);
+    }
 }
 
 void NcclCommunicator::begin() {

@@ -8,12 +8,22 @@
 //
 // NCCL refuses two ranks on one GPU: such layouts use the MPI communicator
 // (staging device buffers through host memory) instead.
+//
+// Failures: NCCL reports a network or peer failure only through
+// ncclCommGetAsyncError while its kernels spin, so a watchdog thread polls it
+// and ends the process (the launcher then stops the job) instead of leaving
+// every rank waiting on its GPU. A communicator destroyed while an exception
+// unwinds is aborted, not destroyed: ncclCommDestroy waits for the node's
+// other ranks, which may be stuck in the collective this rank left.
 #pragma once
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <condition_variable>
 #include <deque>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -66,6 +76,8 @@ private:
     Timing take_timing();
     // Adds up the pending timings that finished (all of them when wait).
     void settle_timings(bool wait) const;
+    // The watchdog: checks NCCL's asynchronous error every second until stop.
+    void watch();
 
     std::unique_ptr<Communicator> host_;
     cudaStream_t compute_;
@@ -75,6 +87,10 @@ private:
     mutable std::deque<Timing> pending_;
     mutable std::vector<Timing> idle_;
     mutable double a2a_seconds_ = 0;
+    std::mutex watch_mutex_;
+    std::condition_variable watch_wake_;
+    bool watch_stop_ = false;
+    std::thread watchdog_;
 };
 
 }  // namespace moe

@@ -25,7 +25,7 @@ struct ProcessGroups {
 };
 
 // Splits `world` into the groups for parallel.expert_parallel = expert_parallel.
-// Collective over world. A layout that does not fit throws CommError on every
+// Collective over world. A layout that does not fit throws JobError on every
 // rank (the check uses only the world size, which every rank knows).
 ProcessGroups make_process_groups(std::unique_ptr<Communicator> world, int expert_parallel);
 // The same over MPI's world; MPI must be running (see MpiRuntime).

@@ -86,12 +86,10 @@ int main(int argc, char** argv) {
     } catch (const moe::ConfigError& e) {
         if (rank == 0) std::fprintf(stderr, "moe-train: %s\n", e.what());
         return 2;
-    } catch (const moe::CommError& e) {  // layout problems are found by every rank alike
-        if (rank == 0) std::fprintf(stderr, "moe-train: %s\n", e.what());
-        return 2;
     } catch (const std::exception& e) {
-        // Possibly this rank alone: the others may wait in a collective, so
-        // stop the whole job rather than leave them hanging.
+        // Possibly this rank alone (a failed NCCL, CUDA or MPI call, a bad
+        // shard): the others may wait in a collective, so stop the whole job
+        // rather than leave them hanging.
         if (world > 1) {
             std::fprintf(stderr, "moe-train: rank %d: error: %s\n", rank, e.what());
             moe::abort_all(1);

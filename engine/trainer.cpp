@@ -190,7 +190,7 @@ TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const 
         if (lead)
             spdlog::info("{}", layout_report(places, groups->ep_size(), mc.moe.num_experts / groups->ep_size()));
         const std::string problem = shared_gpu_problem(places);
-        if (!problem.empty() && !cfg.parallel.allow_shared_gpu) throw CommError(problem);
+        if (!problem.empty() && !cfg.parallel.allow_shared_gpu) throw JobError(0, problem);  // every rank sees it
     }
     double total_params = 0;  // of the whole model, whatever this rank holds
     for (const Param& p : params.all())

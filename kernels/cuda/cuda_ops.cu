@@ -55,10 +55,16 @@ CudaOps::~CudaOps() {
 }
 
 std::string CudaOps::device_name() const {
+    // The PCI bus id tells GPUs apart where the index cannot: a launcher that
+    // gives each rank one GPU (srun --gpus-per-task=1, a per-rank
+    // CUDA_VISIBLE_DEVICES) shows every rank its GPU as cuda:0.
     cudaDeviceProp prop{};
-    std::string name = "cuda:" + std::to_string(device_);
-    if (cudaGetDeviceProperties(&prop, device_) == cudaSuccess) name += " (" + std::string(prop.name) + ")";
-    return name;
+    char bus[32] = {};
+    std::string name = "cuda:" + std::to_string(device_), details;
+    if (cudaGetDeviceProperties(&prop, device_) == cudaSuccess) details = prop.name;
+    if (cudaDeviceGetPCIBusId(bus, int(sizeof bus), device_) == cudaSuccess)
+        details += (details.empty() ? "PCI " : ", PCI ") + std::string(bus);
+    return details.empty() ? name : name + " (" + details + ")";
 }
 
 void CudaOps::synchronize() { MOE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
