@@ -7,14 +7,21 @@ namespace moe::cuda {
 namespace {
 
 constexpr int64_t kMaxChunks = 4096;
-constexpr int kThreads = 256;
+// A block's threads are 32 columns (a warp reads 32 neighbours of a row) times
+// 8 row chunks in partial_kernel, times 32 strands of chunks in finish_kernel:
+// every thread has work however narrow the matrix (D = 64 for the qk-norm
+// weights, whose R = N * heads rows make 4096 chunks).
+constexpr int kCols = 32, kChunksPerBlock = 8, kStrands = 32;
 
 // partial[chunk, c] = the chunk's rows of column c, summed in row order.
-__global__ void partial_kernel(float* partial, const bf16* a, const bf16* b, const float* row_scale, int64_t R,
-                               int64_t D, int64_t rows_per_chunk) {
-    const int64_t c = blockIdx.x * int64_t(kThreads) + threadIdx.x;
-    if (c >= D) return;
-    const int64_t begin = blockIdx.y * rows_per_chunk, end = min(R, begin + rows_per_chunk);
+__global__ void __launch_bounds__(kCols* kChunksPerBlock)
+    partial_kernel(float* partial, const bf16* a, const bf16* b, const float* row_scale, int64_t R, int64_t D,
+                   int64_t rows_per_chunk, int64_t chunks) {
+    const int col = int(threadIdx.x) % kCols, sub = int(threadIdx.x) / kCols;
+    const int64_t c = blockIdx.x * int64_t(kCols) + col;
+    const int64_t chunk = blockIdx.y * int64_t(kChunksPerBlock) + sub;
+    if (c >= D || chunk >= chunks) return;
+    const int64_t begin = chunk * rows_per_chunk, end = min(R, begin + rows_per_chunk);
     float acc = 0;
     for (int64_t r = begin; r < end; ++r) {
         float v = __bfloat162float(a[r * D + c]);
@@ -22,15 +29,25 @@ __global__ void partial_kernel(float* partial, const bf16* a, const bf16* b, con
         if (row_scale) v *= row_scale[r];
         acc += v;
     }
-    partial[blockIdx.y * D + c] = acc;
+    partial[chunk * D + c] = acc;
 }
 
-__global__ void finish_kernel(float* out, const float* partial, int64_t chunks, int64_t D, bool accumulate) {
-    const int64_t c = blockIdx.x * int64_t(kThreads) + threadIdx.x;
-    if (c >= D) return;
+// out[c] (+)= the chunks' sums: strand s adds chunks s, s + 32, ... in order,
+// then the strands are added in order.
+__global__ void __launch_bounds__(kCols* kStrands)
+    finish_kernel(float* out, const float* partial, int64_t chunks, int64_t D, bool accumulate) {
+    __shared__ float strand_sums[kStrands][kCols];
+    const int col = int(threadIdx.x) % kCols, strand = int(threadIdx.x) / kCols;
+    const int64_t c = blockIdx.x * int64_t(kCols) + col;
     float acc = 0;
-    for (int64_t k = 0; k < chunks; ++k) acc += partial[k * D + c];
-    out[c] = accumulate ? out[c] + acc : acc;
+    if (c < D)
+        for (int64_t k = strand; k < chunks; k += kStrands) acc += partial[k * D + c];
+    strand_sums[strand][col] = acc;
+    __syncthreads();
+    if (strand != 0 || c >= D) return;
+    float total = 0;
+    for (int s = 0; s < kStrands; ++s) total += strand_sums[s][col];
+    out[c] = accumulate ? out[c] + total : total;
 }
 
 }  // namespace
@@ -45,11 +62,12 @@ void column_sums(CudaOps& ops, float* out, Write write, const bf16* a, const bf1
     const int64_t rows_per_chunk = std::max<int64_t>(64, (R + kMaxChunks - 1) / kMaxChunks);
     const int64_t chunks = (R + rows_per_chunk - 1) / rows_per_chunk;
     float* partial = static_cast<float*>(ops.scratch(size_t(chunks * D) * sizeof(float)));
-    const unsigned col_blocks = unsigned((D + kThreads - 1) / kThreads);
-    partial_kernel<<<dim3(col_blocks, unsigned(chunks)), kThreads, 0, ops.stream()>>>(partial, a, b, row_scale, R, D,
-                                                                                      rows_per_chunk);
+    const unsigned col_blocks = unsigned((D + kCols - 1) / kCols);
+    const unsigned chunk_blocks = unsigned((chunks + kChunksPerBlock - 1) / kChunksPerBlock);
+    partial_kernel<<<dim3(col_blocks, chunk_blocks), kCols * kChunksPerBlock, 0, ops.stream()>>>(
+        partial, a, b, row_scale, R, D, rows_per_chunk, chunks);
     MOE_CUDA_LAUNCHED();
-    finish_kernel<<<col_blocks, kThreads, 0, ops.stream()>>>(out, partial, chunks, D, write == Write::add);
+    finish_kernel<<<col_blocks, kCols * kStrands, 0, ops.stream()>>>(out, partial, chunks, D, write == Write::add);
     MOE_CUDA_LAUNCHED();
 }
 

@@ -147,8 +147,9 @@ TEST_CASE("concat_cols forward and backward match the CPU", "[gpu]") {
 TEST_CASE("rmsnorm forward and backward match the CPU", "[gpu]") {
     Backends b;
     Rng rng(4, "rmsnorm");
-    for (int64_t D : {int64_t(64), int64_t(1000)}) {
-        const int64_t R = 301;
+    // The last shape is the qk-norm weights' (D = head size, R = tokens x
+    // heads): thousands of row chunks for the weight gradient's column sums.
+    for (const auto& [R, D] : {std::pair<int64_t, int64_t>{301, 64}, {301, 1000}, {64 * 4096 + 77, 64}}) {
         std::vector<float> x = bf16_normals(R * D, rng, 2.0), w = bf16_normals(D, rng), dy = bf16_normals(R * D, rng);
         std::vector<float> y(size_t(R * D)), rstd(static_cast<size_t>(R));
         b.cpu.rmsnorm_forward(host_tensor(y, {R, D}), host_tensor(rstd, {R}), host_tensor(x, {R, D}),
