@@ -2,9 +2,12 @@
 # Everything that needs a GPU, in one go, for a machine lent for minutes:
 # builds natively, runs the gpu tests, the medium benchmarks, the staged
 # two-rank runs (dispatch/combine time, overlap of the gradient all-reduce),
-# a short moe-train on the GPU with a resume, the CPU test labels (this
-# machine's compilers and libraries: Catch2 3, yaml-cpp 0.8), and on request
-# compute-sanitizer on the kernel tests. Each stage logs to OUT/<stage>.log,
+# a short moe-train on the GPU with a resume (and the same on the CPU, both
+# curves in one chart), the CPU test labels (this machine's compilers and
+# libraries: Catch2 3, yaml-cpp 0.8), and on request compute-sanitizer on the
+# kernel tests (the lent machines' gVisor kind has been seen refusing it, and
+# ncu there reads no counters: time with moe-opbench's events instead). Each
+# stage logs to OUT/<stage>.log,
 # has a time limit, and the next one runs after a failure; the summary
 # (OUT/summary.txt, printed last) has each stage's exit status and headline
 # figures. The default stages fit one 10-minute call.
