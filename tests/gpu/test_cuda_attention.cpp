@@ -138,6 +138,16 @@ TEST_CASE("cuda attention_backward adds or writes the cpu's gradients", "[gpu]")
     }
 }
 
+TEST_CASE("cuda attention matches the cpu over the benchmarks' 2048 positions", "[gpu]") {
+    // T and hd of configs/bench (32 tiles of 64; the forward and the dq kernel
+    // walk up to 32 key tiles, the dk/dv kernel 32 query tiles of each of the
+    // group's 4 query heads), one sequence and one kv head to keep the CPU
+    // reference short.
+    const Shape d{1, 2048, 4, 1, 64};
+    check_forward(d);
+    check_backward(d, true, Write::overwrite);
+}
+
 TEST_CASE("cuda attention gives the same bits on every run", "[gpu]") {
     const Shape d{2, 200, 4, 2, 64};
     Backends be;
