@@ -136,7 +136,7 @@ do_train() {
         --resume auto || return 1
   done
   if [ -x "$build/moe-plot" ]; then
-    "$build/moe-plot" "$run" "$cpu" -o "$out/train-gpu-vs-cpu.png"
+    "$build/moe-plot" "$run" "$cpu" --smooth 10 -o "$out/train-gpu-vs-cpu.png"
   else
     echo "no moe-plot (built only where cmake finds zlib): no train-gpu-vs-cpu.png"
   fi

@@ -23,6 +23,6 @@ if [ "$(nproc)" -lt "$ranks" ]; then export OMPI_MCA_rmaps_base_oversubscribe=1;
 mpirun -np "$ranks" --bind-to none build/moe-train --config configs/tiny.yaml \
     --set parallel.expert_parallel="$ranks" --resume auto "$@"
 
-if [ -x build/moe-plot ]; then build/moe-plot runs/tiny; fi  # the run's charts: runs/tiny/metrics.png
+if [ -x build/moe-plot ]; then build/moe-plot runs/tiny --smooth 20; fi  # the run's charts: runs/tiny/metrics.png
 entropy=$(awk '/unigram_entropy_nats/ {print $2}' data/fortunes/stats.txt)
 echo "unigram entropy of the training text: $entropy nats/token (what a model blind to context reaches)"

@@ -180,6 +180,22 @@ TEST_CASE("ticks are nice numbers covering the range, labelled as short as the s
     CHECK(tick_label(-0.5, 0.5) == "-0.5");
 }
 
+TEST_CASE("a trailing mean smooths over the last finite values, NaNs left as they are", "[unit]") {
+    const std::vector<std::pair<double, double>> raw = {{1, 1}, {2, 2}, {3, 3}, {4, std::nan("")}, {5, 5}, {7, 9}};
+    const auto two = trailing_mean(raw, 2);
+    REQUIRE(two.size() == raw.size());
+    for (size_t i = 0; i < raw.size(); ++i) CHECK(two[i].first == raw[i].first);
+    CHECK(two[0].second == 1);
+    CHECK(two[1].second == 1.5);
+    CHECK(two[2].second == 2.5);
+    CHECK(std::isnan(two[3].second));
+    CHECK(two[4].second == 4);  // 3 and 5: the NaN counts for nothing
+    CHECK(two[5].second == 7);
+    const auto one = trailing_mean(raw, 1);
+    CHECK(one[5].second == 9);
+    CHECK(trailing_mean(raw, 100)[5].second == Approx((1 + 2 + 3 + 5 + 9) / 5.0));
+}
+
 TEST_CASE("a panel draws its series at the pixels their points map to", "[unit]") {
     Canvas c(400, 300, kWhite);
     Panel p{"loss", {}};
@@ -262,9 +278,9 @@ TEST_CASE("moe-plot draws runs into a PNG and refuses bad input with one line", 
     CHECK(d.width == 1600);
     CHECK(d.height == 1200);
 
-    // Two runs over each other, a size, steps from 5, a file name.
+    // Two runs over each other, a size, steps from 5, smoothed, a file name.
     r = moe::test::run_program(MOE_PLOT_TOOL, {a, b + "/metrics.jsonl", "-o", dir + "/both.png", "--size", "800x600",
-                                               "--from", "5"});
+                                               "--from", "5", "--smooth", "4"});
     REQUIRE(r.exit_code == 0);
     CHECK(contains(r.output, "2 run(s), steps 5 to 20"));
     d = decode_png(read_file(dir + "/both.png"));
@@ -282,6 +298,7 @@ TEST_CASE("moe-plot draws runs into a PNG and refuses bad input with one line", 
     refused({dir}, "no metrics at '" + dir + "/metrics.jsonl'");
     refused({a, "--from", "21"}, "no run has a step at or after --from 21");
     refused({a, "--size", "10x10"}, "--size takes WIDTHxHEIGHT");
+    refused({a, "--smooth", "0"}, "--smooth takes an integer >= 1");
     refused({}, "a run directory or metrics file is required");
     refused({a, "-o", dir}, "choose another file with -o");
     write_text(dir + "/empty.jsonl", "");

@@ -35,6 +35,18 @@ std::pair<double, double> y_range(const Panel& panel) {
 
 void draw_marker(Canvas& c, int x, int y, Rgb color) { c.fill_rect(x - 3, y - 3, x + 3, y + 3, color); }
 
+// The title in `width` pixels: smaller when it does not fit, cut short with
+// ".." when it still does not.
+void draw_title(Canvas& c, int x, int y, int width, std::string title) {
+    int scale = kTitleScale;
+    if (Canvas::text_width(title, scale) > width) scale = 1;
+    if (Canvas::text_width(title, scale) > width) {
+        const size_t fits = size_t(std::max(0, (width / scale + 1) / 6 - 2));
+        title = title.substr(0, fits) + "..";
+    }
+    c.text(x, y + (Canvas::text_height(kTitleScale) - Canvas::text_height(scale)) / 2, title, kInk, scale);
+}
+
 }  // namespace
 
 int PlotArea::px(double x) const {
@@ -76,44 +88,72 @@ std::string tick_label(double value, double step) {
     return buf;
 }
 
+std::vector<std::pair<double, double>> trailing_mean(const std::vector<std::pair<double, double>>& pts, long window) {
+    std::vector<std::pair<double, double>> out;
+    std::vector<double> recent;  // the finite values so far
+    double sum = 0;
+    for (const auto& p : pts) {
+        if (!std::isfinite(p.second)) {
+            out.push_back(p);
+            continue;
+        }
+        recent.push_back(p.second);
+        sum += p.second;
+        if (long(recent.size()) > window) sum -= recent[recent.size() - size_t(window) - 1];
+        out.emplace_back(p.first, sum / double(std::min<long>(window, long(recent.size()))));
+    }
+    return out;
+}
+
 PlotArea draw_panel(Canvas& canvas, int x0, int y0, int x1, int y1, const Panel& panel, double x_lo, double x_hi) {
     const int th = Canvas::text_height(kTitleScale), lh = Canvas::text_height(kLabelScale);
-    canvas.text(x0, y0, panel.title, kInk, kTitleScale);
+    draw_title(canvas, x0, y0, x1 - x0, panel.title);
 
-    const auto range = y_range(panel);
-    const std::vector<double> yt =
-        std::isnan(range.first) ? std::vector<double>{0.0, 1.0} : nice_ticks(range.first, range.second, 5);
-    const double ystep = yt.size() > 1 ? yt[1] - yt[0] : 1.0;
-    if (!(x_hi > x_lo)) x_hi = x_lo + 1;
-    const std::vector<double> xt = nice_ticks(x_lo, x_hi, 6);
-    const double xstep = xt.size() > 1 ? xt[1] - xt[0] : 1.0;
-
-    int label_w = 0;
-    for (double v : yt) label_w = std::max(label_w, Canvas::text_width(tick_label(v, ystep), kLabelScale));
     PlotArea a;
-    a.left = x0 + label_w + 8;
     a.top = y0 + th + 14;
     a.right = x1;
     a.bottom = y1 - lh - 8;
+    // As many ticks as their labels have room for: a label's height and a
+    // half apart on y, the widest label and a gap apart on x.
+    const auto range = y_range(panel);
+    const int y_room = std::max(1, (a.bottom - a.top) / (lh * 5 / 2));
+    const std::vector<double> yt = std::isnan(range.first) ? std::vector<double>{0.0, 1.0}
+                                                            : nice_ticks(range.first, range.second, std::min(5, y_room));
+    const double ystep = yt.size() > 1 ? yt[1] - yt[0] : 1.0;
+    int label_w = 0;
+    for (double v : yt) label_w = std::max(label_w, Canvas::text_width(tick_label(v, ystep), kLabelScale));
+    a.left = x0 + label_w + 8;
+    if (!(x_hi > x_lo)) x_hi = x_lo + 1;
+    const auto x_ticks = [&](int most) { return nice_ticks(x_lo, x_hi, std::max(1, most)); };
+    std::vector<double> xt = x_ticks(6);
+    int widest = 0;
+    for (double v : xt) widest = std::max(widest, Canvas::text_width(tick_label(v, xt[1] - xt[0]), kLabelScale));
+    xt = x_ticks(std::min(6, (a.right - a.left) / (widest + 24)));
+    const double xstep = xt.size() > 1 ? xt[1] - xt[0] : 1.0;
     a.x_lo = x_lo;
     a.x_hi = x_hi;
     a.y_lo = yt.front();
     a.y_hi = yt.back();
 
-    // Grid and labels; x ticks outside [x_lo, x_hi] are left out.
+    // Grid and labels; x ticks outside [x_lo, x_hi] are left out, and so is a
+    // label that would touch the one before it.
     for (double v : yt) {
         const int y = a.py(v);
         canvas.line(a.left, y, a.right, y, kGrid);
         const std::string s = tick_label(v, ystep);
         canvas.text(a.left - 6 - Canvas::text_width(s, kLabelScale), y - lh / 2, s, kInk, kLabelScale);
     }
+    int last_label_end = a.left - 1000;
     for (double v : xt) {
         if (v < x_lo - 1e-9 * xstep || v > x_hi + 1e-9 * xstep) continue;
         const int x = a.px(v);
         canvas.line(x, a.top, x, a.bottom, kGrid);
         const std::string s = tick_label(v, xstep);
         const int w = Canvas::text_width(s, kLabelScale);
-        canvas.text(std::min(std::max(x - w / 2, a.left), x1 - w), a.bottom + 6, s, kInk, kLabelScale);
+        const int at = std::min(std::max(x - w / 2, a.left), x1 - w);
+        if (at < last_label_end + 12) continue;
+        canvas.text(at, a.bottom + 6, s, kInk, kLabelScale);
+        last_label_end = at + w;
     }
 
     for (const Series& s : panel.series) {

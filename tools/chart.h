@@ -38,6 +38,11 @@ std::vector<double> nice_ticks(double lo, double hi, int max_ticks);
 // "3e-04", "12k", "1.5M".
 std::string tick_label(double value, double step);
 
+// Each point's value replaced by the mean of the last `window` finite values
+// up to it (fewer at the start); a NaN stays NaN and counts for nothing.
+std::vector<std::pair<double, double>> trailing_mean(const std::vector<std::pair<double, double>>& points,
+                                                     long window);
+
 // Draws the panel in the canvas rectangle (x0, y0)-(x1, y1), x over
 // [x_lo, x_hi], y over nice ticks covering the panel's finite values.
 PlotArea draw_panel(Canvas& canvas, int x0, int y0, int x1, int y1, const Panel& panel, double x_lo, double x_hi);

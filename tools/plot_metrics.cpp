@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 namespace {
 
 const char* kUsage =
-    "usage: moe-plot RUN [RUN ...] [-o FILE.png] [--from STEP] [--size WIDTHxHEIGHT]\n"
+    "usage: moe-plot RUN [RUN ...] [-o FILE.png] [--from STEP] [--smooth N] [--size WIDTHxHEIGHT]\n"
     "  Draws the metrics a training run logged as charts in a PNG file: training and validation loss,\n"
     "  learning rate, gradient norm, tokens/s, step time, router losses, expert load (max / mean), and\n"
     "  capacity drops and all-to-all time where there are any.\n"
@@ -30,6 +30,8 @@ const char* kUsage =
     "  -o FILE.png: where to write (default: metrics.png in the first run's directory, or FILE.png\n"
     "  beside a metrics file FILE.jsonl).\n"
     "  --from STEP: leave out the steps before STEP (the first steps' loss flattens the rest).\n"
+    "  --smooth N: draw the training loss as the mean of its last N steps, over the raw loss in a\n"
+    "  lighter colour (default 1: raw only).\n"
     "  --size WIDTHxHEIGHT: the picture in pixels (default 1600x1200).\n";
 
 constexpr const char* kProgram = "moe-plot";
@@ -37,7 +39,7 @@ constexpr const char* kProgram = "moe-plot";
 struct Args {
     std::vector<std::string> runs;
     std::string out;
-    long from = 0;
+    long from = 0, smooth = 1;
     int width = 1600, height = 1200;
 };
 
@@ -50,6 +52,8 @@ Args parse(int argc, char** argv) {
             a.out = args.value();
         } else if (arg == "--from") {
             a.from = args.integer(0);
+        } else if (arg == "--smooth") {
+            a.smooth = args.integer(1);
         } else if (arg == "--size") {
             const std::string text = args.value();
             int w = 0, h = 0;
@@ -131,22 +135,32 @@ const Rgb kPalette[] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44},  {214, 39
 
 Rgb run_color(size_t i) { return kPalette[i % (sizeof kPalette / sizeof kPalette[0])]; }
 
-// The charts: the loss first (training lines, validation squares), then one
-// chart a field; a field no run has a nonzero value of is left out.
-std::vector<Panel> build_panels(const std::vector<Run>& runs, long from) {
+// c mixed 2:1 with white: the raw values behind a smoothed line.
+Rgb lighter(Rgb c) { return {uint8_t((c.r + 2 * 255) / 3), uint8_t((c.g + 2 * 255) / 3), uint8_t((c.b + 2 * 255) / 3)}; }
+
+// The charts: the loss first (training lines, smoothed over `smooth` steps,
+// validation squares, the legend), then one chart a field; a field no run has
+// a nonzero value of is left out.
+std::vector<Panel> build_panels(const std::vector<Run>& runs, long from, long smooth) {
     std::vector<Panel> panels;
     const bool one = runs.size() == 1;
     Panel loss{"loss", {}};
     bool has_val = false;
     for (size_t i = 0; i < runs.size(); ++i) {
         Series train{one ? "train" : runs[i].name, run_color(i), points_of(runs[i], "loss", from), false};
+        if (smooth > 1) {
+            loss.series.push_back({"", lighter(train.color), train.points, false});
+            train.points = trailing_mean(train.points, smooth);
+        }
         Series val{one ? "validation" : "", one ? run_color(1) : run_color(i), points_of(runs[i], "val_loss", from),
                    true};
         has_val = has_val || any_nonzero(val.points);
         loss.series.push_back(std::move(train));
         loss.series.push_back(std::move(val));
     }
-    if (!one && has_val) loss.title = "loss (squares: validation)";
+    if (smooth > 1) loss.title += " (lines: mean of " + std::to_string(smooth) + " steps";
+    if (!one && has_val) loss.title += smooth > 1 ? ", squares: validation)" : " (squares: validation)";
+    else if (smooth > 1) loss.title += ")";
     panels.push_back(std::move(loss));
 
     const std::pair<const char*, const char*> fields[] = {
@@ -163,7 +177,8 @@ std::vector<Panel> build_panels(const std::vector<Run>& runs, long from) {
         Panel p{field.second, {}};
         bool shown = false;
         for (size_t i = 0; i < runs.size(); ++i) {
-            Series s{one ? "" : runs[i].name, run_color(i), points_of(runs[i], field.first, from), false};
+            // The loss chart's legend names the runs' colours for all.
+            Series s{"", run_color(i), points_of(runs[i], field.first, from), false};
             shown = shown || any_nonzero(s.points);
             p.series.push_back(std::move(s));
         }
@@ -192,7 +207,7 @@ int main(int argc, char** argv) {
     std::string out = args.out;
     if (out.empty()) out = fs::path(runs[0].file).replace_extension(".png").string();
 
-    const std::vector<Panel> panels = build_panels(runs, args.from);
+    const std::vector<Panel> panels = build_panels(runs, args.from, args.smooth);
     Canvas canvas(args.width, args.height, {255, 255, 255});
     const int cols = 2, rows = (int(panels.size()) + cols - 1) / cols, margin = 24;
     const int cell_w = (args.width - margin) / cols, cell_h = (args.height - margin) / rows;
