@@ -168,6 +168,13 @@ TEST_CASE("ticks are nice numbers covering the range, labelled as short as the s
     CHECK(zero.front() < 0);
     CHECK(zero.back() > 0);
 
+    // Values far beyond their spread (no double between first and first + 1
+    // at that scale) still give a few ticks, and quickly.
+    const std::vector<double> far = nice_ticks(1e18, 1e18 + 4096, 5);
+    CHECK(far.size() >= 2);
+    CHECK(far.size() <= 7);
+    CHECK(nice_ticks(-1e308, 1e308, 5).size() == 2);
+
     CHECK(tick_label(0, 0.5) == "0");
     CHECK(tick_label(0.25, 0.05) == "0.25");
     CHECK(tick_label(2.5, 0.5) == "2.5");

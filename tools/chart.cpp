@@ -62,10 +62,16 @@ std::vector<double> nice_ticks(double lo, double hi, int max_ticks) {
         lo -= pad;
         hi += pad;
     }
+    if (!std::isfinite(hi - lo)) return {lo, hi};  // beyond doubles' range: the ends alone
     const double step = nice_step(hi - lo, max_ticks);
     std::vector<double> ticks;
     const double first = std::floor(lo / step + 1e-9), last = std::ceil(hi / step - 1e-9);
-    for (double i = first; i <= last; ++i) ticks.push_back(i * step == 0 ? 0.0 : i * step);
+    // Counted in integers: where values dwarf the step, first + 1 == first.
+    const long count = std::min<long>(std::lround(last - first), max_ticks + 1);
+    for (long k = 0; k <= count; ++k) {
+        const double v = (first + double(k)) * step;
+        ticks.push_back(v == 0 ? 0.0 : v);
+    }
     return ticks;
 }
 

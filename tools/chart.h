@@ -32,7 +32,7 @@ struct PlotArea {
 };
 
 // Ticks at multiples of a nice step covering [lo, hi] (the first at or below
-// lo, the last at or above hi), at most max_ticks + 1 of them.
+// lo, the last at or above hi), at most max_ticks + 1 intervals.
 std::vector<double> nice_ticks(double lo, double hi, int max_ticks);
 // A tick's label, as short as the step between ticks allows: "0.25",
 // "3e-04", "12k", "1.5M".
