@@ -158,9 +158,10 @@ std::vector<Panel> build_panels(const std::vector<Run>& runs, long from, long sm
         loss.series.push_back(std::move(train));
         loss.series.push_back(std::move(val));
     }
-    if (smooth > 1) loss.title += " (lines: mean of " + std::to_string(smooth) + " steps";
-    if (!one && has_val) loss.title += smooth > 1 ? ", squares: validation)" : " (squares: validation)";
-    else if (smooth > 1) loss.title += ")";
+    std::string key;  // what the lines and squares are, where the legend does not say
+    if (smooth > 1) key = "lines: mean of " + std::to_string(smooth) + " steps";
+    if (!one && has_val) key += (key.empty() ? "" : ", ") + std::string("squares: validation");
+    if (!key.empty()) loss.title += " (" + key + ")";
     panels.push_back(std::move(loss));
 
     const std::pair<const char*, const char*> fields[] = {
