@@ -1,7 +1,8 @@
 // Collective communication over one process group. The interface knows no
-// transport: MPI backs it for host buffers (comm/mpi_communicator.h), NCCL will
-// back it for device buffers. Every rank of the group must make the same calls
-// in the same order with matching counts, as with MPI and NCCL.
+// transport: MPI backs it for host buffers (comm/mpi_communicator.h), NCCL
+// for device buffers (comm/nccl_communicator.h). Every rank of the group must
+// make the same calls in the same order with matching counts, as with MPI and
+// NCCL.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -21,6 +22,13 @@ public:
 
 enum class ReduceOp { Sum, Max };
 
+// One buffer of a bucket of reductions: count elements of dtype at data.
+struct ReduceBuffer {
+    void* data;
+    int64_t count;
+    DType dtype;
+};
+
 // Counts are in elements of the given dtype. Reductions take F32, F64 and I32;
 // BF16 moves as opaque 2-byte elements (backends may refuse to reduce it).
 // The send and receive buffers of one call must not overlap.
@@ -33,11 +41,12 @@ public:
 
     // buf[count] is replaced by the element-wise reduction over the group.
     virtual void all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) = 0;
-    // The same, allowed to finish later: the compute queued after it may run
-    // alongside it until wait_async(). Transports that cannot overlap (MPI)
-    // finish it at once.
-    virtual void all_reduce_async(void* buf, int64_t count, DType dtype, ReduceOp op) {
-        all_reduce(buf, count, dtype, op);
+    // all_reduce of each buffer of a bucket, allowed to finish later: the
+    // compute queued after it may run alongside it until wait_async(). NCCL
+    // fuses the bucket into one launch; transports that cannot overlap (MPI)
+    // reduce each buffer at once.
+    virtual void all_reduce_async(const std::vector<ReduceBuffer>& bucket, ReduceOp op) {
+        for (const ReduceBuffer& b : bucket) all_reduce(b.data, b.count, b.dtype, op);
     }
     // Later compute sees the results of every all_reduce_async before it.
     virtual void wait_async() {}

@@ -121,10 +121,23 @@ void NcclCommunicator::all_reduce(void* buf, int64_t count, DType dtype, ReduceO
     end();
 }
 
-void NcclCommunicator::all_reduce_async(void* buf, int64_t count, DType dtype, ReduceOp op) {
-    if (!on_device(buf)) return host_->all_reduce(buf, count, dtype, op);
+// One group: NCCL launches the bucket's reductions together, and the comm
+// stream waits for the compute once for all of them.
+void NcclCommunicator::all_reduce_async(const std::vector<ReduceBuffer>& bucket, ReduceOp op) {
+    if (bucket.empty()) return;
+    const bool device = on_device(bucket.front().data);
+    for (const ReduceBuffer& b : bucket)
+        if (on_device(b.data) != device) throw CommError("NCCL communicator: a bucket mixes host and device buffers");
+    if (!device) {
+        for (const ReduceBuffer& b : bucket) host_->all_reduce(b.data, b.count, b.dtype, op);
+        return;
+    }
     begin();
-    check_nccl(ncclAllReduce(buf, buf, size_t(count), nccl_type(dtype), nccl_op(op), comm_, stream_), "ncclAllReduce");
+    check_nccl(ncclGroupStart(), "ncclGroupStart");
+    for (const ReduceBuffer& b : bucket)
+        check_nccl(ncclAllReduce(b.data, b.data, size_t(b.count), nccl_type(b.dtype), nccl_op(op), comm_, stream_),
+                   "ncclAllReduce");
+    check_nccl(ncclGroupEnd(), "ncclGroupEnd");
 }
 
 void NcclCommunicator::reduce_scatter(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op) {

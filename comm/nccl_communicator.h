@@ -44,7 +44,7 @@ public:
     int size() const override { return host_->size(); }
     void all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) override;
     // On the comm stream while the compute stream goes on, until wait_async().
-    void all_reduce_async(void* buf, int64_t count, DType dtype, ReduceOp op) override;
+    void all_reduce_async(const std::vector<ReduceBuffer>& bucket, ReduceOp op) override;
     void wait_async() override { end(); }
     void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op) override;
     void all_gather(const void* send, void* recv, int64_t count, DType dtype) override;

@@ -5,28 +5,26 @@
 
 namespace moe {
 
-namespace {
-Communicator& group_of(const Param& p, const ProcessGroups& groups) {
-    return p.is_expert_stack() ? *groups.expert_dp : *groups.world;
-}
-}  // namespace
-
-void GradientReducer::reduce(Param& p) {
-    Communicator& group = group_of(p, *groups_);
-    // The communicator reduces in place in the gradient's own memory.
-    if (group.size() > 1) group.all_reduce_async(p.grad.data, p.grad.numel(), p.grad.dtype, ReduceOp::Sum);
-    reduced_.push_back(&p);
-}
-
+// One call per group: NCCL launches a group's part of the bucket as one.
 void GradientReducer::ready(const std::vector<Param*>& bucket) {
     if (!groups_ || groups_->world_size() == 1) return;
-    for (Param* p : bucket) reduce(*p);
+    std::vector<ReduceBuffer> replicated, experts;
+    for (Param* p : bucket) {
+        // The communicator reduces in place in the gradient's own memory.
+        (p->is_expert_stack() ? experts : replicated).push_back({p->grad.data, p->grad.numel(), p->grad.dtype});
+        reduced_.push_back(p);
+    }
+    if (!replicated.empty()) groups_->world->all_reduce_async(replicated, ReduceOp::Sum);
+    if (!experts.empty() && groups_->expert_dp->size() > 1)
+        groups_->expert_dp->all_reduce_async(experts, ReduceOp::Sum);
 }
 
 void GradientReducer::finish() {
     if (!groups_ || groups_->world_size() == 1) return;
+    std::vector<Param*> rest;
     for (Param& p : params_.all())
-        if (std::find(reduced_.begin(), reduced_.end(), &p) == reduced_.end()) reduce(p);
+        if (std::find(reduced_.begin(), reduced_.end(), &p) == reduced_.end()) rest.push_back(&p);
+    ready(rest);
     groups_->world->wait_async();
     groups_->expert_dp->wait_async();
     const double inv_world = 1.0 / groups_->world_size();

@@ -22,7 +22,6 @@ public:
     void finish();
 
 private:
-    void reduce(Param& p);
     ParameterSet& params_;
     const ProcessGroups* groups_;
     std::vector<const Param*> reduced_;

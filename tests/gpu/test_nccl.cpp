@@ -34,6 +34,26 @@ TEST_CASE("NCCL collectives at world size 1 leave device data as one rank's redu
     REQUIRE(b.download(buf) == want);
 }
 
+TEST_CASE("an NCCL bucket of reductions sees the compute before it, and the compute after wait_async sees it",
+          "[gpu]") {
+    Backends b;
+    NcclCommunicator comm(MpiCommunicator::world(), b.gpu.stream());
+    Tensor f = b.upload({1.5f, -2.0f, 3.25f}, DType::F32, {3}), h = b.upload({4.0f, -0.5f}, DType::BF16, {2});
+    b.gpu.scale(f, 2.0);
+    b.gpu.scale(h, 2.0);
+    comm.all_reduce_async({{f.data, 3, DType::F32}, {h.data, 2, DType::BF16}}, ReduceOp::Sum);
+    comm.wait_async();
+    b.gpu.add(f, f, 1.0);
+    b.gpu.add(h, h, 1.0);
+    REQUIRE(b.download(f) == std::vector<float>{6.0f, -8.0f, 13.0f});
+    REQUIRE(b.download(h) == std::vector<float>{16.0f, -2.0f});
+    double host[2] = {1.25, -3.0};  // host buffers go through MPI
+    comm.all_reduce_async({{host, 2, DType::F64}}, ReduceOp::Sum);
+    REQUIRE((host[0] == 1.25 && host[1] == -3.0));
+    REQUIRE_THROWS_AS(comm.all_reduce_async({{f.data, 3, DType::F32}, {host, 2, DType::F64}}, ReduceOp::Sum),
+                      CommError);
+}
+
 TEST_CASE("NCCL all-to-all-v to itself moves the rows and counts its bytes as local", "[gpu]") {
     Backends b;
     NcclCommunicator comm(MpiCommunicator::world(), b.gpu.stream());

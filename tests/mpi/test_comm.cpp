@@ -112,6 +112,23 @@ TEST_CASE("all_reduce sums and takes the maximum over the group", "[mpi]") {
     }
 }
 
+TEST_CASE("all_reduce_async reduces each buffer of a bucket, whatever its dtype", "[mpi]") {
+    auto world = MpiCommunicator::world();
+    std::vector<float> f = values<float>(9, world->rank(), 1), f_alone = f;
+    std::vector<double> d = values<double>(4, world->rank(), 2), d_alone = d;
+    std::vector<int32_t> i = values<int32_t>(6, world->rank(), 3), i_alone = i;
+    world->all_reduce_async({{f.data(), 9, DType::F32}, {d.data(), 4, DType::F64}, {i.data(), 6, DType::I32}},
+                            ReduceOp::Sum);
+    world->wait_async();
+    world->all_reduce(f_alone.data(), 9, DType::F32, ReduceOp::Sum);
+    world->all_reduce(d_alone.data(), 4, DType::F64, ReduceOp::Sum);
+    world->all_reduce(i_alone.data(), 6, DType::I32, ReduceOp::Sum);
+    CHECK(f == f_alone);
+    CHECK(d == d_alone);
+    CHECK(i == i_alone);
+    if (world->size() > 1) CHECK(i != values<int32_t>(6, world->rank(), 3));  // it did reduce
+}
+
 TEST_CASE("reduce_scatter leaves block r of the reduction on rank r", "[mpi]") {
     for (int64_t max_count : kMaxCounts) {
         INFO("max_count " << max_count);
