@@ -1,5 +1,6 @@
 #include "comm/nccl_communicator.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -133,11 +134,17 @@ void NcclCommunicator::all_reduce_async(const std::vector<ReduceBuffer>& bucket,
         return;
     }
     begin();
-    check_nccl(ncclGroupStart(), "ncclGroupStart");
-    for (const ReduceBuffer& b : bucket)
-        check_nccl(ncclAllReduce(b.data, b.data, size_t(b.count), nccl_type(b.dtype), nccl_op(op), comm_, stream_),
-                   "ncclAllReduce");
-    check_nccl(ncclGroupEnd(), "ncclGroupEnd");
+    // NCCL's documentation has capped a group at 2048 operations.
+    const size_t kMaxGroupOps = 1024;
+    for (size_t first = 0; first < bucket.size(); first += kMaxGroupOps) {
+        check_nccl(ncclGroupStart(), "ncclGroupStart");
+        for (size_t i = first; i < std::min(bucket.size(), first + kMaxGroupOps); ++i) {
+            const ReduceBuffer& b = bucket[i];
+            check_nccl(ncclAllReduce(b.data, b.data, size_t(b.count), nccl_type(b.dtype), nccl_op(op), comm_, stream_),
+                       "ncclAllReduce");
+        }
+        check_nccl(ncclGroupEnd(), "ncclGroupEnd");
+    }
 }
 
 void NcclCommunicator::reduce_scatter(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op) {
