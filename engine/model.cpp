@@ -1,5 +1,6 @@
 #include "engine/model.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <utility>
@@ -82,6 +83,20 @@ std::string Model::out_of_memory_message(const OutOfDeviceMemory& e) const {
                   params_.planned_bytes(pr_) / gib, params_.numel() / 1e6, activation_bytes() / gib, B_, T_,
                   e.requested / gib, e.free_bytes / gib, e.total_bytes / gib);
     return buf;
+}
+
+size_t Model::tail_reduce_bytes() const {
+    const auto in = [](const std::vector<Param*>& bucket, const Param& p) {
+        return std::find(bucket.begin(), bucket.end(), &p) != bucket.end();
+    };
+    size_t bytes = 0;
+    for (const Param& p : params_.all()) {
+        if (p.is_expert_stack() || in(head_bucket_, p)) continue;
+        bool early = false;  // handed over while the backward still runs
+        for (size_t l = 1; l < layer_buckets_.size() && !early; ++l) early = in(layer_buckets_[l], p);
+        if (!early) bytes += p.grad.bytes();
+    }
+    return bytes;
 }
 
 void Model::carve() {

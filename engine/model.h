@@ -34,10 +34,15 @@ public:
     ~Model();
 
     ParameterSet& params() { return params_; }
+    const ParameterSet& params() const { return params_; }
     const ModelConfig& config() const { return cfg_; }
     int batch() const { return B_; }
     int seq_len() const { return T_; }
     size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
+    // Bytes of replicated gradients whose all-reduce cannot run alongside the
+    // backward: the first layer's bucket, handed over last, and those in no
+    // bucket (the embedding, shared dynamics), reduced after the backward.
+    size_t tail_reduce_bytes() const;
 
     // inputs, targets: host arrays [B*T], ids already checked against V.
     // Keeps what the backward needs.

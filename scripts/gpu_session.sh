@@ -89,7 +89,7 @@ do_bench() {
   local rc=0 c
   for c in medium medium-tr; do
     echo "--- $c"
-    "$build/moe-bench" --config "configs/bench/$c.yaml" --steps 20 --warmup 3 --phase-steps 5 || rc=1
+    "$build/moe-bench" --config "configs/bench/$c.yaml" --steps 20 --warmup 3 --phase-steps 5 --estimate-ep 8 || rc=1
     echo "--- $c, op by op"
     "$build/moe-opbench" --config "configs/bench/$c.yaml" || rc=1
   done
@@ -154,7 +154,7 @@ done
 # Headline figures from the logs.
 [ -f "$out/build.log" ] && grep -E "^-- moe:|no system NCCL|no NCCL found" "$out/build.log" | sort -u >> "$summary"
 for f in bench staged; do
-  [ -f "$out/$f.log" ] && grep -E "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^  [a-z]|^these ops" \
+  [ -f "$out/$f.log" ] && grep -E "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^  [a-z]|^these ops|^ep [0-9]+ estimate|^  [0-9.]+ " \
     "$out/$f.log" >> "$summary"
 done
 [ -f "$out/train.log" ] && grep -E "final validation loss|train-gpu-vs-cpu.png" "$out/train.log" >> "$summary"

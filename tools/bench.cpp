@@ -4,6 +4,8 @@
 // MODEL.md's count, device memory, and a second pass timing each phase.
 // Runs as one process or under mpirun (expert and data parallel as in
 // training); with several ranks it also prints the all-to-all volume and time.
+// On one GPU, --estimate-ep N turns the measured step and phases into the step
+// time the experts split over N GPUs of one node would take (engine/ep_estimate.h).
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -19,6 +21,7 @@
 #include "comm/process_groups.h"
 #include "engine/backend.h"
 #include "engine/config.h"
+#include "engine/ep_estimate.h"
 #include "engine/flops.h"
 #include "engine/grad_sync.h"
 #include "engine/model.h"
@@ -32,16 +35,21 @@ constexpr const char* kProgram = "moe-bench";
 
 const char* kUsage =
     "usage: moe-bench --config FILE [--steps N] [--warmup N] [--phase-steps N] [--no-overlap]\n"
-    "                 [--set key=value ...]\n"
+    "                 [--estimate-ep N [--a2a-gbps X] [--allreduce-gbps Y]] [--set key=value ...]\n"
     "  Trains FILE's model on random tokens: N timed steps after the warm-up, then\n"
     "  --phase-steps steps timed phase by phase (0: skip). Under mpirun the ranks\n"
     "  split the experts as parallel.expert_parallel says; gradients are all-reduced\n"
-    "  layer by layer during the backward, or after it with --no-overlap.\n";
+    "  layer by layer during the backward, or after it with --no-overlap.\n"
+    "  --estimate-ep N (one process, phases timed): the step with the experts split\n"
+    "  over N GPUs of one node, from this run's times and the node's all-to-all and\n"
+    "  all-reduce bus bandwidths in GB/s (default 370 and 480: NVLink 4 under NCCL).\n";
 
 struct Args {
     moe::ConfigFlags config;
     int steps = 20, warmup = 3, phase_steps = 5;
     bool overlap = true;
+    int estimate_ep = 0;
+    moe::NodeLinks links;
 };
 
 Args parse(int argc, char** argv) {
@@ -54,14 +62,50 @@ Args parse(int argc, char** argv) {
         else if (arg == "--warmup") a.warmup = int(args.integer(0));
         else if (arg == "--phase-steps") a.phase_steps = int(args.integer(0));
         else if (arg == "--no-overlap") a.overlap = false;
+        else if (arg == "--estimate-ep") a.estimate_ep = int(args.integer(2));
+        else if (arg == "--a2a-gbps") a.links.all_to_all_gbps = args.number(0, false);
+        else if (arg == "--allreduce-gbps") a.links.all_reduce_gbps = args.number(0, false);
         else args.fail_with_usage("unknown argument '" + arg + "'");
     }
     args.require_config(a.config);
+    if (a.estimate_ep && a.phase_steps == 0)
+        args.fail_with_usage("--estimate-ep needs the phase pass: give --phase-steps 1 or more");
     return a;
 }
 
 double since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The step at ep = args.estimate_ep from this one-GPU run: the timed mean
+// step, split as the phase pass split its time.
+void print_ep_estimate(const Args& args, const moe::Model& model, const moe::PhaseTimes& phases, double step_s,
+                       double tokens) {
+    double total = 0;
+    for (double s : phases.seconds) total += s;
+    const auto share = [&](moe::Phase p) { return phases.seconds[size_t(p)] / total; };
+    const moe::OneGpuStep one{step_s, step_s * share(moe::Phase::Experts), step_s * share(moe::Phase::Optimizer),
+                              tokens};
+    double expert_params = 0;
+    for (const moe::Param& p : model.params().all())
+        if (p.is_expert_stack()) expert_params += double(p.numel());
+    const double expert_share = expert_params / double(model.params().numel());
+    const int ep = args.estimate_ep;
+    const moe::ModelConfig& mc = model.config();
+    std::printf("ep %d estimate (one node of %d GPUs, dp 1, each rank a micro-batch like this one; all-to-all %.0f "
+                "GB/s, all-reduce %.0f GB/s bus bandwidth; %.0f bytes a token sent to other GPUs, %.1f MiB "
+                "of gradients all-reduced after the backward)\n",
+                ep, ep, args.links.all_to_all_gbps, args.links.all_reduce_gbps,
+                moe::all_to_all_bytes_per_token(mc) * (ep - 1) / ep, model.tail_reduce_bytes() / 1048576.0);
+    std::printf("  %-14s %10s %16s %10s %11s %11s %10s\n", "load max/mean", "step ms", "tokens/s (node)",
+                "experts", "all-to-all", "all-reduce", "optimizer");
+    for (double load : {1.0, 1.1, 1.25, 1.5}) {
+        const moe::EpStepEstimate e =
+            moe::estimate_ep_step(mc, one, ep, load, expert_share, double(model.tail_reduce_bytes()), args.links);
+        std::printf("  %-14.2f %10.2f %16.0f %10.2f %11.2f %11.2f %10.2f\n", load, e.step_s * 1e3,
+                    tokens * ep / e.step_s, e.experts_s * 1e3, e.all_to_all_s * 1e3, e.all_reduce_s * 1e3,
+                    e.optimizer_s * 1e3);
+    }
 }
 
 int run(const Args& args) {
@@ -73,6 +117,12 @@ int run(const Args& args) {
     world_comm = moe::world_for_backend(std::move(world_comm), *ops, cfg.parallel);
     moe::ProcessGroups groups = moe::make_process_groups(std::move(world_comm), cfg.parallel.expert_parallel);
     moe::Communicator* world = groups.world.get();
+    if (args.estimate_ep && groups.world_size() > 1)
+        throw moe::JobError(0, "--estimate-ep starts from one GPU's step: run it as one process, without mpirun");
+    if (args.estimate_ep && cfg.model.moe.num_experts % args.estimate_ep != 0)
+        throw moe::JobError(0, "--estimate-ep " + std::to_string(args.estimate_ep) + " does not divide the " +
+                                   std::to_string(cfg.model.moe.num_experts) +
+                                   " experts (model.moe.num_experts): give a divisor");
     const bool lead = groups.world_rank() == 0;
     const moe::ModelConfig& mc = cfg.model;
     const int B = cfg.train.micro_batch_size, T = cfg.train.seq_len;
@@ -178,6 +228,7 @@ int run(const Args& args) {
                 std::printf("  %-36s %8.2f ms %5.1f%%\n", moe::phase_name(moe::Phase(p)),
                             phase_times.seconds[size_t(p)] / args.phase_steps * 1e3,
                             100 * phase_times.seconds[size_t(p)] / total);
+            if (args.estimate_ep) print_ep_estimate(args, *model, phase_times, mean, double(B) * T);
         }
     }
     return 0;

@@ -64,11 +64,7 @@ Args parse(int argc, char** argv) {
         } else if (arg == "--seed") {
             a.seed = static_cast<unsigned long long>(args.integer(0));
         } else if (arg == "--temperature") {
-            const char* text = args.value();
-            char* end = nullptr;
-            a.temperature = std::strtod(text, &end);
-            if (!*text || *end || !std::isfinite(a.temperature) || a.temperature < 0)
-                fail("--temperature takes a number >= 0, got '" + std::string(text) + "'");
+            a.temperature = args.number(0);
         } else if (arg.rfind("-", 0) == 0 || !a.dir.empty()) {
             args.fail_with_usage("unexpected argument '" + arg + "'");
         } else {

@@ -3,6 +3,7 @@
 // after whatever it already printed.
 #pragma once
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -56,6 +57,17 @@ public:
             fail(arg_ + " takes an integer >= " + std::to_string(min) + ", got '" + text + "'");
         return v;
     }
+    // The flag's value as a finite number: the whole text, at least `min`
+    // (above it when !min_allowed).
+    double number(double min, bool min_allowed = true) {
+        const char* text = value();
+        char* end = nullptr;
+        const double v = std::strtod(text, &end);
+        if (!*text || *end || !std::isfinite(v) || v < min || (v == min && !min_allowed))
+            fail(arg_ + " takes a number " + (min_allowed ? ">= " : "> ") + format_number(min) + ", got '" + text +
+                 "'");
+        return v;
+    }
     // Takes this argument when it is --config FILE or --set key=value.
     bool config_flag(ConfigFlags& c) {
         if (arg_ == "--config") c.path = value();
@@ -72,6 +84,11 @@ public:
     [[noreturn]] void fail_with_usage(const std::string& message) const { fail(message + "\n" + usage_); }
 
 private:
+    static std::string format_number(double v) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%g", v);
+        return buf;
+    }
     const char* program_;
     const char* usage_;
     int argc_;

@@ -1,0 +1,114 @@
+// The expert-parallel step estimate (moe-bench --estimate-ep): each term
+// against the arithmetic written out, and the gradient bytes the backward
+// cannot hide against the parameters' names, and moe-bench's refusals.
+#include "engine/ep_estimate.h"
+#include "engine/model.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "tests/catch.h"
+#include "tests/test_util.h"
+#include "tests/tiny_model.h"
+
+using namespace moe;
+
+namespace {
+
+ModelConfig medium() {
+    ModelConfig m;
+    m.vocab_size = 32768;
+    m.hidden_size = 1024;
+    m.num_layers = 12;
+    m.num_heads = 16;
+    m.num_kv_heads = 4;
+    m.moe.num_experts = 8;
+    m.moe.top_k = 2;
+    m.moe.expert_hidden_size = 2816;
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("a token's all-to-all bytes are 4 exchanges a layer of its top-k bf16 rows", "[unit]") {
+    REQUIRE(all_to_all_bytes_per_token(medium()) == 4.0 * 12 * 2 * 1024 * 2);
+    ModelConfig top1 = medium();
+    top1.moe.top_k = 1;
+    REQUIRE(all_to_all_bytes_per_token(top1) == 4.0 * 12 * 1 * 1024 * 2);
+}
+
+TEST_CASE("the ep step: experts scaled by the load, optimizer by the local parameters, links added", "[unit]") {
+    const ModelConfig m = medium();
+    const OneGpuStep one{0.150, 0.090, 0.010, 16384};
+    const NodeLinks links;  // 370 and 480 GB/s
+    const EpStepEstimate e = estimate_ep_step(m, one, 8, 1.2, 0.9, 140e6, links);
+    REQUIRE(e.experts_s == Approx(0.108));
+    REQUIRE(e.optimizer_s == Approx(0.010 * (1 - 0.9 * 7 / 8)));  // 1/8 of the experts, all the rest
+    // 16384 tokens x 196608 bytes, 7/8 of them to other GPUs, at 370 GB/s.
+    REQUIRE(e.all_to_all_s == Approx(16384.0 * 196608 * 7 / 8 / 370e9));
+    // Ring-equivalent all-reduce: 2 (n-1)/n of the buffer at 480 GB/s.
+    REQUIRE(e.all_reduce_s == Approx(140e6 * 2 * 7 / 8 / 480e9));
+    REQUIRE(e.step_s == Approx(0.150 - 0.090 - 0.010 + e.experts_s + e.optimizer_s + e.all_to_all_s + e.all_reduce_s));
+    REQUIRE(e.step_s == Approx(0.16825).epsilon(1e-4));
+
+    // Twice the bandwidth halves the links' time and nothing else.
+    const EpStepEstimate fast = estimate_ep_step(m, one, 8, 1.2, 0.9, 140e6, NodeLinks{740, 960});
+    REQUIRE(fast.all_to_all_s == Approx(e.all_to_all_s / 2));
+    REQUIRE(fast.all_reduce_s == Approx(e.all_reduce_s / 2));
+    REQUIRE(fast.experts_s == e.experts_s);
+    // Two GPUs: half the rows leave, half the experts' state stays.
+    const EpStepEstimate two = estimate_ep_step(m, one, 2, 1.0, 0.9, 140e6, links);
+    REQUIRE(two.all_to_all_s == Approx(16384.0 * 196608 / 2 / 370e9));
+    REQUIRE(two.optimizer_s == Approx(0.010 * (1 - 0.9 / 2)));
+    REQUIRE(two.experts_s == one.experts_s);
+}
+
+TEST_CASE("the ep estimate refuses a layout or times that cannot be", "[unit]") {
+    const ModelConfig m = medium();
+    const OneGpuStep one{0.150, 0.090, 0.010, 16384};
+    const NodeLinks links;
+    REQUIRE_NOTHROW(estimate_ep_step(m, one, 4, 1.0, 0.9, 0, links));
+    REQUIRE_THROWS_AS(estimate_ep_step(m, one, 1, 1.0, 0.9, 0, links), std::invalid_argument);
+    REQUIRE_THROWS_AS(estimate_ep_step(m, one, 3, 1.0, 0.9, 0, links), std::invalid_argument);  // 8 experts
+    REQUIRE_THROWS_AS(estimate_ep_step(m, one, 8, 0.9, 0.9, 0, links), std::invalid_argument);
+    REQUIRE_THROWS_AS(estimate_ep_step(m, one, 8, 1.0, 1.5, 0, links), std::invalid_argument);
+    REQUIRE_THROWS_AS(estimate_ep_step(m, OneGpuStep{0.1, 0.09, 0.02, 16384}, 8, 1.0, 0.9, 0, links),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(estimate_ep_step(m, one, 8, 1.0, 0.9, 0, NodeLinks{0, 480}), std::invalid_argument);
+}
+
+TEST_CASE("the gradients reduced after the backward: the first layer's and those of no layer or the head",
+          "[unit]") {
+    for (bool shared : {true, false}) {
+        for (bool tied : {true, false}) {
+            ModelConfig mc = test::tiny_model();
+            mc.dynamics.shared = shared;
+            mc.tie_embeddings = tied;
+            CpuOps ops;
+            Model model(mc, ops, Precision(DType::F32), 1, 4);
+            size_t want = 0;
+            for (const Param& p : model.params().all()) {
+                const bool later_layer = p.name.rfind("layers.", 0) == 0 && p.name.rfind("layers.0.", 0) != 0;
+                const bool head = p.name == "norm.weight" || p.name == "lm_head.weight";
+                if (!p.is_expert_stack() && !later_layer && !head) want += size_t(p.numel()) * sizeof(float);
+            }
+            INFO("shared dynamics " << shared << ", tied embeddings " << tied);
+            REQUIRE(want > size_t(mc.vocab_size * mc.hidden_size) * sizeof(float));  // the embedding and more
+            REQUIRE(model.tail_reduce_bytes() == want);
+        }
+    }
+}
+
+TEST_CASE("moe-bench refuses an ep estimate it cannot make, with one line", "[unit]") {
+    const std::string tiny = std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml";  // 4 experts
+    const auto refused = [&](std::vector<std::string> args, const std::string& why) {
+        args.insert(args.begin(), {"--config", tiny});
+        const test::ProgramResult r = test::run_program(MOE_BENCH_TOOL, args);
+        INFO(r.output);
+        REQUIRE(r.exit_code == 2);
+        REQUIRE(test::contains(r.output, "moe-bench: " + why));
+        REQUIRE(!test::contains(r.output, "step time"));  // stopped before any step
+    };
+    refused({"--estimate-ep", "1"}, "--estimate-ep takes an integer >= 2, got '1'");
+    refused({"--estimate-ep", "3"}, "--estimate-ep 3 does not divide the 4 experts");
+    refused({"--estimate-ep", "2", "--phase-steps", "0"}, "--estimate-ep needs the phase pass");
+    refused({"--estimate-ep", "2", "--a2a-gbps", "0"}, "--a2a-gbps takes a number > 0, got '0'");
+    refused({"--estimate-ep", "2", "--allreduce-gbps", "fast"}, "--allreduce-gbps takes a number > 0, got 'fast'");
+}
