@@ -11,9 +11,9 @@ double all_to_all_bytes_per_token(const ModelConfig& m) {
 
 EpStepEstimate estimate_ep_step(const ModelConfig& m, const OneGpuStep& one, int ep, double load_max_over_mean,
                                 double expert_params_share, double tail_reduce_bytes, const NodeLinks& links) {
-    if (ep < 2 || m.moe.num_experts % ep != 0 || load_max_over_mean < 1 || expert_params_share < 0 || expert_params_share > 1 || one.step_s <= 0 ||
-        one.experts_s < 0 || one.optimizer_s < 0 || one.experts_s + one.optimizer_s > one.step_s ||
-        links.all_to_all_gbps <= 0 || links.all_reduce_gbps <= 0)
+    if (ep < 2 || m.moe.num_experts % ep != 0 || load_max_over_mean < 1 || expert_params_share < 0 ||
+        expert_params_share > 1 || one.step_s <= 0 || one.experts_s < 0 || one.optimizer_s < 0 ||
+        one.experts_s + one.optimizer_s > one.step_s || links.all_to_all_gbps <= 0 || links.all_reduce_gbps <= 0)
         throw std::invalid_argument("estimate_ep_step: ep " + std::to_string(ep) + ", load " +
                                     std::to_string(load_max_over_mean) + " or the measured times are out of range");
     // Uniform routing sends (ep-1)/ep of the rows off the rank; all-reduce's

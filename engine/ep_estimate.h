@@ -3,17 +3,15 @@
 // the links' bandwidths: what moe-bench prints for --estimate-ep.
 //
 // Each rank still computes its own micro-batch, so attention, routing, the
-// dynamics and the head cost what they cost on one GPU. The experts' rows are
-// those of one GPU on average (ep ranks send B*T*k rows to ep/ep-th of the
-// experts each), but the step waits for the busiest rank: expert time grows
-// with the load's max/mean. The optimizer updates the replicated parameters
+// dynamics and the head cost what they cost on one GPU. A rank's experts get
+// the rows of one GPU on average (the ep ranks' ep*B*T*k rows spread over ep
+// GPUs), but the step waits for the busiest rank: expert time grows with the
+// load's max/mean. The optimizer updates the replicated parameters
 // and only 1/ep of the experts. Added: the four all-to-alls of each layer
 // (dispatch and combine, forward and backward; not overlapped with compute)
 // and the replicated gradients' all-reduce that the backward cannot hide (the
 // first layer's and the embedding's, reduced after it).
 #pragma once
-#include <cstdint>
-
 #include "engine/config.h"
 
 namespace moe {
@@ -43,9 +41,10 @@ struct EpStepEstimate {
 // itself included: 4 exchanges a layer of top_k bf16 rows of hidden_size.
 double all_to_all_bytes_per_token(const ModelConfig& m);
 
-// ep: ranks of the node (> 1, dividing the experts); load_max_over_mean >= 1; expert_params_share:
-// expert parameters over all; tail_reduce_bytes: replicated gradient bytes
-// all-reduced after the backward.
+// ep: ranks of the node (> 1, dividing the experts); load_max_over_mean >= 1;
+// expert_params_share: expert parameters over all; tail_reduce_bytes:
+// replicated gradient bytes all-reduced after the backward. Out of range:
+// std::invalid_argument.
 EpStepEstimate estimate_ep_step(const ModelConfig& m, const OneGpuStep& one, int ep, double load_max_over_mean,
                                 double expert_params_share, double tail_reduce_bytes, const NodeLinks& links);
 
