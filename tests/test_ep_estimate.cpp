@@ -12,18 +12,8 @@ using namespace moe;
 
 namespace {
 
-ModelConfig medium() {
-    ModelConfig m;
-    m.vocab_size = 32768;
-    m.hidden_size = 1024;
-    m.num_layers = 12;
-    m.num_heads = 16;
-    m.num_kv_heads = 4;
-    m.moe.num_experts = 8;
-    m.moe.top_k = 2;
-    m.moe.expert_hidden_size = 2816;
-    return m;
-}
+// configs/bench/medium.yaml: L 12, H 1024, 8 experts, top-2.
+ModelConfig medium() { return load_config(std::string(MOE_SOURCE_DIR) + "/configs/bench/medium.yaml").model; }
 
 }  // namespace
 
