@@ -92,16 +92,17 @@ void print_ep_estimate(const Args& args, const moe::Model& model, const moe::Pha
     const double expert_share = expert_params / double(model.params().numel());
     const int ep = args.estimate_ep;
     const moe::ModelConfig& mc = model.config();
+    const double tail_bytes = double(model.tail_reduce_bytes());
     std::printf("ep %d estimate (one node of %d GPUs, dp 1, each rank a micro-batch like this one; all-to-all %.0f "
                 "GB/s, all-reduce %.0f GB/s bus bandwidth; %.0f bytes a token sent to other GPUs, %.1f MiB "
                 "of gradients all-reduced after the backward)\n",
                 ep, ep, args.links.all_to_all_gbps, args.links.all_reduce_gbps,
-                moe::all_to_all_bytes_per_token(mc) * (ep - 1) / ep, model.tail_reduce_bytes() / 1048576.0);
+                moe::all_to_all_bytes_per_token(mc) * (ep - 1) / ep, tail_bytes / 1048576.0);
     std::printf("  %-14s %10s %16s %10s %11s %11s %10s\n", "load max/mean", "step ms", "tokens/s (node)",
                 "experts", "all-to-all", "all-reduce", "optimizer");
     for (double load : {1.0, 1.1, 1.25, 1.5}) {
         const moe::EpStepEstimate e =
-            moe::estimate_ep_step(mc, one, ep, load, expert_share, double(model.tail_reduce_bytes()), args.links);
+            moe::estimate_ep_step(mc, one, ep, load, expert_share, tail_bytes, args.links);
         std::printf("  %-14.2f %10.2f %16.0f %10.2f %11.2f %11.2f %10.2f\n", load, e.step_s * 1e3,
                     tokens * ep / e.step_s, e.experts_s * 1e3, e.all_to_all_s * 1e3, e.all_reduce_s * 1e3,
                     e.optimizer_s * 1e3);
