@@ -1,106 +1,140 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go, for a machine lent for minutes:
-# builds natively, runs the gpu tests, the medium benchmarks, the staged
-# two-rank runs (dispatch/combine time, overlap of the gradient all-reduce),
-# a short moe-train on the GPU with a resume (and the same on the CPU, both
-# curves in one chart), the CPU test labels (this machine's compilers and
-# libraries: Catch2 3, yaml-cpp 0.8), and on request compute-sanitizer on the
-# kernel tests (the lent machines' gVisor kind has been seen refusing it, and
-# ncu there reads no counters: time with moe-opbench's events instead). Each
-# stage logs to OUT/<stage>.log,
-# has a time limit, and the next one runs after a failure; the summary
-# (OUT/summary.txt, printed last) has each stage's exit status and headline
-# figures. The default stages fit one 10-minute call.
+# Everything that needs a GPU, for a machine lent for minutes, as two prepared
+# device calls of at most 9 minutes each (every stage has a time limit, and
+# the whole session a budget that ends it with its summary written):
 #
-#   scripts/gpu_session.sh OUT [stage ...]
-#   stages: build test bench staged train unit sanitize
-#   (default: all but sanitize, in that order)
+#   scripts/gpu_session.sh OUT          the bring-up: build, the gpu tests, moe-bench on
+#                                       both medium configs (with the ep 8 estimate),
+#                                       moe-opbench on medium, 200 steps of moe-train on
+#                                       cuda with a resume checked bit for bit, and the
+#                                       same run on the CPU beside it
+#   scripts/gpu_session.sh OUT more     the rest: two ranks on the GPU through staged MPI
+#                                       (all-to-all time and bytes, overlapped all-reduce
+#                                       against --no-overlap), the unit and mpi tests
+#                                       with that machine's libraries, compute-sanitizer
+#   scripts/gpu_session.sh OUT STAGE... chosen stages: build test bench opbench train
+#                                       staged unit sanitize (build first)
+#
+# The build is native (build-gpu) where the machine has our build packages;
+# where its configure or build fails, the pack that scripts/gpu_prebuilt.sh
+# made (gpu-prebuilt/, carried) is unpacked and run instead. Device call:
+#   run(command="bash scripts/gpu_session.sh $OUT", carry=["gpu-prebuilt"], timeout_s=600)
+# OUT gets summary.txt (each stage's exit status and the headline figures),
+# logs.tar.gz (every log and the runs' metrics) and train-gpu-vs-cpu.png.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ]; then
-  echo "usage: scripts/gpu_session.sh OUT [build|test|bench|staged|train|unit|sanitize ...]" >&2
+  echo "usage: scripts/gpu_session.sh OUT [more | build|test|bench|opbench|train|staged|unit|sanitize ...]" >&2
   exit 2
 fi
 out=$(mkdir -p "$1" && cd "$1" && pwd)
 shift
-stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build test bench staged train unit)
-build=build-gpu
-njobs=$(nproc)
-export out build njobs
-# mpirun as root (the lent machines run commands as root)
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-# seconds each stage may take
-declare -A limit=([build]=240 [test]=200 [bench]=200 [staged]=200 [train]=180 [unit]=180 [sanitize]=480)
+case "${1:-}" in
+  "") plan=bring-up; stages=(build test bench opbench train) ;;
+  more) plan=more; stages=(build staged unit sanitize) ;;
+  *) plan=chosen; stages=("$@") ;;
+esac
+budget=${MOE_GPU_BUDGET_S:-520}  # seconds for the whole session: a 9-minute call, less the packing
+native=${MOE_GPU_BUILD_DIR:-build-gpu}
+state=/tmp/moe-gpu-session.env   # the build chosen by the build stage, sourced by the others
+runs=/tmp/moe-gpu-runs
+njobs=$(nproc --all)
+export out native state runs njobs
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1  # the lent machines run commands as root
+export NCCL_DEBUG=${NCCL_DEBUG:-VERSION}                            # NCCL names its version once
+declare -A limit=([build]=200 [test]=240 [bench]=120 [opbench]=80 [train]=120
+                  [staged]=200 [unit]=300 [sanitize]=400)
 summary="$out/summary.txt"
-: > "$summary"
-
+deadline=$((SECONDS + budget))
 note() { echo "$*" >> "$summary"; }
 
-# stage NAME: runs do_NAME within its time limit, output in OUT/NAME.log.
+# stage NAME: do_NAME within min(its limit, what the budget has left), output in OUT/NAME.log.
 stage() {
-  local name=$1 t0=$SECONDS
-  echo "running $name (at most ${limit[$name]} s)"
-  timeout --kill-after=10 "${limit[$name]}" bash -c "do_$name" > "$out/$name.log" 2>&1
-  local rc=$?
-  local why=""
-  [ $rc -eq 124 ] && why=" (past its ${limit[$name]} s limit)"
+  local name=$1 t0=$SECONDS left=$((deadline - SECONDS))
+  local t=$(( left < ${limit[$name]} ? left : ${limit[$name]} ))
+  if [ "$t" -lt 20 ]; then note "== $name: not run (the session's ${budget} s are spent)"; return 1; fi
+  echo "running $name (at most $t s)"
+  timeout --kill-after=10 "$t" bash -c "do_$name" > "$out/$name.log" 2>&1
+  local rc=$? why=""
+  [ $rc -eq 124 ] && why=" (stopped at its $t s limit)"
   note "== $name: exit $rc$why, $((SECONDS - t0)) s (log $name.log)"
   return $rc
 }
+source_hash() {  # as scripts/gpu_prebuilt.sh computes it
+  find CMakeLists.txt engine kernels comm tools tests -type f ! -name '*.pyc' | LC_ALL=C sort |
+    xargs sha256sum | sha256sum | cut -c1-16
+}
 
-do_build() {
-  nvidia-smi || true
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON || return 1
-  if grep -q "^MOE_NCCL_LIBRARY.*NOTFOUND\|^MOE_NCCL_INCLUDE.*NOTFOUND" "$build/CMakeCache.txt"; then
-    # No system NCCL: take the one PyTorch's wheels bring, if any.
-    local d lib
+native_build() {
+  cmake -S . -B "$native" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 || return 1
+  if grep -q "^MOE_NCCL_LIBRARY.*NOTFOUND\|^MOE_NCCL_INCLUDE.*NOTFOUND" "$native/CMakeCache.txt"; then
+    local d lib  # no system NCCL: the one PyTorch's wheels bring, if any
     d=$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null)
     lib=$(ls "$d"/lib/libnccl.so* 2>/dev/null | head -1)
     if [ -n "$lib" ] && [ -f "$d/include/nccl.h" ]; then
       echo "no system NCCL; using $lib"
-      cmake -S . -B "$build" -DMOE_NCCL_INCLUDE="$d/include" -DMOE_NCCL_LIBRARY="$lib" || return 1
+      cmake -S . -B "$native" -DMOE_NCCL_INCLUDE="$d/include" -DMOE_NCCL_LIBRARY="$lib" || return 1
     else
       echo "no NCCL found: the NCCL communicator and gpu_nccl are not built"
     fi
   fi
-  cmake --build "$build" -j "$njobs"
+  cmake --build "$native" --target gpu_session -j "$njobs"
 }
 
-do_test() { (cd "$build" && ctest -L gpu --output-on-failure --timeout 600); }
-
-do_unit() { (cd "$build" && ctest -L "unit|mpi" --output-on-failure -j "$njobs"); }
-
-# Races, out-of-bounds accesses and uninitialised reads in the kernels, on the
-# op tests (small shapes; the model tests would take too long under the tool).
-do_sanitize() {
-  local rc=0 tool t
-  command -v compute-sanitizer >/dev/null || { echo "compute-sanitizer is not on the PATH"; return 1; }
-  for tool in memcheck racecheck initcheck; do
-    for t in dense attention router permute dynamics cross_entropy embedding; do
-      echo "--- $tool gpu_cuda_$t"
-      compute-sanitizer --tool "$tool" --error-exitcode 9 "$build/gpu_cuda_$t" || rc=1
-    done
-  done
-  return $rc
+# The pack of scripts/gpu_prebuilt.sh, made on another machine from this tree.
+prebuilt_build() {
+  local pack=gpu-prebuilt/moe-gpu-prebuilt.tar.xz b=/tmp/moe-src/build-prebuilt
+  [ -f "$pack" ] || { echo "no $pack: make it with scripts/gpu_prebuilt.sh and carry gpu-prebuilt"; return 1; }
+  rm -rf build-prebuilt && tar -xJf "$pack" || return 1
+  ln -sfn "$PWD" /tmp/moe-src
+  local want have
+  want=$(sed -n 's/^sources //p' "$b/runtime/MANIFEST")
+  have=$(source_hash)
+  if [ "$want" != "$have" ]; then
+    echo "the pack was built from other sources ($want, this tree $have): rebuild it with scripts/gpu_prebuilt.sh"
+    return 1
+  fi
+  cat "$b/runtime/MANIFEST"
+  . "$b/runtime/env.sh"
+  if ldd "$b/moe-train" "$b/gpu_cuda_dense" | grep "not found"; then
+    echo "the pack's programs miss the libraries above on this machine"
+    return 1
+  fi
+  { echo "build=$b"; echo ". $b/runtime/env.sh"; echo "build_kind=fallback"; } > "$state"
 }
+
+do_build() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  nvcc --version 2>/dev/null | tail -2
+  if native_build; then
+    { echo "build=$native"; echo "build_kind=native"; } > "$state"
+    echo "build: native ($native)"
+  else
+    echo "the native build failed: taking the carried pack"
+    prebuilt_build || return 1
+    echo "build: fallback (the carried pack of scripts/gpu_prebuilt.sh)"
+  fi
+}
+
+do_test() { . "$state"; cd "$build" && ctest -L gpu --output-on-failure --timeout 300; }
 
 do_bench() {
+  . "$state"
   local rc=0 c
   for c in medium medium-tr; do
     echo "--- $c"
     "$build/moe-bench" --config "configs/bench/$c.yaml" --steps 20 --warmup 3 --phase-steps 5 --estimate-ep 8 || rc=1
-    echo "--- $c, op by op"
-    "$build/moe-opbench" --config "configs/bench/$c.yaml" || rc=1
   done
   return $rc
 }
 
+do_opbench() { . "$state"; echo "--- medium, op by op"; "$build/moe-opbench" --config configs/bench/medium.yaml; }
+
 # Two ranks on the one GPU through the staged MPI communicator (NCCL refuses
 # two ranks on one GPU): dispatch/combine time and bytes per token, and the
 # step with the gradient all-reduce overlapped against after the backward.
-# Each rank holds half the experts: two ranks of medium fit in 80 GB.
 do_staged() {
+  . "$state"
   local rc=0 c overlap
   local common=(--set parallel.allow_shared_gpu=true --set parallel.comm=mpi --set parallel.expert_parallel=2
                 --steps 10 --warmup 2 --phase-steps 0)
@@ -113,54 +147,110 @@ do_staged() {
   return $rc
 }
 
-# A short real run: demo data if present, else shards of this repository's
-# text; then a resume from its checkpoint; then the same two runs on the CPU,
-# both curves in OUT/train-gpu-vs-cpu.png.
+# The lines of a metrics file after step $2, without the timings (which differ
+# from run to run).
+losses_from() {
+  awk -v from="$2" 'match($0, /"step": [0-9]+/) && substr($0, RSTART + 8, RLENGTH - 8) + 0 > from' "$1" |
+    sed -E 's/, "(tokens_per_s|step_s|all_to_all_s)": [^,}]*//g'
+}
+
+# 200 steps of the demo model on the GPU with checkpoints at 100 and 200; a
+# second run resumed from step 100 must give steps 101-200 bit for bit; the
+# same 200 steps on the CPU, both curves in OUT/train-gpu-vs-cpu.png.
 do_train() {
+  . "$state"
   local data=data/fortunes
   if [ ! -f "$data/stats.txt" ]; then
-    data="$out/train-data"
-    mapfile -t files < <(git ls-files '*.md' '*.cpp' '*.h' '*.cu' | head -200)
-    "$build/moe-shards" --out "$data" "${files[@]}" || return 1
+    data="$runs/data"
+    mapfile -t files < <(find engine kernels comm tools tests -name '*.cpp' -o -name '*.h' -o -name '*.cu' | sort)
+    "$build/moe-shards" --out "$data" "${files[@]}" README.md || return 1
   fi
-  local run="$out/train-gpu"
-  rm -rf "$run"
-  local args=(--config configs/tiny.yaml --set "data.train=$data/train_*.bin" --set "data.val=$data/val_*.bin")
-  local cpu="$out/train-cpu" device
-  rm -rf "$cpu"
-  for device in cuda cpu; do
-    local dir=$run
-    [ $device = cpu ] && dir=$cpu
-    "$build/moe-train" "${args[@]}" --set run.device=$device --set "run.out_dir=$dir" --set train.steps=200 &&
-      "$build/moe-train" "${args[@]}" --set run.device=$device --set "run.out_dir=$dir" --set train.steps=300 \
-        --resume auto || return 1
-  done
+  rm -rf "$runs/train-"*
+  local args=(--config configs/tiny.yaml --set "data.train=$data/train_*.bin" --set "data.val=$data/val_*.bin"
+              --set train.steps=200 --set checkpoint.every=100 --set eval.every=100 --set log.every=25)
+  "$build/moe-train" "${args[@]}" --set run.device=cuda --set "run.out_dir=$runs/train-gpu" || return 1
+  "$build/moe-train" "${args[@]}" --set run.device=cuda --set "run.out_dir=$runs/train-gpu-resumed" \
+    --resume "$runs/train-gpu/checkpoints/step-00000100" || return 1
+  if diff <(losses_from "$runs/train-gpu/metrics.jsonl" 100) <(losses_from "$runs/train-gpu-resumed/metrics.jsonl" 100) \
+       > "$runs/resume.diff"; then
+    echo "resume: steps 101-200 of the run resumed at step 100 equal the uninterrupted run's bit for bit"
+  else
+    echo "resume: the resumed run differs from the uninterrupted one:"; head -4 "$runs/resume.diff"; return 1
+  fi
+  "$build/moe-train" "${args[@]}" --set run.device=cpu --set "run.out_dir=$runs/train-cpu" || return 1
   if [ -x "$build/moe-plot" ]; then
-    "$build/moe-plot" "$run" "$cpu" --smooth 10 -o "$out/train-gpu-vs-cpu.png"
+    "$build/moe-plot" "$runs/train-gpu" "$runs/train-cpu" --smooth 10 -o "$out/train-gpu-vs-cpu.png"
   else
     echo "no moe-plot (built only where cmake finds zlib): no train-gpu-vs-cpu.png"
   fi
 }
 
-export -f do_build do_test do_unit do_sanitize do_bench do_staged do_train
+# The CPU labels with this machine's compilers and libraries (native only).
+do_unit() {
+  . "$state"
+  [ "$build_kind" = native ] || { echo "skipped: the carried pack holds no unit or mpi tests"; return 0; }
+  cmake --build "$build" -j "$njobs" && (cd "$build" && ctest -L "unit|mpi" --output-on-failure -j "$njobs")
+}
+
+# Races, out-of-bounds accesses and uninitialised reads in the kernels, on the
+# op tests (small shapes; the model tests would take too long under the tool).
+do_sanitize() {
+  . "$state"
+  local rc=0 tool t
+  command -v compute-sanitizer >/dev/null || { echo "compute-sanitizer is not on the PATH"; return 1; }
+  for tool in memcheck racecheck initcheck; do
+    for t in dense attention router permute dynamics cross_entropy embedding; do
+      echo "--- $tool gpu_cuda_$t"
+      compute-sanitizer --tool "$tool" --error-exitcode 9 "$build/gpu_cuda_$t" || rc=1
+    done
+  done
+  return $rc
+}
+
+# The headline figures of the logs, after the stages' lines.
+summarize() {
+  local f
+  note ""
+  [ -f "$out/build.log" ] && grep -hE "^build: |no system NCCL|no NCCL found|^sources |^built |^commit |^NVIDIA|^Cuda compilation" \
+    "$out/build.log" >> "$summary"
+  grep -hoE "NCCL version [^ ]+" "$out"/*.log 2>/dev/null | head -1 >> "$summary"
+  for f in test unit; do
+    [ -f "$out/$f.log" ] && grep -hE "Test +#|tests passed|tests failed|\(Failed\)|\(Not Run\)" "$out/$f.log" >> "$summary"
+  done
+  for f in bench opbench staged; do
+    [ -f "$out/$f.log" ] && grep -hE "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^phases|^  [a-z]|^these ops|^ep [0-9]+ estimate|^  [0-9.]+ " \
+      "$out/$f.log" >> "$summary"
+  done
+  [ -f "$out/train.log" ] && grep -hE "^resume: |final validation loss|done: |train-gpu-vs-cpu.png" "$out/train.log" >> "$summary"
+  [ -f "$out/sanitize.log" ] && grep -hE "^--- |ERROR SUMMARY" "$out/sanitize.log" >> "$summary"
+}
+
+# At most 8 files come back: the logs and the runs' metrics go in one archive.
+pack_logs() {
+  local d files
+  for d in "$runs"/train-*; do
+    [ -f "$d/metrics.jsonl" ] && cp "$d/metrics.jsonl" "$out/$(basename "$d").metrics.jsonl"
+  done
+  files=$(cd "$out" && shopt -s nullglob && echo *.log *.metrics.jsonl)
+  [ -n "$files" ] && (cd "$out" && tar -czf logs.tar.gz --remove-files $files)
+}
+
+export -f source_hash native_build prebuilt_build losses_from
+export -f do_build do_test do_bench do_opbench do_staged do_train do_unit do_sanitize
+: > "$summary"
+note "gpu_session $plan, $(date -u +%FT%TZ), stages: ${stages[*]}"
 failed=0
+[ "${stages[0]}" = build ] || [ -f "$state" ] || note "no build stage and no earlier build: the stages will fail"
 for s in "${stages[@]}"; do
   case $s in
-    build | test | bench | staged | train | unit | sanitize) stage "$s" || failed=1 ;;
-    *) note "unknown stage '$s' (build test bench staged train unit sanitize)"; failed=1 ;;
+    build | test | bench | opbench | train | staged | unit | sanitize)
+      stage "$s" || failed=1
+      [ "$s" = build ] && [ "$failed" = 1 ] && { note "the build failed: nothing else can run"; break; } ;;
+    *) note "unknown stage '$s' (build test bench opbench train staged unit sanitize)"; failed=1 ;;
   esac
 done
-
-# Headline figures from the logs.
-[ -f "$out/build.log" ] && grep -E "^-- moe:|no system NCCL|no NCCL found" "$out/build.log" | sort -u >> "$summary"
-for f in bench staged; do
-  [ -f "$out/$f.log" ] && grep -E "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^  [a-z]|^these ops|^ep [0-9]+ estimate|^  [0-9.]+ " \
-    "$out/$f.log" >> "$summary"
-done
-[ -f "$out/train.log" ] && grep -E "final validation loss|train-gpu-vs-cpu.png" "$out/train.log" >> "$summary"
-for f in test unit; do
-  [ -f "$out/$f.log" ] && grep -E "tests passed|tests failed|\(Failed\)|\(Not Run\)|Skipped" "$out/$f.log" >> "$summary"
-done
+summarize
+pack_logs
 echo
 cat "$summary"
 exit $failed
