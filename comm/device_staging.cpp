@@ -46,17 +46,13 @@ void* DeviceStaging::to_host(int slot, const void* p, size_t bytes, bool copy_in
     // default-stream copies do not wait for: finish everything queued before
     // p is read here or, receive-only too, overwritten by to_device().
     check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
-    if (copy_in) {
-        check(cudaMemcpy(pinned_[slot], p, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
-        bytes_staged_ += bytes;
-    }
+    if (copy_in) check(cudaMemcpy(pinned_[slot], p, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to host");
     return pinned_[slot];
 }
 
 void DeviceStaging::to_device(void* p, const void* host, size_t bytes) {
     if (bytes == 0 || host == p) return;
     check(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy to device");
-    bytes_staged_ += bytes;
 }
 #else
 DeviceStaging::~DeviceStaging() = default;

@@ -28,13 +28,9 @@ public:
     // Copies host back into p when to_host() staged it.
     void to_device(void* p, const void* host, size_t bytes);
 
-    // Bytes copied each way since construction (staging's cost, for reports).
-    size_t bytes_staged() const { return bytes_staged_; }
-
 private:
     void* pinned_[kSlots] = {nullptr, nullptr};
     size_t capacity_[kSlots] = {0, 0};
-    size_t bytes_staged_ = 0;
 };
 
 }  // namespace moe

@@ -12,12 +12,12 @@
 #include "comm/mpi_communicator.h"
 #include "comm/mpi_runtime.h"
 #include "comm/process_groups.h"
-#include "engine/backend.h"
-#include "engine/cli.h"
-#include "engine/config.h"
-#include "engine/parity.h"
-#include "engine/stop_signal.h"
-#include "engine/trainer.h"
+#include "engine/run/backend.h"
+#include "engine/config/cli.h"
+#include "engine/config/config.h"
+#include "engine/train/parity.h"
+#include "engine/run/stop_signal.h"
+#include "engine/train/trainer.h"
 
 namespace {
 

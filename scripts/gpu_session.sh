@@ -96,7 +96,7 @@ prebuilt_build() {
   fi
   cat "$b/runtime/MANIFEST"
   . "$b/runtime/env.sh"
-  if ldd "$b/moe-train" "$b/gpu_cuda_dense" | grep "not found"; then
+  if ldd "$b/moe-train" "$b/gpu_tests" | grep "not found"; then
     echo "the pack's programs miss the libraries above on this machine"
     return 1
   fi
@@ -199,9 +199,9 @@ do_sanitize() {
   local rc=0 tool t
   command -v compute-sanitizer >/dev/null || { echo "compute-sanitizer is not on the PATH"; return 1; }
   for tool in memcheck racecheck initcheck; do
-    for t in dense attention router permute dynamics cross_entropy embedding; do
+    for t in elementwise rmsnorm matmul activations adamw attention router permute dynamics cross_entropy embedding; do
       echo "--- $tool gpu_cuda_$t"
-      compute-sanitizer --tool "$tool" --error-exitcode 9 "$build/gpu_cuda_$t" || rc=1
+      compute-sanitizer --tool "$tool" --error-exitcode 9 "$build/gpu_tests" "-#" "[#test_cuda_$t]" || rc=1
     done
   done
   return $rc

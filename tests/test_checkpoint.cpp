@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/checkpoint.h"
-#include "engine/trainer.h"
+#include "engine/io/checkpoint.h"
+#include "engine/train/trainer.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/catch.h"
 #include "tests/test_util.h"

@@ -13,10 +13,10 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include "engine/checkpoint.h"
-#include "engine/model.h"
-#include "engine/safetensors.h"
-#include "engine/trainer.h"
+#include "engine/io/checkpoint.h"
+#include "engine/model/model.h"
+#include "engine/io/safetensors.h"
+#include "engine/train/trainer.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/catch.h"
 #include "tests/test_util.h"
@@ -104,7 +104,7 @@ std::vector<std::string> weight_names(const Config& c) {
 
 }  // namespace
 
-TEST_CASE("the tools' MODEL.md name list is the model's own", "[unit]") {
+TEST_CASE("the tools' name list is the model's own, in MODEL.md's order", "[unit]") {
     Config c = moe::test::small_config_at("unused");
     const auto same = [](std::vector<std::string> a, std::vector<std::string> b) {
         std::sort(a.begin(), a.end());
@@ -114,12 +114,31 @@ TEST_CASE("the tools' MODEL.md name list is the model's own", "[unit]") {
     REQUIRE(same(model_tensor_names(c.model), weight_names(c)));
     c.model.qk_norm = true;
     c.model.tie_embeddings = true;
-    c.model.moe.router = "token_id";
+    c.model.moe.router = moe::RouterKind::token_id;
     c.model.moe.top_k = 1;
     c.model.dynamics.shared = false;
     REQUIRE(same(model_tensor_names(c.model), weight_names(c)));
     c.model.dynamics.enabled = false;
     REQUIRE(same(model_tensor_names(c.model), weight_names(c)));
+
+    // MODEL.md's list, written out for one layer of two experts.
+    Config one = moe::test::small_config_at("unused");
+    one.model.num_layers = 1;
+    one.model.moe.num_experts = 2;
+    one.model.qk_norm = true;
+    const std::vector<std::string> shared = {
+        "embed.weight", "layers.0.attn_norm.weight", "layers.0.attn.wq", "layers.0.attn.wk", "layers.0.attn.wv",
+        "layers.0.attn.wo", "layers.0.attn.q_norm.weight", "layers.0.attn.k_norm.weight", "layers.0.moe_norm.weight",
+        "layers.0.moe.router.weight", "layers.0.moe.experts.0.w_gate", "layers.0.moe.experts.0.w_up",
+        "layers.0.moe.experts.0.w_down", "layers.0.moe.experts.1.w_gate", "layers.0.moe.experts.1.w_up",
+        "layers.0.moe.experts.1.w_down", "dynamics.mu", "dynamics.c1.weight", "dynamics.c1.bias",
+        "dynamics.c2.weight", "dynamics.c2.bias", "norm.weight", "lm_head.weight"};
+    REQUIRE(model_tensor_names(one.model) == shared);
+    one.model.dynamics.shared = false;
+    std::vector<std::string> per_layer = shared;
+    for (std::string& name : per_layer)
+        if (name.rfind("dynamics.", 0) == 0) name = "layers.0." + name;
+    REQUIRE(model_tensor_names(one.model) == per_layer);
 }
 
 TEST_CASE("moe-checkpoint inspects and exports checkpoints of any layout", "[unit]") {

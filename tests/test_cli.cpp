@@ -2,7 +2,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/cli.h"
+#include "engine/config/cli.h"
 #include "tests/catch.h"
 
 using namespace moe;

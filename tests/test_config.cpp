@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/config.h"
+#include "engine/config/config.h"
 #include "tests/catch.h"
 
 using moe::Config;
@@ -122,7 +122,7 @@ Config unusual_config() {
     m.moe.num_experts = 8;
     m.moe.top_k = 1;
     m.moe.expert_hidden_size = 192;
-    m.moe.router = "token_id";
+    m.moe.router = moe::RouterKind::token_id;
     m.moe.normalize_top_k = false;
     m.moe.load_balancing_weight = 0.0;
     m.moe.z_loss_weight = 1e-3;
@@ -230,7 +230,7 @@ parallel:
     CHECK(c.model.rope_theta == 1e6);
     CHECK(c.model.moe.num_experts == 6);
     CHECK(c.model.moe.top_k == 1);
-    CHECK(c.model.moe.router == "token_id");
+    CHECK(c.model.moe.router == moe::RouterKind::token_id);
     REQUIRE(c.model.moe.capacity_factor.has_value());
     CHECK(*c.model.moe.capacity_factor == 1.5);
     CHECK_FALSE(c.model.dynamics.shared);

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/data_loader.h"
+#include "engine/io/data_loader.h"
 #include "tests/catch.h"
 #include "tests/test_util.h"
 

@@ -1,12 +1,12 @@
 // The expert-parallel step estimate (moe-bench --estimate-ep): each term
 // against the arithmetic written out, and the gradient bytes the backward
 // cannot hide against the parameters' names, and moe-bench's refusals.
-#include "engine/ep_estimate.h"
-#include "engine/model.h"
+#include "tools/ep_estimate.h"
+#include "engine/model/model.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/catch.h"
 #include "tests/test_util.h"
-#include "tests/tiny_model.h"
+#include "tests/test_models.h"
 
 using namespace moe;
 
@@ -81,7 +81,7 @@ TEST_CASE("the gradients reduced after the backward: the first layer's and those
             }
             INFO("shared dynamics " << shared << ", tied embeddings " << tied);
             REQUIRE(want > size_t(mc.vocab_size * mc.hidden_size) * sizeof(float));  // the embedding and more
-            REQUIRE(model.tail_reduce_bytes() == want);
+            REQUIRE(tail_reduce_bytes(model) == want);
         }
     }
 }

@@ -1,8 +1,8 @@
 // The FLOP count behind tokens/s -> TFLOP/s and MFU (MODEL.md "FLOPs counted
 // for MFU"), term by term on the benchmark configs, and the MFU of the
 // issue's PyTorch figures.
-#include "engine/config.h"
-#include "engine/flops.h"
+#include "engine/config/config.h"
+#include "engine/model/flops.h"
 #include "tests/catch.h"
 
 using namespace moe;

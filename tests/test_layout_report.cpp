@@ -3,7 +3,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/layout_report.h"
+#include "engine/run/layout_report.h"
 #include "tests/catch.h"
 #include "tests/test_util.h"
 

@@ -2,11 +2,11 @@
 // construction, and a device too small for it stops with the plan's numbers.
 #include <limits>
 
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/catch.h"
 #include "tests/test_util.h"
-#include "tests/tiny_model.h"
+#include "tests/test_models.h"
 
 using namespace moe;
 

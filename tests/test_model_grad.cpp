@@ -3,11 +3,11 @@
 #include <functional>
 #include <string>
 
-#include "engine/model.h"
-#include "engine/rng.h"
+#include "engine/model/model.h"
+#include "engine/model/rng.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/gradcheck.h"
-#include "tests/tiny_model.h"
+#include "tests/test_models.h"
 
 using namespace moe;
 using moe::test::tiny_model;
@@ -44,7 +44,7 @@ void check_model_gradients(const ModelConfig& cfg) {
     moe::test::poison_grads(params);  // the backward writes every gradient whole
     const ForwardResult r = model.forward(inputs.data(), targets.data());
     model.backward(1.0, Write::overwrite);
-    if (cfg.moe.router == "learned") REQUIRE(r.aux > 0);
+    if (cfg.moe.router == moe::RouterKind::learned) REQUIRE(r.aux > 0);
     if (cfg.moe.capacity_factor) REQUIRE(r.dropped > 0);
 
     for (Param& p : params.all()) {
@@ -60,7 +60,7 @@ TEST_CASE("model gradients match finite differences", "[unit]") {
     const std::vector<Variant> variants = {
         {"learned top-2, shared dynamics", [](ModelConfig&) {}},
         {"token_id router", [](ModelConfig& m) {
-             m.moe.router = "token_id";
+             m.moe.router = moe::RouterKind::token_id;
              m.moe.top_k = 1;
          }},
         {"capacity with drops", [](ModelConfig& m) { m.moe.capacity_factor = 0.5; }},

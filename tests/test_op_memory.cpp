@@ -1,5 +1,5 @@
-// CPU memory, elementwise and reduction ops, the column concat and the token
-// embedding: against naive loops, with shape errors that name the op.
+// CPU memory, elementwise and reduction ops and the column concat (cpu/memory.cpp):
+// against naive loops, with shape errors that name the op.
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -136,35 +136,4 @@ TEST_CASE("mismatched shapes throw a logic_error naming the op and the shapes", 
                         {"concat_cols_forward", "[2, 6]", "[2, 3]", "[2, 2]"});
     require_logic_error([&] { ops.concat_cols_backward(tensor(a, {2, 3}), tensor(b, {2, 2}), tensor(c, {2, 6})); },
                         {"concat_cols_backward", "[2, 6]"});
-}
-
-TEST_CASE("embedding gathers rows and scatter-adds repeated ids", "[unit]") {
-    CpuOps ops;
-    Rng rng(4, "embedding");
-    const int V = 5, H = 3, N = 6;
-    std::vector<int32_t> ids = {4, 0, 4, 2, 4, 1};
-    const Tensor id_t(ids.data(), DType::I32, {N});
-    std::vector<double> table = normals(V * H, rng), out(N * H);
-    ops.embedding_forward(tensor(out, {N, H}), id_t, tensor(table, {V, H}));
-    for (int n = 0; n < N; ++n)
-        for (int i = 0; i < H; ++i) REQUIRE(out[n * H + i] == table[ids[n] * H + i]);
-
-    std::vector<double> dout = normals(N * H, rng), before = normals(V * H, rng), dtable = before;
-    ops.embedding_backward(tensor(dtable, {V, H}), id_t, tensor(dout, {N, H}), Write::add);
-    std::vector<double> expected = before;
-    for (int n = 0; n < N; ++n)
-        for (int i = 0; i < H; ++i) expected[ids[n] * H + i] += dout[n * H + i];
-    require_close("dtable", dtable, expected, 1e-15);  // row 3 has no token and keeps its value
-
-    // Overwritten: the sums alone, row 3 zero.
-    ops.embedding_backward(tensor(dtable, {V, H}), id_t, tensor(dout, {N, H}), Write::overwrite);
-    for (int v = 0; v < V; ++v)
-        for (int i = 0; i < H; ++i) expected[v * H + i] -= before[v * H + i];
-    require_close("dtable", dtable, expected, 1e-15);
-    for (int i = 0; i < H; ++i) REQUIRE(dtable[3 * H + i] == 0);
-
-    ids[2] = V;
-    const std::string message =
-        error_of<std::out_of_range>([&] { ops.embedding_forward(tensor(out, {N, H}), id_t, tensor(table, {V, H})); });
-    REQUIRE(contains(message, "embedding_forward: id[2] = 5"));
 }

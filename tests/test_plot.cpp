@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/metrics.h"
-#include "engine/shards.h"
+#include "engine/io/metrics.h"
+#include "engine/io/files.h"
 #include "tests/catch.h"
 #include "tests/test_util.h"
 #include "tools/chart.h"

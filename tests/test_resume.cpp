@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include "engine/checkpoint.h"
+#include "engine/io/checkpoint.h"
 #include "tests/catch.h"
 #include "tests/test_util.h"
 #include "tests/train_fixture.h"
@@ -141,9 +141,9 @@ TEST_CASE("a run killed in the middle of training resumes to the same losses", "
 
 TEST_CASE("a run killed in the middle of a save resumes from the checkpoint before", "[unit]") {
     Scenario s("resume-kill-save");
-    // Each save pauses once its parts are written, before it is published.
+    // Each save pauses once it is complete, before it is published.
     Launch slow_saves;
-    slow_saves.env = {"MOE_TEST_SAVE_STALL_S=0.3"};
+    slow_saves.env = {std::string("LD_PRELOAD=") + MOE_STALL_PUBLISH_LIB, "MOE_STALL_PUBLISH_S=0.3"};
     const pid_t pid = start(s.config_path, slow_saves, s.log("killed"));
     wait_until([&] { return losses(s.cfg.run.out_dir).size() >= 10 && incomplete_save_exists(s.cfg.run.out_dir); },
                "the save of step 10");

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/shards.h"
+#include "engine/io/shards.h"
 #include "tests/catch.h"
 #include "tests/test_util.h"
 

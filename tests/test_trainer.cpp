@@ -4,11 +4,11 @@
 #include <filesystem>
 #include <string>
 
-#include "engine/model.h"
-#include "engine/rng.h"
-#include "engine/shards.h"
-#include "engine/trainer.h"
-#include "engine/weights_io.h"
+#include "engine/model/model.h"
+#include "engine/model/rng.h"
+#include "engine/io/files.h"
+#include "engine/train/trainer.h"
+#include "engine/io/weights_io.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/catch.h"
 #include "tests/test_util.h"

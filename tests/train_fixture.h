@@ -4,9 +4,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/config.h"
-#include "engine/rng.h"
-#include "engine/shards.h"
+#include "engine/config/config.h"
+#include "engine/model/rng.h"
+#include "engine/io/shards.h"
+#include "tests/test_models.h"
 #include "tests/test_util.h"
 
 namespace moe::test {
@@ -28,14 +29,7 @@ inline Config small_config_at(const std::string& data) {
     Config c;
     c.data.train = data + "/train_*.bin";
     c.data.val = data + "/val_*.bin";
-    c.model.vocab_size = 16;
-    c.model.hidden_size = 32;
-    c.model.num_layers = 2;
-    c.model.num_heads = 4;
-    c.model.num_kv_heads = 2;
-    c.model.moe.num_experts = 3;
-    c.model.moe.expert_hidden_size = 48;
-    c.model.dynamics.controller_size = 16;
+    c.model = test_model({16, 32, 2, 4, 2, 3, 48, 16});
     c.train.seq_len = 16;
     c.train.micro_batch_size = 4;
     c.train.steps = 6;

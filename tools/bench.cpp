@@ -19,15 +19,15 @@
 #include "comm/mpi_communicator.h"
 #include "comm/mpi_runtime.h"
 #include "comm/process_groups.h"
-#include "engine/backend.h"
-#include "engine/config.h"
-#include "engine/ep_estimate.h"
-#include "engine/flops.h"
-#include "engine/grad_sync.h"
-#include "engine/model.h"
-#include "engine/optimizer.h"
-#include "engine/rng.h"
-#include "tools/tool_errors.h"
+#include "engine/run/backend.h"
+#include "engine/config/config.h"
+#include "tools/ep_estimate.h"
+#include "engine/model/flops.h"
+#include "engine/train/grad_sync.h"
+#include "engine/model/model.h"
+#include "engine/train/optimizer.h"
+#include "engine/model/rng.h"
+#include "tools/tool_args.h"
 
 namespace {
 
@@ -92,7 +92,7 @@ void print_ep_estimate(const Args& args, const moe::Model& model, const moe::Pha
     const double expert_share = expert_params / double(model.params().numel());
     const int ep = args.estimate_ep;
     const moe::ModelConfig& mc = model.config();
-    const double tail_bytes = double(model.tail_reduce_bytes());
+    const double tail_bytes = double(moe::tail_reduce_bytes(model));
     std::printf("ep %d estimate (one node of %d GPUs, dp 1, each rank a micro-batch like this one; all-to-all %.0f "
                 "GB/s, all-reduce %.0f GB/s bus bandwidth; %.0f bytes a token sent to other GPUs, %.1f MiB "
                 "of gradients all-reduced after the backward)\n",
@@ -150,7 +150,7 @@ int run(const Args& args) {
     const auto step = [&](int64_t n) {
         const moe::ForwardResult r = model->forward(inputs.data(), targets.data());
         moe::GradientReducer reducer(params, &groups);
-        model->backward(1.0, moe::Write::overwrite, args.overlap ? &reducer : nullptr);
+        model->backward(1.0, moe::Write::overwrite, args.overlap ? reducer.bucket_ready() : nullptr);
         moe::PhaseScope scope(times, *ops, moe::Phase::Optimizer);
         ops->synchronize();
         const auto t0 = std::chrono::steady_clock::now();

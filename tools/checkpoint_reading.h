@@ -1,14 +1,18 @@
 // What the checkpoint tools (moe-checkpoint, moe-generate) share: which
 // checkpoint a DIR argument means, and the tensor names of a model in
 // MODEL.md's order (the order a person reads them in, not the order the
-// engine happens to allocate them).
+// engine allocates them).
 #pragma once
+#include <algorithm>
+#include <array>
 #include <filesystem>
 #include <string>
 #include <vector>
 
-#include "engine/checkpoint.h"
-#include "engine/config.h"
+#include "engine/config/config.h"
+#include "engine/io/checkpoint.h"
+#include "engine/model/model.h"
+#include "kernels/cpu/cpu_ops.h"
 
 namespace moe {
 
@@ -29,30 +33,30 @@ inline CheckpointInfo open_checkpoint(const std::string& dir) {
                           "nor a complete checkpoint (a save that never finished has no checkpoint.yaml)");
 }
 
-// Every weight tensor of the model, named and ordered as MODEL.md lists them;
-// experts by global index. (tests/test_checkpoint_tools.cpp checks this list
-// against the names the Model itself gives its parameters.)
+// Every weight tensor of the model, named as the model's layers name their
+// parameters (a model planned, not allocated), in the order MODEL.md lists
+// them, which a person reads: each layer's attention, then its MoE (router,
+// then expert by expert), then its dynamics; shared dynamics after the layers.
 inline std::vector<std::string> model_tensor_names(const ModelConfig& m) {
-    std::vector<std::string> names = {"embed.weight"};
-    const auto add = [&](const std::string& prefix, std::initializer_list<const char*> leaves) {
-        for (const char* leaf : leaves) names.push_back(prefix + leaf);
+    CpuOps ops;
+    const Model model(m, ops, Precision(DType::F32), 1, 1, nullptr, Model::Memory::plan_only);
+    std::vector<std::string> names = model.params().names();
+    // (group, layer, part, expert): groups embed, layers, shared dynamics,
+    // norm, lm_head; within a layer attn* < moe* < dynamics.
+    const auto key = [](const std::string& name) {
+        const auto starts = [&](const char* prefix) { return name.rfind(prefix, 0) == 0; };
+        if (starts("embed.")) return std::array<int, 4>{0, 0, 0, 0};
+        if (starts("dynamics.")) return std::array<int, 4>{2, 0, 0, 0};
+        if (!starts("layers.")) return std::array<int, 4>{starts("norm.") ? 3 : 4, 0, 0, 0};
+        const size_t dot = name.find('.', 7);
+        const std::string leaf = name.substr(dot + 1);
+        const int part = leaf.rfind("attn", 0) == 0 ? 0 : leaf.rfind("moe", 0) == 0 ? 1 : 2;
+        const size_t at = leaf.find("experts.");
+        const int expert = at == std::string::npos ? -1 : std::stoi(leaf.substr(at + 8));
+        return std::array<int, 4>{1, std::stoi(name.substr(7, dot - 7)), part, expert};
     };
-    const auto dynamics = [&](const std::string& prefix) {
-        add(prefix, {"mu", "c1.weight", "c1.bias", "c2.weight", "c2.bias"});
-    };
-    for (int l = 0; l < m.num_layers; ++l) {
-        const std::string layer = "layers." + std::to_string(l) + ".";
-        add(layer, {"attn_norm.weight", "attn.wq", "attn.wk", "attn.wv", "attn.wo"});
-        if (m.qk_norm) add(layer, {"attn.q_norm.weight", "attn.k_norm.weight"});
-        add(layer, {"moe_norm.weight"});
-        if (m.moe.router == "learned") add(layer, {"moe.router.weight"});
-        for (int e = 0; e < m.moe.num_experts; ++e)
-            add(layer + "moe.experts." + std::to_string(e) + ".", {"w_gate", "w_up", "w_down"});
-        if (m.dynamics.enabled && !m.dynamics.shared) dynamics(layer + "dynamics.");
-    }
-    if (m.dynamics.enabled && m.dynamics.shared) dynamics("dynamics.");
-    add("", {"norm.weight"});
-    if (!m.tie_embeddings) add("", {"lm_head.weight"});
+    std::stable_sort(names.begin(), names.end(),
+                     [&](const std::string& a, const std::string& b) { return key(a) < key(b); });
     return names;
 }
 

@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
-#include "tools/tool_errors.h"
-#include "engine/safetensors.h"
+#include "tools/tool_args.h"
+#include "engine/io/safetensors.h"
 #include "tools/checkpoint_reading.h"
 
 using namespace moe;

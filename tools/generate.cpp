@@ -16,9 +16,9 @@
 #include <string>
 #include <vector>
 
-#include "tools/tool_errors.h"
-#include "engine/model.h"
-#include "engine/rng.h"
+#include "tools/tool_args.h"
+#include "engine/model/model.h"
+#include "engine/model/rng.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tools/checkpoint_reading.h"
 

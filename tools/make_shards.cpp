@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "tools/tool_errors.h"
-#include "engine/shards.h"
+#include "tools/tool_args.h"
+#include "engine/io/shards.h"
 
 namespace {
 

@@ -18,10 +18,10 @@
 
 #include "comm/mpi_runtime.h"
 #include "kernels/routing_plan.h"
-#include "engine/backend.h"
-#include "engine/config.h"
-#include "engine/rng.h"
-#include "tools/tool_errors.h"
+#include "engine/run/backend.h"
+#include "engine/config/config.h"
+#include "engine/model/rng.h"
+#include "tools/tool_args.h"
 
 namespace {
 
@@ -121,7 +121,7 @@ int run(const Args& args) {
     const int64_t nh = m.num_heads, nkv = m.num_kv_heads, hd = m.head_dim(), V = m.vocab_size, L = m.num_layers;
     const int64_t E = m.moe.num_experts, k = m.moe.top_k, I = m.moe.expert_hidden_size, R = N * k;
     const int64_t C = m.dynamics.controller_size;
-    const bool learned = m.moe.router == "learned", dynamics = m.dynamics.enabled;
+    const bool learned = m.moe.router == moe::RouterKind::learned, dynamics = m.dynamics.enabled;
     const double act = double(moe::dtype_size(pr.act)), stat = double(moe::dtype_size(pr.stat));
     const double work = double(moe::dtype_size(pr.work)), master = double(moe::dtype_size(pr.master));
     Buffers buf(ops);

@@ -9,11 +9,11 @@
 #include <string>
 #include <vector>
 
-#include "engine/metrics.h"
-#include "engine/shards.h"
+#include "engine/io/metrics.h"
+#include "engine/io/files.h"
 #include "tools/chart.h"
 #include "tools/png_writer.h"
-#include "tools/tool_errors.h"
+#include "tools/tool_args.h"
 
 using namespace moe;
 namespace fs = std::filesystem;

@@ -43,7 +43,6 @@ public:
     Device device() const override { return Device::CUDA; }
     std::string device_name() const override;
     Precision training_precision() const override { return Precision::mixed_bf16(); }
-    int device_index() const { return device_; }
     cudaStream_t stream() const { return stream_; }
     // Waits for all queued work; throws on an asynchronous kernel error.
     void synchronize() override;

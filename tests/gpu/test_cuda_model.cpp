@@ -18,10 +18,10 @@
 #include <cmath>
 #include <cstdio>
 
-#include "engine/model.h"
-#include "engine/trainer.h"
+#include "engine/model/model.h"
+#include "engine/train/trainer.h"
 #include "tests/gpu/gpu_testing.h"
-#include "tests/tiny_model.h"
+#include "tests/test_models.h"
 #include "tests/train_fixture.h"
 
 using namespace moe;
@@ -31,22 +31,7 @@ namespace {
 
 // Big enough for the GPU kernels' real paths (head dim 16, E = 6 not a power
 // of two, T = 40 not a multiple of a tile), small enough for a quick step.
-ModelConfig gpu_test_model() {
-    ModelConfig m;
-    m.vocab_size = 97;
-    m.hidden_size = 64;
-    m.num_layers = 2;
-    m.num_heads = 4;
-    m.num_kv_heads = 2;
-    m.init_std = 0.1;
-    m.moe.num_experts = 6;
-    m.moe.top_k = 2;
-    m.moe.expert_hidden_size = 48;
-    m.moe.load_balancing_weight = 0.05;
-    m.moe.z_loss_weight = 0.01;
-    m.dynamics.controller_size = 16;
-    return m;
-}
+ModelConfig gpu_test_model() { return test_model({97, 64, 2, 4, 2, 6, 48, 16, 0.1, 0.05, 0.01}); }
 
 constexpr int kB = 2, kT = 40;
 
@@ -139,7 +124,7 @@ TEST_CASE("a GPU step gives the CPU's loss and gradients: learned router, shared
 
 TEST_CASE("a GPU step gives the CPU's loss and gradients: token_id router", "[gpu]") {
     ModelConfig m = gpu_test_model();
-    m.moe.router = "token_id";
+    m.moe.router = moe::RouterKind::token_id;
     m.moe.top_k = 1;
     m.moe.load_balancing_weight = 0;
     m.moe.z_loss_weight = 0;

@@ -14,18 +14,18 @@
 
 #include "comm/mpi_communicator.h"
 #include "comm/process_groups.h"
-#include "engine/grad_sync.h"
-#include "engine/layout_report.h"
-#include "engine/model.h"
-#include "engine/rng.h"
-#include "engine/shards.h"
-#include "engine/trainer.h"
+#include "engine/train/grad_sync.h"
+#include "engine/run/layout_report.h"
+#include "engine/model/model.h"
+#include "engine/model/rng.h"
+#include "engine/io/shards.h"
+#include "engine/train/trainer.h"
 #include "kernels/cpu/cpu_ops.h"
 #if MOE_HAVE_CUDA
 #include "kernels/cuda/cuda_ops.h"
 #endif
 #include "tests/test_util.h"
-#include "tests/tiny_model.h"
+#include "tests/test_models.h"
 
 using namespace moe;
 using moe::test::Variant;
@@ -47,7 +47,7 @@ const std::vector<Variant>& variants() {
     static const std::vector<Variant> v = {
         {"learned top-2", [](ModelConfig&) {}},
         {"token_id", [](ModelConfig& m) {
-             m.moe.router = "token_id";
+             m.moe.router = moe::RouterKind::token_id;
              m.moe.top_k = 1;
          }},
         {"learned top-2 with capacity drops", [](ModelConfig& m) { m.moe.capacity_factor = 0.75; }},
@@ -160,7 +160,7 @@ void check_layout_matches_one_process(const ModelConfig& cfg, Ops& ops, const Pr
     const ForwardResult f = model.forward(batch.in(rank), batch.tg(rank));
     // Gradients reduced layer by layer as the backward finishes them.
     GradientReducer reducer(params, &groups);
-    model.backward(1.0, Write::overwrite, &reducer);
+    model.backward(1.0, Write::overwrite, reducer.bucket_ready());
     if (cfg.moe.capacity_factor) REQUIRE(f.dropped > 0);
     std::vector<double> losses = {f.loss, f.aux};
     groups.world->all_reduce(losses.data(), 2, DType::F64, ReduceOp::Sum);
@@ -256,7 +256,7 @@ TEST_CASE("all-to-all moves each token vector once per remote expert", "[mpi]") 
     const int world_size = MpiCommunicator::world()->size();
     for (const double capacity : {0.0, 0.5}) {
         ModelConfig cfg = small_model();
-        cfg.moe.router = "token_id";
+        cfg.moe.router = moe::RouterKind::token_id;
         cfg.moe.top_k = 1;
         if (capacity > 0) cfg.moe.capacity_factor = capacity;
         for (int ep : expert_parallel_sizes(world_size, cfg.moe.num_experts)) {

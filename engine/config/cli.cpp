@@ -1,0 +1,62 @@
+#include "engine/config/cli.h"
+
+#include <stdexcept>
+
+namespace moe {
+
+const char* cli_usage() {
+    return "usage: moe-train --config FILE [--set key=value]... [--resume auto|DIR | --init-from W.safetensors]\n"
+           "       moe-train --config FILE --batch B.safetensors --dump-grads G.safetensors\n"
+           "                 [--init-from W.safetensors] [--dtype f32|f64] [--set key=value]...\n"
+           "\n"
+           "  --config FILE        YAML run configuration (see configs/)\n"
+           "  --set key=value      override any config key, e.g. --set train.steps=50\n"
+           "  --resume auto|DIR    continue from a checkpoint: auto takes the newest complete one in\n"
+           "                       run.out_dir/checkpoints (or starts fresh when there is none)\n"
+           "  --init-from FILE     start a new run from these weights (safetensors, MODEL.md names)\n"
+           "  --batch FILE         parity mode: one batch, tensors 'inputs' and 'targets' (I32 [B, T])\n"
+           "  --dump-grads FILE    parity mode: write the loss and every gradient there and exit\n"
+           "  --dtype f32|f64      parity mode: compute precision (default f32)\n";
+}
+
+CliOptions parse_cli(int argc, const char* const* argv) {
+    CliOptions o;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) throw CliError(arg + " needs a value (see --help)");
+            return argv[++i];
+        };
+        if (arg == "--help" || arg == "-h")
+            o.help = true;
+        else if (arg == "--config")
+            o.config = value();
+        else if (arg == "--set")
+            o.overrides.push_back(value());
+        else if (arg == "--init-from")
+            o.init_from = value();
+        else if (arg == "--resume")
+            o.resume = value();
+        else if (arg == "--dump-grads")
+            o.dump_grads = value();
+        else if (arg == "--batch")
+            o.batch = value();
+        else if (arg == "--dtype")
+            o.dtype = value();
+        else
+            throw CliError("unknown argument '" + arg + "' (see --help)");
+    }
+    if (o.help) return o;
+    if (o.config.empty()) throw CliError("--config FILE is required (for example --config configs/tiny.yaml)");
+    if (o.dump_grads.empty() != o.batch.empty())
+        throw CliError("parity mode needs both --batch and --dump-grads");
+    if (o.dtype != "f32" && o.dtype != "f64") throw CliError("--dtype must be f32 or f64, got '" + o.dtype + "'");
+    if (!o.resume.empty() && !o.init_from.empty())
+        throw CliError("--resume and --init-from exclude each other: --resume continues a run (weights, optimizer, "
+                       "data position), --init-from starts a new one from weights");
+    if (!o.resume.empty() && !o.batch.empty()) throw CliError("--resume does not apply to parity mode");
+    if (o.dtype != "f32" && o.batch.empty()) throw CliError("--dtype applies to parity mode (--batch, --dump-grads) only");
+    return o;
+}
+
+}  // namespace moe

@@ -1,0 +1,381 @@
+#include "engine/io/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "comm/agreement.h"
+#include "engine/io/safetensors.h"
+#include "engine/io/weights_io.h"
+
+namespace moe {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kFormat = "moe-checkpoint 1";
+constexpr const char* kInfoFile = "checkpoint.yaml";
+constexpr const char* kLatestFile = "latest";
+const std::string kStepPrefix = "step-";
+
+std::string step_dir_name(int step) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "step-%08d", step);
+    return buf;
+}
+
+std::string part_name(const char* kind, int p, int parts) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%s-%05d-of-%05d.safetensors", kind, p, parts);
+    return buf;
+}
+
+std::string hex(uint64_t v) {
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016" PRIx64, v);
+    return buf;
+}
+
+// The step of a "step-N" directory name, or -1.
+int step_of(const std::string& name) {
+    if (name.rfind(kStepPrefix, 0) != 0 || name.size() == kStepPrefix.size()) return -1;
+    const std::string digits = name.substr(kStepPrefix.size());
+    if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) return -1;
+    return std::stoi(digits);
+}
+
+void sync_dir(const std::string& dir) {
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        ::fsync(fd);
+        ::close(fd);
+    }
+}
+
+// This rank's share of one slot of the parameters: its experts, under their
+// global names, and (with_replicated) every other tensor.
+std::vector<NamedTensor> share(const ParameterSet& params, ParameterSet::Slot slot, bool with_replicated,
+                               const std::string& prefix) {
+    std::vector<NamedTensor> out;
+    for (NamedTensor& t : params.named(slot)) {
+        const bool expert = t.name.find(".experts.") != std::string::npos;
+        if (expert || with_replicated) out.push_back({prefix + t.name, t.tensor});
+    }
+    return out;
+}
+
+std::string info_yaml(const Config& cfg, const TrainProgress& progress, int world_size, int expert_parallel,
+                      const std::vector<CheckpointFile>& files) {
+    YAML::Emitter out;
+    out << YAML::BeginMap;
+    out << YAML::Key << "format" << YAML::Value << kFormat;
+    out << YAML::Key << "step" << YAML::Value << progress.step;
+    out << YAML::Key << "data" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "epoch" << YAML::Value
+        << progress.data.epoch << YAML::Key << "cursor" << YAML::Value << progress.data.cursor << YAML::EndMap;
+    out << YAML::Key << "steps_skipped" << YAML::Value << progress.steps_skipped;
+    out << YAML::Key << "seed" << YAML::Value << cfg.run.seed;
+    out << YAML::Comment("data order and init derive from the seed; training draws no other random numbers");
+    out << YAML::Key << "layout" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "world_size"
+        << YAML::Value << world_size << YAML::Key << "expert_parallel" << YAML::Value << expert_parallel
+        << YAML::EndMap;
+    out << YAML::Key << "files" << YAML::Value << YAML::BeginSeq;
+    for (const CheckpointFile& f : files)
+        out << YAML::Flow << YAML::BeginMap << YAML::Key << "name" << YAML::Value << f.name << YAML::Key << "bytes"
+            << YAML::Value << f.bytes << YAML::Key << "fnv1a" << YAML::Value << hex(f.fnv1a) << YAML::EndMap;
+    out << YAML::EndSeq;
+    out << YAML::Key << "config" << YAML::Value << YAML::Literal << to_yaml(cfg);
+    out << YAML::EndMap;
+    return std::string(out.c_str()) + "\n";
+}
+
+// "name bytes fnv1a" lines: what a rank wrote, sent to rank 0.
+std::string encode(const std::vector<CheckpointFile>& files) {
+    std::string s;
+    for (const CheckpointFile& f : files) s += f.name + " " + std::to_string(f.bytes) + " " + hex(f.fnv1a) + "\n";
+    return s;
+}
+
+std::vector<CheckpointFile> decode(const std::string& text) {
+    std::vector<CheckpointFile> files;
+    size_t start = 0;
+    for (size_t end; (end = text.find('\n', start)) != std::string::npos; start = end + 1) {
+        char name[256];
+        unsigned long long bytes = 0, hash = 0;
+        if (std::sscanf(text.substr(start, end - start).c_str(), "%255s %llu %llx", name, &bytes, &hash) == 3)
+            files.push_back({name, bytes, hash});
+    }
+    return files;
+}
+
+// Keeps the newest `keep` complete checkpoints; removes older ones and any
+// incomplete (.tmp) directory but the one being written.
+void prune(const std::string& root, int keep) {
+    std::vector<std::pair<int, fs::path>> complete;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(root, ec)) {
+        const std::string name = entry.path().filename().string();
+        if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
+            fs::remove_all(entry.path(), ec);
+            continue;
+        }
+        const int step = step_of(name);
+        if (step >= 0 && fs::exists(entry.path() / kInfoFile)) complete.push_back({step, entry.path()});
+    }
+    std::sort(complete.rbegin(), complete.rend());
+    for (size_t i = size_t(keep); i < complete.size(); ++i) fs::remove_all(complete[i].second, ec);
+}
+
+}  // namespace
+
+std::string CheckpointInfo::model_part(int p) const { return part_name("model", p, expert_parallel); }
+std::string CheckpointInfo::optimizer_part(int p) const { return part_name("optimizer", p, expert_parallel); }
+
+std::string checkpoints_dir(const std::string& run_dir) { return run_dir + "/checkpoints"; }
+
+std::string save_checkpoint(const Config& cfg, const TrainProgress& progress, const ParameterSet& params,
+                            const ProcessGroups* groups) {
+    const std::string root = checkpoints_dir(cfg.run.out_dir);
+    const std::string name = step_dir_name(progress.step);
+    const std::string final_dir = root + "/" + name, tmp_dir = final_dir + ".tmp";
+    const int rank = groups ? groups->world_rank() : 0;
+    const int world_size = groups ? groups->world_size() : 1;
+    const int parts = groups ? groups->ep_size() : 1, part = groups ? groups->ep_rank() : 0;
+    const bool writes_part = !groups || groups->dp_rank() == 0;  // one copy of each part
+    Communicator* world = groups ? groups->world.get() : nullptr;
+
+    try {
+        bool exists = false;
+        on_all_ranks(world, [&] {
+            if (rank != 0) return;
+            exists = fs::exists(final_dir + "/" + kInfoFile);
+            if (exists) return;  // this very state is saved already (a run resumed at its end)
+            std::error_code ec;
+            fs::remove_all(tmp_dir, ec);  // left by a save that crashed
+            fs::create_directories(tmp_dir, ec);
+            if (ec) throw CheckpointError("cannot create '" + tmp_dir + "': " + ec.message());
+        });
+        if (world && world->size() > 1) {
+            int32_t flag = exists;
+            world->all_reduce(&flag, 1, DType::I32, ReduceOp::Max);
+            exists = flag != 0;
+        }
+        if (exists) {
+            if (rank == 0)
+                write_file_atomically(root + "/" + kLatestFile, {{name.data(), name.size()}, {"\n", 1}});
+            return final_dir;
+        }
+
+        std::vector<CheckpointFile> mine;
+        on_all_ranks(world, [&] {
+            if (!writes_part) return;
+            Ops& ops = params.ops();
+            const bool replicated = part == 0;
+            const std::string model = part_name("model", part, parts);
+            const std::string optim = part_name("optimizer", part, parts);
+            const FileDigest dm =
+                save_tensors(tmp_dir + "/" + model, share(params, ParameterSet::Slot::Value, replicated, ""), ops);
+            std::vector<NamedTensor> moments = share(params, ParameterSet::Slot::M, replicated, "exp_avg.");
+            for (NamedTensor& t : share(params, ParameterSet::Slot::V, replicated, "exp_avg_sq."))
+                moments.push_back(t);
+            const FileDigest dopt = save_tensors(tmp_dir + "/" + optim, moments, ops);
+            mine = {{model, dm.bytes, dm.fnv1a}, {optim, dopt.bytes, dopt.fnv1a}};
+        });
+
+        std::vector<CheckpointFile> files;
+        if (world && world->size() > 1) {
+            for (const std::string& text : all_gather_strings(*world, encode(mine)))
+                for (const CheckpointFile& f : decode(text)) files.push_back(f);
+        } else {
+            files = mine;
+        }
+        std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+
+        on_all_ranks(world, [&] {
+            if (rank != 0) return;
+            const std::string text = info_yaml(cfg, progress, world_size, parts, files);
+            write_file_atomically(tmp_dir + "/" + kInfoFile, {{text.data(), text.size()}});
+            if (::rename(tmp_dir.c_str(), final_dir.c_str()) != 0)
+                throw CheckpointError("cannot rename '" + tmp_dir + "' to '" + final_dir + "'");
+            sync_dir(root);
+            write_file_atomically(root + "/" + kLatestFile, {{name.data(), name.size()}, {"\n", 1}});
+            prune(root, cfg.checkpoint.keep);
+        });
+    } catch (const std::exception& e) {
+        if (rank == 0) {
+            std::error_code ec;
+            fs::remove_all(tmp_dir, ec);
+        }
+        const std::string previous = latest_checkpoint(cfg.run.out_dir);  // a failed save never moves it
+        const std::string kept = previous.empty() ? "there is no earlier checkpoint"
+                                                  : "the previous checkpoint '" + previous + "' is intact and `latest` "
+                                                    "still names it";
+        const std::string message = "checkpoint of step " + std::to_string(progress.step) + " not saved: " +
+                                    e.what() + "; " + kept +
+                                    " (free disk space or fix permissions, then resume with --resume auto)";
+        if (const auto* job = dynamic_cast<const JobError*>(&e)) throw JobError(job->rank(), message);
+        throw CheckpointError(message);
+    }
+    return final_dir;
+}
+
+std::string latest_checkpoint(const std::string& run_dir) {
+    const std::string root = checkpoints_dir(run_dir);
+    std::error_code ec;
+    if (!fs::is_directory(root, ec)) return "";
+    // `latest` first: it is written last, after the directory is complete.
+    std::FILE* f = std::fopen((root + "/" + kLatestFile).c_str(), "r");
+    if (f) {
+        char buf[256] = {0};
+        const bool read = std::fgets(buf, sizeof buf, f) != nullptr;
+        std::fclose(f);
+        std::string name = read ? buf : "";
+        while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+        if (step_of(name) >= 0 && fs::exists(root + "/" + name + "/" + kInfoFile)) return root + "/" + name;
+    }
+    int best = -1;
+    for (const auto& entry : fs::directory_iterator(root, ec)) {
+        const int step = step_of(entry.path().filename().string());
+        if (step > best && fs::exists(entry.path() / kInfoFile)) best = step;
+    }
+    return best >= 0 ? root + "/" + step_dir_name(best) : "";
+}
+
+CheckpointInfo read_checkpoint_info(const std::string& dir) {
+    const std::string path = dir + "/" + kInfoFile;
+    const std::string where = "checkpoint '" + dir + "': ";
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) throw CheckpointError(where + "no such directory");
+    if (!fs::exists(path, ec))
+        throw CheckpointError(where + "has no " + kInfoFile +
+                              ": it is incomplete (a save that did not finish); use an older one or --resume auto");
+    CheckpointInfo info;
+    info.dir = dir;
+    try {
+        const YAML::Node root = YAML::LoadFile(path);
+        if (!root["format"] || root["format"].as<std::string>() != kFormat)
+            throw CheckpointError(where + kInfoFile + " is not a '" + kFormat + "' file");
+        info.progress.step = root["step"].as<int>();
+        info.progress.data.epoch = root["data"]["epoch"].as<uint64_t>();
+        info.progress.data.cursor = root["data"]["cursor"].as<uint64_t>();
+        info.progress.steps_skipped = root["steps_skipped"].as<int>();
+        info.seed = root["seed"].as<uint64_t>();
+        info.world_size = root["layout"]["world_size"].as<int>();
+        info.expert_parallel = root["layout"]["expert_parallel"].as<int>();
+        for (const YAML::Node& f : root["files"])
+            info.files.push_back({f["name"].as<std::string>(), f["bytes"].as<uint64_t>(),
+                                  std::stoull(f["fnv1a"].as<std::string>(), nullptr, 16)});
+        info.config = parse_config(root["config"].as<std::string>());
+    } catch (const CheckpointError&) {
+        throw;
+    } catch (const std::exception& e) {
+        throw CheckpointError(where + kInfoFile + " is damaged (" + e.what() + "); use an older checkpoint");
+    }
+    if (info.expert_parallel < 1 || info.config.model.moe.num_experts % info.expert_parallel != 0)
+        throw CheckpointError(where + kInfoFile + " is damaged (layout does not fit the model)");
+    std::set<std::string> names;
+    for (const CheckpointFile& f : info.files) names.insert(f.name);
+    for (int p = 0; p < info.expert_parallel; ++p)
+        for (const std::string& name : {info.model_part(p), info.optimizer_part(p)})
+            if (!names.count(name)) throw CheckpointError(where + kInfoFile + " does not list " + name);
+    for (const CheckpointFile& f : info.files) {
+        const std::string file = dir + "/" + f.name;
+        if (!fs::exists(file, ec))
+            throw CheckpointError(where + "file " + f.name + " is missing; the checkpoint cannot be used (use an "
+                                                             "older one with --resume DIR)");
+        const uint64_t size = fs::file_size(file, ec);
+        if (size != f.bytes)
+            throw CheckpointError(where + "file " + f.name + " has " + std::to_string(size) + " bytes instead of " +
+                                  std::to_string(f.bytes) + " (truncated or overwritten); use an older checkpoint");
+    }
+    return info;
+}
+
+void verify_checkpoint_file(const CheckpointInfo& info, const std::string& name) {
+    for (const CheckpointFile& f : info.files) {
+        if (f.name != name) continue;
+        const FileDigest d = digest_file(info.dir + "/" + name);
+        if (d.bytes != f.bytes || d.fnv1a != f.fnv1a)
+            throw CheckpointError("checkpoint '" + info.dir + "': file " + name +
+                                  " is corrupted (its checksum differs from the one recorded at save time); use an "
+                                  "older checkpoint with --resume DIR");
+        return;
+    }
+    throw CheckpointError("checkpoint '" + info.dir + "': " + kInfoFile + " does not list " + name);
+}
+
+namespace {
+
+// Every scalar under `path` that differs between a and b, as "key is A in the
+// checkpoint but B in the config".
+void differences(const YAML::Node& a, const YAML::Node& b, const std::string& path, std::vector<std::string>& out) {
+    if (a.IsMap() || b.IsMap()) {
+        std::set<std::string> keys;
+        for (const auto& kv : a) keys.insert(kv.first.as<std::string>());
+        for (const auto& kv : b) keys.insert(kv.first.as<std::string>());
+        for (const std::string& k : keys) differences(a[k], b[k], path.empty() ? k : path + "." + k, out);
+        return;
+    }
+    const std::string va = a ? YAML::Dump(a) : "(absent)", vb = b ? YAML::Dump(b) : "(absent)";
+    if (va != vb) out.push_back(path + " is " + va + " in the checkpoint but " + vb + " in the config");
+}
+
+}  // namespace
+
+std::vector<std::string> config_differences(const Config& checkpoint, const Config& current) {
+    std::vector<std::string> out;
+    differences(YAML::Load(to_yaml(checkpoint)), YAML::Load(to_yaml(current)), "", out);
+    return out;
+}
+
+std::string model_difference(const Config& checkpoint, const Config& current) {
+    for (const std::string& d : config_differences(checkpoint, current))
+        if (d.rfind("model.", 0) == 0) return d;
+    return "";
+}
+
+CheckpointInfo load_checkpoint(const std::string& dir, const Config& cfg, ParameterSet& params) {
+    const CheckpointInfo info = read_checkpoint_info(dir);
+    const std::string diff = model_difference(info.config, cfg);
+    if (!diff.empty())
+        throw CheckpointError("checkpoint '" + dir + "' is of another model: " + diff +
+                              "; resume with the checkpoint's model config (its checkpoint.yaml holds it)");
+
+    // The parts this rank reads: part 0 (replicated tensors) and those of its experts.
+    const int per_part = cfg.model.moe.num_experts / info.expert_parallel;
+    std::set<int> needed = {0};
+    for (const Param& p : params.all())
+        if (p.is_expert_stack())
+            for (int64_t i = 0; i < p.shape[0]; ++i) needed.insert((p.expert_offset + int(i)) / per_part);
+    std::map<int, SafetensorsFile> model, optim;
+    for (int part : needed) {
+        verify_checkpoint_file(info, info.model_part(part));
+        verify_checkpoint_file(info, info.optimizer_part(part));
+        model.emplace(part, SafetensorsFile(dir + "/" + info.model_part(part)));
+        optim.emplace(part, SafetensorsFile(dir + "/" + info.optimizer_part(part)));
+    }
+    const auto part_of = [&](const std::string& name) {
+        const size_t at = name.find(".experts.");
+        if (at == std::string::npos) return 0;
+        return std::stoi(name.substr(at + 9)) / per_part;
+    };
+
+    Ops& ops = params.ops();
+    const auto load = [&](const std::vector<NamedTensor>& tensors, std::map<int, SafetensorsFile>& files,
+                          const std::string& prefix) {
+        for (const NamedTensor& t : tensors) read_tensor(files.at(part_of(t.name)), prefix + t.name, t.tensor, ops);
+    };
+    load(params.named(ParameterSet::Slot::Value), model, "");
+    load(params.named(ParameterSet::Slot::M), optim, "exp_avg.");
+    load(params.named(ParameterSet::Slot::V), optim, "exp_avg_sq.");
+    return info;
+}
+
+}  // namespace moe

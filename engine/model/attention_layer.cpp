@@ -1,0 +1,85 @@
+#include "engine/model/attention_layer.h"
+
+#include <string>
+
+namespace moe {
+
+AttentionLayer::AttentionLayer(const ModelConfig& cfg, ParameterSet& params, int layer) : cfg_(cfg) {
+    const std::string p = "layers." + std::to_string(layer) + ".attn.";
+    const int64_t H = cfg.hidden_size, hd = cfg.head_dim(), nh = cfg.num_heads, nkv = cfg.num_kv_heads;
+    const InitSpec init = InitSpec::normal(cfg.init_std);
+    wq_ = &params.add(p + "wq", {nh * hd, H}, init, true);
+    wk_ = &params.add(p + "wk", {nkv * hd, H}, init, true);
+    wv_ = &params.add(p + "wv", {nkv * hd, H}, init, true);
+    wo_ = &params.add(p + "wo", {H, nh * hd}, init, true);
+    if (cfg.qk_norm) {
+        q_norm_ = &params.add(p + "q_norm.weight", {hd}, InitSpec::fill(1), false);
+        k_norm_ = &params.add(p + "k_norm.weight", {hd}, InitSpec::fill(1), false);
+    }
+}
+
+void AttentionLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int B, int T) {
+    B_ = B;
+    T_ = T;
+    const int64_t N = int64_t(B) * T, hd = cfg_.head_dim(), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
+    const DType dt = pr.act;
+    q_ = acts.take(dt, {B, T, nh, hd});
+    k_ = acts.take(dt, {B, T, nkv, hd});
+    v_ = acts.take(dt, {B, T, nkv, hd});
+    att_ = acts.take(dt, {B, T, nh, hd});
+    lse_ = acts.take(pr.stat, {B, nh, T});
+    dq_ = scratch.take(dt, {B, T, nh, hd});
+    dk_ = scratch.take(dt, {B, T, nkv, hd});
+    dv_ = scratch.take(dt, {B, T, nkv, hd});
+    datt_ = scratch.take(dt, {B, T, nh, hd});
+    if (cfg_.qk_norm) {
+        q_raw_ = acts.take(dt, {N * nh, hd});
+        k_raw_ = acts.take(dt, {N * nkv, hd});
+        rstd_q_ = acts.take(pr.stat, {N * nh});
+        rstd_k_ = acts.take(pr.stat, {N * nkv});
+        dq_raw_ = scratch.take(dt, {N * nh, hd});
+        dk_raw_ = scratch.take(dt, {N * nkv, hd});
+    }
+}
+
+void AttentionLayer::forward(Ops& ops, Tensor x, Tensor out) {
+    const int64_t N = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
+    if (cfg_.qk_norm) {
+        ops.matmul_forward(q_raw_.view({N, nh * hd}), x, wq_->work, {});
+        ops.matmul_forward(k_raw_.view({N, nkv * hd}), x, wk_->work, {});
+        ops.rmsnorm_forward(q_.view({N * nh, hd}), rstd_q_, q_raw_, q_norm_->work, cfg_.norm_eps);
+        ops.rmsnorm_forward(k_.view({N * nkv, hd}), rstd_k_, k_raw_, k_norm_->work, cfg_.norm_eps);
+    } else {
+        ops.matmul_forward(q_.view({N, nh * hd}), x, wq_->work, {});
+        ops.matmul_forward(k_.view({N, nkv * hd}), x, wk_->work, {});
+    }
+    ops.matmul_forward(v_.view({N, nkv * hd}), x, wv_->work, {});
+    ops.rope_forward(q_, cfg_.rope_theta);
+    ops.rope_forward(k_, cfg_.rope_theta);
+    ops.attention_forward(att_, lse_, q_, k_, v_);
+    ops.matmul_forward(out, att_.view({N, nh * hd}), wo_->work, {});
+}
+
+void AttentionLayer::backward(Ops& ops, Tensor x, Tensor dout, Tensor dx, Write grads) {
+    const int64_t N = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
+    ops.matmul_backward(datt_.view({N, nh * hd}), wo_->grad, {}, dout, att_.view({N, nh * hd}), wo_->work,
+                        Write::overwrite, grads);
+    ops.attention_backward(dq_, dk_, dv_, datt_, q_, k_, v_, att_, lse_, Write::overwrite);
+    ops.rope_backward(dq_, cfg_.rope_theta);
+    ops.rope_backward(dk_, cfg_.rope_theta);
+    Tensor dq = dq_.view({N, nh * hd}), dk = dk_.view({N, nkv * hd});
+    if (cfg_.qk_norm) {
+        ops.rmsnorm_backward(dq_raw_, q_norm_->grad, dq_.view({N * nh, hd}), q_raw_, q_norm_->work, rstd_q_,
+                             Write::overwrite, grads);
+        ops.rmsnorm_backward(dk_raw_, k_norm_->grad, dk_.view({N * nkv, hd}), k_raw_, k_norm_->work, rstd_k_,
+                             Write::overwrite, grads);
+        dq = dq_raw_.view({N, nh * hd});
+        dk = dk_raw_.view({N, nkv * hd});
+    }
+    // dx = the three projections' input gradients (overwritten by the first).
+    ops.matmul_backward(dx, wq_->grad, {}, dq, x, wq_->work, Write::overwrite, grads);
+    ops.matmul_backward(dx, wk_->grad, {}, dk, x, wk_->work, Write::add, grads);
+    ops.matmul_backward(dx, wv_->grad, {}, dv_.view({N, nkv * hd}), x, wv_->work, Write::add, grads);
+}
+
+}  // namespace moe

@@ -1,0 +1,34 @@
+// Causal GQA self-attention with RoPE and optional qk-norm (MODEL.md):
+// q, k, v projections, per-head RMSNorm of q and k, rotary positions,
+// softmax(q k^T / sqrt(hd)) v, output projection. Forward and backward.
+#pragma once
+#include "engine/model/arena.h"
+#include "engine/config/config.h"
+#include "engine/model/parameters.h"
+
+namespace moe {
+
+class AttentionLayer {
+public:
+    AttentionLayer(const ModelConfig& cfg, ParameterSet& params, int layer);
+    // Saved activations in acts (per layer), temporaries in scratch (shared).
+    void carve(Arena& acts, Arena& scratch, const Precision& pr, int B, int T);
+    // out[N,H] = attention(x[N,H]); x is the normed layer input.
+    void forward(Ops& ops, Tensor x, Tensor out);
+    // dx = d/dx of sum(dout * out) (overwritten); parameter gradients are
+    // written as grads says.
+    void backward(Ops& ops, Tensor x, Tensor dout, Tensor dx, Write grads);
+
+private:
+    const ModelConfig& cfg_;
+    int B_ = 0, T_ = 0;
+    Param *wq_, *wk_, *wv_, *wo_;
+    Param *q_norm_ = nullptr, *k_norm_ = nullptr;
+    // saved: projections (before qk-norm), normed and rotated q and k, values,
+    // attention output, per-head norm statistics, softmax log-sum-exp
+    Tensor q_raw_, k_raw_, q_, k_, v_, att_, rstd_q_, rstd_k_, lse_;
+    // scratch: gradients
+    Tensor dq_, dk_, dv_, datt_, dq_raw_, dk_raw_;
+};
+
+}  // namespace moe

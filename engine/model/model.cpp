@@ -1,0 +1,235 @@
+#include "engine/model/model.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <utility>
+
+#include "kernels/attention_dims.h"
+
+namespace moe {
+
+// One transformer block: x = h + attn(norm(h)); h' = x + moe(norm(x)); then
+// the dynamics step when enabled.
+struct Model::Block {
+    Param *attn_norm, *moe_norm;
+    AttentionLayer attn;
+    MoeLayer moe;
+    std::unique_ptr<DynamicsLayer> dynamics;
+    Tensor xn1, rstd1, attn_out, x, xn2, rstd2, moe_out, h_mid;
+
+    Block(const ModelConfig& cfg, ParameterSet& params, int l, DynamicsModule* dyn, Communicator* ep)
+        : attn_norm(&params.add("layers." + std::to_string(l) + ".attn_norm.weight", {cfg.hidden_size},
+                                InitSpec::fill(1), false)),
+          moe_norm(&params.add("layers." + std::to_string(l) + ".moe_norm.weight", {cfg.hidden_size},
+                               InitSpec::fill(1), false)),
+          attn(cfg, params, l),
+          moe(cfg, params, l, ep) {
+        if (dyn) dynamics = std::make_unique<DynamicsLayer>(cfg, *dyn);
+    }
+};
+
+Model::Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B, int T, Communicator* ep,
+             Memory memory)
+    : cfg_(cfg), ops_(ops), pr_(precision), B_(B), T_(T), acts_(ops), scratch_(ops) {
+    const int hd = cfg.head_dim();
+    if (ops.device() == Device::CUDA && !gpu_attention_head_size(hd))
+        throw ConfigError("config: the head size model.hidden_size / model.num_heads is " + std::to_string(hd) +
+                          "; the CUDA attention kernels take 16, 32, 64 or 128: change model.num_heads");
+    const int64_t V = cfg.vocab_size, H = cfg.hidden_size;
+    const InitSpec init = InitSpec::normal(cfg.init_std);
+    embed_ = &params_.add("embed.weight", {V, H}, init, true);
+    if (cfg.dynamics.enabled && cfg.dynamics.shared)
+        dynamics_.push_back(std::make_unique<DynamicsModule>(cfg_, params_, "dynamics."));
+    for (int l = 0; l < cfg.num_layers; ++l) {
+        DynamicsModule* dyn = nullptr;
+        if (cfg.dynamics.enabled && !cfg.dynamics.shared)
+            dynamics_.push_back(
+                std::make_unique<DynamicsModule>(cfg_, params_, "layers." + std::to_string(l) + ".dynamics."));
+        if (cfg.dynamics.enabled) dyn = dynamics_.back().get();
+        blocks_.push_back(std::make_unique<Block>(cfg_, params_, l, dyn, ep));
+    }
+    norm_ = &params_.add("norm.weight", {H}, InitSpec::fill(1), false);
+    lm_head_ = cfg.tie_embeddings ? embed_ : &params_.add("lm_head.weight", {V, H}, init, true);
+    buckets_.resize(size_t(cfg.num_layers) + 1);
+    buckets_[0].push_back(norm_);
+    if (!cfg.tie_embeddings) buckets_[0].push_back(lm_head_);
+    for (Param& p : params_.all()) {
+        if (p.name.rfind("layers.", 0) == 0)
+            buckets_[size_t(cfg.num_layers - std::stoi(p.name.substr(7)))].push_back(&p);
+    }
+    carve();  // a dry run sizes the arenas
+    if (memory == Memory::plan_only) return;
+    try {
+        params_.allocate(ops, precision);
+        acts_.allocate();
+        scratch_.allocate();
+    } catch (const OutOfDeviceMemory& e) {
+        throw ConfigError(out_of_memory_message(e));
+    }
+    carve();
+    ids_host_.resize(size_t(B) * T);
+}
+
+Model::~Model() = default;
+
+std::string Model::out_of_memory_message(const OutOfDeviceMemory& e) const {
+    const double gib = 1024.0 * 1024.0 * 1024.0;
+    char buf[768];
+    std::snprintf(buf, sizeof buf,
+                  "out of GPU memory: this config needs %.2f GiB for %.1fM parameters on this rank (weights, "
+                  "gradients, AdamW state) and %.2f GiB for activations of train.micro_batch_size %d x "
+                  "train.seq_len %d; an allocation of %.2f GiB failed with %.2f GiB of the GPU's %.2f GiB free. Lower "
+                  "train.micro_batch_size (raise train.grad_accum_steps to keep the batch), or spread the experts "
+                  "over more GPUs with parallel.expert_parallel",
+                  params_.planned_bytes(pr_) / gib, params_.numel() / 1e6, activation_bytes() / gib, B_, T_,
+                  e.requested / gib, e.free_bytes / gib, e.total_bytes / gib);
+    return buf;
+}
+
+void Model::carve() {
+    const int64_t N = int64_t(B_) * T_, H = cfg_.hidden_size, V = cfg_.vocab_size, L = cfg_.num_layers;
+    const bool dyn = cfg_.dynamics.enabled;
+    ids_ = acts_.take(DType::I32, {N});
+    targets_ = acts_.take(DType::I32, {N});
+    if (cfg_.moe.router == RouterKind::learned) router_stats_ = acts_.take(DType::F64, {L, cfg_.moe.num_experts + 1});
+    h_.assign(L + 1, Tensor{});
+    v_.assign(L + 1, Tensor{});
+    for (int64_t l = 0; l <= L; ++l) {
+        h_[l] = acts_.take(pr_.act, {N, H});
+        if (dyn) v_[l] = acts_.take(pr_.act, {N, H});
+    }
+    for (int64_t l = 0; l < L; ++l) {
+        Block* b = blocks_[size_t(l)].get();
+        scratch_.rewind();  // every block reuses the same scratch
+        b->xn1 = acts_.take(pr_.act, {N, H});
+        b->rstd1 = acts_.take(pr_.stat, {N});
+        b->attn_out = acts_.take(pr_.act, {N, H});
+        b->x = acts_.take(pr_.act, {N, H});
+        b->xn2 = acts_.take(pr_.act, {N, H});
+        b->rstd2 = acts_.take(pr_.stat, {N});
+        b->moe_out = acts_.take(pr_.act, {N, H});
+        if (dyn) b->h_mid = acts_.take(pr_.act, {N, H});
+        b->attn.carve(acts_, scratch_, pr_, B_, T_);
+        b->moe.carve(acts_, scratch_, pr_, N, router_stats_.empty() ? Tensor{} : router_stats_.rows(l, l + 1));
+        if (dyn) b->dynamics->carve(acts_, scratch_, pr_, N);
+    }
+    hn_ = acts_.take(pr_.act, {N, H});
+    rstd_ = acts_.take(pr_.stat, {N});
+    logits_ = acts_.take(pr_.act, {N, V});
+    losses_ = acts_.take(pr_.stat, {N});
+    // Gradient streams live outside the per-block scratch.
+    for (int i = 0; i < 2; ++i) {
+        dh_[i] = acts_.take(pr_.act, {N, H});
+        if (dyn) dv_[i] = acts_.take(pr_.act, {N, H});
+    }
+    dxn_ = acts_.take(pr_.act, {N, H});
+}
+
+void Model::set_phase_times(PhaseTimes* times) {
+    times_ = times;
+    for (auto& b : blocks_) b->moe.set_phase_times(times);
+}
+
+ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
+    const int64_t N = int64_t(B_) * T_;
+    ForwardResult r;
+    {
+        PhaseScope scope(times_, ops_, Phase::Other);
+        ids_host_.assign(inputs, inputs + N);
+        ops_.copy_from_host(ids_, inputs);
+        ops_.copy_from_host(targets_, targets);
+        ops_.embedding_forward(h_[0], ids_, embed_->work);
+        if (cfg_.dynamics.enabled) ops_.zero(v_[0]);
+    }
+
+    for (size_t l = 0; l < blocks_.size(); ++l) {
+        Block& b = *blocks_[l];
+        {
+            PhaseScope scope(times_, ops_, Phase::Attention);
+            ops_.rmsnorm_forward(b.xn1, b.rstd1, h_[l], b.attn_norm->work, cfg_.norm_eps);
+            b.attn.forward(ops_, b.xn1, b.attn_out);
+        }
+        {
+            PhaseScope scope(times_, ops_, Phase::Other);
+            ops_.add_tensors(b.x, h_[l], b.attn_out);
+            ops_.rmsnorm_forward(b.xn2, b.rstd2, b.x, b.moe_norm->work, cfg_.norm_eps);
+        }
+        MoeStats s = b.moe.forward(ops_, b.xn2, ids_host_.data(), b.moe_out);
+        Tensor after = b.dynamics ? b.h_mid : h_[l + 1];
+        {
+            PhaseScope scope(times_, ops_, Phase::Other);
+            ops_.add_tensors(after, b.x, b.moe_out);
+        }
+        if (b.dynamics) {
+            PhaseScope scope(times_, ops_, Phase::Dynamics);
+            b.dynamics->forward(ops_, b.h_mid, v_[l], h_[l + 1], v_[l + 1]);
+        }
+        r.routed.push_back(std::move(s.routed));
+        r.dropped += s.dropped;
+    }
+    if (!router_stats_.empty()) {
+        // Every layer's router statistics in one read: a device waits once.
+        PhaseScope scope(times_, ops_, Phase::Routing);
+        router_stats_host_.resize(size_t(router_stats_.numel()));
+        ops_.copy_to_host(router_stats_host_.data(), router_stats_);
+        const int64_t row = router_stats_.dim(1);
+        for (size_t l = 0; l < blocks_.size(); ++l) {
+            const RouterLosses losses = blocks_[l]->moe.router_losses(router_stats_host_.data() + l * row);
+            r.aux += losses.aux + losses.z_loss;
+        }
+    }
+
+    PhaseScope scope(times_, ops_, Phase::Head);
+    ops_.rmsnorm_forward(hn_, rstd_, h_.back(), norm_->work, cfg_.norm_eps);
+    ops_.matmul_forward(logits_, hn_, lm_head_->work, {});
+    ops_.cross_entropy_forward(losses_, logits_, targets_);
+    r.loss = ops_.sum(losses_) / double(N);
+    return r;
+}
+
+void Model::backward(double loss_scale, Write grads, const BucketReady& bucket_ready) {
+    const int64_t N = int64_t(B_) * T_;
+    const bool dyn = cfg_.dynamics.enabled;
+    Tensor dh = dh_[0], dv = dv_[0];
+
+    {
+        // Head: logits -> dlogits in place, then through the final norm.
+        PhaseScope scope(times_, ops_, Phase::Head);
+        ops_.cross_entropy_backward(logits_, logits_, targets_, loss_scale / double(N));
+        ops_.matmul_backward(dxn_, lm_head_->grad, {}, logits_, hn_, lm_head_->work, Write::overwrite, grads);
+        ops_.rmsnorm_backward(dh, norm_->grad, dxn_, h_.back(), norm_->work, rstd_, Write::overwrite, grads);
+        if (dyn) ops_.zero(dv);
+        if (bucket_ready) bucket_ready(buckets_[0]);
+    }
+
+    for (size_t l = blocks_.size(); l-- > 0;) {
+        Block& b = *blocks_[l];
+        if (dyn) {
+            PhaseScope scope(times_, ops_, Phase::Dynamics);
+            Tensor dh_in = dh.data == dh_[0].data ? dh_[1] : dh_[0];
+            Tensor dv_in = dv.data == dv_[0].data ? dv_[1] : dv_[0];
+            // Shared dynamics get their first contribution from the last layer.
+            const bool first = !cfg_.dynamics.shared || l + 1 == blocks_.size();
+            b.dynamics->backward(ops_, b.h_mid, v_[l], dh, dv, dh_in, dv_in, first ? grads : Write::add);
+            dh = dh_in;
+            dv = dv_in;
+        }
+        // h_mid = x + moe(norm(x)): dh flows to x unchanged, plus the MoE path.
+        b.moe.backward(ops_, b.xn2, dh, dxn_, loss_scale, grads);
+        {
+            PhaseScope scope(times_, ops_, Phase::Other);
+            ops_.rmsnorm_backward(dh, b.moe_norm->grad, dxn_, b.x, b.moe_norm->work, b.rstd2, Write::add, grads);
+        }
+        // x = h + attn(norm(h)).
+        PhaseScope scope(times_, ops_, Phase::Attention);
+        b.attn.backward(ops_, b.xn1, dh, dxn_, grads);
+        ops_.rmsnorm_backward(dh, b.attn_norm->grad, dxn_, h_[l], b.attn_norm->work, b.rstd1, Write::add, grads);
+        if (bucket_ready) bucket_ready(buckets_[blocks_.size() - l]);
+    }
+    PhaseScope scope(times_, ops_, Phase::Other);
+    // A tied table already holds the head's gradient.
+    ops_.embedding_backward(embed_->grad, ids_, dh, embed_ == lm_head_ ? Write::add : grads);
+}
+
+}  // namespace moe

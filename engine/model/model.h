@@ -1,0 +1,100 @@
+// The MoE transformer with INL dynamics (MODEL.md "Forward"), its hand-written
+// backward, and every buffer it needs, planned once for a micro-batch of
+// B sequences of T tokens.
+#pragma once
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "engine/model/arena.h"
+#include "engine/model/attention_layer.h"
+#include "engine/config/config.h"
+#include "engine/model/dynamics_layer.h"
+#include "engine/moe/moe_layer.h"
+#include "engine/model/parameters.h"
+#include "engine/model/phase_times.h"
+
+namespace moe {
+
+// Called by the backward with each bucket of parameters as soon as their
+// gradients are final, so that their all-reduce can overlap the rest.
+using BucketReady = std::function<void(const std::vector<Param*>& bucket)>;
+
+struct ForwardResult {
+    double loss = 0;  // mean cross-entropy
+    double aux = 0;   // sum over layers of load-balancing + z losses
+    std::vector<std::vector<int64_t>> routed;  // [L][E] token-slots per expert
+    int64_t dropped = 0;                       // slots dropped by capacity, all layers
+};
+
+class Model {
+public:
+    // allocate: memory for everything is allocated here (a GPU too small for
+    // the config throws ConfigError with the bytes planned and free);
+    // plan_only: the parameters and buffers are declared and sized, nothing
+    // is allocated (names, shapes, bytes; no forward or backward).
+    enum class Memory { allocate, plan_only };
+
+    // ep: the expert-parallel group; this rank then holds its share of the
+    // experts (null: all of them).
+    // precision: the backend's training_precision(), or a uniform F32/F64 on
+    // the CPU.
+    Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B, int T, Communicator* ep = nullptr,
+          Memory memory = Memory::allocate);
+    ~Model();
+
+    ParameterSet& params() { return params_; }
+    const ParameterSet& params() const { return params_; }
+    const ModelConfig& config() const { return cfg_; }
+    int batch() const { return B_; }
+    int seq_len() const { return T_; }
+    size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
+    // The gradient buckets in the order the backward hands them over: the
+    // head's (final norm, untied lm_head), then each layer's, last layer
+    // first. Parameters in none (the embedding, shared dynamics) are final
+    // only when the backward returns.
+    const std::vector<std::vector<Param*>>& gradient_buckets() const { return buckets_; }
+
+    // inputs, targets: host arrays [B*T], ids already checked against V.
+    // Keeps what the backward needs.
+    ForwardResult forward(const int32_t* inputs, const int32_t* targets);
+    // The gradient of loss_scale * (loss + aux) of the last forward, written
+    // into the parameter gradients as grads says: Write::overwrite for a
+    // step's first micro-batch (no zeroing first), Write::add for the rest.
+    // bucket_ready, when given, receives each bucket as soon as its gradients
+    // are final (give it on a step's last micro-batch).
+    void backward(double loss_scale, Write grads, const BucketReady& bucket_ready = nullptr);
+    // The [B*T, V] logits of the last forward, for sampling; backward
+    // overwrites them with their gradient.
+    const Tensor& logits() const { return logits_; }
+    // Adds each phase's time of later forwards and backwards to times (null:
+    // stop). Timing waits for the device at every phase boundary.
+    void set_phase_times(PhaseTimes* times);
+
+private:
+    struct Block;
+    void carve();
+    std::string out_of_memory_message(const OutOfDeviceMemory& e) const;
+
+    const ModelConfig cfg_;
+    Ops& ops_;
+    Precision pr_;
+    int B_, T_;
+    ParameterSet params_;
+    Param *embed_, *norm_, *lm_head_;  // lm_head_ == embed_ when tied
+    std::vector<std::unique_ptr<DynamicsModule>> dynamics_;
+    std::vector<std::unique_ptr<Block>> blocks_;
+    std::vector<int32_t> ids_host_;
+    std::vector<std::vector<Param*>> buckets_;  // [0]: the head's, [L - l]: layer l's
+    PhaseTimes* times_ = nullptr;
+
+    Arena acts_, scratch_;
+    Tensor ids_, targets_;
+    std::vector<Tensor> h_, v_;  // residual and velocity streams entering each layer, [L+1]
+    Tensor hn_, rstd_, logits_, losses_;
+    Tensor router_stats_;  // F64 [L, E+1] (learned router): each layer's Router stats
+    std::vector<double> router_stats_host_;
+    Tensor dh_[2], dv_[2], dxn_;
+};
+
+}  // namespace moe

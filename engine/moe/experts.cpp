@@ -1,0 +1,48 @@
+#include "engine/moe/experts.h"
+
+#include <string>
+
+namespace moe {
+
+Experts::Experts(const ModelConfig& cfg, ParameterSet& params, int layer, int first, int count) {
+    const std::string p = "layers." + std::to_string(layer) + ".moe.experts.{e}.";
+    const int64_t H = cfg.hidden_size, I = cfg.moe.expert_hidden_size;
+    const InitSpec init = InitSpec::normal(cfg.init_std);
+    w_gate_ = &params.add(p + "w_gate", {count, I, H}, init, true, first);
+    w_up_ = &params.add(p + "w_up", {count, I, H}, init, true, first);
+    w_down_ = &params.add(p + "w_down", {count, H, I}, init, true, first);
+}
+
+void Experts::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t max_rows) {
+    const DType dt = pr.act;
+    const int64_t I = w_gate_->shape[1];
+    gate_ = acts.take(dt, {max_rows, I});
+    up_ = acts.take(dt, {max_rows, I});
+    act_ = acts.take(dt, {max_rows, I});
+    dgate_ = scratch.take(dt, {max_rows, I});
+    dup_ = scratch.take(dt, {max_rows, I});
+    dact_ = scratch.take(dt, {max_rows, I});
+}
+
+void Experts::forward(Ops& ops, Tensor xe, Tensor ye, const std::vector<int64_t>& offsets) {
+    const int64_t R = xe.dim(0);
+    Tensor gate = gate_.rows(0, R), up = up_.rows(0, R), act = act_.rows(0, R);
+    ops.grouped_matmul_forward(gate, xe, w_gate_->work, offsets);
+    ops.grouped_matmul_forward(up, xe, w_up_->work, offsets);
+    ops.swiglu_forward(act, gate, up);
+    ops.grouped_matmul_forward(ye, act, w_down_->work, offsets);
+}
+
+void Experts::backward(Ops& ops, Tensor xe, Tensor dye, Tensor dxe, const std::vector<int64_t>& offsets,
+                       Write grads) {
+    const int64_t R = xe.dim(0);
+    Tensor gate = gate_.rows(0, R), up = up_.rows(0, R), act = act_.rows(0, R);
+    Tensor dgate = dgate_.rows(0, R), dup = dup_.rows(0, R), dact = dact_.rows(0, R);
+    // The input gradients are written, not added to: nothing to zero first.
+    ops.grouped_matmul_backward(dact, w_down_->grad, dye, act, w_down_->work, offsets, Write::overwrite, grads);
+    ops.swiglu_backward(dgate, dup, dact, gate, up);
+    ops.grouped_matmul_backward(dxe, w_gate_->grad, dgate, xe, w_gate_->work, offsets, Write::overwrite, grads);
+    ops.grouped_matmul_backward(dxe, w_up_->grad, dup, xe, w_up_->work, offsets, Write::add, grads);
+}
+
+}  // namespace moe

@@ -1,0 +1,59 @@
+#include "engine/moe/learned_router.h"
+
+#include <string>
+
+namespace moe {
+
+LearnedRouter::LearnedRouter(const ModelConfig& cfg, ParameterSet& params, int layer)
+    : cfg_(cfg.moe),
+      weight_(&params.add("layers." + std::to_string(layer) + ".moe.router.weight",
+                          {cfg_.num_experts, cfg.hidden_size}, InitSpec::normal(cfg.init_std), true)) {}
+
+void LearnedRouter::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor stats) {
+    const int64_t E = cfg_.num_experts, k = cfg_.top_k;
+    topk_w_ = acts.take(pr.stat, {N, k});
+    logits_ = acts.take(pr.stat, {N, E});
+    probs_ = acts.take(pr.stat, {N, E});
+    lse_ = acts.take(pr.stat, {N});
+    topk_idx_ = acts.take(DType::I32, {N, k});
+    dlogits_ = scratch.take(pr.stat, {N, E});
+    dlogits_act_ = pr.act == pr.stat ? dlogits_ : scratch.take(pr.act, {N, E});
+    stats_ = stats;
+}
+
+RouterChoice LearnedRouter::forward(Ops& ops, Tensor x, const int32_t*) {
+    ops.matmul_forward(logits_, x, weight_->work, {});
+    ops.router_forward(probs_, lse_, topk_idx_, topk_w_, logits_, cfg_.normalize_top_k);
+    ops.router_stats(stats_, probs_, lse_);
+    return {topk_idx_, nullptr, topk_w_};
+}
+
+void LearnedRouter::set_load(const RoutingCounts& counts) {
+    // Switch: aux = w * E * sum_e f_e * P_e, f_e = share of slots routed to e
+    // (no gradient), P_e = mean_t p[t, e]: aux = sum_e aux_coef[e] * sum_t p[t, e].
+    const int E = cfg_.num_experts;
+    const double N = counts.num_tokens, slots = N * counts.top_k;
+    aux_coef_.assign(E, 0.0);
+    for (int e = 0; e < E; ++e) aux_coef_[e] = cfg_.load_balancing_weight * E * (counts.routed(e) / slots) / N;
+    z_coef_ = cfg_.z_loss_weight / N;
+}
+
+RouterLosses LearnedRouter::losses(const double* stats) const {
+    RouterLosses out;
+    const int E = cfg_.num_experts;
+    for (int e = 0; e < E; ++e) out.aux += aux_coef_[e] * stats[e];
+    out.z_loss = z_coef_ * stats[E];
+    return out;
+}
+
+void LearnedRouter::backward(Ops& ops, Tensor x, Tensor dweights, Tensor dx, double loss_scale, Write grads) {
+    std::vector<double> aux_coef(aux_coef_);
+    for (double& c : aux_coef) c *= loss_scale;
+    ops.zero(dlogits_);
+    ops.router_backward(dlogits_, dweights, probs_, lse_, topk_idx_, topk_w_, cfg_.normalize_top_k, aux_coef,
+                        z_coef_ * loss_scale);
+    if (dlogits_act_.data != dlogits_.data) ops.copy(dlogits_act_, dlogits_);
+    ops.matmul_backward(dx, weight_->grad, {}, dlogits_act_, x, weight_->work, Write::add, grads);
+}
+
+}  // namespace moe

@@ -1,0 +1,31 @@
+// The learned router (MODEL.md "Routers", Mixtral/Switch): logits = x W^T in
+// fp32, softmax, the k largest probabilities (renormalised unless
+// normalize_top_k is false), the Switch load-balancing loss and the z-loss.
+#pragma once
+#include <vector>
+
+#include "engine/moe/router.h"
+
+namespace moe {
+
+class LearnedRouter : public Router {
+public:
+    LearnedRouter(const ModelConfig& cfg, ParameterSet& params, int layer);
+    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor stats) override;
+    RouterChoice forward(Ops& ops, Tensor x, const int32_t* ids) override;
+    void set_load(const RoutingCounts& counts) override;
+    RouterLosses losses(const double* stats) const override;
+    bool weights_have_gradient() const override { return true; }
+    void backward(Ops& ops, Tensor x, Tensor dweights, Tensor dx, double loss_scale, Write grads) override;
+
+private:
+    const MoeConfig& cfg_;
+    Param* weight_;  // [E, H]
+    // logits_ to dlogits_ in fp32 (stat); dlogits_act_ feeds the matmul
+    // backward (dlogits_ itself when the dtypes agree).
+    Tensor logits_, probs_, lse_, topk_idx_, topk_w_, dlogits_, dlogits_act_, stats_;
+    std::vector<double> aux_coef_;  // d aux / d probs[t, e], per expert
+    double z_coef_ = 0;
+};
+
+}  // namespace moe

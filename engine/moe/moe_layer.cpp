@@ -1,0 +1,67 @@
+#include "engine/moe/moe_layer.h"
+
+namespace moe {
+
+namespace {
+int group_size(const Communicator* ep) { return ep ? ep->size() : 1; }
+int group_rank(const Communicator* ep) { return ep ? ep->rank() : 0; }
+}  // namespace
+
+MoeLayer::MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, Communicator* ep)
+    : H_(cfg.hidden_size),
+      k_(cfg.moe.top_k),
+      ep_size_(group_size(ep)),
+      router_(make_router(cfg, params, layer)),
+      dispatcher_(cfg.moe.num_experts, cfg.moe.top_k, cfg.moe.capacity_factor, ep),
+      experts_(cfg, params, layer, group_rank(ep) * (cfg.moe.num_experts / group_size(ep)),
+               cfg.moe.num_experts / group_size(ep)) {}
+
+void MoeLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor router_stats) {
+    router_->carve(acts, scratch, pr, N, router_stats);
+    dispatcher_.carve(acts, scratch, pr, N, H_);
+    experts_.carve(acts, scratch, pr, N * k_ * ep_size_);  // every slot of the EP group at most
+    dweights_ = scratch.take(pr.stat, {N, k_});
+}
+
+MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y) {
+    {
+        PhaseScope scope(times_, ops, Phase::Routing);
+        const RouterChoice choice = router_->forward(ops, x, ids);
+        weights_ = choice.weights;
+        expert_in_ = dispatcher_.dispatch(ops, choice, x);
+        router_->set_load(dispatcher_.counts());
+    }
+    {
+        PhaseScope scope(times_, ops, Phase::Experts);
+        experts_.forward(ops, expert_in_, dispatcher_.expert_output(), dispatcher_.local_offsets());
+    }
+    PhaseScope scope(times_, ops, Phase::Routing);
+    dispatcher_.combine(ops, weights_, y);
+
+    const RoutingCounts& counts = dispatcher_.counts();
+    MoeStats stats;
+    stats.routed.resize(counts.num_experts);
+    for (int e = 0; e < counts.num_experts; ++e) stats.routed[e] = counts.routed(e);
+    stats.dropped = counts.total_dropped();
+    return stats;
+}
+
+void MoeLayer::backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_scale, Write grads) {
+    const bool trainable = router_->weights_have_gradient();
+    Tensor d_out, d_in;
+    {
+        PhaseScope scope(times_, ops, Phase::Routing);
+        if (trainable) ops.zero(dweights_);
+        d_out = dispatcher_.combine_backward(ops, dy, weights_, trainable ? dweights_ : Tensor{});
+        d_in = dispatcher_.expert_input_grad();
+    }
+    {
+        PhaseScope scope(times_, ops, Phase::Experts);
+        experts_.backward(ops, expert_in_, d_out, d_in, dispatcher_.local_offsets(), grads);
+    }
+    PhaseScope scope(times_, ops, Phase::Routing);
+    dispatcher_.dispatch_backward(ops, d_in, dx);
+    router_->backward(ops, x, dweights_, dx, loss_scale, grads);
+}
+
+}  // namespace moe

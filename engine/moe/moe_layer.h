@@ -1,0 +1,50 @@
+// A sparse MoE layer: router -> token dispatcher -> experts -> combine.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "engine/moe/experts.h"
+#include "engine/model/phase_times.h"
+#include "engine/moe/router.h"
+#include "engine/moe/token_dispatcher.h"
+
+namespace moe {
+
+// What one forward of the layer routed, for logs.
+struct MoeStats {
+    std::vector<int64_t> routed;  // [E] token-slots routed to each expert
+    int64_t dropped = 0;          // slots dropped by capacity
+};
+
+class MoeLayer {
+public:
+    // ep: the expert-parallel group (null: all experts here).
+    MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, Communicator* ep);
+    // router_stats: F64 [E+1] on the backend for the learned router's
+    // statistics (empty for token_id).
+    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor router_stats);
+
+    // y[N,H] = moe(x[N,H]); ids[N] (host) feed the token_id router.
+    MoeStats forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y);
+    // The router's aux and z losses of the last forward, from the stats it
+    // left in router_stats, read back (E+1 values).
+    RouterLosses router_losses(const double* stats) const { return router_->losses(stats); }
+    // dx = input gradient of sum(dy * y) + loss_scale * (aux + z)
+    // (overwritten: the layer is dx's only writer); parameter gradients are
+    // written as grads says.
+    void backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_scale, Write grads);
+    // Times the experts and the routing apart (null: no timing).
+    void set_phase_times(PhaseTimes* times) { times_ = times; }
+
+private:
+    int64_t H_, k_, ep_size_;
+    std::unique_ptr<Router> router_;
+    TokenDispatcher dispatcher_;
+    Experts experts_;
+    Tensor expert_in_;  // this micro-batch's rows for the local experts (saved)
+    Tensor weights_;    // the router's combine weights (saved)
+    Tensor dweights_;
+    PhaseTimes* times_ = nullptr;
+};
+
+}  // namespace moe

@@ -1,0 +1,34 @@
+#include "engine/train/optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace moe {
+
+double learning_rate(const OptimizerConfig& cfg, int64_t step, int64_t total_steps) {
+    if (step < cfg.warmup_steps) return cfg.lr * double(step + 1) / double(cfg.warmup_steps);
+    const int64_t decay_steps = std::max<int64_t>(1, total_steps - cfg.warmup_steps);
+    const double progress = std::min(1.0, double(step - cfg.warmup_steps) / double(decay_steps));
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + std::cos(M_PI * progress));
+}
+
+double AdamW::clip_scale(double grad_norm) const {
+    if (cfg_.grad_clip <= 0 || grad_norm <= cfg_.grad_clip) return 1.0;
+    return cfg_.grad_clip / (grad_norm + 1e-6);
+}
+
+void AdamW::step(int64_t step, double lr, double grad_scale) {
+    AdamWParams a;
+    a.lr = lr;
+    a.beta1 = cfg_.beta1;
+    a.beta2 = cfg_.beta2;
+    a.eps = cfg_.eps;
+    a.step = step;
+    a.grad_scale = grad_scale;
+    for (Param& p : params_.all()) {
+        a.weight_decay = p.decay ? cfg_.weight_decay : 0.0;
+        params_.ops().adamw_step(p.value, p.grad, p.m, p.v, p.work, a);
+    }
+}
+
+}  // namespace moe

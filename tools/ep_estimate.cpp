@@ -1,0 +1,46 @@
+#include "tools/ep_estimate.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+namespace moe {
+
+size_t tail_reduce_bytes(const Model& model) {
+    const std::vector<std::vector<Param*>>& buckets = model.gradient_buckets();
+    const auto early = [&](const Param& p) {  // handed over while the backward still runs
+        for (size_t b = 0; b + 1 < buckets.size(); ++b)
+            if (std::find(buckets[b].begin(), buckets[b].end(), &p) != buckets[b].end()) return true;
+        return false;
+    };
+    size_t bytes = 0;
+    for (const Param& p : model.params().all())
+        if (!p.is_expert_stack() && !early(p)) bytes += p.grad.bytes();
+    return bytes;
+}
+
+double all_to_all_bytes_per_token(const ModelConfig& m) {
+    return 4.0 * m.num_layers * m.moe.top_k * m.hidden_size * 2.0;
+}
+
+EpStepEstimate estimate_ep_step(const ModelConfig& m, const OneGpuStep& one, int ep, double load_max_over_mean,
+                                double expert_params_share, double tail_reduce_bytes, const NodeLinks& links) {
+    if (ep < 2 || m.moe.num_experts % ep != 0 || load_max_over_mean < 1 || expert_params_share < 0 ||
+        expert_params_share > 1 || one.step_s <= 0 || one.experts_s < 0 || one.optimizer_s < 0 ||
+        one.experts_s + one.optimizer_s > one.step_s || links.all_to_all_gbps <= 0 || links.all_reduce_gbps <= 0)
+        throw std::invalid_argument("estimate_ep_step: ep " + std::to_string(ep) + ", load " +
+                                    std::to_string(load_max_over_mean) + " or the measured times are out of range");
+    // Uniform routing sends (ep-1)/ep of the rows off the rank; all-reduce's
+    // bus bandwidth counts 2(ep-1)/ep of the buffer.
+    const double remote = double(ep - 1) / ep;
+    EpStepEstimate e{};
+    e.experts_s = one.experts_s * load_max_over_mean;
+    e.optimizer_s = one.optimizer_s * (1 - expert_params_share * remote);
+    e.all_to_all_s = one.tokens * all_to_all_bytes_per_token(m) * remote / (links.all_to_all_gbps * 1e9);
+    e.all_reduce_s = tail_reduce_bytes * 2 * remote / (links.all_reduce_gbps * 1e9);
+    e.step_s = one.step_s - one.experts_s - one.optimizer_s + e.experts_s + e.optimizer_s + e.all_to_all_s +
+               e.all_reduce_s;
+    return e;
+}
+
+}  // namespace moe
