@@ -12,7 +12,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "engine/model/rng.h"
+#include "engine/params/rng.h"
 #include "kernels/tensor.h"
 #include "tests/catch.h"
 #include "tests/test_util.h"

@@ -4,7 +4,7 @@
 #include <string>
 
 #include "engine/model/model.h"
-#include "engine/model/rng.h"
+#include "engine/params/rng.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/gradcheck.h"
 #include "tests/test_models.h"

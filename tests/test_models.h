@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "engine/config/config.h"
-#include "engine/model/parameters.h"
+#include "engine/params/parameters.h"
 
 namespace moe::test {
 

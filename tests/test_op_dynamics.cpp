@@ -9,7 +9,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "engine/model/rng.h"
+#include "engine/params/rng.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/gradcheck.h"
 

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "engine/model/model.h"
-#include "engine/model/rng.h"
+#include "engine/params/rng.h"
 #include "engine/io/files.h"
 #include "engine/train/trainer.h"
 #include "engine/io/weights_io.h"

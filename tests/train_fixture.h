@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "engine/config/config.h"
-#include "engine/model/rng.h"
+#include "engine/params/rng.h"
 #include "engine/io/shards.h"
 #include "tests/test_models.h"
 #include "tests/test_util.h"

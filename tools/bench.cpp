@@ -26,7 +26,7 @@
 #include "engine/train/grad_sync.h"
 #include "engine/model/model.h"
 #include "engine/train/optimizer.h"
-#include "engine/model/rng.h"
+#include "engine/params/rng.h"
 #include "tools/tool_args.h"
 
 namespace {

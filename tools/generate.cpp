@@ -18,7 +18,7 @@
 
 #include "tools/tool_args.h"
 #include "engine/model/model.h"
-#include "engine/model/rng.h"
+#include "engine/params/rng.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tools/checkpoint_reading.h"
 

@@ -20,7 +20,7 @@
 #include "kernels/routing_plan.h"
 #include "engine/run/backend.h"
 #include "engine/config/config.h"
-#include "engine/model/rng.h"
+#include "engine/params/rng.h"
 #include "tools/tool_args.h"
 
 namespace {

@@ -21,7 +21,7 @@
 #include "comm/process_groups.h"
 #include "engine/config/config.h"
 #include "engine/io/data_loader.h"
-#include "engine/model/parameters.h"
+#include "engine/params/parameters.h"
 
 namespace moe {
 

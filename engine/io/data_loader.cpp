@@ -4,7 +4,7 @@
 #include <cstring>
 #include <numeric>
 
-#include "engine/model/rng.h"
+#include "engine/params/rng.h"
 
 namespace moe {
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/model/parameters.h"
+#include "engine/params/parameters.h"
 #include "engine/io/safetensors.h"
 #include "engine/io/files.h"
 

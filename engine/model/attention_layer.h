@@ -2,9 +2,9 @@
 // q, k, v projections, per-head RMSNorm of q and k, rotary positions,
 // softmax(q k^T / sqrt(hd)) v, output projection. Forward and backward.
 #pragma once
-#include "engine/model/arena.h"
+#include "engine/params/arena.h"
 #include "engine/config/config.h"
-#include "engine/model/parameters.h"
+#include "engine/params/parameters.h"
 
 namespace moe {
 

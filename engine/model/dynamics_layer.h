@@ -5,9 +5,9 @@
 #pragma once
 #include <string>
 
-#include "engine/model/arena.h"
+#include "engine/params/arena.h"
 #include "engine/config/config.h"
-#include "engine/model/parameters.h"
+#include "engine/params/parameters.h"
 
 namespace moe {
 

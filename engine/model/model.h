@@ -6,13 +6,13 @@
 #include <memory>
 #include <vector>
 
-#include "engine/model/arena.h"
+#include "engine/params/arena.h"
 #include "engine/model/attention_layer.h"
 #include "engine/config/config.h"
 #include "engine/model/dynamics_layer.h"
 #include "engine/moe/moe_layer.h"
-#include "engine/model/parameters.h"
-#include "engine/model/phase_times.h"
+#include "engine/params/parameters.h"
+#include "engine/run/phase_times.h"
 
 namespace moe {
 

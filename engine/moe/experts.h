@@ -4,9 +4,9 @@
 #pragma once
 #include <vector>
 
-#include "engine/model/arena.h"
+#include "engine/params/arena.h"
 #include "engine/config/config.h"
-#include "engine/model/parameters.h"
+#include "engine/params/parameters.h"
 
 namespace moe {
 

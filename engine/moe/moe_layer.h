@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "engine/moe/experts.h"
-#include "engine/model/phase_times.h"
+#include "engine/run/phase_times.h"
 #include "engine/moe/router.h"
 #include "engine/moe/token_dispatcher.h"
 

@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "engine/config/config.h"
-#include "engine/model/arena.h"
-#include "engine/model/parameters.h"
+#include "engine/params/arena.h"
+#include "engine/params/parameters.h"
 #include "kernels/routing_plan.h"
 
 namespace moe {

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
-#include "engine/model/arena.h"
+#include "engine/params/arena.h"
 #include "engine/moe/router.h"
 #include "kernels/ops.h"
 #include "kernels/routing_plan.h"

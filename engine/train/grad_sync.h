@@ -7,7 +7,7 @@
 
 #include "comm/process_groups.h"
 #include "engine/model/model.h"
-#include "engine/model/parameters.h"
+#include "engine/params/parameters.h"
 
 namespace moe {
 

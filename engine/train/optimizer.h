@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "engine/config/config.h"
-#include "engine/model/parameters.h"
+#include "engine/params/parameters.h"
 
 namespace moe {
 

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/model/rng.h"
+#include "engine/params/rng.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "tests/catch.h"

@@ -17,7 +17,7 @@
 #include "engine/train/grad_sync.h"
 #include "engine/run/layout_report.h"
 #include "engine/model/model.h"
-#include "engine/model/rng.h"
+#include "engine/params/rng.h"
 #include "engine/io/shards.h"
 #include "engine/train/trainer.h"
 #include "kernels/cpu/cpu_ops.h"

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/model/arena.h"
+#include "engine/params/arena.h"
 #include "kernels/ops.h"
 
 namespace moe {

@@ -1,10 +1,10 @@
-#include "engine/model/parameters.h"
+#include "engine/params/parameters.h"
 
 #include <deque>
 #include <stdexcept>
 #include <vector>
 
-#include "engine/model/rng.h"
+#include "engine/params/rng.h"
 
 namespace moe {
 

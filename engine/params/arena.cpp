@@ -1,4 +1,4 @@
-#include "engine/model/arena.h"
+#include "engine/params/arena.h"
 
 #include <stdexcept>
 #include <string>
