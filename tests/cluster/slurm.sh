@@ -39,7 +39,10 @@ dd if=/dev/urandom of="$work/munge/key" bs=1024 count=1 status=none
 chmod 700 "$work/munge"; chmod 400 "$work/munge/key"
 munged --key-file="$work/munge/key" --socket="$work/munge/socket" --pid-file="$work/munged.pid" \
        --log-file="$work/munged.log" --seed-file="$work/munge/seed" --force
-cpus=$(nproc)
+# The node's CPUs as slurmd detects them (hwloc): nproc would give OMP_NUM_THREADS
+# when set, and a node of fewer CPUs than 2 tasks leaves every job pending.
+cpus=$(slurmd -C | sed -n '1s/.* CPUs=\([0-9]*\) .*/\1/p')
+[ -n "$cpus" ] || fail "slurmd -C printed no CPU count"
 mem=$(awk '/MemTotal/ {print int($2 / 1024 / 2)}' /proc/meminfo)
 cat > "$conf" <<CONF
 ClusterName=moetest
