@@ -342,7 +342,10 @@ def gradients(cfg, weights_path, batch_path, out_path):
     ce, aux, dropped = forward(m, P, inputs, targets)
     loss = ce + aux
     loss.backward()
-    grads = {name: p.grad.numpy().astype(np.float32) for name, p in P.items()}
+    # A parameter the loss does not reach (the weights of an expert that gets
+    # no token) has no autograd gradient: its gradient is zero, as the engine writes it.
+    grads = {name: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy().astype(np.float32)
+             for name, p in P.items()}
     meta = {"loss": repr(loss.item()), "cross_entropy": repr(ce.item()), "aux": repr(aux.item()),
             "dropped": str(dropped)}
     safetensors_io.write(out_path, grads, meta)

@@ -2,6 +2,8 @@
 # Parity test: for each tiny config in tests/parity/configs, the engine's loss
 # and every gradient (moe-train parity mode, in double) must match the PyTorch
 # reference (tools/torch_reference.py, float64) to a relative error of 1e-5.
+# Then a case random weights never make: an expert that gets no token (its
+# gradients zero in both).
 #
 #   tests/parity/run_parity.sh BUILD_DIR
 #
@@ -25,21 +27,42 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 failed=()
+make_inputs() {  # make_inputs NAME CONFIG: random weights and batch
+    "$python" "$root/tools/torch_reference.py" --config "$2" --make-inputs --seed "$seed" \
+        --weights "$work/$1.weights.safetensors" --batch "$work/$1.batch.safetensors"
+}
+# parity NAME ENGINE_CONFIG REFERENCE_CONFIG WEIGHTS: the engine's gradients and
+# the reference's on NAME's batch; they must agree
+parity() {
+    "$build/moe-train" --config "$2" --set data.train=unused \
+        --batch "$work/$1.batch.safetensors" --init-from "$4" \
+        --dump-grads "$work/$1.engine.safetensors" --dtype f64
+    "$python" "$root/tools/torch_reference.py" --config "$3" \
+        --weights "$4" --batch "$work/$1.batch.safetensors" --out "$work/$1.torch.safetensors"
+    if ! "$python" "$root/tools/compare_grads.py" --rtol "$rtol" --quiet \
+        "$work/$1.engine.safetensors" "$work/$1.torch.safetensors"; then
+        failed+=("$1")
+    fi
+}
+
 for config in "$here"/configs/*.yaml; do
     name=$(basename "$config" .yaml)
     echo "== $name"
-    "$python" "$root/tools/torch_reference.py" --config "$config" --make-inputs --seed "$seed" \
-        --weights "$work/$name.weights.safetensors" --batch "$work/$name.batch.safetensors"
-    "$build/moe-train" --config "$config" --set data.train=unused \
-        --batch "$work/$name.batch.safetensors" --init-from "$work/$name.weights.safetensors" \
-        --dump-grads "$work/$name.engine.safetensors" --dtype f64
-    "$python" "$root/tools/torch_reference.py" --config "$config" \
-        --weights "$work/$name.weights.safetensors" --batch "$work/$name.batch.safetensors" \
-        --out "$work/$name.torch.safetensors"
-    if ! "$python" "$root/tools/compare_grads.py" --rtol "$rtol" --quiet \
-        "$work/$name.engine.safetensors" "$work/$name.torch.safetensors"; then
-        failed+=("$name")
-    fi
+    make_inputs "$name" "$config"
+    parity "$name" "$config" "$config" "$work/$name.weights.safetensors"
+done
+
+# An expert that gets no token in any layer has no autograd gradient; the
+# reference must write zeros for it, as the engine does.
+for name in token_id_top1 learned_top1; do
+    config=$here/configs/$name.yaml
+    echo "== $name, the last expert idle"
+    make_inputs "$name.idle" "$config"
+    "$python" "$here/idle_expert.py" --config "$config" \
+        --weights "$work/$name.idle.weights.safetensors" --batch "$work/$name.idle.batch.safetensors"
+    parity "$name.idle" "$config" "$config" "$work/$name.idle.weights.safetensors"
+    "$python" "$here/idle_expert.py" --config "$config" --check "$work/$name.idle.engine.safetensors" ||
+        failed+=("$name.idle (not idle)")
 done
 
 if ((${#failed[@]})); then

@@ -2,7 +2,8 @@
 """Checks tools/torch_reference.py itself before it is trusted as the
 reference: its autograd gradients against finite differences, and the
 routing rules of MODEL.md (top-k ties, capacity drops, token-id routing,
-f_e counted before capacity). Run by tests/parity/run_parity.sh."""
+f_e counted before capacity), and zero gradients for an expert without
+tokens. Run by tests/parity/run_parity.sh."""
 
 import copy
 import math
@@ -130,6 +131,23 @@ def test_dynamics_clamps_clip_in_the_per_layer_parity_config():
             torch.clamp = original
     assert set(clipped) == {(None, 0.6), (0.0, 1.05), (-0.5, 0.5)}, clipped
     assert all(clipped.values()), clipped
+
+
+def test_an_expert_without_tokens_gets_zero_gradients():
+    cfg = {"model": tiny_model(router="token_id", top_k=1), "train": {"seq_len": 4, "micro_batch_size": 2}}
+    with tempfile.TemporaryDirectory() as tmp:
+        w, b, g = (os.path.join(tmp, n) for n in ("w.safetensors", "b.safetensors", "g.safetensors"))
+        ref.make_inputs(cfg, 1, w, b)
+        # ids 0, 1, 3, 4 (mod 3: 0, 1, 0, 1): expert 2 gets no token
+        batch = {"inputs": np.array([[0, 1, 3, 4], [4, 3, 1, 0]], dtype=np.int32),
+                 "targets": np.array([[1, 2, 3, 4], [5, 6, 7, 8]], dtype=np.int32)}
+        safetensors_io.write(b, batch)
+        ref.gradients(cfg, w, b, g)
+        grads, _ = safetensors_io.read(g)
+    for l in range(2):
+        for e in range(3):
+            for kind in ("w_gate", "w_up", "w_down"):
+                assert bool(np.any(grads[f"layers.{l}.moe.experts.{e}.{kind}"])) == (e != 2), (l, e, kind)
 
 
 def test_safetensors_round_trip():
