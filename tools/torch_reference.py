@@ -7,6 +7,10 @@ as the engine's parity mode (`moe-train --batch ... --dump-grads ...`) does.
 
   torch_reference.py --config C.yaml --weights W.safetensors --batch B.safetensors --out G.safetensors
   torch_reference.py --config C.yaml --make-inputs --seed 7 --weights W.safetensors --batch B.safetensors
+  torch_reference.py --config OUT/config.json --weights OUT/model.safetensors --batch B.safetensors --out G.safetensors
+
+--config takes the engine's YAML config or the config.json that `moe-checkpoint
+export` writes beside the weights (which must name every model key and no other).
 
 Written against torch 1.13 (Debian 12's python3-torch); attention is spelled
 out rather than using newer fused APIs.
@@ -14,6 +18,7 @@ out rather than using newer fused APIs.
 
 import argparse
 import copy
+import json
 import math
 import os
 import sys
@@ -26,7 +31,7 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_io  # noqa: E402
 
-# The keys this model reads, with the defaults of engine/config.h.
+# The model's keys, with the defaults of engine/config.h.
 DEFAULTS = {
     "model": {
         "vocab_size": 256,
@@ -38,6 +43,7 @@ DEFAULTS = {
         "tie_embeddings": False,
         "rope_theta": 10000.0,
         "norm_eps": 1e-6,
+        "init_std": 0.02,  # the engine's initialisation; unused here, where the weights are given
         "moe": {
             "num_experts": 4,
             "top_k": 2,
@@ -76,11 +82,46 @@ def _merge(defaults, given):
     return out
 
 
+def _check_keys(given, defaults, where, complete):
+    """Raises ValueError on a key the model does not have, or, when complete,
+    on one it has that is missing; where: the path of given ("model.")."""
+    for key, value in given.items():
+        if key not in defaults:
+            raise ValueError(f"unknown key '{where}{key}'")
+        if isinstance(defaults[key], dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"'{where}{key}' must be a section, got {value!r}")
+            _check_keys(value, defaults[key], f"{where}{key}.", complete)
+    if complete:
+        missing = [key for key in defaults if key not in given]
+        if missing:
+            raise ValueError(f"missing key '{where}{missing[0]}'")
+
+
 def load_config(path):
-    """The YAML file's model and train sections over the engine's defaults."""
-    with open(path) as f:
-        given = yaml.safe_load(f) or {}
-    cfg = _merge(DEFAULTS, {k: given[k] for k in ("model", "train") if k in given})
+    """The model (and train) settings: from the engine's YAML config (its model
+    and train sections over the engine's defaults), or from the config.json of
+    `moe-checkpoint export` (which holds every model key and no train section)."""
+    if path.endswith(".json"):
+        try:
+            with open(path) as f:
+                given = json.load(f)
+            # as tools/checkpoint_tool.cpp writes it: its header, then the model section
+            if (not isinstance(given, dict) or given.pop("architecture", None) != "moe-inl"
+                    or given.pop("format_version", None) != 1):
+                raise ValueError("not a config.json of moe-checkpoint export (architecture moe-inl, format_version 1)")
+            _check_keys(given, DEFAULTS["model"], "", complete=True)  # keys as the file nests them
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        cfg = {"model": given, "train": None}
+    else:
+        with open(path) as f:
+            given = yaml.safe_load(f) or {}
+        try:
+            _check_keys(given.get("model") or {}, DEFAULTS["model"], "model.", complete=False)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        cfg = _merge(DEFAULTS, {k: given[k] for k in ("model", "train") if k in given})
     m = cfg["model"]
     if m["moe"]["router"] not in ("learned", "token_id"):
         raise ValueError(f"model.moe.router must be learned or token_id, got {m['moe']['router']!r}")
@@ -354,7 +395,8 @@ def gradients(cfg, weights_path, batch_path, out_path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="the engine's YAML config (model and train sections)")
+    ap.add_argument("--config", required=True,
+                    help="the engine's YAML config (model and train sections), or moe-checkpoint export's config.json")
     ap.add_argument("--weights", required=True, help="parameters, safetensors F32 (written with --make-inputs)")
     ap.add_argument("--batch", required=True, help="'inputs' and 'targets', I32 [B, T] (written with --make-inputs)")
     ap.add_argument("--out", help="where to write the loss and gradients")
@@ -363,13 +405,18 @@ def main():
     ap.add_argument("--seed", type=int, default=0, help="seed for --make-inputs")
     args = ap.parse_args()
     torch.set_default_dtype(torch.float64)
-    cfg = load_config(args.config)
-    if args.make_inputs:
-        make_inputs(cfg, args.seed, args.weights, args.batch)
-        return
-    if not args.out:
-        ap.error("--out is required unless --make-inputs")
-    loss, dropped = gradients(cfg, args.weights, args.batch, args.out)
+    try:
+        cfg = load_config(args.config)
+        if args.make_inputs:
+            if cfg["train"] is None:
+                ap.error("--make-inputs needs train.seq_len and train.micro_batch_size: pass the YAML config")
+            make_inputs(cfg, args.seed, args.weights, args.batch)
+            return
+        if not args.out:
+            ap.error("--out is required unless --make-inputs")
+        loss, dropped = gradients(cfg, args.weights, args.batch, args.out)
+    except (OSError, ValueError) as e:  # a bad file: one line, not a traceback
+        sys.exit(f"torch_reference.py: {e}")
     print(f"torch reference: loss {loss:.17g}, {dropped} slots dropped; gradients written to {args.out}")
 
 

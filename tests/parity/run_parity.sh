@@ -2,8 +2,10 @@
 # Parity test: for each tiny config in tests/parity/configs, the engine's loss
 # and every gradient (moe-train parity mode, in double) must match the PyTorch
 # reference (tools/torch_reference.py, float64) to a relative error of 1e-5.
-# Then a case random weights never make: an expert that gets no token (its
-# gradients zero in both).
+# Then two cases of a kind random weights never make: an expert that gets no
+# token (its gradients zero in both), and a model trained a few steps with
+# non-default settings and exported by moe-checkpoint, which the reference
+# reads through the exported config.json.
 #
 #   tests/parity/run_parity.sh BUILD_DIR
 #
@@ -64,6 +66,17 @@ for name in token_id_top1 learned_top1; do
     "$python" "$here/idle_expert.py" --config "$config" --check "$work/$name.idle.engine.safetensors" ||
         failed+=("$name.idle (not idle)")
 done
+
+# A model trained a few steps with settings other than the defaults, exported;
+# the reference takes its config.json, the engine the training config.
+echo "== exported checkpoint"
+config=$here/export.yaml
+"$build/moe-shards" --out "$work/data" --val-every 10 "$root/README.md" > /dev/null
+"$build/moe-train" --config "$config" --set data.train="$work/data/train_*.bin" \
+    --set run.out_dir="$work/run" > "$work/train.log" 2>&1 || { cat "$work/train.log"; exit 1; }
+"$build/moe-checkpoint" export "$work/run" --out "$work/exported"
+make_inputs exported "$config"  # the batch; the trained weights replace the random ones
+parity exported "$config" "$work/exported/config.json" "$work/exported/model.safetensors"
 
 if ((${#failed[@]})); then
     echo "parity FAILED for: ${failed[*]}"

@@ -2,10 +2,11 @@
 """Checks tools/torch_reference.py itself before it is trusted as the
 reference: its autograd gradients against finite differences, and the
 routing rules of MODEL.md (top-k ties, capacity drops, token-id routing,
-f_e counted before capacity), and zero gradients for an expert without
-tokens. Run by tests/parity/run_parity.sh."""
+f_e counted before capacity), zero gradients for an expert without tokens, and
+the reading of an exported config.json. Run by tests/parity/run_parity.sh."""
 
 import copy
+import json
 import math
 import os
 import sys
@@ -131,6 +132,47 @@ def test_dynamics_clamps_clip_in_the_per_layer_parity_config():
             torch.clamp = original
     assert set(clipped) == {(None, 0.6), (0.0, 1.05), (-0.5, 0.5)}, clipped
     assert all(clipped.values()), clipped
+
+
+def exported_config(m):
+    """A config.json as `moe-checkpoint export` writes it (tools/checkpoint_tool.cpp)."""
+    return {"architecture": "moe-inl", "format_version": 1, **copy.deepcopy(m)}
+
+
+def test_exported_config_json_gives_its_model():
+    m = tiny_model(capacity_factor=0.5)
+    m.update(rope_theta=500, norm_eps=1e-4)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "config.json")
+        with open(path, "w") as f:
+            json.dump(exported_config(m), f)
+        cfg = ref.load_config(path)
+    assert cfg["model"] == m and cfg["train"] is None
+
+
+def test_exported_config_json_with_a_missing_or_unknown_key_is_refused():
+    cases = []
+    for section, key in ((None, "rope_theta"), ("moe", "capacity_factor"), ("dynamics", "dt")):
+        given = exported_config(tiny_model())
+        del (given[section] if section else given)[key]
+        cases.append((given, f"missing key '{section + '.' if section else ''}{key}'"))
+    given = exported_config(tiny_model())
+    given["moe"]["top_p"] = 0.9
+    cases.append((given, "unknown key 'moe.top_p'"))
+    given = exported_config(tiny_model())
+    given["format_version"] = 2
+    cases.append((given, "not a config.json of moe-checkpoint export"))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "config.json")
+        for given, message in cases:
+            with open(path, "w") as f:
+                json.dump(given, f)
+            try:
+                ref.load_config(path)
+            except ValueError as e:
+                assert str(e).startswith(f"{path}: {message}"), str(e)
+            else:
+                raise AssertionError(f"accepted a config.json with {message}")
 
 
 def test_an_expert_without_tokens_gets_zero_gradients():
