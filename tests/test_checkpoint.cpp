@@ -1,9 +1,7 @@
 // Checkpoints in one process: what a save writes, exact resume, pruning, and
 // every way a checkpoint or a run directory is refused.
-#include <sys/resource.h>
 
 #include <algorithm>
-#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -201,19 +199,11 @@ TEST_CASE("a disk that fills during a save keeps the previous checkpoint", "[uni
 
     // Files of this process may not grow past 64 KiB, so the model parts of
     // the next save fail (EFBIG, as ENOSPC would) and the metrics do not.
-    rlimit old{};
-    getrlimit(RLIMIT_FSIZE, &old);
-    const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
-    const rlimit small{64 * 1024, old.rlim_max};
-    setrlimit(RLIMIT_FSIZE, &small);
     std::string message;
-    try {
-        train(longer, ops, opts);
-    } catch (const CheckpointError& e) {
-        message = e.what();
+    {
+        const moe::test::FileSizeLimit full_disk(64 * 1024);
+        message = moe::test::error_of<CheckpointError>([&] { train(longer, ops, opts); });
     }
-    setrlimit(RLIMIT_FSIZE, &old);
-    std::signal(SIGXFSZ, old_handler);
 
     CHECK(contains(message, "checkpoint of step 12 not saved"));
     CHECK(contains(message, "File too large"));

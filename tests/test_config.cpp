@@ -1,5 +1,7 @@
 // Config: defaults, full files, --set overrides, the to_yaml round trip, and
 // one clear error line (key path + fix) for each kind of bad configuration.
+#include <sys/stat.h>
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -379,7 +381,8 @@ TEST_CASE("values out of range are named with the allowed range", "[unit]") {
          {"model.moe.capacity_factor must be > 0, got 0"}},
         {std::string(kTrain) + "eval:\n  batches: 0\n", {}, {"eval.batches must be >= 1, got 0"}},
         {std::string(kTrain) + "parallel:\n  expert_parallel: 0\n", {}, {"parallel.expert_parallel must be >= 1"}},
-        {std::string(kTrain) + "run:\n  threads: -1\n", {}, {"run.threads must be >= 0, got -1"}},
+        {std::string(kTrain) + "run:\n  threads: -1\n", {}, {"run.threads must be in [0, 1024] (0: every core), got -1"}},
+        {std::string(kTrain) + "run:\n  threads: 100000\n", {}, {"run.threads must be in [0, 1024]", "got 100000"}},
         {std::string(kTrain) + "optimizer:\n  lr: 1e-4\n  min_lr: 1e-3\n", {},
          {"optimizer.min_lr (0.001) must be <= optimizer.lr (0.0001)"}},
         {std::string(kTrain) + "optimizer:\n  warmup_steps: 11\ntrain:\n  steps: 10\n", {},
@@ -387,6 +390,45 @@ TEST_CASE("values out of range are named with the allowed range", "[unit]") {
         {std::string(kTrain) + "model:\n  dynamics:\n    mu_min: 3\n", {},
          {"model.dynamics.mu_min (3) must be <= model.dynamics.mu_max (2)"}},
     });
+}
+
+TEST_CASE("numbers have one syntax, decimal: hex, infinity and NaN are refused", "[unit]") {
+    require_errors({
+        {std::string(kTrain) + "optimizer:\n  lr: 0x10\n", {}, {"optimizer.lr must be a number, got '0x10'"}},
+        {kTrain, {"optimizer.lr=0x1p-4"}, {"--set 'optimizer.lr=0x1p-4'", "optimizer.lr must be a number"}},
+        {std::string(kTrain) + "optimizer:\n  lr: .inf\n", {}, {"optimizer.lr must be a number, got '.inf'"}},
+        {std::string(kTrain) + "optimizer:\n  lr: nan\n", {}, {"optimizer.lr must be a number, got 'nan'"}},
+        {std::string(kTrain) + "optimizer:\n  lr: 1e\n", {}, {"optimizer.lr must be a number, got '1e'"}},
+        {std::string(kTrain) + "optimizer:\n  lr: .\n", {}, {"optimizer.lr must be a number, got '.'"}},
+        {std::string(kTrain) + "train:\n  steps: 0x10\n", {}, {"train.steps must be an integer, got '0x10'"}},
+    });
+    for (const char* text : {"0.5", ".5", "0.50", "+5e-1", "5E-1", "0.05e1", "50.e-2"}) {
+        INFO(text);
+        REQUIRE(moe::parse_config(std::string(kTrain) + "optimizer:\n  lr: " + text + "\n").optimizer.lr == 0.5);
+    }
+}
+
+TEST_CASE("a config that is not a small regular file is refused before it is read", "[unit]") {
+    const auto refused = [](const std::string& path) {
+        try {
+            moe::load_config(path);
+        } catch (const ConfigError& e) {
+            return std::string(e.what());
+        }
+        return std::string("accepted");
+    };
+    // A FIFO would block the read forever; /dev/zero would fill memory.
+    const std::string fifo = temp_path("config.fifo");
+    std::remove(fifo.c_str());
+    REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+    CHECK(refused(fifo) == "config: '" + fifo + "' is not a regular file: name a YAML config file");
+    std::remove(fifo.c_str());
+    CHECK(refused("/dev/zero") == "config: '/dev/zero' is not a regular file: name a YAML config file");
+    CHECK(refused("/tmp") == "config: '/tmp' is not a regular file: name a YAML config file");
+    const std::string big = temp_path("big.yaml");
+    std::ofstream(big) << std::string((16 << 20) + 1, '#');
+    CHECK(refused(big) == "config: '" + big + "' is 16777217 bytes: a config is a YAML file of at most 16 MiB");
+    std::remove(big.c_str());
 }
 
 TEST_CASE("enums list their choices", "[unit]") {

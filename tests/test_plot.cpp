@@ -229,40 +229,6 @@ TEST_CASE("a panel draws its series at the pixels their points map to", "[unit]"
     CHECK(!near(g, ga.px(2), ga.py(1), kRed));
 }
 
-TEST_CASE("metrics files read back as written, and a bad line is named", "[unit]") {
-    const std::string dir = moe::test::fresh_dir("plot", "reader");
-    const std::string path = dir + "/metrics.jsonl";
-    {
-        MetricsWriter w(path);
-        w.write({{"step", 1}, {"loss", 0.1 + 0.2}, {"lr", 3e-4}});
-        w.write({{"step", 2}, {"loss", std::nan("")}, {"grad_norm", INFINITY}});
-        w.write({});
-    }
-    std::vector<MetricsLine> lines = read_metrics(path);
-    REQUIRE(lines.size() == 3);
-    CHECK(lines[0] == MetricsLine{{"step", 1}, {"loss", 0.1 + 0.2}, {"lr", 3e-4}});  // every bit
-    REQUIRE(lines[1].size() == 3);
-    CHECK(std::isnan(lines[1][1].second));
-    CHECK(std::isnan(lines[1][2].second));
-    CHECK(lines[2].empty());
-
-    // Spaces anywhere, blank lines, and a last line still being written.
-    write_text(path, " { \"step\" :3 ,\"val_loss\":  2.5e0 }\n\n{\"step\": 4, \"loss\": 1");
-    lines = read_metrics(path);
-    REQUIRE(lines.size() == 1);
-    CHECK(lines[0] == MetricsLine{{"step", 3}, {"val_loss", 2.5}});
-
-    for (const std::string bad : {"[1, 2]", "{\"step\": 1 \"loss\": 2}", "{\"step\": \"one\"}", "{\"step\": 1} x",
-                                  "{step: 1}", "{\"step\" 1}"}) {
-        CAPTURE(bad);
-        write_text(path, "{\"step\": 1}\n" + bad + "\n");
-        const std::string msg = moe::test::error_of<DataError>([&] { read_metrics(path); });
-        CHECK(contains(msg, path));
-        CHECK(contains(msg, "line 2"));
-    }
-    CHECK(contains(moe::test::error_of<DataError>([&] { read_metrics(dir + "/none.jsonl"); }), "none.jsonl"));
-}
-
 TEST_CASE("moe-plot draws runs into a PNG and refuses bad input with one line", "[unit]") {
     const std::string dir = moe::test::fresh_dir("plot", "tool");
     const std::string a = dir + "/cpu", b = dir + "/gpu";

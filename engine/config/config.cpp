@@ -3,6 +3,9 @@
 // validation and to_yaml, so a key is declared exactly once.
 #include "engine/config/config.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -41,6 +44,7 @@ constexpr Range kAny{-kInf, kInf, false, false, "finite"};
 constexpr Range kPositive{0, kInf, true, false, "> 0"};
 constexpr Range kNonNegative{0, kInf, false, false, ">= 0"};
 constexpr Range kAtLeastOne{1, kInf, false, false, ">= 1"};
+constexpr Range kThreads{0, 1024, false, false, "in [0, 1024] (0: every core)"};
 constexpr Range kFraction{0, 1, false, true, "in [0, 1)"};     // Adam betas
 constexpr Range kProbability{0, 1, true, true, "in (0, 1)"};  // sigmoid outputs
 
@@ -110,7 +114,7 @@ const std::vector<Key>& schema() {
         MOE_KEY(run.out_dir, kAny),
         MOE_ENUM(run.device, "cpu", "cuda", "auto"),
         MOE_ENUM(run.nan_policy, "stop", "skip"),
-        MOE_KEY(run.threads, kNonNegative),
+        MOE_KEY(run.threads, kThreads),
         MOE_KEY(parallel.expert_parallel, kAtLeastOne),
         MOE_KEY(parallel.allow_shared_gpu, kAny),
         MOE_ENUM(parallel.comm, "auto", "mpi", "nccl"),
@@ -258,11 +262,33 @@ bool read(const YAML::Node& node, std::uint64_t& out) {
     return errno == 0;
 }
 
+// One number syntax, decimal: [sign] digits [. digits] [e [sign] digits]
+// (strtod alone would also take hex such as 0x10, inf and nan).
+bool is_decimal(const std::string& s) {
+    size_t i = (!s.empty() && (s[0] == '-' || s[0] == '+')) ? 1 : 0;
+    const auto digits = [&] {
+        const size_t start = i;
+        while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
+        return i - start;
+    };
+    size_t mantissa = digits();
+    if (i < s.size() && s[i] == '.') {
+        ++i;
+        mantissa += digits();
+    }
+    if (mantissa == 0) return false;
+    if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+        ++i;
+        if (i < s.size() && (s[i] == '-' || s[i] == '+')) ++i;
+        if (digits() == 0) return false;
+    }
+    return i == s.size();
+}
+
 bool read(const YAML::Node& node, double& out) {
-    if (!node.IsScalar() || node.Scalar().empty()) return false;
-    char* end = nullptr;
-    out = std::strtod(node.Scalar().c_str(), &end);
-    return *end == '\0' && std::isfinite(out);
+    if (!node.IsScalar() || !is_decimal(node.Scalar())) return false;
+    out = std::strtod(node.Scalar().c_str(), nullptr);
+    return std::isfinite(out);
 }
 
 bool read(const YAML::Node& node, std::optional<double>& out) {
@@ -462,15 +488,33 @@ void apply_override(const std::string& text, Config& c) {
     assign(*key, value, c, where);
 }
 
+// A config is a small regular file: a FIFO or a device (/dev/zero) is refused
+// before anything is read from it, so it can neither block nor fill memory.
 std::string read_file(const std::string& path) {
-    std::FILE* file = std::fopen(path.c_str(), "rb");
-    if (!file) fail(kWhere, "cannot read '" + path + "': " + std::strerror(errno));
-    std::string text;
-    char buffer[4096];
-    for (size_t n; (n = std::fread(buffer, 1, sizeof buffer, file)) > 0;) text.append(buffer, n);
-    const int error = std::ferror(file) ? errno : 0;
-    std::fclose(file);
-    if (error) fail(kWhere, "cannot read '" + path + "': " + std::strerror(error));
+    constexpr off_t kMaxBytes = 16 << 20;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) fail(kWhere, "cannot read '" + path + "': " + std::strerror(errno));
+    struct stat st {};
+    const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    if (!regular || st.st_size > kMaxBytes) {
+        ::close(fd);
+        fail(kWhere, "'" + path + "' " +
+                         (regular ? "is " + std::to_string(st.st_size) + " bytes: a config is a YAML file of at most 16 MiB"
+                                  : std::string("is not a regular file: name a YAML config file")));
+    }
+    std::string text(size_t(st.st_size), '\0');
+    size_t done = 0;
+    while (done < text.size()) {
+        const ssize_t got = ::read(fd, text.data() + done, text.size() - done);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            const int error = got < 0 ? errno : EIO;
+            ::close(fd);
+            fail(kWhere, "cannot read '" + path + "': " + std::strerror(error));
+        }
+        done += size_t(got);
+    }
+    ::close(fd);
     return text;
 }
 

@@ -95,7 +95,7 @@ struct RunConfig {
     std::string out_dir = "runs/tiny";
     std::string device = "cpu";      // cpu | cuda | auto
     std::string nan_policy = "stop"; // stop | skip
-    int threads = 0;                 // CPU threads, 0: all cores
+    int threads = 0;                 // CPU threads, 0: all cores; at most the cores there
 };
 
 struct ParallelConfig {

@@ -14,7 +14,9 @@
 namespace moe {
 
 ReadOnlyFile::ReadOnlyFile(const std::string& path) : path_(path) {
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // Non-blocking: a FIFO opens at once (and is refused below) instead of
+    // waiting for a writer; reads of a regular file do not change.
+    fd_ = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd_ < 0)
         throw DataError("'" + path + "': cannot open (" + std::strerror(errno) + "): check the path and permissions");
     struct stat st {};
@@ -116,6 +118,16 @@ FileDigest digest_file(const std::string& path) {
     }
     digest.fnv1a = hash.value();
     return digest;
+}
+
+std::string read_small_file(const std::string& path, uint64_t max_bytes) {
+    const ReadOnlyFile file(path);
+    if (file.size() > max_bytes)
+        throw DataError("'" + path + "' is " + std::to_string(file.size()) + " bytes, more than the " +
+                        std::to_string(max_bytes) + " such a file can have: it is not the file expected there");
+    std::string text(size_t(file.size()), '\0');
+    file.read_at(0, text.data(), text.size());
+    return text;
 }
 
 }  // namespace moe

@@ -19,6 +19,7 @@ struct DataError : std::runtime_error {
 };
 
 // A regular file opened for positioned reads (pread: no shared file offset).
+// Anything else (a FIFO, a device, a directory) is refused at once.
 class ReadOnlyFile {
 public:
     explicit ReadOnlyFile(const std::string& path);
@@ -38,6 +39,10 @@ private:
     int fd_ = -1;
     uint64_t size_ = 0;
 };
+
+// The whole of a small regular file, at most max_bytes: a FIFO, a device or
+// a file that large is a DataError, refused before anything is read.
+std::string read_small_file(const std::string& path, uint64_t max_bytes);
 
 // Bytes to write, in order, without copying them first.
 using ByteSpan = std::pair<const void*, size_t>;

@@ -1,11 +1,13 @@
 #include "engine/io/metrics.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
-#include <fstream>
-#include <iterator>
+#include <filesystem>
 #include <stdexcept>
 
 #include "engine/io/files.h"
@@ -63,10 +65,20 @@ std::string parse_metrics_line(const std::string& line, MetricsLine& out) {
 
 }  // namespace
 
+namespace {
+
+// The whole file, read through ReadOnlyFile (a FIFO or device is refused).
+std::string read_all(const std::string& path) {
+    const ReadOnlyFile file(path);
+    std::string text(size_t(file.size()), '\0');
+    file.read_at(0, text.data(), text.size());
+    return text;
+}
+
+}  // namespace
+
 std::vector<MetricsLine> read_metrics(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw DataError("cannot read metrics file '" + path + "': " + std::strerror(errno));
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string text = read_all(path);
     std::vector<MetricsLine> lines;
     size_t start = 0;
     for (int number = 1;; ++number) {
@@ -85,25 +97,34 @@ std::vector<MetricsLine> read_metrics(const std::string& path) {
     return lines;
 }
 
-void truncate_metrics(const std::string& path, int last_step) {
-    std::ifstream in(path);
-    if (!in) return;
-    std::string kept, line;
-    while (std::getline(in, line)) {
-        double step = 0;
-        if (last_step > 0 && std::sscanf(line.c_str(), "{\"step\": %lf", &step) == 1 && step <= last_step)
-            kept += line + "\n";
+int truncate_metrics(const std::string& path, int last_step) {
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec)) return 0;
+    const std::string text = read_all(path);
+    std::string kept;
+    int malformed = 0;
+    size_t start = 0;
+    for (size_t end; (end = text.find('\n', start)) != std::string::npos; start = end + 1) {
+        const std::string line = text.substr(start, end - start);
+        MetricsLine fields;
+        if (!parse_metrics_line(line, fields).empty() || fields.empty() || fields[0].first != "step") {
+            malformed += line.find_first_not_of(" \t\r") != std::string::npos;
+            continue;
+        }
+        if (last_step > 0 && fields[0].second <= last_step) kept += line + "\n";
     }
+    malformed += start < text.size();  // a last line without its newline: cut off by a crash
     write_file_atomically(path, {{kept.data(), kept.size()}});
+    return malformed;
 }
 
-MetricsWriter::MetricsWriter(const std::string& path) {
-    file_ = std::fopen(path.c_str(), "a");
-    if (!file_) throw std::runtime_error("cannot open metrics file '" + path + "': " + std::strerror(errno));
+MetricsWriter::MetricsWriter(const std::string& path) : path_(path) {
+    fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw DataError("cannot open metrics file '" + path + "': " + std::strerror(errno));
 }
 
 MetricsWriter::~MetricsWriter() {
-    if (file_) std::fclose(file_);
+    if (fd_ >= 0) ::close(fd_);
 }
 
 void MetricsWriter::write(const MetricsLine& fields) {
@@ -118,8 +139,22 @@ void MetricsWriter::write(const MetricsLine& fields) {
         line += (i ? ", \"" : "\"") + fields[i].first + "\": " + num;
     }
     line += "}\n";
-    std::fputs(line.c_str(), file_);
-    std::fflush(file_);
+    // A line is written whole or not at all: a write that fails part way (a
+    // full disk) is cut back off, so the file stays readable.
+    const off_t before = ::lseek(fd_, 0, SEEK_END);
+    size_t done = 0;
+    while (done < line.size()) {
+        const ssize_t put = ::write(fd_, line.data() + done, line.size() - done);
+        if (put < 0 && errno == EINTR) continue;
+        if (put <= 0) {
+            const int err = put < 0 ? errno : EIO;
+            if (before >= 0) (void)!::ftruncate(fd_, before);
+            throw DataError("cannot append to metrics file '" + path_ + "' (" + std::strerror(err) +
+                            "): the run stops; the file keeps every line before this one. Free disk space, then "
+                            "continue with --resume auto");
+        }
+        done += size_t(put);
+    }
 }
 
 }  // namespace moe

@@ -1,6 +1,5 @@
 // Metrics for programs: one JSON object per line in the run directory.
 #pragma once
-#include <cstdio>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,7 +17,9 @@ std::vector<MetricsLine> read_metrics(const std::string& path);
 
 // Keeps the lines of an existing metrics file up to step last_step: a resumed
 // run drops what its predecessor logged after the checkpoint; 0 empties it.
-void truncate_metrics(const std::string& path, int last_step);
+// Lines that are not whole metrics lines (cut off by a crash) are dropped
+// too; returns how many.
+int truncate_metrics(const std::string& path, int last_step);
 
 class MetricsWriter {
 public:
@@ -27,12 +28,14 @@ public:
     MetricsWriter(const MetricsWriter&) = delete;
     MetricsWriter& operator=(const MetricsWriter&) = delete;
 
-    // Writes {"k": v, ...} as one line and flushes it; doubles in full (%.17g),
-    // so a resumed run's losses can be compared bit for bit.
+    // Appends {"k": v, ...} as one line; doubles in full (%.17g), so a resumed
+    // run's losses can be compared bit for bit. A line that cannot be written
+    // whole (a full disk) is removed again and DataError says so.
     void write(const MetricsLine& fields);
 
 private:
-    std::FILE* file_ = nullptr;
+    std::string path_;
+    int fd_ = -1;
 };
 
 }  // namespace moe

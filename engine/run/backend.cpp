@@ -39,6 +39,11 @@ std::unique_ptr<Ops> make_backend(const RunConfig& run, Communicator* world) {
                           "with nvidia-smi and CUDA_VISIBLE_DEVICES), or set run.device=cpu");
     if (run.device == "cpu" || gpus == 0) {
         if (run.device == "auto") spdlog::info("run.device=auto: no GPU visible, using the CPU backend");
+        if (run.threads > omp_get_num_procs())
+            throw ConfigError("config: run.threads is " + std::to_string(run.threads) + " but this machine has " +
+                              std::to_string(omp_get_num_procs()) + " cores: more threads than cores only slow the "
+                              "run; set run.threads to at most " + std::to_string(omp_get_num_procs()) +
+                              ", or 0 for every core");
         if (run.threads > 0) omp_set_num_threads(run.threads);
         return std::make_unique<CpuOps>();
     }

@@ -6,11 +6,11 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 
 #include "comm/agreement.h"
 #include "engine/io/checkpoint.h"
 #include "engine/io/data_loader.h"
+#include "engine/io/files.h"
 #include "engine/io/metrics.h"
 #include "engine/io/weights_io.h"
 #include "engine/model/flops.h"
@@ -129,10 +129,12 @@ void Trainer::open_run(const TrainOptions& opts) {
             std::error_code ec;
             fs::create_directories(cfg_.run.out_dir, ec);
             if (ec) throw TrainingError("cannot create run.out_dir '" + cfg_.run.out_dir + "': " + ec.message());
-            std::ofstream f(cfg_.run.out_dir + "/config.yaml");
-            f << to_yaml(cfg_);
-            if (!f)
-                throw TrainingError("cannot write into run.out_dir '" + cfg_.run.out_dir + "': check its permissions");
+            const std::string text = to_yaml(cfg_);
+            try {
+                write_file_atomically(cfg_.run.out_dir + "/config.yaml", {{text.data(), text.size()}});
+            } catch (const DataError& e) {
+                throw TrainingError("cannot write into run.out_dir '" + cfg_.run.out_dir + "': " + e.what());
+            }
         }
         train_data_ = std::make_unique<DataLoader>(cfg_.data.train, mc_.vocab_size, T_, B_, cfg_.run.seed,
                                                    /*shuffle=*/true, rank_, world_size_);
@@ -169,7 +171,9 @@ void Trainer::restore(const TrainOptions& opts) {
         }
         params.refresh_work();
         if (lead_) {
-            truncate_metrics(metrics_path_, progress_.step);  // a fresh start: empty
+            const int cut = truncate_metrics(metrics_path_, progress_.step);  // a fresh start: empty
+            if (cut > 0)
+                spdlog::warn("{}: {} line(s) cut off by an earlier crash or a full disk dropped", metrics_path_, cut);
             metrics_ = std::make_unique<MetricsWriter>(metrics_path_);
         }
     });
