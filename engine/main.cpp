@@ -34,20 +34,22 @@ int run(int argc, char** argv) {
         cli = moe::parse_cli(argc, argv);
         if (!cli.help) cfg = moe::load_config(cli.config, cli.overrides);
     });
+    // Ranks started with different options (--help, --init-from, --resume or
+    // a parity flag on one rank only) or configs would train different models,
+    // or wait in mismatched collectives: refuse before any work.
+    moe::check_same_on_all_ranks(*world, "command line options", moe::cli_agreement_text(cli));
     if (cli.help) {
         if (world->rank() == 0) std::fputs(moe::cli_usage(), stdout);
         return 0;
     }
-    // Ranks started with different configs would train different models, or
-    // hang in mismatched collectives: refuse before any work.
     moe::check_same_on_all_ranks(*world, "config", moe::to_yaml(cfg));
     std::unique_ptr<moe::Ops> ops;
     moe::on_all_ranks(world.get(), [&] { ops = moe::make_backend(cfg.run, world.get()); });
     world = moe::world_for_backend(std::move(world), *ops, cfg.parallel);
     moe::ProcessGroups groups = moe::make_process_groups(std::move(world), cfg.parallel.expert_parallel);
     if (!cli.batch.empty()) {
-        if (groups.world_size() > 1)
-            throw moe::ConfigError("parity mode (--batch, --dump-grads) runs as one process: start it without mpirun");
+        if (groups.world_size() > 1)  // every rank sees it
+            throw moe::JobError(0, "parity mode (--batch, --dump-grads) runs as one process: start it without mpirun");
         moe::ParityRequest req{cli.batch, cli.init_from, cli.dump_grads,
                                cli.dtype == "f64" ? moe::DType::F64 : moe::DType::F32};
         const double loss = moe::run_parity(cfg.model, cfg.run.seed, *ops, req);
@@ -80,21 +82,16 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "moe-train: %s%s\n", where.c_str(), e.what());
         }
         return 2;
-    } catch (const moe::CliError& e) {  // the same on every rank: say it once
-        if (rank == 0) std::fprintf(stderr, "moe-train: %s\n", e.what());
-        return 2;
-    } catch (const moe::ConfigError& e) {
-        if (rank == 0) std::fprintf(stderr, "moe-train: %s\n", e.what());
-        return 2;
     } catch (const std::exception& e) {
-        // Possibly this rank alone (a failed NCCL, CUDA or MPI call, a bad
-        // shard): the others may wait in a collective, so stop the whole job
-        // rather than leave them hanging.
+        // This rank's alone (a failed NCCL, CUDA or MPI call, a bad shard, a
+        // full disk): the others may wait in a collective, so it says so and
+        // stops the whole job rather than leave them hanging.
+        const bool bad_input = dynamic_cast<const moe::CliError*>(&e) || dynamic_cast<const moe::ConfigError*>(&e);
         if (world > 1) {
-            std::fprintf(stderr, "moe-train: rank %d: error: %s\n", rank, e.what());
-            moe::abort_all(1);
+            std::fprintf(stderr, "moe-train: rank %d: %s%s\n", rank, bad_input ? "" : "error: ", e.what());
+            moe::abort_all(bad_input ? 2 : 1);
         }
-        std::fprintf(stderr, "moe-train: error: %s\n", e.what());
-        return 1;
+        std::fprintf(stderr, "moe-train: %s%s\n", bad_input ? "" : "error: ", e.what());
+        return bad_input ? 2 : 1;
     }
 }

@@ -3,13 +3,14 @@
 # With EXPECT_MESSAGE, its output must also hold that text exactly once (one
 # message for the job, not one per rank); with EXPECT_REGEX, match that regex.
 #   cmake -DEXPECT_EXIT=<code|nonzero> -DWITHIN_SECONDS=<s> [-DEXPECT_MESSAGE=<text>]
-#         [-DEXPECT_REGEX=<regex>] -P expect_exit.cmake <command> [args...]
-# The command is everything after the script's path.
+#         [-DEXPECT_REGEX=<regex>] -P expect_exit.cmake -- <command> [args...]
+# The command is everything after "--" (before it, cmake would take options
+# such as --help as its own).
 math(EXPR last "${CMAKE_ARGC} - 1")
 set(first 0)
 foreach(i RANGE 1 ${last})
-  if(first EQUAL 0 AND CMAKE_ARGV${i} STREQUAL "-P")
-    math(EXPR first "${i} + 2")
+  if(first EQUAL 0 AND CMAKE_ARGV${i} STREQUAL "--")
+    math(EXPR first "${i} + 1")
   endif()
 endforeach()
 set(command)

@@ -1,6 +1,5 @@
 // Checkpoints in one process: what a save writes, exact resume, pruning, and
 // every way a checkpoint or a run directory is refused.
-
 #include <algorithm>
 #include <filesystem>
 #include <fstream>

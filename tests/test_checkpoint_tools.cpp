@@ -14,6 +14,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "engine/io/checkpoint.h"
+#include "engine/io/crc32c.h"
 #include "engine/model/model.h"
 #include "engine/io/safetensors.h"
 #include "engine/train/trainer.h"
@@ -69,12 +70,12 @@ std::string in_two_parts(const std::string& src, const std::string& dst) {
         }
         for (int p = 0; p < 2; ++p) {
             const FileDigest d = write_safetensors(dst + "/" + part(kind, p, 2), parts[p]);
-            char hex[17];
-            std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(d.fnv1a));
+            char hex[9];
+            std::snprintf(hex, sizeof hex, "%08x", d.crc32c);
             YAML::Node f;
             f["name"] = part(kind, p, 2);
             f["bytes"] = d.bytes;
-            f["fnv1a"] = std::string(hex);
+            f["crc32c"] = std::string(hex);
             files.push_back(f);
         }
     }
@@ -82,7 +83,11 @@ std::string in_two_parts(const std::string& src, const std::string& dst) {
     info["layout"]["world_size"] = 2;
     info["layout"]["expert_parallel"] = 2;
     info["files"] = files;
-    std::ofstream(dst + "/checkpoint.yaml") << YAML::Dump(info) << "\n";
+    info.remove("checksum");
+    const std::string body = YAML::Dump(info) + "\n";
+    char checksum[32];
+    std::snprintf(checksum, sizeof checksum, "checksum: %08x\n", crc32c(0, body.data(), body.size()));
+    std::ofstream(dst + "/checkpoint.yaml") << body << checksum;
     return dst;
 }
 

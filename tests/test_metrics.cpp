@@ -81,7 +81,7 @@ TEST_CASE("a metrics line that cannot be written whole is removed, and the write
     REQUIRE(read_metrics(path).size() == size_t(written));
 }
 
-TEST_CASE("a run whose metrics cannot be written stops with the reason; its file still parses", "[unit]") {
+TEST_CASE("a run whose metrics cannot be written stops with the reason, and its file still parses", "[unit]") {
     CpuOps ops;
     Config c = moe::test::small_config("metrics-full-disk");
     c.train.steps = 40;

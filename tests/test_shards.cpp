@@ -1,5 +1,7 @@
 // Token shards: header checks, round trips of both versions, globbing, and the
 // file primitives (checked positioned reads, atomic writes).
+#include <sys/stat.h>
+
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -148,6 +150,19 @@ TEST_CASE("ReadOnlyFile reads exactly or names the offset", "[unit]") {
     const std::string msg = moe::test::error_of<DataError>([&] { file.read_at(8, buf, 4); });
     REQUIRE(contains(msg, path));
     REQUIRE(contains(msg, "byte offset 8"));
+}
+
+TEST_CASE("a FIFO, a device or a directory named as a shard is refused at once, not read", "[unit]") {
+    const std::string dir = moe::test::fresh_dir("shards", "not-regular");
+    const std::string fifo = dir + "/train_000000.bin";
+    REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);  // opened for reading it would wait for a writer forever
+    for (const std::string& path : {fifo, std::string("/dev/zero"), dir}) {
+        INFO(path);
+        const std::string message = moe::test::error_of<DataError>([&] { read_shard_header(path); });
+        CHECK(message == "'" + path + "' is not a regular file: name a data file");
+    }
+    CHECK(moe::test::error_of<DataError>([&] { read_small_file(fifo, 100); }) ==
+          "'" + fifo + "' is not a regular file: name a data file");
 }
 
 TEST_CASE("write_file_atomically replaces a file whole and leaves no temporary", "[unit]") {

@@ -144,7 +144,7 @@ int main(int argc, char** argv) {
 
         CpuOps ops;
         Model model(mc, ops, DType::F32, 1, T);  // no EP group: every expert in this process
-        load_checkpoint(info.dir, info.config, model.params());  // checks the checksums of the files it reads
+        load_checkpoint(info, info.config, model.params());  // checks the checksums of the files it reads
 
         for (size_t i = 0; i < context.size(); ++i) print_token(context[i], bytes, i == 0);
         Rng rng(a.seed);

@@ -59,4 +59,9 @@ CliOptions parse_cli(int argc, const char* const* argv) {
     return o;
 }
 
+std::string cli_agreement_text(const CliOptions& o) {
+    return std::string(o.help ? "--help" : "") + "\n--init-from " + o.init_from + "\n--resume " + o.resume +
+           "\n--batch " + o.batch + "\n--dump-grads " + o.dump_grads + "\n--dtype " + o.dtype;
+}
+
 }  // namespace moe

@@ -24,5 +24,8 @@ struct CliError : std::runtime_error {
 // Throws CliError with one line saying what is wrong and how to fix it.
 CliOptions parse_cli(int argc, const char* const* argv);
 const char* cli_usage();
+// The options every rank of a job must share, as text to compare: all but
+// the config's path and overrides (the config they make is compared whole).
+std::string cli_agreement_text(const CliOptions& o);
 
 }  // namespace moe

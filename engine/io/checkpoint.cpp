@@ -1,6 +1,7 @@
 #include "engine/io/checkpoint.h"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
@@ -12,6 +13,8 @@
 #include <set>
 
 #include "comm/agreement.h"
+#include "engine/io/crc32c.h"
+#include "engine/io/files.h"
 #include "engine/io/safetensors.h"
 #include "engine/io/weights_io.h"
 
@@ -21,9 +24,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kFormat = "moe-checkpoint 1";
+constexpr const char* kFormat = "moe-checkpoint 2";
+constexpr const char* kFormat1 = "moe-checkpoint 1";  // FNV-1a, no self-checksum, no data identity
 constexpr const char* kInfoFile = "checkpoint.yaml";
 constexpr const char* kLatestFile = "latest";
+constexpr const char* kChecksumKey = "checksum: ";
+constexpr uint64_t kInfoMaxBytes = 16 << 20;
 const std::string kStepPrefix = "step-";
 
 std::string step_dir_name(int step) {
@@ -38,18 +44,20 @@ std::string part_name(const char* kind, int p, int parts) {
     return buf;
 }
 
-std::string hex(uint64_t v) {
+std::string hex(uint64_t v, int digits) {
     char buf[17];
-    std::snprintf(buf, sizeof buf, "%016" PRIx64, v);
+    std::snprintf(buf, sizeof buf, "%0*" PRIx64, digits, v);
     return buf;
 }
 
-// The step of a "step-N" directory name, or -1.
+// The step of a "step-N" directory name (N below 2^31), or -1.
 int step_of(const std::string& name) {
-    if (name.rfind(kStepPrefix, 0) != 0 || name.size() == kStepPrefix.size()) return -1;
+    if (name.rfind(kStepPrefix, 0) != 0 || name.size() == kStepPrefix.size() || name.size() > kStepPrefix.size() + 10)
+        return -1;
     const std::string digits = name.substr(kStepPrefix.size());
     if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) return -1;
-    return std::stoi(digits);
+    const long long step = std::strtoll(digits.c_str(), nullptr, 10);
+    return step <= INT32_MAX ? int(step) : -1;
 }
 
 void sync_dir(const std::string& dir) {
@@ -72,6 +80,7 @@ std::vector<NamedTensor> share(const ParameterSet& params, ParameterSet::Slot sl
     return out;
 }
 
+// checkpoint.yaml's text, its last line a CRC-32C of all the lines before it.
 std::string info_yaml(const Config& cfg, const TrainProgress& progress, int world_size, int expert_parallel,
                       const std::vector<CheckpointFile>& files) {
     YAML::Emitter out;
@@ -80,6 +89,10 @@ std::string info_yaml(const Config& cfg, const TrainProgress& progress, int worl
     out << YAML::Key << "step" << YAML::Value << progress.step;
     out << YAML::Key << "data" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "epoch" << YAML::Value
         << progress.data.epoch << YAML::Key << "cursor" << YAML::Value << progress.data.cursor << YAML::EndMap;
+    out << YAML::Key << "data_of" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "shards"
+        << YAML::Value << progress.data_of.shards << YAML::Key << "tokens" << YAML::Value << progress.data_of.tokens
+        << YAML::Key << "crc32c" << YAML::Value << hex(progress.data_of.crc32c, 8) << YAML::EndMap;
+    out << YAML::Comment("the shards the position counts in: file names and token counts");
     out << YAML::Key << "steps_skipped" << YAML::Value << progress.steps_skipped;
     out << YAML::Key << "seed" << YAML::Value << cfg.run.seed;
     out << YAML::Comment("data order and init derive from the seed; training draws no other random numbers");
@@ -89,17 +102,18 @@ std::string info_yaml(const Config& cfg, const TrainProgress& progress, int worl
     out << YAML::Key << "files" << YAML::Value << YAML::BeginSeq;
     for (const CheckpointFile& f : files)
         out << YAML::Flow << YAML::BeginMap << YAML::Key << "name" << YAML::Value << f.name << YAML::Key << "bytes"
-            << YAML::Value << f.bytes << YAML::Key << "fnv1a" << YAML::Value << hex(f.fnv1a) << YAML::EndMap;
+            << YAML::Value << f.bytes << YAML::Key << "crc32c" << YAML::Value << hex(f.checksum, 8) << YAML::EndMap;
     out << YAML::EndSeq;
     out << YAML::Key << "config" << YAML::Value << YAML::Literal << to_yaml(cfg);
     out << YAML::EndMap;
-    return std::string(out.c_str()) + "\n";
+    const std::string body = std::string(out.c_str()) + "\n";
+    return body + kChecksumKey + hex(crc32c(0, body.data(), body.size()), 8) + "\n";
 }
 
-// "name bytes fnv1a" lines: what a rank wrote, sent to rank 0.
+// "name bytes checksum" lines: what a rank wrote, sent to rank 0.
 std::string encode(const std::vector<CheckpointFile>& files) {
     std::string s;
-    for (const CheckpointFile& f : files) s += f.name + " " + std::to_string(f.bytes) + " " + hex(f.fnv1a) + "\n";
+    for (const CheckpointFile& f : files) s += f.name + " " + std::to_string(f.bytes) + " " + hex(f.checksum, 8) + "\n";
     return s;
 }
 
@@ -131,6 +145,42 @@ void prune(const std::string& root, int keep) {
     }
     std::sort(complete.rbegin(), complete.rend());
     for (size_t i = size_t(keep); i < complete.size(); ++i) fs::remove_all(complete[i].second, ec);
+}
+
+// Something named like the checkpoint about to be published that is not a
+// complete checkpoint (a directory without checkpoint.yaml, a dangling link,
+// a file) would make the rename fail on every save: it is moved aside, kept
+// for a person to look at. Rank 0 only.
+void move_aside_damaged(const std::string& final_dir) {
+    std::error_code ec;
+    if (!fs::exists(fs::symlink_status(final_dir, ec))) return;
+    std::string aside = final_dir + ".damaged";
+    for (int i = 2; fs::exists(fs::symlink_status(aside, ec)); ++i) aside = final_dir + ".damaged-" + std::to_string(i);
+    if (::rename(final_dir.c_str(), aside.c_str()) != 0)
+        throw CheckpointError("'" + final_dir + "' is in the way and is not a complete checkpoint, and it cannot be "
+                              "moved aside (" + std::strerror(errno) + "): remove it");
+    spdlog::warn("'{}' was not a complete checkpoint (no {}, or a broken link): moved aside to '{}'", final_dir,
+                 kInfoFile, aside);
+}
+
+// Rank 0, once every part is written: checkpoint.yaml, the rename that
+// publishes the checkpoint, then `latest` and the pruning. A failure after the
+// rename leaves a complete checkpoint: it is reported as a warning.
+void publish(const std::string& root, const std::string& name, const std::string& info_text, int keep) {
+    const std::string final_dir = root + "/" + name, tmp_dir = final_dir + ".tmp";
+    write_file_atomically(tmp_dir + "/" + kInfoFile, {{info_text.data(), info_text.size()}});
+    move_aside_damaged(final_dir);
+    if (::rename(tmp_dir.c_str(), final_dir.c_str()) != 0)
+        throw CheckpointError("cannot rename '" + tmp_dir + "' to '" + final_dir + "' (" + std::strerror(errno) + ")");
+    sync_dir(root);
+    try {
+        write_file_atomically(root + "/" + kLatestFile, {{name.data(), name.size()}, {"\n", 1}});
+    } catch (const DataError& e) {
+        spdlog::warn("checkpoint {} is saved and complete, but `latest` could not be updated ({}); --resume auto "
+                     "finds it all the same",
+                     final_dir, e.what());
+    }
+    prune(root, keep);
 }
 
 }  // namespace
@@ -186,7 +236,7 @@ std::string save_checkpoint(const Config& cfg, const TrainProgress& progress, co
             for (NamedTensor& t : share(params, ParameterSet::Slot::V, replicated, "exp_avg_sq."))
                 moments.push_back(t);
             const FileDigest dopt = save_tensors(tmp_dir + "/" + optim, moments, ops);
-            mine = {{model, dm.bytes, dm.fnv1a}, {optim, dopt.bytes, dopt.fnv1a}};
+            mine = {{model, dm.bytes, dm.crc32c}, {optim, dopt.bytes, dopt.crc32c}};
         });
 
         std::vector<CheckpointFile> files;
@@ -197,16 +247,9 @@ std::string save_checkpoint(const Config& cfg, const TrainProgress& progress, co
             files = mine;
         }
         std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
-
         on_all_ranks(world, [&] {
-            if (rank != 0) return;
-            const std::string text = info_yaml(cfg, progress, world_size, parts, files);
-            write_file_atomically(tmp_dir + "/" + kInfoFile, {{text.data(), text.size()}});
-            if (::rename(tmp_dir.c_str(), final_dir.c_str()) != 0)
-                throw CheckpointError("cannot rename '" + tmp_dir + "' to '" + final_dir + "'");
-            sync_dir(root);
-            write_file_atomically(root + "/" + kLatestFile, {{name.data(), name.size()}, {"\n", 1}});
-            prune(root, cfg.checkpoint.keep);
+            if (rank == 0)
+                publish(root, name, info_yaml(cfg, progress, world_size, parts, files), cfg.checkpoint.keep);
         });
     } catch (const std::exception& e) {
         if (rank == 0) {
@@ -230,23 +273,88 @@ std::string latest_checkpoint(const std::string& run_dir) {
     const std::string root = checkpoints_dir(run_dir);
     std::error_code ec;
     if (!fs::is_directory(root, ec)) return "";
-    // `latest` first: it is written last, after the directory is complete.
-    std::FILE* f = std::fopen((root + "/" + kLatestFile).c_str(), "r");
-    if (f) {
-        char buf[256] = {0};
-        const bool read = std::fgets(buf, sizeof buf, f) != nullptr;
-        std::fclose(f);
-        std::string name = read ? buf : "";
-        while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
-        if (step_of(name) >= 0 && fs::exists(root + "/" + name + "/" + kInfoFile)) return root + "/" + name;
-    }
     int best = -1;
+    try {  // `latest` first: normally it names the newest
+        std::string name = read_small_file(root + "/" + kLatestFile, 256);
+        while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+        if (step_of(name) >= 0 && fs::exists(root + "/" + name + "/" + kInfoFile, ec)) best = step_of(name);
+    } catch (const DataError&) {
+        // missing or not a small file: the directories alone tell
+    }
     for (const auto& entry : fs::directory_iterator(root, ec)) {
         const int step = step_of(entry.path().filename().string());
-        if (step > best && fs::exists(entry.path() / kInfoFile)) best = step;
+        if (step > best && fs::exists(entry.path() / kInfoFile, ec)) best = step;
     }
     return best >= 0 ? root + "/" + step_dir_name(best) : "";
 }
+
+namespace {
+
+// The text of checkpoint.yaml without its checksum line, after checking it
+// (format 2; a format 1 file has none and is returned whole).
+std::string checked_info_text(const std::string& text, const std::string& where) {
+    const size_t at = text.rfind(std::string("\n") + kChecksumKey);
+    if (at == std::string::npos) {
+        if (text.find(std::string("format: ") + kFormat1) != std::string::npos) return text;
+        throw CheckpointError(where + kInfoFile + " has no checksum line: it is damaged (cut short?); use an older "
+                              "checkpoint");
+    }
+    const std::string body = text.substr(0, at + 1);
+    const std::string recorded = text.substr(at + 1 + std::string(kChecksumKey).size());
+    char computed[16];
+    std::snprintf(computed, sizeof computed, "%08x\n", crc32c(0, body.data(), body.size()));
+    if (recorded != computed)
+        throw CheckpointError(where + kInfoFile + " does not match its checksum: it was edited or damaged; use an "
+                              "older checkpoint (a checkpoint is not edited by hand: change settings with --set)");
+    return body;
+}
+
+void parse_info(const YAML::Node& root, CheckpointInfo& info) {
+    const std::string format = root["format"] ? root["format"].as<std::string>() : "";
+    info.format = format == kFormat ? 2 : format == kFormat1 ? 1 : 0;
+    if (info.format == 0) throw YAML::Exception(YAML::Mark::null_mark(), "format is not '" + std::string(kFormat) + "'");
+    info.progress.step = root["step"].as<int>();
+    info.progress.data.epoch = root["data"]["epoch"].as<uint64_t>();
+    info.progress.data.cursor = root["data"]["cursor"].as<uint64_t>();
+    if (info.format == 2) {
+        info.progress.data_of.shards = root["data_of"]["shards"].as<int64_t>();
+        info.progress.data_of.tokens = root["data_of"]["tokens"].as<int64_t>();
+        info.progress.data_of.crc32c = uint32_t(std::stoul(root["data_of"]["crc32c"].as<std::string>(), nullptr, 16));
+    }
+    info.progress.steps_skipped = root["steps_skipped"].as<int>();
+    info.seed = root["seed"].as<uint64_t>();
+    info.world_size = root["layout"]["world_size"].as<int>();
+    info.expert_parallel = root["layout"]["expert_parallel"].as<int>();
+    const char* checksum_key = info.format == 2 ? "crc32c" : "fnv1a";
+    for (const YAML::Node& f : root["files"])
+        info.files.push_back({f["name"].as<std::string>(), f["bytes"].as<uint64_t>(),
+                              std::stoull(f[checksum_key].as<std::string>(), nullptr, 16)});
+    info.config = parse_config(root["config"].as<std::string>());
+}
+
+// The values against each other and the directory's name.
+void check_values(const CheckpointInfo& info, const std::string& where) {
+    const auto damaged = [&](const std::string& why) {
+        throw CheckpointError(where + kInfoFile + " is damaged (" + why + "); use an older checkpoint");
+    };
+    const int named = step_of(fs::path(info.dir).filename().string());
+    if (info.progress.step < 0) damaged("step " + std::to_string(info.progress.step) + " is negative");
+    if (named >= 0 && named != info.progress.step)
+        damaged("step " + std::to_string(info.progress.step) + " but the directory is step " + std::to_string(named));
+    if (info.progress.steps_skipped < 0 || info.progress.steps_skipped > info.progress.step)
+        damaged("steps_skipped " + std::to_string(info.progress.steps_skipped) + " outside [0, step]");
+    if (info.seed != info.config.run.seed) damaged("seed differs from its config's run.seed");
+    if (info.expert_parallel < 1 || info.world_size < info.expert_parallel ||
+        info.world_size % info.expert_parallel != 0 || info.config.model.moe.num_experts % info.expert_parallel != 0)
+        damaged("layout does not fit the model");
+    if (info.format == 2 && (info.progress.data_of.shards < 1 || info.progress.data_of.tokens < 1))
+        damaged("the data it counts in is empty");
+    for (const CheckpointFile& f : info.files)
+        if (f.name.empty() || f.name.find('/') != std::string::npos || f.name[0] == '.')
+            damaged("file name '" + f.name + "' is not a name within the directory");
+}
+
+}  // namespace
 
 CheckpointInfo read_checkpoint_info(const std::string& dir) {
     const std::string path = dir + "/" + kInfoFile;
@@ -259,27 +367,13 @@ CheckpointInfo read_checkpoint_info(const std::string& dir) {
     CheckpointInfo info;
     info.dir = dir;
     try {
-        const YAML::Node root = YAML::LoadFile(path);
-        if (!root["format"] || root["format"].as<std::string>() != kFormat)
-            throw CheckpointError(where + kInfoFile + " is not a '" + kFormat + "' file");
-        info.progress.step = root["step"].as<int>();
-        info.progress.data.epoch = root["data"]["epoch"].as<uint64_t>();
-        info.progress.data.cursor = root["data"]["cursor"].as<uint64_t>();
-        info.progress.steps_skipped = root["steps_skipped"].as<int>();
-        info.seed = root["seed"].as<uint64_t>();
-        info.world_size = root["layout"]["world_size"].as<int>();
-        info.expert_parallel = root["layout"]["expert_parallel"].as<int>();
-        for (const YAML::Node& f : root["files"])
-            info.files.push_back({f["name"].as<std::string>(), f["bytes"].as<uint64_t>(),
-                                  std::stoull(f["fnv1a"].as<std::string>(), nullptr, 16)});
-        info.config = parse_config(root["config"].as<std::string>());
+        parse_info(YAML::Load(checked_info_text(read_small_file(path, kInfoMaxBytes), where)), info);
     } catch (const CheckpointError&) {
         throw;
     } catch (const std::exception& e) {
         throw CheckpointError(where + kInfoFile + " is damaged (" + e.what() + "); use an older checkpoint");
     }
-    if (info.expert_parallel < 1 || info.config.model.moe.num_experts % info.expert_parallel != 0)
-        throw CheckpointError(where + kInfoFile + " is damaged (layout does not fit the model)");
+    check_values(info, where);
     std::set<std::string> names;
     for (const CheckpointFile& f : info.files) names.insert(f.name);
     for (int p = 0; p < info.expert_parallel; ++p)
@@ -301,8 +395,11 @@ CheckpointInfo read_checkpoint_info(const std::string& dir) {
 void verify_checkpoint_file(const CheckpointInfo& info, const std::string& name) {
     for (const CheckpointFile& f : info.files) {
         if (f.name != name) continue;
-        const FileDigest d = digest_file(info.dir + "/" + name);
-        if (d.bytes != f.bytes || d.fnv1a != f.fnv1a)
+        const std::string path = info.dir + "/" + name;
+        const FileDigest d = info.format == 2 ? digest_file(path) : FileDigest{};
+        const bool same = info.format == 2 ? d.bytes == f.bytes && d.crc32c == f.checksum
+                                           : fnv1a_of_file(path) == f.checksum;
+        if (!same)
             throw CheckpointError("checkpoint '" + info.dir + "': file " + name +
                                   " is corrupted (its checksum differs from the one recorded at save time); use an "
                                   "older checkpoint with --resume DIR");
@@ -327,6 +424,10 @@ void differences(const YAML::Node& a, const YAML::Node& b, const std::string& pa
     if (va != vb) out.push_back(path + " is " + va + " in the checkpoint but " + vb + " in the config");
 }
 
+std::string describe(const DataIdentity& d) {
+    return std::to_string(d.shards) + " shard(s) of " + std::to_string(d.tokens) + " tokens";
+}
+
 }  // namespace
 
 std::vector<std::string> config_differences(const Config& checkpoint, const Config& current) {
@@ -341,11 +442,42 @@ std::string model_difference(const Config& checkpoint, const Config& current) {
     return "";
 }
 
-CheckpointInfo load_checkpoint(const std::string& dir, const Config& cfg, ParameterSet& params) {
-    const CheckpointInfo info = read_checkpoint_info(dir);
+std::vector<std::string> check_resumable(const CheckpointInfo& info, const Config& current, const DataIdentity& data) {
+    const std::string where = "checkpoint '" + info.dir + "' ";
+    const std::string model = model_difference(info.config, current);
+    if (!model.empty())
+        throw CheckpointError(where + "is of another model: " + model +
+                              "; resume with the checkpoint's model config (its checkpoint.yaml holds it)");
+    // The data order derives from run.seed over the sequences of train.seq_len
+    // tokens of these shards: a change would skip or repeat sequences.
+    const std::string new_run = "; resume with the checkpoint's setting, or start a new run from its weights "
+                                "(moe-checkpoint export, then --init-from)";
+    std::vector<std::string> changes;
+    for (const std::string& d : config_differences(info.config, current)) {
+        if (d.rfind("model.", 0) == 0) continue;
+        if (d.rfind("run.seed ", 0) == 0 || d.rfind("train.seq_len ", 0) == 0)
+            throw CheckpointError(where + "continues another data order: " + d + new_run);
+        if (d.rfind("data.train ", 0) == 0 && info.format == 1)
+            throw CheckpointError(where + "(format 1, without a record of its shards) continues another data set: " +
+                                  d + new_run);
+        changes.push_back(d);
+    }
+    if (info.format == 2 && info.progress.data_of != data)
+        throw CheckpointError(where + "counts its data position in other shards: " + describe(info.progress.data_of) +
+                              " then, " + describe(data) + " in data.train '" + current.data.train + "' now" +
+                              new_run);
+    for (std::string& c : changes) {
+        const bool order_kept = c.rfind("train.micro_batch_size ", 0) == 0 ||
+                                c.rfind("train.grad_accum_steps ", 0) == 0 || c.rfind("data.train ", 0) == 0;
+        if (order_kept) c += " (the data order is kept: the position counts sequences of the same shards)";
+    }
+    return changes;
+}
+
+void load_checkpoint(const CheckpointInfo& info, const Config& cfg, ParameterSet& params) {
     const std::string diff = model_difference(info.config, cfg);
     if (!diff.empty())
-        throw CheckpointError("checkpoint '" + dir + "' is of another model: " + diff +
+        throw CheckpointError("checkpoint '" + info.dir + "' is of another model: " + diff +
                               "; resume with the checkpoint's model config (its checkpoint.yaml holds it)");
 
     // The parts this rank reads: part 0 (replicated tensors) and those of its experts.
@@ -358,8 +490,8 @@ CheckpointInfo load_checkpoint(const std::string& dir, const Config& cfg, Parame
     for (int part : needed) {
         verify_checkpoint_file(info, info.model_part(part));
         verify_checkpoint_file(info, info.optimizer_part(part));
-        model.emplace(part, SafetensorsFile(dir + "/" + info.model_part(part)));
-        optim.emplace(part, SafetensorsFile(dir + "/" + info.optimizer_part(part)));
+        model.emplace(part, SafetensorsFile(info.dir + "/" + info.model_part(part)));
+        optim.emplace(part, SafetensorsFile(info.dir + "/" + info.optimizer_part(part)));
     }
     const auto part_of = [&](const std::string& name) {
         const size_t at = name.find(".experts.");
@@ -375,7 +507,6 @@ CheckpointInfo load_checkpoint(const std::string& dir, const Config& cfg, Parame
     load(params.named(ParameterSet::Slot::Value), model, "");
     load(params.named(ParameterSet::Slot::M), optim, "exp_avg.");
     load(params.named(ParameterSet::Slot::V), optim, "exp_avg_sq.");
-    return info;
 }
 
 }  // namespace moe

@@ -4,14 +4,17 @@
 //                 ... one part per EP rank of the saving layout: part p holds
 //                 the experts of EP rank p under their global index, part 0
 //                 also every replicated tensor;
-//                 checkpoint.yaml                       step, data position, seed, layout, config,
-//                                                       size and FNV-1a of every file
+//                 checkpoint.yaml                       step, data position and the data it counts in,
+//                                                       seed, layout, config, size and CRC-32C of
+//                                                       every file, and a CRC-32C of itself
 //   latest                                              the name of the newest complete one
 // A save goes to step-N.tmp: every rank that holds a part writes it (no rank
 // gathers the model), rank 0 then writes checkpoint.yaml, renames the
 // directory and points `latest` at it, each step synced; older checkpoints
 // are removed only after that. A crash at any point leaves the previous one
 // complete. Loading takes any layout: each rank reads the tensors it holds.
+// Checkpoints of format 1 (FNV-1a checksums, no self-checksum, no data
+// identity) are still read.
 #pragma once
 #include <cstdint>
 #include <stdexcept>
@@ -35,18 +38,20 @@ struct CheckpointError : std::runtime_error {
 struct TrainProgress {
     int step = 0;           // steps done
     DataPosition data;      // of the training data: global, the same on every rank
+    DataIdentity data_of;   // the shards `data` counts in (all zero: unknown, format 1)
     int steps_skipped = 0;  // non-finite steps skipped so far
 };
 
 struct CheckpointFile {
     std::string name;  // within the checkpoint directory
     uint64_t bytes = 0;
-    uint64_t fnv1a = 0;
+    uint64_t checksum = 0;  // CRC-32C (format 2) or FNV-1a (format 1)
 };
 
 // checkpoint.yaml, read and checked: every file it lists exists with its size.
 struct CheckpointInfo {
     std::string dir;
+    int format = 2;  // 1: FNV-1a file checksums, no self-checksum or data identity
     TrainProgress progress;
     uint64_t seed = 0;
     int world_size = 1, expert_parallel = 1;  // the saving layout: expert_parallel parts
@@ -66,14 +71,26 @@ std::string save_checkpoint(const Config& cfg, const TrainProgress& progress, co
                             const ProcessGroups* groups);
 
 // The newest complete checkpoint of a run directory ("" if there is none):
-// the one `latest` names, or, if that is missing or broken, the newest
-// step-N directory that has its checkpoint.yaml.
+// the newest step-N directory that has its checkpoint.yaml, or the one
+// `latest` names if that is newer still. (`latest` may lag: a save whose
+// `latest` could not be written is complete all the same.)
 std::string latest_checkpoint(const std::string& run_dir);
 
+// checkpoint.yaml read and checked: its own checksum, values in range and
+// consistent with the directory's name, every file it lists present with its
+// size. CheckpointError names the problem.
 CheckpointInfo read_checkpoint_info(const std::string& dir);
 
-// Checks a file of the checkpoint against its recorded size and FNV-1a.
+// Checks a file of the checkpoint against its recorded size and checksum.
 void verify_checkpoint_file(const CheckpointInfo& info, const std::string& name);
+
+// Whether a run of config `current` on data `data` continues the checkpoint's
+// run: the same model, and the same data order (run.seed, train.seq_len and
+// the shards the position counts in). CheckpointError names the first
+// difference that would skip or repeat sequences. Returns what else changed,
+// as lines to log (a changed batch split keeps the order: the position counts
+// sequences).
+std::vector<std::string> check_resumable(const CheckpointInfo& info, const Config& current, const DataIdentity& data);
 
 // Every key whose value differs, as "train.steps is 1200 in the checkpoint but
 // 2000 in the config".
@@ -84,7 +101,7 @@ std::string model_difference(const Config& checkpoint, const Config& current);
 
 // Loads this rank's tensors (values and moments, whatever layout saved them)
 // after checking the model matches cfg and the checksums of the files it
-// reads. Returns the checkpoint's info (the progress to resume from, its config).
-CheckpointInfo load_checkpoint(const std::string& dir, const Config& cfg, ParameterSet& params);
+// reads.
+void load_checkpoint(const CheckpointInfo& info, const Config& cfg, ParameterSet& params);
 
 }  // namespace moe

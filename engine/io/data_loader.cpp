@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <numeric>
 
+#include "engine/io/crc32c.h"
 #include "engine/params/rng.h"
 
 namespace moe {
@@ -50,6 +52,13 @@ DataLoader::DataLoader(const std::string& glob, int vocab_size, int seq_len, int
                         "train.micro_batch_size");
     raw_.resize(size_t(T_ + 1) * 4);
     order_epoch();
+}
+
+DataIdentity DataLoader::identity() const {
+    std::string lines;
+    for (const ShardInfo& shard : shards_)
+        lines += std::filesystem::path(shard.path).filename().string() + " " + std::to_string(shard.num_tokens) + "\n";
+    return {int64_t(shards_.size()), total_tokens_, crc32c(0, lines.data(), lines.size())};
 }
 
 void DataLoader::order_epoch() {

@@ -18,6 +18,18 @@ struct DataPosition {
     uint64_t cursor = 0;  // samples of this epoch's order already consumed (by all ranks)
 };
 
+// What a position counts in: the shards a loader reads, by file name (not
+// folder: the data may move) and token count, in order. For the same seed and
+// seq_len, loaders of equal identity visit the same sequences in the same order.
+struct DataIdentity {
+    int64_t shards = 0, tokens = 0;
+    uint32_t crc32c = 0;  // of the "name tokens" lines
+    bool operator==(const DataIdentity& o) const {
+        return shards == o.shards && tokens == o.tokens && crc32c == o.crc32c;
+    }
+    bool operator!=(const DataIdentity& o) const { return !(*this == o); }
+};
+
 class DataLoader {
 public:
     DataLoader(const std::string& glob, int vocab_size, int seq_len, int micro_batch, uint64_t seed, bool shuffle,
@@ -31,6 +43,7 @@ public:
     void set_position(const DataPosition& p);
     int64_t num_sequences() const { return first_sample_.back(); }
     int64_t total_tokens() const { return total_tokens_; }
+    DataIdentity identity() const;
 
 private:
     void order_epoch();

@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "comm/fnv1a.h"
+#include "engine/io/crc32c.h"
 
 namespace moe {
 
@@ -70,7 +71,7 @@ FileDigest write_file_atomically(const std::string& path, const std::vector<Byte
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) throw fail("create '" + tmp + "'", errno);
     FileDigest digest;
-    Fnv1a hash;
+    Crc32c hash;
     for (const ByteSpan& part : parts) {
         hash.update(part.first, part.second);
         digest.bytes += part.second;
@@ -101,7 +102,7 @@ FileDigest write_file_atomically(const std::string& path, const std::vector<Byte
         ::fsync(dfd);
         ::close(dfd);
     }
-    digest.fnv1a = hash.value();
+    digest.crc32c = hash.value();
     return digest;
 }
 
@@ -109,6 +110,19 @@ FileDigest digest_file(const std::string& path) {
     const ReadOnlyFile file(path);
     FileDigest digest;
     digest.bytes = file.size();
+    Crc32c hash;
+    std::vector<char> buf(size_t(std::min<uint64_t>(uint64_t(256) << 20, std::max<uint64_t>(file.size(), 1))));
+    for (uint64_t at = 0; at < file.size(); at += buf.size()) {
+        const size_t n = size_t(std::min<uint64_t>(buf.size(), file.size() - at));
+        file.read_at(at, buf.data(), n);
+        hash.update(buf.data(), n);
+    }
+    digest.crc32c = hash.value();
+    return digest;
+}
+
+uint64_t fnv1a_of_file(const std::string& path) {
+    const ReadOnlyFile file(path);
     Fnv1a hash;
     std::vector<char> buf(size_t(1) << 20);
     for (uint64_t at = 0; at < file.size(); at += buf.size()) {
@@ -116,8 +130,7 @@ FileDigest digest_file(const std::string& path) {
         file.read_at(at, buf.data(), n);
         hash.update(buf.data(), n);
     }
-    digest.fnv1a = hash.value();
-    return digest;
+    return hash.value();
 }
 
 std::string read_small_file(const std::string& path, uint64_t max_bytes) {

@@ -47,16 +47,19 @@ std::string read_small_file(const std::string& path, uint64_t max_bytes);
 // Bytes to write, in order, without copying them first.
 using ByteSpan = std::pair<const void*, size_t>;
 
-// What was written: its size and FNV-1a fingerprint (comm/fnv1a.h).
+// What was written: its size and CRC-32C (io/crc32c.h).
 struct FileDigest {
     uint64_t bytes = 0;
-    uint64_t fnv1a = 0;
+    uint32_t crc32c = 0;
 };
 
 // Writes path.tmp, fsyncs it, renames it over path and fsyncs the directory:
 // a crash leaves the old file or the new one, never a torn one.
 FileDigest write_file_atomically(const std::string& path, const std::vector<ByteSpan>& parts);
-// The digest of a file as it is on disk (DataError if it cannot be read).
+// The digest of a file as it is on disk (DataError if it cannot be read),
+// read in large pieces and checksummed on every core.
 FileDigest digest_file(const std::string& path);
+// Its FNV-1a (comm/fnv1a.h), what checkpoints of format 1 recorded.
+uint64_t fnv1a_of_file(const std::string& path);
 
 }  // namespace moe

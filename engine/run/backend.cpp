@@ -3,6 +3,7 @@
 #include <omp.h>
 #include <spdlog/spdlog.h>
 
+#include "comm/agreement.h"
 #include "engine/run/layout_report.h"
 #include "kernels/cpu/cpu_ops.h"
 #if MOE_HAVE_CUDA
@@ -63,12 +64,13 @@ std::unique_ptr<Communicator> world_for_backend(std::unique_ptr<Communicator> wo
     // NCCL refuses two ranks on one GPU: every rank must see the same answer.
     const std::string shared = shared_gpu_problem(gather_places(*world, ops.device_name()));
     const bool asked = parallel.comm == "nccl";
+    // Every rank sees the same config, build and places: the same answer.
     if (asked && !nccl_built())
-        throw ConfigError("config: parallel.comm is 'nccl' but this build has no NCCL: install NCCL where cmake "
+        throw JobError(0, "config: parallel.comm is 'nccl' but this build has no NCCL: install NCCL where cmake "
                           "finds it (next to CUDA), or set parallel.comm=mpi");
     if (asked && !shared.empty())
-        throw ConfigError("config: parallel.comm is 'nccl' but " + shared.substr(0, shared.find(": start")) +
-                          ", which NCCL refuses: set parallel.comm=mpi");
+        throw JobError(0, "config: parallel.comm is 'nccl' but " + shared.substr(0, shared.find(": start")) +
+                              ", which NCCL refuses: set parallel.comm=mpi");
     if (!nccl_built() || !shared.empty()) return world;
 #if MOE_HAVE_NCCL
     return std::make_unique<NcclCommunicator>(std::move(world), static_cast<CudaOps&>(ops).stream());

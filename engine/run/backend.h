@@ -24,7 +24,8 @@ bool nccl_built();
 // The world communicator for ops' buffers (parallel.comm): over NCCL when ops
 // is a GPU backend, NCCL is built, each rank has its own GPU and comm is auto
 // or nccl; else `world` itself (MPI, staging GPU buffers through host
-// memory). Collective over world; throws ConfigError when nccl cannot be had.
+// memory). Collective over world; throws JobError (on every rank) when nccl
+// cannot be had.
 std::unique_ptr<Communicator> world_for_backend(std::unique_ptr<Communicator> world, Ops& ops,
                                                 const ParallelConfig& parallel);
 

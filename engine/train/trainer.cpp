@@ -164,9 +164,10 @@ void Trainer::restore(const TrainOptions& opts) {
             load_tensors(opts.init_from, params.named(ParameterSet::Slot::Value), ops_,
                          params.experts_elsewhere(mc_.moe.num_experts));
         if (!resume_from_.empty()) {
-            const CheckpointInfo info = load_checkpoint(resume_from_, cfg_, params);
+            const CheckpointInfo info = read_checkpoint_info(resume_from_);
+            changes = check_resumable(info, cfg_, train_data_->identity());
+            load_checkpoint(info, cfg_, params);
             progress_ = info.progress;
-            changes = config_differences(info.config, cfg_);
             train_data_->set_position(progress_.data);
         }
         params.refresh_work();
@@ -344,6 +345,7 @@ void Trainer::validate(int done) {
 void Trainer::save(int done) {
     progress_.step = done;
     progress_.data = train_data_->position();
+    progress_.data_of = train_data_->identity();
     progress_.steps_skipped = summary_.steps_skipped;
     const auto t0 = Clock::now();
     summary_.checkpoint = save_checkpoint(cfg_, progress_, model_->params(), groups_);
