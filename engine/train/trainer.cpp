@@ -9,6 +9,7 @@
 
 #include "comm/agreement.h"
 #include "engine/io/checkpoint.h"
+#include "engine/io/crc32c.h"
 #include "engine/io/data_loader.h"
 #include "engine/io/files.h"
 #include "engine/io/metrics.h"
@@ -37,6 +38,19 @@ std::string format_duration(double s) {
     else
         std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
     return buf;
+}
+
+// CRC-32C of the values of every parameter that is not an expert's.
+uint32_t replicated_weights_crc32c(const ParameterSet& params) {
+    uint32_t crc = 0;
+    std::vector<char> host;
+    for (const Param& p : params.all()) {
+        if (p.is_expert_stack()) continue;
+        host.resize(p.value.bytes());
+        params.ops().copy_to_host(host.data(), p.value);
+        crc = crc32c(crc, host.data(), host.size());
+    }
+    return crc;
 }
 
 // One run of train(): set up by the constructor (run directory, data, model,
@@ -142,7 +156,12 @@ void Trainer::open_run(const TrainOptions& opts) {
             val_data_ = std::make_unique<DataLoader>(cfg_.data.val, mc_.vocab_size, T_, B_, cfg_.run.seed,
                                                      /*shuffle=*/false, rank_, world_size_);
     });
-    if (world_ && world_->size() > 1) check_same_on_all_ranks(*world_, "checkpoint to resume", resume_from_);
+    if (world_ && world_->size() > 1) {
+        check_same_on_all_ranks(*world_, "checkpoint to resume", resume_from_);
+        const DataIdentity d = train_data_->identity();
+        check_same_on_all_ranks(*world_, "training data (data.train's shards by name and size)",
+                                std::to_string(d.shards) + " " + std::to_string(d.tokens) + " " + std::to_string(d.crc32c));
+    }
 }
 
 void Trainer::build_model() {
@@ -178,6 +197,11 @@ void Trainer::restore(const TrainOptions& opts) {
             metrics_ = std::make_unique<MetricsWriter>(metrics_path_);
         }
     });
+    // Every rank must start from the same replicated weights: an --init-from
+    // or a checkpoint that differs between nodes would train several models.
+    if (world_ && world_->size() > 1)
+        check_same_on_all_ranks(*world_, "replicated weights (of --init-from, the checkpoint or the initialization)",
+                                std::to_string(replicated_weights_crc32c(params)));
     if (lead_ && !resume_from_.empty()) {
         spdlog::info("resumed from {} at step {} (data epoch {}, sequence {})", resume_from_, progress_.step,
                      progress_.data.epoch, progress_.data.cursor);

@@ -12,6 +12,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "comm/agreement.h"
 #include "comm/mpi_communicator.h"
 #include "comm/process_groups.h"
 #include "engine/train/grad_sync.h"
@@ -19,6 +20,7 @@
 #include "engine/model/model.h"
 #include "engine/params/rng.h"
 #include "engine/io/shards.h"
+#include "engine/io/weights_io.h"
 #include "engine/train/trainer.h"
 #include "kernels/cpu/cpu_ops.h"
 #if MOE_HAVE_CUDA
@@ -373,5 +375,55 @@ TEST_CASE("20 training steps give one process's loss curve", "[mpi]") {
             INFO("step " << s + 1 << ": " << got.losses[s] << " vs one process " << want.losses[s]);
             CHECK(std::fabs(got.losses[s] - want.losses[s]) <= 1e-4 * want.losses[s]);
         }
+    }
+}
+
+// Inputs that shape the run but live on each node (files at the same path)
+// must be the same on every rank: ranks that read other data, or start from
+// other weights, would train several models in one job. Refused at start.
+TEST_CASE("ranks that read other training data or start from other weights are refused", "[mpi]") {
+    spdlog::set_level(spdlog::level::warn);
+    auto world = MpiCommunicator::world();
+    const int W = world->size(), rank = world->rank();
+    if (W == 1) return;  // a world of one agrees with itself
+    const std::string shards = write_training_shards(*world, small_model().vocab_size);
+    const std::string out = std::string(MOE_BINARY_DIR) + "/test_data/mpi_parallel/disagree-";
+    CpuOps ops;
+    const auto refusal = [&](Config c, const TrainOptions& opts) {
+        if (rank == 0) std::filesystem::remove_all(c.run.out_dir);
+        world->barrier();
+        ProcessGroups groups = make_process_groups(1);
+        try {
+            train(c, ops, opts, &groups);
+        } catch (const JobError& e) {
+            return std::string(e.what());
+        }
+        return std::string("not refused");
+    };
+
+    SECTION("the last rank's shards differ") {
+        Config c = training_config(shards, 2, 1, 1, out + "data");
+        if (rank == W - 1) {  // another copy of the data, one shard shorter
+            const std::string mine = shards + "-rank" + std::to_string(rank);
+            std::filesystem::remove_all(mine);
+            std::filesystem::create_directories(mine);
+            std::filesystem::copy(shards + "/train_0.bin", mine + "/train_0.bin");
+            c.data.train = mine + "/train_*.bin";
+        }
+        CHECK(refusal(c, {}) == "ranks were started with different training data (data.train's shards by name and "
+                                "size): rank(s) " + std::to_string(W - 1) + " differ from rank 0; start every rank "
+                                "with the same training data (data.train's shards by name and size)");
+    }
+    SECTION("the last rank's --init-from weights differ") {
+        Config c = training_config(shards, 2, 1, 1, out + "weights");
+        const std::string weights = out + "weights-" + std::to_string(rank) + ".safetensors";
+        Model model(c.model, ops, DType::F32, 1, 1);
+        model.params().initialize(rank == W - 1 ? 99 : 7);
+        save_tensors(weights, model.params().named(ParameterSet::Slot::Value), ops);
+        TrainOptions opts;
+        opts.init_from = weights;
+        CHECK(test::contains(refusal(c, opts), "ranks were started with different replicated weights (of --init-from, "
+                                               "the checkpoint or the initialization): rank(s) " +
+                                                   std::to_string(W - 1) + " differ from rank 0"));
     }
 }
