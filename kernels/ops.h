@@ -89,6 +89,9 @@ public:
     virtual void synchronize() {}
     // Device memory in use by this process, 0 on the CPU.
     virtual size_t device_memory_used() const { return 0; }
+    // Bytes that alloc() can still hand out: the GPU's free memory, or the
+    // machine's available RAM (what a run is sized against before it allocates).
+    virtual size_t memory_available() const = 0;
 
     // ---- memory -----------------------------------------------------------
     // Zero-filled, aligned to 256; throws OutOfDeviceMemory (CPU: bad_alloc).

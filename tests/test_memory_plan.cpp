@@ -1,5 +1,6 @@
 // Memory is planned from the config: the model allocates everything at
-// construction, and a device too small for it stops with the plan's numbers.
+// construction, after sizing it against what the device (or the machine) has:
+// a run too large stops at once with the plan's numbers.
 #include <limits>
 
 #include "engine/model/model.h"
@@ -17,6 +18,7 @@ namespace {
 class SmallDeviceOps : public CpuOps {
 public:
     explicit SmallDeviceOps(size_t capacity) : capacity_(capacity) {}
+    size_t memory_available() const override { return capacity_ - used_; }
     void* alloc(size_t bytes) override {
         if (used_ + bytes > capacity_) throw OutOfDeviceMemory(bytes, capacity_ - used_, capacity_, "test device");
         used_ += bytes;
@@ -39,7 +41,8 @@ TEST_CASE("a model takes its memory at construction and none during a step", "[u
     Model model(mc, ops, Precision(DType::F32), 2, 5);
     model.params().initialize(1);
     const int after_construction = ops.allocations();
-    REQUIRE(ops.used() >= model.params().planned_bytes(Precision(DType::F32)) + model.activation_bytes());
+    REQUIRE(ops.used() == model.planned_bytes());
+    REQUIRE(model.planned_bytes() == model.params().planned_bytes(Precision(DType::F32)) + model.activation_bytes());
     std::vector<int32_t> ids(10, 3), targets(10, 4);
     model.forward(ids.data(), targets.data());
     model.backward(1.0, Write::overwrite);
@@ -49,17 +52,49 @@ TEST_CASE("a model takes its memory at construction and none during a step", "[u
 TEST_CASE("the mixed precision plan adds a working copy of every weight", "[unit]") {
     CpuOps ops;
     Model model(test::tiny_model(), ops, Precision(DType::F32), 1, 4);
-    const int64_t n = model.params().numel();
-    REQUIRE(model.params().planned_bytes(Precision(DType::F32)) == size_t(n) * 16);   // value, grad, m, v
-    REQUIRE(model.params().planned_bytes(Precision::mixed_bf16()) == size_t(n) * 18);  // + the bf16 copy
+    const size_t n = size_t(model.params().numel()), tensors = model.params().all().size();
+    const size_t fp32 = model.params().planned_bytes(Precision(DType::F32));  // value, grad, m, v
+    const size_t mixed = model.params().planned_bytes(Precision::mixed_bf16());  // + the bf16 copy
+    // Each tensor starts on 256 bytes: at most 252 bytes of padding a tensor and slot.
+    REQUIRE(fp32 >= n * 16);
+    REQUIRE(fp32 <= n * 16 + 4 * 252 * tensors);
+    REQUIRE(mixed - fp32 >= n * 2);
+    REQUIRE(mixed - fp32 <= n * 2 + 254 * tensors);
 }
 
-TEST_CASE("a device too small for the config stops at construction with the plan's numbers", "[unit]") {
+TEST_CASE("a device too small for the config is refused before anything is allocated, with the plan's numbers",
+          "[unit]") {
     SmallDeviceOps ops(4096);
     const std::string message = test::error_of<ConfigError>([&] { Model(test::tiny_model(), ops, Precision(DType::F32), 2, 5); });
-    for (const char* part : {"out of GPU memory", "parameters", "activations of train.micro_batch_size 2 x train.seq_len 5",
-                             "Lower train.micro_batch_size", "parallel.expert_parallel"}) {
+    for (const char* part : {"config: this run needs", "parameters (weights, gradients, AdamW moments)",
+                             "activations and scratch for train.micro_batch_size 2 x train.seq_len 5",
+                             "this machine has 0.00 GiB available", "Lower train.micro_batch_size",
+                             "parallel.expert_parallel"}) {
         INFO(message << " should mention " << part);
         REQUIRE(test::contains(message, part));
     }
+    REQUIRE(ops.allocations() == 0);
+
+    // A plan that fits is allocated whole, and is what the model says it plans.
+    SmallDeviceOps roomy(std::numeric_limits<size_t>::max());
+    const Model model(test::tiny_model(), roomy, Precision(DType::F32), 2, 5);
+    REQUIRE(roomy.used() == model.planned_bytes());
+}
+
+TEST_CASE("sizes that cannot be allocated are refused at once, naming the keys, not after allocating", "[unit]") {
+    CpuOps ops;  // this machine's RAM
+    const auto refused = [&](ModelConfig m) {
+        return test::error_of<ConfigError>([&] { Model(m, ops, Precision(DType::F32), 4, 128); });
+    };
+    ModelConfig huge_vocab = test::tiny_model();
+    huge_vocab.vocab_size = 2000000000;
+    CHECK(test::contains(refused(huge_vocab), "config: this run needs"));
+    CHECK(test::contains(refused(huge_vocab), "GiB available"));
+    ModelConfig huge_hidden = test::tiny_model();
+    huge_hidden.hidden_size = 1 << 30;
+    huge_hidden.num_heads = 1 << 24;
+    huge_hidden.num_kv_heads = 1 << 24;
+    huge_hidden.moe.expert_hidden_size = 1 << 30;
+    CHECK(refused(huge_hidden) == "config: this model's buffers would take more than 2^64 bytes: lower "
+                                  "model.hidden_size, model.vocab_size, model.num_layers or the experts' sizes");
 }

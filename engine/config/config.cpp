@@ -45,6 +45,8 @@ constexpr Range kPositive{0, kInf, true, false, "> 0"};
 constexpr Range kNonNegative{0, kInf, false, false, ">= 0"};
 constexpr Range kAtLeastOne{1, kInf, false, false, ">= 1"};
 constexpr Range kThreads{0, 1024, false, false, "in [0, 1024] (0: every core)"};
+// Deeper than any model trained; the plan of a model stays quick to make.
+constexpr Range kLayers{1, 10000, false, false, "in [1, 10000]"};
 constexpr Range kFraction{0, 1, false, true, "in [0, 1)"};     // Adam betas
 constexpr Range kProbability{0, 1, true, true, "in (0, 1)"};  // sigmoid outputs
 
@@ -64,7 +66,7 @@ const std::vector<Key>& schema() {
     static const std::vector<Key> keys = {
         MOE_KEY(model.vocab_size, kPositive),
         MOE_KEY(model.hidden_size, kPositive),
-        MOE_KEY(model.num_layers, kPositive),
+        MOE_KEY(model.num_layers, kLayers),
         MOE_KEY(model.num_heads, kPositive),
         MOE_KEY(model.num_kv_heads, kPositive),
         MOE_KEY(model.qk_norm, kAny),

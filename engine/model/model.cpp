@@ -36,54 +36,75 @@ Model::Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B
     if (ops.device() == Device::CUDA && !gpu_attention_head_size(hd))
         throw ConfigError("config: the head size model.hidden_size / model.num_heads is " + std::to_string(hd) +
                           "; the CUDA attention kernels take 16, 32, 64 or 128: change model.num_heads");
-    const int64_t V = cfg.vocab_size, H = cfg.hidden_size;
-    const InitSpec init = InitSpec::normal(cfg.init_std);
-    embed_ = &params_.add("embed.weight", {V, H}, init, true);
-    if (cfg.dynamics.enabled && cfg.dynamics.shared)
-        dynamics_.push_back(std::make_unique<DynamicsModule>(cfg_, params_, "dynamics."));
-    for (int l = 0; l < cfg.num_layers; ++l) {
-        DynamicsModule* dyn = nullptr;
-        if (cfg.dynamics.enabled && !cfg.dynamics.shared)
-            dynamics_.push_back(
-                std::make_unique<DynamicsModule>(cfg_, params_, "layers." + std::to_string(l) + ".dynamics."));
-        if (cfg.dynamics.enabled) dyn = dynamics_.back().get();
-        blocks_.push_back(std::make_unique<Block>(cfg_, params_, l, dyn, ep));
+    try {
+        declare(ep);
+        carve();  // a dry run sizes the arenas
+        size_t buffers = 0;
+        if (__builtin_add_overflow(acts_.bytes(), scratch_.bytes(), &buffers) ||
+            __builtin_add_overflow(params_.planned_bytes(precision), buffers, &planned_bytes_))
+            throw std::length_error("plan too large");
+    } catch (const std::length_error&) {
+        throw ConfigError("config: this model's buffers would take more than 2^64 bytes: lower model.hidden_size, "
+                          "model.vocab_size, model.num_layers or the experts' sizes");
     }
-    norm_ = &params_.add("norm.weight", {H}, InitSpec::fill(1), false);
-    lm_head_ = cfg.tie_embeddings ? embed_ : &params_.add("lm_head.weight", {V, H}, init, true);
-    buckets_.resize(size_t(cfg.num_layers) + 1);
-    buckets_[0].push_back(norm_);
-    if (!cfg.tie_embeddings) buckets_[0].push_back(lm_head_);
-    for (Param& p : params_.all()) {
-        if (p.name.rfind("layers.", 0) == 0)
-            buckets_[size_t(cfg.num_layers - std::stoi(p.name.substr(7)))].push_back(&p);
-    }
-    carve();  // a dry run sizes the arenas
     if (memory == Memory::plan_only) return;
+    // Sized against what this rank has before anything is allocated: a run
+    // too large is refused at once, not after minutes of allocating.
+    const size_t available = ops.memory_available();
+    if (planned_bytes_ > available) throw ConfigError(too_large_message(available));
     try {
         params_.allocate(ops, precision);
         acts_.allocate();
         scratch_.allocate();
     } catch (const OutOfDeviceMemory& e) {
-        throw ConfigError(out_of_memory_message(e));
+        throw ConfigError(too_large_message(e.free_bytes));
     }
     carve();
     ids_host_.resize(size_t(B) * T);
 }
 
+// The parameters of every layer, in the order the arenas hold them, and the
+// gradient buckets the backward hands over.
+void Model::declare(Communicator* ep) {
+    const int64_t V = cfg_.vocab_size, H = cfg_.hidden_size;
+    const InitSpec init = InitSpec::normal(cfg_.init_std);
+    embed_ = &params_.add("embed.weight", {V, H}, init, true);
+    if (cfg_.dynamics.enabled && cfg_.dynamics.shared)
+        dynamics_.push_back(std::make_unique<DynamicsModule>(cfg_, params_, "dynamics."));
+    for (int l = 0; l < cfg_.num_layers; ++l) {
+        DynamicsModule* dyn = nullptr;
+        if (cfg_.dynamics.enabled && !cfg_.dynamics.shared)
+            dynamics_.push_back(
+                std::make_unique<DynamicsModule>(cfg_, params_, "layers." + std::to_string(l) + ".dynamics."));
+        if (cfg_.dynamics.enabled) dyn = dynamics_.back().get();
+        blocks_.push_back(std::make_unique<Block>(cfg_, params_, l, dyn, ep));
+    }
+    norm_ = &params_.add("norm.weight", {H}, InitSpec::fill(1), false);
+    lm_head_ = cfg_.tie_embeddings ? embed_ : &params_.add("lm_head.weight", {V, H}, init, true);
+    buckets_.resize(size_t(cfg_.num_layers) + 1);
+    buckets_[0].push_back(norm_);
+    if (!cfg_.tie_embeddings) buckets_[0].push_back(lm_head_);
+    for (Param& p : params_.all()) {
+        if (p.name.rfind("layers.", 0) == 0)
+            buckets_[size_t(cfg_.num_layers - std::stoi(p.name.substr(7)))].push_back(&p);
+    }
+}
+
 Model::~Model() = default;
 
-std::string Model::out_of_memory_message(const OutOfDeviceMemory& e) const {
+std::string Model::too_large_message(size_t available) const {
     const double gib = 1024.0 * 1024.0 * 1024.0;
-    char buf[768];
+    const bool gpu = ops_.device() == Device::CUDA;
+    char buf[1024];
     std::snprintf(buf, sizeof buf,
-                  "out of GPU memory: this config needs %.2f GiB for %.1fM parameters on this rank (weights, "
-                  "gradients, AdamW state) and %.2f GiB for activations of train.micro_batch_size %d x "
-                  "train.seq_len %d; an allocation of %.2f GiB failed with %.2f GiB of the GPU's %.2f GiB free. Lower "
-                  "train.micro_batch_size (raise train.grad_accum_steps to keep the batch), or spread the experts "
-                  "over more GPUs with parallel.expert_parallel",
-                  params_.planned_bytes(pr_) / gib, params_.numel() / 1e6, activation_bytes() / gib, B_, T_,
-                  e.requested / gib, e.free_bytes / gib, e.total_bytes / gib);
+                  "config: this run needs %.2f GiB on this rank: %.2f GiB for %.1fM parameters (weights, gradients, "
+                  "AdamW moments%s) and %.2f GiB of activations and scratch for train.micro_batch_size %d x "
+                  "train.seq_len %d; %s has %.2f GiB available. Lower train.micro_batch_size (raise "
+                  "train.grad_accum_steps to keep the batch) or the model's sizes, or spread the experts over more "
+                  "ranks with parallel.expert_parallel",
+                  planned_bytes_ / gib, params_.planned_bytes(pr_) / gib, params_.numel() / 1e6,
+                  pr_.work != pr_.master ? ", bf16 working copy" : "", activation_bytes() / gib, B_, T_,
+                  gpu ? ops_.device_name().c_str() : "this machine", available / gib);
     return buf;
 }
 

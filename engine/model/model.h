@@ -49,6 +49,9 @@ public:
     int batch() const { return B_; }
     int seq_len() const { return T_; }
     size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
+    // Everything this rank allocates: parameters (with gradients and moments),
+    // activations and scratch.
+    size_t planned_bytes() const { return planned_bytes_; }
     // The gradient buckets in the order the backward hands them over: the
     // head's (final norm, untied lm_head), then each layer's, last layer
     // first. Parameters in none (the embedding, shared dynamics) are final
@@ -73,13 +76,15 @@ public:
 
 private:
     struct Block;
+    void declare(Communicator* ep);
     void carve();
-    std::string out_of_memory_message(const OutOfDeviceMemory& e) const;
+    std::string too_large_message(size_t available) const;
 
     const ModelConfig cfg_;
     Ops& ops_;
     Precision pr_;
     int B_, T_;
+    size_t planned_bytes_ = 0;
     ParameterSet params_;
     Param *embed_, *norm_, *lm_head_;  // lm_head_ == embed_ when tied
     std::vector<std::unique_ptr<DynamicsModule>> dynamics_;

@@ -10,7 +10,8 @@ namespace moe {
 
 int64_t Param::numel() const {
     int64_t n = 1;
-    for (int64_t d : shape) n *= d;
+    for (int64_t d : shape)
+        if (d < 0 || __builtin_mul_overflow(n, d, &n)) throw std::length_error("parameter " + name + " too large");
     return n;
 }
 
@@ -44,11 +45,23 @@ Tensor carve(Arena& arena, DType dtype, const std::vector<int64_t>& shape) {
 }
 }  // namespace
 
+namespace {
+// The arenas allocate() carves, one per slot: value, grad, m, v in the master
+// dtype, and the working copy where the compute's dtype differs.
+std::vector<DType> slot_dtypes(const Precision& precision) {
+    std::vector<DType> slots(4, precision.master);
+    if (precision.work != precision.master) slots.push_back(precision.work);
+    return slots;
+}
+}  // namespace
+
 size_t ParameterSet::planned_bytes(const Precision& precision) const {
-    const bool separate_work = precision.work != precision.master;
     size_t bytes = 0;
-    for (const Param& p : params_)
-        bytes += size_t(p.numel()) * (4 * dtype_size(precision.master) + (separate_work ? dtype_size(precision.work) : 0));
+    for (DType dtype : slot_dtypes(precision)) {
+        Arena plan;  // the same carving as allocate(), dry
+        for (const Param& p : params_) carve(plan, dtype, p.shape);
+        if (__builtin_add_overflow(bytes, plan.bytes(), &bytes)) throw std::length_error("parameters too large");
+    }
     return bytes;
 }
 
@@ -56,11 +69,10 @@ void ParameterSet::allocate(Ops& ops, const Precision& precision) {
     ops_ = &ops;
     precision_ = precision;
     const bool separate_work = precision.work != precision.master;
-    std::vector<std::pair<Tensor Param::*, DType>> slots = {{&Param::value, precision.master},
-                                                             {&Param::grad, precision.master},
-                                                             {&Param::m, precision.master},
-                                                             {&Param::v, precision.master}};
-    if (separate_work) slots.push_back({&Param::work, precision.work});
+    const std::vector<DType> dtypes = slot_dtypes(precision);
+    std::vector<std::pair<Tensor Param::*, DType>> slots = {
+        {&Param::value, dtypes[0]}, {&Param::grad, dtypes[1]}, {&Param::m, dtypes[2]}, {&Param::v, dtypes[3]}};
+    if (separate_work) slots.push_back({&Param::work, dtypes[4]});
     for (auto [slot, dtype] : slots) {
         auto arena = std::make_unique<Arena>(ops);
         for (int pass = 0; pass < 2; ++pass) {
@@ -145,7 +157,8 @@ const Param& ParameterSet::find(const std::string& name) const {
 
 int64_t ParameterSet::numel() const {
     int64_t n = 0;
-    for (const Param& p : params_) n += p.numel();
+    for (const Param& p : params_)
+        if (__builtin_add_overflow(n, p.numel(), &n)) throw std::length_error("parameters too large");
     return n;
 }
 

@@ -52,7 +52,8 @@ public:
 
     Param& add(const std::string& name, std::vector<int64_t> shape, InitSpec init, bool decay,
                int expert_offset = -1);
-    // Bytes allocate() will take for these parameters in this precision.
+    // Bytes allocate() will take for these parameters in this precision
+    // (std::length_error past 2^64).
     size_t planned_bytes(const Precision& precision) const;
     // Carves value, grad, m, v (and work) for every parameter (zero-filled).
     void allocate(Ops& ops, const Precision& precision);

@@ -15,6 +15,7 @@ public:
     Precision training_precision() const override { return Precision(DType::F32); }
 
     void* alloc(size_t bytes) override;
+    size_t memory_available() const override;
     void release(void* p) override;
     void copy_from_host(Tensor dst, const void* src) override;
     void copy_to_host(void* dst, Tensor src) override;

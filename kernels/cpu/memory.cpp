@@ -1,6 +1,9 @@
 // Memory, copies, elementwise updates, reductions and the column concat on
 // host buffers.
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -23,6 +26,20 @@ void* CpuOps::alloc(size_t bytes) {
 }
 
 void CpuOps::release(void* p) { std::free(p); }
+
+// MemAvailable of /proc/meminfo (what the kernel can give without swapping),
+// else the free pages.
+size_t CpuOps::memory_available() const {
+    if (std::FILE* f = std::fopen("/proc/meminfo", "r")) {
+        char line[256];
+        unsigned long long kib = 0;
+        bool found = false;
+        while (!found && std::fgets(line, sizeof line, f)) found = std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1;
+        std::fclose(f);
+        if (found) return size_t(kib) * 1024;
+    }
+    return size_t(sysconf(_SC_AVPHYS_PAGES)) * size_t(sysconf(_SC_PAGESIZE));
+}
 
 void CpuOps::copy_from_host(Tensor dst, const void* src) {
     if (dst.bytes()) std::memcpy(dst.data, src, dst.bytes());

@@ -75,6 +75,12 @@ size_t CudaOps::device_memory_used() const {
     return total - free_bytes;
 }
 
+size_t CudaOps::memory_available() const {
+    size_t free_bytes = 0, total = 0;
+    MOE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+    return free_bytes;
+}
+
 void* CudaOps::alloc(size_t bytes) {
     void* p = nullptr;
     const cudaError_t err = cudaMalloc(&p, bytes);

@@ -48,6 +48,7 @@ public:
     void synchronize() override;
     // Device memory in use on this GPU (all processes, the CUDA context too).
     size_t device_memory_used() const override;
+    size_t memory_available() const override;
 
     void* alloc(size_t bytes) override;
     void release(void* p) override;
