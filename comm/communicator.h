@@ -58,8 +58,15 @@ public:
     virtual void broadcast(void* buf, int64_t bytes, int root) = 0;
     virtual void barrier() = 0;
     // A new group per distinct color; ranks ordered by key (ties by rank here).
-    // Collective over this group.
+    // Collective over this group. The new group keeps this one's timeout.
     virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+
+    // How long a collective may wait for the group before the peers that did
+    // not join it are named and the job stopped (0: wait forever). A rank
+    // that stopped (SIGSTOP, a hung node) would otherwise keep every other
+    // rank waiting. Default kDefaultTimeoutSeconds.
+    static constexpr double kDefaultTimeoutSeconds = 1800;
+    virtual void set_timeout(double seconds) = 0;
 
     // Block p of send[size() * count] goes to rank p; block p of recv comes from rank p.
     void all_to_all(const void* send, void* recv, int64_t count, DType dtype);

@@ -1,8 +1,11 @@
 #include "comm/mpi_communicator.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "comm/mpi_runtime.h"
 
@@ -56,16 +59,97 @@ std::unique_ptr<MpiCommunicator> MpiCommunicator::world(int64_t max_count) {
     return std::make_unique<MpiCommunicator>(comm, max_count);
 }
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm, int64_t max_count) : comm_(comm), max_count_(max_count) {
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, int64_t max_count, double timeout_s)
+    : comm_(comm), max_count_(max_count), timeout_s_(timeout_s) {
     if (max_count < 1 || max_count > kMaxMpiCount)
         throw CommError("MpiCommunicator: max_count " + std::to_string(max_count) + " is outside [1, INT_MAX]");
     mpi_check(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
     mpi_check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
     mpi_check(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+    mpi_check(MPI_Comm_dup(comm_, &watch_), "MPI_Comm_dup");
+    // World ranks, to name a peer the way the launcher and the logs do.
+    MPI_Group group, world;
+    mpi_check(MPI_Comm_group(comm_, &group), "MPI_Comm_group");
+    mpi_check(MPI_Comm_group(MPI_COMM_WORLD, &world), "MPI_Comm_group");
+    std::vector<int> mine(static_cast<size_t>(size_));
+    for (int r = 0; r < size_; ++r) mine[size_t(r)] = r;
+    world_ranks_.resize(size_t(size_));
+    mpi_check(MPI_Group_translate_ranks(group, size_, mine.data(), world, world_ranks_.data()),
+              "MPI_Group_translate_ranks");
+    MPI_Group_free(&group);
+    MPI_Group_free(&world);
 }
 
 MpiCommunicator::~MpiCommunicator() {
-    if (mpi_running()) MPI_Comm_free(&comm_);
+    if (!mpi_running()) return;
+    MPI_Comm_free(&watch_);
+    MPI_Comm_free(&comm_);
+}
+
+std::string MpiCommunicator::describe_rank(int r) const {
+    return "rank " + std::to_string(r) + " (world rank " + std::to_string(world_ranks_[size_t(r)]) + ")";
+}
+
+void MpiCommunicator::wait(MPI_Request request, const char* what) {
+    std::vector<MPI_Request> one = {request};
+    wait(one, what);
+}
+
+// Polls rather than blocks, so that a peer that never comes is noticed: the
+// clock is read now and then; after a second of waiting the loop also sleeps
+// a little, freeing the core for a rank that waits long (a checkpoint).
+void MpiCommunicator::wait(std::vector<MPI_Request>& requests, const char* what) {
+    using Clock = std::chrono::steady_clock;
+    const auto start = Clock::now();
+    for (long spin = 0;; ++spin) {
+        int done = 0;
+        mpi_check(MPI_Testall(int(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE), what);
+        if (done) return;
+        if (spin % 1024 != 0) continue;
+        const double waited = std::chrono::duration<double>(Clock::now() - start).count();
+        if (waited > 1) std::this_thread::sleep_for(std::chrono::microseconds(200));
+        if (timeout_s_ <= 0 || waited < timeout_s_) continue;
+        const std::vector<int> missing = peers_missing(std::clamp(timeout_s_ / 10, 5.0, 60.0));
+        std::string who;
+        for (int r : missing) who += (who.empty() ? "" : ", ") + describe_rank(r);
+        char waited_text[32];
+        std::snprintf(waited_text, sizeof waited_text, "%.0f", waited);
+        if (missing.empty())
+            throw CommError(std::string(what) + " has not completed in " + waited_text + " s although every rank of "
+                            "its group of " + std::to_string(size_) + " waits: the ranks called different "
+                            "collectives; the job stops");
+        throw CommError(std::string(what) + " waited " + waited_text + " s for " + who + " of a group of " +
+                        std::to_string(size_) + " ranks: it stopped taking part (stopped, hung, or far slower than "
+                        "the others); the job stops (parallel.collective_timeout_s sets the wait)");
+    }
+}
+
+// Every rank that times out tells each peer it waits, and listens for theirs:
+// the peers not heard from within `grace` are the ones that stopped. (A peer
+// stuck in another collective times out too, and is heard.)
+std::vector<int> MpiCommunicator::peers_missing(double grace) {
+    constexpr int kTag = 1;
+    const int32_t waiting = 1;
+    std::vector<int32_t> heard(size_t(size_), 0);
+    std::vector<MPI_Request> recvs(size_t(size_), MPI_REQUEST_NULL), sends;
+    for (int p = 0; p < size_; ++p) {
+        if (p == rank_) continue;
+        mpi_check(MPI_Irecv(&heard[size_t(p)], 1, MPI_INT32_T, p, kTag, watch_, &recvs[size_t(p)]), "MPI_Irecv");
+        sends.emplace_back();
+        mpi_check(MPI_Isend(&waiting, 1, MPI_INT32_T, p, kTag, watch_, &sends.back()), "MPI_Isend");
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(grace);
+    std::vector<int> missing;
+    do {
+        missing.clear();
+        for (int p = 0; p < size_; ++p) {
+            int arrived = 1;
+            if (recvs[size_t(p)] != MPI_REQUEST_NULL) mpi_check(MPI_Test(&recvs[size_t(p)], &arrived, MPI_STATUS_IGNORE), "MPI_Test");
+            if (!arrived) missing.push_back(p);
+        }
+        if (!missing.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    } while (!missing.empty() && std::chrono::steady_clock::now() < deadline);
+    return missing;  // the requests are left: the job stops
 }
 
 void MpiCommunicator::all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) {
@@ -73,7 +157,10 @@ void MpiCommunicator::all_reduce(void* buf, int64_t count, DType dtype, ReduceOp
     const size_t elem = dtype_size(dtype);
     void* host = staging_.to_host(0, buf, size_t(count) * elem, true);
     for_each_chunk(count, max_count_, [&](int64_t offset, int n) {
-        mpi_check(MPI_Allreduce(MPI_IN_PLACE, at(host, offset, elem), n, type, mpi_op(op), comm_), "MPI_Allreduce");
+        MPI_Request r;
+        mpi_check(MPI_Iallreduce(MPI_IN_PLACE, at(host, offset, elem), n, type, mpi_op(op), comm_, &r),
+                  "MPI_Iallreduce");
+        wait(r, "MPI all_reduce");
     });
     staging_.to_device(buf, host, size_t(count) * elem);
 }
@@ -95,8 +182,10 @@ void MpiCommunicator::reduce_scatter(const void* send_buf, void* recv_buf, int64
                 std::memcpy(at(staging.data(), int64_t(r) * n, elem), at(send, r * count + offset, elem), n * elem);
             pieces = staging.data();
         }
-        mpi_check(MPI_Reduce_scatter_block(pieces, at(recv, offset, elem), n, type, mpi_op(op), comm_),
-                  "MPI_Reduce_scatter_block");
+        MPI_Request r;
+        mpi_check(MPI_Ireduce_scatter_block(pieces, at(recv, offset, elem), n, type, mpi_op(op), comm_, &r),
+                  "MPI_Ireduce_scatter_block");
+        wait(r, "MPI reduce_scatter");
     });
     staging_.to_device(recv_buf, recv, size_t(count) * elem);
 }
@@ -108,12 +197,16 @@ void MpiCommunicator::all_gather(const void* send_buf, void* recv_buf, int64_t c
     void* recv = staging_.to_host(1, recv_buf, size_t(size_) * size_t(count) * elem, false);
     std::vector<char> staging;
     for_each_chunk(count, max_count_, [&](int64_t offset, int n) {
+        MPI_Request r;
         if (n == count) {
-            mpi_check(MPI_Allgather(send, n, type, recv, n, type, comm_), "MPI_Allgather");
+            mpi_check(MPI_Iallgather(send, n, type, recv, n, type, comm_, &r), "MPI_Iallgather");
+            wait(r, "MPI all_gather");
             return;
         }
         staging.resize(size_t(size_) * size_t(n) * elem);
-        mpi_check(MPI_Allgather(at(send, offset, elem), n, type, staging.data(), n, type, comm_), "MPI_Allgather");
+        mpi_check(MPI_Iallgather(at(send, offset, elem), n, type, staging.data(), n, type, comm_, &r),
+                  "MPI_Iallgather");
+        wait(r, "MPI all_gather");
         for (int r = 0; r < size_; ++r)
             std::memcpy(at(recv, r * count + offset, elem), at(staging.data(), int64_t(r) * n, elem), n * elem);
     });
@@ -123,18 +216,24 @@ void MpiCommunicator::all_gather(const void* send_buf, void* recv_buf, int64_t c
 void MpiCommunicator::broadcast(void* buf, int64_t bytes, int root) {
     void* host = staging_.to_host(0, buf, size_t(bytes), rank_ == root);
     for_each_chunk(bytes, max_count_, [&](int64_t offset, int n) {
-        mpi_check(MPI_Bcast(at(host, offset, 1), n, MPI_BYTE, root, comm_), "MPI_Bcast");
+        MPI_Request r;
+        mpi_check(MPI_Ibcast(at(host, offset, 1), n, MPI_BYTE, root, comm_, &r), "MPI_Ibcast");
+        wait(r, "MPI broadcast");
     });
     staging_.to_device(buf, host, size_t(bytes));
 }
 
-void MpiCommunicator::barrier() { mpi_check(MPI_Barrier(comm_), "MPI_Barrier"); }
+void MpiCommunicator::barrier() {
+    MPI_Request r;
+    mpi_check(MPI_Ibarrier(comm_, &r), "MPI_Ibarrier");
+    wait(r, "MPI barrier");
+}
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
     if (color < 0) throw CommError("split: color " + std::to_string(color) + " must be >= 0");
     MPI_Comm comm;
     mpi_check(MPI_Comm_split(comm_, color, key, &comm), "MPI_Comm_split");
-    return std::make_unique<MpiCommunicator>(comm, max_count_);
+    return std::make_unique<MpiCommunicator>(comm, max_count_, timeout_s_);
 }
 
 // Counts are checked before any data moves: every rank learns what its peers
@@ -144,13 +243,16 @@ std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
 void MpiCommunicator::check_counts_match(const std::vector<int64_t>& send_counts,
                                          const std::vector<int64_t>& recv_counts) {
     std::vector<int64_t> peers_send(size_t(size_), 0);
-    mpi_check(MPI_Alltoall(send_counts.data(), 1, MPI_INT64_T, peers_send.data(), 1, MPI_INT64_T, comm_),
-              "MPI_Alltoall");
+    MPI_Request r;
+    mpi_check(MPI_Ialltoall(send_counts.data(), 1, MPI_INT64_T, peers_send.data(), 1, MPI_INT64_T, comm_, &r),
+              "MPI_Ialltoall");
+    wait(r, "MPI all_to_all_v (counts)");
     int first_bad_peer = -1;
     for (int p = 0; p < size_ && first_bad_peer < 0; ++p)
         if (peers_send[size_t(p)] != recv_counts[size_t(p)]) first_bad_peer = p;
     int first_bad_rank = first_bad_peer >= 0 ? rank_ : size_;
-    mpi_check(MPI_Allreduce(MPI_IN_PLACE, &first_bad_rank, 1, MPI_INT, MPI_MIN, comm_), "MPI_Allreduce");
+    mpi_check(MPI_Iallreduce(MPI_IN_PLACE, &first_bad_rank, 1, MPI_INT, MPI_MIN, comm_, &r), "MPI_Iallreduce");
+    wait(r, "MPI all_to_all_v (counts)");
     if (first_bad_peer >= 0) {
         const size_t p = size_t(first_bad_peer);
         throw CommError("all_to_all_v: rank " + std::to_string(rank_) + " expected recv_counts[" + std::to_string(p) +
@@ -201,7 +303,7 @@ void MpiCommunicator::do_all_to_all_v(const void* send_buf, const std::vector<in
     const size_t me = size_t(rank_);
     if (recv_counts[me] > 0)
         std::memcpy(at(recv, recv_offsets[me], elem), at(send, send_offsets[me], elem), size_t(recv_counts[me]) * elem);
-    mpi_check(MPI_Waitall(int(requests.size()), requests.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+    wait(requests, "MPI all_to_all_v");
     staging_.to_device(recv_buf, recv, recv_bytes);
 }
 

@@ -8,6 +8,7 @@
 #include <climits>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -25,7 +26,7 @@ public:
 
     // Takes ownership of comm. max_count: the most elements passed to one MPI
     // call; tests lower it to exercise the splitting.
-    MpiCommunicator(MPI_Comm comm, int64_t max_count);
+    MpiCommunicator(MPI_Comm comm, int64_t max_count, double timeout_s = kDefaultTimeoutSeconds);
     ~MpiCommunicator() override;
     MpiCommunicator(const MpiCommunicator&) = delete;
     MpiCommunicator& operator=(const MpiCommunicator&) = delete;
@@ -39,6 +40,7 @@ public:
     void broadcast(void* buf, int64_t bytes, int root) override;
     void barrier() override;
     std::unique_ptr<Communicator> split(int color, int key) override;
+    void set_timeout(double seconds) override { timeout_s_ = seconds; }
 
 protected:
     // Point-to-point messages to the peers with data, after a check that every
@@ -48,12 +50,24 @@ protected:
 
 private:
     void check_counts_match(const std::vector<int64_t>& send_counts, const std::vector<int64_t>& recv_counts);
+    // Waits for the requests of one collective (`what`). Past the timeout the
+    // ranks that are waiting find out which peers are not (peers_missing),
+    // and CommError names them.
+    void wait(std::vector<MPI_Request>& requests, const char* what);
+    void wait(MPI_Request request, const char* what);
+    // After a timeout: the ranks of the group that do not answer, in
+    // `grace` seconds, this rank's message that it waits.
+    std::vector<int> peers_missing(double grace);
+    std::string describe_rank(int rank) const;  // "rank 3 (world rank 7)"
 
     DeviceStaging staging_;
     MPI_Comm comm_;
+    MPI_Comm watch_ = MPI_COMM_NULL;  // a duplicate for the messages of peers_missing()
     int rank_ = 0;
     int size_ = 1;
     int64_t max_count_;
+    double timeout_s_;
+    std::vector<int> world_ranks_;  // of this group's ranks
 };
 
 }  // namespace moe

@@ -88,9 +88,27 @@ NcclCommunicator::~NcclCommunicator() {
     if (stream_) cudaStreamDestroy(stream_);
 }
 
+void NcclCommunicator::set_timeout(double seconds) {
+    host_->set_timeout(seconds);
+    std::lock_guard<std::mutex> lock(watch_mutex_);
+    timeout_s_ = seconds;
+}
+
 void NcclCommunicator::watch() {
     std::unique_lock<std::mutex> lock(watch_mutex_);
     while (!watch_wake_.wait_for(lock, std::chrono::seconds(1), [this] { return watch_stop_; })) {
+        if (busy_ && cudaEventQuery(comm_done_) == cudaSuccess) busy_ = false;
+        const double busy_s =
+            busy_ ? std::chrono::duration<double>(std::chrono::steady_clock::now() - busy_since_).count() : 0;
+        if (timeout_s_ > 0 && busy_s > timeout_s_) {
+            std::fprintf(stderr,
+                         "rank %d: a collective of an NCCL group of %d ranks has not finished in %.0f s: a peer "
+                         "stopped taking part (stopped, hung, or far slower than the others); stopping the job "
+                         "(parallel.collective_timeout_s sets the wait)\n",
+                         rank(), size(), busy_s);
+            std::fflush(nullptr);
+            std::_Exit(1);
+        }
         ncclResult_t state = ncclSuccess;
         const ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
         if (r == ncclSuccess && (state == ncclSuccess || state == ncclInProgress)) continue;
@@ -111,7 +129,12 @@ void NcclCommunicator::begin() {
 }
 
 void NcclCommunicator::end() {
-    check_cuda(cudaEventRecord(comm_done_, stream_), "cudaEventRecord");
+    {
+        std::lock_guard<std::mutex> lock(watch_mutex_);
+        check_cuda(cudaEventRecord(comm_done_, stream_), "cudaEventRecord");
+        if (!busy_) busy_since_ = std::chrono::steady_clock::now();
+        busy_ = true;
+    }
     check_cuda(cudaStreamWaitEvent(compute_, comm_done_, 0), "cudaStreamWaitEvent");
 }
 
@@ -170,7 +193,9 @@ void NcclCommunicator::broadcast(void* buf, int64_t bytes, int root) {
 }
 
 std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
-    return std::make_unique<NcclCommunicator>(host_->split(color, key), compute_);
+    auto group = std::make_unique<NcclCommunicator>(host_->split(color, key), compute_);
+    group->set_timeout(timeout_s_);
+    return group;
 }
 
 void NcclCommunicator::do_all_to_all_v(const void* send, const std::vector<int64_t>& send_counts, void* recv,

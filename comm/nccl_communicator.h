@@ -19,6 +19,7 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <memory>
@@ -51,6 +52,10 @@ public:
     void broadcast(void* buf, int64_t bytes, int root) override;
     void barrier() override { host_->barrier(); }
     std::unique_ptr<Communicator> split(int color, int key) override;
+    // Host collectives wait as the MPI communicator does; a collective on the
+    // GPU that has not finished after `seconds` stops the job from the
+    // watchdog (NCCL does not say which peer is missing).
+    void set_timeout(double seconds) override;
 
     // The device exchanges' time on the comm stream, from the compute they
     // waited for to their end (waits for those still running), plus the host
@@ -76,7 +81,8 @@ private:
     Timing take_timing();
     // Adds up the pending timings that finished (all of them when wait).
     void settle_timings(bool wait) const;
-    // The watchdog: checks NCCL's asynchronous error every second until stop.
+    // The watchdog: checks NCCL's asynchronous error every second until
+    // stop, and how long the comm stream's work has been unfinished.
     void watch();
 
     std::unique_ptr<Communicator> host_;
@@ -87,9 +93,12 @@ private:
     mutable std::deque<Timing> pending_;
     mutable std::vector<Timing> idle_;
     mutable double a2a_seconds_ = 0;
-    std::mutex watch_mutex_;
+    std::mutex watch_mutex_;  // guards the fields below and the recording of comm_done_
     std::condition_variable watch_wake_;
     bool watch_stop_ = false;
+    double timeout_s_ = kDefaultTimeoutSeconds;
+    bool busy_ = false;  // work queued on the comm stream that comm_done_ has not seen finish
+    std::chrono::steady_clock::time_point busy_since_;
     std::thread watchdog_;
 };
 

@@ -43,6 +43,7 @@ int run(int argc, char** argv) {
         return 0;
     }
     moe::check_same_on_all_ranks(*world, "config", moe::to_yaml(cfg));
+    world->set_timeout(cfg.parallel.collective_timeout_s);
     std::unique_ptr<moe::Ops> ops;
     moe::on_all_ranks(world.get(), [&] { ops = moe::make_backend(cfg.run, world.get()); });
     world = moe::world_for_backend(std::move(world), *ops, cfg.parallel);

@@ -105,6 +105,9 @@ void require_same(const Config& a, const Config& b) {
     CHECK(a.run.nan_policy == b.run.nan_policy);
     CHECK(a.run.threads == b.run.threads);
     CHECK(a.parallel.expert_parallel == b.parallel.expert_parallel);
+    CHECK(a.parallel.allow_shared_gpu == b.parallel.allow_shared_gpu);
+    CHECK(a.parallel.comm == b.parallel.comm);
+    CHECK(a.parallel.collective_timeout_s == b.parallel.collective_timeout_s);
 }
 
 // Every field away from its default (and valid).
@@ -163,6 +166,9 @@ Config unusual_config() {
     c.run.nan_policy = "skip";
     c.run.threads = 2;
     c.parallel.expert_parallel = 4;
+    c.parallel.allow_shared_gpu = true;
+    c.parallel.comm = "mpi";
+    c.parallel.collective_timeout_s = 12.5;
     return c;
 }
 

@@ -113,6 +113,7 @@ int run(const Args& args) {
     moe::Config cfg;
     std::unique_ptr<moe::Communicator> world_comm = moe::MpiCommunicator::world();
     moe::on_all_ranks(world_comm.get(), [&] { cfg = moe::load_config(args.config.path, args.config.overrides); });
+    world_comm->set_timeout(cfg.parallel.collective_timeout_s);
     std::unique_ptr<moe::Ops> ops;
     moe::on_all_ranks(world_comm.get(), [&] { ops = moe::make_backend(cfg.run, world_comm.get()); });
     world_comm = moe::world_for_backend(std::move(world_comm), *ops, cfg.parallel);

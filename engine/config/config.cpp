@@ -120,6 +120,7 @@ const std::vector<Key>& schema() {
         MOE_KEY(parallel.expert_parallel, kAtLeastOne),
         MOE_KEY(parallel.allow_shared_gpu, kAny),
         MOE_ENUM(parallel.comm, "auto", "mpi", "nccl"),
+        MOE_KEY(parallel.collective_timeout_s, kNonNegative),
     };
     return keys;
 }

@@ -105,6 +105,9 @@ struct ParallelConfig {
     // host memory: where NCCL is missing, or ranks share a GPU), or auto
     // (nccl when built with it and each rank has its own GPU).
     std::string comm = "auto";
+    // How long a collective may wait for the other ranks before the ones that
+    // stopped taking part are named and the job stops; 0: wait forever.
+    double collective_timeout_s = 1800;
 };
 
 struct Config {

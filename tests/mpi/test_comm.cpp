@@ -183,7 +183,7 @@ TEST_CASE("an MPI failure is a CommError with MPI's reason", "[mpi]") {
     auto world = MpiCommunicator::world();
     int32_t word = 0;
     const std::string message = error_of<CommError>([&] { world->broadcast(&word, 4, world->size()); });
-    CHECK(contains(message, "MPI_Bcast failed: MPI_ERR_ROOT"));
+    CHECK(contains(message, "MPI_Ibcast failed: MPI_ERR_ROOT"));
 }
 
 TEST_CASE("all_to_all sends block p to rank p and counts the bytes that leave the rank", "[mpi]") {
