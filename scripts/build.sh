@@ -10,4 +10,4 @@ if [ ! -f build/CMakeCache.txt ]; then
 elif [ $# -gt 0 ]; then
   cmake -S . -B build "$@"
 fi
-cmake --build build -j "$(nproc)"
+cmake --build build -j "$(nproc --all)"

@@ -132,7 +132,7 @@ build_and_pack() {
     die "configure failed: $src/$build/configure.log"
   grep -q "^MOE_NCCL_LIBRARY:FILEPATH=.*libnccl" "$src/$build/CMakeCache.txt" ||
     die "no NCCL found here: the pack would lack the NCCL communicator"
-  cmake --build "$src/$build" --target gpu_session -j "$(nproc)"
+  cmake --build "$src/$build" --target gpu_session -j "$(nproc --all)"
   copy_libraries "$rt"
   {
     echo "sources $(source_hash "$repo")"

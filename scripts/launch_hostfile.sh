@@ -33,4 +33,5 @@ args=(--config "$config" --set run.out_dir="$run_dir" --resume auto)
 [ -n "${MOE_EP:-}" ] && args+=(--set parallel.expert_parallel="$MOE_EP")
 
 echo "launch_hostfile: $nodes node(s) x $per_node ranks, run directory $run_dir"
-mpirun "${flags[@]}" "${MOE_BIN:-build/moe-train}" "${args[@]}" "$@" 2>&1 | tee -a "$run_dir/train.log"
+. "$(dirname "$0")/mpirun_stoppable.sh"  # Ctrl-C or SIGTERM: the ranks save and the launch exits 3
+mpirun_stoppable "${flags[@]}" "${MOE_BIN:-build/moe-train}" "${args[@]}" "$@" > >(tee -a "$run_dir/train.log") 2>&1
