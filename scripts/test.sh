@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --parity --cluster
 scripts/build.sh
 cd build
-ctest --output-on-failure -L "unit|mpi|gpu|cluster" -j "$(nproc --all)"
+ctest --output-on-failure -L "unit|mpi|gpu|cluster|faults" -j "$(nproc --all)"

@@ -93,6 +93,13 @@ TEST_CASE("CRC-32C has its standard values, whole, combined and split over threa
     streamed.update(data.data(), 1000);
     streamed.update(data.data() + 1000, data.size() - 1000);
     CHECK(streamed.value() == whole);
+    // A file, read and checksummed in pieces over the threads (the last one short).
+    const std::string path = moe::test::fresh_dir("integrity", "crc") + "/data.bin";
+    const FileDigest written = write_file_atomically(path, {{data.data(), data.size() - 12345}});
+    const FileDigest read = digest_file(path);
+    CHECK(written.crc32c == crc32c(0, data.data(), data.size() - 12345));
+    CHECK(read.crc32c == written.crc32c);
+    CHECK(read.bytes == data.size() - 12345);
 }
 
 TEST_CASE("an edited or inconsistent checkpoint.yaml is refused before anything is changed", "[unit]") {

@@ -81,3 +81,16 @@ TEST_CASE("a non-finite loss stops the run or is skipped, as configured", "[unit
     const std::string skip = moe::test::error_of<TrainingError>([&] { train(c, ops, opts); });
     REQUIRE(moe::test::contains(skip, "10 non-finite steps in a row"));
 }
+
+TEST_CASE("an evaluation longer than one pass over the validation data is refused with the most it can be",
+          "[unit]") {
+    CpuOps ops;
+    Config c = moe::test::small_config("eval-too-long");  // 1200 validation tokens: 74 sequences of 16
+    c.eval.batches = 19;                                 // x 4 sequences: 76
+    const std::string message = test::error_of<ConfigError>([&] { train(c, ops); });
+    CHECK(message == "config: eval.batches x train.micro_batch_size x train.grad_accum_steps x ranks is 76 "
+                     "sequences, more than the 74 of data.val: set eval.batches to at most 18 (one pass over it), or "
+                     "add validation data");
+    c.eval.batches = 18;
+    CHECK(train(c, ops).losses.size() == size_t(c.train.steps));
+}

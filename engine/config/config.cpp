@@ -235,7 +235,8 @@ std::string describe(const YAML::Node& node) {
     if (node.IsNull()) return "null";
     if (node.IsMap()) return "a mapping";
     if (node.IsSequence()) return "a sequence";
-    return "'" + node.Scalar() + "'";
+    const std::string& v = node.Scalar();
+    return "'" + (v.size() > 80 ? v.substr(0, 80) + "...' (" + std::to_string(v.size()) + " characters)" : v + "'");
 }
 
 // Whole-text integer: optional sign, then digits only (no 1.0, 0x10, 1e3).
@@ -437,6 +438,10 @@ void check_consistency(const Config& c) {
     need(m.dynamics.mu_min <= m.dynamics.mu_max, "model.dynamics.mu_min (" + format(m.dynamics.mu_min) +
                                                      ") must be <= model.dynamics.mu_max (" +
                                                      format(m.dynamics.mu_max) + ")");
+    // Token slots of a micro-batch are indexed with 32-bit integers.
+    const int64_t slots = int64_t(c.train.micro_batch_size) * c.train.seq_len * m.moe.top_k;
+    need(slots <= INT32_MAX, "train.micro_batch_size x train.seq_len x model.moe.top_k (" + std::to_string(slots) +
+                                 " token slots) must be below 2^31: lower train.micro_batch_size or train.seq_len");
 }
 
 void validate(Config& c) {

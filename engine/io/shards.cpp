@@ -68,7 +68,7 @@ std::vector<std::string> expand_glob(const std::string& pattern) {
         for (size_t i = 0; i < g.gl_pathc; ++i) files.emplace_back(g.gl_pathv[i]);
     ::globfree(&g);
     if (files.empty())
-        throw DataError("no files match '" + pattern +
+        throw DataError("no files match '" + (pattern.size() > 200 ? pattern.substr(0, 200) + "..." : pattern) +
                         "' (data.train/val): run the data preparation (scripts/prepare_demo_data.sh or moe-shards, "
                         "see README)");
     std::sort(files.begin(), files.end());  // byte order, whatever the locale

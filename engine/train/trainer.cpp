@@ -115,9 +115,7 @@ Trainer::Trainer(const Config& cfg, Ops& ops, const TrainOptions& opts, const Pr
       world_size_(world_size(groups)),
       lead_(rank_ == 0),
       tokens_per_step_(int64_t(B_) * T_ * A_ * world_size_),
-      metrics_path_(cfg.run.out_dir + "/metrics.jsonl"),
-      inputs_(size_t(B_) * T_),
-      targets_(size_t(B_) * T_) {
+      metrics_path_(cfg.run.out_dir + "/metrics.jsonl") {
     open_run(opts);
     build_model();
     restore(opts);
@@ -152,9 +150,18 @@ void Trainer::open_run(const TrainOptions& opts) {
         }
         train_data_ = std::make_unique<DataLoader>(cfg_.data.train, mc_.vocab_size, T_, B_, cfg_.run.seed,
                                                    /*shuffle=*/true, rank_, world_size_);
-        if (!cfg_.data.val.empty())
+        if (!cfg_.data.val.empty()) {
             val_data_ = std::make_unique<DataLoader>(cfg_.data.val, mc_.vocab_size, T_, B_, cfg_.run.seed,
                                                      /*shuffle=*/false, rank_, world_size_);
+            // An evaluation reads the validation data once at most: more batches would repeat it.
+            const int64_t per_batch = int64_t(B_) * A_ * world_size_;
+            const int64_t needed = int64_t(cfg_.eval.batches) * per_batch, have = val_data_->num_sequences();
+            if (needed > have)
+                throw ConfigError("config: eval.batches x train.micro_batch_size x train.grad_accum_steps x ranks "
+                                  "is " + std::to_string(needed) + " sequences, more than the " +
+                                  std::to_string(have) + " of data.val: set eval.batches to at most " +
+                                  std::to_string(have / per_batch) + " (one pass over it), or add validation data");
+        }
     });
     if (world_ && world_->size() > 1) {
         check_same_on_all_ranks(*world_, "checkpoint to resume", resume_from_);
@@ -171,6 +178,8 @@ void Trainer::build_model() {
                                          groups_ ? groups_->ep.get() : nullptr);
     });
     model_->params().initialize(cfg_.run.seed);
+    inputs_.resize(size_t(B_) * T_);  // sized with the model: a batch too large was refused above
+    targets_.resize(size_t(B_) * T_);
 }
 
 // The weights of --init-from or the state of the checkpoint, and the metrics
