@@ -31,7 +31,9 @@ struct ReduceBuffer {
 
 // Counts are in elements of the given dtype. Reductions take F32, F64 and I32;
 // BF16 moves as opaque 2-byte elements (backends may refuse to reduce it).
-// The send and receive buffers of one call must not overlap.
+// The send and receive buffers of one call must not overlap, but for the
+// in-place forms NCCL knows too: reduce_scatter's recv = send + rank * count,
+// all_gather's send = recv + rank * count.
 class Communicator {
 public:
     virtual ~Communicator() = default;
@@ -48,7 +50,18 @@ public:
     virtual void all_reduce_async(const std::vector<ReduceBuffer>& bucket, ReduceOp op) {
         for (const ReduceBuffer& b : bucket) all_reduce(b.data, b.count, b.dtype, op);
     }
-    // Later compute sees the results of every all_reduce_async before it.
+    // reduce_scatter of each buffer of a bucket, in place (buffer b's count
+    // elements, a multiple of size(), reduced, leave block rank() of b on this
+    // rank), allowed to finish later as all_reduce_async is.
+    virtual void reduce_scatter_async(const std::vector<ReduceBuffer>& bucket, ReduceOp op) {
+        for (const ReduceBuffer& b : bucket) {
+            const int64_t block = b.count / size();
+            char* own = static_cast<char*>(b.data) + size_t(rank()) * size_t(block) * dtype_size(b.dtype);
+            reduce_scatter(b.data, own, block, b.dtype, op);
+        }
+    }
+    // Later compute sees the results of every all_reduce_async and
+    // reduce_scatter_async before it.
     virtual void wait_async() {}
     // send[size() * count]: block r of every rank, reduced, lands in recv[count] of rank r.
     virtual void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op) = 0;

@@ -32,6 +32,13 @@ MPI_Datatype reducible_type(DType dtype, const char* collective) {
 
 MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::Sum ? MPI_SUM : MPI_MAX; }
 
+// Whether [a, a + a_bytes) and [b, b + b_bytes) share memory: an in-place
+// call, which MPI's buffers may not be; it goes through a copy of its input.
+bool overlap(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
+    const char *pa = static_cast<const char*>(a), *pb = static_cast<const char*>(b);
+    return pa < pb + b_bytes && pb < pa + a_bytes;
+}
+
 // Element `index` of a buffer of `elem_size`-byte elements.
 char* at(void* buf, int64_t index, size_t elem_size) { return static_cast<char*>(buf) + size_t(index) * elem_size; }
 const char* at(const void* buf, int64_t index, size_t elem_size) {
@@ -173,7 +180,11 @@ void MpiCommunicator::reduce_scatter(const void* send_buf, void* recv_buf, int64
     const size_t elem = dtype_size(dtype);
     const void* send = staging_.to_host(0, send_buf, size_t(size_) * size_t(count) * elem, true);
     void* recv = staging_.to_host(1, recv_buf, size_t(count) * elem, false);
-    std::vector<char> staging;
+    std::vector<char> staging, input;
+    if (overlap(send, size_t(size_) * size_t(count) * elem, recv, size_t(count) * elem)) {
+        input.assign(static_cast<const char*>(send), static_cast<const char*>(send) + size_t(size_) * count * elem);
+        send = input.data();
+    }
     for_each_chunk(count, max_count_, [&](int64_t offset, int n) {
         const void* pieces = send;
         if (n != count) {
@@ -195,7 +206,11 @@ void MpiCommunicator::all_gather(const void* send_buf, void* recv_buf, int64_t c
     const size_t elem = dtype_size(dtype);
     const void* send = staging_.to_host(0, send_buf, size_t(count) * elem, true);
     void* recv = staging_.to_host(1, recv_buf, size_t(size_) * size_t(count) * elem, false);
-    std::vector<char> staging;
+    std::vector<char> staging, input;
+    if (overlap(send, size_t(count) * elem, recv, size_t(size_) * size_t(count) * elem)) {
+        input.assign(static_cast<const char*>(send), static_cast<const char*>(send) + size_t(count) * elem);
+        send = input.data();
+    }
     for_each_chunk(count, max_count_, [&](int64_t offset, int n) {
         MPI_Request r;
         if (n == count) {

@@ -147,15 +147,11 @@ void NcclCommunicator::all_reduce(void* buf, int64_t count, DType dtype, ReduceO
 
 // One group: NCCL launches the bucket's reductions together, and the comm
 // stream waits for the compute once for all of them.
-void NcclCommunicator::all_reduce_async(const std::vector<ReduceBuffer>& bucket, ReduceOp op) {
-    if (bucket.empty()) return;
+bool NcclCommunicator::queue_bucket(const std::vector<ReduceBuffer>& bucket, ncclRedOp_t op, bool scatter) {
     const bool device = on_device(bucket.front().data);
     for (const ReduceBuffer& b : bucket)
         if (on_device(b.data) != device) throw CommError("NCCL communicator: a bucket mixes host and device buffers");
-    if (!device) {
-        for (const ReduceBuffer& b : bucket) host_->all_reduce(b.data, b.count, b.dtype, op);
-        return;
-    }
+    if (!device) return false;
     begin();
     // NCCL's documentation has capped a group at 2048 operations.
     const size_t kMaxGroupOps = 1024;
@@ -163,11 +159,29 @@ void NcclCommunicator::all_reduce_async(const std::vector<ReduceBuffer>& bucket,
         check_nccl(ncclGroupStart(), "ncclGroupStart");
         for (size_t i = first; i < std::min(bucket.size(), first + kMaxGroupOps); ++i) {
             const ReduceBuffer& b = bucket[i];
-            check_nccl(ncclAllReduce(b.data, b.data, size_t(b.count), nccl_type(b.dtype), nccl_op(op), comm_, stream_),
-                       "ncclAllReduce");
+            if (!scatter) {
+                check_nccl(ncclAllReduce(b.data, b.data, size_t(b.count), nccl_type(b.dtype), op, comm_, stream_),
+                           "ncclAllReduce");
+                continue;
+            }
+            const size_t block = size_t(b.count) / size_t(size());
+            char* own = static_cast<char*>(b.data) + size_t(rank()) * block * dtype_size(b.dtype);
+            check_nccl(ncclReduceScatter(b.data, own, block, nccl_type(b.dtype), op, comm_, stream_),
+                       "ncclReduceScatter");
         }
         check_nccl(ncclGroupEnd(), "ncclGroupEnd");
     }
+    return true;
+}
+
+void NcclCommunicator::all_reduce_async(const std::vector<ReduceBuffer>& bucket, ReduceOp op) {
+    if (bucket.empty() || queue_bucket(bucket, nccl_op(op), false)) return;
+    for (const ReduceBuffer& b : bucket) host_->all_reduce(b.data, b.count, b.dtype, op);
+}
+
+void NcclCommunicator::reduce_scatter_async(const std::vector<ReduceBuffer>& bucket, ReduceOp op) {
+    if (bucket.empty() || queue_bucket(bucket, nccl_op(op), true)) return;
+    host_->reduce_scatter_async(bucket, op);
 }
 
 void NcclCommunicator::reduce_scatter(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op) {

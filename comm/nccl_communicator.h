@@ -46,6 +46,7 @@ public:
     void all_reduce(void* buf, int64_t count, DType dtype, ReduceOp op) override;
     // On the comm stream while the compute stream goes on, until wait_async().
     void all_reduce_async(const std::vector<ReduceBuffer>& bucket, ReduceOp op) override;
+    void reduce_scatter_async(const std::vector<ReduceBuffer>& bucket, ReduceOp op) override;
     void wait_async() override { end(); }
     void reduce_scatter(const void* send, void* recv, int64_t count, DType dtype, ReduceOp op) override;
     void all_gather(const void* send, void* recv, int64_t count, DType dtype) override;
@@ -72,6 +73,9 @@ private:
     // collective, the compute stream waits for it.
     void begin();
     void end();
+    // A bucket on the comm stream as NCCL groups of at most 1024 calls, not
+    // waited for (wait_async() does); false when its buffers are on the host.
+    bool queue_bucket(const std::vector<ReduceBuffer>& bucket, ncclRedOp_t op, bool scatter);
 
     // Timing events around each device all-to-all: pending until read, then
     // added to a2a_seconds_ and reused.

@@ -42,7 +42,7 @@ TEST_CASE("a model takes its memory at construction and none during a step", "[u
     model.params().initialize(1);
     const int after_construction = ops.allocations();
     REQUIRE(ops.used() == model.planned_bytes());
-    REQUIRE(model.planned_bytes() == model.params().planned_bytes(Precision(DType::F32)) + model.activation_bytes());
+    REQUIRE(model.planned_bytes() == model.params().planned_bytes(Precision(DType::F32)).total() + model.activation_bytes());
     std::vector<int32_t> ids(10, 3), targets(10, 4);
     model.forward(ids.data(), targets.data());
     model.backward(1.0, Write::overwrite);
@@ -53,8 +53,8 @@ TEST_CASE("the mixed precision plan adds a working copy of every weight", "[unit
     CpuOps ops;
     Model model(test::tiny_model(), ops, Precision(DType::F32), 1, 4);
     const size_t n = size_t(model.params().numel()), tensors = model.params().all().size();
-    const size_t fp32 = model.params().planned_bytes(Precision(DType::F32));  // value, grad, m, v
-    const size_t mixed = model.params().planned_bytes(Precision::mixed_bf16());  // + the bf16 copy
+    const size_t fp32 = model.params().planned_bytes(Precision(DType::F32)).total();  // value, grad, m, v
+    const size_t mixed = model.params().planned_bytes(Precision::mixed_bf16()).total();  // + the bf16 copy
     // Each tensor starts on 256 bytes: at most 252 bytes of padding a tensor and slot.
     REQUIRE(fp32 >= n * 16);
     REQUIRE(fp32 <= n * 16 + 4 * 252 * tensors);

@@ -26,6 +26,7 @@
 #include "engine/train/grad_sync.h"
 #include "engine/model/model.h"
 #include "engine/train/optimizer.h"
+#include "engine/train/trainer.h"
 #include "engine/params/rng.h"
 #include "tools/tool_args.h"
 
@@ -131,7 +132,7 @@ int run(const Args& args) {
     std::unique_ptr<moe::Model> model;
     moe::on_all_ranks(world, [&] {
         model = std::make_unique<moe::Model>(mc, *ops, ops->training_precision(), B, T,
-                                             groups.ep_size() > 1 ? groups.ep.get() : nullptr);
+                                             moe::model_options(cfg, &groups));
     });
     moe::ParameterSet& params = model->params();
     params.initialize(cfg.run.seed);

@@ -39,7 +39,9 @@ inline CheckpointInfo open_checkpoint(const std::string& dir) {
 // then expert by expert), then its dynamics; shared dynamics after the layers.
 inline std::vector<std::string> model_tensor_names(const ModelConfig& m) {
     CpuOps ops;
-    const Model model(m, ops, Precision(DType::F32), 1, 1, nullptr, Model::Memory::plan_only);
+    ModelOptions plan;
+    plan.memory = Model::Memory::plan_only;
+    const Model model(m, ops, Precision(DType::F32), 1, 1, plan);
     std::vector<std::string> names = model.params().names();
     // (group, layer, part, expert): groups embed, layers, shared dynamics,
     // norm, lm_head; within a layer attn* < moe* < dynamics.

@@ -24,11 +24,16 @@ namespace {
 
 // ---- the schema --------------------------------------------------------------
 
-using Field = std::variant<int*, std::uint64_t*, double*, std::optional<double>*, bool*, std::string*, RouterKind*>;
+using Field =
+    std::variant<int*, std::uint64_t*, double*, std::optional<double>*, bool*, std::string*, RouterKind*, Recompute*>;
 
 // The names of an enum's values, in declaration order: what YAML spells.
 const std::vector<std::string>& names(const RouterKind*) {
     static const std::vector<std::string> n = {"learned", "token_id"};
+    return n;
+}
+const std::vector<std::string>& names(const Recompute*) {
+    static const std::vector<std::string> n = {"none", "experts", "full"};
     return n;
 }
 
@@ -99,6 +104,7 @@ const std::vector<Key>& schema() {
         MOE_KEY(train.micro_batch_size, kPositive),
         MOE_KEY(train.grad_accum_steps, kPositive),
         MOE_KEY(train.steps, kPositive),
+        MOE_KEY(train.recompute, kAny),
         MOE_KEY(optimizer.lr, kPositive),
         MOE_KEY(optimizer.min_lr, kNonNegative),
         MOE_KEY(optimizer.warmup_steps, kNonNegative),
@@ -121,6 +127,7 @@ const std::vector<Key>& schema() {
         MOE_KEY(parallel.allow_shared_gpu, kAny),
         MOE_ENUM(parallel.comm, "auto", "mpi", "nccl"),
         MOE_KEY(parallel.collective_timeout_s, kNonNegative),
+        MOE_KEY(parallel.shard_optimizer, kAny),
     };
     return keys;
 }
@@ -542,6 +549,7 @@ Config parse(const std::string& text, const std::string& source, const std::vect
 }  // namespace
 
 const char* name_of(RouterKind kind) { return names(&kind)[size_t(kind)].c_str(); }
+const char* name_of(Recompute kind) { return names(&kind)[size_t(kind)].c_str(); }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
     return parse(read_file(path), "'" + path + "'", overrides);

@@ -60,11 +60,18 @@ struct DataConfig {
     std::string val;    // glob of validation shards (may be empty: no eval)
 };
 
+// Activations the backward recomputes instead of keeping from the forward:
+// none; the experts' inner activations (gate, up, SwiGLU: the largest part of
+// an MoE layer's); or everything of a block but its input (full).
+enum class Recompute { none, experts, full };
+const char* name_of(Recompute kind);
+
 struct TrainConfig {
     int seq_len = 128;           // T
     int micro_batch_size = 8;    // B
     int grad_accum_steps = 1;
     int steps = 100;
+    Recompute recompute = Recompute::none;
 };
 
 struct OptimizerConfig {
@@ -108,6 +115,10 @@ struct ParallelConfig {
     // How long a collective may wait for the other ranks before the ones that
     // stopped taking part are named and the job stops; 0: wait forever.
     double collective_timeout_s = 1800;
+    // ZeRO-1: the fp32 masters and AdamW moments split over the ranks that
+    // hold the same parameters (the world for replicated ones, the
+    // expert-data-parallel group for experts).
+    bool shard_optimizer = false;
 };
 
 struct Config {

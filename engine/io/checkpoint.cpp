@@ -68,15 +68,19 @@ void sync_dir(const std::string& dir) {
     }
 }
 
-// This rank's share of one slot of the parameters: its experts, under their
-// global names, and (with_replicated) every other tensor.
-std::vector<NamedTensor> share(const ParameterSet& params, ParameterSet::Slot slot, bool with_replicated,
-                               const std::string& prefix) {
-    std::vector<NamedTensor> out;
-    for (NamedTensor& t : params.named(slot)) {
-        const bool expert = t.name.find(".experts.") != std::string::npos;
-        if (expert || with_replicated) out.push_back({prefix + t.name, t.tensor});
+// This rank's part of the checkpoint, on the host: its experts under their
+// global names and, for part 0, every other tensor, of the values (model) or
+// of both moments (optimizer). Every rank calls it: a split parameter is
+// gathered from its group; `writes` says whether this rank keeps it.
+HostTensors part_of_rank(const ParameterSet& params, bool moments, bool with_replicated, bool writes) {
+    const auto take = [&](const Param& p) { return p.is_expert_stack() || with_replicated; };
+    HostTensors out;
+    if (!moments) {
+        collect(params, ParameterSet::Slot::Value, take, writes, "", out);
+        return out;
     }
+    collect(params, ParameterSet::Slot::M, take, writes, "exp_avg.", out);
+    collect(params, ParameterSet::Slot::V, take, writes, "exp_avg_sq.", out);
     return out;
 }
 
@@ -223,21 +227,18 @@ std::string save_checkpoint(const Config& cfg, const TrainProgress& progress, co
             return final_dir;
         }
 
+        // Replicated tensors go to part 0, whose writer is world rank 0.
+        const bool replicated = part == 0;
         std::vector<CheckpointFile> mine;
-        on_all_ranks(world, [&] {
-            if (!writes_part) return;
-            Ops& ops = params.ops();
-            const bool replicated = part == 0;
-            const std::string model = part_name("model", part, parts);
-            const std::string optim = part_name("optimizer", part, parts);
-            const FileDigest dm =
-                save_tensors(tmp_dir + "/" + model, share(params, ParameterSet::Slot::Value, replicated, ""), ops);
-            std::vector<NamedTensor> moments = share(params, ParameterSet::Slot::M, replicated, "exp_avg.");
-            for (NamedTensor& t : share(params, ParameterSet::Slot::V, replicated, "exp_avg_sq."))
-                moments.push_back(t);
-            const FileDigest dopt = save_tensors(tmp_dir + "/" + optim, moments, ops);
-            mine = {{model, dm.bytes, dm.crc32c}, {optim, dopt.bytes, dopt.crc32c}};
-        });
+        for (const bool moments : {false, true}) {
+            const HostTensors tensors = part_of_rank(params, moments, replicated, writes_part);
+            on_all_ranks(world, [&] {
+                if (!writes_part) return;
+                const std::string name = part_name(moments ? "optimizer" : "model", part, parts);
+                const FileDigest d = write_safetensors(tmp_dir + "/" + name, tensors.refs);
+                mine.push_back({name, d.bytes, d.crc32c});
+            });
+        }
 
         std::vector<CheckpointFile> files;
         if (world && world->size() > 1) {
@@ -499,14 +500,12 @@ void load_checkpoint(const CheckpointInfo& info, const Config& cfg, ParameterSet
         return std::stoi(name.substr(at + 9)) / per_part;
     };
 
-    Ops& ops = params.ops();
-    const auto load = [&](const std::vector<NamedTensor>& tensors, std::map<int, SafetensorsFile>& files,
-                          const std::string& prefix) {
-        for (const NamedTensor& t : tensors) read_tensor(files.at(part_of(t.name)), prefix + t.name, t.tensor, ops);
+    const auto in = [&](std::map<int, SafetensorsFile>& files) {
+        return [&](const std::string& name) -> const SafetensorsFile& { return files.at(part_of(name)); };
     };
-    load(params.named(ParameterSet::Slot::Value), model, "");
-    load(params.named(ParameterSet::Slot::M), optim, "exp_avg.");
-    load(params.named(ParameterSet::Slot::V), optim, "exp_avg_sq.");
+    load_slot(params, ParameterSet::Slot::Value, "", in(model));
+    load_slot(params, ParameterSet::Slot::M, "exp_avg.", in(optim));
+    load_slot(params, ParameterSet::Slot::V, "exp_avg_sq.", in(optim));
 }
 
 }  // namespace moe

@@ -5,11 +5,29 @@
 namespace moe {
 
 namespace {
+
 std::vector<int64_t> shape_of(const Tensor& t) { return std::vector<int64_t>(t.shape.begin(), t.shape.begin() + t.ndim); }
+
+// The file-level tensors of a parameter: itself, or each expert of its stack.
+struct FileTensor {
+    std::string name;
+    std::vector<int64_t> shape;
+    int64_t offset;  // elements into the parameter
+};
+
+std::vector<FileTensor> file_tensors(const Param& p) {
+    if (!p.is_expert_stack()) return {{p.name, p.shape, 0}};
+    std::vector<FileTensor> out;
+    const std::vector<int64_t> one(p.shape.begin() + 1, p.shape.end());
+    const int64_t per = p.numel() / p.shape[0];
+    for (int64_t i = 0; i < p.shape[0]; ++i) out.push_back({expert_name(p.name, p.expert_offset + int(i)), one, i * per});
+    return out;
+}
+
 }  // namespace
 
 FileDigest save_tensors(const std::string& path, const std::vector<NamedTensor>& tensors, Ops& ops,
-                  const std::map<std::string, std::string>& metadata) {
+                        const std::map<std::string, std::string>& metadata) {
     std::vector<std::vector<float>> host(tensors.size());
     std::vector<TensorRef> refs;
     for (size_t i = 0; i < tensors.size(); ++i) {
@@ -27,27 +45,54 @@ FileDigest save_tensors(const std::string& path, const std::vector<NamedTensor>&
     return write_safetensors(path, refs, metadata);
 }
 
-void read_tensor(const SafetensorsFile& file, const std::string& name, const Tensor& t, Ops& ops) {
-    std::vector<float> host(size_t(t.numel()));
-    file.read(name, "F32", shape_of(t), host.data());
-    if (t.dtype == DType::F64) {
-        std::vector<double> d(host.begin(), host.end());
-        ops.copy_from_host(t, d.data());
-    } else {
-        ops.copy_from_host(t, host.data());
+void collect(const ParameterSet& params, ParameterSet::Slot slot, const std::function<bool(const Param&)>& take,
+             bool keep, const std::string& prefix, HostTensors& out) {
+    const bool f64 = params.dtype() == DType::F64;
+    for (const Param& p : params.all()) {
+        // Every rank of a split parameter's group helps gather it, wanted here or not.
+        const bool kept = keep && take(p);
+        if (!kept && !p.split()) continue;
+        std::vector<float> values(size_t(p.numel()));
+        if (f64) {
+            std::vector<double> d(values.size());
+            params.download(p, slot, d.data());
+            values.assign(d.begin(), d.end());
+        } else {
+            params.download(p, slot, values.data());
+        }
+        if (!kept) continue;
+        out.data.push_back(std::move(values));
+        for (const FileTensor& f : file_tensors(p))
+            out.refs.push_back({prefix + f.name, "F32", f.shape, out.data.back().data() + f.offset});
     }
 }
 
-void load_tensors(const std::string& path, const std::vector<NamedTensor>& tensors, Ops& ops,
-                  const std::set<std::string>& elsewhere) {
+void load_slot(ParameterSet& params, ParameterSet::Slot slot, const std::string& prefix,
+               const std::function<const SafetensorsFile&(const std::string& name)>& file_for) {
+    const bool f64 = params.dtype() == DType::F64;
+    std::vector<float> values;
+    for (Param& p : params.all()) {
+        values.resize(size_t(p.numel()));
+        for (const FileTensor& f : file_tensors(p))
+            file_for(f.name).read(prefix + f.name, "F32", f.shape, values.data() + f.offset);
+        if (f64) {
+            const std::vector<double> d(values.begin(), values.end());
+            params.upload(p, slot, d.data());
+        } else {
+            params.upload(p, slot, values.data());
+        }
+    }
+}
+
+void load_weights(const std::string& path, ParameterSet& params, const std::set<std::string>& elsewhere) {
     SafetensorsFile file(path);
     std::set<std::string> wanted;
-    for (const NamedTensor& nt : tensors) wanted.insert(nt.name);
+    for (const std::string& name : params.names()) wanted.insert(name);
     for (const std::string& name : file.names())
         if (!wanted.count(name) && !elsewhere.count(name))
             throw DataError("'" + path + "' holds tensor '" + name +
                             "' that this model does not have: the file is of another model config");
-    for (const NamedTensor& nt : tensors) read_tensor(file, nt.name, nt.tensor, ops);
+    load_slot(params, ParameterSet::Slot::Value, "", [&](const std::string&) -> const SafetensorsFile& { return file; });
 }
 
 }  // namespace moe

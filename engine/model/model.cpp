@@ -18,7 +18,7 @@ struct Model::Block {
     std::unique_ptr<DynamicsLayer> dynamics;
     Tensor xn1, rstd1, attn_out, x, xn2, rstd2, moe_out, h_mid;
 
-    Block(const ModelConfig& cfg, ParameterSet& params, int l, DynamicsModule* dyn, Communicator* ep)
+    Block(const ModelConfig& cfg, ParameterSet& params, int l, DynamicsModule* dyn, const GroupPlace& ep)
         : attn_norm(&params.add("layers." + std::to_string(l) + ".attn_norm.weight", {cfg.hidden_size},
                                 InitSpec::fill(1), false)),
           moe_norm(&params.add("layers." + std::to_string(l) + ".moe_norm.weight", {cfg.hidden_size},
@@ -29,31 +29,32 @@ struct Model::Block {
     }
 };
 
-Model::Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B, int T, Communicator* ep,
-             Memory memory)
-    : cfg_(cfg), ops_(ops), pr_(precision), B_(B), T_(T), acts_(ops), scratch_(ops) {
+Model::Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B, int T,
+             const ModelOptions& options)
+    : cfg_(cfg), ops_(ops), pr_(precision), B_(B), T_(T), options_(options), acts_(ops), scratch_(ops) {
     const int hd = cfg.head_dim();
     if (ops.device() == Device::CUDA && !gpu_attention_head_size(hd))
         throw ConfigError("config: the head size model.hidden_size / model.num_heads is " + std::to_string(hd) +
                           "; the CUDA attention kernels take 16, 32, 64 or 128: change model.num_heads");
     try {
-        declare(ep);
+        declare(options.ep);
         carve();  // a dry run sizes the arenas
+        parameter_bytes_ = params_.planned_bytes(precision, options.shards);
         size_t buffers = 0;
         if (__builtin_add_overflow(acts_.bytes(), scratch_.bytes(), &buffers) ||
-            __builtin_add_overflow(params_.planned_bytes(precision), buffers, &planned_bytes_))
+            __builtin_add_overflow(parameter_bytes_.total(), buffers, &planned_bytes_))
             throw std::length_error("plan too large");
     } catch (const std::length_error&) {
         throw ConfigError("config: this model's buffers would take more than 2^64 bytes: lower model.hidden_size, "
                           "model.vocab_size, model.num_layers or the experts' sizes");
     }
-    if (memory == Memory::plan_only) return;
+    if (options.memory == Memory::plan_only) return;
     // Sized against what this rank has before anything is allocated: a run
     // too large is refused at once, not after minutes of allocating.
     const size_t available = ops.memory_available();
     if (planned_bytes_ > available) throw ConfigError(too_large_message(available));
     try {
-        params_.allocate(ops, precision);
+        params_.allocate(ops, precision, options.shards);
         acts_.allocate();
         scratch_.allocate();
     } catch (const OutOfDeviceMemory& e) {
@@ -65,7 +66,7 @@ Model::Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B
 
 // The parameters of every layer, in the order the arenas hold them, and the
 // gradient buckets the backward hands over.
-void Model::declare(Communicator* ep) {
+void Model::declare(const GroupPlace& ep) {
     const int64_t V = cfg_.vocab_size, H = cfg_.hidden_size;
     const InitSpec init = InitSpec::normal(cfg_.init_std);
     embed_ = &params_.add("embed.weight", {V, H}, init, true);
@@ -102,7 +103,7 @@ std::string Model::too_large_message(size_t available) const {
                   "train.seq_len %d; %s has %.2f GiB available. Lower train.micro_batch_size (raise "
                   "train.grad_accum_steps to keep the batch) or the model's sizes, or spread the experts over more "
                   "ranks with parallel.expert_parallel",
-                  planned_bytes_ / gib, params_.planned_bytes(pr_) / gib, params_.numel() / 1e6,
+                  planned_bytes_ / gib, parameter_bytes_.total() / gib, params_.numel() / 1e6,
                   pr_.work != pr_.master ? ", bf16 working copy" : "", activation_bytes() / gib, B_, T_,
                   gpu ? ops_.device_name().c_str() : "this machine", available / gib);
     return buf;

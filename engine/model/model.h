@@ -27,20 +27,29 @@ struct ForwardResult {
     int64_t dropped = 0;                       // slots dropped by capacity, all layers
 };
 
-class Model {
-public:
-    // allocate: memory for everything is allocated here (a GPU too small for
-    // the config throws ConfigError with the bytes planned and free);
-    // plan_only: the parameters and buffers are declared and sized, nothing
-    // is allocated (names, shapes, bytes; no forward or backward).
+// How a model is set up on this rank, beyond its config and micro-batch.
+struct ModelOptions {
+    // allocate: memory for everything is allocated at construction (after
+    // sizing it against what the backend has); plan_only: the parameters and
+    // buffers are declared and sized, nothing is allocated (names, shapes,
+    // bytes; no forward or backward).
     enum class Memory { allocate, plan_only };
 
-    // ep: the expert-parallel group; this rank then holds its share of the
-    // experts (null: all of them).
+    GroupPlace ep;           // the expert-parallel group (or a planned one): this rank holds its share of the experts
+    OptimizerShards shards;  // ZeRO-1: the groups the optimizer state is split over (default: none)
+    Recompute recompute = Recompute::none;
+    Memory memory = Memory::allocate;
+};
+
+class Model {
+public:
+    using Memory = ModelOptions::Memory;
+
     // precision: the backend's training_precision(), or a uniform F32/F64 on
-    // the CPU.
-    Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B, int T, Communicator* ep = nullptr,
-          Memory memory = Memory::allocate);
+    // the CPU. A run too large for the backend's memory is refused before
+    // anything is allocated (ConfigError with the plan's bytes).
+    Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B, int T,
+          const ModelOptions& options = {});
     ~Model();
 
     ParameterSet& params() { return params_; }
@@ -49,6 +58,9 @@ public:
     int batch() const { return B_; }
     int seq_len() const { return T_; }
     size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
+    size_t saved_activation_bytes() const { return acts_.bytes(); }  // kept from the forward for the backward
+    size_t scratch_bytes() const { return scratch_.bytes(); }        // reused layer by layer
+    const ParameterBytes& parameter_bytes() const { return parameter_bytes_; }
     // Everything this rank allocates: parameters (with gradients and moments),
     // activations and scratch.
     size_t planned_bytes() const { return planned_bytes_; }
@@ -76,7 +88,7 @@ public:
 
 private:
     struct Block;
-    void declare(Communicator* ep);
+    void declare(const GroupPlace& ep);
     void carve();
     std::string too_large_message(size_t available) const;
 
@@ -84,6 +96,8 @@ private:
     Ops& ops_;
     Precision pr_;
     int B_, T_;
+    ModelOptions options_;
+    ParameterBytes parameter_bytes_;
     size_t planned_bytes_ = 0;
     ParameterSet params_;
     Param *embed_, *norm_, *lm_head_;  // lm_head_ == embed_ when tied

@@ -2,19 +2,13 @@
 
 namespace moe {
 
-namespace {
-int group_size(const Communicator* ep) { return ep ? ep->size() : 1; }
-int group_rank(const Communicator* ep) { return ep ? ep->rank() : 0; }
-}  // namespace
-
-MoeLayer::MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, Communicator* ep)
+MoeLayer::MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, const GroupPlace& ep)
     : H_(cfg.hidden_size),
       k_(cfg.moe.top_k),
-      ep_size_(group_size(ep)),
+      ep_size_(ep.size),
       router_(make_router(cfg, params, layer)),
       dispatcher_(cfg.moe.num_experts, cfg.moe.top_k, cfg.moe.capacity_factor, ep),
-      experts_(cfg, params, layer, group_rank(ep) * (cfg.moe.num_experts / group_size(ep)),
-               cfg.moe.num_experts / group_size(ep)) {}
+      experts_(cfg, params, layer, ep.rank * (cfg.moe.num_experts / ep.size), cfg.moe.num_experts / ep.size) {}
 
 void MoeLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor router_stats) {
     router_->carve(acts, scratch, pr, N, router_stats);

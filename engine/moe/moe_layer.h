@@ -3,6 +3,7 @@
 #include <memory>
 #include <vector>
 
+#include "comm/group_place.h"
 #include "engine/moe/experts.h"
 #include "engine/run/phase_times.h"
 #include "engine/moe/router.h"
@@ -18,8 +19,8 @@ struct MoeStats {
 
 class MoeLayer {
 public:
-    // ep: the expert-parallel group (null: all experts here).
-    MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, Communicator* ep);
+    // ep: how the experts split over the expert-parallel group.
+    MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, const GroupPlace& ep);
     // router_stats: F64 [E+1] on the backend for the learned router's
     // statistics (empty for token_id).
     void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor router_stats);

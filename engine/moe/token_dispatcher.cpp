@@ -4,9 +4,10 @@
 
 namespace moe {
 
-TokenDispatcher::TokenDispatcher(int num_experts, int top_k, std::optional<double> capacity_factor, Communicator* ep)
+TokenDispatcher::TokenDispatcher(int num_experts, int top_k, std::optional<double> capacity_factor,
+                                 const GroupPlace& ep)
     : E_(num_experts), k_(top_k), capacity_factor_(capacity_factor), ep_(ep) {
-    if (distributed() && E_ % ep_->size() != 0)
+    if (distributed() && E_ % ep_.size != 0)
         throw std::logic_error("token dispatcher: experts do not split evenly over the EP group");
 }
 
@@ -28,7 +29,7 @@ void TokenDispatcher::carve(Arena& acts, Arena& scratch, const Precision& pr, in
         return;
     }
     // At most every slot of every rank of the group comes here.
-    const int64_t most = slots * ep_->size();
+    const int64_t most = slots * ep_.size;
     local_in_ = acts.take(dt, {most, H});
     local_out_ = acts.take(dt, {most, H});
     local_index_ = acts.take(DType::I32, {most});
@@ -72,11 +73,11 @@ Tensor TokenDispatcher::send_rows(Ops& ops, Tensor x) {
 }
 
 void TokenDispatcher::exchange_counts(Ops& ops) {
-    const int P = ep_->size(), El = E_ / P;
+    const int P = ep_.size, El = E_ / P;
     // Rows per global expert, sent to the rank that holds the expert.
     std::vector<int32_t> mine(E_), theirs(E_);
     for (int e = 0; e < E_; ++e) mine[e] = int32_t(counts_.offsets[e + 1] - counts_.offsets[e]);
-    ep_->all_to_all(mine.data(), theirs.data(), El, DType::I32);  // theirs[s*El + e]: rows of source s for local e
+    ep_.comm->all_to_all(mine.data(), theirs.data(), El, DType::I32);  // theirs[s*El + e]: rows of source s for local e
 
     send_rows_.assign(P, 0);
     recv_rows_.assign(P, 0);
@@ -106,19 +107,19 @@ void TokenDispatcher::exchange_counts(Ops& ops) {
 }
 
 void TokenDispatcher::to_experts(Ops& ops, Tensor routing_rows, Tensor local_rows) {
-    const int P = ep_->size();
+    const int P = ep_.size;
     std::vector<int64_t> send(P), recv(P);
     for (int p = 0; p < P; ++p) {
         send[p] = send_rows_[p] * H_;
         recv[p] = recv_rows_[p] * H_;
     }
     Tensor source = source_in_.rows(0, local_rows_);
-    ep_->all_to_all_v(routing_rows.data, send, source.data, recv, routing_rows.dtype);
+    ep_.comm->all_to_all_v(routing_rows.data, send, source.data, recv, routing_rows.dtype);
     ops.permute_forward(local_rows, source, local_index_.rows(0, local_rows_));
 }
 
 void TokenDispatcher::from_experts(Ops& ops, Tensor local_rows, Tensor routing_rows) {
-    const int P = ep_->size();
+    const int P = ep_.size;
     Tensor source = source_out_.rows(0, local_rows_);
     ops.permute_forward(source, local_rows, source_index_.rows(0, local_rows_));
     std::vector<int64_t> send(P), recv(P);
@@ -126,7 +127,7 @@ void TokenDispatcher::from_experts(Ops& ops, Tensor local_rows, Tensor routing_r
         send[p] = recv_rows_[p] * H_;
         recv[p] = send_rows_[p] * H_;
     }
-    ep_->all_to_all_v(source.data, send, routing_rows.data, recv, routing_rows.dtype);
+    ep_.comm->all_to_all_v(source.data, send, routing_rows.data, recv, routing_rows.dtype);
 }
 
 void TokenDispatcher::combine(Ops& ops, Tensor w, Tensor y) {

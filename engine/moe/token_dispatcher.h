@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "comm/group_place.h"
 #include "engine/params/arena.h"
 #include "engine/moe/router.h"
 #include "kernels/ops.h"
@@ -21,8 +22,8 @@ namespace moe {
 
 class TokenDispatcher {
 public:
-    // ep: the expert-parallel group, or null when every expert is local.
-    TokenDispatcher(int num_experts, int top_k, std::optional<double> capacity_factor, Communicator* ep);
+    // ep: the expert-parallel group (of one when every expert is local).
+    TokenDispatcher(int num_experts, int top_k, std::optional<double> capacity_factor, const GroupPlace& ep);
     void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, int64_t H);
 
     // Plans routing from the router's choice of experts for each slot [N,k]
@@ -48,7 +49,7 @@ public:
     const std::vector<int64_t>& local_offsets() const { return local_offsets_; }
 
 private:
-    bool distributed() const { return ep_ != nullptr && ep_->size() > 1; }
+    bool distributed() const { return ep_.size > 1; }
     // Plans on the backend (plan_routing) or on the host, filling counts_.
     void plan_on_device(Ops& ops, Tensor expert_of_slot);
     void plan_on_host(Ops& ops, const std::vector<int32_t>& expert_of_slot, int64_t N);
@@ -64,7 +65,7 @@ private:
 
     int E_, k_;
     std::optional<double> capacity_factor_;
-    Communicator* ep_;
+    GroupPlace ep_;
     int64_t H_ = 0;
     RoutingCounts counts_;
     Tensor slot_row_, row_token_;  // plan indices on the backend

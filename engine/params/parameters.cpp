@@ -1,5 +1,7 @@
 #include "engine/params/parameters.h"
 
+#include <algorithm>
+#include <cstring>
 #include <deque>
 #include <stdexcept>
 #include <vector>
@@ -21,6 +23,9 @@ std::string expert_name(const std::string& pattern, int expert) {
     return pattern.substr(0, at) + std::to_string(expert) + pattern.substr(at + 3);
 }
 
+ParameterSet::ParameterSet() = default;
+ParameterSet::~ParameterSet() = default;
+
 Param& ParameterSet::add(const std::string& name, std::vector<int64_t> shape, InitSpec init, bool decay,
                          int expert_offset) {
     if (ops_) throw std::logic_error("parameter added after allocation: " + name);
@@ -35,59 +40,93 @@ Param& ParameterSet::add(const std::string& name, std::vector<int64_t> shape, In
 }
 
 namespace {
-Tensor carve(Arena& arena, DType dtype, const std::vector<int64_t>& shape) {
+
+// A tensor of `shape` over the data of `flat` (1-D, at least as many elements).
+Tensor shaped(const Tensor& flat, const std::vector<int64_t>& shape) {
     switch (shape.size()) {
-        case 1: return arena.take(dtype, {shape[0]});
-        case 2: return arena.take(dtype, {shape[0], shape[1]});
-        case 3: return arena.take(dtype, {shape[0], shape[1], shape[2]});
+        case 1: return Tensor(flat.data, flat.dtype, {shape[0]});
+        case 2: return Tensor(flat.data, flat.dtype, {shape[0], shape[1]});
+        case 3: return Tensor(flat.data, flat.dtype, {shape[0], shape[1], shape[2]});
     }
     throw std::logic_error("parameter of rank " + std::to_string(shape.size()));
 }
-}  // namespace
 
-namespace {
-// The arenas allocate() carves, one per slot: value, grad, m, v in the master
-// dtype, and the working copy where the compute's dtype differs.
-std::vector<DType> slot_dtypes(const Precision& precision) {
-    std::vector<DType> slots(4, precision.master);
-    if (precision.work != precision.master) slots.push_back(precision.work);
-    return slots;
-}
-}  // namespace
-
-size_t ParameterSet::planned_bytes(const Precision& precision) const {
-    size_t bytes = 0;
-    for (DType dtype : slot_dtypes(precision)) {
-        Arena plan;  // the same carving as allocate(), dry
-        for (const Param& p : params_) carve(plan, dtype, p.shape);
-        if (__builtin_add_overflow(bytes, plan.bytes(), &bytes)) throw std::length_error("parameters too large");
+// What allocate() carves for each parameter, in one order: a dry run over
+// arenas without a backend sizes them (planned_bytes), the same run over
+// allocated ones places the tensors. The masters and moments are whole, or a
+// chunk when split; gradients and the working copy whole, padded to a
+// multiple of the group.
+void lay_out(std::deque<Param>& params, const Precision& pr, const OptimizerShards& shards,
+             ParameterSet::Arenas& a) {
+    const bool separate_work = pr.work != pr.master;
+    for (Param& p : params) {
+        p.shards = p.is_expert_stack() ? shards.experts : shards.replicated;
+        p.chunk = (p.numel() + p.shards.size - 1) / p.shards.size;
     }
-    return bytes;
+    // Whole (shaped), or this rank's chunk of the optimizer state.
+    const auto state = [&](Arena& arena, const Param& p) {
+        return p.split() ? arena.take(pr.master, {p.chunk}) : shaped(arena.take(pr.master, {p.numel()}), p.shape);
+    };
+    for (Param& p : params)
+        if (!p.split() || separate_work) p.value = state(a.masters, p);  // else: a chunk of the working copy
+    for (Param& p : params) {
+        p.grad_flat = a.grads.take(pr.master, {p.padded_numel()});
+        p.grad = shaped(p.grad_flat, p.shape);
+    }
+    for (Param& p : params) p.m = state(a.m, p);
+    for (Param& p : params) p.v = state(a.v, p);
+    for (Param& p : params) {
+        if (separate_work || p.split()) {
+            p.work_flat = a.work.take(pr.work, {p.padded_numel()});
+            p.work = shaped(p.work_flat, p.shape);
+            if (!separate_work) p.value = p.work_flat.rows(p.chunk_begin(), p.chunk_begin() + p.chunk);
+        } else {
+            p.work = p.value;
+            p.work_flat = shaped(p.value, {p.numel()});
+        }
+    }
 }
 
-void ParameterSet::allocate(Ops& ops, const Precision& precision) {
+}  // namespace
+
+ParameterBytes ParameterSet::planned_bytes(const Precision& precision, const OptimizerShards& shards) const {
+    std::deque<Param> plan = params_;  // laid out dry: no memory behind the tensors
+    Arenas a;
+    lay_out(plan, precision, shards, a);
+    ParameterBytes b;
+    b.masters = a.masters.bytes();
+    b.gradients = a.grads.bytes();
+    b.working_copy = a.work.bytes();
+    size_t total = 0;
+    if (__builtin_add_overflow(a.m.bytes(), a.v.bytes(), &b.moments) ||
+        __builtin_add_overflow(b.masters, b.gradients, &total) || __builtin_add_overflow(total, b.working_copy, &total) ||
+        __builtin_add_overflow(total, b.moments, &total))
+        throw std::length_error("parameters too large");
+    return b;
+}
+
+void ParameterSet::allocate(Ops& ops, const Precision& precision, const OptimizerShards& shards) {
+    if (ops_) throw std::logic_error("parameters allocated twice");
     ops_ = &ops;
     precision_ = precision;
-    const bool separate_work = precision.work != precision.master;
-    const std::vector<DType> dtypes = slot_dtypes(precision);
-    std::vector<std::pair<Tensor Param::*, DType>> slots = {
-        {&Param::value, dtypes[0]}, {&Param::grad, dtypes[1]}, {&Param::m, dtypes[2]}, {&Param::v, dtypes[3]}};
-    if (separate_work) slots.push_back({&Param::work, dtypes[4]});
-    for (auto [slot, dtype] : slots) {
-        auto arena = std::make_unique<Arena>(ops);
-        for (int pass = 0; pass < 2; ++pass) {
-            if (pass == 1) arena->allocate();
-            for (Param& p : params_) p.*slot = carve(*arena, dtype, p.shape);
-        }
-        arenas_.push_back(std::move(arena));
-    }
-    if (!separate_work)
-        for (Param& p : params_) p.work = p.value;
+    auto a = std::unique_ptr<Arenas>(new Arenas{Arena(ops), Arena(ops), Arena(ops), Arena(ops), Arena(ops)});
+    lay_out(params_, precision, shards, *a);  // sizes the arenas
+    for (Arena* arena : {&a->masters, &a->grads, &a->m, &a->v, &a->work})
+        if (arena->bytes() > 0) arena->allocate();
+    lay_out(params_, precision, shards, *a);  // places the tensors
+    arenas_ = std::move(a);
 }
 
 void ParameterSet::refresh_work() {
-    for (Param& p : params_)
-        if (p.work.data != p.value.data) ops_->copy(p.work, p.value);
+    for (Param& p : params_) {
+        if (!p.split()) {
+            if (p.work.data != p.value.data) ops_->copy(p.work, p.value);
+            continue;
+        }
+        Tensor mine = p.work_flat.rows(p.chunk_begin(), p.chunk_begin() + p.chunk);
+        if (mine.data != p.value.data) ops_->copy(mine, p.value);
+        p.shards.comm->all_gather(mine.data, p.work_flat.data, p.chunk, p.work_flat.dtype);
+    }
 }
 
 namespace {
@@ -109,7 +148,7 @@ template <class T> void fill(const InitSpec& init, Rng& rng, T* out, int64_t n) 
 // stream: the slices fill in parallel (the values do not depend on the thread
 // count), a batch of parameters at a time so host memory stays bounded. A
 // billion values take seconds on a node's cores rather than minutes on one.
-template <class T> void initialize_as(std::deque<Param>& params, Ops& ops, uint64_t seed) {
+template <class T> void initialize_as(ParameterSet& set, std::deque<Param>& params, uint64_t seed) {
     constexpr int64_t kBatchValues = int64_t(1) << 26;
     struct Slice {
         const Param* param;
@@ -136,7 +175,7 @@ template <class T> void initialize_as(std::deque<Param>& params, Ops& ops, uint6
             fill(p.init, rng, host.data() + s.at, s.n);
         }
         for (int64_t at = 0; first != last; ++first) {
-            ops.copy_from_host(first->value, host.data() + at);
+            set.upload(*first, ParameterSet::Slot::Value, host.data() + at);
             at += first->numel();
         }
     }
@@ -144,9 +183,48 @@ template <class T> void initialize_as(std::deque<Param>& params, Ops& ops, uint6
 }  // namespace
 
 void ParameterSet::initialize(uint64_t seed) {
-    if (dtype() == DType::F64) initialize_as<double>(params_, *ops_, seed);
-    else initialize_as<float>(params_, *ops_, seed);
+    if (dtype() == DType::F64) initialize_as<double>(*this, params_, seed);
+    else initialize_as<float>(*this, params_, seed);
     refresh_work();
+}
+
+namespace {
+const Tensor& slot_of(const Param& p, ParameterSet::Slot slot) {
+    switch (slot) {
+        case ParameterSet::Slot::Value: return p.value;
+        case ParameterSet::Slot::Grad: return p.grad;
+        case ParameterSet::Slot::M: return p.m;
+        case ParameterSet::Slot::V: return p.v;
+    }
+    throw std::logic_error("unknown slot");
+}
+}  // namespace
+
+void ParameterSet::download(const Param& p, Slot slot, void* host) const {
+    const Tensor& t = slot_of(p, slot);
+    if (!p.split() || slot == Slot::Grad) return ops_->copy_to_host(host, t);
+    // The group's chunks side by side, padded; the whole is their first numel elements.
+    const size_t elem = dtype_size(t.dtype);
+    std::vector<char> all(size_t(p.padded_numel()) * elem);
+    char* mine = all.data() + size_t(p.chunk_begin()) * elem;
+    ops_->copy_to_host(mine, t);
+    p.shards.comm->all_gather(mine, all.data(), p.chunk, t.dtype);
+    std::memcpy(host, all.data(), size_t(p.numel()) * elem);
+}
+
+void ParameterSet::upload(Param& p, Slot slot, const void* host) {
+    const Tensor& t = slot_of(p, slot);
+    if (!p.split() || slot == Slot::Grad) return ops_->copy_from_host(t, host);
+    const int64_t have = std::max<int64_t>(0, std::min(p.chunk, p.numel() - p.chunk_begin()));
+    const size_t elem = dtype_size(t.dtype);
+    if (have > 0) ops_->copy_from_host(t.rows(0, have), static_cast<const char*>(host) + size_t(p.chunk_begin()) * elem);
+    if (have < p.chunk) ops_->zero(t.rows(have, p.chunk));  // the padding past the end
+}
+
+bool ParameterSet::split() const {
+    for (const Param& p : params_)
+        if (p.split()) return true;
+    return false;
 }
 
 const Param& ParameterSet::find(const std::string& name) const {
@@ -163,9 +241,11 @@ int64_t ParameterSet::numel() const {
 }
 
 std::vector<NamedTensor> ParameterSet::named(Slot slot) const {
+    if (slot != Slot::Grad && split())
+        throw std::logic_error("named(): the optimizer state is split over ranks; use download()");
     std::vector<NamedTensor> out;
     for (const Param& p : params_) {
-        const Tensor& t = slot == Slot::Value ? p.value : slot == Slot::Grad ? p.grad : slot == Slot::M ? p.m : p.v;
+        const Tensor& t = slot_of(p, slot);
         if (!p.is_expert_stack()) {
             out.push_back({p.name, t});
             continue;

@@ -1,7 +1,15 @@
 // The model's parameters with their gradients and AdamW moments: arenas of
 // one layout in the master dtype, plus the working copy the compute reads
-// when the backend computes in another dtype (bf16 on the GPU). Experts of a layer are stacked [E_local, ...] in memory; files
-// and tools see one tensor per expert under its global index (MODEL.md names).
+// when the backend computes in another dtype (bf16 on the GPU). Experts of a
+// layer are stacked [E_local, ...] in memory; files and tools see one tensor
+// per expert under its global index (MODEL.md names).
+//
+// ZeRO-1 (parallel.shard_optimizer): the fp32 masters and both AdamW moments
+// are split over a group, each rank keeping one chunk of every parameter
+// (replicated parameters over the world, expert stacks over their
+// expert-data-parallel group); gradients and the working copy stay whole, so
+// the compute does not change. Gradients are then reduce-scattered and the
+// updated working copy all-gathered (train/grad_sync.h, train/optimizer.h).
 #pragma once
 #include <deque>
 #include <memory>
@@ -9,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/group_place.h"
 #include "engine/params/arena.h"
 #include "kernels/ops.h"
 
@@ -23,17 +32,34 @@ struct InitSpec {
     static InitSpec thirds(double a, double b, double c) { return {Thirds, a, b, c}; }
 };
 
+// The groups the optimizer state is split over (groups of one: not split).
+struct OptimizerShards {
+    GroupPlace replicated;  // the world
+    GroupPlace experts;     // the expert-data-parallel group
+};
+
 struct Param {
     std::string name;              // MODEL.md name; expert stacks hold "{e}" for the index
     std::vector<int64_t> shape;    // in memory
     InitSpec init;
     bool decay = false;            // AdamW weight decay (2-D weights only)
     int expert_offset = -1;        // >= 0: dim 0 are experts from this global index
+    // Not split: value (the master), m and v are the whole tensor. Split:
+    // they are this rank's chunk, elements [chunk_begin(), + chunk) of the
+    // flattened tensor padded to padded_numel(); grad and work are whole in
+    // any case, their flat padded forms carrying the reduce-scatter and the
+    // all-gather (the padding stays zero).
     Tensor value, grad, m, v;  // master dtype
-    Tensor work;               // the compute's copy: value itself when the dtypes agree
+    Tensor work;               // the compute's copy: value itself when the dtypes agree and nothing is split
+    Tensor grad_flat, work_flat;  // [padded_numel()]
+    GroupPlace shards;            // the group the optimizer state is split over
+    int64_t chunk = 0;            // elements of the optimizer state here
 
     bool is_expert_stack() const { return expert_offset >= 0; }
     int64_t numel() const;
+    bool split() const { return shards.size > 1; }
+    int64_t chunk_begin() const { return int64_t(shards.rank) * chunk; }
+    int64_t padded_numel() const { return int64_t(shards.size) * chunk; }
 };
 
 // One tensor as files see it: a name and a view into one of the arenas.
@@ -42,33 +68,53 @@ struct NamedTensor {
     Tensor tensor;
 };
 
+// Bytes of the parameters' memory on one rank, by what they hold.
+struct ParameterBytes {
+    size_t masters = 0;       // fp32 (or f64) values the optimizer updates
+    size_t working_copy = 0;  // the compute's bf16 copy (none when it is the master)
+    size_t gradients = 0;
+    size_t moments = 0;       // AdamW m and v
+    size_t total() const { return masters + working_copy + gradients + moments; }
+};
+
 class ParameterSet {
 public:
     enum class Slot { Value, Grad, M, V };
 
-    ParameterSet() = default;
+    ParameterSet();
+    ~ParameterSet();
     ParameterSet(const ParameterSet&) = delete;
     ParameterSet& operator=(const ParameterSet&) = delete;
 
     Param& add(const std::string& name, std::vector<int64_t> shape, InitSpec init, bool decay,
                int expert_offset = -1);
-    // Bytes allocate() will take for these parameters in this precision
-    // (std::length_error past 2^64).
-    size_t planned_bytes(const Precision& precision) const;
+    // Bytes allocate() will take for these parameters in this precision and
+    // split (std::length_error past 2^64).
+    ParameterBytes planned_bytes(const Precision& precision, const OptimizerShards& shards = {}) const;
     // Carves value, grad, m, v (and work) for every parameter (zero-filled).
-    void allocate(Ops& ops, const Precision& precision);
+    void allocate(Ops& ops, const Precision& precision, const OptimizerShards& shards = {});
     // Fills values from the seed: each file-level tensor (each expert too) has
     // its own random stream, so a layout change does not change the model.
     void initialize(uint64_t seed);
     // Rewrites the working copies from the values: after anything but the
-    // optimizer wrote values (a load).
+    // optimizer wrote values (a load). Collective over the split groups.
     void refresh_work();
+
+    // A parameter's whole values of one slot on the host, as F32 or F64
+    // (dtype()): gathered from the group's chunks when split (then every
+    // rank of the group calls it for the same parameter).
+    void download(const Param& p, Slot slot, void* host) const;
+    // Sets a slot from the whole values on the host (this rank's chunk of
+    // them when split). The working copy follows with refresh_work().
+    void upload(Param& p, Slot slot, const void* host);
 
     std::deque<Param>& all() { return params_; }
     const std::deque<Param>& all() const { return params_; }
     const Param& find(const std::string& name) const;
     int64_t numel() const;
-    // Tensors as files name them, experts split, in a stable order.
+    bool split() const;  // any parameter's optimizer state split
+    // Tensors as files name them, experts split, in a stable order (the
+    // value and moments only while nothing is split: else download()).
     std::vector<NamedTensor> named(Slot slot) const;
     // Their names alone, in the same order (also before allocation).
     std::vector<std::string> names() const;
@@ -78,11 +124,16 @@ public:
     Ops& ops() const { return *ops_; }
     DType dtype() const { return precision_.master; }
 
+    // The arenas, one per role: masters, gradients, m, v, working copy.
+    struct Arenas {
+        Arena masters, grads, m, v, work;
+    };
+
 private:
     std::deque<Param> params_;  // deque: references stay valid as it grows
     Ops* ops_ = nullptr;
     Precision precision_;
-    std::vector<std::unique_ptr<Arena>> arenas_;
+    std::unique_ptr<Arenas> arenas_;
 };
 
 // "layers.0.moe.experts.{e}.w_gate" with e -> "layers.0.moe.experts.5.w_gate".

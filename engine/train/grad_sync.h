@@ -15,7 +15,9 @@ namespace moe {
 // hands over each layer's parameters once their gradients are final
 // (ready()), their all-reduce starts at once (on NCCL it runs alongside the
 // rest of the backward), and finish() reduces what is left, waits, and
-// divides by the world size. groups null or a world of one: nothing moves.
+// divides by the world size. A parameter whose optimizer state is split is
+// reduce-scattered instead: only its chunk of the average is here.
+// groups null or a world of one: nothing moves.
 class GradientReducer {
 public:
     GradientReducer(ParameterSet& params, const ProcessGroups* groups) : params_(params), groups_(groups) {}
@@ -32,9 +34,13 @@ private:
     std::vector<const Param*> reduced_;
 };
 
+// The gradient this rank holds reduced after finish(): the whole, or its
+// chunk when the optimizer state is split.
+Tensor own_gradient(const Param& p);
+
 // sqrt of the sum of squared gradients of the whole model, over all ranks
 // (after the reducer's finish(): replicated gradients are equal everywhere,
-// expert gradients are split over the EP group).
+// expert gradients are split over the EP group; split ones in chunks).
 double global_grad_norm(ParameterSet& params, const ProcessGroups* groups);
 
 }  // namespace moe

@@ -40,7 +40,7 @@ double run_parity(const ModelConfig& cfg, uint64_t seed, Ops& ops, const ParityR
     Model model(cfg, ops, precision, B, T);
     ParameterSet& params = model.params();
     params.initialize(seed);
-    if (!req.init_from.empty()) load_tensors(req.init_from, params.named(ParameterSet::Slot::Value), ops);
+    if (!req.init_from.empty()) load_weights(req.init_from, params);
     params.refresh_work();
     const ForwardResult r = model.forward(inputs.data(), targets.data());
     model.backward(1.0, Write::overwrite);

@@ -40,14 +40,16 @@ std::string format_duration(double s) {
     return buf;
 }
 
-// CRC-32C of the values of every parameter that is not an expert's.
+// CRC-32C of the weights the compute reads (the working copy: whole on every
+// rank, also where the optimizer state is split) of every parameter that is
+// not an expert's.
 uint32_t replicated_weights_crc32c(const ParameterSet& params) {
     uint32_t crc = 0;
     std::vector<char> host;
     for (const Param& p : params.all()) {
         if (p.is_expert_stack()) continue;
-        host.resize(p.value.bytes());
-        params.ops().copy_to_host(host.data(), p.value);
+        host.resize(p.work.bytes());
+        params.ops().copy_to_host(host.data(), p.work);
         crc = crc32c(crc, host.data(), host.size());
     }
     return crc;
@@ -174,8 +176,7 @@ void Trainer::open_run(const TrainOptions& opts) {
 void Trainer::build_model() {
     // A GPU too small for the config may fail on some ranks only.
     on_all_ranks(world_, [&] {
-        model_ = std::make_unique<Model>(mc_, ops_, ops_.training_precision(), B_, T_,
-                                         groups_ ? groups_->ep.get() : nullptr);
+        model_ = std::make_unique<Model>(mc_, ops_, ops_.training_precision(), B_, T_, model_options(cfg_, groups_));
     });
     model_->params().initialize(cfg_.run.seed);
     inputs_.resize(size_t(B_) * T_);  // sized with the model: a batch too large was refused above
@@ -189,8 +190,7 @@ void Trainer::restore(const TrainOptions& opts) {
     std::vector<std::string> changes;  // settings that differ from the checkpoint's
     on_all_ranks(world_, [&] {
         if (!opts.init_from.empty())
-            load_tensors(opts.init_from, params.named(ParameterSet::Slot::Value), ops_,
-                         params.experts_elsewhere(mc_.moe.num_experts));
+            load_weights(opts.init_from, params, params.experts_elsewhere(mc_.moe.num_experts));
         if (!resume_from_.empty()) {
             const CheckpointInfo info = read_checkpoint_info(resume_from_);
             changes = check_resumable(info, cfg_, train_data_->identity());
@@ -401,6 +401,15 @@ void Trainer::report_end(Clock::time_point start) {
 }
 
 }  // namespace
+
+ModelOptions model_options(const Config& cfg, const ProcessGroups* groups) {
+    ModelOptions o;
+    o.recompute = cfg.train.recompute;
+    if (!groups) return o;
+    o.ep = groups->ep.get();
+    if (cfg.parallel.shard_optimizer) o.shards = {groups->world.get(), groups->expert_dp.get()};
+    return o;
+}
 
 TrainSummary train(const Config& cfg, Ops& ops, const TrainOptions& opts, const ProcessGroups* groups) {
     return Trainer(cfg, ops, opts, groups).run();

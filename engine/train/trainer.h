@@ -7,6 +7,7 @@
 
 #include "comm/process_groups.h"
 #include "engine/config/config.h"
+#include "engine/model/model.h"
 #include "kernels/ops.h"
 
 namespace moe {
@@ -32,6 +33,11 @@ struct TrainOptions {
     std::string init_from;  // safetensors weights to start a new run from (empty: seeded init)
     std::string resume;     // "auto": the newest checkpoint in run.out_dir, if any; a checkpoint directory; or empty
 };
+
+// How this rank's model is set up for a run of cfg: its expert-parallel
+// group, the optimizer state's split (parallel.shard_optimizer), the
+// recomputation (train.recompute). groups null: one process.
+ModelOptions model_options(const Config& cfg, const ProcessGroups* groups);
 
 // groups: the process groups of a multi-process run (null: one process).
 // Every rank calls train(); rank 0 logs and writes the run directory.

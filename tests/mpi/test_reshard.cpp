@@ -28,6 +28,7 @@ namespace {
 // depend on how tokens are grouped into micro-batches, so that must not change).
 struct Layout {
     int world, ep, accum;
+    bool shard_optimizer = false;
 };
 
 // Runs train() on the first layout.world ranks of `world` (the others wait).
@@ -40,6 +41,7 @@ TrainSummary train_on(Communicator& world, const Layout& layout, const Config& b
         c.train.micro_batch_size = 1;
         c.train.grad_accum_steps = layout.accum;
         c.parallel.expert_parallel = layout.ep;
+        c.parallel.shard_optimizer = layout.shard_optimizer;
         c.run.out_dir = out_dir;
         ProcessGroups groups = make_process_groups(std::move(sub), layout.ep);
         CpuOps ops;
@@ -103,4 +105,29 @@ TEST_CASE("a checkpoint resumes on another layout", "[mpi]") {
     check_resharded_resume("reshard-ep2-to-1", {2, 2, 2}, {1, 1, 4});
     check_resharded_resume("reshard-1-to-ep4", {1, 1, 4}, {4, 4, 1});
     check_resharded_resume("reshard-world2-to-4", {2, 1, 2}, {4, 2, 1});
+    // ZeRO-1 checkpoints hold whole tensors: they resume split or not, on any layout.
+    check_resharded_resume("reshard-zero4-to-1", {4, 2, 1, true}, {1, 1, 4});
+    check_resharded_resume("reshard-1-to-zero4", {1, 1, 4}, {4, 1, 1, true});
+    check_resharded_resume("reshard-zero2-to-zero4", {2, 1, 2, true}, {4, 2, 1, true});
+}
+
+TEST_CASE("a ZeRO-1 run resumed on its own layout continues bit for bit", "[mpi]") {
+    spdlog::set_level(spdlog::level::warn);
+    auto world = MpiCommunicator::world();
+    if (world->size() < 2) return;
+    const int W = world->size();
+    std::string data = world->rank() == 0 ? moe::test::make_data("zero-exact") : "";
+    data = all_gather_strings(*world, data)[0];
+    Config c = moe::test::small_config_at(data);
+    c.model.moe.num_experts = 4;
+    c.train.steps = 10;
+    c.checkpoint.every = 5;
+    c.eval.every = 0;
+    c.data.val.clear();
+    const Layout layout{W, 2, 4 / W, true};
+    const std::vector<double> want = from_rank0(*world, train_on(*world, layout, c, data + "/straight", "").losses);
+    const TrainSummary rest =
+        train_on(*world, layout, c, data + "/resumed", checkpoints_dir(data + "/straight") + "/step-00000005");
+    REQUIRE(rest.losses.size() == 5);
+    for (size_t i = 0; i < 5; ++i) CHECK(rest.losses[i] == want[5 + i]);
 }
