@@ -31,7 +31,7 @@ struct Model::Block {
 
 Model::Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B, int T,
              const ModelOptions& options)
-    : cfg_(cfg), ops_(ops), pr_(precision), B_(B), T_(T), options_(options), acts_(ops), scratch_(ops) {
+    : cfg_(cfg), ops_(ops), pr_(precision), B_(B), T_(T), options_(options), acts_(ops), block_(ops), scratch_(ops) {
     const int hd = cfg.head_dim();
     if (ops.device() == Device::CUDA && !gpu_attention_head_size(hd))
         throw ConfigError("config: the head size model.hidden_size / model.num_heads is " + std::to_string(hd) +
@@ -41,7 +41,8 @@ Model::Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B
         carve();  // a dry run sizes the arenas
         parameter_bytes_ = params_.planned_bytes(precision, options.shards);
         size_t buffers = 0;
-        if (__builtin_add_overflow(acts_.bytes(), scratch_.bytes(), &buffers) ||
+        if (__builtin_add_overflow(acts_.bytes(), block_.bytes(), &buffers) ||
+            __builtin_add_overflow(buffers, scratch_.bytes(), &buffers) ||
             __builtin_add_overflow(parameter_bytes_.total(), buffers, &planned_bytes_))
             throw std::length_error("plan too large");
     } catch (const std::length_error&) {
@@ -56,6 +57,7 @@ Model::Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B
     try {
         params_.allocate(ops, precision, options.shards);
         acts_.allocate();
+        if (block_.bytes() > 0) block_.allocate();
         scratch_.allocate();
     } catch (const OutOfDeviceMemory& e) {
         throw ConfigError(too_large_message(e.free_bytes));
@@ -121,20 +123,26 @@ void Model::carve() {
         h_[l] = acts_.take(pr_.act, {N, H});
         if (dyn) v_[l] = acts_.take(pr_.act, {N, H});
     }
+    // A block's activations are kept per block, or, recomputed in the
+    // backward, carved once for all of them.
+    const bool full = options_.recompute == Recompute::full;
+    Arena& saved = full ? block_ : acts_;
     for (int64_t l = 0; l < L; ++l) {
         Block* b = blocks_[size_t(l)].get();
         scratch_.rewind();  // every block reuses the same scratch
-        b->xn1 = acts_.take(pr_.act, {N, H});
-        b->rstd1 = acts_.take(pr_.stat, {N});
-        b->attn_out = acts_.take(pr_.act, {N, H});
-        b->x = acts_.take(pr_.act, {N, H});
-        b->xn2 = acts_.take(pr_.act, {N, H});
-        b->rstd2 = acts_.take(pr_.stat, {N});
-        b->moe_out = acts_.take(pr_.act, {N, H});
-        if (dyn) b->h_mid = acts_.take(pr_.act, {N, H});
-        b->attn.carve(acts_, scratch_, pr_, B_, T_);
-        b->moe.carve(acts_, scratch_, pr_, N, router_stats_.empty() ? Tensor{} : router_stats_.rows(l, l + 1));
-        if (dyn) b->dynamics->carve(acts_, scratch_, pr_, N);
+        if (full) block_.rewind();
+        b->xn1 = saved.take(pr_.act, {N, H});
+        b->rstd1 = saved.take(pr_.stat, {N});
+        b->attn_out = saved.take(pr_.act, {N, H});
+        b->x = saved.take(pr_.act, {N, H});
+        b->xn2 = saved.take(pr_.act, {N, H});
+        b->rstd2 = saved.take(pr_.stat, {N});
+        b->moe_out = saved.take(pr_.act, {N, H});
+        if (dyn) b->h_mid = saved.take(pr_.act, {N, H});
+        b->attn.carve(saved, scratch_, pr_, B_, T_);
+        b->moe.carve(saved, scratch_, pr_, N, router_stats_.empty() ? Tensor{} : router_stats_.rows(l, l + 1),
+                     options_.recompute == Recompute::experts);
+        if (dyn) b->dynamics->carve(saved, scratch_, pr_, N);
     }
     hn_ = acts_.take(pr_.act, {N, H});
     rstd_ = acts_.take(pr_.stat, {N});
@@ -166,27 +174,8 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
     }
 
     for (size_t l = 0; l < blocks_.size(); ++l) {
-        Block& b = *blocks_[l];
-        {
-            PhaseScope scope(times_, ops_, Phase::Attention);
-            ops_.rmsnorm_forward(b.xn1, b.rstd1, h_[l], b.attn_norm->work, cfg_.norm_eps);
-            b.attn.forward(ops_, b.xn1, b.attn_out);
-        }
-        {
-            PhaseScope scope(times_, ops_, Phase::Other);
-            ops_.add_tensors(b.x, h_[l], b.attn_out);
-            ops_.rmsnorm_forward(b.xn2, b.rstd2, b.x, b.moe_norm->work, cfg_.norm_eps);
-        }
-        MoeStats s = b.moe.forward(ops_, b.xn2, ids_host_.data(), b.moe_out);
-        Tensor after = b.dynamics ? b.h_mid : h_[l + 1];
-        {
-            PhaseScope scope(times_, ops_, Phase::Other);
-            ops_.add_tensors(after, b.x, b.moe_out);
-        }
-        if (b.dynamics) {
-            PhaseScope scope(times_, ops_, Phase::Dynamics);
-            b.dynamics->forward(ops_, b.h_mid, v_[l], h_[l + 1], v_[l + 1]);
-        }
+        MoeStats s;
+        forward_block(l, &s);
         r.routed.push_back(std::move(s.routed));
         r.dropped += s.dropped;
     }
@@ -210,6 +199,31 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
     return r;
 }
 
+void Model::forward_block(size_t l, MoeStats* stats) {
+    Block& b = *blocks_[l];
+    {
+        PhaseScope scope(times_, ops_, Phase::Attention);
+        ops_.rmsnorm_forward(b.xn1, b.rstd1, h_[l], b.attn_norm->work, cfg_.norm_eps);
+        b.attn.forward(ops_, b.xn1, b.attn_out);
+    }
+    {
+        PhaseScope scope(times_, ops_, Phase::Other);
+        ops_.add_tensors(b.x, h_[l], b.attn_out);
+        ops_.rmsnorm_forward(b.xn2, b.rstd2, b.x, b.moe_norm->work, cfg_.norm_eps);
+    }
+    MoeStats s = b.moe.forward(ops_, b.xn2, ids_host_.data(), b.moe_out);
+    if (stats) *stats = std::move(s);
+    Tensor after = b.dynamics ? b.h_mid : h_[l + 1];
+    {
+        PhaseScope scope(times_, ops_, Phase::Other);
+        ops_.add_tensors(after, b.x, b.moe_out);
+    }
+    if (b.dynamics) {
+        PhaseScope scope(times_, ops_, Phase::Dynamics);
+        b.dynamics->forward(ops_, b.h_mid, v_[l], h_[l + 1], v_[l + 1]);
+    }
+}
+
 void Model::backward(double loss_scale, Write grads, const BucketReady& bucket_ready) {
     const int64_t N = int64_t(B_) * T_;
     const bool dyn = cfg_.dynamics.enabled;
@@ -227,6 +241,10 @@ void Model::backward(double loss_scale, Write grads, const BucketReady& bucket_r
 
     for (size_t l = blocks_.size(); l-- > 0;) {
         Block& b = *blocks_[l];
+        // The block's activations again, from its saved input: the same
+        // kernels on the same values write the same bits (h_[l + 1] and
+        // v_[l + 1] included, no longer read).
+        if (options_.recompute == Recompute::full) forward_block(l, nullptr);
         if (dyn) {
             PhaseScope scope(times_, ops_, Phase::Dynamics);
             Tensor dh_in = dh.data == dh_[0].data ? dh_[1] : dh_[0];

@@ -57,9 +57,11 @@ public:
     const ModelConfig& config() const { return cfg_; }
     int batch() const { return B_; }
     int seq_len() const { return T_; }
-    size_t activation_bytes() const { return acts_.bytes() + scratch_.bytes(); }
-    size_t saved_activation_bytes() const { return acts_.bytes(); }  // kept from the forward for the backward
-    size_t scratch_bytes() const { return scratch_.bytes(); }        // reused layer by layer
+    size_t activation_bytes() const { return acts_.bytes() + block_.bytes() + scratch_.bytes(); }
+    // Kept from the forward for the backward (with full recomputation: each
+    // block's input, and one block's activations recomputed in turn).
+    size_t saved_activation_bytes() const { return acts_.bytes() + block_.bytes(); }
+    size_t scratch_bytes() const { return scratch_.bytes(); }  // reused layer by layer
     const ParameterBytes& parameter_bytes() const { return parameter_bytes_; }
     // Everything this rank allocates: parameters (with gradients and moments),
     // activations and scratch.
@@ -90,6 +92,8 @@ private:
     struct Block;
     void declare(const GroupPlace& ep);
     void carve();
+    // Block l's forward from h_[l], v_[l]; its routing statistics (null: not wanted).
+    void forward_block(size_t l, MoeStats* stats);
     std::string too_large_message(size_t available) const;
 
     const ModelConfig cfg_;
@@ -107,7 +111,9 @@ private:
     std::vector<std::vector<Param*>> buckets_;  // [0]: the head's, [L - l]: layer l's
     PhaseTimes* times_ = nullptr;
 
-    Arena acts_, scratch_;
+    // acts_: kept from the forward; block_: one block's activations, shared by
+    // the blocks when they are recomputed (Recompute::full); scratch_: reused.
+    Arena acts_, block_, scratch_;
     Tensor ids_, targets_;
     std::vector<Tensor> h_, v_;  // residual and velocity streams entering each layer, [L+1]
     Tensor hn_, rstd_, logits_, losses_;

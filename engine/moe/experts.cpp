@@ -13,29 +13,36 @@ Experts::Experts(const ModelConfig& cfg, ParameterSet& params, int layer, int fi
     w_down_ = &params.add(p + "w_down", {count, H, I}, init, true, first);
 }
 
-void Experts::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t max_rows) {
+void Experts::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t max_rows, bool recompute) {
     const DType dt = pr.act;
     const int64_t I = w_gate_->shape[1];
-    gate_ = acts.take(dt, {max_rows, I});
-    up_ = acts.take(dt, {max_rows, I});
-    act_ = acts.take(dt, {max_rows, I});
+    recompute_ = recompute;
+    Arena& inner = recompute ? scratch : acts;
+    gate_ = inner.take(dt, {max_rows, I});
+    up_ = inner.take(dt, {max_rows, I});
+    act_ = inner.take(dt, {max_rows, I});
     dgate_ = scratch.take(dt, {max_rows, I});
     dup_ = scratch.take(dt, {max_rows, I});
     dact_ = scratch.take(dt, {max_rows, I});
 }
 
-void Experts::forward(Ops& ops, Tensor xe, Tensor ye, const std::vector<int64_t>& offsets) {
+void Experts::inner(Ops& ops, Tensor xe, const std::vector<int64_t>& offsets) {
     const int64_t R = xe.dim(0);
     Tensor gate = gate_.rows(0, R), up = up_.rows(0, R), act = act_.rows(0, R);
     ops.grouped_matmul_forward(gate, xe, w_gate_->work, offsets);
     ops.grouped_matmul_forward(up, xe, w_up_->work, offsets);
     ops.swiglu_forward(act, gate, up);
-    ops.grouped_matmul_forward(ye, act, w_down_->work, offsets);
+}
+
+void Experts::forward(Ops& ops, Tensor xe, Tensor ye, const std::vector<int64_t>& offsets) {
+    inner(ops, xe, offsets);
+    ops.grouped_matmul_forward(ye, act_.rows(0, xe.dim(0)), w_down_->work, offsets);
 }
 
 void Experts::backward(Ops& ops, Tensor xe, Tensor dye, Tensor dxe, const std::vector<int64_t>& offsets,
                        Write grads) {
     const int64_t R = xe.dim(0);
+    if (recompute_) inner(ops, xe, offsets);  // the same kernels on the same input: the same bits
     Tensor gate = gate_.rows(0, R), up = up_.rows(0, R), act = act_.rows(0, R);
     Tensor dgate = dgate_.rows(0, R), dup = dup_.rows(0, R), dact = dact_.rows(0, R);
     // The input gradients are written, not added to: nothing to zero first.

@@ -14,7 +14,9 @@ class Experts {
 public:
     // The experts [first, first + count) of the layer live here.
     Experts(const ModelConfig& cfg, ParameterSet& params, int layer, int first, int count);
-    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t max_rows);
+    // recompute: the inner activations (gate, up, SwiGLU) go to scratch and
+    // the backward computes them again from the saved input.
+    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t max_rows, bool recompute);
 
     // ye[R,H] from xe[R,H]; offsets[count+1] split the rows by local expert.
     void forward(Ops& ops, Tensor xe, Tensor ye, const std::vector<int64_t>& offsets);
@@ -23,8 +25,12 @@ public:
     void backward(Ops& ops, Tensor xe, Tensor dye, Tensor dxe, const std::vector<int64_t>& offsets, Write grads);
 
 private:
+    // The inner activations of xe: gate, up, SwiGLU.
+    void inner(Ops& ops, Tensor xe, const std::vector<int64_t>& offsets);
+
     Param *w_gate_, *w_up_, *w_down_;
-    Tensor gate_, up_, act_;         // saved [max_rows, I]
+    bool recompute_ = false;
+    Tensor gate_, up_, act_;         // [max_rows, I]: saved, or scratch when recomputed
     Tensor dgate_, dup_, dact_;      // scratch
 };
 

@@ -10,10 +10,11 @@ MoeLayer::MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, cons
       dispatcher_(cfg.moe.num_experts, cfg.moe.top_k, cfg.moe.capacity_factor, ep),
       experts_(cfg, params, layer, ep.rank * (cfg.moe.num_experts / ep.size), cfg.moe.num_experts / ep.size) {}
 
-void MoeLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor router_stats) {
+void MoeLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor router_stats,
+                     bool recompute_experts) {
     router_->carve(acts, scratch, pr, N, router_stats);
     dispatcher_.carve(acts, scratch, pr, N, H_);
-    experts_.carve(acts, scratch, pr, N * k_ * ep_size_);  // every slot of the EP group at most
+    experts_.carve(acts, scratch, pr, N * k_ * ep_size_, recompute_experts);  // every slot of the EP group at most
     dweights_ = scratch.take(pr.stat, {N, k_});
 }
 

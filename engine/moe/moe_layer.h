@@ -22,8 +22,9 @@ public:
     // ep: how the experts split over the expert-parallel group.
     MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, const GroupPlace& ep);
     // router_stats: F64 [E+1] on the backend for the learned router's
-    // statistics (empty for token_id).
-    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor router_stats);
+    // statistics (empty for token_id); recompute_experts: see Experts::carve.
+    void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor router_stats,
+               bool recompute_experts);
 
     // y[N,H] = moe(x[N,H]); ids[N] (host) feed the token_id router.
     MoeStats forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y);

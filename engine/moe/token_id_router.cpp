@@ -10,15 +10,13 @@ void TokenIdRouter::carve(Arena& acts, Arena&, const Precision& pr, int64_t N, T
 RouterChoice TokenIdRouter::forward(Ops& ops, Tensor x, const int32_t* ids) {
     const int64_t N = x.dim(0);
     for (int64_t t = 0; t < N; ++t) experts_[size_t(t)] = ids[t] % num_experts_;
-    if (!ones_written_) {
-        ones_written_ = true;
-        if (weights_.dtype == DType::F64) {
-            std::vector<double> ones(size_t(N), 1.0);
-            ops.copy_from_host(weights_, ones.data());
-        } else {
-            std::vector<float> ones(size_t(N), 1.0f);
-            ops.copy_from_host(weights_, ones.data());
-        }
+    // Written every time: with recomputation its memory is shared by the layers.
+    if (weights_.dtype == DType::F64) {
+        std::vector<double> ones(size_t(N), 1.0);
+        ops.copy_from_host(weights_, ones.data());
+    } else {
+        std::vector<float> ones(size_t(N), 1.0f);
+        ops.copy_from_host(weights_, ones.data());
     }
     return {Tensor{}, &experts_, weights_};
 }

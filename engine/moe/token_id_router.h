@@ -20,8 +20,7 @@ public:
 
 private:
     int num_experts_, top_k_;
-    Tensor weights_;  // constant 1, written by the first forward
-    bool ones_written_ = false;
+    Tensor weights_;  // constant 1
     std::vector<int32_t> experts_;  // [N]
 };
 
