@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdio>
 #include <memory>
+#include <optional>
 
 #include "comm/agreement.h"
 #include "comm/mpi_communicator.h"
@@ -15,6 +16,8 @@
 #include "engine/run/backend.h"
 #include "engine/config/cli.h"
 #include "engine/config/config.h"
+#include "engine/model/memory_plan.h"
+#include "kernels/cpu/cpu_ops.h"
 #include "engine/train/parity.h"
 #include "engine/run/stop_signal.h"
 #include "engine/train/trainer.h"
@@ -23,6 +26,28 @@ namespace {
 
 // Stopped by a signal before train.steps, with a checkpoint to resume from.
 constexpr int kExitStopped = 3;
+
+// --plan: a rank's memory for the layout asked for, and where given the
+// smallest layouts of GPU nodes that fit.
+void print_plan(const moe::CliOptions& cli, const moe::Config& cfg) {
+    constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+    const int ranks = cli.plan_ranks ? cli.plan_ranks : cfg.parallel.expert_parallel;
+    std::optional<size_t> available;
+    std::string from;
+    if (cli.plan_memory_gib > 0) {
+        available = size_t(cli.plan_memory_gib * kGiB);
+        from = "--memory-gib";
+    } else if (cfg.run.device == "cpu") {
+        available = moe::CpuOps().memory_available();
+        from = "this machine's available RAM";
+    }
+    std::printf("plan: %s\n%s", cli.config.c_str(),
+                moe::plan_report(cfg, moe::plan_rank(cfg, ranks), available, from).c_str());
+    if (cli.plan_gpus_per_node) {
+        const auto fits = moe::smallest_layouts(cfg, cli.plan_gpus_per_node, *available);
+        std::printf("%s", moe::layouts_report(cli.plan_gpus_per_node, *available, fits).c_str());
+    }
+}
 
 int run(int argc, char** argv) {
     std::unique_ptr<moe::Communicator> world = moe::MpiCommunicator::world();
@@ -43,6 +68,10 @@ int run(int argc, char** argv) {
         return 0;
     }
     moe::check_same_on_all_ranks(*world, "config", moe::to_yaml(cfg));
+    if (cli.plan) {
+        if (world->rank() == 0) print_plan(cli, cfg);
+        return 0;
+    }
     world->set_timeout(cfg.parallel.collective_timeout_s);
     std::unique_ptr<moe::Ops> ops;
     moe::on_all_ranks(world.get(), [&] { ops = moe::make_backend(cfg.run, world.get()); });

@@ -459,7 +459,8 @@ TEST_CASE("inconsistent combinations name both keys and the fix", "[unit]") {
         {std::string(kTrain) + "model:\n  moe:\n    router: token_id\n", {},
          {"model.moe.router token_id", "set model.moe.top_k to 1 (got 2)"}},
         {std::string(kTrain) + "parallel:\n  expert_parallel: 3\n", {},
-         {"model.moe.num_experts (4) must be a multiple of parallel.expert_parallel (3)"}},
+         {"model.moe.num_experts (4) must be a multiple of parallel.expert_parallel (3): set "
+          "parallel.expert_parallel to one of 1, 2, 4"}},
         {std::string(kTrain) + "train:\n  seq_len: 2147483647\n  micro_batch_size: 2\n", {},
          {"train.micro_batch_size x train.seq_len x model.moe.top_k (8589934588 token slots) must be below 2^31"}},
         {"model:\n  num_layers: 1\n", {}, {"set data.train to a glob of token shards (see README)"}},

@@ -15,6 +15,14 @@ struct CliOptions {
     std::string batch;                   // --batch B.safetensors (parity mode)
     std::string dtype = "f32";           // --dtype f32|f64 (parity mode)
     bool help = false;
+    // --plan: print the memory plan of a rank and exit, for a layout of
+    // --ranks N (default: parallel.expert_parallel), against --memory-gib X
+    // (default: this machine's RAM for run.device cpu); --gpus-per-node G adds
+    // the smallest layouts of such nodes that fit.
+    bool plan = false;
+    int plan_ranks = 0;
+    double plan_memory_gib = 0;
+    int plan_gpus_per_node = 0;
 };
 
 struct CliError : std::runtime_error {

@@ -436,8 +436,14 @@ void check_consistency(const Config& c) {
     need(m.moe.router != RouterKind::token_id || m.moe.top_k == 1,
          "model.moe.router token_id sends each token to exactly one expert: set model.moe.top_k to 1 (got " +
              std::to_string(m.moe.top_k) + ")");
-    need(m.moe.num_experts % c.parallel.expert_parallel == 0,
-         multiple("model.moe.num_experts", m.moe.num_experts, "parallel.expert_parallel", c.parallel.expert_parallel));
+    if (m.moe.num_experts % c.parallel.expert_parallel != 0) {  // the layouts that work, in the message
+        std::vector<std::string> divisors;
+        for (int d = 1; d <= m.moe.num_experts; ++d)
+            if (m.moe.num_experts % d == 0) divisors.push_back(std::to_string(d));
+        fail(kWhere, multiple("model.moe.num_experts", m.moe.num_experts, "parallel.expert_parallel",
+                              c.parallel.expert_parallel) +
+                         ": set parallel.expert_parallel to one of " + join_list(divisors));
+    }
     need(c.optimizer.min_lr <= c.optimizer.lr, "optimizer.min_lr (" + format(c.optimizer.min_lr) +
                                                    ") must be <= optimizer.lr (" + format(c.optimizer.lr) + ")");
     need(c.optimizer.warmup_steps <= c.train.steps, "optimizer.warmup_steps (" + format(c.optimizer.warmup_steps) +

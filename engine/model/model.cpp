@@ -97,17 +97,18 @@ Model::~Model() = default;
 
 std::string Model::too_large_message(size_t available) const {
     const double gib = 1024.0 * 1024.0 * 1024.0;
-    const bool gpu = ops_.device() == Device::CUDA;
-    char buf[1024];
+    const ParameterBytes& p = parameter_bytes_;
+    char buf[1536];
     std::snprintf(buf, sizeof buf,
-                  "config: this run needs %.2f GiB on this rank: %.2f GiB for %.1fM parameters (weights, gradients, "
-                  "AdamW moments%s) and %.2f GiB of activations and scratch for train.micro_batch_size %d x "
-                  "train.seq_len %d; %s has %.2f GiB available. Lower train.micro_batch_size (raise "
-                  "train.grad_accum_steps to keep the batch) or the model's sizes, or spread the experts over more "
-                  "ranks with parallel.expert_parallel",
-                  planned_bytes_ / gib, parameter_bytes_.total() / gib, params_.numel() / 1e6,
-                  pr_.work != pr_.master ? ", bf16 working copy" : "", activation_bytes() / gib, B_, T_,
-                  gpu ? ops_.device_name().c_str() : "this machine", available / gib);
+                  "config: this run needs %.2f GiB on this rank (weights %.2f, working copy %.2f, gradients %.2f, "
+                  "AdamW moments %.2f for %.1fM parameters; activations kept %.2f and scratch %.2f for "
+                  "train.micro_batch_size %d x train.seq_len %d) but %s has %.2f GiB available: lower "
+                  "train.micro_batch_size (raise train.grad_accum_steps to keep the batch) or the model's sizes, "
+                  "split the optimizer state (parallel.shard_optimizer), recompute activations (train.recompute), or "
+                  "spread the experts over more ranks (parallel.expert_parallel); moe-train --plan shows the plan",
+                  planned_bytes_ / gib, p.masters / gib, p.working_copy / gib, p.gradients / gib, p.moments / gib,
+                  params_.numel() / 1e6, saved_activation_bytes() / gib, scratch_bytes() / gib, B_, T_,
+                  ops_.device() == Device::CUDA ? ops_.device_name().c_str() : "this machine", available / gib);
     return buf;
 }
 

@@ -5,7 +5,6 @@ namespace moe {
 MoeLayer::MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, const GroupPlace& ep)
     : H_(cfg.hidden_size),
       k_(cfg.moe.top_k),
-      ep_size_(ep.size),
       router_(make_router(cfg, params, layer)),
       dispatcher_(cfg.moe.num_experts, cfg.moe.top_k, cfg.moe.capacity_factor, ep),
       experts_(cfg, params, layer, ep.rank * (cfg.moe.num_experts / ep.size), cfg.moe.num_experts / ep.size) {}
@@ -14,7 +13,7 @@ void MoeLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N
                      bool recompute_experts) {
     router_->carve(acts, scratch, pr, N, router_stats);
     dispatcher_.carve(acts, scratch, pr, N, H_);
-    experts_.carve(acts, scratch, pr, N * k_ * ep_size_, recompute_experts);  // every slot of the EP group at most
+    experts_.carve(acts, scratch, pr, dispatcher_.max_local_rows(N), recompute_experts);
     dweights_ = scratch.take(pr.stat, {N, k_});
 }
 

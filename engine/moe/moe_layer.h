@@ -39,7 +39,7 @@ public:
     void set_phase_times(PhaseTimes* times) { times_ = times; }
 
 private:
-    int64_t H_, k_, ep_size_;
+    int64_t H_, k_;
     std::unique_ptr<Router> router_;
     TokenDispatcher dispatcher_;
     Experts experts_;

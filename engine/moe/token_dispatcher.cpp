@@ -1,5 +1,6 @@
 #include "engine/moe/token_dispatcher.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace moe {
@@ -28,8 +29,7 @@ void TokenDispatcher::carve(Arena& acts, Arena& scratch, const Precision& pr, in
         d_local_in_ = d_send_;
         return;
     }
-    // At most every slot of every rank of the group comes here.
-    const int64_t most = slots * ep_.size;
+    const int64_t most = max_local_rows(N);
     local_in_ = acts.take(dt, {most, H});
     local_out_ = acts.take(dt, {most, H});
     local_index_ = acts.take(DType::I32, {most});
@@ -38,6 +38,12 @@ void TokenDispatcher::carve(Arena& acts, Arena& scratch, const Precision& pr, in
     source_out_ = scratch.take(dt, {most, H});
     d_local_out_ = scratch.take(dt, {most, H});
     d_local_in_ = scratch.take(dt, {most, H});
+}
+
+int64_t TokenDispatcher::max_local_rows(int64_t N) const {
+    const int64_t every_slot = N * k_ * ep_.size;
+    const int64_t capacity = expert_capacity(capacity_factor_, int(N), k_, E_);
+    return capacity < 0 ? every_slot : std::min(every_slot, int64_t(E_) * capacity);
 }
 
 Tensor TokenDispatcher::dispatch(Ops& ops, const RouterChoice& choice, Tensor x) {

@@ -25,6 +25,10 @@ public:
     // ep: the expert-parallel group (of one when every expert is local).
     TokenDispatcher(int num_experts, int top_k, std::optional<double> capacity_factor, const GroupPlace& ep);
     void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, int64_t H);
+    // The most rows this rank's experts can get in a micro-batch of N tokens:
+    // every slot of the EP group dropless, or each of its experts' capacity
+    // from each rank of the group.
+    int64_t max_local_rows(int64_t N) const;
 
     // Plans routing from the router's choice of experts for each slot [N,k]
     // and brings x[N,H]'s rows to the local experts. Returns them in local
