@@ -27,11 +27,13 @@ namespace {
 // Stopped by a signal before train.steps, with a checkpoint to resume from.
 constexpr int kExitStopped = 3;
 
-// --plan: a rank's memory for the layout asked for, and where given the
-// smallest layouts of GPU nodes that fit.
-void print_plan(const moe::CliOptions& cli, const moe::Config& cfg) {
+// --plan: a rank's memory for the layout asked for, held against --memory-gib
+// or this machine's device (run.device auto: the GPU when one is visible),
+// and with --gpus-per-node the smallest layouts of such GPUs that fit.
+void print_plan(const moe::CliOptions& cli, moe::Config cfg) {
     constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-    const int ranks = cli.plan_ranks ? cli.plan_ranks : cfg.parallel.expert_parallel;
+    const std::optional<size_t> gpu = moe::gpu_memory();
+    if (cfg.run.device == "auto") cfg.run.device = gpu ? "cuda" : "cpu";
     std::optional<size_t> available;
     std::string from;
     if (cli.plan_memory_gib > 0) {
@@ -40,13 +42,21 @@ void print_plan(const moe::CliOptions& cli, const moe::Config& cfg) {
     } else if (cfg.run.device == "cpu") {
         available = moe::CpuOps().memory_available();
         from = "this machine's available RAM";
+    } else if (gpu) {
+        available = *gpu;
+        from = "this machine's GPU";
     }
+    if (cli.plan_gpus_per_node && cfg.run.device == "cpu")
+        throw moe::CliError("--gpus-per-node plans nodes of GPUs but run.device is cpu: add --set run.device=cuda");
+    if (cli.plan_gpus_per_node && !available)
+        throw moe::CliError("--gpus-per-node needs the memory of one GPU: give --memory-gib (e.g. 79.6 for an H100 "
+                            "80GB), or plan where a GPU is visible");
+    const int ranks = cli.plan_ranks ? cli.plan_ranks : cfg.parallel.expert_parallel;
     std::printf("plan: %s\n%s", cli.config.c_str(),
                 moe::plan_report(cfg, moe::plan_rank(cfg, ranks), available, from).c_str());
-    if (cli.plan_gpus_per_node) {
-        const auto fits = moe::smallest_layouts(cfg, cli.plan_gpus_per_node, *available);
-        std::printf("%s", moe::layouts_report(cli.plan_gpus_per_node, *available, fits).c_str());
-    }
+    if (!cli.plan_gpus_per_node) return;
+    const auto fits = moe::smallest_layouts(cfg, cli.plan_gpus_per_node, *available);
+    std::printf("%s", moe::layouts_report(cli.plan_gpus_per_node, *available, fits).c_str());
 }
 
 int run(int argc, char** argv) {

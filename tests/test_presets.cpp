@@ -7,6 +7,7 @@
 
 #include "engine/config/config.h"
 #include "engine/model/memory_plan.h"
+#include "engine/run/backend.h"
 #include "engine/model/model.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/catch.h"
@@ -138,4 +139,15 @@ TEST_CASE("moe-train --plan prints the plan and the smallest layouts, and refuse
     CHECK(contains(bad.output, "--ranks takes a whole number from 1 to 1000000, got '0'"));
     const test::ProgramResult alone = test::run_program(MOE_TRAIN_BIN, {"--config", preset("large"), "--ranks", "8"});
     CHECK(contains(alone.output, "--ranks, --memory-gib and --gpus-per-node apply to --plan only"));
+    const test::ProgramResult on_cpu = plan({"--set", "run.device=cpu", "--memory-gib", "79.6", "--gpus-per-node", "8"});
+    CHECK(on_cpu.exit_code == 2);
+    CHECK(contains(on_cpu.output, "--gpus-per-node plans nodes of GPUs but run.device is cpu: add --set run.device=cuda"));
+    if (!gpu_memory()) {  // no GPU here: its memory must be given
+        const test::ProgramResult unknown = plan({});
+        CHECK(unknown.exit_code == 0);
+        CHECK(contains(unknown.output, "fits: unknown (give --memory-gib, the memory of a GPU)"));
+        const test::ProgramResult nodes = plan({"--gpus-per-node", "8"});
+        CHECK(nodes.exit_code == 2);
+        CHECK(contains(nodes.output, "--gpus-per-node needs the memory of one GPU: give --memory-gib"));
+    }
 }

@@ -23,9 +23,9 @@ const char* cli_usage() {
            "  --plan               print a rank's memory plan (weights, gradients, optimizer state,\n"
            "                       activations, scratch) and whether it fits, then exit; with\n"
            "    --ranks N          the world size to plan (default parallel.expert_parallel)\n"
-           "    --memory-gib X     the memory of a rank's device (default: this machine's RAM for\n"
-           "                       run.device cpu)\n"
-           "    --gpus-per-node G  also the smallest layouts of nodes of G GPUs of --memory-gib\n";
+           "    --memory-gib X     the memory of a rank's device (default: this machine's GPU, or\n"
+           "                       its available RAM for run.device cpu)\n"
+           "    --gpus-per-node G  also the smallest layouts of nodes of G such GPUs\n";
 }
 
 namespace {
@@ -98,8 +98,6 @@ CliOptions parse_cli(int argc, const char* const* argv) {
         throw CliError("--ranks, --memory-gib and --gpus-per-node apply to --plan only");
     if (o.plan && (!o.batch.empty() || !o.resume.empty() || !o.init_from.empty()))
         throw CliError("--plan only plans: give it without --resume, --init-from or parity flags");
-    if (o.plan_gpus_per_node && o.plan_memory_gib <= 0)
-        throw CliError("--gpus-per-node needs --memory-gib: the memory of one GPU, e.g. 79.6 for an H100 80GB");
     return o;
 }
 

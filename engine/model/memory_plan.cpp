@@ -110,7 +110,7 @@ std::vector<LayoutFit> smallest_layouts(const Config& cfg, int gpus_per_node, si
             c.train.recompute = r;
             LayoutFit fit{shard, r, 0, {}};
             // Without the split, more nodes only add data parallelism: one node tells.
-            for (int nodes = 1; nodes <= (shard ? max_nodes : 1); nodes *= 2) {
+            for (int nodes = 1; nodes <= (shard ? max_nodes : 1); ++nodes) {
                 fit.plan = plan_rank(c, nodes * gpus_per_node);
                 if (fit.plan.total() <= memory) {
                     fit.nodes = nodes;

@@ -35,8 +35,8 @@ struct ModelOptions {
     // bytes; no forward or backward).
     enum class Memory { allocate, plan_only };
 
-    GroupPlace ep;           // the expert-parallel group (or a planned one): this rank holds its share of the experts
-    OptimizerShards shards;  // ZeRO-1: the groups the optimizer state is split over (default: none)
+    GroupPlace ep;             // the expert-parallel group (or a planned one): this rank holds its share of the experts
+    OptimizerShards shards{};  // ZeRO-1: the groups the optimizer state is split over (default: none)
     Recompute recompute = Recompute::none;
     Memory memory = Memory::allocate;
 };

@@ -29,6 +29,13 @@ int visible_gpus() {
 }
 }  // namespace
 
+std::optional<size_t> gpu_memory() {
+#if MOE_HAVE_CUDA
+    if (visible_gpus() > 0) return cuda_device_memory(0);
+#endif
+    return std::nullopt;
+}
+
 std::unique_ptr<Ops> make_backend(const RunConfig& run, Communicator* world) {
     const int local = world ? local_rank(*world) : 0;  // collective: every rank, every device
     const int gpus = visible_gpus();

@@ -2,6 +2,7 @@
 // the GPU of the rank's local rank on its node.
 #pragma once
 #include <memory>
+#include <optional>
 
 #include "comm/communicator.h"
 #include "engine/config/config.h"
@@ -17,6 +18,11 @@ bool cuda_backend_built();
 // found collectively); null for a single process. Throws ConfigError when
 // cuda is asked for and cannot be had.
 std::unique_ptr<Ops> make_backend(const RunConfig& run, Communicator* world);
+
+// The memory of the GPU a single process would take (the first visible one),
+// when this build has CUDA and a GPU is visible: what --plan holds a GPU
+// layout against.
+std::optional<size_t> gpu_memory();
 
 // Whether this build has the NCCL communicator.
 bool nccl_built();

@@ -20,6 +20,12 @@ int cuda_device_count() {
     return n;
 }
 
+size_t cuda_device_memory(int device) {
+    cudaDeviceProp prop{};
+    MOE_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    return prop.totalGlobalMem;
+}
+
 namespace {
 void check_lt(cublasStatus_t s, const char* what) {
     if (s != CUBLAS_STATUS_SUCCESS)

@@ -162,4 +162,7 @@ private:
 // GPUs this process can see (0 when there is no driver or no device).
 int cuda_device_count();
 
+// The memory of a GPU in bytes, all of it (what a plan is held against).
+size_t cuda_device_memory(int device);
+
 }  // namespace moe
