@@ -147,10 +147,11 @@ do_staged() {
   return $rc
 }
 
-# The lines of a metrics file after step $2, without the timings (which differ
+# The step and evaluation lines of a metrics file after step $2 (not the expert
+# telemetry, whose intervals restart on resume), without the timings (which differ
 # from run to run).
 losses_from() {
-  awk -v from="$2" 'match($0, /"step": [0-9]+/) && substr($0, RSTART + 8, RLENGTH - 8) + 0 > from' "$1" |
+  awk -v from="$2" '/"(val_)?loss"/ && match($0, /"step": [0-9]+/) && substr($0, RSTART + 8, RLENGTH - 8) + 0 > from' "$1" |
     sed -E 's/, "(tokens_per_s|step_s|all_to_all_s)": [^,}]*//g'
 }
 

@@ -45,7 +45,7 @@ void check_model_gradients(const ModelConfig& cfg) {
     const ForwardResult r = model.forward(inputs.data(), targets.data());
     model.backward(1.0, Write::overwrite);
     if (cfg.moe.router == moe::RouterKind::learned) REQUIRE(r.aux > 0);
-    if (cfg.moe.capacity_factor) REQUIRE(r.dropped > 0);
+    if (cfg.moe.capacity_factor) REQUIRE(r.dropped() > 0);
 
     for (Param& p : params.all()) {
         REQUIRE(params.ops().sum_squares({p.grad})[0] > 0);  // every parameter is reached

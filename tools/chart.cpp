@@ -9,8 +9,7 @@ namespace moe {
 
 namespace {
 
-const Rgb kInk{40, 40, 40}, kGrid{225, 225, 225}, kWhite{255, 255, 255};
-constexpr int kTitleScale = 2, kLabelScale = 2;
+const Rgb kGrid{225, 225, 225}, kWhite{255, 255, 255};
 
 double nice_step(double range, int max_ticks) {
     const double raw = range / std::max(1, max_ticks);
@@ -35,8 +34,8 @@ std::pair<double, double> y_range(const Panel& panel) {
 
 void draw_marker(Canvas& c, int x, int y, Rgb color) { c.fill_rect(x - 3, y - 3, x + 3, y + 3, color); }
 
-// The title in `width` pixels: smaller when it does not fit, cut short with
-// ".." when it still does not.
+}  // namespace
+
 void draw_title(Canvas& c, int x, int y, int width, std::string title) {
     int scale = kTitleScale;
     if (Canvas::text_width(title, scale) > width) scale = 1;
@@ -46,8 +45,6 @@ void draw_title(Canvas& c, int x, int y, int width, std::string title) {
     }
     c.text(x, y + (Canvas::text_height(kTitleScale) - Canvas::text_height(scale)) / 2, title, kInk, scale);
 }
-
-}  // namespace
 
 int PlotArea::px(double x) const {
     return left + int(std::lround((x - x_lo) / (x_hi - x_lo) * (right - left)));

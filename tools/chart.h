@@ -10,6 +10,14 @@
 
 namespace moe {
 
+// Text and frames; the scale of titles and of tick labels.
+constexpr Rgb kInk{40, 40, 40};
+constexpr int kTitleScale = 2, kLabelScale = 2;
+
+// A panel's title in `width` pixels from (x, y): smaller when it does not
+// fit, cut short with ".." when it still does not.
+void draw_title(Canvas& c, int x, int y, int width, std::string title);
+
 struct Series {
     std::string label;  // empty: not in the legend
     Rgb color;

@@ -1,6 +1,6 @@
 // moe-plot: a run's metrics.jsonl as a PNG of charts (loss, learning rate,
 // gradient norm, speed, router losses, expert load), several runs over each
-// other to compare them.
+// other to compare them; and each run's expert telemetry as a second PNG.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -12,6 +12,7 @@
 #include "engine/io/metrics.h"
 #include "engine/io/files.h"
 #include "tools/chart.h"
+#include "tools/expert_figure.h"
 #include "tools/png_writer.h"
 #include "tools/tool_args.h"
 
@@ -22,6 +23,7 @@ namespace {
 
 const char* kUsage =
     "usage: moe-plot RUN [RUN ...] [-o FILE.png] [--from STEP] [--smooth N] [--size WIDTHxHEIGHT]\n"
+    "                [--experts-at STEP[,STEP...]]\n"
     "  Draws the metrics a training run logged as charts in a PNG file: training and validation loss,\n"
     "  learning rate, gradient norm, tokens/s, step time, router losses, expert load (max / mean), and\n"
     "  capacity drops and all-to-all time where there are any.\n"
@@ -32,7 +34,13 @@ const char* kUsage =
     "  --from STEP: leave out the steps before STEP (the first steps' loss flattens the rest).\n"
     "  --smooth N: draw the training loss as the mean of its last N steps, over the raw loss in a\n"
     "  lighter colour (default 1: raw only).\n"
-    "  --size WIDTHxHEIGHT: the picture in pixels (default 1600x1200).\n";
+    "  --size WIDTHxHEIGHT: the picture in pixels (default 1600x1200).\n"
+    "  Expert telemetry (moe-train writes it every log.every steps) goes to FILE-experts.png beside\n"
+    "  FILE.png (FILE-experts-RUNNAME.png for each of several runs): heatmaps of each layer's expert\n"
+    "  load (1: a balanced share) over all steps and at chosen steps, and per-layer charts of the slots\n"
+    "  dropped by capacity, the load-balancing loss and the z-loss.\n"
+    "  --experts-at STEP[,STEP...]: the steps of the load heatmaps (each in the log interval that\n"
+    "  holds it; default: the last interval).\n";
 
 constexpr const char* kProgram = "moe-plot";
 
@@ -41,7 +49,25 @@ struct Args {
     std::string out;
     long from = 0, smooth = 1;
     int width = 1600, height = 1200;
+    std::vector<long> experts_at;
 };
+
+// STEP[,STEP...], each a step >= 1.
+std::vector<long> parse_steps(ToolArgs& args, const std::string& text) {
+    std::vector<long> steps;
+    size_t start = 0;
+    while (true) {
+        const size_t comma = text.find(',', start);
+        const std::string item = text.substr(start, comma - start);
+        char* end = nullptr;
+        const long step = std::strtol(item.c_str(), &end, 10);
+        if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || step < 1 || *end)
+            args.fail("--experts-at takes steps >= 1 separated by commas, e.g. 100,500, got '" + text + "'");
+        steps.push_back(step);
+        if (comma == std::string::npos) return steps;
+        start = comma + 1;
+    }
+}
 
 Args parse(int argc, char** argv) {
     Args a;
@@ -54,6 +80,8 @@ Args parse(int argc, char** argv) {
             a.from = args.integer(0);
         } else if (arg == "--smooth") {
             a.smooth = args.integer(1);
+        } else if (arg == "--experts-at") {
+            a.experts_at = parse_steps(args, args.value());
         } else if (arg == "--size") {
             const std::string text = args.value();
             int w = 0, h = 0;
@@ -113,9 +141,9 @@ std::vector<std::pair<double, double>> points_of(const Run& run, const std::stri
         double step = std::nan(""), value = std::nan("");
         bool has_key = false;
         for (const auto& f : line) {
-            if (f.first == "step") step = f.second;
-            if (f.first == key) {
-                value = f.second;
+            if (f.first == "step") step = f.second.number();
+            if (f.first == key && f.second.depth == 0) {
+                value = f.second.number();
                 has_key = true;
             }
         }
@@ -188,6 +216,45 @@ std::vector<Panel> build_panels(const std::vector<Run>& runs, long from, long sm
     return panels;
 }
 
+// Each run's expert telemetry as FILE-experts.png beside FILE.png (one file
+// a run, named after it, when there are several); a run without telemetry
+// (logged before there was any) has none.
+void write_expert_figures(const Args& args, const std::vector<Run>& runs, const std::string& out) {
+    const fs::path base = fs::path(out).replace_extension();
+    for (const Run& run : runs) {
+        std::vector<ExpertInterval> intervals;
+        try {
+            intervals = expert_intervals(run.lines, args.from);
+        } catch (const DataError& e) {
+            exit_with_error(kProgram, "'" + run.file + "': " + e.what());
+        }
+        if (intervals.empty()) continue;
+        std::vector<int> at;
+        for (long step : args.experts_at) {
+            const int i = interval_at(intervals, step);
+            if (step < args.from || i < 0)
+                exit_with_error(kProgram, "--experts-at " + std::to_string(step) + ": '" + run.file +
+                                              "' has expert telemetry for steps " +
+                                              std::to_string(intervals.front().first_step) + " to " +
+                                              std::to_string(intervals.back().step) + " only");
+            at.push_back(i);
+        }
+        if (at.empty()) at.push_back(int(intervals.size()) - 1);
+        Canvas canvas(args.width, args.height, {255, 255, 255});
+        const int panels = draw_expert_figure(canvas, intervals, at);
+        const std::string file =
+            base.string() + (runs.size() == 1 ? "-experts.png" : "-experts-" + run.name + ".png");
+        const std::string png = encode_png(canvas);
+        try {
+            write_file_atomically(file, {{png.data(), png.size()}});
+        } catch (const std::exception& e) {
+            exit_with_error(kProgram, std::string(e.what()) + " (choose another file with -o)");
+        }
+        std::printf("%s: expert telemetry of %zu log intervals, %zu layers x %zu experts, %d charts\n",
+                    file.c_str(), intervals.size(), intervals[0].share.size(), intervals[0].share[0].size(), panels);
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -224,5 +291,6 @@ int main(int argc, char** argv) {
     }
     std::printf("%s: %zu run(s), steps %.0f to %.0f, %zu charts\n", out.c_str(), runs.size(), x_lo, x_hi,
                 panels.size());
+    write_expert_figures(args, runs, out);
     return 0;
 }

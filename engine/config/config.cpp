@@ -116,6 +116,8 @@ const std::vector<Key>& schema() {
         MOE_KEY(eval.every, kNonNegative),
         MOE_KEY(eval.batches, kAtLeastOne),
         MOE_KEY(log.every, kAtLeastOne),
+        MOE_KEY(log.starved_share, kFraction),
+        MOE_KEY(log.starved_intervals, kAtLeastOne),
         MOE_KEY(checkpoint.every, kNonNegative),
         MOE_KEY(checkpoint.keep, kAtLeastOne),
         MOE_KEY(run.seed, kAny),

@@ -89,7 +89,12 @@ struct EvalConfig {
 };
 
 struct LogConfig {
-    int every = 10;  // steps between progress lines
+    int every = 10;  // steps between progress lines and expert telemetry lines
+    // An expert whose share of its layer's routed slots stays below
+    // starved_share of a balanced share (1 / experts) for starved_intervals
+    // log intervals in a row is reported; 0: never.
+    double starved_share = 0.1;
+    int starved_intervals = 3;
 };
 
 struct CheckpointConfig {

@@ -6,9 +6,23 @@
 
 namespace moe {
 
-// One line of a metrics file: its fields in order; null (a NaN or infinity
-// when written) reads as NaN.
-using MetricsLine = std::vector<std::pair<std::string, double>>;
+// A metric: a number, a list of numbers, or a table (a list of lists, e.g.
+// [layer][expert]). Non-finite numbers are written as null and read as NaN.
+struct MetricValue {
+    int depth = 0;                          // 0: a number, 1: a list, 2: a table
+    std::vector<std::vector<double>> rows;  // a number is one row of one, a list one row
+
+    MetricValue(double number = 0) : rows{{number}} {}
+    MetricValue(std::vector<double> list) : depth(1), rows{std::move(list)} {}
+    MetricValue(std::vector<std::vector<double>> table) : depth(2), rows(std::move(table)) {}
+
+    // The number (NaN for a list or table).
+    double number() const;
+    bool operator==(const MetricValue& o) const { return depth == o.depth && rows == o.rows; }
+};
+
+// One line of a metrics file: its fields in order.
+using MetricsLine = std::vector<std::pair<std::string, MetricValue>>;
 
 // The lines of a metrics file. A malformed line throws DataError naming the
 // file and the line; a last line without its newline (still being written)
@@ -28,9 +42,11 @@ public:
     MetricsWriter(const MetricsWriter&) = delete;
     MetricsWriter& operator=(const MetricsWriter&) = delete;
 
-    // Appends {"k": v, ...} as one line; doubles in full (%.17g), so a resumed
-    // run's losses can be compared bit for bit. A line that cannot be written
-    // whole (a full disk) is removed again and DataError says so.
+    // Appends {"k": v, ...} as one line. Numbers in full (%.17g), so a resumed
+    // run's losses can be compared bit for bit; the numbers of lists and tables
+    // (telemetry) to 6 significant digits, whole numbers exactly, to keep the
+    // lines short. A line that cannot be written whole (a full disk) is removed
+    // again and DataError says so.
     void write(const MetricsLine& fields);
 
 private:

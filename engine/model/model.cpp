@@ -174,12 +174,8 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
         if (cfg_.dynamics.enabled) ops_.zero(v_[0]);
     }
 
-    for (size_t l = 0; l < blocks_.size(); ++l) {
-        MoeStats s;
-        forward_block(l, &s);
-        r.routed.push_back(std::move(s.routed));
-        r.dropped += s.dropped;
-    }
+    r.layers.resize(blocks_.size());
+    for (size_t l = 0; l < blocks_.size(); ++l) forward_block(l, &r.layers[l]);
     if (!router_stats_.empty()) {
         // Every layer's router statistics in one read: a device waits once.
         PhaseScope scope(times_, ops_, Phase::Routing);
@@ -188,6 +184,7 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
         const int64_t row = router_stats_.dim(1);
         for (size_t l = 0; l < blocks_.size(); ++l) {
             const RouterLosses losses = blocks_[l]->moe.router_losses(router_stats_host_.data() + l * row);
+            r.layers[l].losses = losses;
             r.aux += losses.aux + losses.z_loss;
         }
     }
@@ -198,6 +195,12 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
     ops_.cross_entropy_forward(losses_, logits_, targets_);
     r.loss = ops_.sum(losses_) / double(N);
     return r;
+}
+
+int64_t ForwardResult::dropped() const {
+    int64_t n = 0;
+    for (const MoeStats& s : layers) n += s.dropped;
+    return n;
 }
 
 void Model::forward_block(size_t l, MoeStats* stats) {

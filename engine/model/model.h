@@ -21,10 +21,11 @@ namespace moe {
 using BucketReady = std::function<void(const std::vector<Param*>& bucket)>;
 
 struct ForwardResult {
-    double loss = 0;  // mean cross-entropy
-    double aux = 0;   // sum over layers of load-balancing + z losses
-    std::vector<std::vector<int64_t>> routed;  // [L][E] token-slots per expert
-    int64_t dropped = 0;                       // slots dropped by capacity, all layers
+    double loss = 0;              // mean cross-entropy
+    double aux = 0;               // sum over layers of load-balancing + z losses
+    std::vector<MoeStats> layers;  // [L] each layer's routing and router losses
+
+    int64_t dropped() const;  // slots dropped by capacity, all layers
 };
 
 // How a model is set up on this rank, beyond its config and micro-batch.

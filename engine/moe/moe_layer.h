@@ -11,10 +11,11 @@
 
 namespace moe {
 
-// What one forward of the layer routed, for logs.
+// What one forward of the layer routed, for logs and telemetry.
 struct MoeStats {
-    std::vector<int64_t> routed;  // [E] token-slots routed to each expert
+    std::vector<int64_t> routed;  // [E] token-slots that chose each expert (dropped ones too)
     int64_t dropped = 0;          // slots dropped by capacity
+    RouterLosses losses;          // load-balancing and z losses, weighted (learned router)
 };
 
 class MoeLayer {

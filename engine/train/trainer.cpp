@@ -18,6 +18,7 @@
 #include "engine/model/model.h"
 #include "engine/run/layout_report.h"
 #include "engine/run/stop_signal.h"
+#include "engine/train/expert_telemetry.h"
 #include "engine/train/grad_sync.h"
 #include "engine/train/optimizer.h"
 #include "engine/train/step_totals.h"
@@ -93,6 +94,7 @@ private:
     std::unique_ptr<Model> model_;
     std::unique_ptr<AdamW> optimizer_;
     std::unique_ptr<MetricsWriter> metrics_;
+    ExpertTelemetry telemetry_;
     TrainProgress progress_;
     std::vector<int32_t> inputs_, targets_;
     TrainSummary summary_;
@@ -117,7 +119,8 @@ Trainer::Trainer(const Config& cfg, Ops& ops, const TrainOptions& opts, const Pr
       world_size_(world_size(groups)),
       lead_(rank_ == 0),
       tokens_per_step_(int64_t(B_) * T_ * A_ * world_size_),
-      metrics_path_(cfg.run.out_dir + "/metrics.jsonl") {
+      metrics_path_(cfg.run.out_dir + "/metrics.jsonl"),
+      telemetry_(mc_.num_layers, mc_.moe.num_experts, cfg.log.starved_share, cfg.log.starved_intervals) {
     open_run(opts);
     build_model();
     restore(opts);
@@ -334,14 +337,20 @@ void Trainer::record(int step, const StepTotals& t, double grad_norm, double lr,
     metrics_->write({{"step", step + 1},
                      {"loss", t.loss},
                      {"aux", t.aux},
+                     {"balance_loss", t.total_balance_loss()},
+                     {"z_loss", t.total_z_loss()},
                      {"lr", lr},
                      {"grad_norm", grad_norm},
                      {"tokens_per_s", tokens_per_step_ / step_s},
                      {"load_max_over_mean", imbalance},
-                     {"dropped", double(t.dropped)},
+                     {"dropped", double(t.total_dropped())},
                      {"step_s", step_s},
                      {"all_to_all_s", a2a_s}});
+    telemetry_.add(t);
     if ((step + 1) % cfg_.log.every != 0 && step != progress_.step && step + 1 != steps_) return;
+    std::vector<std::string> starving;
+    metrics_->write(telemetry_.take(step + 1, starving));
+    for (const std::string& line : starving) spdlog::warn("{}", line);
     const double avg_tok_s = tokens_per_step_ * timed_steps_ / timed_s_;
     const double eta = (steps_ - step - 1) * timed_s_ / timed_steps_;
     // On GPUs, model TFLOP/s and MFU; on CPUs, GFLOP/s.
@@ -353,7 +362,8 @@ void Trainer::record(int step, const StepTotals& t, double grad_norm, double lr,
     spdlog::info("step {:>5}/{} | loss {:.4f} | aux {:.4f} | lr {:.2e} | grad {:.3f} | {:.0f} tok/s | "
                  "{} | load max/mean {:.2f}{} | eta {}",
                  step + 1, steps_, t.loss, t.aux, lr, grad_norm, avg_tok_s, speed, imbalance,
-                 t.dropped ? " | dropped " + std::to_string(t.dropped) : std::string(), format_duration(eta));
+                 t.total_dropped() ? " | dropped " + std::to_string(t.total_dropped()) : std::string(),
+                 format_duration(eta));
 }
 
 // Mean cross-entropy over the first eval.batches global batches of the

@@ -166,7 +166,7 @@ void check_layout_matches_one_process(const ModelConfig& cfg, Ops& ops, const Pr
     // Gradients reduced layer by layer as the backward finishes them.
     GradientReducer reducer(params, &groups);
     model.backward(1.0, Write::overwrite, reducer.bucket_ready());
-    if (cfg.moe.capacity_factor) REQUIRE(f.dropped > 0);
+    if (cfg.moe.capacity_factor) REQUIRE(f.dropped() > 0);
     std::vector<double> losses = {f.loss, f.aux};
     groups.world->all_reduce(losses.data(), 2, DType::F64, ReduceOp::Sum);
     reducer.finish();
