@@ -24,6 +24,7 @@
 #include "engine/io/safetensors.h"
 #include "engine/io/shards.h"
 #include "engine/io/weights_io.h"
+#include "engine/io/metrics.h"
 #include "engine/train/trainer.h"
 #include "kernels/cpu/cpu_ops.h"
 #if MOE_HAVE_CUDA
@@ -378,6 +379,29 @@ TEST_CASE("20 training steps give one process's loss curve", "[mpi]") {
             INFO("step " << s + 1 << ": " << got.losses[s] << " vs one process " << want.losses[s]);
             CHECK(std::fabs(got.losses[s] - want.losses[s]) <= 1e-4 * want.losses[s]);
         }
+        // The expert telemetry counts every rank's slots: the one process's.
+        if (rank == 0) {
+            const auto telemetry = [](const std::string& run) {
+                std::vector<MetricsLine> lines;
+                for (MetricsLine& line : read_metrics(run + "/metrics.jsonl"))
+                    if (line[1].first == "interval_steps") lines.push_back(std::move(line));
+                return lines;
+            };
+            const std::vector<MetricsLine> one = telemetry(out + "single-rank0");
+            const std::vector<MetricsLine> many = telemetry(out + "ep" + std::to_string(ep));
+            REQUIRE(one.size() == many.size());
+            REQUIRE(!one.empty());
+            for (size_t i = 0; i < one.size(); ++i) {
+                CHECK(many[i][0].second == one[i][0].second);  // step
+                CHECK(many[i][3].second == one[i][3].second);  // layer_slots, exactly
+                const auto& a = many[i][2].second.rows;  // expert_share
+                const auto& b = one[i][2].second.rows;
+                REQUIRE(a.size() == b.size());
+                for (size_t l = 0; l < a.size(); ++l)
+                    for (size_t e = 0; e < a[l].size(); ++e) CHECK(std::fabs(a[l][e] - b[l][e]) <= 0.01);
+            }
+        }
+        world->barrier();
     }
 }
 
