@@ -378,6 +378,8 @@ TEST_CASE("values out of range are named with the allowed range", "[unit]") {
     require_errors({
         {std::string(kTrain) + "model:\n  vocab_size: 0\n", {}, {"model.vocab_size must be > 0, got 0"}},
         {std::string(kTrain) + "train:\n  micro_batch_size: -2\n", {}, {"train.micro_batch_size must be > 0, got -2"}},
+        {kTrain, {"optimizer.decay_fraction=0"}, {"optimizer.decay_fraction must be in (0, 1], got 0"}},
+        {kTrain, {"optimizer.decay_fraction=1.5"}, {"optimizer.decay_fraction must be in (0, 1], got 1.5"}},
         {std::string(kTrain) + "optimizer:\n  lr: -0.001\n", {}, {"optimizer.lr must be > 0, got -0.001"}},
         {std::string(kTrain) + "optimizer:\n  beta2: 1\n", {}, {"optimizer.beta2 must be in [0, 1), got 1"}},
         {std::string(kTrain) + "optimizer:\n  weight_decay: -0.1\n", {}, {"optimizer.weight_decay must be >= 0"}},
@@ -443,6 +445,8 @@ TEST_CASE("enums list their choices", "[unit]") {
         {std::string(kTrain) + "run:\n  nan_policy: ignore\n", {}, {"run.nan_policy must be one of stop, skip"}},
         {std::string(kTrain) + "model:\n  moe:\n    router: hash\n", {},
          {"model.moe.router must be one of learned, token_id"}},
+        {kTrain, {"optimizer.schedule=linear"}, {"optimizer.schedule must be one of cosine, constant, wsd, got 'linear'"}},
+        {kTrain, {"optimizer.decay_shape=exp"}, {"optimizer.decay_shape must be one of linear, sqrt, cosine, got 'exp'"}},
     });
 }
 
@@ -463,6 +467,9 @@ TEST_CASE("inconsistent combinations name both keys and the fix", "[unit]") {
           "parallel.expert_parallel to one of 1, 2, 4"}},
         {std::string(kTrain) + "train:\n  seq_len: 2147483647\n  micro_batch_size: 2\n", {},
          {"train.micro_batch_size x train.seq_len x model.moe.top_k (8589934588 token slots) must be below 2^31"}},
+        {kTrain, {"optimizer.schedule=wsd", "optimizer.decay_fraction=0.95"},
+         {"optimizer.warmup_steps (10) and the wsd decay (0.95 of train.steps: 95 steps) must fit in train.steps "
+          "(100): lower optimizer.decay_fraction or optimizer.warmup_steps"}},
         {"model:\n  num_layers: 1\n", {}, {"set data.train to a glob of token shards (see README)"}},
         {"data:\n  train: \"\"\n", {}, {"set data.train to a glob of token shards (see README)"}},
     });

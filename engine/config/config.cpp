@@ -25,7 +25,8 @@ namespace {
 // ---- the schema --------------------------------------------------------------
 
 using Field =
-    std::variant<int*, std::uint64_t*, double*, std::optional<double>*, bool*, std::string*, RouterKind*, Recompute*>;
+    std::variant<int*, std::uint64_t*, double*, std::optional<double>*, bool*, std::string*, RouterKind*, Recompute*,
+                 LrSchedule*, DecayShape*>;
 
 // The names of an enum's values, in declaration order: what YAML spells.
 const std::vector<std::string>& names(const RouterKind*) {
@@ -34,6 +35,14 @@ const std::vector<std::string>& names(const RouterKind*) {
 }
 const std::vector<std::string>& names(const Recompute*) {
     static const std::vector<std::string> n = {"none", "experts", "full"};
+    return n;
+}
+const std::vector<std::string>& names(const LrSchedule*) {
+    static const std::vector<std::string> n = {"cosine", "constant", "wsd"};
+    return n;
+}
+const std::vector<std::string>& names(const DecayShape*) {
+    static const std::vector<std::string> n = {"linear", "sqrt", "cosine"};
     return n;
 }
 
@@ -53,6 +62,7 @@ constexpr Range kThreads{0, 1024, false, false, "in [0, 1024] (0: every core)"};
 // Deeper than any model trained; the plan of a model stays quick to make.
 constexpr Range kLayers{1, 10000, false, false, "in [1, 10000]"};
 constexpr Range kFraction{0, 1, false, true, "in [0, 1)"};     // Adam betas
+constexpr Range kShare{0, 1, true, false, "in (0, 1]"};
 constexpr Range kProbability{0, 1, true, true, "in (0, 1)"};  // sigmoid outputs
 
 struct Key {
@@ -108,6 +118,9 @@ const std::vector<Key>& schema() {
         MOE_KEY(optimizer.lr, kPositive),
         MOE_KEY(optimizer.min_lr, kNonNegative),
         MOE_KEY(optimizer.warmup_steps, kNonNegative),
+        MOE_KEY(optimizer.schedule, kAny),
+        MOE_KEY(optimizer.decay_fraction, kShare),
+        MOE_KEY(optimizer.decay_shape, kAny),
         MOE_KEY(optimizer.beta1, kFraction),
         MOE_KEY(optimizer.beta2, kFraction),
         MOE_KEY(optimizer.eps, kPositive),
@@ -450,6 +463,14 @@ void check_consistency(const Config& c) {
                                                    ") must be <= optimizer.lr (" + format(c.optimizer.lr) + ")");
     need(c.optimizer.warmup_steps <= c.train.steps, "optimizer.warmup_steps (" + format(c.optimizer.warmup_steps) +
                                                         ") must be <= train.steps (" + format(c.train.steps) + ")");
+    if (c.optimizer.schedule == LrSchedule::wsd) {
+        const int decay = wsd_decay_steps(c.optimizer, c.train.steps);
+        need(c.optimizer.warmup_steps + decay <= c.train.steps,
+             "optimizer.warmup_steps (" + format(c.optimizer.warmup_steps) + ") and the wsd decay (" +
+                 format(c.optimizer.decay_fraction) + " of train.steps: " + std::to_string(decay) +
+                 " steps) must fit in train.steps (" + format(c.train.steps) +
+                 "): lower optimizer.decay_fraction or optimizer.warmup_steps");
+    }
     need(m.dynamics.mu_min <= m.dynamics.mu_max, "model.dynamics.mu_min (" + format(m.dynamics.mu_min) +
                                                      ") must be <= model.dynamics.mu_max (" +
                                                      format(m.dynamics.mu_max) + ")");
@@ -558,6 +579,12 @@ Config parse(const std::string& text, const std::string& source, const std::vect
 
 const char* name_of(RouterKind kind) { return names(&kind)[size_t(kind)].c_str(); }
 const char* name_of(Recompute kind) { return names(&kind)[size_t(kind)].c_str(); }
+int wsd_decay_steps(const OptimizerConfig& cfg, int total_steps) {
+    return int(std::lround(cfg.decay_fraction * total_steps));
+}
+
+const char* name_of(LrSchedule kind) { return names(&kind)[size_t(kind)].c_str(); }
+const char* name_of(DecayShape kind) { return names(&kind)[size_t(kind)].c_str(); }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
     return parse(read_file(path), "'" + path + "'", overrides);

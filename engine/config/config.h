@@ -74,10 +74,26 @@ struct TrainConfig {
     Recompute recompute = Recompute::none;
 };
 
+// The learning rate after warmup (docs/MODEL-OPTIONS.md "Learning-rate schedules"):
+// cosine decay to min_lr; constant at lr; or warmup-stable-decay, constant at
+// lr until the last decay_fraction of train.steps, then down to min_lr.
+enum class LrSchedule { cosine, constant, wsd };
+const char* name_of(LrSchedule kind);
+// The shape of the WSD decay from lr to min_lr.
+enum class DecayShape { linear, sqrt, cosine };
+const char* name_of(DecayShape kind);
+
+struct OptimizerConfig;
+// wsd: the steps of the final decay, decay_fraction of total_steps rounded.
+int wsd_decay_steps(const OptimizerConfig& cfg, int total_steps);
+
 struct OptimizerConfig {
     double lr = 3e-3;
     double min_lr = 3e-4;
     int warmup_steps = 10;
+    LrSchedule schedule = LrSchedule::cosine;
+    double decay_fraction = 0.2;  // wsd: the share of train.steps spent decaying
+    DecayShape decay_shape = DecayShape::linear;  // wsd
     double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
     double weight_decay = 0.1;
     double grad_clip = 1.0;  // 0 disables clipping

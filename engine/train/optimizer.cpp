@@ -5,13 +5,6 @@
 
 namespace moe {
 
-double learning_rate(const OptimizerConfig& cfg, int64_t step, int64_t total_steps) {
-    if (step < cfg.warmup_steps) return cfg.lr * double(step + 1) / double(cfg.warmup_steps);
-    const int64_t decay_steps = std::max<int64_t>(1, total_steps - cfg.warmup_steps);
-    const double progress = std::min(1.0, double(step - cfg.warmup_steps) / double(decay_steps));
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + std::cos(M_PI * progress));
-}
-
 double AdamW::clip_scale(double grad_norm) const {
     if (cfg_.grad_clip <= 0 || grad_norm <= cfg_.grad_clip) return 1.0;
     return cfg_.grad_clip / (grad_norm + 1e-6);

@@ -1,5 +1,5 @@
-// AdamW over the parameter set (decay on 2-D weights only), global grad-norm
-// clipping, and the learning-rate schedule (linear warmup, cosine to min_lr).
+// AdamW over the parameter set (decay on 2-D weights only) and global
+// grad-norm clipping.
 #pragma once
 #include <cstdint>
 
@@ -7,9 +7,6 @@
 #include "engine/params/parameters.h"
 
 namespace moe {
-
-// lr for 0-based step of total_steps.
-double learning_rate(const OptimizerConfig& cfg, int64_t step, int64_t total_steps);
 
 class AdamW {
 public:

@@ -20,6 +20,7 @@
 #include "engine/run/stop_signal.h"
 #include "engine/train/expert_telemetry.h"
 #include "engine/train/grad_sync.h"
+#include "engine/train/lr_schedule.h"
 #include "engine/train/optimizer.h"
 #include "engine/train/step_totals.h"
 
