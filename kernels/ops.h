@@ -70,6 +70,16 @@ struct DynamicsParams {
 // op a read of the old values.
 enum class Write { add, overwrite };
 
+// How the learned router scores tokens and chooses their experts
+// (docs/MODEL-OPTIONS.md "Router options").
+struct RouterScoring {
+    bool sigmoid = false;    // scores sigmoid(logits); else softmax(logits)
+    bool normalize = true;   // combine weights renormalised over the chosen experts
+    Tensor bias;             // stat [E] added to the scores to choose only (empty: none)
+    int groups = 1;          // experts in this many groups of consecutive experts,
+    int group_limit = 1;     // a token choosing among those of its best group_limit (groups > 1)
+};
+
 struct AdamWParams {
     double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0;
     int64_t step = 1;          // 1-based, for bias correction
@@ -169,20 +179,27 @@ public:
                                     Tensor out, Tensor lse, Write write) = 0;
 
     // ---- learned router (every float tensor here is stat) ------------------
-    // logits[N,E] -> probs[N,E] = softmax, lse[N], topk_idx I32[N,k] (largest
-    // first, ties to the lower expert), topk_w[N,k] (renormalised if asked).
+    // docs/MODEL-OPTIONS.md "Router options". logits[N,E] -> probs[N,E] =
+    // the scores s (softmax or sigmoid), lse[N] = the log of what a row's
+    // scores are normalised by (softmax: the logits' log-sum-exp; sigmoid:
+    // log sum_e s), topk_idx
+    // I32[N,k] (largest key s + bias first, ties to the lower expert; with
+    // groups, only experts of the token's best groups), topk_w[N,k] (the
+    // chosen scores, renormalised if asked).
     virtual void router_forward(Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w, Tensor logits,
-                                bool normalize) = 0;
-    // dlogits += d/dlogits of: sum dtopk_w * topk_w  +  sum_{t,e} aux_coef[e]*probs[t,e]
-    //                         + z_coef * sum_t lse[t]^2.
-    // aux_coef is a host array [E] (the Switch loss gradient wrt each prob).
+                                const RouterScoring& scoring) = 0;
+    // dlogits += d/dlogits of: sum dtopk_w * topk_w  +  sum_{t,e} aux_coef[e]*q[t,e]
+    //                         + z_coef * sum_t lse[t]^2,
+    // q = probs for softmax, probs / exp(lse) for sigmoid (whose z_coef
+    // must be 0: the z-loss is the softmax's). aux_coef is a host array [E] (the balancing loss's
+    // gradient wrt each q).
     virtual void router_backward(Tensor dlogits, Tensor dtopk_w, Tensor probs, Tensor lse, Tensor topk_idx,
-                                 Tensor topk_w, bool normalize, const std::vector<double>& aux_coef,
+                                 Tensor topk_w, const RouterScoring& scoring, const std::vector<double>& aux_coef,
                                  double z_coef) = 0;
-    // stats F64[E+1] on the backend: the column sums of probs[N,E], then the
-    // sum of lse[N]^2. Stays on the device, so a model reads every layer's
-    // stats back at once.
-    virtual void router_stats(Tensor stats, Tensor probs, Tensor lse) = 0;
+    // stats F64[E+1] on the backend: the column sums of q[N,E], then the sum
+    // of lse[N]^2. Stays on the device, so a model reads every layer's stats
+    // back at once.
+    virtual void router_stats(Tensor stats, Tensor probs, Tensor lse, const RouterScoring& scoring) = 0;
 
     // ---- MoE routing plan (kernels/routing_plan.h) -------------------------
     // build_routing_plan for routing chosen on the backend: expert_of_slot

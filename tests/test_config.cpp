@@ -446,6 +446,7 @@ TEST_CASE("enums list their choices", "[unit]") {
         {std::string(kTrain) + "model:\n  moe:\n    router: hash\n", {},
          {"model.moe.router must be one of learned, token_id"}},
         {kTrain, {"optimizer.schedule=linear"}, {"optimizer.schedule must be one of cosine, constant, wsd, got 'linear'"}},
+        {kTrain, {"model.moe.score=tanh"}, {"model.moe.score must be one of softmax, sigmoid, got 'tanh'"}},
         {kTrain, {"optimizer.decay_shape=exp"}, {"optimizer.decay_shape must be one of linear, sqrt, cosine, got 'exp'"}},
     });
 }
@@ -467,6 +468,19 @@ TEST_CASE("inconsistent combinations name both keys and the fix", "[unit]") {
           "parallel.expert_parallel to one of 1, 2, 4"}},
         {std::string(kTrain) + "train:\n  seq_len: 2147483647\n  micro_batch_size: 2\n", {},
          {"train.micro_batch_size x train.seq_len x model.moe.top_k (8589934588 token slots) must be below 2^31"}},
+        {kTrain, {"model.moe.score=sigmoid", "model.moe.z_loss_weight=0.001"},
+         {"model.moe.z_loss_weight (0.001) is the softmax's z-loss: with model.moe.score sigmoid set it to 0"}},
+        {kTrain, {"model.moe.router=token_id", "model.moe.top_k=1", "model.moe.score=sigmoid"},
+         {"model.moe.score and model.moe.groups apply to the learned router"}},
+        {kTrain, {"model.moe.groups=3"},
+         {"model.moe.groups (3) must divide model.moe.num_experts (4) and be at most 64"}},
+        {kTrain, {"model.moe.group_limit=1"},
+         {"model.moe.group_limit applies to group-limited routing: set model.moe.groups above 1"}},
+        {kTrain, {"model.moe.groups=2", "model.moe.group_limit=3"},
+         {"model.moe.group_limit (3) must be <= model.moe.groups (2)"}},
+        {kTrain, {"model.moe.groups=4", "model.moe.group_limit=1"},
+         {"model.moe.top_k (2) must be <= the experts of 1 group(s) (1): raise model.moe.group_limit or lower "
+          "model.moe.top_k"}},
         {kTrain, {"optimizer.schedule=wsd", "optimizer.decay_fraction=0.95"},
          {"optimizer.warmup_steps (10) and the wsd decay (0.95 of train.steps: 95 steps) must fit in train.steps "
           "(100): lower optimizer.decay_fraction or optimizer.warmup_steps"}},

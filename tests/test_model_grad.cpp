@@ -72,6 +72,12 @@ TEST_CASE("model gradients match finite differences", "[unit]") {
              m.moe.normalize_top_k = false;
              m.moe.z_loss_weight = 0;
          }},
+        {"sigmoid scores, group-limited", [](ModelConfig& m) {
+             m.moe.score = moe::RouterScore::sigmoid;
+             m.moe.z_loss_weight = 0;
+             m.moe.groups = 3;  // an expert a group: top-2 of the best 2
+             m.moe.group_limit = 2;
+         }},
     };
     for (const Variant& v : variants) {
         SECTION(v.name) {

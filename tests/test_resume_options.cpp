@@ -24,6 +24,13 @@ struct Variant {
 const std::vector<Variant>& variants() {
     static const std::vector<Variant> v = {
         {"constant", [](Config& c) { c.optimizer.schedule = LrSchedule::constant; }},
+        {"sigmoid-groups",
+         [](Config& c) {
+             c.model.moe.score = RouterScore::sigmoid;
+             c.model.moe.z_loss_weight = 0;
+             c.model.moe.groups = 3;
+             c.model.moe.group_limit = 2;
+         }},
         {"wsd-sqrt",
          [](Config& c) {
              c.optimizer.schedule = LrSchedule::wsd;

@@ -20,6 +20,7 @@
 #include "kernels/routing_plan.h"
 #include "engine/run/backend.h"
 #include "engine/config/config.h"
+#include "engine/moe/learned_router.h"
 #include "engine/params/rng.h"
 #include "tools/tool_args.h"
 
@@ -206,16 +207,17 @@ int run(const Args& args) {
         moe::Tensor topk_w = buf.zeros(pr.stat, {N, k}), dtopk_w = buf.random(pr.stat, {N, k});
         moe::Tensor dlogits = buf.zeros(pr.stat, {N, E});
         const std::vector<double> aux_coef(size_t(E), 1e-3);
+        const moe::RouterScoring scoring = moe::router_scoring(m.moe);
         const double rbytes = double(2 * N * E * stat + N * stat + N * k * (4 + stat));
         time("router forward", dims({N, E, k}), L, rbytes, 5.0 * N * E,
-             [&] { ops.router_forward(probs, rlse, topk_idx, topk_w, logits, m.moe.normalize_top_k); });
+             [&] { ops.router_forward(probs, rlse, topk_idx, topk_w, logits, scoring); });
         time("router backward", dims({N, E, k}), L, rbytes + N * E * stat, 8.0 * N * E, [&] {
-            ops.router_backward(dlogits, dtopk_w, probs, rlse, topk_idx, topk_w, m.moe.normalize_top_k, aux_coef,
+            ops.router_backward(dlogits, dtopk_w, probs, rlse, topk_idx, topk_w, scoring, aux_coef,
                                 m.moe.z_loss_weight);
         });
         moe::Tensor stats = buf.zeros(moe::DType::F64, {E + 1});
         time("router stats", dims({N, E}), L, double(N * E * stat + N * stat), 2.0 * N * E,
-             [&] { ops.router_stats(stats, probs, rlse); });
+             [&] { ops.router_stats(stats, probs, rlse, scoring); });
         moe::Tensor choices = buf.ids(expert_of_slot).view({N, k});
         moe::Tensor planned_slot_row = buf.zeros(moe::DType::I32, {R});
         moe::Tensor planned_row_token = buf.zeros(moe::DType::I32, {R});

@@ -50,6 +50,9 @@ DEFAULTS = {
             "expert_hidden_size": 256,
             "router": "learned",
             "normalize_top_k": True,
+            "score": "softmax",
+            "groups": 1,
+            "group_limit": 0,
             "load_balancing_weight": 0.01,
             "z_loss_weight": 0.0,
             "capacity_factor": None,
@@ -250,16 +253,28 @@ def route(x, ids, P, prefix, moe):
         experts = (ids % E).long().view(N, 1)
         return experts, torch.ones(N, 1, dtype=x.dtype), torch.zeros((), dtype=x.dtype)
     logits = x @ P[prefix + "router.weight"].T
-    probs = logits.softmax(-1)
-    # Largest k probabilities; a stable sort breaks ties toward the lower index.
-    experts = torch.sort(probs.detach(), dim=-1, descending=True, stable=True).indices[:, :k]
-    weights = probs.gather(1, experts)
+    sigmoid = moe["score"] == "sigmoid"
+    scores = logits.sigmoid() if sigmoid else logits.softmax(-1)
+    key = scores.detach()
+    # Group-limited choice (docs/MODEL-OPTIONS.md): a group scores the sum of
+    # its two largest keys; experts outside the token's best groups are out.
+    G = moe["groups"]
+    if G > 1:
+        size = E // G
+        group_score = key.view(N, G, size).topk(min(2, size), dim=-1).values.sum(-1)
+        best = torch.sort(group_score, dim=-1, descending=True, stable=True).indices[:, : moe["group_limit"] or G]
+        allowed = torch.zeros(N, G, dtype=torch.bool).scatter(1, best, True).repeat_interleave(size, dim=1)
+        key = key.masked_fill(~allowed, float("-inf"))
+    # Largest k keys; a stable sort breaks ties toward the lower index.
+    experts = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :k]
+    weights = scores.gather(1, experts)
     if moe["normalize_top_k"]:
         weights = weights / weights.sum(-1, keepdim=True)
     # Switch load balancing: f_e = share of the N*k slots routed to e (before
-    # any capacity drop, no gradient), P_e = mean router probability.
+    # any capacity drop, no gradient), P_e = mean normalised score.
     f = torch.bincount(experts.flatten(), minlength=E).to(x.dtype) / (N * k)
-    aux = moe["load_balancing_weight"] * E * (f * probs.mean(0)).sum()
+    q = scores / scores.sum(-1, keepdim=True) if sigmoid else scores
+    aux = moe["load_balancing_weight"] * E * (f * q.mean(0)).sum()
     if moe["z_loss_weight"]:
         aux = aux + moe["z_loss_weight"] * logits.logsumexp(-1).pow(2).mean()
     return experts, weights, aux

@@ -26,11 +26,15 @@ namespace {
 
 using Field =
     std::variant<int*, std::uint64_t*, double*, std::optional<double>*, bool*, std::string*, RouterKind*, Recompute*,
-                 LrSchedule*, DecayShape*>;
+                 LrSchedule*, DecayShape*, RouterScore*>;
 
 // The names of an enum's values, in declaration order: what YAML spells.
 const std::vector<std::string>& names(const RouterKind*) {
     static const std::vector<std::string> n = {"learned", "token_id"};
+    return n;
+}
+const std::vector<std::string>& names(const RouterScore*) {
+    static const std::vector<std::string> n = {"softmax", "sigmoid"};
     return n;
 }
 const std::vector<std::string>& names(const Recompute*) {
@@ -94,6 +98,9 @@ const std::vector<Key>& schema() {
         MOE_KEY(model.moe.expert_hidden_size, kPositive),
         MOE_KEY(model.moe.router, kAny),
         MOE_KEY(model.moe.normalize_top_k, kAny),
+        MOE_KEY(model.moe.score, kAny),
+        MOE_KEY(model.moe.groups, kAtLeastOne),
+        MOE_KEY(model.moe.group_limit, kNonNegative),
         MOE_KEY(model.moe.load_balancing_weight, kNonNegative),
         MOE_KEY(model.moe.z_loss_weight, kNonNegative),
         MOE_KEY(model.moe.capacity_factor, kPositive),
@@ -432,6 +439,32 @@ void check_value(const Key& key, const std::string& v) {
 }
 
 // Rules between keys; every single key is already within its range here.
+// The learned router's options (docs/MODEL-OPTIONS.md "Router options").
+void check_router_options(const MoeConfig& moe) {
+    const auto need = [](bool ok, const std::string& problem) {
+        if (!ok) fail(kWhere, problem);
+    };
+    const bool learned = moe.router == RouterKind::learned;
+    need(learned || (moe.score == RouterScore::softmax && moe.groups == 1),
+         "model.moe.score and model.moe.groups apply to the learned router: set model.moe.router to learned, or "
+         "leave them at softmax and 1");
+    need(moe.score != RouterScore::sigmoid || moe.z_loss_weight == 0,
+         "model.moe.z_loss_weight (" + format(moe.z_loss_weight) +
+             ") is the softmax's z-loss: with model.moe.score sigmoid set it to 0");
+    need(moe.groups <= 64 && moe.num_experts % moe.groups == 0,
+         "model.moe.groups (" + std::to_string(moe.groups) + ") must divide model.moe.num_experts (" +
+             std::to_string(moe.num_experts) + ") and be at most 64");
+    need(moe.groups > 1 || moe.group_limit == 0,
+         "model.moe.group_limit applies to group-limited routing: set model.moe.groups above 1, or group_limit to 0");
+    const int limit = moe.group_limit ? moe.group_limit : moe.groups;
+    need(limit <= moe.groups, "model.moe.group_limit (" + std::to_string(moe.group_limit) +
+                                  ") must be <= model.moe.groups (" + std::to_string(moe.groups) + ")");
+    const int reachable = limit * (moe.num_experts / moe.groups);
+    need(moe.top_k <= reachable, "model.moe.top_k (" + std::to_string(moe.top_k) + ") must be <= the experts of " +
+                                     std::to_string(limit) + " group(s) (" + std::to_string(reachable) +
+                                     "): raise model.moe.group_limit or lower model.moe.top_k");
+}
+
 void check_consistency(const Config& c) {
     const ModelConfig& m = c.model;
     const auto need = [](bool ok, const std::string& problem) {
@@ -451,6 +484,7 @@ void check_consistency(const Config& c) {
     need(m.moe.router != RouterKind::token_id || m.moe.top_k == 1,
          "model.moe.router token_id sends each token to exactly one expert: set model.moe.top_k to 1 (got " +
              std::to_string(m.moe.top_k) + ")");
+    check_router_options(m.moe);
     if (m.moe.num_experts % c.parallel.expert_parallel != 0) {  // the layouts that work, in the message
         std::vector<std::string> divisors;
         for (int d = 1; d <= m.moe.num_experts; ++d)
@@ -579,6 +613,7 @@ Config parse(const std::string& text, const std::string& source, const std::vect
 
 const char* name_of(RouterKind kind) { return names(&kind)[size_t(kind)].c_str(); }
 const char* name_of(Recompute kind) { return names(&kind)[size_t(kind)].c_str(); }
+const char* name_of(RouterScore kind) { return names(&kind)[size_t(kind)].c_str(); }
 int wsd_decay_steps(const OptimizerConfig& cfg, int total_steps) {
     return int(std::lround(cfg.decay_fraction * total_steps));
 }

@@ -18,6 +18,9 @@ struct ConfigError : std::runtime_error {
 enum class RouterKind { learned, token_id };
 // The names configs, checkpoints and logs use: "learned", "token_id".
 const char* name_of(RouterKind kind);
+// The learned router's scores (docs/MODEL-OPTIONS.md "Scores").
+enum class RouterScore { softmax, sigmoid };
+const char* name_of(RouterScore kind);
 
 struct MoeConfig {
     int num_experts = 4;             // E
@@ -25,6 +28,12 @@ struct MoeConfig {
     int expert_hidden_size = 256;    // I
     RouterKind router = RouterKind::learned;
     bool normalize_top_k = true;
+    RouterScore score = RouterScore::softmax;
+    // Group-limited routing: experts in `groups` groups of consecutive
+    // experts, a token choosing among those of its best group_limit groups
+    // (0: all of them).
+    int groups = 1;
+    int group_limit = 0;
     double load_balancing_weight = 0.01;
     double z_loss_weight = 0.0;
     std::optional<double> capacity_factor;  // none: dropless

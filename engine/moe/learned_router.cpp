@@ -4,8 +4,18 @@
 
 namespace moe {
 
+RouterScoring router_scoring(const MoeConfig& cfg) {
+    RouterScoring s;
+    s.sigmoid = cfg.score == RouterScore::sigmoid;
+    s.normalize = cfg.normalize_top_k;
+    s.groups = cfg.groups;
+    s.group_limit = cfg.group_limit ? cfg.group_limit : cfg.groups;
+    return s;
+}
+
 LearnedRouter::LearnedRouter(const ModelConfig& cfg, ParameterSet& params, int layer)
     : cfg_(cfg.moe),
+      scoring_(router_scoring(cfg.moe)),
       weight_(&params.add("layers." + std::to_string(layer) + ".moe.router.weight",
                           {cfg_.num_experts, cfg.hidden_size}, InitSpec::normal(cfg.init_std), true)) {}
 
@@ -23,14 +33,15 @@ void LearnedRouter::carve(Arena& acts, Arena& scratch, const Precision& pr, int6
 
 RouterChoice LearnedRouter::forward(Ops& ops, Tensor x, const int32_t*) {
     ops.matmul_forward(logits_, x, weight_->work, {});
-    ops.router_forward(probs_, lse_, topk_idx_, topk_w_, logits_, cfg_.normalize_top_k);
-    ops.router_stats(stats_, probs_, lse_);
+    ops.router_forward(probs_, lse_, topk_idx_, topk_w_, logits_, scoring_);
+    ops.router_stats(stats_, probs_, lse_, scoring_);
     return {topk_idx_, nullptr, topk_w_};
 }
 
 void LearnedRouter::set_load(const RoutingCounts& counts) {
     // Switch: aux = w * E * sum_e f_e * P_e, f_e = share of slots routed to e
-    // (no gradient), P_e = mean_t p[t, e]: aux = sum_e aux_coef[e] * sum_t p[t, e].
+    // (no gradient), P_e = mean_t q[t, e] (the normalised scores): aux =
+    // sum_e aux_coef[e] * sum_t q[t, e].
     const int E = cfg_.num_experts;
     const double N = counts.num_tokens, slots = N * counts.top_k;
     aux_coef_.assign(E, 0.0);
@@ -50,7 +61,7 @@ void LearnedRouter::backward(Ops& ops, Tensor x, Tensor dweights, Tensor dx, dou
     std::vector<double> aux_coef(aux_coef_);
     for (double& c : aux_coef) c *= loss_scale;
     ops.zero(dlogits_);
-    ops.router_backward(dlogits_, dweights, probs_, lse_, topk_idx_, topk_w_, cfg_.normalize_top_k, aux_coef,
+    ops.router_backward(dlogits_, dweights, probs_, lse_, topk_idx_, topk_w_, scoring_, aux_coef,
                         z_coef_ * loss_scale);
     if (dlogits_act_.data != dlogits_.data) ops.copy(dlogits_act_, dlogits_);
     ops.matmul_backward(dx, weight_->grad, {}, dlogits_act_, x, weight_->work, Write::add, grads);

@@ -1,12 +1,17 @@
-// The learned router (MODEL.md "Routers", Mixtral/Switch): logits = x W^T in
-// fp32, softmax, the k largest probabilities (renormalised unless
-// normalize_top_k is false), the Switch load-balancing loss and the z-loss.
+// The learned router (MODEL.md "Routers", Mixtral/Switch, and
+// docs/MODEL-OPTIONS.md "Router options"): logits = x W^T in fp32, softmax or
+// sigmoid scores, the k largest (within the token's best groups when
+// group-limited), their scores as weights (renormalised unless
+// normalize_top_k is false), the load-balancing loss and the z-loss.
 #pragma once
 #include <vector>
 
 #include "engine/moe/router.h"
 
 namespace moe {
+
+// How the config's learned router scores and chooses (no bias).
+RouterScoring router_scoring(const MoeConfig& cfg);
 
 class LearnedRouter : public Router {
 public:
@@ -20,6 +25,7 @@ public:
 
 private:
     const MoeConfig& cfg_;
+    RouterScoring scoring_;
     Param* weight_;  // [E, H]
     // logits_ to dlogits_ in fp32 (stat); dlogits_act_ feeds the matmul
     // backward (dlogits_ itself when the dtypes agree).

@@ -92,10 +92,10 @@ public:
                             Tensor lse, Write write) override;
 
     void router_forward(Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w, Tensor logits,
-                        bool normalize) override;
+                        const RouterScoring& scoring) override;
     void router_backward(Tensor dlogits, Tensor dtopk_w, Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w,
-                         bool normalize, const std::vector<double>& aux_coef, double z_coef) override;
-    void router_stats(Tensor stats, Tensor probs, Tensor lse) override;
+                         const RouterScoring& scoring, const std::vector<double>& aux_coef, double z_coef) override;
+    void router_stats(Tensor stats, Tensor probs, Tensor lse, const RouterScoring& scoring) override;
 
     RoutingCounts plan_routing(Tensor slot_row, Tensor row_token, Tensor expert_of_slot, int num_experts,
                                std::optional<double> capacity_factor) override;

@@ -57,6 +57,12 @@ const std::vector<Variant>& variants() {
              m.moe.top_k = 1;
          }},
         {"learned top-2 with capacity drops", [](ModelConfig& m) { m.moe.capacity_factor = 0.75; }},
+        {"sigmoid scores, group-limited", [](ModelConfig& m) {
+             m.moe.score = moe::RouterScore::sigmoid;
+             m.moe.z_loss_weight = 0;
+             m.moe.groups = 2;
+             m.moe.group_limit = 1;
+         }},
     };
     return v;
 }
