@@ -54,8 +54,8 @@ void AttentionLayer::forward(Ops& ops, Tensor x, Tensor out) {
         ops.matmul_forward(k_.view({N, nkv * hd}), x, wk_->work, {});
     }
     ops.matmul_forward(v_.view({N, nkv * hd}), x, wv_->work, {});
-    ops.rope_forward(q_, cfg_.rope_theta);
-    ops.rope_forward(k_, cfg_.rope_theta);
+    ops.rope_forward(q_, cfg_.rope_theta, 0);
+    ops.rope_forward(k_, cfg_.rope_theta, 0);
     ops.attention_forward(att_, lse_, q_, k_, v_);
     ops.matmul_forward(out, att_.view({N, nh * hd}), wo_->work, {});
 }
