@@ -165,8 +165,10 @@ public:
     // would cost a zeroing pass and a read of each.
     virtual void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up) = 0;
 
-    // ---- RoPE, rotate-half, in place on x[B,T,heads,hd], position = t -----
-    virtual void rope_forward(Tensor x, double theta) = 0;
+    // ---- RoPE, rotate-half, in place on x[B,T,heads,hd] -------------------
+    // Position first_position + t: 0 in training, where the cache ends when a
+    // decoder appends rows.
+    virtual void rope_forward(Tensor x, double theta, int64_t first_position) = 0;
     // In place on the gradient: dx = R^T dy.
     virtual void rope_backward(Tensor dx, double theta) = 0;
 
@@ -177,6 +179,12 @@ public:
     virtual void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) = 0;
     virtual void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
                                     Tensor out, Tensor lse, Write write) = 0;
+    // Attention of n new queries over a KV cache (generation): q, out [n,nh,hd]
+    // at positions first_position + i; k_cache, v_cache [S,nkv,hd] hold the
+    // keys and values of positions 0..S-1, of which query i reads those up to
+    // its own (the new rows' own keys already written). Same math as
+    // attention_forward, scores and softmax in fp32; no lse (no backward).
+    virtual void attention_decode(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache, int64_t first_position) = 0;
 
     // ---- learned router (every float tensor here is stat) ------------------
     // docs/MODEL-OPTIONS.md "Router options". logits[N,E] -> probs[N,E] =

@@ -17,6 +17,7 @@
 #include "engine/io/crc32c.h"
 #include "engine/model/model.h"
 #include "engine/io/safetensors.h"
+#include "engine/run/backend.h"
 #include "engine/train/trainer.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/catch.h"
@@ -28,12 +29,16 @@ using namespace moe;
 using moe::test::contains;
 using moe::test::ProgramResult;
 using moe::test::run_program;
+using moe::test::Stderr;
 namespace fs = std::filesystem;
 
 namespace {
 
 ProgramResult checkpoint_tool(const std::vector<std::string>& args) { return run_program(MOE_CHECKPOINT_TOOL, args); }
-ProgramResult generate(const std::vector<std::string>& args) { return run_program(MOE_GENERATE_TOOL, args); }
+// moe-generate; Stderr::apart keeps the text (stdout) apart from its speed report (stderr).
+ProgramResult generate(const std::vector<std::string>& args, Stderr err = Stderr::merged) {
+    return run_program(MOE_GENERATE_TOOL, args, err);
+}
 
 // A byte-level model of 4 experts trained 6 steps, a checkpoint every 3.
 Config trained(const std::string& name) {
@@ -172,9 +177,11 @@ TEST_CASE("moe-checkpoint inspects and exports checkpoints of any layout", "[uni
     }
 
     SECTION("generate reads the parts of any layout") {
-        const ProgramResult one = generate({latest, "--prompt", "abc", "--tokens", "8", "--temperature", "0"});
+        const ProgramResult one =
+            generate({latest, "--prompt", "abc", "--tokens", "8", "--temperature", "0"}, Stderr::apart);
         REQUIRE(one.exit_code == 0);
-        REQUIRE(generate({two, "--prompt", "abc", "--tokens", "8", "--temperature", "0"}).output == one.output);
+        REQUIRE(generate({two, "--prompt", "abc", "--tokens", "8", "--temperature", "0"}, Stderr::apart).output ==
+                one.output);
     }
 
     SECTION("export merges the parts into the checkpoint's weights, which --init-from loads") {
@@ -218,25 +225,60 @@ TEST_CASE("moe-checkpoint inspects and exports checkpoints of any layout", "[uni
 TEST_CASE("moe-generate samples reproducibly from a checkpoint", "[unit]") {
     const Config c = trained("tools-generate");
     const std::string prompt = "a 'quoted' prompt";
-    const auto text = [&](std::vector<std::string> extra) {
+    const auto run = [&](std::vector<std::string> extra) {
         std::vector<std::string> args = {c.run.out_dir, "--prompt", prompt, "--tokens", "24"};
         args.insert(args.end(), extra.begin(), extra.end());
-        const ProgramResult r = generate(args);
-        INFO(r.output);
+        const ProgramResult r = generate(args, Stderr::apart);
+        INFO(r.output << r.errors);
         REQUIRE(r.exit_code == 0);
         REQUIRE(r.output.size() == prompt.size() + 24);  // the prompt, then 24 bytes
         REQUIRE(r.output.compare(0, prompt.size(), prompt) == 0);
-        return r.output;
+        return r;
     };
+    const auto text = [&](std::vector<std::string> extra) { return run(extra).output; };
     REQUIRE(text({"--temperature", "0"}) == text({"--temperature", "0", "--seed", "9"}));  // greedy: no draws
     REQUIRE(text({"--seed", "7"}) == text({"--seed", "7"}));
     REQUIRE(text({"--seed", "7", "--top-k", "0"}) != text({"--seed", "8", "--top-k", "0"}));
-    // A context longer than train.seq_len (16) keeps its last 16 tokens.
-    REQUIRE(generate({c.run.out_dir, "--prompt", std::string(40, 'x'), "--tokens", "3"}).exit_code == 0);
+    REQUIRE(text({"--seed", "7", "--top-p", "0.9"}) == text({"--seed", "7", "--top-p", "0.9", "--device", "cpu"}));
+    // The speed report, on stderr only: one line. The prompt (17 bytes) keeps
+    // its last 16 (train.seq_len); tokens 1, 10 and 19 find the cache full.
+    const std::string report = run({"--top-k", "5", "--top-p", "0.5"}).errors;
+    INFO(report);
+    REQUIRE(contains(report, "moe-generate: cpu: prompt of 16 tokens prefilled in "));
+    REQUIRE(contains(report, "; 24 tokens generated in "));
+    REQUIRE(contains(report, " tokens/s; cache restarts: 3 (24 positions prefilled again))\n"));
+    REQUIRE(std::count(report.begin(), report.end(), '\n') == 1);
 
-    const ProgramResult bad = generate({c.run.out_dir, "--prompt", "x", "--top-k", "-1"});
-    REQUIRE(bad.exit_code == 2);
-    REQUIRE(contains(bad.output, "--top-k takes an integer >= 0"));
+    // A context longer than train.seq_len (16) keeps its last 16 tokens; the
+    // second token finds the cache full and restarts it from the last 8.
+    const ProgramResult longer =
+        generate({c.run.out_dir, "--prompt", std::string(40, 'x'), "--tokens", "3"}, Stderr::apart);
+    INFO(longer.errors);
+    REQUIRE(longer.exit_code == 0);
+    REQUIRE(longer.output.size() == 43);
+    REQUIRE(contains(longer.errors, "prompt of 16 tokens prefilled"));
+    REQUIRE(contains(longer.errors, "; cache restarts: 1 (8 positions prefilled again)"));
+}
+
+TEST_CASE("moe-generate refuses bad sampling and device flags with one line", "[unit]") {
+    const Config c = trained("tools-generate-flags");
+    const auto refused = [&](const std::vector<std::string>& extra, const std::string& why) {
+        std::vector<std::string> args = {c.run.out_dir, "--prompt", "x"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        const ProgramResult r = generate(args);
+        INFO(r.output);
+        REQUIRE(r.exit_code == 2);
+        REQUIRE(contains(r.output, why));
+        REQUIRE(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+    };
+    refused({"--top-k", "-1"}, "moe-generate: --top-k takes an integer >= 0, got '-1'");
+    refused({"--top-p", "0"}, "moe-generate: --top-p takes a number in (0, 1], got '0'");
+    refused({"--top-p", "1.5"}, "moe-generate: --top-p takes a number in (0, 1], got '1.5'");
+    refused({"--device", "tpu"}, "moe-generate: --device takes cpu, cuda or auto, got 'tpu'");
+    if (!gpu_memory()) {  // where a GPU is visible, --device cuda runs
+        refused({"--device", "cuda"}, cuda_backend_built() ? "moe-generate: --device cuda: no GPU is visible"
+                                                           : "moe-generate: --device cuda: this build has no CUDA");
+    }
 }
 
 TEST_CASE("moe-generate reads and writes token ids for vocabularies other than bytes", "[unit]") {
@@ -246,7 +288,7 @@ TEST_CASE("moe-generate reads and writes token ids for vocabularies other than b
     c.eval.every = 0;
     CpuOps ops;
     train(c, ops);
-    const ProgramResult r = generate({c.run.out_dir, "--prompt", "1 2  3", "--tokens", "5"});
+    const ProgramResult r = generate({c.run.out_dir, "--prompt", "1 2  3", "--tokens", "5"}, Stderr::apart);
     INFO(r.output);
     REQUIRE(r.exit_code == 0);
     REQUIRE(r.output.rfind("1 2 3 ", 0) == 0);

@@ -1,6 +1,7 @@
 // Causal GQA attention on the CPU: the forward (output and log-sum-exp)
 // against a naive softmax loop, the backward against finite differences in
-// double, and results that do not depend on the thread count.
+// double, results that do not depend on the thread count, and attention over
+// a KV cache (attention_decode) giving the forward's rows bit for bit.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -164,4 +165,43 @@ TEST_CASE("attention rejects kv heads that do not divide the query heads", "[uni
     Buffers<float> x = random_buffers<float>({1, 4, 3, 2, 4}, rng);
     require_logic_error([&] { ops.attention_forward(x.tout(), x.tlse(), x.tq(), x.tk(), x.tv()); },
                         {"attention_forward", "[1, 4, 3, 4]", "[1, 4, 2, 4]"});
+}
+
+namespace {
+
+// attention_decode over the whole sequence as a cache, its queries split in
+// chunks [first, first + n): each chunk's output is the forward's rows, bit
+// for bit (the same per-query loop).
+template <class T> void check_decode_equals_forward(const Shape& d) {
+    CpuOps ops;
+    Rng rng(5, "attention decode");
+    Buffers<T> x = random_buffers<T>(d, rng);
+    ops.attention_forward(x.tout(), x.tlse(), x.tq(), x.tk(), x.tv());
+    const Tensor k_cache = x.tk().view({d.T, d.nkv, d.hd}), v_cache = x.tv().view({d.T, d.nkv, d.hd});
+    std::vector<T> out(size_t(d.q_size()));
+    const Tensor q_all = x.tq().view({d.T, d.nh, d.hd}), out_all = tensor(out, {d.T, d.nh, d.hd});
+    for (const auto& [first, n] : {std::pair<int64_t, int64_t>{0, 1}, {1, 4}, {5, 1}, {6, d.T - 6}})
+        ops.attention_decode(out_all.rows(first, first + n), q_all.rows(first, first + n), k_cache, v_cache, first);
+    REQUIRE(out == x.out);
+}
+
+}  // namespace
+
+TEST_CASE("attention_decode gives attention_forward's rows bit for bit", "[unit]") {
+    for (const Shape& d : {Shape{1, 11, 4, 2, 6}, Shape{1, 9, 3, 1, 4}, Shape{1, 40, 4, 4, 16}}) {
+        INFO("T " << d.T << " nh " << d.nh << " nkv " << d.nkv << " hd " << d.hd);
+        check_decode_equals_forward<float>(d);
+        check_decode_equals_forward<double>(d);
+    }
+}
+
+TEST_CASE("attention_decode rejects queries past the cache and mismatched heads", "[unit]") {
+    CpuOps ops;
+    std::vector<float> q(2 * 4 * 8), out(q.size()), k(6 * 2 * 8), v(k.size()), k3(6 * 3 * 8);
+    const Tensor tq = tensor(q, {2, 4, 8}), tout = tensor(out, {2, 4, 8}), tk = tensor(k, {6, 2, 8});
+    ops.attention_decode(tout, tq, tk, tensor(v, {6, 2, 8}), 4);  // positions 4 and 5 of 6: fits
+    require_logic_error([&] { ops.attention_decode(tout, tq, tk, tensor(v, {6, 2, 8}), 5); },
+                        {"attention_decode", "first position 5", "[6, 2, 8]"});
+    require_logic_error([&] { ops.attention_decode(tout, tq, tensor(k3, {6, 3, 8}), tensor(k3, {6, 3, 8}), 0); },
+                        {"attention_decode", "nkv dividing nh"});
 }

@@ -1,5 +1,7 @@
-// RoPE on the CPU: the forward against a naive rotate-half loop, the backward
-// as the inverse rotation and as the gradient (finite differences).
+// RoPE on the CPU: the forward against a naive rotate-half loop, from a first
+// position too, the backward as the inverse rotation and as the gradient
+// (finite differences).
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -38,7 +40,7 @@ template <class T_> void check_forward() {
     Rng rng(1, "rope forward");
     const std::vector<double> x0 = normals(kN, rng);
     std::vector<T_> x = cast<T_>(x0);
-    ops.rope_forward(tensor(x, {B, T, H, HD}), kTheta);
+    ops.rope_forward(tensor(x, {B, T, H, HD}), kTheta, 0);
     const std::vector<double> expected = naive_rope(x0);
     require_close("rope", x, expected, tolerance<T_>());
     // Position 0 does not turn.
@@ -52,12 +54,27 @@ TEST_CASE("rope_forward matches a naive rotate-half loop", "[unit]") {
     check_forward<double>();
 }
 
+TEST_CASE("rope_forward from a first position turns rows as the positions after it", "[unit]") {
+    // The rows from t0 on, rotated alone from position t0, equal the same rows
+    // of the whole sequence rotated from 0, bit for bit (a decoder's new rows).
+    CpuOps ops;
+    Rng rng(4, "rope offset");
+    const std::vector<float> x0 = cast<float>(normals(T * H * HD, rng));
+    std::vector<float> whole = x0;
+    ops.rope_forward(tensor(whole, {1, T, H, HD}), kTheta, 0);
+    for (int64_t t0 = 0; t0 < T; ++t0) {
+        std::vector<float> tail(x0.begin() + t0 * H * HD, x0.end());
+        ops.rope_forward(tensor(tail, {1, T - t0, H, HD}), kTheta, t0);
+        REQUIRE(std::equal(tail.begin(), tail.end(), whole.begin() + t0 * H * HD));
+    }
+}
+
 TEST_CASE("rope_backward undoes rope_forward", "[unit]") {
     CpuOps ops;
     Rng rng(2, "rope inverse");
     const std::vector<double> x0 = normals(kN, rng);
     std::vector<double> x = x0;
-    ops.rope_forward(tensor(x, {B, T, H, HD}), kTheta);
+    ops.rope_forward(tensor(x, {B, T, H, HD}), kTheta, 0);
     ops.rope_backward(tensor(x, {B, T, H, HD}), kTheta);
     require_close("x", x, x0, 1e-14);
 }
@@ -68,7 +85,7 @@ TEST_CASE("rope_backward is the gradient of rope_forward", "[unit]") {
     std::vector<double> x = normals(kN, rng), dy = normals(kN, rng);
     auto loss = [&] {
         std::vector<double> y = x;
-        ops.rope_forward(tensor(y, {B, T, H, HD}), kTheta);
+        ops.rope_forward(tensor(y, {B, T, H, HD}), kTheta, 0);
         return dot(dy, y);
     };
     std::vector<double> dx = dy;  // in place: dy becomes dx
@@ -79,6 +96,7 @@ TEST_CASE("rope_backward is the gradient of rope_forward", "[unit]") {
 TEST_CASE("rope rejects a head size that does not split in halves", "[unit]") {
     CpuOps ops;
     std::vector<float> x(2 * 3 * 5);
-    require_logic_error([&] { ops.rope_forward(tensor(x, {1, 2, 3, 5}), kTheta); }, {"rope_forward", "[1, 2, 3, 5]"});
+    require_logic_error([&] { ops.rope_forward(tensor(x, {1, 2, 3, 5}), kTheta, 0); },
+                        {"rope_forward", "[1, 2, 3, 5]"});
     require_logic_error([&] { ops.rope_backward(tensor(x, {6, 5}), kTheta); }, {"rope_backward", "[6, 5]"});
 }

@@ -3,10 +3,14 @@
 #pragma once
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -36,8 +40,11 @@ template <class E, class F> std::string error_of(F f) {
 // What a program run by run_program did.
 struct ProgramResult {
     int exit_code;       // 128 + the signal when one ended it
-    std::string output;  // stdout and stderr
+    std::string output;  // stdout and stderr, or stdout alone when stderr was kept apart
+    std::string errors;  // stderr when kept apart
 };
+
+enum class Stderr { merged, apart };
 
 inline std::string shell_quoted(const std::string& s) {
     std::string out = "'";
@@ -45,17 +52,31 @@ inline std::string shell_quoted(const std::string& s) {
     return out + "'";
 }
 
-// Runs program with args (one OpenMP thread) and waits for it.
-inline ProgramResult run_program(const std::string& program, const std::vector<std::string>& args) {
+// Runs program with args (one OpenMP thread) and waits for it; its stderr
+// goes with its stdout, or apart into errors.
+inline ProgramResult run_program(const std::string& program, const std::vector<std::string>& args,
+                                 Stderr err = Stderr::merged) {
     std::string command = "OMP_NUM_THREADS=1 " + shell_quoted(program);
     for (const std::string& a : args) command += " " + shell_quoted(a);
-    FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+    char errors_path[] = "/tmp/moe-test-stderr-XXXXXX";
+    if (err == Stderr::apart) {
+        const int fd = mkstemp(errors_path);
+        REQUIRE(fd >= 0);
+        close(fd);
+    }
+    FILE* pipe = popen((command + (err == Stderr::apart ? " 2>" + shell_quoted(errors_path) : " 2>&1")).c_str(), "r");
     REQUIRE(pipe);
     std::string output;
     char buf[4096];
     for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) output.append(buf, n);
     const int status = pclose(pipe);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output};
+    std::string errors;
+    if (err == Stderr::apart) {
+        std::ifstream in(errors_path, std::ios::binary);
+        errors.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+        std::remove(errors_path);
+    }
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output, errors};
 }
 
 inline bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }

@@ -1,51 +1,57 @@
-// moe-generate: text from a checkpoint. Loads every expert into one CPU Model
-// built from the checkpoint's own config, then samples one token at a time.
-// The Model is planned for a fixed micro-batch, so each step runs a forward
-// over one sequence of train.seq_len positions: the context, padded at the end.
-// Attention is causal and the other layers act per position (capacity drops
-// go in token order, so the padding behind the context loses slots first), so
-// the logits at the context's last position do not see the padding.
+// moe-generate: text from a checkpoint. Loads every expert into one Decoder
+// (engine/model/decoder.h) built from the checkpoint's own config, on the CPU
+// or a GPU, prefills the prompt, then samples one token at a time: each new
+// token costs one position's work per layer over the KV cache, not a forward
+// over the whole context. Tokens/s of the generation (the prompt's prefill
+// apart) go to stderr at the end.
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <numeric>
+#include <memory>
 #include <string>
 #include <vector>
 
-#include "tools/tool_args.h"
-#include "engine/model/model.h"
-#include "engine/params/rng.h"
+#include "engine/generate/generator.h"
+#include "engine/io/checkpoint.h"
+#include "engine/model/decoder.h"
+#include "engine/run/backend.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tools/checkpoint_reading.h"
+#include "tools/tool_args.h"
 
 using namespace moe;
 
 namespace {
 
 const char* kUsage =
-    "usage: moe-generate DIR --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
+    "usage: moe-generate DIR --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
+    "                    [--device cpu|cuda|auto]\n"
     "  Samples N tokens (default 200) after the prompt from the weights of a checkpoint\n"
     "  (DIR: a checkpoint directory, or a run directory for its newest checkpoint).\n"
     "  Byte-level models (vocab 256): the prompt is text, and the prompt and the sample are printed as text.\n"
     "  Other vocabularies: the prompt is token ids separated by spaces, and ids are printed.\n"
     "  --temperature T (default 0.8): 0 takes the most likely token (greedy).\n"
     "  --top-k K (default 40): sample among the K most likely tokens; 0: among all.\n"
+    "  --top-p P (default 1): then among the fewest most likely whose probability reaches P, in (0, 1].\n"
     "  --seed S (default 1): the same seed gives the same text.\n"
-    "  Runs on the CPU, one process; contexts longer than the model's train.seq_len keep their last tokens.\n";
+    "  --device (default auto): the GPU when this build has CUDA and one is visible, else the CPU.\n"
+    "  Keeps a KV cache of the model's train.seq_len positions: a longer prompt keeps its last train.seq_len\n"
+    "  tokens, and a full cache restarts from the last half of the text. Prints the prefill's and the\n"
+    "  generation's tokens/s to stderr at the end.\n";
 
 constexpr const char* kProgram = "moe-generate";
+constexpr int kPrefillRows = 256;  // positions a prefill computes at once
 
 [[noreturn]] void fail(const std::string& msg) { exit_with_error(kProgram, msg); }
 
 struct Args {
-    std::string dir, prompt;
+    std::string dir, prompt, device = "auto";
     bool has_prompt = false;
-    long tokens = 200, top_k = 40;
-    double temperature = 0.8;
+    long tokens = 200;
+    SamplingOptions sampling;
     unsigned long long seed = 1;
 };
 
@@ -60,11 +66,17 @@ Args parse(int argc, char** argv) {
         } else if (arg == "--tokens") {
             a.tokens = args.integer(0);
         } else if (arg == "--top-k") {
-            a.top_k = args.integer(0);
+            a.sampling.top_k = args.integer(0);
+        } else if (arg == "--top-p") {
+            a.sampling.top_p = args.number(0, false, 1);
         } else if (arg == "--seed") {
             a.seed = static_cast<unsigned long long>(args.integer(0));
         } else if (arg == "--temperature") {
-            a.temperature = args.number(0);
+            a.sampling.temperature = args.number(0);
+        } else if (arg == "--device") {
+            a.device = args.value();
+            if (a.device != "cpu" && a.device != "cuda" && a.device != "auto")
+                args.fail("--device takes cpu, cuda or auto, got '" + a.device + "'");
         } else if (arg.rfind("-", 0) == 0 || !a.dir.empty()) {
             args.fail_with_usage("unexpected argument '" + arg + "'");
         } else {
@@ -98,30 +110,6 @@ std::vector<int32_t> prompt_tokens(const std::string& prompt, int vocab) {
     return ids;
 }
 
-// The next token from one row of logits: the most likely one at temperature 0
-// (the lowest id on a tie), else a draw from softmax(logits / temperature)
-// over the top_k most likely (0: all).
-int32_t sample(const std::vector<float>& logits, double temperature, size_t top_k, Rng& rng) {
-    std::vector<int32_t> ids(logits.size());
-    std::iota(ids.begin(), ids.end(), 0);
-    const auto more_likely = [&](int32_t a, int32_t b) {
-        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-    };
-    if (temperature == 0) return *std::min_element(ids.begin(), ids.end(), more_likely);
-    if (top_k > 0 && top_k < ids.size()) {
-        std::partial_sort(ids.begin(), ids.begin() + top_k, ids.end(), more_likely);
-        ids.resize(top_k);
-    }
-    double top = -INFINITY, total = 0;
-    for (int32_t id : ids) top = std::max(top, double(logits[id]));
-    std::vector<double> weight(ids.size());
-    for (size_t i = 0; i < ids.size(); ++i) total += weight[i] = std::exp((logits[ids[i]] - top) / temperature);
-    double u = rng.uniform() * total;
-    for (size_t i = 0; i < ids.size(); ++i)
-        if ((u -= weight[i]) < 0) return ids[i];
-    return ids.back();  // rounding left u at the very end
-}
-
 void print_token(int32_t id, bool bytes, bool first) {
     if (bytes) {
         std::fputc(id, stdout);
@@ -129,6 +117,36 @@ void print_token(int32_t id, bool bytes, bool first) {
         std::printf(first ? "%d" : " %d", id);
     }
     std::fflush(stdout);  // the text appears as it is made
+}
+
+// The backend --device names: auto takes the GPU when there is one.
+std::unique_ptr<Ops> open_device(const std::string& device) {
+    const bool gpu_visible = gpu_memory().has_value();
+    if (device == "cpu" || (device == "auto" && !gpu_visible)) return std::make_unique<CpuOps>();
+    if (!cuda_backend_built())
+        fail("--device cuda: this build has no CUDA backend (rebuild where cmake finds a CUDA toolkit, "
+             "-DMOE_CUDA=ON), or use --device cpu");
+    if (!gpu_visible)
+        fail("--device cuda: no GPU is visible to this process (check the driver with nvidia-smi and "
+             "CUDA_VISIBLE_DEVICES), or use --device cpu");
+    RunConfig run;
+    run.device = "cuda";
+    return make_backend(run, nullptr);
+}
+
+// Tokens/s of the prefill and of the generation, on stderr (stdout is the text).
+void report(const GenerationStats& s, const std::string& device) {
+    const auto rate = [](double n, double seconds) { return seconds > 0 ? n / seconds : 0.0; };
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s: %s: prompt of %lld tokens prefilled in %.3f s (%.1f tokens/s); %lld tokens generated in "
+                         "%.3f s (%.1f tokens/s",
+                 kProgram, device.c_str(), (long long)s.prompt_tokens, s.prefill_seconds,
+                 rate(double(s.prompt_tokens), s.prefill_seconds), (long long)s.generated, s.generate_seconds,
+                 rate(double(s.generated), s.generate_seconds));
+    if (s.slides > 0)
+        std::fprintf(stderr, "; cache restarts: %lld (%lld positions prefilled again)", (long long)s.slides,
+                     (long long)s.reprefilled);
+    std::fprintf(stderr, ")\n");
 }
 
 }  // namespace
@@ -140,26 +158,19 @@ int main(int argc, char** argv) {
         const ModelConfig& mc = info.config.model;
         const int T = info.config.train.seq_len, V = mc.vocab_size;
         const bool bytes = V == 256;
-        std::vector<int32_t> context = prompt_tokens(a.prompt, V);
+        const std::vector<int32_t> prompt = prompt_tokens(a.prompt, V);
 
-        CpuOps ops;
-        Model model(mc, ops, DType::F32, 1, T);  // no EP group: every expert in this process
-        load_checkpoint(info, info.config, model.params());  // checks the checksums of the files it reads
+        const std::unique_ptr<Ops> ops = open_device(a.device);
+        Decoder decoder(mc, *ops, T, std::min(T, kPrefillRows));  // every expert in this process
+        load_checkpoint_weights(info, info.config, decoder.params());  // checks the checksums of the files it reads
+        decoder.params().refresh_work();
 
-        for (size_t i = 0; i < context.size(); ++i) print_token(context[i], bytes, i == 0);
-        Rng rng(a.seed);
-        std::vector<int32_t> window(T);
-        std::vector<float> logits(V);
-        for (long n = 0; n < a.tokens; ++n) {
-            const size_t used = std::min(context.size(), size_t(T));
-            std::fill(window.begin(), window.end(), 0);
-            std::copy(context.end() - used, context.end(), window.begin());
-            model.forward(window.data(), window.data());  // targets: any valid ids, the loss goes unused
-            ops.copy_to_host(logits.data(), model.logits().rows(used - 1, used));
-            context.push_back(sample(logits, a.temperature, size_t(a.top_k), rng));
-            print_token(context.back(), bytes, false);
-        }
+        for (size_t i = 0; i < prompt.size(); ++i) print_token(prompt[i], bytes, i == 0);
+        Generator generator(decoder, a.sampling, a.seed);
+        const GenerationStats stats =
+            generator.run(prompt, a.tokens, [&](int32_t id) { print_token(id, bytes, false); });
         if (!bytes || isatty(STDOUT_FILENO)) std::fputc('\n', stdout);  // piped bytes stay exactly the text
+        report(stats, ops->device_name());
     } catch (const std::exception& e) {
         fail(e.what());
     }

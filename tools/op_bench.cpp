@@ -189,9 +189,9 @@ int run(const Args& args) {
     moe::Tensor dq = buf.zeros(pr.act, {B, T, nh, hd}), dk = buf.zeros(pr.act, {B, T, nkv, hd});
     moe::Tensor dv = buf.zeros(pr.act, {B, T, nkv, hd});
     time("rope q (in place)", dims({B, T, nh, hd}), 2 * L, 2 * q.bytes(), 6.0 * q.numel(),
-         [&] { ops.rope_forward(q, m.rope_theta); });
+         [&] { ops.rope_forward(q, m.rope_theta, 0); });
     time("rope k (in place)", dims({B, T, nkv, hd}), 2 * L, 2 * kk.bytes(), 6.0 * kk.numel(),
-         [&] { ops.rope_forward(kk, m.rope_theta); });
+         [&] { ops.rope_forward(kk, m.rope_theta, 0); });
     const double causal_pairs = double(B) * nh * T * (T + 1) / 2;
     const std::string att = dims({B, T, nh, nkv, hd});
     time("attention forward", att, L, double(q.bytes() + kk.bytes() + vv.bytes() + out.bytes() + lse.bytes()),

@@ -59,14 +59,18 @@ public:
         return v;
     }
     // The flag's value as a finite number: the whole text, at least `min`
-    // (above it when !min_allowed).
-    double number(double min, bool min_allowed = true) {
+    // (above it when !min_allowed), at most `max`.
+    double number(double min, bool min_allowed = true, double max = INFINITY) {
         const char* text = value();
         char* end = nullptr;
         const double v = std::strtod(text, &end);
-        if (!*text || *end || !std::isfinite(v) || v < min || (v == min && !min_allowed))
-            fail(arg_ + " takes a number " + (min_allowed ? ">= " : "> ") + format_number(min) + ", got '" + text +
-                 "'");
+        if (!*text || *end || !std::isfinite(v) || v < min || (v == min && !min_allowed) || v > max) {
+            std::string range = (min_allowed ? ">= " : "> ") + format_number(min);
+            if (std::isfinite(max))
+                range = std::string("in ") + (min_allowed ? "[" : "(") + format_number(min) + ", " +
+                        format_number(max) + "]";
+            fail(arg_ + " takes a number " + range + ", got '" + text + "'");
+        }
         return v;
     }
     // Takes this argument when it is --config FILE or --set key=value.

@@ -475,7 +475,10 @@ std::vector<std::string> check_resumable(const CheckpointInfo& info, const Confi
     return changes;
 }
 
-void load_checkpoint(const CheckpointInfo& info, const Config& cfg, ParameterSet& params) {
+namespace {
+
+// The weights, and the moments when asked for, of this rank's parameters.
+void load_parts(const CheckpointInfo& info, const Config& cfg, ParameterSet& params, bool moments) {
     const std::string diff = model_difference(info.config, cfg);
     if (!diff.empty())
         throw CheckpointError("checkpoint '" + info.dir + "' is of another model: " + diff +
@@ -490,8 +493,9 @@ void load_checkpoint(const CheckpointInfo& info, const Config& cfg, ParameterSet
     std::map<int, SafetensorsFile> model, optim;
     for (int part : needed) {
         verify_checkpoint_file(info, info.model_part(part));
-        verify_checkpoint_file(info, info.optimizer_part(part));
         model.emplace(part, SafetensorsFile(info.dir + "/" + info.model_part(part)));
+        if (!moments) continue;
+        verify_checkpoint_file(info, info.optimizer_part(part));
         optim.emplace(part, SafetensorsFile(info.dir + "/" + info.optimizer_part(part)));
     }
     const auto part_of = [&](const std::string& name) {
@@ -504,8 +508,19 @@ void load_checkpoint(const CheckpointInfo& info, const Config& cfg, ParameterSet
         return [&](const std::string& name) -> const SafetensorsFile& { return files.at(part_of(name)); };
     };
     load_slot(params, ParameterSet::Slot::Value, "", in(model));
+    if (!moments) return;
     load_slot(params, ParameterSet::Slot::M, "exp_avg.", in(optim));
     load_slot(params, ParameterSet::Slot::V, "exp_avg_sq.", in(optim));
+}
+
+}  // namespace
+
+void load_checkpoint(const CheckpointInfo& info, const Config& cfg, ParameterSet& params) {
+    load_parts(info, cfg, params, true);
+}
+
+void load_checkpoint_weights(const CheckpointInfo& info, const Config& cfg, ParameterSet& params) {
+    load_parts(info, cfg, params, false);
 }
 
 }  // namespace moe

@@ -103,5 +103,8 @@ std::string model_difference(const Config& checkpoint, const Config& current);
 // after checking the model matches cfg and the checksums of the files it
 // reads.
 void load_checkpoint(const CheckpointInfo& info, const Config& cfg, ParameterSet& params);
+// The same for the weights alone (inference: parameters without moments);
+// the optimizer's files are neither read nor checked.
+void load_checkpoint_weights(const CheckpointInfo& info, const Config& cfg, ParameterSet& params);
 
 }  // namespace moe

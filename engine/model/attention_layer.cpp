@@ -42,22 +42,51 @@ void AttentionLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int
     }
 }
 
-void AttentionLayer::forward(Ops& ops, Tensor x, Tensor out) {
+void AttentionLayer::carve_decode(Arena& work, const Precision& pr, int64_t rows) {
+    const int64_t hd = cfg_.head_dim(), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
+    q_ = work.take(pr.act, {rows, nh, hd});
+    att_ = work.take(pr.act, {rows, nh, hd});
+    if (cfg_.qk_norm) {
+        q_raw_ = work.take(pr.act, {rows * nh, hd});
+        k_raw_ = work.take(pr.act, {rows * nkv, hd});
+        rstd_q_ = work.take(pr.stat, {rows * nh});
+        rstd_k_ = work.take(pr.stat, {rows * nkv});
+    }
+}
+
+void AttentionLayer::project(Ops& ops, Tensor x, Tensor q, Tensor k, Tensor v) {
     const int64_t N = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
     if (cfg_.qk_norm) {
-        ops.matmul_forward(q_raw_.view({N, nh * hd}), x, wq_->work, {});
-        ops.matmul_forward(k_raw_.view({N, nkv * hd}), x, wk_->work, {});
-        ops.rmsnorm_forward(q_.view({N * nh, hd}), rstd_q_, q_raw_, q_norm_->work, cfg_.norm_eps);
-        ops.rmsnorm_forward(k_.view({N * nkv, hd}), rstd_k_, k_raw_, k_norm_->work, cfg_.norm_eps);
+        const Tensor q_raw = q_raw_.rows(0, N * nh), k_raw = k_raw_.rows(0, N * nkv);
+        ops.matmul_forward(q_raw.view({N, nh * hd}), x, wq_->work, {});
+        ops.matmul_forward(k_raw.view({N, nkv * hd}), x, wk_->work, {});
+        ops.rmsnorm_forward(q.view({N * nh, hd}), rstd_q_.rows(0, N * nh), q_raw, q_norm_->work, cfg_.norm_eps);
+        ops.rmsnorm_forward(k.view({N * nkv, hd}), rstd_k_.rows(0, N * nkv), k_raw, k_norm_->work, cfg_.norm_eps);
     } else {
-        ops.matmul_forward(q_.view({N, nh * hd}), x, wq_->work, {});
-        ops.matmul_forward(k_.view({N, nkv * hd}), x, wk_->work, {});
+        ops.matmul_forward(q.view({N, nh * hd}), x, wq_->work, {});
+        ops.matmul_forward(k.view({N, nkv * hd}), x, wk_->work, {});
     }
-    ops.matmul_forward(v_.view({N, nkv * hd}), x, wv_->work, {});
-    ops.rope_forward(q_, cfg_.rope_theta);
-    ops.rope_forward(k_, cfg_.rope_theta);
+    ops.matmul_forward(v.view({N, nkv * hd}), x, wv_->work, {});
+}
+
+void AttentionLayer::forward(Ops& ops, Tensor x, Tensor out) {
+    const int64_t N = x.dim(0), nh = cfg_.num_heads, hd = cfg_.head_dim();
+    project(ops, x, q_, k_, v_);
+    ops.rope_forward(q_, cfg_.rope_theta, 0);
+    ops.rope_forward(k_, cfg_.rope_theta, 0);
     ops.attention_forward(att_, lse_, q_, k_, v_);
     ops.matmul_forward(out, att_.view({N, nh * hd}), wo_->work, {});
+}
+
+void AttentionLayer::decode(Ops& ops, Tensor x, Tensor out, Tensor k_cache, Tensor v_cache, int64_t position) {
+    const int64_t n = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
+    const Tensor q = q_.rows(0, n), att = att_.rows(0, n);
+    const Tensor k = k_cache.rows(position, position + n), v = v_cache.rows(position, position + n);
+    project(ops, x, q, k, v);
+    ops.rope_forward(q.view({1, n, nh, hd}), cfg_.rope_theta, position);
+    ops.rope_forward(k.view({1, n, nkv, hd}), cfg_.rope_theta, position);
+    ops.attention_decode(att, q, k_cache, v_cache, position);
+    ops.matmul_forward(out, att.view({n, nh * hd}), wo_->work, {});
 }
 
 void AttentionLayer::backward(Ops& ops, Tensor x, Tensor dout, Tensor dx, Write grads) {

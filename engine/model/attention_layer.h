@@ -1,6 +1,7 @@
 // Causal GQA self-attention with RoPE and optional qk-norm (MODEL.md):
 // q, k, v projections, per-head RMSNorm of q and k, rotary positions,
-// softmax(q k^T / sqrt(hd)) v, output projection. Forward and backward.
+// softmax(q k^T / sqrt(hd)) v, output projection. Forward and backward over
+// whole sequences (training), and new positions over a KV cache (generation).
 #pragma once
 #include "engine/params/arena.h"
 #include "engine/config/config.h"
@@ -19,7 +20,20 @@ public:
     // written as grads says.
     void backward(Ops& ops, Tensor x, Tensor dout, Tensor dx, Write grads);
 
+    // Generation: the buffers decode() needs for up to `rows` new positions, in
+    // work (nothing is kept between calls).
+    void carve_decode(Arena& work, const Precision& pr, int64_t rows);
+    // out[n,H] = attention of n new positions (x[n,H], normed), the first at
+    // `position`, over the cache k_cache, v_cache [S,nkv,hd]: their keys and
+    // values (after qk-norm and RoPE) are written into rows position..+n-1,
+    // then each attends to the rows up to its own.
+    void decode(Ops& ops, Tensor x, Tensor out, Tensor k_cache, Tensor v_cache, int64_t position);
+
 private:
+    // q, k, v from x[N,H] (each any shape of N * heads * hd elements): the
+    // projections, then qk-norm when on; no RoPE yet.
+    void project(Ops& ops, Tensor x, Tensor q, Tensor k, Tensor v);
+
     const ModelConfig& cfg_;
     int B_ = 0, T_ = 0;
     Param *wq_, *wk_, *wv_, *wo_;

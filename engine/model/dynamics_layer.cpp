@@ -46,11 +46,14 @@ void DynamicsLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int6
 }
 
 void DynamicsLayer::forward(Ops& ops, Tensor h, Tensor v, Tensor h_out, Tensor v_out) {
-    ops.concat_cols_forward(hv_, h, v);
-    ops.matmul_forward(c1_out_, hv_, m_.c1_weight->work, m_.c1_bias->work);
-    ops.silu_forward(c1_act_, c1_out_);
-    ops.matmul_forward(ctrl_, c1_act_, m_.c2_weight->work, m_.c2_bias->work);
-    ops.dynamics_forward(h_out, v_out, h, v, ctrl_, m_.mu->work, p_);
+    const int64_t N = h.dim(0);  // the rows carved, or fewer (a decoder's new positions)
+    const Tensor hv = hv_.rows(0, N), c1_out = c1_out_.rows(0, N), c1_act = c1_act_.rows(0, N);
+    const Tensor ctrl = ctrl_.rows(0, N);
+    ops.concat_cols_forward(hv, h, v);
+    ops.matmul_forward(c1_out, hv, m_.c1_weight->work, m_.c1_bias->work);
+    ops.silu_forward(c1_act, c1_out);
+    ops.matmul_forward(ctrl, c1_act, m_.c2_weight->work, m_.c2_bias->work);
+    ops.dynamics_forward(h_out, v_out, h, v, ctrl, m_.mu->work, p_);
 }
 
 void DynamicsLayer::backward(Ops& ops, Tensor h, Tensor v, Tensor dh_out, Tensor dv_out, Tensor dh, Tensor dv,

@@ -22,7 +22,7 @@ public:
     DynamicsLayer(const ModelConfig& cfg, DynamicsModule& module);
     void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N);
 
-    // (h_out, v_out) = dynamics(h, v), all [N,H].
+    // (h_out, v_out) = dynamics(h, v), all [N,H], N at most the rows carved.
     void forward(Ops& ops, Tensor h, Tensor v, Tensor h_out, Tensor v_out);
     // dh, dv = input gradients (overwritten); parameter gradients are
     // written as grads says.

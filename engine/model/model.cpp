@@ -9,26 +9,6 @@
 
 namespace moe {
 
-// One transformer block: x = h + attn(norm(h)); h' = x + moe(norm(x)); then
-// the dynamics step when enabled.
-struct Model::Block {
-    Param *attn_norm, *moe_norm;
-    AttentionLayer attn;
-    MoeLayer moe;
-    std::unique_ptr<DynamicsLayer> dynamics;
-    Tensor xn1, rstd1, attn_out, x, xn2, rstd2, moe_out, h_mid;
-
-    Block(const ModelConfig& cfg, ParameterSet& params, int l, DynamicsModule* dyn, const GroupPlace& ep)
-        : attn_norm(&params.add("layers." + std::to_string(l) + ".attn_norm.weight", {cfg.hidden_size},
-                                InitSpec::fill(1), false)),
-          moe_norm(&params.add("layers." + std::to_string(l) + ".moe_norm.weight", {cfg.hidden_size},
-                               InitSpec::fill(1), false)),
-          attn(cfg, params, l),
-          moe(cfg, params, l, ep) {
-        if (dyn) dynamics = std::make_unique<DynamicsLayer>(cfg, *dyn);
-    }
-};
-
 Model::Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B, int T,
              const ModelOptions& options)
     : cfg_(cfg), ops_(ops), pr_(precision), B_(B), T_(T), options_(options), acts_(ops), block_(ops), scratch_(ops) {
@@ -69,21 +49,11 @@ Model::Model(const ModelConfig& cfg, Ops& ops, const Precision& precision, int B
 // The parameters of every layer, in the order the arenas hold them, and the
 // gradient buckets the backward hands over.
 void Model::declare(const GroupPlace& ep) {
-    const int64_t V = cfg_.vocab_size, H = cfg_.hidden_size;
-    const InitSpec init = InitSpec::normal(cfg_.init_std);
-    embed_ = &params_.add("embed.weight", {V, H}, init, true);
-    if (cfg_.dynamics.enabled && cfg_.dynamics.shared)
-        dynamics_.push_back(std::make_unique<DynamicsModule>(cfg_, params_, "dynamics."));
-    for (int l = 0; l < cfg_.num_layers; ++l) {
-        DynamicsModule* dyn = nullptr;
-        if (cfg_.dynamics.enabled && !cfg_.dynamics.shared)
-            dynamics_.push_back(
-                std::make_unique<DynamicsModule>(cfg_, params_, "layers." + std::to_string(l) + ".dynamics."));
-        if (cfg_.dynamics.enabled) dyn = dynamics_.back().get();
-        blocks_.push_back(std::make_unique<Block>(cfg_, params_, l, dyn, ep));
-    }
-    norm_ = &params_.add("norm.weight", {H}, InitSpec::fill(1), false);
-    lm_head_ = cfg_.tie_embeddings ? embed_ : &params_.add("lm_head.weight", {V, H}, init, true);
+    layers_ = std::make_unique<ModelLayers>(cfg_, params_, ep);
+    embed_ = layers_->embed;
+    norm_ = layers_->norm;
+    lm_head_ = layers_->lm_head;
+    blocks_.resize(layers_->blocks.size());
     buckets_.resize(size_t(cfg_.num_layers) + 1);
     buckets_[0].push_back(norm_);
     if (!cfg_.tie_embeddings) buckets_[0].push_back(lm_head_);
@@ -129,21 +99,14 @@ void Model::carve() {
     const bool full = options_.recompute == Recompute::full;
     Arena& saved = full ? block_ : acts_;
     for (int64_t l = 0; l < L; ++l) {
-        Block* b = blocks_[size_t(l)].get();
+        BlockLayers& b = *layers_->blocks[size_t(l)];
         scratch_.rewind();  // every block reuses the same scratch
         if (full) block_.rewind();
-        b->xn1 = saved.take(pr_.act, {N, H});
-        b->rstd1 = saved.take(pr_.stat, {N});
-        b->attn_out = saved.take(pr_.act, {N, H});
-        b->x = saved.take(pr_.act, {N, H});
-        b->xn2 = saved.take(pr_.act, {N, H});
-        b->rstd2 = saved.take(pr_.stat, {N});
-        b->moe_out = saved.take(pr_.act, {N, H});
-        if (dyn) b->h_mid = saved.take(pr_.act, {N, H});
-        b->attn.carve(saved, scratch_, pr_, B_, T_);
-        b->moe.carve(saved, scratch_, pr_, N, router_stats_.empty() ? Tensor{} : router_stats_.rows(l, l + 1),
-                     options_.recompute == Recompute::experts);
-        if (dyn) b->dynamics->carve(saved, scratch_, pr_, N);
+        blocks_[size_t(l)] = BlockActivations::take(saved, pr_, N, H, dyn);
+        b.attn.carve(saved, scratch_, pr_, B_, T_);
+        b.moe.carve(saved, scratch_, pr_, N, router_stats_.empty() ? Tensor{} : router_stats_.rows(l, l + 1),
+                    options_.recompute == Recompute::experts);
+        if (dyn) b.dynamics->carve(saved, scratch_, pr_, N);
     }
     hn_ = acts_.take(pr_.act, {N, H});
     rstd_ = acts_.take(pr_.stat, {N});
@@ -159,7 +122,7 @@ void Model::carve() {
 
 void Model::set_phase_times(PhaseTimes* times) {
     times_ = times;
-    for (auto& b : blocks_) b->moe.set_phase_times(times);
+    for (auto& b : layers_->blocks) b->moe.set_phase_times(times);
 }
 
 ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
@@ -174,8 +137,8 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
         if (cfg_.dynamics.enabled) ops_.zero(v_[0]);
     }
 
-    r.layers.resize(blocks_.size());
-    for (size_t l = 0; l < blocks_.size(); ++l) forward_block(l, &r.layers[l]);
+    r.layers.resize(layers_->blocks.size());
+    for (size_t l = 0; l < layers_->blocks.size(); ++l) forward_block(l, &r.layers[l]);
     if (!router_stats_.empty()) {
         // Every layer's router statistics in one read: a device waits once.
         PhaseScope scope(times_, ops_, Phase::Routing);
@@ -183,7 +146,7 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
         ops_.copy_to_host(router_stats_host_.data(), router_stats_);
         const int64_t row = router_stats_.dim(1);
         for (size_t l = 0; l < blocks_.size(); ++l) {
-            const RouterLosses losses = blocks_[l]->moe.router_losses(router_stats_host_.data() + l * row);
+            const RouterLosses losses = layers_->blocks[l]->moe.router_losses(router_stats_host_.data() + l * row);
             r.layers[l].losses = losses;
             r.aux += losses.aux + losses.z_loss;
         }
@@ -204,28 +167,10 @@ int64_t ForwardResult::dropped() const {
 }
 
 void Model::forward_block(size_t l, MoeStats* stats) {
-    Block& b = *blocks_[l];
-    {
-        PhaseScope scope(times_, ops_, Phase::Attention);
-        ops_.rmsnorm_forward(b.xn1, b.rstd1, h_[l], b.attn_norm->work, cfg_.norm_eps);
-        b.attn.forward(ops_, b.xn1, b.attn_out);
-    }
-    {
-        PhaseScope scope(times_, ops_, Phase::Other);
-        ops_.add_tensors(b.x, h_[l], b.attn_out);
-        ops_.rmsnorm_forward(b.xn2, b.rstd2, b.x, b.moe_norm->work, cfg_.norm_eps);
-    }
-    MoeStats s = b.moe.forward(ops_, b.xn2, ids_host_.data(), b.moe_out);
+    BlockLayers& b = *layers_->blocks[l];
+    const Attend causal = [&](Tensor xn, Tensor out) { b.attn.forward(ops_, xn, out); };
+    MoeStats s = b.forward(ops_, blocks_[l], h_[l], v_[l], h_[l + 1], v_[l + 1], ids_host_.data(), causal, times_);
     if (stats) *stats = std::move(s);
-    Tensor after = b.dynamics ? b.h_mid : h_[l + 1];
-    {
-        PhaseScope scope(times_, ops_, Phase::Other);
-        ops_.add_tensors(after, b.x, b.moe_out);
-    }
-    if (b.dynamics) {
-        PhaseScope scope(times_, ops_, Phase::Dynamics);
-        b.dynamics->forward(ops_, b.h_mid, v_[l], h_[l + 1], v_[l + 1]);
-    }
 }
 
 void Model::backward(double loss_scale, Write grads, const BucketReady& bucket_ready) {
@@ -244,7 +189,8 @@ void Model::backward(double loss_scale, Write grads, const BucketReady& bucket_r
     }
 
     for (size_t l = blocks_.size(); l-- > 0;) {
-        Block& b = *blocks_[l];
+        BlockLayers& b = *layers_->blocks[l];
+        const BlockActivations& a = blocks_[l];
         // The block's activations again, from its saved input: the same
         // kernels on the same values write the same bits (h_[l + 1] and
         // v_[l + 1] included, no longer read).
@@ -255,20 +201,20 @@ void Model::backward(double loss_scale, Write grads, const BucketReady& bucket_r
             Tensor dv_in = dv.data == dv_[0].data ? dv_[1] : dv_[0];
             // Shared dynamics get their first contribution from the last layer.
             const bool first = !cfg_.dynamics.shared || l + 1 == blocks_.size();
-            b.dynamics->backward(ops_, b.h_mid, v_[l], dh, dv, dh_in, dv_in, first ? grads : Write::add);
+            b.dynamics->backward(ops_, a.h_mid, v_[l], dh, dv, dh_in, dv_in, first ? grads : Write::add);
             dh = dh_in;
             dv = dv_in;
         }
         // h_mid = x + moe(norm(x)): dh flows to x unchanged, plus the MoE path.
-        b.moe.backward(ops_, b.xn2, dh, dxn_, loss_scale, grads);
+        b.moe.backward(ops_, a.xn2, dh, dxn_, loss_scale, grads);
         {
             PhaseScope scope(times_, ops_, Phase::Other);
-            ops_.rmsnorm_backward(dh, b.moe_norm->grad, dxn_, b.x, b.moe_norm->work, b.rstd2, Write::add, grads);
+            ops_.rmsnorm_backward(dh, b.moe_norm->grad, dxn_, a.x, b.moe_norm->work, a.rstd2, Write::add, grads);
         }
         // x = h + attn(norm(h)).
         PhaseScope scope(times_, ops_, Phase::Attention);
-        b.attn.backward(ops_, b.xn1, dh, dxn_, grads);
-        ops_.rmsnorm_backward(dh, b.attn_norm->grad, dxn_, h_[l], b.attn_norm->work, b.rstd1, Write::add, grads);
+        b.attn.backward(ops_, a.xn1, dh, dxn_, grads);
+        ops_.rmsnorm_backward(dh, b.attn_norm->grad, dxn_, h_[l], b.attn_norm->work, a.rstd1, Write::add, grads);
         if (bucket_ready) bucket_ready(buckets_[blocks_.size() - l]);
     }
     PhaseScope scope(times_, ops_, Phase::Other);

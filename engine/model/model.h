@@ -7,10 +7,8 @@
 #include <vector>
 
 #include "engine/params/arena.h"
-#include "engine/model/attention_layer.h"
 #include "engine/config/config.h"
-#include "engine/model/dynamics_layer.h"
-#include "engine/moe/moe_layer.h"
+#include "engine/model/model_layers.h"
 #include "engine/params/parameters.h"
 #include "engine/run/phase_times.h"
 
@@ -90,7 +88,6 @@ public:
     void set_phase_times(PhaseTimes* times);
 
 private:
-    struct Block;
     void declare(const GroupPlace& ep);
     void carve();
     // Block l's forward from h_[l], v_[l]; its routing statistics (null: not wanted).
@@ -105,9 +102,9 @@ private:
     ParameterBytes parameter_bytes_;
     size_t planned_bytes_ = 0;
     ParameterSet params_;
+    std::unique_ptr<ModelLayers> layers_;
     Param *embed_, *norm_, *lm_head_;  // lm_head_ == embed_ when tied
-    std::vector<std::unique_ptr<DynamicsModule>> dynamics_;
-    std::vector<std::unique_ptr<Block>> blocks_;
+    std::vector<BlockActivations> blocks_;  // each block's activations
     std::vector<int32_t> ids_host_;
     std::vector<std::vector<Param*>> buckets_;  // [0]: the head's, [L - l]: layer l's
     PhaseTimes* times_ = nullptr;

@@ -32,10 +32,13 @@ void LearnedRouter::carve(Arena& acts, Arena& scratch, const Precision& pr, int6
 }
 
 RouterChoice LearnedRouter::forward(Ops& ops, Tensor x, const int32_t*) {
-    ops.matmul_forward(logits_, x, weight_->work, {});
-    ops.router_forward(probs_, lse_, topk_idx_, topk_w_, logits_, scoring_);
-    ops.router_stats(stats_, probs_, lse_, scoring_);
-    return {topk_idx_, nullptr, topk_w_};
+    const int64_t N = x.dim(0);
+    const Tensor logits = logits_.rows(0, N), probs = probs_.rows(0, N), lse = lse_.rows(0, N);
+    const Tensor topk_idx = topk_idx_.rows(0, N), topk_w = topk_w_.rows(0, N);
+    ops.matmul_forward(logits, x, weight_->work, {});
+    ops.router_forward(probs, lse, topk_idx, topk_w, logits, scoring_);
+    ops.router_stats(stats_, probs, lse, scoring_);
+    return {topk_idx, nullptr, topk_w};
 }
 
 void LearnedRouter::set_load(const RoutingCounts& counts) {

@@ -27,7 +27,8 @@ public:
     void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor router_stats,
                bool recompute_experts);
 
-    // y[N,H] = moe(x[N,H]); ids[N] (host) feed the token_id router.
+    // y[N,H] = moe(x[N,H]), N at most the rows carved; ids[N] (host) feed the
+    // token_id router.
     MoeStats forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y);
     // The router's aux and z losses of the last forward, from the stats it
     // left in router_stats, read back (E+1 values).

@@ -34,7 +34,8 @@ public:
     // stats: F64 [E+1] on the backend where forward leaves the statistics its
     // losses are computed from (empty for a router without losses).
     virtual void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor stats) = 0;
-    // Chooses experts for x[N,H]; ids[N] (host) are the batch's input ids.
+    // Chooses experts for x[N,H], N at most the rows carved; ids[N] (host)
+    // are the batch's input ids.
     virtual RouterChoice forward(Ops& ops, Tensor x, const int32_t* ids) = 0;
     // The slots each expert got, which the losses and their gradients weigh.
     virtual void set_load(const RoutingCounts& counts) = 0;

@@ -47,18 +47,19 @@ int64_t TokenDispatcher::max_local_rows(int64_t N) const {
 }
 
 Tensor TokenDispatcher::dispatch(Ops& ops, const RouterChoice& choice, Tensor x) {
+    slots_ = x.dim(0) * k_;
     if (choice.host_experts) plan_on_host(ops, *choice.host_experts, x.dim(0));
     else plan_on_device(ops, choice.experts);
     return send_rows(ops, x);
 }
 
 void TokenDispatcher::plan_on_device(Ops& ops, Tensor expert_of_slot) {
-    counts_ = ops.plan_routing(slot_row_, row_token_, expert_of_slot, E_, capacity_factor_);
+    counts_ = ops.plan_routing(slot_rows(), row_token_.rows(0, slots_), expert_of_slot, E_, capacity_factor_);
 }
 
 void TokenDispatcher::plan_on_host(Ops& ops, const std::vector<int32_t>& expert_of_slot, int64_t N) {
     RoutingPlan plan = build_routing_plan(expert_of_slot.data(), int(N), k_, E_, capacity_factor_);
-    ops.copy_from_host(slot_row_, plan.slot_row.data());
+    ops.copy_from_host(slot_rows(), plan.slot_row.data());
     ops.copy_from_host(row_token_.rows(0, plan.rows()), plan.row_token.data());
     counts_ = std::move(plan);
 }
@@ -140,13 +141,13 @@ void TokenDispatcher::combine(Ops& ops, Tensor w, Tensor y) {
     const int64_t R = counts_.rows();
     Tensor back = back_.rows(0, R);
     if (distributed()) from_experts(ops, expert_output(), back);
-    ops.combine_forward(y, back, w, slot_row_, Write::overwrite);
+    ops.combine_forward(y, back, w, slot_rows(), Write::overwrite);
 }
 
 Tensor TokenDispatcher::combine_backward(Ops& ops, Tensor dy, Tensor w, Tensor dw) {
     const int64_t R = counts_.rows();
     Tensor d_back = d_back_.rows(0, R);
-    ops.combine_backward(d_back, dw, dy, back_.rows(0, R), w, slot_row_, Write::overwrite);
+    ops.combine_backward(d_back, dw, dy, back_.rows(0, R), w, slot_rows(), Write::overwrite);
     if (!distributed()) return d_back;
     Tensor d_local = d_local_out_.rows(0, local_rows_);
     to_experts(ops, d_back, d_local);
@@ -160,7 +161,7 @@ void TokenDispatcher::dispatch_backward(Ops& ops, Tensor dxl, Tensor dx) {
         d_routed = d_send_.rows(0, R);
         from_experts(ops, dxl, d_routed);
     }
-    ops.permute_backward(dx, d_routed, slot_row_, Write::overwrite);
+    ops.permute_backward(dx, d_routed, slot_rows(), Write::overwrite);
 }
 
 }  // namespace moe

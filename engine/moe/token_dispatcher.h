@@ -31,7 +31,8 @@ public:
     int64_t max_local_rows(int64_t N) const;
 
     // Plans routing from the router's choice of experts for each slot [N,k]
-    // and brings x[N,H]'s rows to the local experts. Returns them in local
+    // (N at most the tokens carved) and brings x[N,H]'s rows to the local
+    // experts. Returns them in local
     // order; local_offsets() split them. A choice made on the backend is
     // planned there; one the host knows (token_id) is planned on the host and
     // its indices uploaded, so nothing waits for the device.
@@ -54,6 +55,7 @@ public:
 
 private:
     bool distributed() const { return ep_.size > 1; }
+    Tensor slot_rows() const { return slot_row_.rows(0, slots_); }  // this forward's slots
     // Plans on the backend (plan_routing) or on the host, filling counts_.
     void plan_on_device(Ops& ops, Tensor expert_of_slot);
     void plan_on_host(Ops& ops, const std::vector<int32_t>& expert_of_slot, int64_t N);
@@ -71,6 +73,7 @@ private:
     std::optional<double> capacity_factor_;
     GroupPlace ep_;
     int64_t H_ = 0;
+    int64_t slots_ = 0;  // N * k of this forward
     RoutingCounts counts_;
     Tensor slot_row_, row_token_;  // plan indices on the backend
     Tensor send_, back_;           // routing order: inputs sent, outputs returned (saved)

@@ -55,8 +55,8 @@ Tensor shaped(const Tensor& flat, const std::vector<int64_t>& shape) {
 // arenas without a backend sizes them (planned_bytes), the same run over
 // allocated ones places the tensors. The masters and moments are whole, or a
 // chunk when split; gradients and the working copy whole, padded to a
-// multiple of the group.
-void lay_out(std::deque<Param>& params, const Precision& pr, const OptimizerShards& shards,
+// multiple of the group. Inference carves no gradients and no moments.
+void lay_out(std::deque<Param>& params, const Precision& pr, const OptimizerShards& shards, ParameterSet::Use use,
              ParameterSet::Arenas& a) {
     const bool separate_work = pr.work != pr.master;
     for (Param& p : params) {
@@ -69,12 +69,14 @@ void lay_out(std::deque<Param>& params, const Precision& pr, const OptimizerShar
     };
     for (Param& p : params)
         if (!p.split() || separate_work) p.value = state(a.masters, p);  // else: a chunk of the working copy
-    for (Param& p : params) {
-        p.grad_flat = a.grads.take(pr.master, {p.padded_numel()});
-        p.grad = shaped(p.grad_flat, p.shape);
+    if (use == ParameterSet::Use::training) {
+        for (Param& p : params) {
+            p.grad_flat = a.grads.take(pr.master, {p.padded_numel()});
+            p.grad = shaped(p.grad_flat, p.shape);
+        }
+        for (Param& p : params) p.m = state(a.m, p);
+        for (Param& p : params) p.v = state(a.v, p);
     }
-    for (Param& p : params) p.m = state(a.m, p);
-    for (Param& p : params) p.v = state(a.v, p);
     for (Param& p : params) {
         if (separate_work || p.split()) {
             p.work_flat = a.work.take(pr.work, {p.padded_numel()});
@@ -89,10 +91,11 @@ void lay_out(std::deque<Param>& params, const Precision& pr, const OptimizerShar
 
 }  // namespace
 
-ParameterBytes ParameterSet::planned_bytes(const Precision& precision, const OptimizerShards& shards) const {
+ParameterBytes ParameterSet::planned_bytes(const Precision& precision, const OptimizerShards& shards,
+                                           Use use) const {
     std::deque<Param> plan = params_;  // laid out dry: no memory behind the tensors
     Arenas a;
-    lay_out(plan, precision, shards, a);
+    lay_out(plan, precision, shards, use, a);
     ParameterBytes b;
     b.masters = a.masters.bytes();
     b.gradients = a.grads.bytes();
@@ -105,15 +108,15 @@ ParameterBytes ParameterSet::planned_bytes(const Precision& precision, const Opt
     return b;
 }
 
-void ParameterSet::allocate(Ops& ops, const Precision& precision, const OptimizerShards& shards) {
+void ParameterSet::allocate(Ops& ops, const Precision& precision, const OptimizerShards& shards, Use use) {
     if (ops_) throw std::logic_error("parameters allocated twice");
     ops_ = &ops;
     precision_ = precision;
     auto a = std::unique_ptr<Arenas>(new Arenas{Arena(ops), Arena(ops), Arena(ops), Arena(ops), Arena(ops)});
-    lay_out(params_, precision, shards, *a);  // sizes the arenas
+    lay_out(params_, precision, shards, use, *a);  // sizes the arenas
     for (Arena* arena : {&a->masters, &a->grads, &a->m, &a->v, &a->work})
         if (arena->bytes() > 0) arena->allocate();
-    lay_out(params_, precision, shards, *a);  // places the tensors
+    lay_out(params_, precision, shards, use, *a);  // places the tensors
     arenas_ = std::move(a);
 }
 

@@ -80,6 +80,9 @@ struct ParameterBytes {
 class ParameterSet {
 public:
     enum class Slot { Value, Grad, M, V };
+    // What the parameters are allocated for: training (values, gradients,
+    // AdamW moments, working copy) or inference (values and working copy).
+    enum class Use { training, inference };
 
     ParameterSet();
     ~ParameterSet();
@@ -90,9 +93,12 @@ public:
                int expert_offset = -1);
     // Bytes allocate() will take for these parameters in this precision and
     // split (std::length_error past 2^64).
-    ParameterBytes planned_bytes(const Precision& precision, const OptimizerShards& shards = {}) const;
-    // Carves value, grad, m, v (and work) for every parameter (zero-filled).
-    void allocate(Ops& ops, const Precision& precision, const OptimizerShards& shards = {});
+    ParameterBytes planned_bytes(const Precision& precision, const OptimizerShards& shards = {},
+                                 Use use = Use::training) const;
+    // Carves value, grad, m, v (and work) for every parameter (zero-filled);
+    // for inference only value and work (grad, m and v stay empty).
+    void allocate(Ops& ops, const Precision& precision, const OptimizerShards& shards = {},
+                  Use use = Use::training);
     // Fills values from the seed: each file-level tensor (each expert too) has
     // its own random stream, so a layout change does not change the model.
     void initialize(uint64_t seed);

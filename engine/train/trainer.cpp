@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 
 #include "comm/agreement.h"
 #include "engine/io/checkpoint.h"
@@ -95,7 +96,7 @@ private:
     std::unique_ptr<Model> model_;
     std::unique_ptr<AdamW> optimizer_;
     std::unique_ptr<MetricsWriter> metrics_;
-    ExpertTelemetry telemetry_;
+    std::optional<ExpertTelemetry> telemetry_;  // made once the model is sized: it is [layers][experts]
     TrainProgress progress_;
     std::vector<int32_t> inputs_, targets_;
     TrainSummary summary_;
@@ -120,8 +121,7 @@ Trainer::Trainer(const Config& cfg, Ops& ops, const TrainOptions& opts, const Pr
       world_size_(world_size(groups)),
       lead_(rank_ == 0),
       tokens_per_step_(int64_t(B_) * T_ * A_ * world_size_),
-      metrics_path_(cfg.run.out_dir + "/metrics.jsonl"),
-      telemetry_(mc_.num_layers, mc_.moe.num_experts, cfg.log.starved_share, cfg.log.starved_intervals) {
+      metrics_path_(cfg.run.out_dir + "/metrics.jsonl") {
     open_run(opts);
     build_model();
     restore(opts);
@@ -185,6 +185,7 @@ void Trainer::build_model() {
     model_->params().initialize(cfg_.run.seed);
     inputs_.resize(size_t(B_) * T_);  // sized with the model: a batch too large was refused above
     targets_.resize(size_t(B_) * T_);
+    telemetry_.emplace(mc_.num_layers, mc_.moe.num_experts, cfg_.log.starved_share, cfg_.log.starved_intervals);
 }
 
 // The weights of --init-from or the state of the checkpoint, and the metrics
@@ -347,10 +348,10 @@ void Trainer::record(int step, const StepTotals& t, double grad_norm, double lr,
                      {"dropped", double(t.total_dropped())},
                      {"step_s", step_s},
                      {"all_to_all_s", a2a_s}});
-    telemetry_.add(t);
+    telemetry_->add(t);
     if ((step + 1) % cfg_.log.every != 0 && step != progress_.step && step + 1 != steps_) return;
     std::vector<std::string> starving;
-    metrics_->write(telemetry_.take(step + 1, starving));
+    metrics_->write(telemetry_->take(step + 1, starving));
     for (const std::string& line : starving) spdlog::warn("{}", line);
     const double avg_tok_s = tokens_per_step_ * timed_steps_ / timed_s_;
     const double eta = (steps_ - step - 1) * timed_s_ / timed_steps_;

@@ -4,6 +4,8 @@
 // attention does) instead of storing T x T of them:
 //   P = exp(S - lse),  dP = dO V^T,  dS = P * (dP - rowsum(dO * O)),
 //   dQ = dS K / sqrt(hd),  dK = dS^T Q / sqrt(hd),  dV = P^T dO.
+// attention_decode runs the forward's per-query loop (attend) for new queries
+// over a KV cache, so a cached position gives the full forward's bits.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -35,6 +37,23 @@ template <class T> void axpy(T* y, T alpha, const T* x, int64_t n) {
 
 template <class T> T* data_or_null(const Tensor& t) { return t.empty() ? nullptr : t.ptr<T>(); }
 
+// One query's output over keys and values 0..last (rows `stride` apart from k
+// and v): out = softmax(scale q k^T) v. Returns the log-sum-exp; score holds
+// last + 1 values of scratch.
+template <class T>
+T attend(T* out, const T* q, const T* k, const T* v, int64_t stride, int64_t last, int64_t hd, T scale, T* score) {
+    T max = -std::numeric_limits<T>::infinity();
+    for (int64_t s = 0; s <= last; ++s) {
+        score[s] = scale * dot(q, k + s * stride, hd);
+        max = std::max(max, score[s]);
+    }
+    T sum = 0;
+    for (int64_t s = 0; s <= last; ++s) sum += score[s] = std::exp(score[s] - max);
+    std::fill_n(out, hd, T(0));
+    for (int64_t s = 0; s <= last; ++s) axpy(out, score[s] / sum, v + s * stride, hd);
+    return max + std::log(sum);
+}
+
 }  // namespace
 
 void CpuOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) {
@@ -50,20 +69,33 @@ void CpuOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tenso
 #pragma omp for schedule(static)
             for (int64_t bh = 0; bh < d.B * d.nh; ++bh) {
                 const int64_t b = bh / d.nh, h = bh % d.nh, kvh = h / d.group();
-                for (int64_t t = 0; t < d.T; ++t) {
-                    const T* qt = pq + d.q_at(b, t, h);
-                    T max = -std::numeric_limits<T>::infinity();
-                    for (int64_t s = 0; s <= t; ++s) {
-                        score[s] = scale * dot(qt, pk + d.kv_at(b, s, kvh), d.hd);
-                        max = std::max(max, score[s]);
-                    }
-                    T sum = 0;
-                    for (int64_t s = 0; s <= t; ++s) sum += score[s] = std::exp(score[s] - max);
-                    T* ot = po + d.q_at(b, t, h);
-                    std::fill_n(ot, d.hd, T(0));
-                    for (int64_t s = 0; s <= t; ++s) axpy(ot, score[s] / sum, pv + d.kv_at(b, s, kvh), d.hd);
-                    pl[d.lse_at(b, h, t)] = max + std::log(sum);
-                }
+                const int64_t at = d.kv_at(b, 0, kvh), stride = d.nkv * d.hd;
+                for (int64_t t = 0; t < d.T; ++t)
+                    pl[d.lse_at(b, h, t)] = attend(po + d.q_at(b, t, h), pq + d.q_at(b, t, h), pk + at, pv + at,
+                                                   stride, t, d.hd, scale, score.data());
+            }
+        }
+    });
+}
+
+void CpuOps::attention_decode(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache, int64_t first_position) {
+    const DecodeDims d = decode_dims("attention_decode", out, q, k_cache, v_cache, first_position);
+    check(out.dtype == q.dtype && k_cache.dtype == q.dtype && v_cache.dtype == q.dtype, "attention_decode",
+          "q, k, v and out must share one dtype");
+    dispatch_float(q, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const T scale = T(1.0 / std::sqrt(double(d.hd)));
+        const T *pq = q.ptr<T>(), *pk = k_cache.ptr<T>(), *pv = v_cache.ptr<T>();
+        T* po = out.ptr<T>();
+        const int64_t stride = d.nkv * d.hd;
+#pragma omp parallel if (worth_threads(d.n * d.nh * (d.first + d.n) * d.hd))
+        {
+            std::vector<T> score(size_t(d.first + d.n));
+#pragma omp for schedule(static)
+            for (int64_t ih = 0; ih < d.n * d.nh; ++ih) {
+                const int64_t i = ih / d.nh, h = ih % d.nh, kvh = h / d.group();
+                attend(po + d.q_at(i, h), pq + d.q_at(i, h), pk + d.kv_at(0, kvh), pv + d.kv_at(0, kvh), stride,
+                       d.first + i, d.hd, scale, score.data());
             }
         }
     });

@@ -49,12 +49,13 @@ public:
     void swiglu_forward(Tensor out, Tensor gate, Tensor up) override;
     void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up) override;
 
-    void rope_forward(Tensor x, double theta) override;
+    void rope_forward(Tensor x, double theta, int64_t first_position) override;
     void rope_backward(Tensor dx, double theta) override;
 
     void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) override;
     void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
                             Tensor lse, Write write) override;
+    void attention_decode(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache, int64_t first_position) override;
 
     void router_forward(Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w, Tensor logits,
                         const RouterScoring& scoring) override;

@@ -1,5 +1,6 @@
 // Rotary position embedding, rotate-half convention (Hugging Face Llama): the
-// pair (i, i + hd/2) of a head at position t turns by t * theta^(-2i/hd).
+// pair (i, i + hd/2) of a head at position p turns by p * theta^(-2i/hd), where
+// row t of x is at position first_position + t.
 // The backward turns by the opposite angle (the transpose of a rotation).
 #include <cmath>
 #include <type_traits>
@@ -15,7 +16,7 @@ namespace moe {
 namespace {
 
 // direction +1 rotates (forward), -1 rotates back (backward).
-void rotate(const char* op, Tensor x, double theta, int direction) {
+void rotate(const char* op, Tensor x, double theta, int64_t first_position, int direction) {
     check(x.ndim == 4 && x.dim(3) % 2 == 0, op, "x must be [B,T,heads,hd] with hd even, got " + x.shape_str());
     const int64_t B = x.dim(0), T = x.dim(1), heads = x.dim(2), hd = x.dim(3), half = hd / 2;
     dispatch_float(x, [&](auto tag) {
@@ -28,7 +29,7 @@ void rotate(const char* op, Tensor x, double theta, int direction) {
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < T; ++t) {
                 for (int64_t i = 0; i < half; ++i) {
-                    const double angle = double(t) * std::pow(theta, -2.0 * double(i) / double(hd));
+                    const double angle = double(first_position + t) * std::pow(theta, -2.0 * double(i) / double(hd));
                     cos_t[i] = F(std::cos(angle));
                     sin_t[i] = F(direction * std::sin(angle));
                 }
@@ -50,8 +51,10 @@ void rotate(const char* op, Tensor x, double theta, int direction) {
 
 }  // namespace
 
-void CpuOps::rope_forward(Tensor x, double theta) { rotate("rope_forward", x, theta, +1); }
+void CpuOps::rope_forward(Tensor x, double theta, int64_t first_position) {
+    rotate("rope_forward", x, theta, first_position, +1);
+}
 
-void CpuOps::rope_backward(Tensor dx, double theta) { rotate("rope_backward", dx, theta, -1); }
+void CpuOps::rope_backward(Tensor dx, double theta) { rotate("rope_backward", dx, theta, 0, -1); }
 
 }  // namespace moe

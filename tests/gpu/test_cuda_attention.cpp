@@ -1,7 +1,8 @@
 // The CUDA attention and RoPE ops against the CPU reference on the same
 // bf16-exact inputs: causal GQA attention forward and backward at sizes that
 // leave partial 64-row tiles, every supported head size, the backward's
-// accumulation, bit-identical reruns, and RoPE both ways.
+// accumulation, bit-identical reruns, and RoPE both ways (forward from a first
+// position too).
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -196,23 +197,30 @@ TEST_CASE("cuda attention names the head sizes it supports", "[gpu]") {
     REQUIRE(message.find("hd 48") != std::string::npos);
 }
 
-TEST_CASE("cuda rope matches the cpu both ways", "[gpu]") {
+TEST_CASE("cuda rope matches the cpu both ways, and from a first position", "[gpu]") {
     const int64_t B = 2, T = 77, H = 4, hd = 64;
     const double theta = 10000;
     Backends be;
     Rng rng(4, "cuda rope");
     const std::vector<float> x = bf16_normals(B * T * H * hd, rng);
-    for (const bool forward : {true, false}) {
+    // The forward from position 1000 too: a decoder's rows deep in its cache,
+    // angles of thousands of radians.
+    struct Case {
+        bool forward;
+        int64_t first;
+    };
+    for (const Case& c : {Case{true, 0}, Case{false, 0}, Case{true, 1000}}) {
         std::vector<float> cpu = x;
         Tensor gpu = be.upload(x, DType::BF16, {B, T, H, hd});
-        if (forward) {
-            be.cpu.rope_forward(host_tensor(cpu, {B, T, H, hd}), theta);
-            be.gpu.rope_forward(gpu, theta);
+        if (c.forward) {
+            be.cpu.rope_forward(host_tensor(cpu, {B, T, H, hd}), theta, c.first);
+            be.gpu.rope_forward(gpu, theta, c.first);
         } else {
             be.cpu.rope_backward(host_tensor(cpu, {B, T, H, hd}), theta);
             be.gpu.rope_backward(gpu, theta);
         }
+        INFO("first position " << c.first);
         // Same double angles, fp32 rotation: only the output's bf16 rounding differs.
-        require_near(forward ? "rope_forward" : "rope_backward", be.download(gpu), cpu, kBf16Rtol, kBf16Atol);
+        require_near(c.forward ? "rope_forward" : "rope_backward", be.download(gpu), cpu, kBf16Rtol, kBf16Atol);
     }
 }
