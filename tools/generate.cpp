@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +16,7 @@
 #include <vector>
 
 #include "tools/tool_args.h"
+#include "engine/io/tokenizer.h"
 #include "engine/model/model.h"
 #include "engine/params/rng.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -30,8 +30,9 @@ const char* kUsage =
     "usage: moe-generate DIR --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
     "  Samples N tokens (default 200) after the prompt from the weights of a checkpoint\n"
     "  (DIR: a checkpoint directory, or a run directory for its newest checkpoint).\n"
-    "  Byte-level models (vocab 256): the prompt is text, and the prompt and the sample are printed as text.\n"
-    "  Other vocabularies: the prompt is token ids separated by spaces, and ids are printed.\n"
+    "  The prompt is text, encoded with the checkpoint's tokenizer (bytes, or the SentencePiece model the run\n"
+    "  named in data.tokenizer, read from that path), and the prompt and the sample are printed as text.\n"
+    "  Tokenizer none (ids made elsewhere): the prompt is token ids separated by spaces, and ids are printed.\n"
     "  --temperature T (default 0.8): 0 takes the most likely token (greedy).\n"
     "  --top-k K (default 40): sample among the K most likely tokens; 0: among all.\n"
     "  --seed S (default 1): the same seed gives the same text.\n"
@@ -76,24 +77,14 @@ Args parse(int argc, char** argv) {
     return a;
 }
 
-// The prompt as token ids: its bytes for a byte-level model, else the ids it lists.
-std::vector<int32_t> prompt_tokens(const std::string& prompt, int vocab) {
-    std::vector<int32_t> ids;
-    if (vocab == 256) {
-        for (unsigned char c : prompt) ids.push_back(c);
-    } else {
-        const char* at = prompt.c_str();
-        for (char* end = nullptr;; at = end) {
-            while (*at == ' ') ++at;
-            if (!*at) break;
-            errno = 0;
-            const long id = std::strtol(at, &end, 10);
-            if (end == at || (*end && *end != ' ') || errno || id < 0 || id >= vocab)
-                fail("the prompt of a model of vocab " + std::to_string(vocab) +
-                     " is token ids in [0, " + std::to_string(vocab) + ") separated by spaces, got '" + prompt + "'");
-            ids.push_back(int32_t(id));
-        }
-    }
+// The prompt as token ids, encoded with the checkpoint's tokenizer (none:
+// the ids it lists).
+std::vector<int32_t> prompt_tokens(const std::string& prompt, const Tokenizer& tokenizer, int vocab) {
+    const std::vector<int32_t> ids = tokenizer.encode(prompt);
+    for (int32_t id : ids)
+        if (id >= vocab)
+            fail("the prompt's token " + std::to_string(id) + " lies outside the model's vocabulary: give token ids "
+                 "in [0, " + std::to_string(vocab) + ")");
     if (ids.empty()) fail("the prompt is empty: give at least one token to continue");
     return ids;
 }
@@ -122,12 +113,8 @@ int32_t sample(const std::vector<float>& logits, double temperature, size_t top_
     return ids.back();  // rounding left u at the very end
 }
 
-void print_token(int32_t id, bool bytes, bool first) {
-    if (bytes) {
-        std::fputc(id, stdout);
-    } else {
-        std::printf(first ? "%d" : " %d", id);
-    }
+void print_text(const std::string& text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);  // the text appears as it is made
 }
 
@@ -139,14 +126,16 @@ int main(int argc, char** argv) {
         const CheckpointInfo info = open_checkpoint(a.dir);
         const ModelConfig& mc = info.config.model;
         const int T = info.config.train.seq_len, V = mc.vocab_size;
-        const bool bytes = V == 256;
-        std::vector<int32_t> context = prompt_tokens(a.prompt, V);
+        const std::unique_ptr<Tokenizer> tokenizer =
+            load_recorded_tokenizer(info.progress.tokenizer, info.config.data.tokenizer);
+        std::vector<int32_t> context = prompt_tokens(a.prompt, *tokenizer, V);
 
         CpuOps ops;
         Model model(mc, ops, DType::F32, 1, T);  // no EP group: every expert in this process
         load_checkpoint(info, info.config, model.params());  // checks the checksums of the files it reads
 
-        for (size_t i = 0; i < context.size(); ++i) print_token(context[i], bytes, i == 0);
+        TextStream text(*tokenizer);
+        for (int32_t id : context) print_text(text.next(id));
         Rng rng(a.seed);
         std::vector<int32_t> window(T);
         std::vector<float> logits(V);
@@ -157,9 +146,11 @@ int main(int argc, char** argv) {
             model.forward(window.data(), window.data());  // targets: any valid ids, the loss goes unused
             ops.copy_to_host(logits.data(), model.logits().rows(used - 1, used));
             context.push_back(sample(logits, a.temperature, size_t(a.top_k), rng));
-            print_token(context.back(), bytes, false);
+            print_text(text.next(context.back()));
         }
-        if (!bytes || isatty(STDOUT_FILENO)) std::fputc('\n', stdout);  // piped bytes stay exactly the text
+        print_text(text.finish());
+        const bool ids = tokenizer->identity().kind == "none";
+        if (ids || isatty(STDOUT_FILENO)) std::fputc('\n', stdout);  // piped text stays exactly the text
     } catch (const std::exception& e) {
         fail(e.what());
     }
