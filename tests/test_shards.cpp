@@ -11,6 +11,7 @@
 
 #include "engine/io/shards.h"
 #include "tests/catch.h"
+#include "tests/shard_testing.h"
 #include "tests/test_util.h"
 
 using namespace moe;
@@ -23,21 +24,6 @@ void patch_int32(const std::string& path, int64_t offset, int32_t value) {
     std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
     f.seekp(offset);
     f.write(reinterpret_cast<const char*>(&value), 4);
-}
-
-std::vector<uint32_t> read_tokens(const ShardInfo& info) {
-    const ReadOnlyFile file(info.path);
-    std::vector<uint32_t> tokens(size_t(info.num_tokens));
-    for (int64_t i = 0; i < info.num_tokens; ++i) {
-        if (info.token_bytes() == 2) {
-            uint16_t t;
-            file.read_at(uint64_t(kShardHeaderBytes + 2 * i), &t, 2);
-            tokens[size_t(i)] = t;
-        } else {
-            file.read_at(uint64_t(kShardHeaderBytes + 4 * i), &tokens[size_t(i)], 4);
-        }
-    }
-    return tokens;
 }
 
 }  // namespace
@@ -54,7 +40,7 @@ TEST_CASE("shards round trip in every version", "[unit]") {
         REQUIRE(info.version == version);
         REQUIRE(info.num_tokens == int64_t(tokens.size()));
         REQUIRE(fs::file_size(path) == uint64_t(1024 + tokens.size() * (version == 1 ? 2 : 4)));
-        REQUIRE(read_tokens(info) == tokens);
+        REQUIRE(moe::test::read_shard_tokens(path) == tokens);
         REQUIRE_FALSE(fs::exists(path + ".tmp"));
     }
 }

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/io/files.h"  // DataError
+
 namespace moe {
 
 struct TokenizerIdentity {
