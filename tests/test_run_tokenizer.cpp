@@ -89,3 +89,12 @@ TEST_CASE("shards recorded with another tokenizer are refused naming both, a mal
     write_file_atomically(data + "/tokenizer.txt", {{"tokenizer: [", 12}});
     CHECK(contains(error_of<DataError>([&] { train(c, ops); }), "'" + data + "/tokenizer.txt' is malformed"));
 }
+
+TEST_CASE("a tokenizer that cannot be loaded is refused as data.tokenizer's, naming the file", "[unit]") {
+    Config c = byte_level("tokenizer-unreadable");
+    c.data.tokenizer = c.run.out_dir + "/missing.model";
+    CpuOps ops;
+    const std::string msg = error_of<ConfigError>([&] { train(c, ops); });
+    CHECK(msg.rfind("config: data.tokenizer: ", 0) == 0);
+    CHECK(contains(msg, "'" + c.data.tokenizer + "'"));
+}

@@ -48,7 +48,11 @@ bool check_records(const std::string& key, const std::string& glob, const Tokeni
 
 RunTokenizer check_run_tokenizer(const Config& cfg) {
     RunTokenizer run;
-    run.identity = load_tokenizer(cfg.data.tokenizer)->identity();
+    try {
+        run.identity = load_tokenizer(cfg.data.tokenizer)->identity();
+    } catch (const DataError& e) {
+        throw ConfigError(std::string("config: data.tokenizer: ") + e.what());
+    }
     const TokenizerIdentity& id = run.identity;
     if (id.kind != "none" && id.vocab != cfg.model.vocab_size)
         throw ConfigError("config: data.tokenizer " + id.describe() + " has " + std::to_string(id.vocab) +

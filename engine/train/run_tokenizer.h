@@ -19,9 +19,9 @@ struct RunTokenizer {
 };
 
 // ConfigError, one line naming both sides, when the tokenizer's vocabulary is
-// not model.vocab_size or the shards were made with another tokenizer;
-// DataError when the model file cannot be read. Call it once the data globs
-// are known to match.
+// not model.vocab_size or the shards were made with another tokenizer, or
+// naming the file when the model cannot be read; DataError for a malformed
+// record. Call it once the data globs are known to match.
 RunTokenizer check_run_tokenizer(const Config& cfg);
 
 // CheckpointError, one line naming both, when weights (`what`: "checkpoint

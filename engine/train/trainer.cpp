@@ -173,6 +173,7 @@ void Trainer::open_run(const TrainOptions& opts) {
         const DataIdentity d = train_data_->identity();
         check_same_on_all_ranks(*world_, "training data (data.train's shards by name and size)",
                                 std::to_string(d.shards) + " " + std::to_string(d.tokens) + " " + std::to_string(d.crc32c));
+        check_same_on_all_ranks(*world_, "tokenizer (data.tokenizer's model file)", identity_yaml(tokenizer_.identity));
     }
 }
 
