@@ -8,6 +8,7 @@
 #include <sentencepiece_trainer.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
