@@ -103,7 +103,11 @@ int run(int argc, char** argv) {
     std::signal(SIGXFSZ, SIG_IGN);  // a file size limit fails the write (EFBIG) instead of killing us
     const moe::TrainSummary s = moe::train(cfg, *ops, opts, &groups);
     if (s.stopped) return kExitStopped;
-    if (groups.world_rank() == 0 && s.val_loss == s.val_loss) std::printf("final validation loss %.4f\n", s.val_loss);
+    if (groups.world_rank() == 0 && s.val_loss == s.val_loss) {
+        std::printf("final validation loss %.4f", s.val_loss);
+        if (s.val_bpb == s.val_bpb) std::printf(" (%.4f bits per byte)", s.val_bpb);
+        std::printf(", tokenizer %s\n", s.tokenizer.c_str());
+    }
     return 0;
 }
 

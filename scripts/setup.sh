@@ -6,7 +6,8 @@
 # munge and iproute2 for the cluster tests (tests/cluster).
 set -euo pipefail
 
-packages=(cmake ninja-build g++ libyaml-cpp-dev libspdlog-dev catch2 libopenmpi-dev openmpi-bin zlib1g-dev fortunes)
+packages=(cmake ninja-build g++ libyaml-cpp-dev libspdlog-dev catch2 libopenmpi-dev openmpi-bin zlib1g-dev fortunes
+          libsentencepiece-dev sentencepiece)
 for flag in "$@"; do
   case "$flag" in
     --parity) packages+=(python3-torch python3-yaml python3-numpy) ;;

@@ -233,6 +233,40 @@ TEST_CASE("a checkpoint of format 1 (FNV-1a, no self-checksum) still resumes, an
     CHECK(contains(error_of<CheckpointError>([&] { resume_from(longer, ops, dir, "-again"); }), "is corrupted"));
 }
 
+TEST_CASE("a checkpoint of another tokenizer is refused naming both", "[unit]") {
+    CpuOps ops;
+    Config c = moe::test::small_config("integrity-tokenizer");
+    c.model.vocab_size = 256;  // the pattern's ids are bytes too
+    c.data.tokenizer = "bytes";
+    c.train.steps = 4;
+    train(c, ops);
+    CHECK(read_checkpoint_info(step_dir(c, 4)).progress.tokenizer.same_as(TokenizerIdentity{}));
+    Config ids = c;
+    ids.data.tokenizer = "none";
+    ids.train.steps = 8;
+    CHECK(error_of<CheckpointError>([&] { resume_from(ids, ops, step_dir(c, 4), "-as-ids"); }) ==
+          "checkpoint '" + step_dir(c, 4) + "' was trained with tokenizer bytes (256 tokens) but data.tokenizer is none "
+          "(ids made elsewhere): set data.tokenizer to the tokenizer it was trained with, or start a new run without "
+          "its weights");
+}
+
+TEST_CASE("a checkpoint from before tokenizers is byte-level for vocab 256, ids made elsewhere otherwise",
+          "[unit]") {
+    CpuOps ops;
+    const Config c = trained_run("integrity-no-tokenizer", ops);  // vocab 16, data.tokenizer none
+    const std::string dir = step_dir(c, 8);
+    edit_info(dir, "tokenizer: {kind: none, file: \"\", crc32c: 00000000, vocab: 0}  # what the ids mean\n", "",
+              /*recompute=*/true);
+    REQUIRE_FALSE(contains(read_text(dir + "/checkpoint.yaml"), "tokenizer: {"));
+    CHECK(read_checkpoint_info(dir).progress.tokenizer.same_as(TokenizerIdentity{"none", "", 0, 0}));
+    Config longer = c;
+    longer.train.steps = 10;
+    CHECK(resume_from(longer, ops, dir, "-resumed").losses.size() == 2);
+
+    edit_info(dir, "vocab_size: 16", "vocab_size: 256", /*recompute=*/true);  // the config it holds
+    CHECK(read_checkpoint_info(dir).progress.tokenizer.same_as(TokenizerIdentity{}));
+}
+
 TEST_CASE("a damaged directory where the next checkpoint goes is moved aside, and saving goes on", "[unit]") {
     CpuOps ops;
     Config c = trained_run("integrity-damaged", ops);

@@ -44,6 +44,7 @@ ProgramResult generate(const std::vector<std::string>& args, Stderr err = Stderr
 Config trained(const std::string& name) {
     Config c = moe::test::small_config(name);
     c.model.vocab_size = 256;
+    c.data.tokenizer = "bytes";
     c.model.moe.num_experts = 4;
     c.checkpoint.every = 3;
     c.eval.every = 0;

@@ -84,6 +84,7 @@ void require_same(const Config& a, const Config& b) {
     CHECK(ma.dynamics.init_gate == mb.dynamics.init_gate);
     CHECK(a.data.train == b.data.train);
     CHECK(a.data.val == b.data.val);
+    CHECK(a.data.tokenizer == b.data.tokenizer);
     CHECK(a.train.seq_len == b.train.seq_len);
     CHECK(a.train.micro_batch_size == b.train.micro_batch_size);
     CHECK(a.train.grad_accum_steps == b.train.grad_accum_steps);
@@ -145,6 +146,7 @@ Config unusual_config() {
     m.dynamics.init_gate = 0.75;
     c.data.train = "data/\"odd\" dir\\train_*.bin";
     c.data.val = "tab\there: #not a comment";
+    c.data.tokenizer = "models/my tokenizer.model";
     c.train.seq_len = 64;
     c.train.micro_batch_size = 3;
     c.train.grad_accum_steps = 4;
@@ -486,6 +488,9 @@ TEST_CASE("inconsistent combinations name both keys and the fix", "[unit]") {
           "(100): lower optimizer.decay_fraction or optimizer.warmup_steps"}},
         {"model:\n  num_layers: 1\n", {}, {"set data.train to a glob of token shards (see README)"}},
         {"data:\n  train: \"\"\n", {}, {"set data.train to a glob of token shards (see README)"}},
+        {kTrain, {"data.tokenizer="},
+         {"data.tokenizer is empty: set it to bytes, the path of the SentencePiece model that made the shards, or "
+          "none"}},
     });
 }
 

@@ -20,7 +20,8 @@ constexpr int kT = 8;
 
 // Shards whose tokens count up across files (0, 1, 2, ...), so a window's first
 // token names it. With T = 8: 6 + 0 + 4 + 1 = 11 samples in 50 + 5 + 33 + 10
-// tokens; the 5-token shard is too short for a window.
+// tokens; the 5-token shard is too short for a window. The shards are of
+// versions 1, 2, 7 and 1.
 struct Corpus {
     std::string glob;
     int vocab = 0;
@@ -37,7 +38,8 @@ Corpus make_corpus(const std::string& name) {
         std::iota(tokens.begin(), tokens.end(), next);
         for (int k = 0; (k + 1) * kT < sizes[s]; ++k) c.sample_starts.push_back(int32_t(next) + k * kT);
         next += uint32_t(sizes[s]);
-        write_shard(dir + "/shard_" + std::to_string(s) + ".bin", tokens, s % 2 ? 2 : 1);
+        const int versions[] = {1, 2, 7};  // every token width, llm.c's Llama 3 shards too
+        write_shard(dir + "/shard_" + std::to_string(s) + ".bin", tokens, versions[s % 3]);
     }
     c.glob = dir + "/shard_*.bin";
     c.vocab = int(next);

@@ -1,5 +1,6 @@
-// Token shards: header checks, round trips of both versions, globbing, and the
-// file primitives (checked positioned reads, atomic writes).
+// Token shards: header checks, round trips of every version (llm.c's version 7
+// too), globbing, and the file primitives (checked positioned reads, atomic
+// writes).
 #include <sys/stat.h>
 
 #include <cstring>
@@ -10,6 +11,7 @@
 
 #include "engine/io/shards.h"
 #include "tests/catch.h"
+#include "tests/shard_testing.h"
 #include "tests/test_util.h"
 
 using namespace moe;
@@ -24,26 +26,11 @@ void patch_int32(const std::string& path, int64_t offset, int32_t value) {
     f.write(reinterpret_cast<const char*>(&value), 4);
 }
 
-std::vector<uint32_t> read_tokens(const ShardInfo& info) {
-    const ReadOnlyFile file(info.path);
-    std::vector<uint32_t> tokens(size_t(info.num_tokens));
-    for (int64_t i = 0; i < info.num_tokens; ++i) {
-        if (info.version == 1) {
-            uint16_t t;
-            file.read_at(uint64_t(kShardHeaderBytes + 2 * i), &t, 2);
-            tokens[size_t(i)] = t;
-        } else {
-            file.read_at(uint64_t(kShardHeaderBytes + 4 * i), &tokens[size_t(i)], 4);
-        }
-    }
-    return tokens;
-}
-
 }  // namespace
 
-TEST_CASE("shards round trip in both versions", "[unit]") {
+TEST_CASE("shards round trip in every version", "[unit]") {
     const std::string dir = moe::test::fresh_dir("shards", "round_trip");
-    for (int version : {1, 2}) {
+    for (int version : {1, 2, 7}) {
         const std::vector<uint32_t> tokens =
             version == 1 ? std::vector<uint32_t>{0, 1, 255, 65535, 7} : std::vector<uint32_t>{0, 65536, 4000000000u, 3};
         const std::string path = dir + "/v" + std::to_string(version) + ".bin";
@@ -53,7 +40,7 @@ TEST_CASE("shards round trip in both versions", "[unit]") {
         REQUIRE(info.version == version);
         REQUIRE(info.num_tokens == int64_t(tokens.size()));
         REQUIRE(fs::file_size(path) == uint64_t(1024 + tokens.size() * (version == 1 ? 2 : 4)));
-        REQUIRE(read_tokens(info) == tokens);
+        REQUIRE(moe::test::read_shard_tokens(path) == tokens);
         REQUIRE_FALSE(fs::exists(path + ".tmp"));
     }
 }
@@ -68,6 +55,22 @@ TEST_CASE("the header is llm.c's: magic, version, count as int32", "[unit]") {
     REQUIRE(header[1] == 1);
     REQUIRE(header[2] == 3);
     for (int i = 3; i < 256; ++i) REQUIRE(header[i] == 0);
+}
+
+TEST_CASE("version 7 is llm.c's Llama 3 layout: magic 20240801, uint32 tokens", "[unit]") {
+    const std::string path = moe::test::fresh_dir("shards", "v7_layout") + "/a.bin";
+    write_shard(path, {128000, 9906, 1917}, 7);
+    const ReadOnlyFile file(path);
+    int32_t header[256];
+    file.read_at(0, header, sizeof header);
+    REQUIRE(header[0] == 20240801);
+    REQUIRE(header[1] == 7);
+    REQUIRE(header[2] == 3);
+    uint32_t tokens[3];
+    file.read_at(1024, tokens, sizeof tokens);
+    REQUIRE(tokens[0] == 128000);
+    REQUIRE(tokens[2] == 1917);
+    REQUIRE(file.size() == 1024 + 12);
 }
 
 TEST_CASE("version 1 refuses tokens above 65535 and writes nothing", "[unit]") {
@@ -91,7 +94,29 @@ TEST_CASE("bad shard headers are refused with the file named", "[unit]") {
         patch_int32(path, 0, 12345);
         const std::string msg = moe::test::error_of<DataError>([&] { read_shard_header(path); });
         REQUIRE(contains(msg, "shard '" + path + "'"));
-        REQUIRE(contains(msg, "magic 12345"));
+        REQUIRE(contains(msg, "magic 12345 is neither 20240520 nor llm.c's 20240801"));
+    }
+    SECTION("llm.c's Llama 3 magic with another version") {
+        write_shard(path, tokens, 7);
+        patch_int32(path, 4, 2);
+        const std::string msg = moe::test::error_of<DataError>([&] { read_shard_header(path); });
+        REQUIRE(contains(msg, "shard '" + path + "'"));
+        REQUIRE(contains(msg, "version 2 is unknown for magic 20240801"));
+    }
+    SECTION("version 7 under the GPT-2 magic") {
+        write_shard(path, tokens, 7);
+        patch_int32(path, 0, 20240520);
+        const std::string msg = moe::test::error_of<DataError>([&] { read_shard_header(path); });
+        REQUIRE(contains(msg, "shard '" + path + "'"));
+        REQUIRE(contains(msg, "version 7 is unknown (1: uint16 tokens, 2: uint32 tokens)"));
+    }
+    SECTION("version 7 truncated") {
+        write_shard(path, tokens, 7);
+        fs::resize_file(path, 1024 + 398);
+        const std::string msg = moe::test::error_of<DataError>([&] { read_shard_header(path); });
+        REQUIRE(contains(msg, "shard '" + path + "'"));
+        REQUIRE(contains(msg, "1422 bytes but its header declares 100 tokens of 4 bytes (1424 bytes in all)"));
+        REQUIRE(contains(msg, "truncated"));
     }
     SECTION("bad version") {
         write_shard(path, tokens, 2);

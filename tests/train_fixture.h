@@ -29,6 +29,7 @@ inline Config small_config_at(const std::string& data) {
     Config c;
     c.data.train = data + "/train_*.bin";
     c.data.val = data + "/val_*.bin";
+    c.data.tokenizer = "none";  // ids of a pattern, not text
     c.model = test_model({16, 32, 2, 4, 2, 3, 48, 16});
     c.train.seq_len = 16;
     c.train.micro_batch_size = 4;

@@ -1,9 +1,10 @@
 // moe-checkpoint: look into a checkpoint, and turn one into a standalone model.
-//   inspect DIR          progress, saving layout, model config, every file with
+//   inspect DIR          progress, tokenizer, saving layout, model config, every file with
 //                        its checksum verdict, every weight with its L2 norm and
 //                        the norms of its Adam moments (MODEL.md order)
 //   export DIR --out O   O/model.safetensors (every part merged, MODEL.md names,
-//                        F32: what moe-train --init-from loads) and O/config.json
+//                        F32: what moe-train --init-from loads; its metadata
+//                        names the tokenizer) and O/config.json
 // Checkpoints are read one tensor at a time: inspect never holds more than one
 // in memory, whatever the model's size.
 #include <yaml-cpp/yaml.h>
@@ -34,8 +35,8 @@ const char* kUsage =
     "usage: moe-checkpoint inspect DIR\n"
     "       moe-checkpoint export DIR --out OUT_DIR [--force]\n"
     "  DIR: a checkpoint directory (runs/x/checkpoints/step-00000200) or a run directory (its newest checkpoint).\n"
-    "  inspect: step, data position, seed, layout, model config, files with their checksums, and every weight\n"
-    "           with its L2 norm and those of its Adam moments.\n"
+    "  inspect: step, data position, tokenizer, seed, layout, model config, files with their checksums, and\n"
+    "           every weight with its L2 norm and those of its Adam moments.\n"
     "  export:  verifies the checksums, then writes OUT_DIR/model.safetensors (all weights in one file, F32,\n"
     "           MODEL.md names; loads with moe-train --init-from) and OUT_DIR/config.json (the model\n"
     "           hyper-parameters). An existing OUT_DIR/model.safetensors is kept unless --force.\n";
@@ -97,6 +98,7 @@ int inspect(const CheckpointInfo& info) {
     std::printf("data        epoch %llu, %llu sequences of it consumed\n",
                 static_cast<unsigned long long>(info.progress.data.epoch),
                 static_cast<unsigned long long>(info.progress.data.cursor));
+    std::printf("tokenizer   %s\n", info.progress.tokenizer.describe().c_str());
     std::printf("seed        %llu\n", static_cast<unsigned long long>(info.seed));
     std::printf("layout      world size %d, expert parallel %d\n", info.world_size, info.expert_parallel);
     // The model section as the config file spells it: to_yaml's lines from
@@ -202,7 +204,10 @@ int export_model(const CheckpointInfo& info, const std::string& out_dir, bool fo
 
     fs::create_directories(out_dir, ec);
     if (ec) fail("cannot create '" + out_dir + "' (" + ec.message() + "): check the path and permissions");
-    write_safetensors(weights_path, refs, {{"format", "moe-inl"}, {"step", std::to_string(info.progress.step)}});
+    write_safetensors(weights_path, refs,
+                      {{"format", "moe-inl"},
+                       {"step", std::to_string(info.progress.step)},
+                       {kTokenizerMetadataKey, identity_yaml(info.progress.tokenizer)}});
     const std::string json = config_json(info.config);
     write_file_atomically(out_dir + "/config.json", {{json.data(), json.size()}});
     std::printf("moe-checkpoint: step %d of %s -> %s (%zu tensors, %lld parameters) and %s/config.json\n",

@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -16,6 +15,7 @@
 
 #include "engine/generate/generator.h"
 #include "engine/io/checkpoint.h"
+#include "engine/io/tokenizer.h"
 #include "engine/model/decoder.h"
 #include "engine/run/backend.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -31,8 +31,9 @@ const char* kUsage =
     "                    [--device cpu|cuda|auto]\n"
     "  Samples N tokens (default 200) after the prompt from the weights of a checkpoint\n"
     "  (DIR: a checkpoint directory, or a run directory for its newest checkpoint).\n"
-    "  Byte-level models (vocab 256): the prompt is text, and the prompt and the sample are printed as text.\n"
-    "  Other vocabularies: the prompt is token ids separated by spaces, and ids are printed.\n"
+    "  The prompt is text, encoded with the checkpoint's tokenizer (bytes, or the SentencePiece model the run\n"
+    "  named in data.tokenizer, read from that path), and the prompt and the sample are printed as text.\n"
+    "  Tokenizer none (ids made elsewhere): the prompt is token ids separated by spaces, and ids are printed.\n"
     "  --temperature T (default 0.8): 0 takes the most likely token (greedy).\n"
     "  --top-k K (default 40): sample among the K most likely tokens; 0: among all.\n"
     "  --top-p P (default 1): then among the fewest most likely whose probability reaches P, in (0, 1].\n"
@@ -88,34 +89,20 @@ Args parse(int argc, char** argv) {
     return a;
 }
 
-// The prompt as token ids: its bytes for a byte-level model, else the ids it lists.
-std::vector<int32_t> prompt_tokens(const std::string& prompt, int vocab) {
-    std::vector<int32_t> ids;
-    if (vocab == 256) {
-        for (unsigned char c : prompt) ids.push_back(c);
-    } else {
-        const char* at = prompt.c_str();
-        for (char* end = nullptr;; at = end) {
-            while (*at == ' ') ++at;
-            if (!*at) break;
-            errno = 0;
-            const long id = std::strtol(at, &end, 10);
-            if (end == at || (*end && *end != ' ') || errno || id < 0 || id >= vocab)
-                fail("the prompt of a model of vocab " + std::to_string(vocab) +
-                     " is token ids in [0, " + std::to_string(vocab) + ") separated by spaces, got '" + prompt + "'");
-            ids.push_back(int32_t(id));
-        }
-    }
+// The prompt as token ids, encoded with the checkpoint's tokenizer (none:
+// the ids it lists).
+std::vector<int32_t> prompt_tokens(const std::string& prompt, const Tokenizer& tokenizer, int vocab) {
+    const std::vector<int32_t> ids = tokenizer.encode(prompt);
+    for (int32_t id : ids)
+        if (id >= vocab)
+            fail("the prompt's token " + std::to_string(id) + " lies outside the model's vocabulary: give token ids "
+                 "in [0, " + std::to_string(vocab) + ")");
     if (ids.empty()) fail("the prompt is empty: give at least one token to continue");
     return ids;
 }
 
-void print_token(int32_t id, bool bytes, bool first) {
-    if (bytes) {
-        std::fputc(id, stdout);
-    } else {
-        std::printf(first ? "%d" : " %d", id);
-    }
+void print_text(const std::string& text) {
+    std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);  // the text appears as it is made
 }
 
@@ -157,19 +144,23 @@ int main(int argc, char** argv) {
         const CheckpointInfo info = open_checkpoint(a.dir);
         const ModelConfig& mc = info.config.model;
         const int T = info.config.train.seq_len, V = mc.vocab_size;
-        const bool bytes = V == 256;
-        const std::vector<int32_t> prompt = prompt_tokens(a.prompt, V);
+        const std::unique_ptr<Tokenizer> tokenizer =
+            load_recorded_tokenizer(info.progress.tokenizer, info.config.data.tokenizer);
+        const std::vector<int32_t> prompt = prompt_tokens(a.prompt, *tokenizer, V);
 
         const std::unique_ptr<Ops> ops = open_device(a.device);
         Decoder decoder(mc, *ops, T, std::min(T, kPrefillRows));  // every expert in this process
         load_checkpoint_weights(info, info.config, decoder.params());  // checks the checksums of the files it reads
         decoder.params().refresh_work();
 
-        for (size_t i = 0; i < prompt.size(); ++i) print_token(prompt[i], bytes, i == 0);
+        TextStream text(*tokenizer);
+        for (int32_t id : prompt) print_text(text.next(id));
         Generator generator(decoder, a.sampling, a.seed);
         const GenerationStats stats =
-            generator.run(prompt, a.tokens, [&](int32_t id) { print_token(id, bytes, false); });
-        if (!bytes || isatty(STDOUT_FILENO)) std::fputc('\n', stdout);  // piped bytes stay exactly the text
+            generator.run(prompt, a.tokens, [&](int32_t id) { print_text(text.next(id)); });
+        print_text(text.finish());
+        const bool ids = tokenizer->identity().kind == "none";
+        if (ids || isatty(STDOUT_FILENO)) std::fputc('\n', stdout);  // piped text stays exactly the text
         report(stats, ops->device_name());
     } catch (const std::exception& e) {
         fail(e.what());

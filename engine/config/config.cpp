@@ -117,6 +117,7 @@ const std::vector<Key>& schema() {
         MOE_KEY(model.dynamics.init_gate, kProbability),
         MOE_KEY(data.train, kAny),
         MOE_KEY(data.val, kAny),
+        MOE_KEY(data.tokenizer, kAny),
         MOE_KEY(train.seq_len, kPositive),
         MOE_KEY(train.micro_batch_size, kPositive),
         MOE_KEY(train.grad_accum_steps, kPositive),
@@ -474,6 +475,8 @@ void check_consistency(const Config& c) {
         return a + " (" + std::to_string(va) + ") must be a multiple of " + b + " (" + std::to_string(vb) + ")";
     };
     need(!c.data.train.empty(), "data.train is empty: set data.train to a glob of token shards (see README)");
+    need(!c.data.tokenizer.empty(), "data.tokenizer is empty: set it to bytes, the path of the SentencePiece model "
+                                    "that made the shards, or none (ids made elsewhere, such as llm.c's)");
     need(m.hidden_size % m.num_heads == 0, multiple("model.hidden_size", m.hidden_size, "model.num_heads", m.num_heads));
     need(m.num_heads % m.num_kv_heads == 0, multiple("model.num_heads", m.num_heads, "model.num_kv_heads", m.num_kv_heads));
     need(m.head_dim() % 2 == 0, "the head size model.hidden_size / model.num_heads = " + std::to_string(m.head_dim()) +

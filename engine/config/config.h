@@ -67,6 +67,9 @@ struct ModelConfig {
 struct DataConfig {
     std::string train;  // glob of train shards
     std::string val;    // glob of validation shards (may be empty: no eval)
+    // What the shards' ids mean (engine/io/tokenizer.h): bytes, the path of a
+    // SentencePiece model, or none (ids made elsewhere, llm.c's shards).
+    std::string tokenizer = "bytes";
 };
 
 // Activations the backward recomputes instead of keeping from the forward:

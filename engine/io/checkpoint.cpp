@@ -97,6 +97,8 @@ std::string info_yaml(const Config& cfg, const TrainProgress& progress, int worl
         << YAML::Value << progress.data_of.shards << YAML::Key << "tokens" << YAML::Value << progress.data_of.tokens
         << YAML::Key << "crc32c" << YAML::Value << hex(progress.data_of.crc32c, 8) << YAML::EndMap;
     out << YAML::Comment("the shards the position counts in: file names and token counts");
+    out << YAML::Key << "tokenizer" << YAML::Value << YAML::Load(identity_yaml(progress.tokenizer));
+    out << YAML::Comment("what the ids mean");
     out << YAML::Key << "steps_skipped" << YAML::Value << progress.steps_skipped;
     out << YAML::Key << "seed" << YAML::Value << cfg.run.seed;
     out << YAML::Comment("data order and init derive from the seed; training draws no other random numbers");
@@ -331,6 +333,11 @@ void parse_info(const YAML::Node& root, CheckpointInfo& info) {
         info.files.push_back({f["name"].as<std::string>(), f["bytes"].as<uint64_t>(),
                               std::stoull(f[checksum_key].as<std::string>(), nullptr, 16)});
     info.config = parse_config(root["config"].as<std::string>());
+    if (root["tokenizer"]) {
+        info.progress.tokenizer = identity_from_yaml(YAML::Dump(root["tokenizer"]));
+    } else if (info.config.model.vocab_size != 256) {  // before tokenizers: ids made elsewhere
+        info.progress.tokenizer = TokenizerIdentity{"none", "", 0, 0};
+    }
 }
 
 // The values against each other and the directory's name.

@@ -5,7 +5,7 @@
 //                 the experts of EP rank p under their global index, part 0
 //                 also every replicated tensor;
 //                 checkpoint.yaml                       step, data position and the data it counts in,
-//                                                       seed, layout, config, size and CRC-32C of
+//                                                       tokenizer, seed, layout, config, size and CRC-32C of
 //                                                       every file, and a CRC-32C of itself
 //   latest                                              the name of the newest complete one
 // A save goes to step-N.tmp: every rank that holds a part writes it (no rank
@@ -24,6 +24,7 @@
 #include "comm/process_groups.h"
 #include "engine/config/config.h"
 #include "engine/io/data_loader.h"
+#include "engine/io/tokenizer.h"
 #include "engine/params/parameters.h"
 
 namespace moe {
@@ -40,6 +41,9 @@ struct TrainProgress {
     DataPosition data;      // of the training data: global, the same on every rank
     DataIdentity data_of;   // the shards `data` counts in (all zero: unknown, format 1)
     int steps_skipped = 0;  // non-finite steps skipped so far
+    // What the ids mean (a checkpoint from before tokenizers has none: its run
+    // was byte-level text for vocab 256, ids made elsewhere otherwise).
+    TokenizerIdentity tokenizer;
 };
 
 struct CheckpointFile {

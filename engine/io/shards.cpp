@@ -16,11 +16,16 @@ ShardInfo read_shard_header(const std::string& path) {
                         "moe-shards)");
     int32_t header[kShardHeaderInts];
     file.read_at(0, header, sizeof header);
-    if (header[0] != kShardMagic)
-        throw DataError(where + "magic " + std::to_string(header[0]) + " is not " + std::to_string(kShardMagic) +
+    if (header[0] != kShardMagic && header[0] != kShardMagicLlama3)
+        throw DataError(where + "magic " + std::to_string(header[0]) + " is neither " + std::to_string(kShardMagic) +
+                        " nor llm.c's " + std::to_string(kShardMagicLlama3) +
                         ": not a token shard (make shards with moe-shards)");
     ShardInfo info{path, header[1], header[2]};
-    if (info.version != 1 && info.version != 2)
+    if (header[0] == kShardMagicLlama3 && info.version != 7)
+        throw DataError(where + "version " + std::to_string(info.version) + " is unknown for magic " +
+                        std::to_string(kShardMagicLlama3) + " (llm.c's Llama 3 shards are version 7, uint32 tokens)"
+                        ": make the shard again");
+    if (header[0] == kShardMagic && info.version != 1 && info.version != 2)
         throw DataError(where + "version " + std::to_string(info.version) +
                         " is unknown (1: uint16 tokens, 2: uint32 tokens): make the shard again with moe-shards");
     if (info.num_tokens < 0)
@@ -37,17 +42,17 @@ ShardInfo read_shard_header(const std::string& path) {
 
 void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, int version) {
     const std::string where = "shard '" + path + "': ";
-    if (version != 1 && version != 2)
-        throw DataError(where + "version must be 1 (uint16 tokens) or 2 (uint32 tokens), got " +
-                        std::to_string(version));
+    if (version != 1 && version != 2 && version != 7)
+        throw DataError(where + "version must be 1 (uint16 tokens), 2 or 7 (uint32 tokens; 7 is llm.c's Llama 3 "
+                        "format), got " + std::to_string(version));
     if (tokens.size() > size_t(INT32_MAX))
         throw DataError(where + std::to_string(tokens.size()) + " tokens do not fit one shard (at most 2^31 - 1): "
                         "split them over several shards");
     int32_t header[kShardHeaderInts] = {};
-    header[0] = kShardMagic;
+    header[0] = version == 7 ? kShardMagicLlama3 : kShardMagic;
     header[1] = version;
     header[2] = int32_t(tokens.size());
-    if (version == 2) {
+    if (version != 1) {
         write_file_atomically(path, {{header, sizeof header}, {tokens.data(), tokens.size() * 4}});
         return;
     }
@@ -55,10 +60,22 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, i
     for (size_t i = 0; i < tokens.size(); ++i) {
         if (tokens[i] > 65535)
             throw DataError(where + "token " + std::to_string(tokens[i]) + " at token offset " + std::to_string(i) +
-                            " does not fit version 1 (uint16 tokens): write version 2");
+                            " does not fit version 1 (uint16 tokens): write version 2 or 7");
         narrow[i] = uint16_t(tokens[i]);
     }
     write_file_atomically(path, {{header, sizeof header}, {narrow.data(), narrow.size() * 2}});
+}
+
+int shard_version_for(int64_t vocab, int requested) {
+    constexpr int64_t kNarrow = 65536;  // ids of version 1's uint16 tokens
+    if (requested == 0) return vocab <= kNarrow ? 1 : 2;
+    if (requested != 1 && requested != 2 && requested != 7)
+        throw DataError("shard version " + std::to_string(requested) +
+                        " is unknown: 1 (uint16 tokens), 2 or 7 (uint32 tokens; 7 is llm.c's Llama 3 format)");
+    if (requested == 1 && vocab > kNarrow)
+        throw DataError("version 1 shards hold uint16 tokens, too narrow for a vocabulary of " + std::to_string(vocab) +
+                        " ids: write version 2 or 7");
+    return requested;
 }
 
 std::vector<std::string> expand_glob(const std::string& pattern) {

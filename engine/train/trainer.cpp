@@ -23,6 +23,7 @@
 #include "engine/train/grad_sync.h"
 #include "engine/train/lr_schedule.h"
 #include "engine/train/optimizer.h"
+#include "engine/train/run_tokenizer.h"
 #include "engine/train/step_totals.h"
 
 namespace moe {
@@ -92,6 +93,7 @@ private:
     const std::string metrics_path_;
 
     std::unique_ptr<DataLoader> train_data_, val_data_;
+    RunTokenizer tokenizer_;
     std::string resume_from_;  // a checkpoint directory, or empty: a fresh start
     std::unique_ptr<Model> model_;
     std::unique_ptr<AdamW> optimizer_;
@@ -168,12 +170,14 @@ void Trainer::open_run(const TrainOptions& opts) {
                                   std::to_string(have) + " of data.val: set eval.batches to at most " +
                                   std::to_string(have / per_batch) + " (one pass over it), or add validation data");
         }
+        tokenizer_ = check_run_tokenizer(cfg_);
     });
     if (world_ && world_->size() > 1) {
         check_same_on_all_ranks(*world_, "checkpoint to resume", resume_from_);
         const DataIdentity d = train_data_->identity();
         check_same_on_all_ranks(*world_, "training data (data.train's shards by name and size)",
                                 std::to_string(d.shards) + " " + std::to_string(d.tokens) + " " + std::to_string(d.crc32c));
+        check_same_on_all_ranks(*world_, "tokenizer (data.tokenizer's model file)", identity_yaml(tokenizer_.identity));
     }
 }
 
@@ -194,10 +198,14 @@ void Trainer::restore(const TrainOptions& opts) {
     ParameterSet& params = model_->params();
     std::vector<std::string> changes;  // settings that differ from the checkpoint's
     on_all_ranks(world_, [&] {
-        if (!opts.init_from.empty())
+        if (!opts.init_from.empty()) {
+            if (const auto trained = weights_tokenizer(opts.init_from))
+                require_same_tokenizer(*trained, tokenizer_.identity, "'" + opts.init_from + "'");
             load_weights(opts.init_from, params, params.experts_elsewhere(mc_.moe.num_experts));
+        }
         if (!resume_from_.empty()) {
             const CheckpointInfo info = read_checkpoint_info(resume_from_);
+            require_same_tokenizer(info.progress.tokenizer, tokenizer_.identity, "checkpoint '" + resume_from_ + "'");
             changes = check_resumable(info, cfg_, train_data_->identity());
             load_checkpoint(info, cfg_, params);
             progress_ = info.progress;
@@ -245,10 +253,15 @@ void Trainer::report_setup() {
                  "activations {:.1f} MiB per rank",
                  train_data_->total_tokens(), tokens_per_step_, B_, T_, A_, world_size_,
                  model_->activation_bytes() / 1048576.0);
+    const double bpt = tokenizer_.val_bytes_per_token;
+    spdlog::info("tokenizer: {}; {}", tokenizer_.identity.describe(),
+                 bpt > 0 ? fmt::format("{:.4f} bytes of validation text per token", bpt)
+                         : "no bits per byte: " + tokenizer_.no_bits_per_byte);
 }
 
 TrainSummary Trainer::run() {
-    summary_.val_loss = std::nan("");
+    summary_.val_loss = summary_.val_bpb = std::nan("");
+    summary_.tokenizer = tokenizer_.identity.describe();
     summary_.first_step = summary_.steps_done = progress_.step;
     summary_.steps_skipped = progress_.steps_skipped;
     if (progress_.step >= steps_) {
@@ -381,9 +394,14 @@ void Trainer::validate(int done) {
     }
     sum_over_world(sum, groups_);
     summary_.val_loss = sum[0] / batches / world_size_;
+    const double bpt = tokenizer_.val_bytes_per_token;
+    summary_.val_bpb = bpt > 0 ? bits_per_byte(summary_.val_loss, bpt) : std::nan("");
     if (!lead_) return;
-    metrics_->write({{"step", done}, {"val_loss", summary_.val_loss}});
-    spdlog::info("step {:>5}/{} | validation loss {:.4f}", done, steps_, summary_.val_loss);
+    MetricsLine line = {{"step", done}, {"val_loss", summary_.val_loss}};
+    if (bpt > 0) line.push_back({"val_bpb", summary_.val_bpb});
+    metrics_->write(line);
+    spdlog::info("step {:>5}/{} | validation loss {:.4f}{}", done, steps_, summary_.val_loss,
+                 bpt > 0 ? fmt::format(" | {:.4f} bits per byte", summary_.val_bpb) : std::string());
 }
 
 // Saves the state after `done` steps; every rank takes part.
@@ -392,6 +410,7 @@ void Trainer::save(int done) {
     progress_.data = train_data_->position();
     progress_.data_of = train_data_->identity();
     progress_.steps_skipped = summary_.steps_skipped;
+    progress_.tokenizer = tokenizer_.identity;
     const auto t0 = Clock::now();
     summary_.checkpoint = save_checkpoint(cfg_, progress_, model_->params(), groups_);
     if (lead_)

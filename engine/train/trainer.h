@@ -24,6 +24,8 @@ struct TrainSummary {
     int steps_skipped = 0;  // non-finite losses skipped (nan_policy: skip)
     double last_train_loss = 0;
     double val_loss = 0;    // NaN when there is no validation data
+    double val_bpb = 0;     // val_loss as bits per byte of text; NaN when unknown (engine/train/run_tokenizer.h)
+    std::string tokenizer;  // the run's, described
     double tokens_per_s = 0;
     double all_to_all_share = 0;  // of the step time, mean over ranks (expert parallel only)
     std::vector<double> losses;  // training loss of every step taken by this call

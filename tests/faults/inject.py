@@ -4,7 +4,7 @@ judged as clean, crashed, hung or silently wrong.
 
   tests/faults/inject.py BUILD_DIR [--quick] [--only CATEGORY]... [--verbose] [--keep]
 
-Categories: config, shards, checkpoint, mpi, disk, tools, signals. A fault is
+Categories: config, shards, checkpoint, mpi, disk, tools, tokenizer, signals. A fault is
 *clean* when the program either refuses it with one line naming the problem
 (exit code not 0, no crash, no stack trace) or, where the input is in fact
 valid, does the right thing (checked: the run trains, a resume gives the
@@ -13,7 +13,8 @@ by a signal, an abort, an uncaught exception. *hung*: still running at its
 time limit. *silently wrong*: exit 0 with a wrong result, or a valid input
 refused. Prints a table per category and every fault that was not clean;
 exits 1 if there is one. Needs only Python's standard library; mpirun for
-the mpi category.
+the mpi category; spm_train and a build with SentencePiece for the tokenizer
+category (skipped, saying so, without them).
 """
 
 import argparse
@@ -166,8 +167,11 @@ class Harness:
             return False
 
     def copy_base(self, name):
+        return self.copy_of(self.base_run, name)
+
+    def copy_of(self, run_dir, name):
         d = self.fresh(name)
-        shutil.copytree(self.base_run, os.path.join(d, "run"), symlinks=True)
+        shutil.copytree(run_dir, os.path.join(d, "run"), symlinks=True)
         return os.path.join(d, "run")
 
     def resumes_exactly(self, run_dir):
@@ -559,7 +563,7 @@ class Harness:
             ("moe-generate", [self.base_run, "--prompt", "x" * 100, "--tokens", "70", "--top-p", "0.9"], "accept"),
             ("moe-generate", ["/nonexistent"], "refuse"),
             ("moe-shards", ["--out", os.path.join(d, "s"), "/nonexistent"], "refuse"),
-            ("moe-shards", ["--out", os.path.join(d, "s2"), "--version", "7", self.config], "refuse"),
+            ("moe-shards", ["--out", os.path.join(d, "s2"), "--version", "3", self.config], "refuse"),
             ("moe-shards", ["--out", os.path.join(d, "s3"), "--chunk", "0", self.config], "refuse"),
             ("moe-shards", ["--out", self.config, self.config], "refuse"),
             ("moe-bench", ["--config", self.config, "--steps", "0"], "refuse"),
@@ -575,6 +579,111 @@ class Harness:
             r = run([self.bin(program)] + args, timeout=60)
             self.judge(cat, program + " " + " ".join(a.replace(self.work, "W") for a in args), r, expect,
                        program=program)
+
+    def spm_model(self, d, name, model_type):
+        """A SentencePiece model of 400 tokens trained on the README, or None (with the reason printed)."""
+        r = run(["spm_train", "--input=" + os.path.join(self.src, "README.md"),
+                 "--model_prefix=" + os.path.join(d, name), "--model_type=" + model_type, "--vocab_size=400",
+                 "--normalization_rule_name=identity", "--byte_fallback=true", "--character_coverage=1.0",
+                 "--num_threads=1", "--minloglevel=2"])
+        if r.rc != 0:
+            print("inject: tokenizer: spm_train failed, no tokenizer faults: " + r.out[-300:])
+            return None
+        return os.path.join(d, name + ".model")
+
+    def tokenizer(self):
+        """SentencePiece models and the records beside shards: bad model files, models that do not match the
+        vocabulary, the shards or the weights, damaged records; each refused in one line, or, where valid (a model
+        file moved), the run resumes."""
+        cat = "tokenizer"
+        if not shutil.which("spm_train"):
+            print("inject: tokenizer: spm_train is missing (Debian's sentencepiece): no tokenizer faults")
+            return
+        d = self.fresh("tokenizer")
+        a, b = self.spm_model(d, "a", "bpe"), self.spm_model(d, "b", "unigram")
+        if not (a and b):
+            return
+        texts = [os.path.join(self.src, "README.md")]
+        shards = lambda name, model: run([self.bin("moe-shards"), "--out", os.path.join(d, name), "--tokenizer", model,
+                                          "--val-every", "10"] + texts)
+        r = shards("shards-a", a)
+        if "lacks SentencePiece" in r.out:
+            print("inject: tokenizer: this build lacks SentencePiece: no tokenizer faults")
+            return
+        if r.rc != 0 or shards("shards-b", b).rc != 0:
+            self.record(cat, "moe-shards --tokenizer", "unclear", r.out[-300:])
+            return
+        on = lambda name, model: ["--set", "model.vocab_size=400", "--set", "data.train=%s/%s/train_*.bin" % (d, name),
+                                  "--set", "data.val=%s/%s/val_*.bin" % (d, name), "--set", "data.tokenizer=" + model,
+                                  "--set", "eval.every=2"]
+        run_a = os.path.join(d, "run-a")
+        r = self.train(run_a, on("shards-a", a) + ["--set", "train.steps=4"])
+        self.judge(cat, "a run on shards of its model", r, "accept",
+                   check=lambda: self.metrics_parse(run_a) and '"val_bpb"' in open(os.path.join(run_a,
+                                                                                         "metrics.jsonl")).read())
+        garbage, empty, truncated, flipped = (os.path.join(d, n) for n in ("garbage.model", "empty.model", "cut.model",
+                                                                            "flipped.model"))
+        open(garbage, "wb").write(os.urandom(3000))
+        open(empty, "wb").close()
+        model_bytes = open(a, "rb").read()
+        half = len(model_bytes) // 2
+        open(truncated, "wb").write(model_bytes[:half])
+        open(flipped, "wb").write(model_bytes[:half] + bytes([model_bytes[half] ^ 0x5A]) + model_bytes[half + 1:])
+        os.mkfifo(os.path.join(d, "fifo.model"))
+        bad_models = {"missing": os.path.join(d, "none.model"), "random bytes": garbage, "empty": empty,
+                      "cut in half": truncated, "a flipped byte": flipped, "a directory": d,
+                      "a FIFO": os.path.join(d, "fifo.model"), "/dev/zero": "/dev/zero",
+                      "of another kind, same vocabulary": b}
+        for name, model in bad_models.items():
+            r = self.train(self.fresh("tok-run"), on("shards-a", model), timeout=30)
+            self.judge(cat, "data.tokenizer: a model file " + name, r, "refuse")
+        for name, sets in (("bytes on shards of a model", on("shards-a", "bytes") + ["--set", "model.vocab_size=256"]),
+                           ("none on shards of a model", on("shards-a", "none")),
+                           ("a model with model.vocab_size 256", on("shards-a", a) + ["--set", "model.vocab_size=256"]),
+                           ("a model on byte-level shards", on("shards-a", a) + ["--set",
+                                                                               "data.val=%s/val_*.bin" % self.data])):
+            r = self.train(self.fresh("tok-run"), sets)
+            self.judge(cat, "data.tokenizer " + name, r, "refuse")
+        # The record beside the shards, damaged.
+        for name, hurt in (("garbage", lambda p: open(p, "wb").write(os.urandom(500))),
+                           ("cut short", lambda p: os.truncate(p, 40)),
+                           ("a FIFO", lambda p: (os.remove(p), os.mkfifo(p))),
+                           ("a directory", lambda p: (os.remove(p), os.makedirs(p))),
+                           ("a dangling link", lambda p: (os.remove(p), os.symlink("/nonexistent", p)))):
+            copy = self.fresh("tok-record")
+            shutil.copytree(os.path.join(d, "shards-a"), os.path.join(copy, "s"))
+            hurt(os.path.join(copy, "s", "tokenizer.txt"))
+            r = self.train(os.path.join(copy, "run"), on("shards-a", a) + ["--set",
+                                                                          "data.train=%s/s/train_*.bin" % copy])
+            self.judge(cat, "tokenizer.txt beside the shards: " + name, r, "refuse")
+        # Weights of a, continued with another model or where the model moved.
+        resume = lambda run_dir, sets: self.train(run_dir, sets + ["--resume", "auto", "--set", "train.steps=6"])
+        copy = self.copy_of(run_a, "tok-resume")
+        self.judge(cat, "resume with another model on its shards", resume(copy, on("shards-b", b)), "refuse")
+        copy = self.copy_of(run_a, "tok-moved")
+        moved = os.path.join(self.fresh("tok-moved-model"), "renamed.model")
+        shutil.copy(a, moved)
+        self.judge(cat, "resume with the model file moved and renamed", resume(copy, on("shards-a", moved)), "accept",
+                   check=lambda: self.valid_checkpoints(copy) and len(self.losses(copy)) == 6)
+        export = os.path.join(d, "export")
+        run([self.bin("moe-checkpoint"), "export", run_a, "--out", export])
+        r = self.train(self.fresh("tok-init"), on("shards-b", b) + ["--init-from", os.path.join(export,
+                                                                                               "model.safetensors")])
+        self.judge(cat, "--init-from weights of another model", r, "refuse")
+        # moe-generate reads the model the run named.
+        generate = lambda run_dir: run([self.bin("moe-generate"), run_dir, "--prompt", "The ", "--tokens", "8"])
+        self.judge(cat, "moe-generate", generate(run_a), "accept", program="moe-generate")
+        for name, hurt in (("replaced by another model", lambda: shutil.copy(b, a)),
+                           ("replaced by random bytes", lambda: shutil.copy(garbage, a)),
+                           ("removed", lambda: os.remove(a))):
+            hurt()
+            self.judge(cat, "moe-generate with the run's model " + name, generate(run_a), "refuse",
+                       program="moe-generate")
+        for args in (["--tokenizer", garbage], ["--tokenizer", os.path.join(d, "none.model")],
+                     ["--tokenizer", b, "--version", "9"], ["--tokenizer", "none"]):
+            r = run([self.bin("moe-shards"), "--out", self.fresh("tok-shards")] + args + texts)
+            self.judge(cat, "moe-shards " + " ".join(x.replace(self.work, "W") for x in args), r, "refuse",
+                       program="moe-shards")
 
     def signals(self):
         """Runs killed (SIGKILL) or stopped (SIGTERM) at moments spread over a run, then resumed: the
@@ -619,7 +728,7 @@ class Harness:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("build")
-    p.add_argument("--only", action="append", help="config, shards, checkpoint, mpi, disk, tools, signals")
+    p.add_argument("--only", action="append", help="config, shards, checkpoint, mpi, disk, tools, tokenizer, signals")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--verbose", action="store_true", help="list every fault, not only those that were not clean")
     p.add_argument("--quick", action="store_true", help="fewer values per config key and fewer kill times (CI)")
@@ -629,7 +738,7 @@ def main():
     try:
         h.setup()
         order = [("config", h.configs), ("shards", h.shards), ("checkpoint", h.checkpoints), ("mpi", h.mpi),
-                 ("disk", h.disk), ("tools", h.tools), ("signals", h.signals)]
+                 ("disk", h.disk), ("tools", h.tools), ("tokenizer", h.tokenizer), ("signals", h.signals)]
         for name, fn in order:
             if a.only and name not in a.only:
                 continue

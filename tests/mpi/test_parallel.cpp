@@ -331,6 +331,7 @@ Config training_config(const std::string& shards, int micro_batch, int accum, in
     c.model = small_model();
     c.model.init_std = 0.02;
     c.data.train = shards + "/train_*.bin";
+    c.data.tokenizer = "none";  // random ids, not text
     c.train.seq_len = 16;
     c.train.micro_batch_size = micro_batch;
     c.train.grad_accum_steps = accum;
