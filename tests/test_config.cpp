@@ -483,6 +483,11 @@ TEST_CASE("inconsistent combinations name both keys and the fix", "[unit]") {
         {kTrain, {"model.moe.groups=4", "model.moe.group_limit=1"},
          {"model.moe.top_k (2) must be <= the experts of 1 group(s) (1): raise model.moe.group_limit or lower "
           "model.moe.top_k"}},
+        {kTrain, {"model.moe.router=token_id", "model.moe.top_k=1", "model.moe.expert_bias_rate=0.001"},
+         {"model.moe.expert_bias_rate applies to the learned router: set model.moe.router to learned, or remove "
+          "expert_bias_rate"}},
+        {kTrain, {"model.moe.expert_bias_rate=-0.001"}, {"model.moe.expert_bias_rate must be >= 0, got -0.001"}},
+        {kTrain, {"model.moe.expert_bias_rate=nan"}, {"model.moe.expert_bias_rate"}},
         {kTrain, {"optimizer.schedule=wsd", "optimizer.decay_fraction=0.95"},
          {"optimizer.warmup_steps (10) and the wsd decay (0.95 of train.steps: 95 steps) must fit in train.steps "
           "(100): lower optimizer.decay_fraction or optimizer.warmup_steps"}},

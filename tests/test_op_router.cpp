@@ -277,8 +277,8 @@ TEST_CASE("sigmoid scores choose by score plus bias within the best groups, weig
     const int64_t N = 16, E = 8, k = 3;
     Rng rng(7, "router options");
     std::vector<double> l = normals(N * E, rng, 2);
-    std::vector<float> bias(E);
-    for (float& b : bias) b = float(0.3 * rng.normal());
+    std::vector<double> bias(E);  // in the scores' dtype
+    for (double& b : bias) b = 0.3 * rng.normal();
     for (bool sigmoid : {false, true})
         for (int G : {1, 4}) {
             const int M = G == 1 ? 1 : 2;
@@ -286,7 +286,7 @@ TEST_CASE("sigmoid scores choose by score plus bias within the best groups, weig
             RouterBuffers<double> r(l, N, E, k);
             RouterScoring sc;
             sc.sigmoid = sigmoid;
-            sc.bias = Tensor(bias.data(), DType::F32, {E});
+            sc.bias = Tensor(bias.data(), DType::F64, {E});
             sc.groups = G;
             sc.group_limit = M;
             CpuOps ops;
@@ -317,11 +317,11 @@ TEST_CASE("sigmoid scores choose by score plus bias within the best groups, weig
 TEST_CASE("a large bias moves the choice but not the weights", "[unit]") {
     // Logits favour expert 0; a bias of 10 on expert 3 makes it first.
     RouterBuffers<double> r({3.0, 1.0, 0.5, 0.0}, 1, 4, 2);
-    std::vector<float> bias = {0, 0, 0, 10};
+    std::vector<double> bias = {0, 0, 0, 10};
     RouterScoring sc;
     sc.sigmoid = true;
     sc.normalize = false;
-    sc.bias = Tensor(bias.data(), DType::F32, {4});
+    sc.bias = Tensor(bias.data(), DType::F64, {4});
     CpuOps ops;
     r.forward(ops, sc);
     REQUIRE(r.topk_idx == std::vector<int32_t>{3, 0});
@@ -396,7 +396,7 @@ TEST_CASE("router options that cannot hold the choice are refused", "[unit]") {
     r.forward(ops, sc);
     REQUIRE_THROWS_WITH(r.backward(ops, d, nullptr, sc, {0, 0, 0, 0}, 0.1),
                         Catch::Contains("the z-loss is defined for softmax scores only"));
-    std::vector<double> wrong_bias(4);
-    sc.bias = Tensor(wrong_bias.data(), DType::F64, {4});
-    REQUIRE_THROWS_WITH(r.forward(ops, sc), Catch::Contains("bias must be F32 [E]"));
+    std::vector<float> wrong_bias(4);  // not the scores' dtype
+    sc.bias = Tensor(wrong_bias.data(), DType::F32, {4});
+    REQUIRE_THROWS_WITH(r.forward(ops, sc), Catch::Contains("bias must be F64 [E] (4), got F32 [4]"));
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <filesystem>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -33,15 +34,30 @@ inline CheckpointInfo open_checkpoint(const std::string& dir) {
                           "nor a complete checkpoint (a save that never finished has no checkpoint.yaml)");
 }
 
+// The model planned, not allocated: its parameters' names and shapes.
+inline Model planned_model(const ModelConfig& m, CpuOps& ops) {
+    ModelOptions plan;
+    plan.memory = Model::Memory::plan_only;
+    return Model(m, ops, Precision(DType::F32), 1, 1, plan);
+}
+
+// The model's states (tensors saved with the weights that the optimizer does
+// not train: no moments).
+inline std::set<std::string> model_state_names(const ModelConfig& m) {
+    CpuOps ops;
+    const Model model = planned_model(m, ops);
+    std::set<std::string> names;
+    for (const Param& p : model.params().states()) names.insert(p.name);
+    return names;
+}
+
 // Every weight tensor of the model, named as the model's layers name their
 // parameters (a model planned, not allocated), in the order MODEL.md lists
 // them, which a person reads: each layer's attention, then its MoE (router,
 // then expert by expert), then its dynamics; shared dynamics after the layers.
 inline std::vector<std::string> model_tensor_names(const ModelConfig& m) {
     CpuOps ops;
-    ModelOptions plan;
-    plan.memory = Model::Memory::plan_only;
-    const Model model(m, ops, Precision(DType::F32), 1, 1, plan);
+    const Model model = planned_model(m, ops);
     std::vector<std::string> names = model.params().names();
     // (group, layer, part, expert): groups embed, layers, shared dynamics,
     // norm, lm_head; within a layer attn* < moe* < dynamics.

@@ -125,6 +125,7 @@ int inspect(const CheckpointInfo& info) {
     }
 
     const std::vector<std::string> names = model_tensor_names(info.config.model);
+    const std::set<std::string> states = model_state_names(info.config.model);  // no moments: "-"
     const Parts weights(info, false), moments(info, true);
     size_t width = 0;
     for (const std::string& name : names) width = std::max(width, name.size());
@@ -136,6 +137,7 @@ int inspect(const CheckpointInfo& info) {
         };
         const auto norm = [&](const Parts& parts, const std::string& key) {
             char text[32] = "missing";
+            if (&parts == &moments && states.count(name)) return std::string("-");
             if (parts.find(key))
                 std::snprintf(text, sizeof text, "%.6g", l2_norm(parts.read(key)));
             else

@@ -53,6 +53,7 @@ DEFAULTS = {
             "score": "softmax",
             "groups": 1,
             "group_limit": 0,
+            "expert_bias_rate": None,
             "load_balancing_weight": 0.01,
             "z_loss_weight": 0.0,
             "capacity_factor": None,
@@ -167,6 +168,8 @@ def parameter_shapes(m):
         shapes[p + "moe_norm.weight"] = (H,)
         if moe["router"] == "learned":
             shapes[p + "moe.router.weight"] = (E, H)
+        if moe["expert_bias_rate"] is not None:
+            shapes[p + "moe.router.expert_bias"] = (E,)  # a state: chooses, not trained
         for e in range(E):
             shapes[p + f"moe.experts.{e}.w_gate"] = (I, H)
             shapes[p + f"moe.experts.{e}.w_up"] = (I, H)
@@ -256,6 +259,8 @@ def route(x, ids, P, prefix, moe):
     sigmoid = moe["score"] == "sigmoid"
     scores = logits.sigmoid() if sigmoid else logits.softmax(-1)
     key = scores.detach()
+    if moe["expert_bias_rate"] is not None:  # the expert bias steers the choice only
+        key = key + P[prefix + "router.expert_bias"].detach()
     # Group-limited choice (docs/MODEL-OPTIONS.md): a group scores the sum of
     # its two largest keys; experts outside the token's best groups are out.
     G = moe["groups"]
@@ -368,8 +373,13 @@ def load_weights(m, path):
     for name, shape in shapes.items():
         if tuple(tensors[name].shape) != shape:
             raise ValueError(f"{path}: '{name}' has shape {list(tensors[name].shape)}, expected {list(shape)}")
-        P[name] = torch.tensor(tensors[name], dtype=torch.float64, requires_grad=True)
+        P[name] = torch.tensor(tensors[name], dtype=torch.float64, requires_grad=not is_state(name))
     return P
+
+
+def is_state(name):
+    """A tensor of the model the optimizer does not train: no gradient."""
+    return name.endswith("router.expert_bias")
 
 
 def load_batch(m, path):
@@ -401,7 +411,7 @@ def gradients(cfg, weights_path, batch_path, out_path):
     # A parameter the loss does not reach (the weights of an expert that gets
     # no token) has no autograd gradient: its gradient is zero, as the engine writes it.
     grads = {name: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy().astype(np.float32)
-             for name, p in P.items()}
+             for name, p in P.items() if not is_state(name)}
     meta = {"loss": repr(loss.item()), "cross_entropy": repr(ce.item()), "aux": repr(aux.item()),
             "dropped": str(dropped)}
     safetensors_io.write(out_path, grads, meta)

@@ -101,6 +101,7 @@ const std::vector<Key>& schema() {
         MOE_KEY(model.moe.score, kAny),
         MOE_KEY(model.moe.groups, kAtLeastOne),
         MOE_KEY(model.moe.group_limit, kNonNegative),
+        MOE_KEY(model.moe.expert_bias_rate, kNonNegative),
         MOE_KEY(model.moe.load_balancing_weight, kNonNegative),
         MOE_KEY(model.moe.z_loss_weight, kNonNegative),
         MOE_KEY(model.moe.capacity_factor, kPositive),
@@ -449,6 +450,9 @@ void check_router_options(const MoeConfig& moe) {
     need(learned || (moe.score == RouterScore::softmax && moe.groups == 1),
          "model.moe.score and model.moe.groups apply to the learned router: set model.moe.router to learned, or "
          "leave them at softmax and 1");
+    need(learned || !moe.expert_bias_rate,
+         "model.moe.expert_bias_rate applies to the learned router: set model.moe.router to learned, or remove "
+         "expert_bias_rate");
     need(moe.score != RouterScore::sigmoid || moe.z_loss_weight == 0,
          "model.moe.z_loss_weight (" + format(moe.z_loss_weight) +
              ") is the softmax's z-loss: with model.moe.score sigmoid set it to 0");

@@ -34,6 +34,9 @@ struct MoeConfig {
     // (0: all of them).
     int groups = 1;
     int group_limit = 0;
+    // Auxiliary-loss-free balancing: set, each layer keeps an expert bias
+    // updated after every step at this rate (0: kept as it is); unset: no bias.
+    std::optional<double> expert_bias_rate;
     double load_balancing_weight = 0.01;
     double z_loss_weight = 0.0;
     std::optional<double> capacity_factor;  // none: dropless

@@ -428,7 +428,8 @@ void differences(const YAML::Node& a, const YAML::Node& b, const std::string& pa
         for (const std::string& k : keys) differences(a[k], b[k], path.empty() ? k : path + "." + k, out);
         return;
     }
-    const std::string va = a ? YAML::Dump(a) : "(absent)", vb = b ? YAML::Dump(b) : "(absent)";
+    const auto text = [](const YAML::Node& n) { return !n ? "(absent)" : n.IsNull() ? "null" : YAML::Dump(n); };
+    const std::string va = text(a), vb = text(b);
     if (va != vb) out.push_back(path + " is " + va + " in the checkpoint but " + vb + " in the config");
 }
 
@@ -444,9 +445,19 @@ std::vector<std::string> config_differences(const Config& checkpoint, const Conf
     return out;
 }
 
+namespace {
+// Whether a difference changes the model. The expert bias's rate does not
+// while both configs keep a bias: it may change on resume (0 freezes it).
+bool changes_model(const std::string& d, const Config& checkpoint, const Config& current) {
+    if (d.rfind("model.moe.expert_bias_rate ", 0) == 0)
+        return !checkpoint.model.moe.expert_bias_rate || !current.model.moe.expert_bias_rate;
+    return d.rfind("model.", 0) == 0;
+}
+}  // namespace
+
 std::string model_difference(const Config& checkpoint, const Config& current) {
     for (const std::string& d : config_differences(checkpoint, current))
-        if (d.rfind("model.", 0) == 0) return d;
+        if (changes_model(d, checkpoint, current)) return d;
     return "";
 }
 
@@ -462,7 +473,7 @@ std::vector<std::string> check_resumable(const CheckpointInfo& info, const Confi
                                 "(moe-checkpoint export, then --init-from)";
     std::vector<std::string> changes;
     for (const std::string& d : config_differences(info.config, current)) {
-        if (d.rfind("model.", 0) == 0) continue;
+        if (changes_model(d, info.config, current)) continue;
         if (d.rfind("run.seed ", 0) == 0 || d.rfind("train.seq_len ", 0) == 0)
             throw CheckpointError(where + "continues another data order: " + d + new_run);
         if (d.rfind("data.train ", 0) == 0 && info.format == 1)

@@ -48,7 +48,8 @@ FileDigest save_tensors(const std::string& path, const std::vector<NamedTensor>&
 void collect(const ParameterSet& params, ParameterSet::Slot slot, const std::function<bool(const Param&)>& take,
              bool keep, const std::string& prefix, HostTensors& out) {
     const bool f64 = params.dtype() == DType::F64;
-    for (const Param& p : params.all()) {
+    for (const Param* param : params.stored(slot)) {
+        const Param& p = *param;
         // Every rank of a split parameter's group helps gather it, wanted here or not.
         const bool kept = keep && take(p);
         if (!kept && !p.split()) continue;
@@ -71,7 +72,8 @@ void load_slot(ParameterSet& params, ParameterSet::Slot slot, const std::string&
                const std::function<const SafetensorsFile&(const std::string& name)>& file_for) {
     const bool f64 = params.dtype() == DType::F64;
     std::vector<float> values;
-    for (Param& p : params.all()) {
+    for (Param* param : params.stored(slot)) {
+        Param& p = *param;
         values.resize(size_t(p.numel()));
         for (const FileTensor& f : file_tensors(p))
             file_for(f.name).read(prefix + f.name, "F32", f.shape, values.data() + f.offset);

@@ -222,4 +222,8 @@ void Model::backward(double loss_scale, Write grads, const BucketReady& bucket_r
     ops_.embedding_backward(embed_->grad, ids_, dh, embed_ == lm_head_ ? Write::add : grads);
 }
 
+void Model::after_step(const std::vector<std::vector<int64_t>>& routed) {
+    for (size_t l = 0; l < layers_->blocks.size(); ++l) layers_->blocks[l]->moe.after_step(ops_, routed.at(l));
+}
+
 }  // namespace moe

@@ -80,6 +80,9 @@ public:
     // bucket_ready, when given, receives each bucket as soon as its gradients
     // are final (give it on a step's last micro-batch).
     void backward(double loss_scale, Write grads, const BucketReady& bucket_ready = nullptr);
+    // After an optimizer step: the routers' states (expert biases) follow the
+    // step's loads, routed[L][E] summed over its micro-batches and all ranks.
+    void after_step(const std::vector<std::vector<int64_t>>& routed);
     // The [B*T, V] logits of the last forward, for sampling; backward
     // overwrites them with their gradient.
     const Tensor& logits() const { return logits_; }

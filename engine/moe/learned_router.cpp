@@ -17,7 +17,10 @@ LearnedRouter::LearnedRouter(const ModelConfig& cfg, ParameterSet& params, int l
     : cfg_(cfg.moe),
       scoring_(router_scoring(cfg.moe)),
       weight_(&params.add("layers." + std::to_string(layer) + ".moe.router.weight",
-                          {cfg_.num_experts, cfg.hidden_size}, InitSpec::normal(cfg.init_std), true)) {}
+                          {cfg_.num_experts, cfg.hidden_size}, InitSpec::normal(cfg.init_std), true)),
+      bias_(cfg_.expert_bias_rate ? &params.add_state("layers." + std::to_string(layer) + ".moe.router.expert_bias",
+                                                      {cfg_.num_experts}, InitSpec::fill(0))
+                                  : nullptr) {}
 
 void LearnedRouter::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor stats) {
     const int64_t E = cfg_.num_experts, k = cfg_.top_k;
@@ -35,6 +38,7 @@ RouterChoice LearnedRouter::forward(Ops& ops, Tensor x, const int32_t*) {
     const int64_t N = x.dim(0);
     const Tensor logits = logits_.rows(0, N), probs = probs_.rows(0, N), lse = lse_.rows(0, N);
     const Tensor topk_idx = topk_idx_.rows(0, N), topk_w = topk_w_.rows(0, N);
+    if (bias_) scoring_.bias = bias_->value;
     ops.matmul_forward(logits, x, weight_->work, {});
     ops.router_forward(probs, lse, topk_idx, topk_w, logits, scoring_);
     ops.router_stats(stats_, probs, lse, scoring_);
@@ -68,6 +72,29 @@ void LearnedRouter::backward(Ops& ops, Tensor x, Tensor dweights, Tensor dx, dou
                         z_coef_ * loss_scale);
     if (dlogits_act_.data != dlogits_.data) ops.copy(dlogits_act_, dlogits_);
     ops.matmul_backward(dx, weight_->grad, {}, dlogits_act_, x, weight_->work, Write::add, grads);
+}
+
+namespace {
+// In the bias's own dtype: every rank computes the same bits from the same counts.
+template <class T> void nudge(Ops& ops, const Tensor& bias, const std::vector<int64_t>& routed, double rate) {
+    const int64_t E = int64_t(routed.size());
+    int64_t total = 0;
+    for (int64_t c : routed) total += c;
+    std::vector<T> b(static_cast<size_t>(E));
+    ops.copy_to_host(b.data(), bias);
+    for (int64_t e = 0; e < E; ++e) {
+        // sign(mean - c_e) = sign(total - E * c_e), exact in integers.
+        const int64_t gap = total - E * routed[size_t(e)];
+        b[size_t(e)] = b[size_t(e)] + T(rate) * T((gap > 0) - (gap < 0));
+    }
+    ops.copy_from_host(bias, b.data());
+}
+}  // namespace
+
+void LearnedRouter::after_step(Ops& ops, const std::vector<int64_t>& routed) {
+    if (!bias_ || *cfg_.expert_bias_rate == 0) return;
+    if (bias_->value.dtype == DType::F64) nudge<double>(ops, bias_->value, routed, *cfg_.expert_bias_rate);
+    else nudge<float>(ops, bias_->value, routed, *cfg_.expert_bias_rate);
 }
 
 }  // namespace moe

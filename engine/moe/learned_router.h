@@ -2,7 +2,9 @@
 // docs/MODEL-OPTIONS.md "Router options"): logits = x W^T in fp32, softmax or
 // sigmoid scores, the k largest (within the token's best groups when
 // group-limited), their scores as weights (renormalised unless
-// normalize_top_k is false), the load-balancing loss and the z-loss.
+// normalize_top_k is false), the load-balancing loss and the z-loss; with
+// model.moe.expert_bias_rate, an expert bias in the choice that follows the
+// loads (auxiliary-loss-free balancing).
 #pragma once
 #include <vector>
 
@@ -22,11 +24,14 @@ public:
     RouterLosses losses(const double* stats) const override;
     bool weights_have_gradient() const override { return true; }
     void backward(Ops& ops, Tensor x, Tensor dweights, Tensor dx, double loss_scale, Write grads) override;
+    // b_e += rate * sign(mean load - routed[e]) (docs/MODEL-OPTIONS.md).
+    void after_step(Ops& ops, const std::vector<int64_t>& routed) override;
 
 private:
     const MoeConfig& cfg_;
     RouterScoring scoring_;
     Param* weight_;  // [E, H]
+    Param* bias_;    // state [E]: the expert bias, or null without one
     // logits_ to dlogits_ in fp32 (stat); dlogits_act_ feeds the matmul
     // backward (dlogits_ itself when the dtypes agree).
     Tensor logits_, probs_, lse_, topk_idx_, topk_w_, dlogits_, dlogits_act_, stats_;

@@ -48,6 +48,11 @@ public:
     // dx += the router's input gradient given dweights; loss_scale weights the
     // losses; parameter gradients are written as grads says.
     virtual void backward(Ops& ops, Tensor x, Tensor dweights, Tensor dx, double loss_scale, Write grads) = 0;
+    // After an optimizer step, the router's state follows the step's loads:
+    // routed[E], the slots that chose each expert over the step's
+    // micro-batches and all ranks (the same on every rank). Stateless routers
+    // keep nothing.
+    virtual void after_step(Ops&, const std::vector<int64_t>& /*routed*/) {}
 };
 
 // The router model.moe.router names, its parameters added to params.

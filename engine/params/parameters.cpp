@@ -4,6 +4,7 @@
 #include <cstring>
 #include <deque>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "engine/params/rng.h"
@@ -39,6 +40,30 @@ Param& ParameterSet::add(const std::string& name, std::vector<int64_t> shape, In
     return params_.back();
 }
 
+Param& ParameterSet::add_state(const std::string& name, std::vector<int64_t> shape, InitSpec init) {
+    if (ops_) throw std::logic_error("state added after allocation: " + name);
+    Param p;
+    p.name = name;
+    p.shape = std::move(shape);
+    p.init = init;
+    states_.push_back(std::move(p));
+    return states_.back();
+}
+
+std::vector<const Param*> ParameterSet::stored(Slot slot) const {
+    std::vector<const Param*> out;
+    for (const Param& p : params_) out.push_back(&p);
+    if (slot == Slot::Value)
+        for (const Param& p : states_) out.push_back(&p);
+    return out;
+}
+
+std::vector<Param*> ParameterSet::stored(Slot slot) {
+    std::vector<Param*> out;
+    for (const Param* p : std::as_const(*this).stored(slot)) out.push_back(const_cast<Param*>(p));
+    return out;
+}
+
 namespace {
 
 // A tensor of `shape` over the data of `flat` (1-D, at least as many elements).
@@ -56,8 +81,8 @@ Tensor shaped(const Tensor& flat, const std::vector<int64_t>& shape) {
 // allocated ones places the tensors. The masters and moments are whole, or a
 // chunk when split; gradients and the working copy whole, padded to a
 // multiple of the group. Inference carves no gradients and no moments.
-void lay_out(std::deque<Param>& params, const Precision& pr, const OptimizerShards& shards, ParameterSet::Use use,
-             ParameterSet::Arenas& a) {
+void lay_out(std::deque<Param>& params, std::deque<Param>& states, const Precision& pr, const OptimizerShards& shards,
+             ParameterSet::Use use, ParameterSet::Arenas& a) {
     const bool separate_work = pr.work != pr.master;
     for (Param& p : params) {
         p.shards = p.is_expert_stack() ? shards.experts : shards.replicated;
@@ -87,15 +112,20 @@ void lay_out(std::deque<Param>& params, const Precision& pr, const OptimizerShar
             p.work_flat = shaped(p.value, {p.numel()});
         }
     }
+    for (Param& p : states) {
+        p.chunk = p.numel();
+        p.value = p.work = shaped(a.masters.take(pr.master, {p.numel()}), p.shape);
+        p.work_flat = shaped(p.value, {p.numel()});
+    }
 }
 
 }  // namespace
 
 ParameterBytes ParameterSet::planned_bytes(const Precision& precision, const OptimizerShards& shards,
                                            Use use) const {
-    std::deque<Param> plan = params_;  // laid out dry: no memory behind the tensors
+    std::deque<Param> plan = params_, plan_states = states_;  // laid out dry: no memory behind the tensors
     Arenas a;
-    lay_out(plan, precision, shards, use, a);
+    lay_out(plan, plan_states, precision, shards, use, a);
     ParameterBytes b;
     b.masters = a.masters.bytes();
     b.gradients = a.grads.bytes();
@@ -113,10 +143,10 @@ void ParameterSet::allocate(Ops& ops, const Precision& precision, const Optimize
     ops_ = &ops;
     precision_ = precision;
     auto a = std::unique_ptr<Arenas>(new Arenas{Arena(ops), Arena(ops), Arena(ops), Arena(ops), Arena(ops)});
-    lay_out(params_, precision, shards, use, *a);  // sizes the arenas
+    lay_out(params_, states_, precision, shards, use, *a);  // sizes the arenas
     for (Arena* arena : {&a->masters, &a->grads, &a->m, &a->v, &a->work})
         if (arena->bytes() > 0) arena->allocate();
-    lay_out(params_, precision, shards, use, *a);  // places the tensors
+    lay_out(params_, states_, precision, shards, use, *a);  // places the tensors
     arenas_ = std::move(a);
 }
 
@@ -186,8 +216,10 @@ template <class T> void initialize_as(ParameterSet& set, std::deque<Param>& para
 }  // namespace
 
 void ParameterSet::initialize(uint64_t seed) {
-    if (dtype() == DType::F64) initialize_as<double>(*this, params_, seed);
-    else initialize_as<float>(*this, params_, seed);
+    for (std::deque<Param>* list : {&params_, &states_}) {
+        if (dtype() == DType::F64) initialize_as<double>(*this, *list, seed);
+        else initialize_as<float>(*this, *list, seed);
+    }
     refresh_work();
 }
 
@@ -231,8 +263,8 @@ bool ParameterSet::split() const {
 }
 
 const Param& ParameterSet::find(const std::string& name) const {
-    for (const Param& p : params_)
-        if (p.name == name) return p;
+    for (const Param* p : stored(Slot::Value))
+        if (p->name == name) return *p;
     throw std::logic_error("no parameter " + name);
 }
 
@@ -247,15 +279,15 @@ std::vector<NamedTensor> ParameterSet::named(Slot slot) const {
     if (slot != Slot::Grad && split())
         throw std::logic_error("named(): the optimizer state is split over ranks; use download()");
     std::vector<NamedTensor> out;
-    for (const Param& p : params_) {
-        const Tensor& t = slot_of(p, slot);
-        if (!p.is_expert_stack()) {
-            out.push_back({p.name, t});
+    for (const Param* p : stored(slot)) {
+        const Tensor& t = slot_of(*p, slot);
+        if (!p->is_expert_stack()) {
+            out.push_back({p->name, t});
             continue;
         }
-        for (int64_t i = 0; i < p.shape[0]; ++i) {
+        for (int64_t i = 0; i < p->shape[0]; ++i) {
             Tensor e = t.rows(i, i + 1);
-            out.push_back({expert_name(p.name, p.expert_offset + int(i)), e.view({p.shape[1], p.shape[2]})});
+            out.push_back({expert_name(p->name, p->expert_offset + int(i)), e.view({p->shape[1], p->shape[2]})});
         }
     }
     return out;
@@ -263,10 +295,10 @@ std::vector<NamedTensor> ParameterSet::named(Slot slot) const {
 
 std::vector<std::string> ParameterSet::names() const {
     std::vector<std::string> out;
-    for (const Param& p : params_) {
-        if (!p.is_expert_stack()) out.push_back(p.name);
+    for (const Param* p : stored(Slot::Value)) {
+        if (!p->is_expert_stack()) out.push_back(p->name);
         else
-            for (int64_t i = 0; i < p.shape[0]; ++i) out.push_back(expert_name(p.name, p.expert_offset + int(i)));
+            for (int64_t i = 0; i < p->shape[0]; ++i) out.push_back(expert_name(p->name, p->expert_offset + int(i)));
     }
     return out;
 }

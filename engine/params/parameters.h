@@ -4,6 +4,10 @@
 // layer are stacked [E_local, ...] in memory; files and tools see one tensor
 // per expert under its global index (MODEL.md names).
 //
+// States are tensors of the model the optimizer does not train (a router's
+// expert bias): values only, whole on every rank, saved and loaded with the
+// weights.
+//
 // ZeRO-1 (parallel.shard_optimizer): the fp32 masters and both AdamW moments
 // are split over a group, each rank keeping one chunk of every parameter
 // (replicated parameters over the world, expert stacks over their
@@ -91,6 +95,9 @@ public:
 
     Param& add(const std::string& name, std::vector<int64_t> shape, InitSpec init, bool decay,
                int expert_offset = -1);
+    // A state: its value in the master dtype (work is the value itself),
+    // never split, no gradient or moments; initialize() fills it from init.
+    Param& add_state(const std::string& name, std::vector<int64_t> shape, InitSpec init);
     // Bytes allocate() will take for these parameters in this precision and
     // split (std::length_error past 2^64).
     ParameterBytes planned_bytes(const Precision& precision, const OptimizerShards& shards = {},
@@ -114,15 +121,22 @@ public:
     // them when split). The working copy follows with refresh_work().
     void upload(Param& p, Slot slot, const void* host);
 
+    // The trained parameters.
     std::deque<Param>& all() { return params_; }
     const std::deque<Param>& all() const { return params_; }
-    const Param& find(const std::string& name) const;
-    int64_t numel() const;
+    std::deque<Param>& states() { return states_; }
+    const std::deque<Param>& states() const { return states_; }
+    // What files hold of a slot: the parameters, and the states with the values.
+    std::vector<const Param*> stored(Slot slot) const;
+    std::vector<Param*> stored(Slot slot);
+    const Param& find(const std::string& name) const;  // a parameter or a state
+    int64_t numel() const;  // the trained parameters' elements
     bool split() const;  // any parameter's optimizer state split
     // Tensors as files name them, experts split, in a stable order (the
-    // value and moments only while nothing is split: else download()).
+    // value and moments only while nothing is split: else download()); the
+    // values include the states.
     std::vector<NamedTensor> named(Slot slot) const;
-    // Their names alone, in the same order (also before allocation).
+    // The values' names alone, in the same order (also before allocation).
     std::vector<std::string> names() const;
     // The names of the experts of a model of num_experts per layer that this
     // set does not hold (other ranks of its EP group do).
@@ -137,6 +151,7 @@ public:
 
 private:
     std::deque<Param> params_;  // deque: references stay valid as it grows
+    std::deque<Param> states_;
     Ops* ops_ = nullptr;
     Precision precision_;
     std::unique_ptr<Arenas> arenas_;

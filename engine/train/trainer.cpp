@@ -326,6 +326,7 @@ bool Trainer::apply(int step, const StepTotals& t, double grad_norm, double lr) 
     if (std::isfinite(t.loss) && std::isfinite(t.aux) && std::isfinite(grad_norm)) {
         consecutive_skips_ = 0;
         optimizer_->step(step + 1, lr, optimizer_->clip_scale(grad_norm));
+        model_->after_step(t.routed);
         return true;
     }
     const std::string what = "step " + std::to_string(step + 1) + ": loss " + std::to_string(t.loss) + ", aux " +

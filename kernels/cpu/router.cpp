@@ -79,10 +79,12 @@ void select_top_k(int32_t* idx, const double* key, const char* allowed, int64_t 
     }
 }
 
-void check_scoring(const char* op, const RouterScoring& sc, int64_t E, int64_t k) {
-    if (!sc.bias.empty() && (sc.bias.numel() != E || sc.bias.dtype != DType::F32))
-        throw std::invalid_argument(std::string(op) + ": bias must be F32 [E] (" + std::to_string(E) + "), got " +
-                                    dtype_name(sc.bias.dtype) + " " + sc.bias.shape_str());
+// The bias is in the scores' dtype (the statistics': F32, or F64 in checks).
+void check_scoring(const char* op, const RouterScoring& sc, DType dtype, int64_t E, int64_t k) {
+    if (!sc.bias.empty() && (sc.bias.numel() != E || sc.bias.dtype != dtype))
+        throw std::invalid_argument(std::string(op) + ": bias must be " + dtype_name(dtype) + " [E] (" +
+                                    std::to_string(E) + "), got " + dtype_name(sc.bias.dtype) + " " +
+                                    sc.bias.shape_str());
     if (sc.groups < 1 || E % sc.groups != 0 || sc.group_limit < 1 || sc.group_limit > sc.groups ||
         k > sc.group_limit * (E / sc.groups))
         throw std::invalid_argument(std::string(op) + ": " + std::to_string(sc.groups) + " groups with a limit of " +
@@ -99,10 +101,10 @@ void CpuOps::router_forward(Tensor probs, Tensor lse, Tensor topk_idx, Tensor to
         throw std::invalid_argument("router_forward: logits " + logits.shape_str() + " and probs " +
                                     probs.shape_str() + " must have the same shape [N,E]");
     const int64_t N = probs.dim(0), E = probs.dim(1), k = topk_idx.dim(1);
-    check_scoring("router_forward", scoring, E, k);
-    const float* bias = scoring.bias.empty() ? nullptr : scoring.bias.ptr<float>();
+    check_scoring("router_forward", scoring, probs.dtype, E, k);
     dispatch_float(logits, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
+        const T* bias = scoring.bias.empty() ? nullptr : scoring.bias.ptr<T>();
         const T* x = logits.ptr<T>();
         T* p = probs.ptr<T>();
         T* row_lse = lse.ptr<T>();
@@ -134,7 +136,7 @@ void CpuOps::router_forward(Tensor probs, Tensor lse, Tensor topk_idx, Tensor to
                 }
 
                 // Keys in T, as the GPU adds them.
-                for (int64_t e = 0; e < E; ++e) key[size_t(e)] = rank_key(bias ? T(pn[e] + T(bias[e])) : pn[e]);
+                for (int64_t e = 0; e < E; ++e) key[size_t(e)] = rank_key(bias ? T(pn[e] + bias[e]) : pn[e]);
                 if (scoring.groups > 1)
                     choose_groups<T>(key.data(), E, scoring.groups, scoring.group_limit, allowed.data());
                 int32_t* in = idx + n * k;

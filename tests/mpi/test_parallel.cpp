@@ -412,6 +412,50 @@ TEST_CASE("20 training steps give one process's loss curve", "[mpi]") {
     }
 }
 
+// Every rank updates the bias from the same all-reduced loads: each layout
+// keeps the bias one process keeps (sums of integer counts: exact while the
+// layouts choose the same experts, which their agreeing losses show).
+TEST_CASE("the expert bias of each layout is one process's bias bit for bit", "[mpi]") {
+    spdlog::set_level(spdlog::level::warn);
+    auto world = MpiCommunicator::world();
+    const int W = world->size(), rank = world->rank();
+    const std::string shards = write_training_shards(*world, small_model().vocab_size);
+    const std::string out = std::string(MOE_BINARY_DIR) + "/test_data/mpi_expert_bias/";
+    if (rank == 0)
+        for (const char* run : {"single-rank", "ep"})
+            for (int i = 0; i <= W; ++i) std::filesystem::remove_all(out + run + std::to_string(i));
+    world->barrier();
+    const auto biased = [](Config c) {
+        c.model.moe.expert_bias_rate = 0.01;
+        c.model.moe.load_balancing_weight = 0;
+        c.train.steps = 8;
+        return c;
+    };
+    const int E = small_model().moe.num_experts;
+    const auto bias_of = [&](const std::string& run, int parts) {  // from part 0, which holds the replicated tensors
+        SafetensorsFile f(run + "/checkpoints/step-00000008/model-00000-of-0000" + std::to_string(parts) + ".safetensors");
+        std::vector<float> b(static_cast<size_t>(2 * E));
+        for (int l = 0; l < 2; ++l)
+            f.read("layers." + std::to_string(l) + ".moe.router.expert_bias", "F32", {E}, b.data() + l * E);
+        return b;
+    };
+    CpuOps ops;
+    const std::string one = out + "single-rank" + std::to_string(rank);
+    const TrainSummary want = train(biased(training_config(shards, 4, W, 1, one)), ops);
+    const std::vector<float> want_bias = bias_of(one, 1);
+    CHECK(want_bias != std::vector<float>(want_bias.size(), 0.f));
+    for (int ep : expert_parallel_sizes(W, E)) {
+        INFO("expert_parallel " << ep << " x data parallel " << W / ep);
+        ProcessGroups groups = make_process_groups(ep);
+        const std::string run = out + "ep" + std::to_string(ep);
+        const TrainSummary got = train(biased(training_config(shards, 4, 1, ep, run)), ops, {}, &groups);
+        REQUIRE(got.losses.size() == want.losses.size());
+        for (size_t s = 0; s < got.losses.size(); ++s) CHECK(std::fabs(got.losses[s] - want.losses[s]) <= 1e-4 * want.losses[s]);
+        if (rank == 0) CHECK(bias_of(run, ep) == want_bias);
+        world->barrier();
+    }
+}
+
 // Inputs that shape the run but live on each node (files at the same path)
 // must be the same on every rank: ranks that read other data, or start from
 // other weights, would train several models in one job. Refused at start.
