@@ -486,6 +486,10 @@ TEST_CASE("inconsistent combinations name both keys and the fix", "[unit]") {
         {kTrain, {"model.moe.router=token_id", "model.moe.top_k=1", "model.moe.expert_bias_rate=0.001"},
          {"model.moe.expert_bias_rate applies to the learned router: set model.moe.router to learned, or remove "
           "expert_bias_rate"}},
+        {kTrain, {"model.moe.router=token_id", "model.moe.top_k=1", "model.moe.balance_scope=global_batch"},
+         {"model.moe.balance_scope applies to the learned router's balancing loss: set model.moe.router to learned, "
+          "or leave balance_scope at micro_batch"}},
+        {kTrain, {"model.moe.balance_scope=global"}, {"model.moe.balance_scope must be one of"}},
         {kTrain, {"model.moe.expert_bias_rate=-0.001"}, {"model.moe.expert_bias_rate must be >= 0, got -0.001"}},
         {kTrain, {"model.moe.expert_bias_rate=nan"}, {"model.moe.expert_bias_rate"}},
         {kTrain, {"optimizer.schedule=wsd", "optimizer.decay_fraction=0.95"},

@@ -31,6 +31,12 @@ const std::vector<Variant>& variants() {
              c.model.moe.groups = 3;
              c.model.moe.group_limit = 2;
          }},
+        {"global-batch balancing, expert bias",
+         [](Config& c) {
+             c.model.moe.balance_scope = BalanceScope::global_batch;
+             c.model.moe.expert_bias_rate = 0.01;
+             c.train.grad_accum_steps = 2;
+         }},
         {"wsd-sqrt",
          [](Config& c) {
              c.optimizer.schedule = LrSchedule::wsd;

@@ -55,6 +55,8 @@ DEFAULTS = {
             "group_limit": 0,
             "expert_bias_rate": None,
             "load_balancing_weight": 0.01,
+            # micro_batch or global_batch: the same loss for the one micro-batch of one rank checked here
+            "balance_scope": "micro_batch",
             "z_loss_weight": 0.0,
             "capacity_factor": None,
         },

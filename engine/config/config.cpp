@@ -26,7 +26,7 @@ namespace {
 
 using Field =
     std::variant<int*, std::uint64_t*, double*, std::optional<double>*, bool*, std::string*, RouterKind*, Recompute*,
-                 LrSchedule*, DecayShape*, RouterScore*>;
+                 LrSchedule*, DecayShape*, RouterScore*, BalanceScope*>;
 
 // The names of an enum's values, in declaration order: what YAML spells.
 const std::vector<std::string>& names(const RouterKind*) {
@@ -35,6 +35,10 @@ const std::vector<std::string>& names(const RouterKind*) {
 }
 const std::vector<std::string>& names(const RouterScore*) {
     static const std::vector<std::string> n = {"softmax", "sigmoid"};
+    return n;
+}
+const std::vector<std::string>& names(const BalanceScope*) {
+    static const std::vector<std::string> n = {"micro_batch", "global_batch"};
     return n;
 }
 const std::vector<std::string>& names(const Recompute*) {
@@ -103,6 +107,7 @@ const std::vector<Key>& schema() {
         MOE_KEY(model.moe.group_limit, kNonNegative),
         MOE_KEY(model.moe.expert_bias_rate, kNonNegative),
         MOE_KEY(model.moe.load_balancing_weight, kNonNegative),
+        MOE_KEY(model.moe.balance_scope, kAny),
         MOE_KEY(model.moe.z_loss_weight, kNonNegative),
         MOE_KEY(model.moe.capacity_factor, kPositive),
         MOE_KEY(model.dynamics.enabled, kAny),
@@ -450,6 +455,9 @@ void check_router_options(const MoeConfig& moe) {
     need(learned || (moe.score == RouterScore::softmax && moe.groups == 1),
          "model.moe.score and model.moe.groups apply to the learned router: set model.moe.router to learned, or "
          "leave them at softmax and 1");
+    need(learned || moe.balance_scope == BalanceScope::micro_batch,
+         "model.moe.balance_scope applies to the learned router's balancing loss: set model.moe.router to learned, "
+         "or leave balance_scope at micro_batch");
     need(learned || !moe.expert_bias_rate,
          "model.moe.expert_bias_rate applies to the learned router: set model.moe.router to learned, or remove "
          "expert_bias_rate");
@@ -621,6 +629,7 @@ Config parse(const std::string& text, const std::string& source, const std::vect
 const char* name_of(RouterKind kind) { return names(&kind)[size_t(kind)].c_str(); }
 const char* name_of(Recompute kind) { return names(&kind)[size_t(kind)].c_str(); }
 const char* name_of(RouterScore kind) { return names(&kind)[size_t(kind)].c_str(); }
+const char* name_of(BalanceScope scope) { return names(&scope)[size_t(scope)].c_str(); }
 int wsd_decay_steps(const OptimizerConfig& cfg, int total_steps) {
     return int(std::lround(cfg.decay_fraction * total_steps));
 }

@@ -21,6 +21,9 @@ const char* name_of(RouterKind kind);
 // The learned router's scores (docs/MODEL-OPTIONS.md "Scores").
 enum class RouterScore { softmax, sigmoid };
 const char* name_of(RouterScore kind);
+// Which slots the balancing loss's f_e counts (docs/MODEL-OPTIONS.md).
+enum class BalanceScope { micro_batch, global_batch };
+const char* name_of(BalanceScope scope);
 
 struct MoeConfig {
     int num_experts = 4;             // E
@@ -38,6 +41,7 @@ struct MoeConfig {
     // updated after every step at this rate (0: kept as it is); unset: no bias.
     std::optional<double> expert_bias_rate;
     double load_balancing_weight = 0.01;
+    BalanceScope balance_scope = BalanceScope::micro_batch;
     double z_loss_weight = 0.0;
     std::optional<double> capacity_factor;  // none: dropless
 };

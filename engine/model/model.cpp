@@ -138,18 +138,14 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
     }
 
     r.layers.resize(layers_->blocks.size());
+    balance_slots_.clear();
     for (size_t l = 0; l < layers_->blocks.size(); ++l) forward_block(l, &r.layers[l]);
     if (!router_stats_.empty()) {
         // Every layer's router statistics in one read: a device waits once.
         PhaseScope scope(times_, ops_, Phase::Routing);
         router_stats_host_.resize(size_t(router_stats_.numel()));
         ops_.copy_to_host(router_stats_host_.data(), router_stats_);
-        const int64_t row = router_stats_.dim(1);
-        for (size_t l = 0; l < blocks_.size(); ++l) {
-            const RouterLosses losses = layers_->blocks[l]->moe.router_losses(router_stats_host_.data() + l * row);
-            r.layers[l].losses = losses;
-            r.aux += losses.aux + losses.z_loss;
-        }
+        router_losses(r);
     }
 
     PhaseScope scope(times_, ops_, Phase::Head);
@@ -158,6 +154,23 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
     ops_.cross_entropy_forward(losses_, logits_, targets_);
     r.loss = ops_.sum(losses_) / double(N);
     return r;
+}
+
+void Model::router_losses(ForwardResult& r) const {
+    const int64_t row = router_stats_.dim(1);
+    r.aux = 0;
+    for (size_t l = 0; l < blocks_.size(); ++l) {
+        const RouterLosses losses = layers_->blocks[l]->moe.router_losses(router_stats_host_.data() + l * row);
+        r.layers[l].losses = losses;
+        r.aux += losses.aux + losses.z_loss;
+    }
+}
+
+void Model::balance_over(const std::vector<std::vector<int64_t>>& slots, ForwardResult& r) {
+    if (router_stats_.empty()) return;  // no balancing loss
+    balance_slots_ = slots;
+    for (size_t l = 0; l < blocks_.size(); ++l) layers_->blocks[l]->moe.balance_over(slots.at(l));
+    router_losses(r);
 }
 
 int64_t ForwardResult::dropped() const {
@@ -194,7 +207,10 @@ void Model::backward(double loss_scale, Write grads, const BucketReady& bucket_r
         // The block's activations again, from its saved input: the same
         // kernels on the same values write the same bits (h_[l + 1] and
         // v_[l + 1] included, no longer read).
-        if (options_.recompute == Recompute::full) forward_block(l, nullptr);
+        if (options_.recompute == Recompute::full) {
+            forward_block(l, nullptr);  // sets the router's load again: the balance given, if any, stays
+            if (!balance_slots_.empty()) b.moe.balance_over(balance_slots_[l]);
+        }
         if (dyn) {
             PhaseScope scope(times_, ops_, Phase::Dynamics);
             Tensor dh_in = dh.data == dh_[0].data ? dh_[1] : dh_[0];

@@ -80,6 +80,11 @@ public:
     // bucket_ready, when given, receives each bucket as soon as its gradients
     // are final (give it on a step's last micro-batch).
     void backward(double loss_scale, Write grads, const BucketReady& bucket_ready = nullptr);
+    // The balancing loss of the last forward over these slots per expert
+    // [L][E] instead of the micro-batch's (model.moe.balance_scope
+    // global_batch); r, that forward's result, gets the losses again. The
+    // backward's gradients follow them.
+    void balance_over(const std::vector<std::vector<int64_t>>& slots, ForwardResult& r);
     // After an optimizer step: the routers' states (expert biases) follow the
     // step's loads, routed[L][E] summed over its micro-batches and all ranks.
     void after_step(const std::vector<std::vector<int64_t>>& routed);
@@ -95,6 +100,8 @@ private:
     void carve();
     // Block l's forward from h_[l], v_[l]; its routing statistics (null: not wanted).
     void forward_block(size_t l, MoeStats* stats);
+    // r's router losses (and aux) from the statistics the forward read back.
+    void router_losses(ForwardResult& r) const;
     std::string too_large_message(size_t available) const;
 
     const ModelConfig cfg_;
@@ -120,6 +127,7 @@ private:
     Tensor hn_, rstd_, logits_, losses_;
     Tensor router_stats_;  // F64 [L, E+1] (learned router): each layer's Router stats
     std::vector<double> router_stats_host_;
+    std::vector<std::vector<int64_t>> balance_slots_;  // set by balance_over until the next forward
     Tensor dh_[2], dv_[2], dxn_;
 };
 

@@ -46,14 +46,24 @@ RouterChoice LearnedRouter::forward(Ops& ops, Tensor x, const int32_t*) {
 }
 
 void LearnedRouter::set_load(const RoutingCounts& counts) {
-    // Switch: aux = w * E * sum_e f_e * P_e, f_e = share of slots routed to e
-    // (no gradient), P_e = mean_t q[t, e] (the normalised scores): aux =
-    // sum_e aux_coef[e] * sum_t q[t, e].
+    std::vector<int64_t> slots(static_cast<size_t>(cfg_.num_experts));
+    for (int e = 0; e < cfg_.num_experts; ++e) slots[size_t(e)] = counts.routed(e);
+    tokens_ = counts.num_tokens;
+    balance_over(slots);
+    z_coef_ = cfg_.z_loss_weight / double(tokens_);
+}
+
+void LearnedRouter::balance_over(const std::vector<int64_t>& slots) {
+    // Switch: aux = w * E * sum_e f_e * P_e, f_e = share of the slots that
+    // chose e (no gradient), P_e = mean_t q[t, e] over this micro-batch's N
+    // tokens (the normalised scores): aux = sum_e aux_coef[e] * sum_t q[t, e].
     const int E = cfg_.num_experts;
-    const double N = counts.num_tokens, slots = N * counts.top_k;
+    double total = 0;
+    for (int64_t c : slots) total += double(c);
+    const double N = double(tokens_);
     aux_coef_.assign(E, 0.0);
-    for (int e = 0; e < E; ++e) aux_coef_[e] = cfg_.load_balancing_weight * E * (counts.routed(e) / slots) / N;
-    z_coef_ = cfg_.z_loss_weight / N;
+    if (total > 0)
+        for (int e = 0; e < E; ++e) aux_coef_[e] = cfg_.load_balancing_weight * E * (double(slots[size_t(e)]) / total) / N;
 }
 
 RouterLosses LearnedRouter::losses(const double* stats) const {

@@ -21,6 +21,7 @@ public:
     void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor stats) override;
     RouterChoice forward(Ops& ops, Tensor x, const int32_t* ids) override;
     void set_load(const RoutingCounts& counts) override;
+    void balance_over(const std::vector<int64_t>& slots) override;
     RouterLosses losses(const double* stats) const override;
     bool weights_have_gradient() const override { return true; }
     void backward(Ops& ops, Tensor x, Tensor dweights, Tensor dx, double loss_scale, Write grads) override;
@@ -36,6 +37,7 @@ private:
     // backward (dlogits_ itself when the dtypes agree).
     Tensor logits_, probs_, lse_, topk_idx_, topk_w_, dlogits_, dlogits_act_, stats_;
     std::vector<double> aux_coef_;  // d aux / d probs[t, e], per expert
+    int64_t tokens_ = 0;            // N of the last forward
     double z_coef_ = 0;
 };
 

@@ -37,6 +37,8 @@ public:
     // (overwritten: the layer is dx's only writer); parameter gradients are
     // written as grads says.
     void backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_scale, Write grads);
+    // The balancing loss over these slots per expert (Router::balance_over).
+    void balance_over(const std::vector<int64_t>& slots) { router_->balance_over(slots); }
     // After an optimizer step: the router's state follows the step's loads
     // (routed[E] over all micro-batches and ranks).
     void after_step(Ops& ops, const std::vector<int64_t>& routed) { router_->after_step(ops, routed); }

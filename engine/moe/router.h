@@ -39,6 +39,10 @@ public:
     virtual RouterChoice forward(Ops& ops, Tensor x, const int32_t* ids) = 0;
     // The slots each expert got, which the losses and their gradients weigh.
     virtual void set_load(const RoutingCounts& counts) = 0;
+    // The balancing loss's shares f_e from these slots per expert [E]
+    // instead of the micro-batch's (balance_scope global_batch: the step's
+    // so far, over all ranks), until the next set_load.
+    virtual void balance_over(const std::vector<int64_t>& /*slots*/) {}
     // This micro-batch's losses from the stats forward left, read back to
     // the host (E+1 values).
     virtual RouterLosses losses(const double* stats) const = 0;

@@ -75,6 +75,7 @@ private:
     void report_setup();
     // The loop.
     StepTotals forward_backward(GradientReducer& reducer);
+    void balance_over_step(ForwardResult& r, std::vector<double>& so_far) const;
     bool apply(int step, const StepTotals& t, double grad_norm, double lr);
     void record(int step, const StepTotals& t, double grad_norm, double lr, double step_s, double a2a_s);
     void validate(int done);
@@ -311,13 +312,35 @@ TrainSummary Trainer::run() {
 // first; the last hands each bucket to the reducer as it is final.
 StepTotals Trainer::forward_backward(GradientReducer& reducer) {
     StepTotals totals;
+    const bool global_balance = cfg_.model.moe.balance_scope == BalanceScope::global_batch;
+    std::vector<double> so_far;  // [L * E] slots of the step's micro-batches so far, all ranks
     for (int a = 0; a < A_; ++a) {
         train_data_->next_batch(inputs_.data(), targets_.data());
-        totals.add(model_->forward(inputs_.data(), targets_.data()), A_);
+        ForwardResult r = model_->forward(inputs_.data(), targets_.data());
+        if (global_balance) balance_over_step(r, so_far);
+        totals.add(r, A_);
         model_->backward(1.0 / A_, a == 0 ? Write::overwrite : Write::add,
                          a == A_ - 1 ? reducer.bucket_ready() : nullptr);
     }
     return totals;
+}
+
+// balance_scope global_batch: the balancing loss counts the slots of every
+// micro-batch of the step so far on every rank (one all-reduce of L x E
+// counts a micro-batch; docs/MODEL-OPTIONS.md).
+void Trainer::balance_over_step(ForwardResult& r, std::vector<double>& so_far) const {
+    std::vector<double> mine;
+    for (const MoeStats& layer : r.layers) mine.insert(mine.end(), layer.routed.begin(), layer.routed.end());
+    sum_over_world(mine, groups_);
+    if (so_far.empty()) so_far.assign(mine.size(), 0.0);
+    std::vector<std::vector<int64_t>> slots(r.layers.size());
+    size_t i = 0;
+    for (std::vector<int64_t>& layer : slots)
+        for (size_t e = 0; e < r.layers.front().routed.size(); ++e, ++i) {
+            so_far[i] += mine[i];  // integers: exact in double
+            layer.push_back(int64_t(so_far[i]));
+        }
+    model_->balance_over(slots, r);
 }
 
 // The optimizer step, unless the loss or gradient is not finite: then

@@ -456,6 +456,44 @@ TEST_CASE("the expert bias of each layout is one process's bias bit for bit", "[
     }
 }
 
+// balance_scope global_batch counts every rank's slots: the layouts of one
+// world (the same data parallelism) give the same curve, and with more than
+// one rank it is not the per-micro-batch loss's curve.
+TEST_CASE("global-batch balancing gives each layout of a world the same curve", "[mpi]") {
+    spdlog::set_level(spdlog::level::warn);
+    auto world = MpiCommunicator::world();
+    const int W = world->size(), rank = world->rank();
+    const std::string shards = write_training_shards(*world, small_model().vocab_size);
+    const std::string out = std::string(MOE_BINARY_DIR) + "/test_data/mpi_balance_scope/";
+    if (rank == 0) std::filesystem::remove_all(out);
+    world->barrier();
+    const auto config = [&](int ep, BalanceScope scope, const std::string& name) {
+        Config c = training_config(shards, 4, 1, ep, out + name);
+        c.model.moe.load_balancing_weight = 0.5;  // large: the scope shows in the curve
+        c.model.moe.balance_scope = scope;
+        c.train.steps = 8;
+        return c;
+    };
+    CpuOps ops;
+    std::vector<double> first;  // ep = 1's curve
+    for (int ep : expert_parallel_sizes(W, small_model().moe.num_experts)) {
+        INFO("expert_parallel " << ep << " x data parallel " << W / ep);
+        ProcessGroups groups = make_process_groups(ep);
+        const TrainSummary got =
+            train(config(ep, BalanceScope::global_batch, "global-ep" + std::to_string(ep)), ops, {}, &groups);
+        if (first.empty()) {
+            first = got.losses;
+            const TrainSummary micro =
+                train(config(ep, BalanceScope::micro_batch, "micro-ep" + std::to_string(ep)), ops, {}, &groups);
+            if (W > 1) CHECK(micro.losses.back() != got.losses.back());
+            else CHECK(micro.losses == got.losses);
+        }
+        REQUIRE(got.losses.size() == first.size());
+        for (size_t s = 0; s < first.size(); ++s) CHECK(std::fabs(got.losses[s] - first[s]) <= 1e-4 * first[s]);
+        world->barrier();
+    }
+}
+
 // Inputs that shape the run but live on each node (files at the same path)
 // must be the same on every rank: ranks that read other data, or start from
 // other weights, would train several models in one job. Refused at start.
