@@ -191,7 +191,7 @@ class Harness:
                     "model.moe.num_experts", "model.moe.top_k", "train.seq_len", "train.micro_batch_size",
                     "train.steps", "eval.batches", "log.every", "run.threads", "parallel.expert_parallel"]
         keys_float = ["optimizer.lr", "optimizer.beta2", "model.moe.capacity_factor", "model.dynamics.dt",
-                      "parallel.collective_timeout_s", "model.norm_eps"]
+                      "parallel.collective_timeout_s", "model.norm_eps", "model.moe.expert_bias_rate"]
         bad_values = ["-1", "0x10", "1e400", "nan", ".inf", "[1, 2]", "{a: 1}", "abc", "", "99999999999999999999"]
         int_values = bad_values + ["0", "100000", "2147483647"]
         float_values = bad_values + ["1e-30", "1e30"]
