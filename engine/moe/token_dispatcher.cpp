@@ -41,17 +41,17 @@ void TokenDispatcher::carve(Arena& acts, Arena& scratch, const Precision& pr, in
     packed_token_ = acts.take(DType::I32, {slots});
     token_packed_ = acts.take(DType::I32, {N * ep_.size});
     row_slot_ = acts.take(DType::I32, {slots});
-    weights_in_ = acts.take(pr.stat, {most, 1});
     local_index_ = acts.take(DType::I32, {most});
-    source_index_ = acts.take(DType::I32, {most});
-    source_packed_ = acts.take(DType::I32, {most});
     packed_source_ = acts.take(DType::I32, {most * columns_});
     packed_local_ = acts.take(DType::I32, {most * columns_});
+    source_position_ = acts.take(DType::I32, {most});
+    packed_weights_ = acts.take(pr.stat, {most * columns_, 1});
     weights_out_ = scratch.take(pr.stat, {slots, 1});
     dweights_back_ = scratch.take(pr.stat, {slots, 1});
+    weights_in_ = scratch.take(pr.stat, {most, 1});
     dweights_in_ = scratch.take(pr.stat, {most, 1});
+    packed_dweights_ = scratch.take(pr.stat, {most * columns_, 1});
     packed_rows_ = scratch.take(dt, {most, H});
-    source_rows_ = scratch.take(dt, {most, H});
     d_local_out_ = scratch.take(dt, {most, H});
     d_local_in_ = scratch.take(dt, {most, H});
 }
@@ -76,15 +76,20 @@ Tensor TokenDispatcher::dispatch(Ops& ops, const RouterChoice& choice, Tensor x)
         return routed;
     }
     plan_exchange(ops);
-    // x's packed rows and the routed rows' weights out; the local rows gather
+    // x's packed rows and the routed rows' weights out; the weights laid out
+    // as the packed rows' slots (0 past a row's own), the local rows gathered
     // from the packed rows that came in.
     Tensor packed = send_.rows(0, packed_out_rows_);
     ops.permute_forward(packed, x, packed_token_.rows(0, packed_out_rows_));
     Tensor weights = weights_out_.rows(0, counts_.rows());
     ops.permute_forward(weights, weights_.view({slots_, 1}), row_slot_.rows(0, counts_.rows()));
     Tensor packed_in = packed_rows_.rows(0, packed_in_rows_);
+    Tensor weights_in = weights_in_.rows(0, local_rows_);
     exchange(packed, packed_out_, packed_in, packed_in_);
-    exchange(weights, send_rows_, weights_in_.rows(0, local_rows_), recv_rows_);
+    exchange(weights, send_rows_, weights_in, recv_rows_);
+    if (packed_in_rows_ > 0)
+        ops.permute_backward(packed_weights_.rows(0, packed_in_rows_ * columns_), weights_in,
+                             packed_source_.rows(0, packed_in_rows_ * columns_), Write::overwrite);
     Tensor local = local_in_.rows(0, local_rows_);
     ops.permute_forward(local, packed_in, local_index_.rows(0, local_rows_));
     return local;
@@ -191,9 +196,12 @@ void TokenDispatcher::plan_exchange(Ops& ops) {
         source_local[size_t(local_source[size_t(l)])] = int32_t(l);
         local_packed[size_t(l)] = source_packed[size_t(local_source[size_t(l)])];
     }
-    // Each packed row's routed rows (source order, so by local expert).
+    // Each packed row's slots: its routed rows in source order (so by local
+    // expert), as source rows and as local rows, -1 past them; and each
+    // source row's slot.
     std::vector<int32_t> packed_source(static_cast<size_t>(packed_in_rows_ * columns_), -1);
     std::vector<int32_t> packed_local(packed_source.size(), -1);
+    std::vector<int32_t> source_position(static_cast<size_t>(local_rows_));
     std::vector<int> filled(static_cast<size_t>(packed_in_rows_), 0);
     for (int64_t i = 0; i < local_rows_; ++i) {
         const int32_t g = source_packed[size_t(i)];
@@ -201,18 +209,19 @@ void TokenDispatcher::plan_exchange(Ops& ops) {
         if (c >= columns_)
             throw std::logic_error("token dispatcher: packed row " + std::to_string(g) + " has more than " +
                                    std::to_string(columns_) + " routed rows");
-        packed_source[size_t(g * columns_ + c)] = int32_t(i);
-        packed_local[size_t(g * columns_ + c)] = source_local[size_t(i)];
+        const size_t q = size_t(g) * size_t(columns_) + size_t(c);
+        packed_source[q] = int32_t(i);
+        packed_local[q] = source_local[size_t(i)];
+        source_position[size_t(i)] = int32_t(q);
     }
 
     ops.copy_from_host(row_slot_.rows(0, R), row_slot.data());
     ops.copy_from_host(packed_token_.rows(0, packed_out_rows_), packed_token.data());
     ops.copy_from_host(token_packed_.rows(0, N * P), token_packed.data());
     ops.copy_from_host(local_index_.rows(0, local_rows_), local_packed.data());
-    ops.copy_from_host(source_index_.rows(0, local_rows_), source_local.data());
-    ops.copy_from_host(source_packed_.rows(0, local_rows_), source_packed.data());
     ops.copy_from_host(packed_source_.rows(0, packed_in_rows_ * columns_), packed_source.data());
     ops.copy_from_host(packed_local_.rows(0, packed_in_rows_ * columns_), packed_local.data());
+    ops.copy_from_host(source_position_.rows(0, local_rows_), source_position.data());
 }
 
 void TokenDispatcher::exchange(Tensor send, const std::vector<int64_t>& send_rows, Tensor recv,
@@ -226,18 +235,19 @@ void TokenDispatcher::exchange(Tensor send, const std::vector<int64_t>& send_row
     ep_.comm->all_to_all_v(send.data, send_counts, recv.data, recv_counts, send.dtype);
 }
 
+Tensor TokenDispatcher::packed_weights() const {
+    return packed_weights_.rows(0, packed_in_rows_ * columns_).view({packed_in_rows_, columns_});
+}
+
 void TokenDispatcher::combine(Ops& ops, Tensor y) {
     if (!distributed()) {
         ops.combine_forward(y, back_.rows(0, counts_.rows()), weights_, slot_rows(), Write::overwrite);
         return;
     }
-    // Each routed row's output times its weight (source order), summed per packed row.
-    Tensor weighted = source_rows_.rows(0, local_rows_);
-    ops.combine_forward(weighted, expert_output(), weights_in_.rows(0, local_rows_),
-                        source_index_.rows(0, local_rows_), Write::overwrite);
+    // The weighted sum of each packed row's outputs back; each token's rows summed.
     Tensor packed = packed_rows_.rows(0, packed_in_rows_);
-    if (packed_in_rows_ > 0)
-        ops.permute_backward(packed, weighted, packed_source_.rows(0, packed_in_rows_ * columns_), Write::overwrite);
+    ops.combine_forward(packed, expert_output(), packed_weights(),
+                        packed_local_.rows(0, packed_in_rows_ * columns_), Write::overwrite);
     Tensor back = back_.rows(0, packed_out_rows_);
     exchange(packed, packed_in_, back, packed_out_);
     ops.permute_backward(y, back, token_packed_.rows(0, y.dim(0) * ep_.size), Write::overwrite);
@@ -250,20 +260,20 @@ Tensor TokenDispatcher::combine_backward(Ops& ops, Tensor dy, Tensor dw) {
         ops.combine_backward(d_back, dw, dy, back_.rows(0, R), weights_, slot_rows(), Write::overwrite);
         return d_back;
     }
-    // dy's packed rows to the expert ranks, there one per routed row (source order).
+    // dy's packed rows to the expert ranks: each local row's gradient, and
+    // each slot's weight's, which go back to the slots they weigh.
     Tensor out = d_send_.rows(0, packed_out_rows_);
     ops.permute_forward(out, dy, packed_token_.rows(0, packed_out_rows_));
     Tensor in = packed_rows_.rows(0, packed_in_rows_);
     exchange(out, packed_out_, in, packed_in_);
-    Tensor dy_source = source_rows_.rows(0, local_rows_);
-    ops.permute_forward(dy_source, in, source_packed_.rows(0, local_rows_));
-    // Each local row's gradient and each routed row's weight's.
     Tensor d_local = d_local_out_.rows(0, local_rows_);
-    Tensor dw_source = dw.empty() ? Tensor{} : dweights_in_.rows(0, local_rows_);
-    if (!dw.empty()) ops.zero(dw_source);
-    ops.combine_backward(d_local, dw_source, dy_source, expert_output(), weights_in_.rows(0, local_rows_),
-                         source_index_.rows(0, local_rows_), Write::overwrite);
-    if (!dw.empty()) {  // back to the slots they weigh
+    Tensor dw_packed = dw.empty() ? Tensor{} : packed_dweights_.rows(0, packed_in_rows_ * columns_);
+    if (!dw.empty()) ops.zero(dw_packed);
+    ops.combine_backward(d_local, dw_packed, in, expert_output(), packed_weights(),
+                         packed_local_.rows(0, packed_in_rows_ * columns_), Write::overwrite);
+    if (!dw.empty()) {
+        Tensor dw_source = dweights_in_.rows(0, local_rows_);
+        ops.permute_forward(dw_source, dw_packed, source_position_.rows(0, local_rows_));
         Tensor dw_routed = dweights_back_.rows(0, R);
         exchange(dw_source, recv_rows_, dw_routed, send_rows_);
         ops.permute_backward(dw.view({slots_, 1}), dw_routed, slot_rows(), Write::add);

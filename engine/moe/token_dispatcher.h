@@ -21,14 +21,15 @@
 //   source rank, then the source's packed order; "source order": the routed
 //   rows received (their weights and packed rows), by source rank, then the
 //   source's routing order. The local rows gather from the packed rows.
-// - combine: each routed row's output times its weight (source order), summed
-//   per packed row (its rows by local expert), goes back; the sender sums its
-//   token's packed rows into y. So the sum over a token's experts runs per
-//   rank first: equal to one process's to rounding, not bit for bit.
+// - combine: each packed row's outputs, weighted and summed (its slots by
+//   local expert), go back as one row; the sender sums its token's rows into
+//   y. So the sum over a token's experts runs per rank first: equal to one
+//   process's to rounding (on the CPU bit for bit up to top-2, a sum of two
+//   terms commuting; on the GPU a rank's part is rounded to bf16 to travel).
 // - backward: dy's packed rows go out; the expert rank gives each local row
-//   its gradient and each routed row its weight's gradient (sent back, one
-//   stat value a routed row); the experts' input gradient, summed per packed
-//   row, comes back and is summed per token into dx.
+//   its gradient and each slot its weight's gradient (sent back, one stat
+//   value a routed row); the experts' input gradient, summed per packed row,
+//   comes back and is summed per token into dx.
 // Bytes one layer sends to other ranks (comm bytes_sent_all_to_all), with
 // Pk_out the packed rows this rank sends to other ranks and Pk_in those it
 // gets from them, S_out and S_in the kept slots likewise, and a and s the act
@@ -101,6 +102,8 @@ private:
     // recv (recv_rows[p] from rank p) over the EP group.
     void exchange(Tensor send, const std::vector<int64_t>& send_rows, Tensor recv,
                   const std::vector<int64_t>& recv_rows) const;
+    // packed_weights_ as [packed rows, columns_], the weights of combine.
+    Tensor packed_weights() const;
 
     int E_, k_;
     std::optional<double> capacity_factor_;
@@ -131,15 +134,15 @@ private:
     Tensor weights_out_;   // stat: each routed row's weight (routing order), scratch
     Tensor dweights_back_; // stat: each routed row's weight gradient, back from its rank (routing order)
     // The expert rank:
-    Tensor packed_rows_;   // packed source order: x's rows in, combined rows out; dy in, dx out
-    Tensor source_rows_;   // source order: weighted outputs; dy's rows
-    Tensor weights_in_;    // stat [rows,1], source order: each routed row's weight (saved)
-    Tensor dweights_in_;   // stat [rows,1], source order: their gradients
-    Tensor local_index_;   // local row -> packed source row
-    Tensor source_index_;  // source row -> local row
-    Tensor source_packed_; // source row -> packed source row
-    Tensor packed_source_; // [packed rows, columns_]: a packed row's source rows, -1 past them
-    Tensor packed_local_;  // the same as local rows
+    Tensor packed_rows_;      // packed source order: x's rows in, combined rows out; dy in, dx out
+    Tensor weights_in_;       // stat [rows,1], source order: each routed row's weight
+    Tensor dweights_in_;      // stat [rows,1], source order: their gradients
+    Tensor local_index_;      // local row -> packed source row
+    Tensor packed_source_;    // [packed rows, columns_]: a packed row's slots as source rows, -1 past them
+    Tensor packed_local_;     // the same as local rows
+    Tensor source_position_;  // source row -> its slot in packed_source_
+    Tensor packed_weights_;   // stat [packed rows * columns_, 1]: the slots' weights, 0 past a row's (saved)
+    Tensor packed_dweights_;  // stat, the same layout: their gradients
 };
 
 }  // namespace moe

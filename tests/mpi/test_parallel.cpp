@@ -57,6 +57,9 @@ const std::vector<Variant>& variants() {
              m.moe.top_k = 1;
          }},
         {"learned top-2 with capacity drops", [](ModelConfig& m) { m.moe.capacity_factor = 0.75; }},
+        // A rank's experts' outputs for a token summed before they travel:
+        // with three, the order of the sum differs from one process's.
+        {"learned top-3", [](ModelConfig& m) { m.moe.top_k = 3; }},
         {"sigmoid scores, group-limited", [](ModelConfig& m) {
              m.moe.score = moe::RouterScore::sigmoid;
              m.moe.z_loss_weight = 0;
