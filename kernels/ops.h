@@ -218,10 +218,13 @@ public:
                                        std::optional<double> capacity_factor) = 0;
 
     // ---- MoE permutation (indices from a routing plan) ---------------------
-    // xe[r] = x[row_token[r]] for r < R (gather into expert order).
+    // xe[r] = x[row_token[r]] for r < R (gather into expert order). The
+    // rows are act, or stat (the expert-parallel dispatcher moves router
+    // weights with these two ops).
     virtual void permute_forward(Tensor xe, Tensor x, Tensor row_token) = 0;
     // dx[t] (+)= sum_j dxe[slot_row[t*k+j]] over slots with slot_row >= 0,
-    // with k = slot_row.numel() / N: a gather per token, so no two writers meet.
+    // with k = slot_row.numel() / N: a gather per token, so no two writers
+    // meet. Act or stat rows, as permute_forward.
     virtual void permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_write) = 0;
     // y[t] (+)= sum_j w[t,j] * ye[slot_row[t*k+j]] over slots with slot_row >= 0;
     // w[N,k] and dw are stat.

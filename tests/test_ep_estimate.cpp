@@ -17,11 +17,31 @@ ModelConfig medium() { return load_config(std::string(MOE_SOURCE_DIR) + "/config
 
 }  // namespace
 
-TEST_CASE("a token's all-to-all bytes are 4 exchanges a layer of its top-k bf16 rows", "[unit]") {
-    REQUIRE(all_to_all_bytes_per_token(medium()) == 4.0 * 12 * 2 * 1024 * 2);
+TEST_CASE("a token's all-to-all bytes are 4 exchanges a layer of a bf16 row per rank of its experts", "[unit]") {
+    // Per layer: the rows, and per slot its row index and fp32 weight out and
+    // the weight's gradient back (the learned router trains).
+    const ModelConfig m = medium();
+    const double slots = 12.0 * 2 * (4 + 4 + 4);
+    // 8 ranks of one expert each: a token's 2 experts on 2 ranks.
+    REQUIRE(ranks_per_token(m, 8) == 2.0);
+    REQUIRE(all_to_all_bytes_per_token(m, 8) == 4.0 * 12 * 2 * 1024 * 2 + slots);
+    // 2 ranks of 4 experts: both on one rank with chance 2 * (4/8 * 3/7).
+    REQUIRE(ranks_per_token(m, 2) == Approx(2 - 2 * (4.0 / 8 * 3 / 7)));
+    REQUIRE(all_to_all_bytes_per_token(m, 2) == Approx(4.0 * 12 * (2 - 12.0 / 28) * 1024 * 2 + slots));
+    // Group-limited to one of 4 groups, each one rank's 2 experts: one row.
+    ModelConfig grouped = m;
+    grouped.moe.groups = 4;
+    grouped.moe.group_limit = 1;
+    REQUIRE(ranks_per_token(grouped, 4) == 1.0);
+    REQUIRE(all_to_all_bytes_per_token(grouped, 4) == 4.0 * 12 * 1 * 1024 * 2 + slots);
+    // Two groups of 4 kept of 4, on 8 ranks of one expert: 2 ranks again.
+    grouped.moe.group_limit = 2;
+    REQUIRE(ranks_per_token(grouped, 8) == 2.0);
+    // Top-1 with the token_id router: one row, no weight gradient.
     ModelConfig top1 = medium();
     top1.moe.top_k = 1;
-    REQUIRE(all_to_all_bytes_per_token(top1) == 4.0 * 12 * 1 * 1024 * 2);
+    top1.moe.router = RouterKind::token_id;
+    REQUIRE(all_to_all_bytes_per_token(top1, 8) == 4.0 * 12 * 1 * 1024 * 2 + 12.0 * (4 + 4));
 }
 
 TEST_CASE("the ep step: experts scaled by the load, optimizer by the local parameters, links added", "[unit]") {
@@ -31,8 +51,8 @@ TEST_CASE("the ep step: experts scaled by the load, optimizer by the local param
     const EpStepEstimate e = estimate_ep_step(m, one, 8, 1.2, 0.9, 140e6, links);
     REQUIRE(e.experts_s == Approx(0.108));
     REQUIRE(e.optimizer_s == Approx(0.010 * (1 - 0.9 * 7 / 8)));  // 1/8 of the experts, all the rest
-    // 16384 tokens x 196608 bytes, 7/8 of them to other GPUs, at 370 GB/s.
-    REQUIRE(e.all_to_all_s == Approx(16384.0 * 196608 * 7 / 8 / 370e9));
+    // 16384 tokens x 196896 bytes, 7/8 of them to other GPUs, at 370 GB/s.
+    REQUIRE(e.all_to_all_s == Approx(16384.0 * 196896 * 7 / 8 / 370e9));
     // Ring-equivalent all-reduce: 2 (n-1)/n of the buffer at 480 GB/s.
     REQUIRE(e.all_reduce_s == Approx(140e6 * 2 * 7 / 8 / 480e9));
     REQUIRE(e.step_s == Approx(0.150 - 0.090 - 0.010 + e.experts_s + e.optimizer_s + e.all_to_all_s + e.all_reduce_s));
@@ -45,7 +65,7 @@ TEST_CASE("the ep step: experts scaled by the load, optimizer by the local param
     REQUIRE(fast.experts_s == e.experts_s);
     // Two GPUs: half the rows leave, half the experts' state stays.
     const EpStepEstimate two = estimate_ep_step(m, one, 2, 1.0, 0.9, 140e6, links);
-    REQUIRE(two.all_to_all_s == Approx(16384.0 * 196608 / 2 / 370e9));
+    REQUIRE(two.all_to_all_s == Approx(16384.0 * all_to_all_bytes_per_token(m, 2) / 2 / 370e9));
     REQUIRE(two.optimizer_s == Approx(0.010 * (1 - 0.9 / 2)));
     REQUIRE(two.experts_s == one.experts_s);
 }

@@ -98,7 +98,7 @@ void print_ep_estimate(const Args& args, const moe::Model& model, const moe::Pha
                 "GB/s, all-reduce %.0f GB/s bus bandwidth; %.0f bytes a token sent to other GPUs, %.1f MiB "
                 "of gradients all-reduced after the backward)\n",
                 ep, ep, args.links.all_to_all_gbps, args.links.all_reduce_gbps,
-                moe::all_to_all_bytes_per_token(mc) * (ep - 1) / ep, tail_bytes / 1048576.0);
+                moe::all_to_all_bytes_per_token(mc, ep) * (ep - 1) / ep, tail_bytes / 1048576.0);
     std::printf("  %-14s %10s %16s %10s %11s %11s %10s\n", "load max/mean", "step ms", "tokens/s (node)",
                 "experts", "all-to-all", "all-reduce", "optimizer");
     for (double load : {1.0, 1.1, 1.25, 1.5}) {

@@ -19,8 +19,20 @@ size_t tail_reduce_bytes(const Model& model) {
     return bytes;
 }
 
-double all_to_all_bytes_per_token(const ModelConfig& m) {
-    return 4.0 * m.num_layers * m.moe.top_k * m.hidden_size * 2.0;
+double ranks_per_token(const ModelConfig& m, int ep) {
+    const int G = std::max(1, m.moe.groups), M = G > 1 ? m.moe.group_limit : 1, k = m.moe.top_k;
+    const double pool = double(M) * m.moe.num_experts / G;  // the experts a token may take
+    const double ranks = ep % G == 0 ? double(M) * ep / G : double(std::min(M, ep));  // that they span
+    const double per_rank = pool / ranks;
+    double missed = 1;  // the chance that one of those ranks gets none of the k
+    for (int i = 0; i < k && missed > 0; ++i) missed *= std::max(0.0, (pool - per_rank - i) / (pool - i));
+    return ranks * (1 - missed);
+}
+
+double all_to_all_bytes_per_token(const ModelConfig& m, int ep) {
+    const double rows = 4.0 * ranks_per_token(m, ep) * m.hidden_size * 2.0;
+    const double per_slot = 4 + 4 + (m.moe.router == RouterKind::learned ? 4 : 0);
+    return m.num_layers * (rows + m.moe.top_k * per_slot);
 }
 
 EpStepEstimate estimate_ep_step(const ModelConfig& m, const OneGpuStep& one, int ep, double load_max_over_mean,
@@ -36,7 +48,7 @@ EpStepEstimate estimate_ep_step(const ModelConfig& m, const OneGpuStep& one, int
     EpStepEstimate e{};
     e.experts_s = one.experts_s * load_max_over_mean;
     e.optimizer_s = one.optimizer_s * (1 - expert_params_share * remote);
-    e.all_to_all_s = one.tokens * all_to_all_bytes_per_token(m) * remote / (links.all_to_all_gbps * 1e9);
+    e.all_to_all_s = one.tokens * all_to_all_bytes_per_token(m, ep) * remote / (links.all_to_all_gbps * 1e9);
     e.all_reduce_s = tail_reduce_bytes * 2 * remote / (links.all_reduce_gbps * 1e9);
     e.step_s = one.step_s - one.experts_s - one.optimizer_s + e.experts_s + e.optimizer_s + e.all_to_all_s +
                e.all_reduce_s;

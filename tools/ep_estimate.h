@@ -8,7 +8,8 @@
 // GPUs), but the step waits for the busiest rank: expert time grows with the
 // load's max/mean. The optimizer updates the replicated parameters
 // and only 1/ep of the experts. Added: the four all-to-alls of each layer
-// (dispatch and combine, forward and backward; not overlapped with compute)
+// (dispatch and combine, forward and backward; not overlapped with compute;
+// a token sent once per rank that holds one of its experts)
 // and the replicated gradients' all-reduce that the backward cannot hide (the
 // first layer's and the embedding's, reduced after it).
 #pragma once
@@ -40,9 +41,18 @@ struct EpStepEstimate {
     double step_s, experts_s, all_to_all_s, all_reduce_s, optimizer_s;
 };
 
-// Bytes one token's expert rows move in a step's all-to-alls, to every rank
-// itself included: 4 exchanges a layer of top_k bf16 rows of hidden_size.
-double all_to_all_bytes_per_token(const ModelConfig& m);
+// The ranks of ep that hold at least one of a token's top_k experts, in
+// expectation, the experts chosen uniformly among those the token may take:
+// all, or those of its group_limit groups, taken to lie on distinct ranks
+// where they can (so an upper bound when a rank holds several groups).
+double ranks_per_token(const ModelConfig& m, int ep);
+// Bytes one token moves in a step's all-to-alls over ep ranks, to every rank
+// itself included: the dispatcher sends a token once to each rank holding
+// one of its experts and gets one row back, so 4 exchanges a layer (dispatch
+// and combine, forward and backward) of ranks_per_token bf16 rows of
+// hidden_size; and per slot the index of its row and its fp32 weight out,
+// and the weight's gradient back when the router trains.
+double all_to_all_bytes_per_token(const ModelConfig& m, int ep);
 
 // Bytes of replicated gradients whose all-reduce cannot run alongside the
 // backward: the last bucket the backward hands over (the first layer's) and

@@ -21,7 +21,6 @@ MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y) {
     {
         PhaseScope scope(times_, ops, Phase::Routing);
         const RouterChoice choice = router_->forward(ops, x, ids);
-        weights_ = choice.weights;
         expert_in_ = dispatcher_.dispatch(ops, choice, x);
         router_->set_load(dispatcher_.counts());
     }
@@ -30,7 +29,7 @@ MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y) {
         experts_.forward(ops, expert_in_, dispatcher_.expert_output(), dispatcher_.local_offsets());
     }
     PhaseScope scope(times_, ops, Phase::Routing);
-    dispatcher_.combine(ops, weights_, y);
+    dispatcher_.combine(ops, y);
 
     const RoutingCounts& counts = dispatcher_.counts();
     MoeStats stats;
@@ -46,7 +45,7 @@ void MoeLayer::backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_sc
     {
         PhaseScope scope(times_, ops, Phase::Routing);
         if (trainable) ops.zero(dweights_);
-        d_out = dispatcher_.combine_backward(ops, dy, weights_, trainable ? dweights_ : Tensor{});
+        d_out = dispatcher_.combine_backward(ops, dy, trainable ? dweights_ : Tensor{});
         d_in = dispatcher_.expert_input_grad();
     }
     {

@@ -51,7 +51,6 @@ private:
     TokenDispatcher dispatcher_;
     Experts experts_;
     Tensor expert_in_;  // this micro-batch's rows for the local experts (saved)
-    Tensor weights_;    // the router's combine weights (saved)
     Tensor dweights_;
     PhaseTimes* times_ = nullptr;
 };

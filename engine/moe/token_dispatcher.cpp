@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <string>
 
 namespace moe {
 
@@ -18,8 +19,11 @@ void TokenDispatcher::carve(Arena& acts, Arena& scratch, const Precision& pr, in
     const int64_t slots = N * k_;
     slot_row_ = acts.take(DType::I32, {slots});
     row_token_ = acts.take(DType::I32, {slots});
-    send_ = acts.take(dt, {slots, H});
-    back_ = acts.take(dt, {slots, H});
+    // One rank: the rows the experts work on, kept for the backward.
+    // Distributed: packed rows, needed only while they move.
+    Arena& rows = distributed() ? scratch : acts;
+    send_ = rows.take(dt, {slots, H});
+    back_ = rows.take(dt, {slots, H});
     d_back_ = scratch.take(dt, {slots, H});
     d_send_ = scratch.take(dt, {slots, H});
     if (!distributed()) {  // the experts work on the routing order directly
@@ -29,13 +33,25 @@ void TokenDispatcher::carve(Arena& acts, Arena& scratch, const Precision& pr, in
         d_local_in_ = d_send_;
         return;
     }
+    // Packed rows are at most the routed rows (out) or the local rows (in).
     const int64_t most = max_local_rows(N);
+    columns_ = std::min(k_, E_ / ep_.size);
     local_in_ = acts.take(dt, {most, H});
     local_out_ = acts.take(dt, {most, H});
+    packed_token_ = acts.take(DType::I32, {slots});
+    token_packed_ = acts.take(DType::I32, {N * ep_.size});
+    row_slot_ = acts.take(DType::I32, {slots});
     local_index_ = acts.take(DType::I32, {most});
-    source_index_ = acts.take(DType::I32, {most});
-    source_in_ = scratch.take(dt, {most, H});
-    source_out_ = scratch.take(dt, {most, H});
+    packed_source_ = acts.take(DType::I32, {most * columns_});
+    packed_local_ = acts.take(DType::I32, {most * columns_});
+    source_position_ = acts.take(DType::I32, {most});
+    packed_weights_ = acts.take(pr.stat, {most * columns_, 1});
+    weights_out_ = scratch.take(pr.stat, {slots, 1});
+    dweights_back_ = scratch.take(pr.stat, {slots, 1});
+    weights_in_ = scratch.take(pr.stat, {most, 1});
+    dweights_in_ = scratch.take(pr.stat, {most, 1});
+    packed_dweights_ = scratch.take(pr.stat, {most * columns_, 1});
+    packed_rows_ = scratch.take(dt, {most, H});
     d_local_out_ = scratch.take(dt, {most, H});
     d_local_in_ = scratch.take(dt, {most, H});
 }
@@ -48,120 +64,235 @@ int64_t TokenDispatcher::max_local_rows(int64_t N) const {
 
 Tensor TokenDispatcher::dispatch(Ops& ops, const RouterChoice& choice, Tensor x) {
     slots_ = x.dim(0) * k_;
+    weights_ = choice.weights;
     if (choice.host_experts) plan_on_host(ops, *choice.host_experts, x.dim(0));
     else plan_on_device(ops, choice.experts);
-    return send_rows(ops, x);
+    if (!distributed()) {
+        const int64_t R = counts_.rows();
+        Tensor routed = send_.rows(0, R);
+        ops.permute_forward(routed, x, row_token_.rows(0, R));
+        local_offsets_ = counts_.offsets;
+        local_rows_ = R;
+        return routed;
+    }
+    plan_exchange(ops);
+    // x's packed rows and the routed rows' weights out; the weights laid out
+    // as the packed rows' slots (0 past a row's own), the local rows gathered
+    // from the packed rows that came in.
+    Tensor packed = send_.rows(0, packed_out_rows_);
+    ops.permute_forward(packed, x, packed_token_.rows(0, packed_out_rows_));
+    Tensor weights = weights_out_.rows(0, counts_.rows());
+    ops.permute_forward(weights, weights_.view({slots_, 1}), row_slot_.rows(0, counts_.rows()));
+    Tensor packed_in = packed_rows_.rows(0, packed_in_rows_);
+    Tensor weights_in = weights_in_.rows(0, local_rows_);
+    exchange(packed, packed_out_, packed_in, packed_in_);
+    exchange(weights, send_rows_, weights_in, recv_rows_);
+    if (packed_in_rows_ > 0)
+        ops.permute_backward(packed_weights_.rows(0, packed_in_rows_ * columns_), weights_in,
+                             packed_source_.rows(0, packed_in_rows_ * columns_), Write::overwrite);
+    Tensor local = local_in_.rows(0, local_rows_);
+    ops.permute_forward(local, packed_in, local_index_.rows(0, local_rows_));
+    return local;
 }
 
 void TokenDispatcher::plan_on_device(Ops& ops, Tensor expert_of_slot) {
     counts_ = ops.plan_routing(slot_rows(), row_token_.rows(0, slots_), expert_of_slot, E_, capacity_factor_);
+    if (distributed()) {
+        slot_row_host_.resize(size_t(slots_));
+        ops.copy_to_host(slot_row_host_.data(), slot_rows());
+    }
 }
 
 void TokenDispatcher::plan_on_host(Ops& ops, const std::vector<int32_t>& expert_of_slot, int64_t N) {
     RoutingPlan plan = build_routing_plan(expert_of_slot.data(), int(N), k_, E_, capacity_factor_);
     ops.copy_from_host(slot_rows(), plan.slot_row.data());
     ops.copy_from_host(row_token_.rows(0, plan.rows()), plan.row_token.data());
+    if (distributed()) slot_row_host_ = plan.slot_row;
     counts_ = std::move(plan);
 }
 
-Tensor TokenDispatcher::send_rows(Ops& ops, Tensor x) {
-    const int64_t R = counts_.rows();
-    Tensor routed = send_.rows(0, R);
-    ops.permute_forward(routed, x, row_token_.rows(0, R));
-    if (!distributed()) {
-        local_offsets_ = counts_.offsets;
-        local_rows_ = R;
-        return routed;
-    }
-    exchange_counts(ops);
-    Tensor local = local_in_.rows(0, local_rows_);
-    to_experts(ops, routed, local);
-    return local;
-}
-
-void TokenDispatcher::exchange_counts(Ops& ops) {
+void TokenDispatcher::plan_exchange(Ops& ops) {
     const int P = ep_.size, El = E_ / P;
-    // Rows per global expert, sent to the rank that holds the expert.
-    std::vector<int32_t> mine(E_), theirs(E_);
-    for (int e = 0; e < E_; ++e) mine[e] = int32_t(counts_.offsets[e + 1] - counts_.offsets[e]);
-    ep_.comm->all_to_all(mine.data(), theirs.data(), El, DType::I32);  // theirs[s*El + e]: rows of source s for local e
+    const int64_t N = slots_ / k_, R = counts_.rows();
+    // The sender. Each routing row's slot; the packed order: the (rank, token)
+    // pairs of kept slots, by rank, then token.
+    std::vector<int32_t> row_slot(static_cast<size_t>(R));
+    for (int64_t s = 0; s < slots_; ++s)
+        if (slot_row_host_[size_t(s)] >= 0) row_slot[size_t(slot_row_host_[size_t(s)])] = int32_t(s);
+    std::vector<int32_t> token_packed(static_cast<size_t>(N * P), -1);
+    for (int e = 0; e < E_; ++e)
+        for (int64_t r = counts_.offsets[e]; r < counts_.offsets[e + 1]; ++r)
+            token_packed[size_t(row_slot[size_t(r)] / k_ * P + e / El)] = 0;  // a pair that is sent
+    std::vector<int32_t> packed_token;
+    packed_out_.assign(P, 0);
+    std::vector<int64_t> packed_start(P + 1, 0);  // each rank's first packed row
+    for (int p = 0; p < P; ++p) {
+        for (int64_t t = 0; t < N; ++t) {
+            int32_t& g = token_packed[size_t(t * P + p)];
+            if (g < 0) continue;
+            g = int32_t(packed_token.size());
+            packed_token.push_back(int32_t(t));
+        }
+        packed_start[p + 1] = int64_t(packed_token.size());
+        packed_out_[p] = packed_start[p + 1] - packed_start[p];
+    }
+    packed_out_rows_ = packed_start[P];
+    // Each routing row's packed row within its rank's block: what the rank reads it from.
+    std::vector<int32_t> row_packed(static_cast<size_t>(R));
+    for (int e = 0; e < E_; ++e)
+        for (int64_t r = counts_.offsets[e]; r < counts_.offsets[e + 1]; ++r)
+            row_packed[size_t(r)] = int32_t(token_packed[size_t(row_slot[size_t(r)] / k_ * P + e / El)] -
+                                            packed_start[e / El]);
 
+    // To each rank: the routed rows of each of its experts, and the packed rows.
+    std::vector<int32_t> mine(size_t(P) * (El + 1)), theirs(size_t(P) * (El + 1));
+    for (int p = 0; p < P; ++p) {
+        for (int e = 0; e < El; ++e)
+            mine[size_t(p * (El + 1) + e)] = int32_t(counts_.offsets[p * El + e + 1] - counts_.offsets[p * El + e]);
+        mine[size_t(p * (El + 1) + El)] = int32_t(packed_out_[p]);
+    }
+    ep_.comm->all_to_all(mine.data(), theirs.data(), El + 1, DType::I32);
+    const auto from = [&](int s, int e) { return int64_t(theirs[size_t(s * (El + 1) + e)]); };  // e == El: packed
     send_rows_.assign(P, 0);
     recv_rows_.assign(P, 0);
-    std::vector<int64_t> source_start(P + 1, 0);  // first row of each source in source order
+    packed_in_.assign(P, 0);
+    std::vector<int64_t> source_start(P + 1, 0), packed_in_start(P + 1, 0);
     for (int p = 0; p < P; ++p) {
         for (int e = 0; e < El; ++e) {
-            send_rows_[p] += mine[p * El + e];
-            recv_rows_[p] += theirs[p * El + e];
+            send_rows_[p] += mine[size_t(p * (El + 1) + e)];
+            recv_rows_[p] += from(p, e);
         }
+        packed_in_[p] = from(p, El);
         source_start[p + 1] = source_start[p] + recv_rows_[p];
+        packed_in_start[p + 1] = packed_in_start[p] + packed_in_[p];
     }
     local_rows_ = source_start[P];
+    packed_in_rows_ = packed_in_start[P];
+    std::vector<int32_t> source_packed(static_cast<size_t>(local_rows_));
+    ep_.comm->all_to_all_v(row_packed.data(), send_rows_, source_packed.data(), recv_rows_, DType::I32);
+
+    // The expert rank. Source rows' packed rows, numbered in packed source order.
+    for (int s = 0; s < P; ++s)
+        for (int64_t i = source_start[s]; i < source_start[s + 1]; ++i) {
+            int32_t& g = source_packed[size_t(i)];
+            if (g < 0 || g >= packed_in_[s])
+                throw std::logic_error("token dispatcher: rank " + std::to_string(s) + " sent routed row " +
+                                       std::to_string(i - source_start[s]) + " of packed row " + std::to_string(g) +
+                                       " of " + std::to_string(packed_in_[s]));
+            g += int32_t(packed_in_start[s]);
+        }
     // Local order: local expert major, then source rank, then the source's order.
     local_offsets_.assign(El + 1, 0);
-    local_index_host_.resize(local_rows_);
+    std::vector<int32_t> local_source(static_cast<size_t>(local_rows_));
     std::vector<int64_t> cursor(source_start.begin(), source_start.end() - 1);
     int64_t r = 0;
     for (int e = 0; e < El; ++e) {
         for (int s = 0; s < P; ++s)
-            for (int32_t i = 0; i < theirs[s * El + e]; ++i) local_index_host_[r++] = int32_t(cursor[s]++);
+            for (int64_t i = 0; i < from(s, e); ++i) local_source[size_t(r++)] = int32_t(cursor[s]++);
         local_offsets_[e + 1] = r;
     }
-    source_index_host_.resize(local_rows_);
-    for (int64_t l = 0; l < local_rows_; ++l) source_index_host_[local_index_host_[l]] = int32_t(l);
-    ops.copy_from_host(local_index_.rows(0, local_rows_), local_index_host_.data());
-    ops.copy_from_host(source_index_.rows(0, local_rows_), source_index_host_.data());
-}
-
-void TokenDispatcher::to_experts(Ops& ops, Tensor routing_rows, Tensor local_rows) {
-    const int P = ep_.size;
-    std::vector<int64_t> send(P), recv(P);
-    for (int p = 0; p < P; ++p) {
-        send[p] = send_rows_[p] * H_;
-        recv[p] = recv_rows_[p] * H_;
+    std::vector<int32_t> source_local(static_cast<size_t>(local_rows_)), local_packed(local_source.size());
+    for (int64_t l = 0; l < local_rows_; ++l) {
+        source_local[size_t(local_source[size_t(l)])] = int32_t(l);
+        local_packed[size_t(l)] = source_packed[size_t(local_source[size_t(l)])];
     }
-    Tensor source = source_in_.rows(0, local_rows_);
-    ep_.comm->all_to_all_v(routing_rows.data, send, source.data, recv, routing_rows.dtype);
-    ops.permute_forward(local_rows, source, local_index_.rows(0, local_rows_));
-}
-
-void TokenDispatcher::from_experts(Ops& ops, Tensor local_rows, Tensor routing_rows) {
-    const int P = ep_.size;
-    Tensor source = source_out_.rows(0, local_rows_);
-    ops.permute_forward(source, local_rows, source_index_.rows(0, local_rows_));
-    std::vector<int64_t> send(P), recv(P);
-    for (int p = 0; p < P; ++p) {
-        send[p] = recv_rows_[p] * H_;
-        recv[p] = send_rows_[p] * H_;
+    // Each packed row's slots: its routed rows in source order (so by local
+    // expert), as source rows and as local rows, -1 past them; and each
+    // source row's slot.
+    std::vector<int32_t> packed_source(static_cast<size_t>(packed_in_rows_ * columns_), -1);
+    std::vector<int32_t> packed_local(packed_source.size(), -1);
+    std::vector<int32_t> source_position(static_cast<size_t>(local_rows_));
+    std::vector<int> filled(static_cast<size_t>(packed_in_rows_), 0);
+    for (int64_t i = 0; i < local_rows_; ++i) {
+        const int32_t g = source_packed[size_t(i)];
+        const int c = filled[size_t(g)]++;
+        if (c >= columns_)
+            throw std::logic_error("token dispatcher: packed row " + std::to_string(g) + " has more than " +
+                                   std::to_string(columns_) + " routed rows");
+        const size_t q = size_t(g) * size_t(columns_) + size_t(c);
+        packed_source[q] = int32_t(i);
+        packed_local[q] = source_local[size_t(i)];
+        source_position[size_t(i)] = int32_t(q);
     }
-    ep_.comm->all_to_all_v(source.data, send, routing_rows.data, recv, routing_rows.dtype);
+
+    ops.copy_from_host(row_slot_.rows(0, R), row_slot.data());
+    ops.copy_from_host(packed_token_.rows(0, packed_out_rows_), packed_token.data());
+    ops.copy_from_host(token_packed_.rows(0, N * P), token_packed.data());
+    ops.copy_from_host(local_index_.rows(0, local_rows_), local_packed.data());
+    ops.copy_from_host(packed_source_.rows(0, packed_in_rows_ * columns_), packed_source.data());
+    ops.copy_from_host(packed_local_.rows(0, packed_in_rows_ * columns_), packed_local.data());
+    ops.copy_from_host(source_position_.rows(0, local_rows_), source_position.data());
 }
 
-void TokenDispatcher::combine(Ops& ops, Tensor w, Tensor y) {
-    const int64_t R = counts_.rows();
-    Tensor back = back_.rows(0, R);
-    if (distributed()) from_experts(ops, expert_output(), back);
-    ops.combine_forward(y, back, w, slot_rows(), Write::overwrite);
+void TokenDispatcher::exchange(Tensor send, const std::vector<int64_t>& send_rows, Tensor recv,
+                               const std::vector<int64_t>& recv_rows) const {
+    const int64_t width = send.row_size();
+    std::vector<int64_t> send_counts(send_rows.size()), recv_counts(recv_rows.size());
+    for (size_t p = 0; p < send_rows.size(); ++p) {
+        send_counts[p] = send_rows[p] * width;
+        recv_counts[p] = recv_rows[p] * width;
+    }
+    ep_.comm->all_to_all_v(send.data, send_counts, recv.data, recv_counts, send.dtype);
 }
 
-Tensor TokenDispatcher::combine_backward(Ops& ops, Tensor dy, Tensor w, Tensor dw) {
+Tensor TokenDispatcher::packed_weights() const {
+    return packed_weights_.rows(0, packed_in_rows_ * columns_).view({packed_in_rows_, columns_});
+}
+
+void TokenDispatcher::combine(Ops& ops, Tensor y) {
+    if (!distributed()) {
+        ops.combine_forward(y, back_.rows(0, counts_.rows()), weights_, slot_rows(), Write::overwrite);
+        return;
+    }
+    // The weighted sum of each packed row's outputs back; each token's rows summed.
+    Tensor packed = packed_rows_.rows(0, packed_in_rows_);
+    ops.combine_forward(packed, expert_output(), packed_weights(),
+                        packed_local_.rows(0, packed_in_rows_ * columns_), Write::overwrite);
+    Tensor back = back_.rows(0, packed_out_rows_);
+    exchange(packed, packed_in_, back, packed_out_);
+    ops.permute_backward(y, back, token_packed_.rows(0, y.dim(0) * ep_.size), Write::overwrite);
+}
+
+Tensor TokenDispatcher::combine_backward(Ops& ops, Tensor dy, Tensor dw) {
     const int64_t R = counts_.rows();
-    Tensor d_back = d_back_.rows(0, R);
-    ops.combine_backward(d_back, dw, dy, back_.rows(0, R), w, slot_rows(), Write::overwrite);
-    if (!distributed()) return d_back;
+    if (!distributed()) {
+        Tensor d_back = d_back_.rows(0, R);
+        ops.combine_backward(d_back, dw, dy, back_.rows(0, R), weights_, slot_rows(), Write::overwrite);
+        return d_back;
+    }
+    // dy's packed rows to the expert ranks: each local row's gradient, and
+    // each slot's weight's, which go back to the slots they weigh.
+    Tensor out = d_send_.rows(0, packed_out_rows_);
+    ops.permute_forward(out, dy, packed_token_.rows(0, packed_out_rows_));
+    Tensor in = packed_rows_.rows(0, packed_in_rows_);
+    exchange(out, packed_out_, in, packed_in_);
     Tensor d_local = d_local_out_.rows(0, local_rows_);
-    to_experts(ops, d_back, d_local);
+    Tensor dw_packed = dw.empty() ? Tensor{} : packed_dweights_.rows(0, packed_in_rows_ * columns_);
+    if (!dw.empty()) ops.zero(dw_packed);
+    ops.combine_backward(d_local, dw_packed, in, expert_output(), packed_weights(),
+                         packed_local_.rows(0, packed_in_rows_ * columns_), Write::overwrite);
+    if (!dw.empty()) {
+        Tensor dw_source = dweights_in_.rows(0, local_rows_);
+        ops.permute_forward(dw_source, dw_packed, source_position_.rows(0, local_rows_));
+        Tensor dw_routed = dweights_back_.rows(0, R);
+        exchange(dw_source, recv_rows_, dw_routed, send_rows_);
+        ops.permute_backward(dw.view({slots_, 1}), dw_routed, slot_rows(), Write::add);
+    }
     return d_local;
 }
 
 void TokenDispatcher::dispatch_backward(Ops& ops, Tensor dxl, Tensor dx) {
-    const int64_t R = counts_.rows();
-    Tensor d_routed = dxl;
-    if (distributed()) {
-        d_routed = d_send_.rows(0, R);
-        from_experts(ops, dxl, d_routed);
+    if (!distributed()) {
+        ops.permute_backward(dx, dxl, slot_rows(), Write::overwrite);
+        return;
     }
-    ops.permute_backward(dx, d_routed, slot_rows(), Write::overwrite);
+    // The experts' input gradient summed per packed row, back, summed per token.
+    Tensor packed = packed_rows_.rows(0, packed_in_rows_);
+    if (packed_in_rows_ > 0)
+        ops.permute_backward(packed, dxl, packed_local_.rows(0, packed_in_rows_ * columns_), Write::overwrite);
+    Tensor back = d_back_.rows(0, packed_out_rows_);
+    exchange(packed, packed_in_, back, packed_out_);
+    ops.permute_backward(dx, back, token_packed_.rows(0, dx.dim(0) * ep_.size), Write::overwrite);
 }
 
 }  // namespace moe

@@ -2,7 +2,9 @@
 // permute gathers token rows into expert order; combine and the permute
 // backward gather each token's slots, so every output row has one writer;
 // the combine backward scatters to rows that belong to one slot each. These
-// are bandwidth-bound: rows move as 16-byte chunks of 8 bf16 when H % 8 == 0
+// are bandwidth-bound (permute_forward and permute_backward also move F32
+// rows: the router's weights and their gradients, which expert parallelism
+// sends with the tokens): rows move as 16-byte chunks of 8 bf16 when H % 8 == 0
 // and every row is aligned, else one element at a time. The host cannot see
 // the indices without a sync, so a bad one (outside [-1, R) or [0, N)) is
 // caught here: what reads through it gets NaN, so the loss shows it, and what
@@ -81,6 +83,32 @@ __global__ void gather_add_kernel(bf16* dst, const bf16* src, const float* w, co
     }
 }
 
+// F32 rows (stat: router weights and their gradients, one column): one
+// thread per element, the semantics of the two kernels above without w.
+__global__ void permute_forward_f32_kernel(float* xe, const float* x, const int32_t* row_token, int64_t R, int64_t N,
+                                           int64_t H) {
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < R * H;
+         i += int64_t(gridDim.x) * blockDim.x) {
+        const int32_t t = row_token[i / H];
+        xe[i] = t >= 0 && t < N ? x[t * H + i % H] : NAN;
+    }
+}
+
+__global__ void gather_add_f32_kernel(float* dst, const float* src, const int32_t* slot_row, int64_t N, int64_t R,
+                                      int64_t H, int k, bool accumulate) {
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < N * H;
+         i += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t t = i / H, col = i % H;
+        float acc = accumulate ? dst[i] : 0.0f;
+        for (int j = 0; j < k; ++j) {
+            const int32_t r = slot_row[t * k + j];
+            if (r < 0) continue;  // dropped
+            acc += r < R ? src[int64_t(r) * H + col] : NAN;
+        }
+        dst[i] = acc;
+    }
+}
+
 // One warp per slot s = t*k+j: dye[r] (+)= w[s] dy[t] and dw[s] += dot(dy[t],
 // ye[r]), the dot summed per lane in chunk order then by a fixed shuffle tree.
 template <int W>
@@ -154,12 +182,19 @@ void check_combine(const char* op, const Tensor& y, const char* y_name, const Te
 
 void CudaOps::permute_forward(Tensor xe, Tensor x, Tensor row_token) {
     const char* op = "permute_forward";
-    require_dtype(op, "xe", xe, DType::BF16);
-    require_dtype(op, "x", x, DType::BF16);
+    check(x.dtype == DType::BF16 || x.dtype == DType::F32, op,
+          std::string("x must be BF16 (act) or F32 (stat), got ") + dtype_name(x.dtype));
+    require_dtype(op, "xe", xe, x.dtype);
     require_dtype(op, "row_token", row_token, DType::I32);
     const int64_t R = row_token.numel(), N = x.dim(0), H = x.dim(1);
     check_rows(op, xe, "xe", x, "x", R, N);
     if (R == 0 || H == 0) return;
+    if (x.dtype == DType::F32) {
+        permute_forward_f32_kernel<<<cuda::blocks_for(R * H, kThreads), kThreads, 0, stream()>>>(
+            xe.ptr<float>(), x.ptr<float>(), row_token.ptr<int32_t>(), R, N, H);
+        MOE_CUDA_LAUNCHED();
+        return;
+    }
     cuda::with_chunk_width(H, {xe.data, x.data}, [&](auto width) {
         constexpr int W = decltype(width)::value;
         permute_forward_kernel<W><<<cuda::blocks_for(R * H / W, kThreads), kThreads, 0, stream()>>>(
@@ -170,8 +205,9 @@ void CudaOps::permute_forward(Tensor xe, Tensor x, Tensor row_token) {
 
 void CudaOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_write) {
     const char* op = "permute_backward";
-    require_dtype(op, "dx", dx, DType::BF16);
-    require_dtype(op, "dxe", dxe, DType::BF16);
+    check(dx.dtype == DType::BF16 || dx.dtype == DType::F32, op,
+          std::string("dx must be BF16 (act) or F32 (stat), got ") + dtype_name(dx.dtype));
+    require_dtype(op, "dxe", dxe, dx.dtype);
     require_dtype(op, "slot_row", slot_row, DType::I32);
     if (dx.empty()) return;
     const int64_t N = dx.dim(0), H = dx.dim(1);
@@ -181,6 +217,12 @@ void CudaOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_
     const int64_t R = dxe.dim(0), k = slot_row.numel() / N;
     if (k == 0 && dx_write == Write::overwrite) zero(dx);  // no slot: a sum of nothing
     if (k == 0 || H == 0) return;
+    if (dx.dtype == DType::F32) {
+        gather_add_f32_kernel<<<cuda::blocks_for(N * H, kThreads), kThreads, 0, stream()>>>(
+            dx.ptr<float>(), dxe.ptr<float>(), slot_row.ptr<int32_t>(), N, R, H, int(k), dx_write == Write::add);
+        MOE_CUDA_LAUNCHED();
+        return;
+    }
     cuda::with_chunk_width(H, {dx.data, dxe.data}, [&](auto width) {
         constexpr int W = decltype(width)::value;
         gather_add_kernel<W><<<cuda::blocks_for(N * H / W, kThreads), kThreads, 0, stream()>>>(

@@ -75,6 +75,19 @@ void check_ops(Backends& b, int k, int64_t H, Write wr) {
     b.gpu.permute_backward(gpu_dx, b.upload(dxe, DType::BF16, {R, H}), slot_row, wr);
     require_near("dx", b.download(gpu_dx), dx, kBf16Rtol, kBf16Atol);
 
+    // F32 rows (the router's weights and their gradients, moved by the
+    // expert-parallel dispatcher): the gather exact, the sums in fp32.
+    std::vector<float> wr32(size_t(R * H));
+    b.cpu.permute_forward(host_tensor(wr32, {R, H}), host_tensor(x, {N, H}), host_ids(plan.row_token, {R}));
+    Tensor gpu_wr32 = b.zeros(DType::F32, {R, H});
+    b.gpu.permute_forward(gpu_wr32, b.upload(x, DType::F32, {N, H}), row_token);
+    require_near("F32 xe", b.download(gpu_wr32), wr32, 0, 0);
+    std::vector<float> dx32 = dx0;
+    b.cpu.permute_backward(host_tensor(dx32, {N, H}), host_tensor(dxe, {R, H}), cpu_slot_row, wr);
+    Tensor gpu_dx32 = b.upload(dx0, DType::F32, {N, H});
+    b.gpu.permute_backward(gpu_dx32, b.upload(dxe, DType::F32, {R, H}), slot_row, wr);
+    require_near("F32 dx", b.download(gpu_dx32), dx32, 1e-6, 1e-6);
+
     std::vector<float> dy = bf16_normals(N * H, rng);
     const std::vector<float> dye0 = bf16_normals(R * H, rng), dw0 = bf16_normals(N * k, rng);
     std::vector<float> dye = dye0, dw = dw0;
@@ -160,5 +173,10 @@ TEST_CASE("cuda permute and combine reject wrong dtypes and shapes", "[gpu]") {
     REQUIRE_THROWS_AS(b.gpu.permute_forward(b.zeros(DType::BF16, {R + 1, H}), y, b.zeros(DType::I32, {R})),
                       std::invalid_argument);
     REQUIRE_THROWS_AS(b.gpu.permute_backward(y, ye, b.zeros(DType::I32, {N * k + 1}), Write::add),
+                      std::invalid_argument);
+    // F32 rows move as F32: a mix of dtypes is refused.
+    REQUIRE_THROWS_AS(b.gpu.permute_forward(b.zeros(DType::F32, {R, H}), y, b.zeros(DType::I32, {R})),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.permute_backward(b.zeros(DType::F32, {N, H}), ye, slot_row, Write::add),
                       std::invalid_argument);
 }

@@ -57,6 +57,9 @@ const std::vector<Variant>& variants() {
              m.moe.top_k = 1;
          }},
         {"learned top-2 with capacity drops", [](ModelConfig& m) { m.moe.capacity_factor = 0.75; }},
+        // A rank's experts' outputs for a token summed before they travel:
+        // with three, the order of the sum differs from one process's.
+        {"learned top-3", [](ModelConfig& m) { m.moe.top_k = 3; }},
         {"sigmoid scores, group-limited", [](ModelConfig& m) {
              m.moe.score = moe::RouterScore::sigmoid;
              m.moe.z_loss_weight = 0;
@@ -261,10 +264,12 @@ std::vector<int64_t> slots_per_ep_rank(const int32_t* ids, int N, int E, int ep_
 
 }  // namespace
 
-// Each token vector crosses to another rank once per chosen expert there, and
-// its expert's output comes back once; the backward moves the same rows the
-// other way; the only other traffic is the per-expert counts.
-TEST_CASE("all-to-all moves each token vector once per remote expert", "[mpi]") {
+// Each token vector crosses to another rank once (top-1: one expert), with
+// its weight and the index of its packed row, and its expert's weighted
+// output comes back once; the backward moves the same rows the other way (the
+// token_id router's weights have no gradient to return); the only other
+// traffic is the counts. tests/mpi/test_dispatcher.cpp counts top-k.
+TEST_CASE("all-to-all moves each token vector once per remote rank", "[mpi]") {
     const int world_size = MpiCommunicator::world()->size();
     for (const double capacity : {0.0, 0.5}) {
         ModelConfig cfg = small_model();
@@ -293,14 +298,16 @@ TEST_CASE("all-to-all moves each token vector once per remote expert", "[mpi]") 
             }
             if (ep > 1) REQUIRE(sent > 0);
             if (ep > 1) REQUIRE(received > 0);
-            const int64_t counts_bytes = (ep - 1) * (E / ep) * 4;  // int32 rows per expert, to each peer
+            // int32 rows per expert and packed rows, to each peer
+            const int64_t counts_bytes = (ep - 1) * (E / ep + 1) * 4;
+            const int64_t index_bytes = sent * (4 + 4);            // int32 packed row and F32 weight of each row sent
             const int64_t rows_bytes = (sent + received) * H * 4;  // F32 rows: dispatch, then combine
 
             groups.ep->reset_bytes_sent_all_to_all();
             model.forward(ids, batch.tg(groups.world_rank()));
-            CHECK(groups.ep->bytes_sent_all_to_all() == L * (counts_bytes + rows_bytes));
+            CHECK(groups.ep->bytes_sent_all_to_all() == L * (counts_bytes + index_bytes + rows_bytes));
             model.backward(1.0, Write::overwrite);
-            CHECK(groups.ep->bytes_sent_all_to_all() == L * (counts_bytes + 2 * rows_bytes));
+            CHECK(groups.ep->bytes_sent_all_to_all() == L * (counts_bytes + index_bytes + 2 * rows_bytes));
         }
     }
 }
