@@ -31,6 +31,11 @@ const std::vector<Variant>& variants() {
              c.model.moe.groups = 3;
              c.model.moe.group_limit = 2;
          }},
+        {"shared-experts",
+         [](Config& c) {
+             c.model.moe.shared_experts = 2;
+             c.model.moe.shared_expert_hidden_size = 16;
+         }},
         {"wsd-sqrt",
          [](Config& c) {
              c.optimizer.schedule = LrSchedule::wsd;

@@ -137,11 +137,11 @@ void TokenDispatcher::from_experts(Ops& ops, Tensor local_rows, Tensor routing_r
     ep_.comm->all_to_all_v(source.data, send, routing_rows.data, recv, routing_rows.dtype);
 }
 
-void TokenDispatcher::combine(Ops& ops, Tensor w, Tensor y) {
+void TokenDispatcher::combine(Ops& ops, Tensor w, Tensor y, Write y_write) {
     const int64_t R = counts_.rows();
     Tensor back = back_.rows(0, R);
     if (distributed()) from_experts(ops, expert_output(), back);
-    ops.combine_forward(y, back, w, slot_rows(), Write::overwrite);
+    ops.combine_forward(y, back, w, slot_rows(), y_write);
 }
 
 Tensor TokenDispatcher::combine_backward(Ops& ops, Tensor dy, Tensor w, Tensor dw) {
