@@ -71,6 +71,8 @@ void require_same(const Config& a, const Config& b) {
     CHECK(ma.moe.load_balancing_weight == mb.moe.load_balancing_weight);
     CHECK(ma.moe.z_loss_weight == mb.moe.z_loss_weight);
     CHECK(ma.moe.capacity_factor == mb.moe.capacity_factor);
+    CHECK(ma.moe.shared_experts == mb.moe.shared_experts);
+    CHECK(ma.moe.shared_expert_hidden_size == mb.moe.shared_expert_hidden_size);
     CHECK(ma.dynamics.enabled == mb.dynamics.enabled);
     CHECK(ma.dynamics.shared == mb.dynamics.shared);
     CHECK(ma.dynamics.controller_size == mb.dynamics.controller_size);
@@ -133,6 +135,8 @@ Config unusual_config() {
     m.moe.load_balancing_weight = 0.0;
     m.moe.z_loss_weight = 1e-3;
     m.moe.capacity_factor = 1.25;
+    m.moe.shared_experts = 2;
+    m.moe.shared_expert_hidden_size = 96;
     m.dynamics.enabled = false;
     m.dynamics.shared = false;
     m.dynamics.controller_size = 32;
@@ -385,6 +389,10 @@ TEST_CASE("values out of range are named with the allowed range", "[unit]") {
         {std::string(kTrain) + "optimizer:\n  lr: -0.001\n", {}, {"optimizer.lr must be > 0, got -0.001"}},
         {std::string(kTrain) + "optimizer:\n  beta2: 1\n", {}, {"optimizer.beta2 must be in [0, 1), got 1"}},
         {std::string(kTrain) + "optimizer:\n  weight_decay: -0.1\n", {}, {"optimizer.weight_decay must be >= 0"}},
+        {kTrain, {"model.moe.shared_experts=-1"}, {"model.moe.shared_experts must be >= 0, got -1"}},
+        {kTrain, {"model.moe.shared_experts=1", "model.moe.shared_expert_hidden_size=-4"},
+         {"model.moe.shared_expert_hidden_size must be >= 0, got -4"}},
+        {kTrain, {"model.moe.shared_experts=1.5"}, {"model.moe.shared_experts must be an integer, got '1.5'"}},
         {std::string(kTrain) + "model:\n  dynamics:\n    init_alpha: 1.0\n", {},
          {"model.dynamics.init_alpha must be in (0, 1), got 1"}},
         {std::string(kTrain) + "model:\n  moe:\n    capacity_factor: 0\n", {},
@@ -492,6 +500,14 @@ TEST_CASE("inconsistent combinations name both keys and the fix", "[unit]") {
         {kTrain, {"model.moe.balance_scope=global"}, {"model.moe.balance_scope must be one of"}},
         {kTrain, {"model.moe.expert_bias_rate=-0.001"}, {"model.moe.expert_bias_rate must be >= 0, got -0.001"}},
         {kTrain, {"model.moe.expert_bias_rate=nan"}, {"model.moe.expert_bias_rate"}},
+        {kTrain, {"model.moe.shared_expert_hidden_size=128"},
+         {"model.moe.shared_expert_hidden_size applies to shared experts: set model.moe.shared_experts above 0, or "
+          "shared_expert_hidden_size to 0"}},
+        {kTrain, {"model.moe.shared_experts=2147483647"},
+         {"model.moe.shared_experts x the shared expert hidden size (2147483647 x 256 = 549755813632) must be below "
+          "2^31: lower model.moe.shared_experts or model.moe.shared_expert_hidden_size"}},
+        {kTrain, {"model.moe.shared_experts=65536", "model.moe.shared_expert_hidden_size=32768"},
+         {"(65536 x 32768 = 2147483648) must be below 2^31"}},
         {kTrain, {"optimizer.schedule=wsd", "optimizer.decay_fraction=0.95"},
          {"optimizer.warmup_steps (10) and the wsd decay (0.95 of train.steps: 95 steps) must fit in train.steps "
           "(100): lower optimizer.decay_fraction or optimizer.warmup_steps"}},

@@ -120,6 +120,18 @@ TEST_CASE("decoder logits equal the full forward's: qk-norm with tied embeddings
     check_against_full_forward(off);
 }
 
+TEST_CASE("decoder logits equal the full forward's: shared experts, one or two of another inner size", "[unit]") {
+    ModelConfig one = decoder_test_model();
+    one.moe.shared_experts = 1;
+    check_against_full_forward(one);
+    ModelConfig two = decoder_test_model();
+    two.moe.shared_experts = 2;
+    two.moe.shared_expert_hidden_size = 16;
+    two.moe.router = RouterKind::token_id;
+    two.moe.top_k = 1;
+    check_against_full_forward(two);
+}
+
 TEST_CASE("decoder logits equal the full forward's under a capacity that drops nothing", "[unit]") {
     ModelConfig mc = decoder_test_model();
     mc.moe.capacity_factor = 2.0;  // ceil(2 N k / E) = N slots per expert: room for every token's slot

@@ -26,6 +26,13 @@ TEST_CASE("the FLOP count is MODEL.md's, term by term, on the benchmark configs"
     CHECK(forward_flops_per_token(off.model, 2048) == learned_top2 - 2 * 12 * dynamics);
     // Longer sequences add only to the attention scores.
     CHECK(forward_flops_per_token(medium.model, 4096) == learned_top2 + scores);
+    // Shared experts (docs/MODEL-OPTIONS.md): 2 L n 3 H I_s more, I_s by
+    // default the routed experts' inner size.
+    Config shared = medium;
+    shared.model.moe.shared_experts = 2;
+    CHECK(forward_flops_per_token(shared.model, 2048) == learned_top2 + 2 * 12 * 2 * 3 * 1024.0 * 2816);
+    shared.model.moe.shared_expert_hidden_size = 1408;
+    CHECK(forward_flops_per_token(shared.model, 2048) == learned_top2 + 2 * 12 * 2 * 3 * 1024.0 * 1408);
 }
 
 TEST_CASE("MFU is model FLOP/s over 989.4 TFLOP/s a GPU: PyTorch's compiled medium run is 22%", "[unit]") {

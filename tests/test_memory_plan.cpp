@@ -3,6 +3,7 @@
 // a run too large stops at once with the plan's numbers.
 #include <limits>
 
+#include "engine/model/memory_plan.h"
 #include "engine/model/model.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/catch.h"
@@ -99,4 +100,33 @@ TEST_CASE("sizes that cannot be allocated are refused at once, naming the keys, 
     huge_hidden.moe.expert_hidden_size = 1 << 30;
     CHECK(refused(huge_hidden) == "config: this model's buffers would take more than 2^64 bytes: lower "
                                   "model.hidden_size, model.vocab_size, model.num_layers or the experts' sizes");
+}
+
+TEST_CASE("shared experts add their parameters, all active, and their activations to the plan", "[unit]") {
+    const ModelConfig routed = test::tiny_model();
+    ModelConfig shared = routed;
+    shared.moe.shared_experts = 2;
+    shared.moe.shared_expert_hidden_size = 5;
+    const int64_t L = routed.num_layers, H = routed.hidden_size, inner = 2 * 5, N = 2 * 5;
+    const double added = double(L * 3 * H * inner);
+    const ParameterCounts a = count_parameters(routed), b = count_parameters(shared);
+    CHECK(b.total - a.total == added);
+    CHECK(b.active - a.active == added);  // every token passes through them
+    CpuOps ops;
+    const auto plan = [&](const ModelConfig& m, Recompute r) {
+        ModelOptions options;
+        options.recompute = r;
+        options.memory = ModelOptions::Memory::plan_only;
+        return Model(m, ops, DType::F32, 2, 5, options);
+    };
+    const Model kept0 = plan(routed, Recompute::none), kept = plan(shared, Recompute::none);
+    CHECK(kept.parameter_bytes().masters - kept0.parameter_bytes().masters >= size_t(added * 4));
+    // gate, up and the SwiGLU [N, n I_s] kept in every layer, their gradients in scratch.
+    const size_t inner_bytes = size_t(3 * N * inner * 4);
+    CHECK(kept.saved_activation_bytes() - kept0.saved_activation_bytes() >= size_t(L) * inner_bytes);
+    CHECK(kept.scratch_bytes() - kept0.scratch_bytes() >= inner_bytes);
+    // Recomputed with the routed experts' (train.recompute experts): nothing more kept.
+    const Model again0 = plan(routed, Recompute::experts), again = plan(shared, Recompute::experts);
+    CHECK(again.saved_activation_bytes() == again0.saved_activation_bytes());
+    CHECK(again.scratch_bytes() - again0.scratch_bytes() >= 2 * inner_bytes);
 }

@@ -78,6 +78,12 @@ TEST_CASE("model gradients match finite differences", "[unit]") {
              m.moe.groups = 3;  // an expert a group: top-2 of the best 2
              m.moe.group_limit = 2;
          }},
+        {"one shared expert", [](ModelConfig& m) { m.moe.shared_experts = 1; }},
+        {"two shared experts of another inner size, capacity with drops", [](ModelConfig& m) {
+             m.moe.shared_experts = 2;
+             m.moe.shared_expert_hidden_size = 4;
+             m.moe.capacity_factor = 0.5;  // a dropped slot still passes through the shared experts
+         }},
     };
     for (const Variant& v : variants) {
         SECTION(v.name) {

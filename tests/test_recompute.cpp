@@ -65,6 +65,10 @@ TEST_CASE("recomputed activations give the gradients of kept ones, bit for bit",
              m.dynamics.enabled = false;
              m.tie_embeddings = true;
          }},
+        {"two shared experts", [](ModelConfig& m) {
+             m.moe.shared_experts = 2;
+             m.moe.shared_expert_hidden_size = 4;
+         }},
     };
     for (const Variant& v : variants) {
         SECTION(v.name) {

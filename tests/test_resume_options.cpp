@@ -37,6 +37,11 @@ const std::vector<Variant>& variants() {
              c.model.moe.expert_bias_rate = 0.01;
              c.train.grad_accum_steps = 2;
          }},
+        {"shared-experts",
+         [](Config& c) {
+             c.model.moe.shared_experts = 2;
+             c.model.moe.shared_expert_hidden_size = 16;
+         }},
         {"wsd-sqrt",
          [](Config& c) {
              c.optimizer.schedule = LrSchedule::wsd;

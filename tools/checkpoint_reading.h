@@ -69,8 +69,8 @@ inline std::vector<std::string> model_tensor_names(const ModelConfig& m) {
         const size_t dot = name.find('.', 7);
         const std::string leaf = name.substr(dot + 1);
         const int part = leaf.rfind("attn", 0) == 0 ? 0 : leaf.rfind("moe", 0) == 0 ? 1 : 2;
-        const size_t at = leaf.find("experts.");
-        const int expert = at == std::string::npos ? -1 : std::stoi(leaf.substr(at + 8));
+        const size_t at = leaf.find(".experts.");  // not moe.shared_experts.w_gate: no index
+        const int expert = at == std::string::npos ? -1 : std::stoi(leaf.substr(at + 9));
         return std::array<int, 4>{1, std::stoi(name.substr(7, dot - 7)), part, expert};
     };
     std::stable_sort(names.begin(), names.end(),

@@ -59,6 +59,8 @@ DEFAULTS = {
             "balance_scope": "micro_batch",
             "z_loss_weight": 0.0,
             "capacity_factor": None,
+            "shared_experts": 0,
+            "shared_expert_hidden_size": 0,  # 0: expert_hidden_size
         },
         "dynamics": {
             "enabled": True,
@@ -176,6 +178,11 @@ def parameter_shapes(m):
             shapes[p + f"moe.experts.{e}.w_gate"] = (I, H)
             shapes[p + f"moe.experts.{e}.w_up"] = (I, H)
             shapes[p + f"moe.experts.{e}.w_down"] = (H, I)
+        if moe["shared_experts"]:  # fused: shared expert i is rows i*I_s..(i+1)*I_s
+            Is = moe["shared_experts"] * (moe["shared_expert_hidden_size"] or I)
+            shapes[p + "moe.shared_experts.w_gate"] = (Is, H)
+            shapes[p + "moe.shared_experts.w_up"] = (Is, H)
+            shapes[p + "moe.shared_experts.w_down"] = (H, Is)
     for p in dynamics_prefixes(m):
         shapes[p + "mu"] = (H,)
         shapes[p + "c1.weight"] = (C, 2 * H)
@@ -320,6 +327,15 @@ def moe_layer(x, ids, P, prefix, moe):
             continue
         out = swiglu(x[tokens], P, f"{prefix}experts.{e}.")
         y = y.index_add(0, tokens, weights[tokens, slots, None] * out)
+    # Shared experts, each on its own (the engine runs them fused): every
+    # token, weight 1, dropped slots or not.
+    n = moe["shared_experts"]
+    if n:
+        Is = moe["shared_expert_hidden_size"] or moe["expert_hidden_size"]
+        w = {name: P[f"{prefix}shared_experts.{name}"] for name in ("w_gate", "w_up", "w_down")}
+        for i in range(n):
+            rows = slice(i * Is, (i + 1) * Is)
+            y = y + (F.silu(x @ w["w_gate"][rows].T) * (x @ w["w_up"][rows].T)) @ w["w_down"][:, rows].T
     return y, aux, int((~keep).sum())
 
 

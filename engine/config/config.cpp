@@ -110,6 +110,8 @@ const std::vector<Key>& schema() {
         MOE_KEY(model.moe.balance_scope, kAny),
         MOE_KEY(model.moe.z_loss_weight, kNonNegative),
         MOE_KEY(model.moe.capacity_factor, kPositive),
+        MOE_KEY(model.moe.shared_experts, kNonNegative),
+        MOE_KEY(model.moe.shared_expert_hidden_size, kNonNegative),
         MOE_KEY(model.dynamics.enabled, kAny),
         MOE_KEY(model.dynamics.shared, kAny),
         MOE_KEY(model.dynamics.controller_size, kPositive),
@@ -478,6 +480,21 @@ void check_router_options(const MoeConfig& moe) {
                                      "): raise model.moe.group_limit or lower model.moe.top_k");
 }
 
+// Shared experts (docs/MODEL-OPTIONS.md "Shared experts").
+void check_shared_experts(const MoeConfig& moe) {
+    const auto need = [](bool ok, const std::string& problem) {
+        if (!ok) fail(kWhere, problem);
+    };
+    need(moe.shared_experts > 0 || moe.shared_expert_hidden_size == 0,
+         "model.moe.shared_expert_hidden_size applies to shared experts: set model.moe.shared_experts above 0, or "
+         "shared_expert_hidden_size to 0");
+    // Their fused inner size is one GEMM dimension, indexed with 32-bit integers.
+    need(moe.shared_inner() <= INT32_MAX,
+         "model.moe.shared_experts x the shared expert hidden size (" + std::to_string(moe.shared_experts) + " x " +
+             std::to_string(moe.shared_hidden()) + " = " + std::to_string(moe.shared_inner()) +
+             ") must be below 2^31: lower model.moe.shared_experts or model.moe.shared_expert_hidden_size");
+}
+
 void check_consistency(const Config& c) {
     const ModelConfig& m = c.model;
     const auto need = [](bool ok, const std::string& problem) {
@@ -500,6 +517,7 @@ void check_consistency(const Config& c) {
          "model.moe.router token_id sends each token to exactly one expert: set model.moe.top_k to 1 (got " +
              std::to_string(m.moe.top_k) + ")");
     check_router_options(m.moe);
+    check_shared_experts(m.moe);
     if (m.moe.num_experts % c.parallel.expert_parallel != 0) {  // the layouts that work, in the message
         std::vector<std::string> divisors;
         for (int d = 1; d <= m.moe.num_experts; ++d)

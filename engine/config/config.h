@@ -44,6 +44,16 @@ struct MoeConfig {
     BalanceScope balance_scope = BalanceScope::micro_batch;
     double z_loss_weight = 0.0;
     std::optional<double> capacity_factor;  // none: dropless
+    // Shared experts (docs/MODEL-OPTIONS.md "Shared experts"): dense SwiGLU
+    // experts every token passes through, of inner size
+    // shared_expert_hidden_size each (0: expert_hidden_size).
+    int shared_experts = 0;
+    int shared_expert_hidden_size = 0;
+
+    // The inner size of one shared expert.
+    int shared_hidden() const { return shared_expert_hidden_size ? shared_expert_hidden_size : expert_hidden_size; }
+    // The shared experts' inner size together (their fused SwiGLU's), 0 without.
+    int64_t shared_inner() const { return int64_t(shared_experts) * shared_hidden(); }
 };
 
 struct DynamicsConfig {

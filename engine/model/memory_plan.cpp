@@ -67,6 +67,10 @@ std::string plan_report(const Config& cfg, const RankPlan& plan, std::optional<s
         "size {}, vocabulary {}\n",
         counts.total / 1e9, counts.active / 1e9, m.num_layers, m.hidden_size, m.moe.num_experts, m.moe.top_k,
         m.moe.expert_hidden_size, m.vocab_size);
+    if (m.moe.shared_experts > 0)
+        out += fmt::format("shared experts: {} a layer of inner size {} ({:.3f}B parameters, all active)\n",
+                           m.moe.shared_experts, m.moe.shared_hidden(),
+                           3.0 * m.num_layers * m.hidden_size * double(m.moe.shared_inner()) / 1e9);
     out += fmt::format(
         "layout: {} rank(s), expert parallel {} x data parallel {}, {} expert(s) a rank; micro-batch {} x {} "
         "tokens; optimizer state split: {}; recompute: {}\n",

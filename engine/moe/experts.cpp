@@ -4,18 +4,37 @@
 
 namespace moe {
 
-Experts::Experts(const ModelConfig& cfg, ParameterSet& params, int layer, int first, int count) {
+Experts::Experts(Param* w_gate, Param* w_up, Param* w_down, int64_t groups, int64_t inner)
+    : w_gate_(w_gate), w_up_(w_up), w_down_(w_down), groups_(groups), inner_(inner) {}
+
+Experts::Experts(const ModelConfig& cfg, ParameterSet& params, int layer, int first, int count)
+    : groups_(count), inner_(cfg.moe.expert_hidden_size) {
     const std::string p = "layers." + std::to_string(layer) + ".moe.experts.{e}.";
-    const int64_t H = cfg.hidden_size, I = cfg.moe.expert_hidden_size;
+    const int64_t H = cfg.hidden_size, I = inner_;
     const InitSpec init = InitSpec::normal(cfg.init_std);
     w_gate_ = &params.add(p + "w_gate", {count, I, H}, init, true, first);
     w_up_ = &params.add(p + "w_up", {count, I, H}, init, true, first);
     w_down_ = &params.add(p + "w_down", {count, H, I}, init, true, first);
 }
 
+Experts Experts::shared(const ModelConfig& cfg, ParameterSet& params, int layer) {
+    const std::string p = "layers." + std::to_string(layer) + ".moe.shared_experts.";
+    const int64_t H = cfg.hidden_size, I = cfg.moe.shared_inner();
+    const InitSpec init = InitSpec::normal(cfg.init_std);  // like the routed experts
+    Param& w_gate = params.add(p + "w_gate", {I, H}, init, true);
+    Param& w_up = params.add(p + "w_up", {I, H}, init, true);
+    Param& w_down = params.add(p + "w_down", {H, I}, init, true);
+    return Experts(&w_gate, &w_up, &w_down, 1, I);
+}
+
+Tensor Experts::grouped(Tensor t) const {
+    if (t.empty() || t.ndim == 3) return t;
+    return t.view({groups_, t.dim(0) / groups_, t.dim(1)});
+}
+
 void Experts::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t max_rows, bool recompute) {
     const DType dt = pr.act;
-    const int64_t I = w_gate_->shape[1];
+    const int64_t I = inner_;
     recompute_ = recompute;
     Arena& inner = recompute ? scratch : acts;
     gate_ = inner.take(dt, {max_rows, I});
@@ -29,27 +48,28 @@ void Experts::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t ma
 void Experts::inner(Ops& ops, Tensor xe, const std::vector<int64_t>& offsets) {
     const int64_t R = xe.dim(0);
     Tensor gate = gate_.rows(0, R), up = up_.rows(0, R), act = act_.rows(0, R);
-    ops.grouped_matmul_forward(gate, xe, w_gate_->work, offsets);
-    ops.grouped_matmul_forward(up, xe, w_up_->work, offsets);
+    ops.grouped_matmul_forward(gate, xe, grouped(w_gate_->work), offsets);
+    ops.grouped_matmul_forward(up, xe, grouped(w_up_->work), offsets);
     ops.swiglu_forward(act, gate, up);
 }
 
 void Experts::forward(Ops& ops, Tensor xe, Tensor ye, const std::vector<int64_t>& offsets) {
     inner(ops, xe, offsets);
-    ops.grouped_matmul_forward(ye, act_.rows(0, xe.dim(0)), w_down_->work, offsets);
+    ops.grouped_matmul_forward(ye, act_.rows(0, xe.dim(0)), grouped(w_down_->work), offsets);
 }
 
 void Experts::backward(Ops& ops, Tensor xe, Tensor dye, Tensor dxe, const std::vector<int64_t>& offsets,
-                       Write grads) {
+                       Write dx_write, Write grads) {
     const int64_t R = xe.dim(0);
     if (recompute_) inner(ops, xe, offsets);  // the same kernels on the same input: the same bits
     Tensor gate = gate_.rows(0, R), up = up_.rows(0, R), act = act_.rows(0, R);
     Tensor dgate = dgate_.rows(0, R), dup = dup_.rows(0, R), dact = dact_.rows(0, R);
-    // The input gradients are written, not added to: nothing to zero first.
-    ops.grouped_matmul_backward(dact, w_down_->grad, dye, act, w_down_->work, offsets, Write::overwrite, grads);
+    const Tensor w_gate = grouped(w_gate_->work), w_up = grouped(w_up_->work), w_down = grouped(w_down_->work);
+    // The inner gradients are written, not added to: nothing to zero first.
+    ops.grouped_matmul_backward(dact, grouped(w_down_->grad), dye, act, w_down, offsets, Write::overwrite, grads);
     ops.swiglu_backward(dgate, dup, dact, gate, up);
-    ops.grouped_matmul_backward(dxe, w_gate_->grad, dgate, xe, w_gate_->work, offsets, Write::overwrite, grads);
-    ops.grouped_matmul_backward(dxe, w_up_->grad, dup, xe, w_up_->work, offsets, Write::add, grads);
+    ops.grouped_matmul_backward(dxe, grouped(w_gate_->grad), dgate, xe, w_gate, offsets, dx_write, grads);
+    ops.grouped_matmul_backward(dxe, grouped(w_up_->grad), dup, xe, w_up, offsets, Write::add, grads);
 }
 
 }  // namespace moe

@@ -7,13 +7,16 @@ MoeLayer::MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, cons
       k_(cfg.moe.top_k),
       router_(make_router(cfg, params, layer)),
       dispatcher_(cfg.moe.num_experts, cfg.moe.top_k, cfg.moe.capacity_factor, ep),
-      experts_(cfg, params, layer, ep.rank * (cfg.moe.num_experts / ep.size), cfg.moe.num_experts / ep.size) {}
+      experts_(cfg, params, layer, ep.rank * (cfg.moe.num_experts / ep.size), cfg.moe.num_experts / ep.size) {
+    if (cfg.moe.shared_experts > 0) shared_ = Experts::shared(cfg, params, layer);
+}
 
 void MoeLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor router_stats,
                      bool recompute_experts) {
     router_->carve(acts, scratch, pr, N, router_stats);
     dispatcher_.carve(acts, scratch, pr, N, H_);
     experts_.carve(acts, scratch, pr, dispatcher_.max_local_rows(N), recompute_experts);
+    if (shared_) shared_->carve(acts, scratch, pr, N, recompute_experts);
     dweights_ = scratch.take(pr.stat, {N, k_});
 }
 
@@ -27,9 +30,13 @@ MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y) {
     {
         PhaseScope scope(times_, ops, Phase::Experts);
         experts_.forward(ops, expert_in_, dispatcher_.expert_output(), dispatcher_.local_offsets());
+        if (shared_) {  // y = the shared experts' output, to which combine adds the routed one
+            all_rows_ = {0, x.dim(0)};
+            shared_->forward(ops, x, y, all_rows_);
+        }
     }
     PhaseScope scope(times_, ops, Phase::Routing);
-    dispatcher_.combine(ops, y);
+    dispatcher_.combine(ops, y, shared_ ? Write::add : Write::overwrite);
 
     const RoutingCounts& counts = dispatcher_.counts();
     MoeStats stats;
@@ -50,10 +57,17 @@ void MoeLayer::backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_sc
     }
     {
         PhaseScope scope(times_, ops, Phase::Experts);
-        experts_.backward(ops, expert_in_, d_out, d_in, dispatcher_.local_offsets(), grads);
+        experts_.backward(ops, expert_in_, d_out, d_in, dispatcher_.local_offsets(), Write::overwrite, grads);
+    }
+    {
+        PhaseScope scope(times_, ops, Phase::Routing);
+        dispatcher_.dispatch_backward(ops, d_in, dx);
+    }
+    if (shared_) {  // y's gradient reaches the shared experts unweighted; dx += theirs
+        PhaseScope scope(times_, ops, Phase::Experts);
+        shared_->backward(ops, x, dy, dx, all_rows_, Write::add, grads);
     }
     PhaseScope scope(times_, ops, Phase::Routing);
-    dispatcher_.dispatch_backward(ops, d_in, dx);
     router_->backward(ops, x, dweights_, dx, loss_scale, grads);
 }
 

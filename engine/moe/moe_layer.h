@@ -1,6 +1,8 @@
-// A sparse MoE layer: router -> token dispatcher -> experts -> combine.
+// A sparse MoE layer: router -> token dispatcher -> experts -> combine, plus
+// the shared experts every token passes through, when the model has them.
 #pragma once
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "comm/group_place.h"
@@ -27,8 +29,8 @@ public:
     void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor router_stats,
                bool recompute_experts);
 
-    // y[N,H] = moe(x[N,H]), N at most the rows carved; ids[N] (host) feed the
-    // token_id router.
+    // y[N,H] = moe(x[N,H]) (routed experts' weighted sum + shared experts'),
+    // N at most the rows carved; ids[N] (host) feed the token_id router.
     MoeStats forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y);
     // The router's aux and z losses of the last forward, from the stats it
     // left in router_stats, read back (E+1 values).
@@ -50,6 +52,8 @@ private:
     std::unique_ptr<Router> router_;
     TokenDispatcher dispatcher_;
     Experts experts_;
+    std::optional<Experts> shared_;  // the shared experts, fused (none without)
+    std::vector<int64_t> all_rows_;  // {0, N}: the shared experts' one group
     Tensor expert_in_;  // this micro-batch's rows for the local experts (saved)
     Tensor dweights_;
     PhaseTimes* times_ = nullptr;

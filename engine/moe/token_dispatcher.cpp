@@ -239,9 +239,9 @@ Tensor TokenDispatcher::packed_weights() const {
     return packed_weights_.rows(0, packed_in_rows_ * columns_).view({packed_in_rows_, columns_});
 }
 
-void TokenDispatcher::combine(Ops& ops, Tensor y) {
+void TokenDispatcher::combine(Ops& ops, Tensor y, Write y_write) {
     if (!distributed()) {
-        ops.combine_forward(y, back_.rows(0, counts_.rows()), weights_, slot_rows(), Write::overwrite);
+        ops.combine_forward(y, back_.rows(0, counts_.rows()), weights_, slot_rows(), y_write);
         return;
     }
     // The weighted sum of each packed row's outputs back; each token's rows summed.
@@ -250,7 +250,7 @@ void TokenDispatcher::combine(Ops& ops, Tensor y) {
                         packed_local_.rows(0, packed_in_rows_ * columns_), Write::overwrite);
     Tensor back = back_.rows(0, packed_out_rows_);
     exchange(packed, packed_in_, back, packed_out_);
-    ops.permute_backward(y, back, token_packed_.rows(0, y.dim(0) * ep_.size), Write::overwrite);
+    ops.permute_backward(y, back, token_packed_.rows(0, y.dim(0) * ep_.size), y_write);
 }
 
 Tensor TokenDispatcher::combine_backward(Ops& ops, Tensor dy, Tensor dw) {

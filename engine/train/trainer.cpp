@@ -247,9 +247,12 @@ void Trainer::report_setup() {
     double total_params = 0;  // of the whole model, whatever this rank holds
     for (const Param& p : model_->params().all())
         total_params += double(p.numel()) * (p.is_expert_stack() && groups_ ? groups_->ep_size() : 1);
-    spdlog::info("model: {:.2f}M parameters, {} layers, {} experts (top-{}, {} router), dynamics {}",
+    const std::string shared = mc_.moe.shared_experts == 0 ? ""
+                               : fmt::format(" + {} shared of inner size {}", mc_.moe.shared_experts,
+                                             mc_.moe.shared_hidden());
+    spdlog::info("model: {:.2f}M parameters, {} layers, {} experts (top-{}, {} router){}, dynamics {}",
                  total_params / 1e6, mc_.num_layers, mc_.moe.num_experts, mc_.moe.top_k, name_of(mc_.moe.router),
-                 mc_.dynamics.enabled ? (mc_.dynamics.shared ? "shared" : "per layer") : "off");
+                 shared, mc_.dynamics.enabled ? (mc_.dynamics.shared ? "shared" : "per layer") : "off");
     spdlog::info("data: {} train tokens; {} tokens per step ({} x {} x {} accumulation x {} ranks); "
                  "activations {:.1f} MiB per rank",
                  train_data_->total_tokens(), tokens_per_step_, B_, T_, A_, world_size_,

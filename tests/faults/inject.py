@@ -189,7 +189,8 @@ class Harness:
         cat = "config"
         keys_int = ["model.vocab_size", "model.hidden_size", "model.num_layers", "model.num_heads",
                     "model.moe.num_experts", "model.moe.top_k", "train.seq_len", "train.micro_batch_size",
-                    "train.steps", "eval.batches", "log.every", "run.threads", "parallel.expert_parallel"]
+                    "train.steps", "eval.batches", "log.every", "run.threads", "parallel.expert_parallel",
+                    "model.moe.shared_experts", "model.moe.shared_expert_hidden_size"]
         keys_float = ["optimizer.lr", "optimizer.beta2", "model.moe.capacity_factor", "model.dynamics.dt",
                       "parallel.collective_timeout_s", "model.norm_eps", "model.moe.expert_bias_rate"]
         bad_values = ["-1", "0x10", "1e400", "nan", ".inf", "[1, 2]", "{a: 1}", "abc", "", "99999999999999999999"]

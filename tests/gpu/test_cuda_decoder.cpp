@@ -101,3 +101,12 @@ TEST_CASE("GPU decoder logits follow the CPU decoder's: token_id router, every p
 TEST_CASE("GPU decoder logits follow the CPU decoder's: learned router, shared dynamics", "[gpu]") {
     REQUIRE(compare_with_cpu(gpu_decoder_model()) <= kT / 10);
 }
+
+TEST_CASE("GPU decoder logits follow the CPU decoder's: token_id router with two shared experts", "[gpu]") {
+    ModelConfig mc = gpu_decoder_model();
+    mc.moe.router = RouterKind::token_id;
+    mc.moe.top_k = 1;
+    mc.moe.shared_experts = 2;
+    mc.moe.shared_expert_hidden_size = 16;  // 32 fused rows: whole 16-byte words for cuBLASLt
+    REQUIRE(compare_with_cpu(mc) == 0);
+}

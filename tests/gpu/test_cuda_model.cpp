@@ -1,6 +1,6 @@
 // Whole steps on the GPU against the CPU backend: one step's loss and every
 // parameter gradient on small configs (learned, token_id, capacity, dynamics
-// shared / per layer / off, qk-norm), bit-identical repeats, and 200 training
+// shared / per layer / off, qk-norm, shared experts), bit-identical repeats, and 200 training
 // steps whose loss curve follows the CPU's.
 //
 // Tolerances: the GPU computes in bf16 (8 significant bits) with fp32
@@ -146,6 +146,13 @@ TEST_CASE("a GPU step gives the CPU's loss and gradients: dynamics per layer, an
     off.dynamics.enabled = false;
     off.qk_norm = true;
     check_step_against_cpu(off);
+}
+
+TEST_CASE("a GPU step gives the CPU's loss and gradients: two shared experts", "[gpu]") {
+    ModelConfig m = gpu_test_model();
+    m.moe.shared_experts = 2;
+    m.moe.shared_expert_hidden_size = 24;  // 48 fused rows: whole 16-byte words for cuBLASLt
+    check_step_against_cpu(m);
 }
 
 TEST_CASE("two GPU steps from the same weights give the same bits", "[gpu]") {

@@ -66,6 +66,11 @@ const std::vector<Variant>& variants() {
              m.moe.groups = 2;
              m.moe.group_limit = 1;
          }},
+        // Replicated on every rank: their gradients reduced over the world.
+        {"two shared experts", [](ModelConfig& m) {
+             m.moe.shared_experts = 2;
+             m.moe.shared_expert_hidden_size = 8;  // 16 fused rows: whole 16-byte words for cuBLASLt
+         }},
     };
     return v;
 }

@@ -39,7 +39,8 @@ def leaf_parameters(m, seed):
 
 
 def test_gradients_match_finite_differences():
-    for moe in ({}, {"capacity_factor": 0.5, "normalize_top_k": False}):
+    for moe in ({}, {"capacity_factor": 0.5, "normalize_top_k": False},
+                {"shared_experts": 2, "shared_expert_hidden_size": 4}):
         m = tiny_model(**moe)
         P = leaf_parameters(m, 3)
         names = sorted(P)
@@ -52,6 +53,20 @@ def test_gradients_match_finite_differences():
             return ce + aux
 
         assert torch.autograd.gradcheck(loss, [P[n] for n in names], eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_shared_experts_are_one_fused_swiglu_added_with_weight_one():
+    # docs/MODEL-OPTIONS.md: n shared experts of inner size I_s, each on its
+    # own in the reference, are one SwiGLU of inner size n * I_s (the engine's).
+    m = tiny_model(shared_experts=3, shared_expert_hidden_size=5)
+    P = leaf_parameters(m, 8)
+    x = torch.tensor(np.random.default_rng(9).standard_normal((7, m["hidden_size"])))
+    with_shared, _, _ = ref.moe_layer(x, None, P, "layers.0.moe.", m["moe"])
+    routed, _, _ = ref.moe_layer(x, None, P, "layers.0.moe.", dict(m["moe"], shared_experts=0))
+    fused = ref.swiglu(x, P, "layers.0.moe.shared_experts.")
+    assert P["layers.0.moe.shared_experts.w_gate"].shape == (15, m["hidden_size"])
+    assert torch.allclose(with_shared, routed + fused, rtol=1e-12, atol=1e-12)
+    assert fused.abs().max() > 1e-2
 
 
 def test_top_k_ties_pick_the_lower_expert():
