@@ -238,7 +238,8 @@ TEST_CASE("moe-plot draws runs into a PNG and refuses bad input with one line", 
         for (int s = 1; s <= 20; ++s) {
             w.write({{"step", s}, {"loss", 5.0 / s + (run == b ? 0.01 : 0)}, {"lr", 3e-4 * s / 20},
                      {"grad_norm", 1.0 / s}, {"tokens_per_s", 12000}, {"aux", 0}, {"dropped", 0}});
-            if (s % 10 == 0) w.write({{"step", s}, {"val_loss", 4.0 / s}});
+            if (s % 10 == 0 && run == a) w.write({{"step", s}, {"val_loss", 4.0 / s}});
+            if (s % 10 == 0 && run == b) w.write({{"step", s}, {"val_loss", 4.0 / s}, {"val_bpb", 6.0 / s}});
         }
     }
     // One run: metrics.png in its directory.
@@ -255,7 +256,7 @@ TEST_CASE("moe-plot draws runs into a PNG and refuses bad input with one line", 
     r = moe::test::run_program(MOE_PLOT_TOOL, {a, b + "/metrics.jsonl", "-o", dir + "/both.png", "--size", "800x600",
                                                "--from", "5", "--smooth", "4"});
     REQUIRE(r.exit_code == 0);
-    CHECK(contains(r.output, "2 run(s), steps 5 to 20"));
+    CHECK(contains(r.output, "2 run(s), steps 5 to 20, 5 charts"));  // and the gpu run's bits per byte
     d = decode_png(read_file(dir + "/both.png"));
     CHECK(d.width == 800);
     CHECK(d.height == 600);

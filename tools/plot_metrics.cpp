@@ -192,22 +192,27 @@ std::vector<Panel> build_panels(const std::vector<Run>& runs, long from, long sm
     if (!key.empty()) loss.title += " (" + key + ")";
     panels.push_back(std::move(loss));
 
-    const std::pair<const char*, const char*> fields[] = {
-        {"lr", "learning rate"},
-        {"grad_norm", "gradient norm (before clipping)"},
-        {"tokens_per_s", "tokens/s"},
-        {"step_s", "step time (s)"},
-        {"aux", "router losses (balance + z)"},
-        {"load_max_over_mean", "expert load: max / mean"},
-        {"dropped", "token-slots dropped by capacity"},
-        {"all_to_all_s", "all-to-all time a step (s)"},
+    struct Field {
+        const char *key, *title;
+        bool squares;  // sparse points (evaluations): squares, not a line
     };
-    for (const auto& field : fields) {
-        Panel p{field.second, {}};
+    const Field fields[] = {
+        {"val_bpb", "validation bits per byte", true},
+        {"lr", "learning rate", false},
+        {"grad_norm", "gradient norm (before clipping)", false},
+        {"tokens_per_s", "tokens/s", false},
+        {"step_s", "step time (s)", false},
+        {"aux", "router losses (balance + z)", false},
+        {"load_max_over_mean", "expert load: max / mean", false},
+        {"dropped", "token-slots dropped by capacity", false},
+        {"all_to_all_s", "all-to-all time a step (s)", false},
+    };
+    for (const Field& field : fields) {
+        Panel p{field.title, {}};
         bool shown = false;
         for (size_t i = 0; i < runs.size(); ++i) {
             // The loss chart's legend names the runs' colours for all.
-            Series s{"", run_color(i), points_of(runs[i], field.first, from), false};
+            Series s{"", run_color(i), points_of(runs[i], field.key, from), field.squares};
             shown = shown || any_nonzero(s.points);
             p.series.push_back(std::move(s));
         }
