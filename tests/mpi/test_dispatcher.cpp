@@ -23,8 +23,11 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/routing_plan.h"
 #include "tests/catch.h"
+#include "tests/host_values.h"
 
 using namespace moe;
+using moe::test::host_values;
+using moe::test::upload_values;
 
 namespace {
 
@@ -54,29 +57,13 @@ std::vector<double> normals(size_t n, Rng& rng) {
     return v;
 }
 
-void upload(Ops& ops, Tensor t, const std::vector<double>& v) {
-    if (t.dtype == DType::F64) return ops.copy_from_host(t, v.data());
-    const std::vector<float> f(v.begin(), v.end());
-    ops.copy_from_host(t, f.data());
-}
-
-std::vector<double> download(Ops& ops, Tensor t) {
-    if (t.dtype == DType::F64) {
-        std::vector<double> v(static_cast<size_t>(t.numel()));
-        ops.copy_to_host(v.data(), t);
-        return v;
-    }
-    std::vector<float> f(static_cast<size_t>(t.numel()));
-    ops.copy_to_host(f.data(), t);
-    return std::vector<double>(f.begin(), f.end());
-}
 
 // The experts: local row l of local expert e is scaled by (global expert + 1).
 void run_experts(Ops& ops, Tensor in, Tensor out, const std::vector<int64_t>& offsets, int first_expert) {
-    std::vector<double> v = download(ops, in);
+    std::vector<double> v = host_values(ops, in);
     for (size_t e = 0; e + 1 < offsets.size(); ++e)
         for (int64_t r = offsets[e] * kHidden; r < offsets[e + 1] * kHidden; ++r) v[size_t(r)] *= first_expert + e + 1;
-    upload(ops, out, v);
+    upload_values(ops, out, v);
 }
 
 void check_near(const char* what, const std::vector<double>& got, const std::vector<double>& want, double rtol) {
@@ -164,9 +151,9 @@ TEST_CASE("the dispatcher sends each token once per remote rank and combines its
                         t[6] = io.take(DType::I32, {kTokens, kTopK});      // experts
                         if (pass == 0) io.allocate();
                     }
-                    upload(ops, t[0], x);
-                    upload(ops, t[2], dy);
-                    upload(ops, t[4], w);
+                    upload_values(ops, t[0], x);
+                    upload_values(ops, t[2], dy);
+                    upload_values(ops, t[4], w);
                     ops.copy_from_host(t[6], experts.data());
                     RouterChoice choice;
                     if (on_host) choice.host_experts = &experts;
@@ -198,9 +185,9 @@ TEST_CASE("the dispatcher sends each token once per remote rank and combines its
                                 dw[s] += scale * dy[i] * x[i];
                             }
                         }
-                    check_near("y", download(ops, t[1]), y, rtol);
-                    check_near("dw", download(ops, t[5]), dw, rtol);
-                    check_near("dx", download(ops, t[3]), dx, rtol);
+                    check_near("y", host_values(ops, t[1]), y, rtol);
+                    check_near("dw", host_values(ops, t[5]), dw, rtol);
+                    check_near("dx", host_values(ops, t[3]), dx, rtol);
 
                     // Bytes: El + 1 counts to each other rank; per routed slot
                     // out its packed row's index (int32) and its weight; a

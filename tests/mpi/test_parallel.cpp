@@ -30,10 +30,12 @@
 #if MOE_HAVE_CUDA
 #include "kernels/cuda/cuda_ops.h"
 #endif
+#include "tests/host_values.h"
 #include "tests/test_util.h"
 #include "tests/test_models.h"
 
 using namespace moe;
+using moe::test::host_values;
 using moe::test::Variant;
 
 namespace {
@@ -98,18 +100,6 @@ GlobalBatch make_batch(int W, int vocab) {
         b.targets.push_back(int32_t(rng.next() % uint64_t(vocab)));
     }
     return b;
-}
-
-// An F32 or F64 tensor of the backend's memory, as doubles on the host.
-std::vector<double> host_values(Ops& ops, const Tensor& t) {
-    if (t.dtype == DType::F64) {
-        std::vector<double> v(static_cast<size_t>(t.numel()));
-        ops.copy_to_host(v.data(), t);
-        return v;
-    }
-    std::vector<float> f(static_cast<size_t>(t.numel()));
-    ops.copy_to_host(f.data(), t);
-    return std::vector<double>(f.begin(), f.end());
 }
 
 // Perturbs the 1-D parameters (norms, mu, biases) away from their constant
