@@ -10,28 +10,30 @@
 #                                       same run on the CPU beside it
 #   scripts/gpu_session.sh OUT more     the rest: two ranks on the GPU through staged MPI
 #                                       (all-to-all time and bytes, overlapped all-reduce
-#                                       against --no-overlap), the unit and mpi tests
-#                                       with that machine's libraries, compute-sanitizer
+#                                       against --no-overlap), the router options on cuda
+#                                       with a resume checked bit for bit, the unit and mpi
+#                                       tests with that machine's libraries, compute-sanitizer
 #   scripts/gpu_session.sh OUT STAGE... chosen stages: build test bench opbench train
-#                                       staged unit sanitize (build first)
+#                                       staged options unit sanitize (build first)
 #
 # The build is native (build-gpu) where the machine has our build packages;
 # where its configure or build fails, the pack that scripts/gpu_prebuilt.sh
 # made (gpu-prebuilt/, carried) is unpacked and run instead. Device call:
 #   run(command="bash scripts/gpu_session.sh $OUT", carry=["gpu-prebuilt"], timeout_s=600)
 # OUT gets summary.txt (each stage's exit status and the headline figures),
-# logs.tar.gz (every log and the runs' metrics) and train-gpu-vs-cpu.png.
+# logs.tar.gz (every log and the runs' metrics), train-gpu-vs-cpu.png and
+# options-gpu-vs-cpu.png.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ]; then
-  echo "usage: scripts/gpu_session.sh OUT [more | build|test|bench|opbench|train|staged|unit|sanitize ...]" >&2
+  echo "usage: scripts/gpu_session.sh OUT [more | build|test|bench|opbench|train|staged|options|unit|sanitize ...]" >&2
   exit 2
 fi
 out=$(mkdir -p "$1" && cd "$1" && pwd)
 shift
 case "${1:-}" in
   "") plan=bring-up; stages=(build test bench opbench train) ;;
-  more) plan=more; stages=(build staged unit sanitize) ;;
+  more) plan=more; stages=(build staged options unit sanitize) ;;
   *) plan=chosen; stages=("$@") ;;
 esac
 budget=${MOE_GPU_BUDGET_S:-520}  # seconds for the whole session: a 9-minute call, less the packing
@@ -43,7 +45,7 @@ export out native state runs njobs
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1  # the lent machines run commands as root
 export NCCL_DEBUG=${NCCL_DEBUG:-VERSION}                            # NCCL names its version once
 declare -A limit=([build]=200 [test]=240 [bench]=120 [opbench]=80 [train]=120
-                  [staged]=200 [unit]=300 [sanitize]=400)
+                  [staged]=200 [options]=120 [unit]=300 [sanitize]=400)
 summary="$out/summary.txt"
 deadline=$((SECONDS + budget))
 note() { echo "$*" >> "$summary"; }
@@ -155,35 +157,60 @@ losses_from() {
     sed -E 's/, "(tokens_per_s|step_s|all_to_all_s)": [^,}]*//g'
 }
 
-# 200 steps of the demo model on the GPU with checkpoints at 100 and 200; a
-# second run resumed from step 100 must give steps 101-200 bit for bit; the
-# same 200 steps on the CPU, both curves in OUT/train-gpu-vs-cpu.png.
-do_train() {
-  . "$state"
+# The demo shards: the tree's, or made from the sources where it has none.
+demo_data() {
   local data=data/fortunes
   if [ ! -f "$data/stats.txt" ]; then
     data="$runs/data"
-    mapfile -t files < <(find engine kernels comm tools tests -name '*.cpp' -o -name '*.h' -o -name '*.cu' | sort)
-    "$build/moe-shards" --out "$data" "${files[@]}" README.md || return 1
+    if [ ! -f "$data/stats.txt" ]; then
+      mapfile -t files < <(find engine kernels comm tools tests -name '*.cpp' -o -name '*.h' -o -name '*.cu' | sort)
+      "$build/moe-shards" --out "$data" "${files[@]}" README.md >&2 || return 1
+    fi
   fi
-  rm -rf "$runs/train-"*
+  echo "$data"
+}
+
+# train_check NAME STEPS [ARGS...]: STEPS steps of the demo model (tiny.yaml
+# and ARGS) on the GPU with checkpoints at the half and the end; a second run
+# resumed from the half must give the rest bit for bit; the same steps on the
+# CPU, both curves in OUT/NAME-gpu-vs-cpu.png.
+train_check() {
+  local name=$1 steps=$2 half=$(($2 / 2)) data
+  shift 2
+  data=$(demo_data) || return 1
+  rm -rf "$runs/$name-"*
   local args=(--config configs/tiny.yaml --set "data.train=$data/train_*.bin" --set "data.val=$data/val_*.bin"
-              --set train.steps=200 --set checkpoint.every=100 --set eval.every=100 --set log.every=25)
-  "$build/moe-train" "${args[@]}" --set run.device=cuda --set "run.out_dir=$runs/train-gpu" || return 1
-  "$build/moe-train" "${args[@]}" --set run.device=cuda --set "run.out_dir=$runs/train-gpu-resumed" \
-    --resume "$runs/train-gpu/checkpoints/step-00000100" || return 1
-  if diff <(losses_from "$runs/train-gpu/metrics.jsonl" 100) <(losses_from "$runs/train-gpu-resumed/metrics.jsonl" 100) \
-       > "$runs/resume.diff"; then
-    echo "resume: steps 101-200 of the run resumed at step 100 equal the uninterrupted run's bit for bit"
+              --set train.steps="$steps" --set checkpoint.every="$half" --set eval.every="$half" --set log.every=25 "$@")
+  "$build/moe-train" "${args[@]}" --set run.device=cuda --set "run.out_dir=$runs/$name-gpu" || return 1
+  "$build/moe-train" "${args[@]}" --set run.device=cuda --set "run.out_dir=$runs/$name-gpu-resumed" \
+    --resume "$runs/$name-gpu/checkpoints/$(printf 'step-%08d' "$half")" || return 1
+  if diff <(losses_from "$runs/$name-gpu/metrics.jsonl" "$half") \
+          <(losses_from "$runs/$name-gpu-resumed/metrics.jsonl" "$half") > "$runs/$name-resume.diff"; then
+    echo "resume: steps $((half + 1))-$steps of the run resumed at step $half equal the uninterrupted run's bit for bit"
   else
-    echo "resume: the resumed run differs from the uninterrupted one:"; head -4 "$runs/resume.diff"; return 1
+    echo "resume: the resumed run differs from the uninterrupted one:"; head -4 "$runs/$name-resume.diff"; return 1
   fi
-  "$build/moe-train" "${args[@]}" --set run.device=cpu --set "run.out_dir=$runs/train-cpu" || return 1
+  "$build/moe-train" "${args[@]}" --set run.device=cpu --set "run.out_dir=$runs/$name-cpu" || return 1
   if [ -x "$build/moe-plot" ]; then
-    "$build/moe-plot" "$runs/train-gpu" "$runs/train-cpu" --smooth 10 -o "$out/train-gpu-vs-cpu.png"
+    "$build/moe-plot" "$runs/$name-gpu" "$runs/$name-cpu" --smooth 10 -o "$out/$name-gpu-vs-cpu.png"
   else
-    echo "no moe-plot (built only where cmake finds zlib): no train-gpu-vs-cpu.png"
+    echo "no moe-plot (built only where cmake finds zlib): no $name-gpu-vs-cpu.png"
   fi
+}
+
+# 200 steps of the demo model as configured.
+do_train() { . "$state"; train_check train 200; }
+
+# The router options of docs/MODEL-OPTIONS.md all at once on the GPU: sigmoid
+# scores, top-3 of 8 within 2 of 4 groups, the expert bias, the balancing loss
+# over the global batch (accumulation 2), a shared expert, full recomputation.
+do_options() {
+  . "$state"
+  train_check options 60 --set model.moe.num_experts=8 --set model.moe.top_k=3 --set model.moe.score=sigmoid \
+    --set model.moe.z_loss_weight=0 --set model.moe.groups=4 --set model.moe.group_limit=2 \
+    --set model.moe.expert_bias_rate=0.01 --set model.moe.balance_scope=global_batch \
+    --set model.moe.shared_experts=1 --set train.grad_accum_steps=2 --set train.recompute=full \
+    --set optimizer.warmup_steps=5
 }
 
 # The CPU labels with this machine's compilers and libraries (native only).
@@ -222,32 +249,34 @@ summarize() {
     [ -f "$out/$f.log" ] && grep -hE "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^phases|^  [a-z]|^these ops|^ep [0-9]+ estimate|^  [0-9.]+ " \
       "$out/$f.log" >> "$summary"
   done
-  [ -f "$out/train.log" ] && grep -hE "^resume: |final validation loss|done: |train-gpu-vs-cpu.png" "$out/train.log" >> "$summary"
+  for f in train options; do
+    [ -f "$out/$f.log" ] && grep -hE "^resume: |final validation loss|done: |gpu-vs-cpu.png" "$out/$f.log" >> "$summary"
+  done
   [ -f "$out/sanitize.log" ] && grep -hE "^--- |ERROR SUMMARY" "$out/sanitize.log" >> "$summary"
 }
 
 # At most 8 files come back: the logs and the runs' metrics go in one archive.
 pack_logs() {
   local d files
-  for d in "$runs"/train-*; do
+  for d in "$runs"/*/; do
     [ -f "$d/metrics.jsonl" ] && cp "$d/metrics.jsonl" "$out/$(basename "$d").metrics.jsonl"
   done
   files=$(cd "$out" && shopt -s nullglob && echo *.log *.metrics.jsonl)
   [ -n "$files" ] && (cd "$out" && tar -czf logs.tar.gz --remove-files $files)
 }
 
-export -f source_hash native_build prebuilt_build losses_from
-export -f do_build do_test do_bench do_opbench do_staged do_train do_unit do_sanitize
+export -f source_hash native_build prebuilt_build losses_from demo_data train_check
+export -f do_build do_test do_bench do_opbench do_staged do_train do_options do_unit do_sanitize
 : > "$summary"
 note "gpu_session $plan, $(date -u +%FT%TZ), stages: ${stages[*]}"
 failed=0
 [ "${stages[0]}" = build ] || [ -f "$state" ] || note "no build stage and no earlier build: the stages will fail"
 for s in "${stages[@]}"; do
   case $s in
-    build | test | bench | opbench | train | staged | unit | sanitize)
+    build | test | bench | opbench | train | staged | options | unit | sanitize)
       stage "$s" || failed=1
       [ "$s" = build ] && [ "$failed" = 1 ] && { note "the build failed: nothing else can run"; break; } ;;
-    *) note "unknown stage '$s' (build test bench opbench train staged unit sanitize)"; failed=1 ;;
+    *) note "unknown stage '$s' (build test bench opbench train staged options unit sanitize)"; failed=1 ;;
   esac
 done
 summarize
