@@ -39,11 +39,23 @@ std::vector<int32_t> random_tokens(int n, int V, uint64_t seed) {
     return ids;
 }
 
+// The states (expert biases) away from their zero start, the same for the
+// Model and the Decoder: each from a stream named after it.
+void perturb_states(ParameterSet& params, Ops& ops) {
+    for (Param& p : params.states()) {
+        Rng rng(11, p.name);
+        std::vector<float> v(static_cast<size_t>(p.numel()));
+        for (float& x : v) x = float(0.05 * rng.normal());
+        ops.copy_from_host(p.value, v.data());
+    }
+}
+
 // The full forward's logits [kT, V] over tokens (kT of them).
 std::vector<float> full_logits(const ModelConfig& mc, CpuOps& ops, const std::vector<int32_t>& tokens,
                                int64_t* dropped = nullptr) {
     Model model(mc, ops, Precision(DType::F32), 1, kT);
     model.params().initialize(7);
+    perturb_states(model.params(), ops);
     const ForwardResult r = model.forward(tokens.data(), tokens.data());
     if (dropped) *dropped = r.dropped();
     std::vector<float> logits(size_t(kT) * mc.vocab_size);
@@ -57,6 +69,7 @@ std::vector<float> decoded_logits(const ModelConfig& mc, CpuOps& ops, const std:
                                   int prefill) {
     Decoder decoder(mc, ops, kT, rows);
     decoder.params().initialize(7);  // each tensor from its own named stream: the Model's weights
+    perturb_states(decoder.params(), ops);
     std::vector<float> logits;
     const auto append = [&](int at, int n) {
         decoder.append(tokens.data() + at, n);
@@ -130,6 +143,21 @@ TEST_CASE("decoder logits equal the full forward's: shared experts, one or two o
     two.moe.router = RouterKind::token_id;
     two.moe.top_k = 1;
     check_against_full_forward(two);
+}
+
+TEST_CASE("decoder logits equal the full forward's: an expert bias, sigmoid scores within groups", "[unit]") {
+    ModelConfig biased = decoder_test_model();
+    biased.moe.expert_bias_rate = 0.001;
+    check_against_full_forward(biased);
+    CpuOps ops;
+    const std::vector<int32_t> tokens = random_tokens(kT, biased.vocab_size, 3);
+    REQUIRE(max_abs_difference(full_logits(biased, ops, tokens), full_logits(decoder_test_model(), ops, tokens)) > 0);
+    ModelConfig grouped = biased;
+    grouped.moe.score = RouterScore::sigmoid;
+    grouped.moe.z_loss_weight = 0;
+    grouped.moe.groups = 2;
+    grouped.moe.group_limit = 1;
+    check_against_full_forward(grouped);
 }
 
 TEST_CASE("decoder logits equal the full forward's under a capacity that drops nothing", "[unit]") {
