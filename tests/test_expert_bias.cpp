@@ -11,6 +11,7 @@
 
 #include "engine/io/checkpoint.h"
 #include "engine/io/safetensors.h"
+#include "engine/io/weights_io.h"
 #include "engine/model/model.h"
 #include "engine/moe/learned_router.h"
 #include "engine/train/trainer.h"
@@ -161,5 +162,41 @@ TEST_CASE("training moves the expert bias, resumes it bit for bit, and a rate of
     CHECK_THROWS_WITH(train(dropped, ops, from3),
                       Catch::Contains("is of another model: model.moe.expert_bias_rate is 0.01 in the checkpoint but "
                                       "null in the config"));
+    spdlog::set_level(spdlog::level::info);
+}
+
+TEST_CASE("weights without an expert bias start a biased model with the bias at zero, not the reverse", "[unit]") {
+    spdlog::set_level(spdlog::level::warn);
+    CpuOps ops;
+    Config plain = moe::test::small_config("expert-bias-init");
+    plain.train.steps = 4;
+    const std::string weights = plain.run.out_dir + "-weights.safetensors";
+    {
+        Model model(plain.model, ops, DType::F32, plain.train.micro_batch_size, plain.train.seq_len);
+        model.params().initialize(21);
+        save_tensors(weights, model.params().named(ParameterSet::Slot::Value), ops);
+    }
+    TrainOptions from;
+    from.init_from = weights;
+    Config biased = plain;
+    biased.model.moe.expert_bias_rate = 0.01;
+    biased.run.out_dir += "-biased";
+    plain.run.out_dir += "-plain";
+    const TrainSummary a = train(plain, ops, from), b = train(biased, ops, from);
+    REQUIRE(b.losses.size() == 4);
+    CHECK(b.losses[0] == a.losses[0]);  // a zero bias chooses as no bias does
+    CHECK(b.losses != a.losses);        // then it moves
+
+    // A biased model's weights hold the bias, which a model without one refuses.
+    const std::string with_bias = biased.run.out_dir + "-weights.safetensors";
+    {
+        Model model(biased.model, ops, DType::F32, 1, 1);
+        model.params().initialize(21);
+        save_tensors(with_bias, model.params().named(ParameterSet::Slot::Value), ops);
+    }
+    from.init_from = with_bias;
+    plain.run.out_dir += "-again";
+    CHECK_THROWS_WITH(train(plain, ops, from), Catch::Contains("holds tensor 'layers.0.moe.router.expert_bias' that "
+                                                               "this model does not have"));
     spdlog::set_level(spdlog::level::info);
 }

@@ -69,11 +69,13 @@ void collect(const ParameterSet& params, ParameterSet::Slot slot, const std::fun
 }
 
 void load_slot(ParameterSet& params, ParameterSet::Slot slot, const std::string& prefix,
-               const std::function<const SafetensorsFile&(const std::string& name)>& file_for) {
+               const std::function<const SafetensorsFile&(const std::string& name)>& file_for,
+               const std::set<std::string>& kept) {
     const bool f64 = params.dtype() == DType::F64;
     std::vector<float> values;
     for (Param* param : params.stored(slot)) {
         Param& p = *param;
+        if (kept.count(p.name)) continue;
         values.resize(size_t(p.numel()));
         for (const FileTensor& f : file_tensors(p))
             file_for(f.name).read(prefix + f.name, "F32", f.shape, values.data() + f.offset);
@@ -86,15 +88,21 @@ void load_slot(ParameterSet& params, ParameterSet::Slot slot, const std::string&
     }
 }
 
-void load_weights(const std::string& path, ParameterSet& params, const std::set<std::string>& elsewhere) {
+std::set<std::string> load_weights(const std::string& path, ParameterSet& params,
+                                   const std::set<std::string>& elsewhere) {
     SafetensorsFile file(path);
+    std::set<std::string> kept;
+    for (const Param& p : params.states())
+        if (!file.has(p.name)) kept.insert(p.name);
     std::set<std::string> wanted;
     for (const std::string& name : params.names()) wanted.insert(name);
     for (const std::string& name : file.names())
         if (!wanted.count(name) && !elsewhere.count(name))
             throw DataError("'" + path + "' holds tensor '" + name +
                             "' that this model does not have: the file is of another model config");
-    load_slot(params, ParameterSet::Slot::Value, "", [&](const std::string&) -> const SafetensorsFile& { return file; });
+    load_slot(params, ParameterSet::Slot::Value, "", [&](const std::string&) -> const SafetensorsFile& { return file; },
+              kept);
+    return kept;
 }
 
 }  // namespace moe

@@ -32,17 +32,21 @@ void collect(const ParameterSet& params, ParameterSet::Slot slot, const std::fun
              bool keep, const std::string& prefix, HostTensors& out);
 
 // Sets one slot of every parameter from files: `file_for(name)` is the open
-// file that holds the tensor prefix + name (the part of its expert). Shapes
-// are checked; the working copy follows with ParameterSet::refresh_work().
+// file that holds the tensor prefix + name (the part of its expert); those
+// named in `kept` stay as they are. Shapes are checked; the working copy
+// follows with ParameterSet::refresh_work().
 void load_slot(ParameterSet& params, ParameterSet::Slot slot, const std::string& prefix,
-               const std::function<const SafetensorsFile&(const std::string& name)>& file_for);
+               const std::function<const SafetensorsFile&(const std::string& name)>& file_for,
+               const std::set<std::string>& kept = {});
 
 // The weights of an exported model or a weights file (--init-from): every
 // parameter must be in the file with the same shape; a missing or mismatched
 // one is a DataError naming it. Tensors in the file that the model does not
 // have are an error too (a different model), except those named in
-// `elsewhere` (experts that other ranks hold). The working copy follows with
-// ParameterSet::refresh_work().
-void load_weights(const std::string& path, ParameterSet& params, const std::set<std::string>& elsewhere = {});
+// `elsewhere` (experts that other ranks hold). A state the file lacks (the
+// expert bias of a model trained without one) keeps its start; their names
+// are returned. The working copy follows with ParameterSet::refresh_work().
+std::set<std::string> load_weights(const std::string& path, ParameterSet& params,
+                                   const std::set<std::string>& elsewhere = {});
 
 }  // namespace moe

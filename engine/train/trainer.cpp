@@ -202,7 +202,12 @@ void Trainer::restore(const TrainOptions& opts) {
         if (!opts.init_from.empty()) {
             if (const auto trained = weights_tokenizer(opts.init_from))
                 require_same_tokenizer(*trained, tokenizer_.identity, "'" + opts.init_from + "'");
-            load_weights(opts.init_from, params, params.experts_elsewhere(mc_.moe.num_experts));
+            const std::set<std::string> fresh =
+                load_weights(opts.init_from, params, params.experts_elsewhere(mc_.moe.num_experts));
+            if (lead_ && !fresh.empty())
+                spdlog::info("'{}' has no {} (nor {} more state(s)): they start as in a new model (an expert "
+                             "bias at zero)",
+                             opts.init_from, *fresh.begin(), fresh.size() - 1);
         }
         if (!resume_from_.empty()) {
             const CheckpointInfo info = read_checkpoint_info(resume_from_);
