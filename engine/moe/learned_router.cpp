@@ -31,6 +31,7 @@ void LearnedRouter::carve(Arena& acts, Arena& scratch, const Precision& pr, int6
     topk_idx_ = acts.take(DType::I32, {N, k});
     dlogits_ = scratch.take(pr.stat, {N, E});
     dlogits_act_ = pr.act == pr.stat ? dlogits_ : scratch.take(pr.act, {N, E});
+    if (bias_) bias_step_ = scratch.take(pr.stat, {E});
     stats_ = stats;
 }
 
@@ -85,26 +86,26 @@ void LearnedRouter::backward(Ops& ops, Tensor x, Tensor dweights, Tensor dx, dou
 }
 
 namespace {
-// In the bias's own dtype: every rank computes the same bits from the same counts.
-template <class T> void nudge(Ops& ops, const Tensor& bias, const std::vector<int64_t>& routed, double rate) {
+// sign(mean - c_e) = sign(total - E * c_e), exact in integers; in T.
+template <class T> std::vector<T> load_signs(const std::vector<int64_t>& routed) {
     const int64_t E = int64_t(routed.size());
     int64_t total = 0;
     for (int64_t c : routed) total += c;
-    std::vector<T> b(static_cast<size_t>(E));
-    ops.copy_to_host(b.data(), bias);
+    std::vector<T> signs(static_cast<size_t>(E));
     for (int64_t e = 0; e < E; ++e) {
-        // sign(mean - c_e) = sign(total - E * c_e), exact in integers.
         const int64_t gap = total - E * routed[size_t(e)];
-        b[size_t(e)] = b[size_t(e)] + T(rate) * T((gap > 0) - (gap < 0));
+        signs[size_t(e)] = T((gap > 0) - (gap < 0));
     }
-    ops.copy_from_host(bias, b.data());
+    return signs;
 }
 }  // namespace
 
 void LearnedRouter::after_step(Ops& ops, const std::vector<int64_t>& routed) {
     if (!bias_ || *cfg_.expert_bias_rate == 0) return;
-    if (bias_->value.dtype == DType::F64) nudge<double>(ops, bias_->value, routed, *cfg_.expert_bias_rate);
-    else nudge<float>(ops, bias_->value, routed, *cfg_.expert_bias_rate);
+    // The signs go up, the backend adds them: nothing waits for the device.
+    if (bias_step_.dtype == DType::F64) ops.copy_from_host(bias_step_, load_signs<double>(routed).data());
+    else ops.copy_from_host(bias_step_, load_signs<float>(routed).data());
+    ops.add(bias_->value, bias_step_, *cfg_.expert_bias_rate);
 }
 
 }  // namespace moe

@@ -33,6 +33,7 @@ private:
     RouterScoring scoring_;
     Param* weight_;  // [E, H]
     Param* bias_;    // state [E]: the expert bias, or null without one
+    Tensor bias_step_;  // scratch [E]: after a step, the signs the bias moves by
     // logits_ to dlogits_ in fp32 (stat); dlogits_act_ feeds the matmul
     // backward (dlogits_ itself when the dtypes agree).
     Tensor logits_, probs_, lse_, topk_idx_, topk_w_, dlogits_, dlogits_act_, stats_;
