@@ -17,10 +17,12 @@
 #include "engine/train/trainer.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/catch.h"
+#include "tests/host_values.h"
 #include "tests/test_models.h"
 #include "tests/train_fixture.h"
 
 using namespace moe;
+using moe::test::host_values;
 
 namespace {
 
@@ -31,13 +33,7 @@ ModelConfig biased_model(double rate) {
     return m;
 }
 
-template <class T> std::vector<double> values(Ops& ops, const Tensor& t) {
-    std::vector<T> v(static_cast<size_t>(t.numel()));
-    ops.copy_to_host(v.data(), t);
-    return std::vector<double>(v.begin(), v.end());
-}
-
-template <class T> void check_update(DType dtype) {
+void check_update(DType dtype) {
     CpuOps ops;
     ParameterSet params;
     LearnedRouter router(biased_model(0.25), params, 0);
@@ -49,13 +45,13 @@ template <class T> void check_update(DType dtype) {
     scratch.allocate();
     router.carve(acts, scratch, Precision(dtype), 1, {});
     const Tensor& b = params.find("layers.0.moe.router.expert_bias").value;
-    CHECK(values<T>(ops, b) == std::vector<double>{0, 0, 0, 0});  // starts at zero
+    CHECK(host_values(ops, b) == std::vector<double>{0, 0, 0, 0});  // starts at zero
     router.after_step(ops, {5, 3, 3, 1});  // mean 3: the busiest down, the idlest up, the rest stay
-    CHECK(values<T>(ops, b) == std::vector<double>{-0.25, 0, 0, 0.25});
+    CHECK(host_values(ops, b) == std::vector<double>{-0.25, 0, 0, 0.25});
     router.after_step(ops, {0, 0, 6, 6});
-    CHECK(values<T>(ops, b) == std::vector<double>{0, 0.25, -0.25, 0});
+    CHECK(host_values(ops, b) == std::vector<double>{0, 0.25, -0.25, 0});
     router.after_step(ops, {2, 2, 2, 2});  // balanced: nothing moves
-    CHECK(values<T>(ops, b) == std::vector<double>{0, 0.25, -0.25, 0});
+    CHECK(host_values(ops, b) == std::vector<double>{0, 0.25, -0.25, 0});
 }
 
 // The bias of layer l in a checkpoint's model part.
@@ -75,8 +71,8 @@ std::string step_dir(const Config& c, int step) {
 }  // namespace
 
 TEST_CASE("the expert bias moves by the rate against each expert's load, in float and double", "[unit]") {
-    check_update<float>(DType::F32);
-    check_update<double>(DType::F64);
+    check_update(DType::F32);
+    check_update(DType::F64);
 }
 
 TEST_CASE("the expert bias is a state: saved with the weights, neither trained nor in the moments", "[unit]") {
