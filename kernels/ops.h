@@ -246,11 +246,14 @@ public:
 
     // ---- loss -------------------------------------------------------------
     // losses[N] (stat) = logsumexp(logits[n]) - logits[n, targets[n]], in fp32
-    // from logits in act (no fp32 copy of the logits).
-    virtual void cross_entropy_forward(Tensor losses, Tensor logits, Tensor targets) = 0;
-    // dlogits = dloss * (softmax(logits) - onehot(target)); OVERWRITES dlogits,
-    // which may be the logits buffer itself.
-    virtual void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor targets, double dloss) = 0;
+    // from logits in act (no fp32 copy of the logits); lse[N] (stat, may be
+    // empty) keeps each row's logsumexp for the backward.
+    virtual void cross_entropy_forward(Tensor losses, Tensor lse, Tensor logits, Tensor targets) = 0;
+    // dlogits = dloss * (exp(logits - lse) - onehot(target)) with the
+    // forward's lse: one pass over the logits, nothing recomputed. OVERWRITES
+    // dlogits, which may be the logits buffer itself.
+    virtual void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor lse, Tensor targets,
+                                        double dloss) = 0;
 
     // ---- optimizer --------------------------------------------------------
     // One AdamW step on a parameter (decoupled weight decay lr*wd*param):

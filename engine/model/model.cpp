@@ -112,6 +112,7 @@ void Model::carve() {
     rstd_ = acts_.take(pr_.stat, {N});
     logits_ = acts_.take(pr_.act, {N, V});
     losses_ = acts_.take(pr_.stat, {N});
+    lse_ = acts_.take(pr_.stat, {N});
     // Gradient streams live outside the per-block scratch.
     for (int i = 0; i < 2; ++i) {
         dh_[i] = acts_.take(pr_.act, {N, H});
@@ -151,7 +152,7 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
     PhaseScope scope(times_, ops_, Phase::Head);
     ops_.rmsnorm_forward(hn_, rstd_, h_.back(), norm_->work, cfg_.norm_eps);
     ops_.matmul_forward(logits_, hn_, lm_head_->work, {});
-    ops_.cross_entropy_forward(losses_, logits_, targets_);
+    ops_.cross_entropy_forward(losses_, lse_, logits_, targets_);
     r.loss = ops_.sum(losses_) / double(N);
     return r;
 }
@@ -194,7 +195,7 @@ void Model::backward(double loss_scale, Write grads, const BucketReady& bucket_r
     {
         // Head: logits -> dlogits in place, then through the final norm.
         PhaseScope scope(times_, ops_, Phase::Head);
-        ops_.cross_entropy_backward(logits_, logits_, targets_, loss_scale / double(N));
+        ops_.cross_entropy_backward(logits_, logits_, lse_, targets_, loss_scale / double(N));
         ops_.matmul_backward(dxn_, lm_head_->grad, {}, logits_, hn_, lm_head_->work, Write::overwrite, grads);
         ops_.rmsnorm_backward(dh, norm_->grad, dxn_, h_.back(), norm_->work, rstd_, Write::overwrite, grads);
         if (dyn) ops_.zero(dv);

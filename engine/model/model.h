@@ -124,7 +124,7 @@ private:
     Arena acts_, block_, scratch_;
     Tensor ids_, targets_;
     std::vector<Tensor> h_, v_;  // residual and velocity streams entering each layer, [L+1]
-    Tensor hn_, rstd_, logits_, losses_;
+    Tensor hn_, rstd_, logits_, losses_, lse_;
     Tensor router_stats_;  // F64 [L, E+1] (learned router): each layer's Router stats
     std::vector<double> router_stats_host_;
     std::vector<std::vector<int64_t>> balance_slots_;  // set by balance_over until the next forward

@@ -1,9 +1,10 @@
 // Cross-entropy on the GPU over bf16 logits [N,V]: one block per row, each
 // thread keeping a running max and sum of exponentials in fp32 over its part
-// of the row (one pass, no fp32 copy of the logits), merged by a fixed tree.
-// The backward recomputes them, then every thread overwrites only elements it
-// has read itself, so dlogits may be the logits buffer. A target outside
-// [0, V) is a data error (MODEL.md) the host cannot see without a sync: it
+// of the row (one pass, no fp32 copy of the logits), merged by a fixed tree;
+// the forward keeps each row's logsumexp. The backward is then one pass that
+// reads each logit once and overwrites it with its gradient (each thread
+// writes only what it read), so dlogits may be the logits buffer. A target
+// outside [0, V) is a data error (MODEL.md) the host cannot see without a sync: it
 // gives a NaN loss and NaN gradients, which the trainer stops on.
 #include <cfloat>
 #include <climits>
@@ -75,32 +76,32 @@ template <int W> __device__ MaxSum row_stats(const bf16* row, int64_t V) {
 }
 
 template <int W>
-__global__ void cross_entropy_forward_kernel(float* losses, const bf16* logits, const int32_t* targets, int64_t V) {
+__global__ void cross_entropy_forward_kernel(float* losses, float* lse, const bf16* logits, const int32_t* targets,
+                                             int64_t V) {
     const bf16* row = logits + int64_t(blockIdx.x) * V;
     const MaxSum st = row_stats<W>(row, V);
     if (threadIdx.x == 0) {
         const int32_t t = targets[blockIdx.x];
-        losses[blockIdx.x] = t >= 0 && t < V ? st.m + logf(st.s) - __bfloat162float(row[t]) : NAN;
+        const float row_lse = st.m + logf(st.s);
+        losses[blockIdx.x] = t >= 0 && t < V ? row_lse - __bfloat162float(row[t]) : NAN;
+        if (lse) lse[blockIdx.x] = row_lse;
     }
 }
 
-// dlogits = dloss (softmax - onehot(target)); dlogits may alias logits.
+// dlogits = dloss (exp(x - lse) - onehot(target)); dlogits may alias logits.
 template <int W>
-__global__ void cross_entropy_backward_kernel(bf16* dlogits, const bf16* logits, const int32_t* targets, int64_t V,
-                                              float dloss) {
+__global__ void cross_entropy_backward_kernel(bf16* dlogits, const bf16* logits, const float* lse,
+                                              const int32_t* targets, int64_t V, float dloss) {
     const bf16* row = logits + int64_t(blockIdx.x) * V;
     bf16* grad = dlogits + int64_t(blockIdx.x) * V;
-    const MaxSum st = row_stats<W>(row, V);
     const int32_t t = targets[blockIdx.x];
     const bool valid = t >= 0 && t < V;
-    const float inv_sum = 1 / st.s;
-    // The same chunks as in row_stats: a thread writes only what it read.
+    const float row_lse = lse[blockIdx.x];
     for (int64_t c = int64_t(threadIdx.x) * W; c < V; c += int64_t(blockDim.x) * W) {
         float x[W];
         load_chunk<W>(x, row + c);
 #pragma unroll
-        for (int e = 0; e < W; ++e)
-            x[e] = valid ? dloss * (expf(x[e] - st.m) * inv_sum - (c + e == t ? 1.0f : 0.0f)) : NAN;
+        for (int e = 0; e < W; ++e) x[e] = valid ? dloss * (expf(x[e] - row_lse) - (c + e == t ? 1.0f : 0.0f)) : NAN;
         store_chunk<W>(grad + c, x);
     }
 }
@@ -115,34 +116,38 @@ void check_inputs(const char* op, const Tensor& logits, const Tensor& targets) {
 
 }  // namespace
 
-void CudaOps::cross_entropy_forward(Tensor losses, Tensor logits, Tensor targets) {
+void CudaOps::cross_entropy_forward(Tensor losses, Tensor lse, Tensor logits, Tensor targets) {
     const char* op = "cross_entropy_forward";
     check_inputs(op, logits, targets);
     require_dtype(op, "losses", losses, DType::F32);
-    check(losses.numel() == logits.dim(0), op, "losses " + losses.shape_str() + " for logits " + logits.shape_str());
+    require_dtype(op, "lse", lse, DType::F32);
+    check(losses.numel() == logits.dim(0) && (lse.empty() || lse.numel() == logits.dim(0)), op,
+          "losses " + losses.shape_str() + " and lse " + lse.shape_str() + " for logits " + logits.shape_str());
     const int64_t N = logits.dim(0), V = logits.dim(1);
     if (N == 0) return;
     const auto* x = static_cast<const bf16*>(logits.data);
     cuda::with_chunk_width(V, {x}, [&](auto width) {
         cross_entropy_forward_kernel<decltype(width)::value><<<unsigned(N), kThreads, 0, stream()>>>(
-            losses.ptr<float>(), x, targets.ptr<int32_t>(), V);
+            losses.ptr<float>(), lse.empty() ? nullptr : lse.ptr<float>(), x, targets.ptr<int32_t>(), V);
     });
     MOE_CUDA_LAUNCHED();
 }
 
-void CudaOps::cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor targets, double dloss) {
+void CudaOps::cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor lse, Tensor targets, double dloss) {
     const char* op = "cross_entropy_backward";
     check_inputs(op, logits, targets);
     require_dtype(op, "dlogits", dlogits, DType::BF16);
-    check(dlogits.numel() == logits.numel(), op,
-          "dlogits " + dlogits.shape_str() + " must have the shape of logits " + logits.shape_str());
+    require_dtype(op, "lse", lse, DType::F32);
+    check(dlogits.numel() == logits.numel() && lse.numel() == logits.dim(0), op,
+          "dlogits " + dlogits.shape_str() + " and lse " + lse.shape_str() + " must match logits " +
+              logits.shape_str() + " (the forward's lse [N])");
     const int64_t N = logits.dim(0), V = logits.dim(1);
     if (N == 0) return;
     const auto* x = static_cast<const bf16*>(logits.data);
     auto* g = static_cast<bf16*>(dlogits.data);
     cuda::with_chunk_width(V, {x, g}, [&](auto width) {
         cross_entropy_backward_kernel<decltype(width)::value><<<unsigned(N), kThreads, 0, stream()>>>(
-            g, x, targets.ptr<int32_t>(), V, float(dloss));
+            g, x, lse.ptr<float>(), targets.ptr<int32_t>(), V, float(dloss));
     });
     MOE_CUDA_LAUNCHED();
 }

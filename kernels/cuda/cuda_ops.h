@@ -113,8 +113,8 @@ public:
                            Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write,
                            Write dw_write) override;
 
-    void cross_entropy_forward(Tensor losses, Tensor logits, Tensor targets) override;
-    void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor targets, double dloss) override;
+    void cross_entropy_forward(Tensor losses, Tensor lse, Tensor logits, Tensor targets) override;
+    void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor lse, Tensor targets, double dloss) override;
 
     void adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor work, const AdamWParams& p) override;
 

@@ -1,7 +1,8 @@
 // The CUDA cross-entropy ops against the CPU reference for V = 1000 and the
 // benchmark's 32768 (16-byte chunks) and V = 1001 (the element path), with a
-// large and a -inf logit; the backward into a separate buffer and in place
-// over the logits; a bad target turns into NaN instead of being ignored.
+// large and a -inf logit: losses and the kept logsumexp, the backward from
+// it into a separate buffer and in place over the logits; a bad target turns
+// into NaN instead of being ignored.
 #include <cmath>
 #include <stdexcept>
 #include <vector>
@@ -44,20 +45,21 @@ void check_cross_entropy(Backends& b, int64_t N, int64_t V) {
     Tensor cpu_logits = host_tensor(r.logits, {N, V}), cpu_targets = host_ids(r.targets, {N});
     Tensor logits = b.upload(r.logits, DType::BF16, {N, V}), targets = b.upload_ids(r.targets, {N});
 
-    std::vector<float> losses(static_cast<size_t>(N));
-    b.cpu.cross_entropy_forward(host_tensor(losses, {N}), cpu_logits, cpu_targets);
-    Tensor gpu_losses = b.zeros(DType::F32, {N});
-    b.gpu.cross_entropy_forward(gpu_losses, logits, targets);
+    std::vector<float> losses(static_cast<size_t>(N)), lse(static_cast<size_t>(N));
+    b.cpu.cross_entropy_forward(host_tensor(losses, {N}), host_tensor(lse, {N}), cpu_logits, cpu_targets);
+    Tensor gpu_losses = b.zeros(DType::F32, {N}), gpu_lse = b.zeros(DType::F32, {N});
+    b.gpu.cross_entropy_forward(gpu_losses, gpu_lse, logits, targets);
     require_near("losses", b.download(gpu_losses), losses, kLossRtol, kLossAtol);
+    require_near("lse", b.download(gpu_lse), lse, kLossRtol, kLossAtol);
 
     std::vector<float> dlogits(r.logits.size());
-    b.cpu.cross_entropy_backward(host_tensor(dlogits, {N, V}), cpu_logits, cpu_targets, kDloss);
+    b.cpu.cross_entropy_backward(host_tensor(dlogits, {N, V}), cpu_logits, host_tensor(lse, {N}), cpu_targets, kDloss);
     // Into another buffer, which starts nonzero: it is overwritten.
     Tensor gpu_dlogits = b.upload(bf16_normals(N * V, rng), DType::BF16, {N, V});
-    b.gpu.cross_entropy_backward(gpu_dlogits, logits, targets, kDloss);
+    b.gpu.cross_entropy_backward(gpu_dlogits, logits, gpu_lse, targets, kDloss);
     require_near("dlogits", b.download(gpu_dlogits), dlogits, kBf16Rtol, kGradAtol);
     // In place over the logits, as the model calls it.
-    b.gpu.cross_entropy_backward(logits, logits, targets, kDloss);
+    b.gpu.cross_entropy_backward(logits, logits, gpu_lse, targets, kDloss);
     require_near("dlogits in place", b.download(logits), dlogits, kBf16Rtol, kGradAtol);
 }
 
@@ -76,13 +78,13 @@ TEST_CASE("cuda cross_entropy turns a target outside the vocabulary into NaN", "
     Rng rng(3, "cuda cross entropy bad target");
     Tensor logits = b.upload(bf16_normals(N * V, rng), DType::BF16, {N, V});
     Tensor targets = b.upload_ids({2, int32_t(V), -1}, {N});
-    Tensor losses = b.zeros(DType::F32, {N});
-    b.gpu.cross_entropy_forward(losses, logits, targets);
+    Tensor losses = b.zeros(DType::F32, {N}), lse = b.zeros(DType::F32, {N});
+    b.gpu.cross_entropy_forward(losses, lse, logits, targets);
     const std::vector<float> l = b.download(losses);
     REQUIRE(std::isfinite(l[0]));
     REQUIRE(std::isnan(l[1]));
     REQUIRE(std::isnan(l[2]));
-    b.gpu.cross_entropy_backward(logits, logits, targets, 1.0);
+    b.gpu.cross_entropy_backward(logits, logits, lse, targets, 1.0);
     const std::vector<float> g = b.download(logits);
     for (int64_t i = 0; i < V; ++i) {
         REQUIRE(std::isfinite(g[i]));
@@ -94,11 +96,19 @@ TEST_CASE("cuda cross_entropy rejects wrong dtypes and shapes", "[gpu]") {
     Backends b;
     const int64_t N = 2, V = 8;
     Tensor logits = b.zeros(DType::BF16, {N, V}), targets = b.zeros(DType::I32, {N});
-    REQUIRE_THROWS_AS(b.gpu.cross_entropy_forward(b.zeros(DType::BF16, {N}), logits, targets), std::invalid_argument);
-    REQUIRE_THROWS_AS(b.gpu.cross_entropy_forward(b.zeros(DType::F32, {N}), b.zeros(DType::F32, {N, V}), targets),
+    Tensor lse = b.zeros(DType::F32, {N});
+    REQUIRE_THROWS_AS(b.gpu.cross_entropy_forward(b.zeros(DType::BF16, {N}), lse, logits, targets),
                       std::invalid_argument);
-    REQUIRE_THROWS_AS(b.gpu.cross_entropy_backward(b.zeros(DType::F32, {N, V}), logits, targets, 1.0),
+    REQUIRE_THROWS_AS(b.gpu.cross_entropy_forward(b.zeros(DType::F32, {N}), lse, b.zeros(DType::F32, {N, V}), targets),
                       std::invalid_argument);
-    REQUIRE_THROWS_AS(b.gpu.cross_entropy_forward(b.zeros(DType::F32, {N + 1}), logits, b.zeros(DType::I32, {N + 1})),
+    REQUIRE_THROWS_AS(b.gpu.cross_entropy_forward(b.zeros(DType::F32, {N}), b.zeros(DType::F32, {N + 1}), logits,
+                                                  targets),
                       std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.cross_entropy_backward(b.zeros(DType::F32, {N, V}), logits, lse, targets, 1.0),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.cross_entropy_backward(logits, logits, b.zeros(DType::F32, {N + 1}), targets, 1.0),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(
+        b.gpu.cross_entropy_forward(b.zeros(DType::F32, {N + 1}), {}, logits, b.zeros(DType::I32, {N + 1})),
+        std::invalid_argument);
 }
