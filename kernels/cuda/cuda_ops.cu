@@ -42,6 +42,12 @@ CudaOps::CudaOps(int device) : device_(device) {
     MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     check_lt(cublasLtCreate(&lt_), "cublasLtCreate");
     MOE_CUDA_CHECK(cudaMalloc(&lt_workspace_, kLtWorkspaceBytes));
+    MOE_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
+    for (int i = 0; i < kExpertLanes; ++i) {
+        MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&lanes_[i], cudaStreamNonBlocking));
+        MOE_CUDA_CHECK(cudaMalloc(&lane_workspaces_[i], kLtWorkspaceBytes));
+        MOE_CUDA_CHECK(cudaEventCreateWithFlags(&joined_[i], cudaEventDisableTiming));
+    }
     MOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&partials_), kMaxPartials * sizeof(double)));
     MOE_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_results_), kMaxPartials * sizeof(double)));
     MOE_CUDA_CHECK(cudaMalloc(&upload_, kUploadBytes));
@@ -56,6 +62,12 @@ CudaOps::~CudaOps() {
     cudaFreeHost(host_results_);
     cudaFree(partials_);
     cudaFree(lt_workspace_);
+    for (int i = 0; i < kExpertLanes; ++i) {
+        if (lanes_[i]) cudaStreamDestroy(lanes_[i]);
+        cudaFree(lane_workspaces_[i]);
+        if (joined_[i]) cudaEventDestroy(joined_[i]);
+    }
+    if (fork_) cudaEventDestroy(fork_);
     if (lt_) cublasLtDestroy(lt_);
     if (stream_) cudaStreamDestroy(stream_);
 }

@@ -4,7 +4,9 @@
 // parameters, master weights and AdamW moments in fp32; every kernel
 // accumulates in fp32. Dense and grouped GEMMs go through cuBLASLt.
 //
-// All work is queued on one stream, in call order; copy_to_host, plan_routing
+// All work is queued on one stream, in call order (a grouped GEMM's experts
+// fan out to side streams and join back before the next op; matmul.cu);
+// copy_to_host, plan_routing
 // and the reductions returning a host value wait for it, copy_from_host does
 // not (it stages through a pinned ring, upload_ring.h). Kernels never use
 // atomics on floats: every output is written by one thread in a fixed order,
@@ -136,12 +138,18 @@ public:
     // cuBLASLt plans made so far (shapes seen; a grouped GEMM's expert sizes
     // count by size class).
     size_t matmul_plan_count() const;
+    // Side streams a grouped GEMM spreads its experts over, each with its
+    // own cuBLASLt workspace (matmul.cu); kMainLane names the main stream.
+    static constexpr int kExpertLanes = 4, kMainLane = -1;
 
 private:
     int device_;
     cudaStream_t stream_ = nullptr;
     cublasLtHandle_t lt_ = nullptr;
     void* lt_workspace_ = nullptr;
+    cudaStream_t lanes_[kExpertLanes] = {};
+    void* lane_workspaces_[kExpertLanes] = {};
+    cudaEvent_t fork_ = nullptr, joined_[kExpertLanes] = {};
     double* partials_ = nullptr;
     double* host_results_ = nullptr;
     void* upload_ = nullptr;
@@ -154,10 +162,15 @@ private:
     cuda::UploadRing uploads_{kUploadRingBytes};
     // Which size of a GEMM changes from call to call (an expert's rows).
     enum class GemmVaries { nothing, n, k };
-    // out[M,N] (column-major, ld M) = alpha op(a) op(b) + beta out (matmul.cu).
+    // out[M,N] (column-major, ld M) = alpha op(a) op(b) + beta out (matmul.cu),
+    // queued on the main stream or on side stream `lane`.
     void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type, int64_t lda,
               const void* b, DType b_type, int64_t ldb, void* out, DType out_type, float beta, const void* bias,
-              GemmVaries varies = GemmVaries::nothing);
+              GemmVaries varies = GemmVaries::nothing, int lane = kMainLane);
+    // Side streams 0..lanes-1 start after the work queued so far (fork),
+    // and the main stream continues after theirs (join).
+    void fork_lanes(int lanes);
+    void join_lanes(int lanes);
 };
 
 // GPUs this process can see (0 when there is no driver or no device).

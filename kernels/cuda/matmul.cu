@@ -1,11 +1,16 @@
 // Linear layers through cuBLASLt: bf16 inputs, fp32 compute, bf16 or fp32
 // output; the bias rides the forward GEMM's epilogue. Grouped (per-expert)
-// GEMMs are one GEMM per expert over its rows. cuBLASLt is column-major: a
+// GEMMs are one GEMM per expert over its rows, the experts dealt round-robin
+// to side streams: one expert's GEMM leaves the last wave of tiles part
+// empty (medium's weight gradients fill 0.67 of one), and other experts'
+// tiles fill it. The experts touch disjoint rows and weights, and a GEMM's
+// bits do not depend on its stream. cuBLASLt is column-major: a
 // row-major [R,C] matrix is its column-major transpose [C,R] with ld C, so
 //   y[N,O] = x[N,I] w[O,I]^T      is  y^T (O x N) = w^T(T) . x^T,
 //   dx[N,I] (+)= dy[N,O] w[O,I]   is  dx^T (I x N) = w^T . dy^T,
 //   dw[O,I] (+)= dy^T x           is  dw^T (I x O) = x^T . dy^T(T).
 // Descriptors, layouts and the chosen algorithm are cached per shape.
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -96,7 +101,7 @@ size_t CudaOps::matmul_plan_count() const { return matmul_plans_ ? matmul_plans_
 
 void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type,
                    int64_t lda, const void* b, DType b_type, int64_t ldb, void* out, DType out_type, float beta,
-                   const void* bias, GemmVaries varies) {
+                   const void* bias, GemmVaries varies, int lane) {
     if (m == 0 || n == 0) return;
     if (k == 0) {  // an empty sum: out = beta out
         if (beta == 0) zero(Tensor(out, out_type, {m, n}));
@@ -155,6 +160,8 @@ void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
         return *slot;
     };
     const float alpha = 1.0f;
+    cudaStream_t stream = lane == kMainLane ? stream_ : lanes_[lane];
+    void* workspace = lane == kMainLane ? lt_workspace_ : lane_workspaces_[lane];
     const auto run = [&](const MatmulPlans::Plan& plan) {
         // Always: a dense GEMM's shape may be some expert size class's too.
         plan.set_dims(trans_a, trans_b, m, n, k);
@@ -162,13 +169,25 @@ void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
             check_lt(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
                      "bias pointer");
         return cublasLtMatmul(lt_, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, out, plan.c, out, plan.c,
-                              &plan.algo, lt_workspace_, kLtWorkspaceBytes, stream_);
+                              &plan.algo, workspace, kLtWorkspaceBytes, stream);
     };
     const int64_t pn = varies == GemmVaries::n ? size_class(n) : n, pk = varies == GemmVaries::k ? size_class(k) : k;
     cublasStatus_t s = run(plan_for(pn, pk));
     if ((s == CUBLAS_STATUS_NOT_SUPPORTED || s == CUBLAS_STATUS_INVALID_VALUE) && (pn != n || pk != k))
         s = run(plan_for(n, k));
     check_lt(s, "matmul");
+}
+
+void CudaOps::fork_lanes(int lanes) {
+    MOE_CUDA_CHECK(cudaEventRecord(fork_, stream_));
+    for (int i = 0; i < lanes; ++i) MOE_CUDA_CHECK(cudaStreamWaitEvent(lanes_[i], fork_, 0));
+}
+
+void CudaOps::join_lanes(int lanes) {
+    for (int i = 0; i < lanes; ++i) {
+        MOE_CUDA_CHECK(cudaEventRecord(joined_[i], lanes_[i]));
+        MOE_CUDA_CHECK(cudaStreamWaitEvent(stream_, joined_[i], 0));
+    }
 }
 
 namespace {
@@ -186,6 +205,11 @@ Linear check_linear(const char* op, const Tensor& y, const Tensor& x, const Tens
     cuda::require_dtype(op, "w", w, DType::BF16);
     return {x.dim(0), I, O};
 }
+
+// Side streams for E experts' GEMMs: none for one expert (a shared expert),
+// which stays on the main stream.
+int expert_lanes(int64_t E) { return E > 1 ? int(std::min<int64_t>(E, CudaOps::kExpertLanes)) : 0; }
+int lane_of(int64_t e, int lanes) { return lanes ? int(e % lanes) : CudaOps::kMainLane; }
 
 // The GEMM's beta for an output written as `write` says.
 float beta_for(Write write) { return write == Write::overwrite ? 0.0f : 1.0f; }
@@ -239,13 +263,16 @@ void CudaOps::grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::ve
           "expected x [R,I], y [R,O] for w " + w.shape_str() + "; got x " + x.shape_str() + ", y " + y.shape_str());
     check_offsets("grouped_matmul_forward", offsets, E, R);
     for (const Tensor* t : {&y, &x, &w}) cuda::require_dtype("grouped_matmul_forward", "y, x and w", *t, DType::BF16);
+    const int lanes = expert_lanes(E);
+    fork_lanes(lanes);
     for (int64_t e = 0; e < E; ++e) {
         const int64_t rows = offsets[e + 1] - offsets[e];
         if (!rows) continue;
         Tensor we = w.rows(e, e + 1), xe = x.rows(offsets[e], offsets[e + 1]), ye = y.rows(offsets[e], offsets[e + 1]);
         gemm(true, false, O, rows, I, we.data, w.dtype, I, xe.data, x.dtype, I, ye.data, y.dtype, 0.0f, nullptr,
-             GemmVaries::n);
+             GemmVaries::n, lane_of(e, lanes));
     }
+    join_lanes(lanes);
 }
 
 void CudaOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
@@ -263,21 +290,24 @@ void CudaOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x,
     cuda::require_dtype("grouped_matmul_backward", "dw", dw, DType::F32);
     // Every row of dx is some expert's, so overwriting dx needs no zeroing;
     // an expert without rows has a zero dw.
+    for (int64_t e = 0; e < E; ++e)
+        if (offsets[e] == offsets[e + 1] && !dw.empty() && dw_write == Write::overwrite) zero(dw.rows(e, e + 1));
+    const int lanes = expert_lanes(E);
+    fork_lanes(lanes);
     for (int64_t e = 0; e < E; ++e) {
         const int64_t r0 = offsets[e], r1 = offsets[e + 1];
-        if (r0 == r1) {
-            if (!dw.empty() && dw_write == Write::overwrite) zero(dw.rows(e, e + 1));
-            continue;
-        }
+        if (r0 == r1) continue;
+        const int lane = lane_of(e, lanes);
         const void* we = w.rows(e, e + 1).data;
         const void* dye = dy.rows(r0, r1).data;
         if (!dx.empty())
             gemm(false, false, I, r1 - r0, O, we, w.dtype, I, dye, dy.dtype, O, dx.rows(r0, r1).data, dx.dtype,
-                 beta_for(dx_write), nullptr, GemmVaries::n);
+                 beta_for(dx_write), nullptr, GemmVaries::n, lane);
         if (!dw.empty())
             gemm(false, true, I, O, r1 - r0, x.rows(r0, r1).data, x.dtype, I, dye, dy.dtype, O, dw.rows(e, e + 1).data,
-                 dw.dtype, beta_for(dw_write), nullptr, GemmVaries::k);
+                 dw.dtype, beta_for(dw_write), nullptr, GemmVaries::k, lane);
     }
+    join_lanes(lanes);
 }
 
 }  // namespace moe

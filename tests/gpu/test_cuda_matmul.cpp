@@ -1,5 +1,6 @@
 // The cuBLASLt GEMMs against the CPU ops: the dense linear with bias and its
-// backward, the grouped (per-expert) linear, and its plans by size class.
+// backward, the grouped (per-expert) linear (its experts spread over side
+// streams), and its plans by size class.
 #include "tests/gpu/gpu_testing.h"
 
 using namespace moe;
@@ -83,6 +84,40 @@ TEST_CASE("grouped matmul matches the CPU with an expert that gets no row", "[gp
     const std::vector<float> dw_over = b.download(gdw_over);
     require_near("dw overwritten", dw_over, dw, 1e-5, 1e-4);
     for (int64_t j = O * I; j < 2 * O * I; ++j) REQUIRE(dw_over[size_t(j)] == 0.0f);
+}
+
+TEST_CASE("grouped matmul over more experts than side streams matches the CPU and repeats bit for bit", "[gpu]") {
+    Backends b;
+    Rng rng(18, "grouped lanes");
+    // 9 experts over CudaOps::kExpertLanes side streams: several experts share
+    // a stream, and each of the three GEMMs of an expert runs beside others.
+    const int64_t E = 9, I = 136, O = 200;
+    static_assert(E > 2 * CudaOps::kExpertLanes, "experts must wrap around the side streams");
+    const std::vector<int64_t> offsets = {0, 300, 301, 301, 700, 950, 1200, 1201, 1450, 1700};
+    const int64_t R = offsets.back();
+    std::vector<float> x = bf16_normals(R * I, rng), w = bf16_normals(E * O * I, rng, 0.1);
+    std::vector<float> dy = bf16_normals(R * O, rng);
+    Tensor gx = b.upload(x, DType::BF16, {R, I}), gw = b.upload(w, DType::BF16, {E, O, I});
+    Tensor gdy = b.upload(dy, DType::BF16, {R, O});
+    std::vector<float> y(size_t(R * O)), dx(size_t(R * I)), dw(size_t(E * O * I));
+    b.cpu.grouped_matmul_forward(host_tensor(y, {R, O}), host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets);
+    b.cpu.grouped_matmul_backward(host_tensor(dx, {R, I}), host_tensor(dw, {E, O, I}), host_tensor(dy, {R, O}),
+                                  host_tensor(x, {R, I}), host_tensor(w, {E, O, I}), offsets, Write::overwrite,
+                                  Write::overwrite);
+    std::vector<std::vector<float>> first;
+    for (int run = 0; run < 2; ++run) {
+        INFO("run " << run);
+        Tensor gy = b.zeros(DType::BF16, {R, O}), gdx = b.upload(bf16_normals(R * I, rng), DType::BF16, {R, I});
+        Tensor gdw = b.upload(bf16_normals(E * O * I, rng), DType::F32, {E, O, I});
+        b.gpu.grouped_matmul_forward(gy, gx, gw, offsets);
+        b.gpu.grouped_matmul_backward(gdx, gdw, gdy, gx, gw, offsets, Write::overwrite, Write::overwrite);
+        std::vector<std::vector<float>> got = {b.download(gy), b.download(gdx), b.download(gdw)};
+        require_near("y", got[0], y, kBf16Rtol, kBf16Atol);
+        require_near("dx", got[1], dx, kBf16Rtol, kBf16Atol);
+        require_near("dw", got[2], dw, 1e-5, 1e-4);
+        if (run == 0) first = got;
+        else REQUIRE(got == first);
+    }
 }
 
 TEST_CASE("grouped matmul plans expert sizes by class: new loads reuse plans and stay exact", "[gpu]") {
