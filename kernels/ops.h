@@ -125,9 +125,6 @@ public:
     // Each tensor's sum x^2, read back together: a device waits once for all.
     virtual std::vector<double> sum_squares(const std::vector<Tensor>& xs) = 0;
     virtual double sum(Tensor x) = 0;                           // sum x
-    // Row-wise concat: out[N, a+b] = [a_ | b_]; backward splits and accumulates.
-    virtual void concat_cols_forward(Tensor out, Tensor a, Tensor b) = 0;
-    virtual void concat_cols_backward(Tensor da, Tensor db, Tensor dout) = 0;
 
     // ---- embedding --------------------------------------------------------
     // out[N,H] = table[ids[n]]; ids I32[N] already checked against V. table:
@@ -148,6 +145,14 @@ public:
     virtual void matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) = 0;
     virtual void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write,
                                  Write dw_write) = 0;
+    // Linear over a row-wise concatenation, y[N,O] = [a | b] w^T (+ bias[O]):
+    // a[N,A], b[N,B], w[O,A+B] (work; dw master), without an [N, A+B] copy of
+    // the inputs (the dynamics controller reads [h | v]). The backward writes
+    // da and db (act, either may be empty) as dx_write says, dw and dbias as
+    // dw_write says.
+    virtual void concat_matmul_forward(Tensor y, Tensor a, Tensor b, Tensor w, Tensor bias) = 0;
+    virtual void concat_matmul_backward(Tensor da, Tensor db, Tensor dw, Tensor dbias, Tensor dy, Tensor a, Tensor b,
+                                        Tensor w, Write dx_write, Write dw_write) = 0;
     // Grouped linear over expert-sorted rows: rows offsets[e]..offsets[e+1] of
     // x[R,I] use w[e] of w[E,O,I]. offsets is a host array of E+1 entries.
     // The backward writes dx and dw as dx_write and dw_write say.

@@ -1,5 +1,5 @@
-// Linear and grouped (per-expert) linear layers on the CPU: forwards against
-// naive loops, backwards against central finite differences in double, and
+// Linear, grouped (per-expert) linear and concatenation linear layers on the
+// CPU: forwards against naive loops, backwards against central finite differences in double, and
 // results that do not depend on the thread count. Sizes are odd so that both
 // the register tiles and the partial tiles at the edges are exercised.
 #include <vector>
@@ -109,6 +109,53 @@ TEST_CASE("matmul_backward matches finite differences, accumulates and overwrite
     REQUIRE(dx_kept == dx);
 }
 
+TEST_CASE("concat_matmul is the linear of the concatenated rows, forward and backward", "[unit]") {
+    const int64_t N = 7, A = 5, B = 11, O = 9;  // odd widths: edge tiles, and b's block starts mid-row
+    CpuOps ops;
+    Rng rng(7, "concat matmul");
+    std::vector<double> a = normals(N * A, rng), b = normals(N * B, rng), w = normals(O * (A + B), rng);
+    std::vector<double> bias = normals(O, rng), dy = normals(N * O, rng), y = normals(N * O, rng);
+    // The forward against a naive linear of [a | b], the bias optional.
+    std::vector<double> ab;
+    for (int64_t n = 0; n < N; ++n) {
+        ab.insert(ab.end(), a.begin() + n * A, a.begin() + (n + 1) * A);
+        ab.insert(ab.end(), b.begin() + n * B, b.begin() + (n + 1) * B);
+    }
+    ops.concat_matmul_forward(tensor(y, {N, O}), tensor(a, {N, A}), tensor(b, {N, B}), tensor(w, {O, A + B}), {});
+    require_close("y", y, naive_linear(ab, w, nullptr, N, O, A + B), 1e-12);
+    auto loss = [&] {
+        ops.concat_matmul_forward(tensor(y, {N, O}), tensor(a, {N, A}), tensor(b, {N, B}), tensor(w, {O, A + B}),
+                                  tensor(bias, {O}));
+        return dot(dy, y);
+    };
+    loss();
+    require_close("y + bias", y, naive_linear(ab, w, &bias, N, O, A + B), 1e-12);
+
+    // The backward adds to what the gradients hold, against finite differences.
+    const std::vector<double> da0 = normals(N * A, rng), db0 = normals(N * B, rng), dw0 = normals(O * (A + B), rng),
+                              dbias0 = normals(O, rng);
+    std::vector<double> da = da0, db = db0, dw = dw0, dbias = dbias0;
+    ops.concat_matmul_backward(tensor(da, {N, A}), tensor(db, {N, B}), tensor(dw, {O, A + B}), tensor(dbias, {O}),
+                               tensor(dy, {N, O}), tensor(a, {N, A}), tensor(b, {N, B}), tensor(w, {O, A + B}),
+                               Write::add, Write::add);
+    const std::vector<double> grad_a = accumulated(da, da0), grad_b = accumulated(db, db0),
+                              grad_w = accumulated(dw, dw0), grad_bias = accumulated(dbias, dbias0);
+    check_gradient("da", loss, a.data(), grad_a.data(), N * A);
+    check_gradient("db", loss, b.data(), grad_b.data(), N * B);
+    check_gradient("dw", loss, w.data(), grad_w.data(), O * (A + B));
+    check_gradient("dbias", loss, bias.data(), grad_bias.data(), O);
+
+    // Overwriting: what the gradients held is gone; an empty one is skipped.
+    std::vector<double> da_over = normals(N * A, rng), dw_over = normals(O * (A + B), rng),
+                        dbias_over = normals(O, rng);
+    ops.concat_matmul_backward(tensor(da_over, {N, A}), {}, tensor(dw_over, {O, A + B}), tensor(dbias_over, {O}),
+                               tensor(dy, {N, O}), tensor(a, {N, A}), tensor(b, {N, B}), tensor(w, {O, A + B}),
+                               Write::overwrite, Write::overwrite);
+    require_close("da overwritten", da_over, grad_a, 1e-12);
+    require_close("dw overwritten", dw_over, grad_w, 1e-12);
+    require_close("dbias overwritten", dbias_over, grad_bias, 1e-12);
+}
+
 TEST_CASE("grouped_matmul_forward runs each expert over its rows, skipping an empty expert", "[unit]") {
     check_grouped_forward<float>(17, 6);
     check_grouped_forward<double>(17, 6);
@@ -175,4 +222,10 @@ TEST_CASE("matmul rejects mismatched shapes and offsets", "[unit]") {
     require_logic_error(
         [&] { ops.grouped_matmul_forward(tensor(y, {4, 5}), tensor(x, {4, 3}), tensor(w3, {2, 5, 3}), {0, 2, 3}); },
         {"grouped_matmul_forward", "offsets"});
+    std::vector<float> a(8), wc(5 * 6);
+    require_logic_error(
+        [&] {
+            ops.concat_matmul_forward(tensor(y, {4, 5}), tensor(x, {4, 3}), tensor(a, {4, 2}), tensor(wc, {5, 6}), {});
+        },
+        {"concat_matmul_forward", "a [4, 3]", "b [4, 2]", "w [5, 6]"});
 }

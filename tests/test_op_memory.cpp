@@ -33,30 +33,6 @@ template <class T> void check_add_and_scale() {
     for (int i = 0; i < 11; ++i) REQUIRE(y[i] == T(a[i] + b[i]));
 }
 
-template <class T> void check_concat() {
-    CpuOps ops;
-    Rng rng(2, "concat");
-    const int N = 3, A = 2, B = 5;
-    std::vector<T> a = cast<T>(normals(N * A, rng)), b = cast<T>(normals(N * B, rng)), out(N * (A + B));
-    ops.concat_cols_forward(tensor(out, {N, A + B}), tensor(a, {N, A}), tensor(b, {N, B}));
-    for (int n = 0; n < N; ++n) {
-        for (int i = 0; i < A; ++i) REQUIRE(out[n * (A + B) + i] == a[n * A + i]);
-        for (int i = 0; i < B; ++i) REQUIRE(out[n * (A + B) + A + i] == b[n * B + i]);
-    }
-    // The backward splits dout and adds each part onto what the gradients held.
-    std::vector<T> dout = cast<T>(normals(N * (A + B), rng));
-    std::vector<T> da = a, db = b;
-    ops.concat_cols_backward(tensor(da, {N, A}), tensor(db, {N, B}), tensor(dout, {N, A + B}));
-    for (int n = 0; n < N; ++n) {
-        for (int i = 0; i < A; ++i) REQUIRE(da[n * A + i] == a[n * A + i] + dout[n * (A + B) + i]);
-        for (int i = 0; i < B; ++i) REQUIRE(db[n * B + i] == b[n * B + i] + dout[n * (A + B) + A + i]);
-    }
-    // An empty gradient is skipped; the other still finds its columns.
-    std::vector<T> db_only = b;
-    ops.concat_cols_backward({}, tensor(db_only, {N, B}), tensor(dout, {N, A + B}));
-    REQUIRE(db_only == db);
-}
-
 }  // namespace
 
 TEST_CASE("alloc gives zero-filled memory aligned to 256 bytes", "[unit]") {
@@ -120,20 +96,11 @@ TEST_CASE("sum and sum_squares are double sums that do not depend on the thread 
             std::vector<double>{14, 0, got[1]});
 }
 
-TEST_CASE("concat_cols joins rows and its backward splits and accumulates", "[unit]") {
-    check_concat<float>();
-    check_concat<double>();
-}
-
 TEST_CASE("mismatched shapes throw a logic_error naming the op and the shapes", "[unit]") {
     CpuOps ops;
-    std::vector<float> a(6), b(4), c(12);
+    std::vector<float> a(6), b(4);
     require_logic_error([&] { ops.add(tensor(a, {2, 3}), tensor(b, {2, 2})); }, {"add", "[2, 3]", "[2, 2]"});
     require_logic_error([&] { ops.copy(tensor(a, {6}), tensor(b, {4})); }, {"copy", "[6]", "[4]"});
     require_logic_error([&] { ops.add_tensors(tensor(a, {6}), tensor(a, {6}), tensor(b, {4})); },
                         {"add_tensors", "[6]", "[4]"});
-    require_logic_error([&] { ops.concat_cols_forward(tensor(c, {2, 6}), tensor(a, {2, 3}), tensor(b, {2, 2})); },
-                        {"concat_cols_forward", "[2, 6]", "[2, 3]", "[2, 2]"});
-    require_logic_error([&] { ops.concat_cols_backward(tensor(a, {2, 3}), tensor(b, {2, 2}), tensor(c, {2, 6})); },
-                        {"concat_cols_backward", "[2, 6]"});
 }

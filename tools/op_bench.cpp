@@ -265,19 +265,19 @@ int run(const Args& args) {
 
     // ---- INL dynamics ------------------------------------------------------------
     if (dynamics) {
-        moe::Tensor hv = buf.zeros(pr.act, {N, 2 * H}), dhv = buf.zeros(pr.act, {N, 2 * H});
         moe::Tensor dv_in = buf.zeros(pr.act, {N, H});
-        time("dynamics concat(h, v)", dims({N, 2 * H}), L, 4 * N * H * act, 0,
-             [&] { ops.concat_cols_forward(hv, x, dy); });
-        time("dynamics concat backward", dims({N, 2 * H}), L, 6 * N * H * act, 0,
-             [&] { ops.concat_cols_backward(dx, dv_in, dhv); });
         moe::Tensor c1 = buf.random(pr.work, {C, 2 * H}, 0.02), dc1 = buf.zeros(pr.master, {C, 2 * H});
+        moe::Tensor c1_bias = buf.random(pr.work, {C}, 0.02), dc1_bias = buf.zeros(pr.master, {C});
         moe::Tensor hidden = buf.random(pr.act, {N, C}), dhidden = buf.random(pr.act, {N, C});
+        // c1 over [h | v]: each read once, no concatenated copy; the backward
+        // adds into dh and dv (read and written).
         time("dynamics c1 forward", dims({N, 2 * H, C}), L, N * 2 * H * act + C * 2 * H * work + N * C * act,
-             4.0 * N * H * C, [&] { ops.matmul_forward(hidden, hv, c1, {}); });
+             4.0 * N * H * C, [&] { ops.concat_matmul_forward(hidden, x, dy, c1, c1_bias); });
         time("dynamics c1 backward", dims({N, 2 * H, C}), L,
-             N * C * act + 3 * N * 2 * H * act + C * 2 * H * (work + master), 8.0 * N * H * C,
-             [&] { ops.matmul_backward(dhv, dc1, {}, dhidden, hv, c1, moe::Write::overwrite, moe::Write::overwrite); });
+             N * C * act + 3 * N * 2 * H * act + C * 2 * H * (work + master), 8.0 * N * H * C, [&] {
+                 ops.concat_matmul_backward(dx, dv_in, dc1, dc1_bias, dhidden, x, dy, c1, moe::Write::add,
+                                            moe::Write::overwrite);
+             });
         moe::Tensor c2 = buf.random(pr.work, {3 * H, C}, 0.02), dc2 = buf.zeros(pr.master, {3 * H, C});
         moe::Tensor ctrl = buf.random(pr.act, {N, 3 * H}), dctrl = buf.random(pr.act, {N, 3 * H});
         time("dynamics c2 forward", dims({N, C, 3 * H}), L, N * C * act + 3 * H * C * work + 3 * N * H * act,

@@ -35,11 +35,9 @@ DynamicsLayer::DynamicsLayer(const ModelConfig& cfg, DynamicsModule& module)
 
 void DynamicsLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N) {
     const DType dt = pr.act;
-    hv_ = acts.take(dt, {N, 2 * H_});
     c1_out_ = acts.take(dt, {N, C_});
     c1_act_ = acts.take(dt, {N, C_});
     ctrl_ = acts.take(dt, {N, 3 * H_});
-    dhv_ = scratch.take(dt, {N, 2 * H_});
     dc1_out_ = scratch.take(dt, {N, C_});
     dc1_act_ = scratch.take(dt, {N, C_});
     dctrl_ = scratch.take(dt, {N, 3 * H_});
@@ -47,10 +45,8 @@ void DynamicsLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int6
 
 void DynamicsLayer::forward(Ops& ops, Tensor h, Tensor v, Tensor h_out, Tensor v_out) {
     const int64_t N = h.dim(0);  // the rows carved, or fewer (a decoder's new positions)
-    const Tensor hv = hv_.rows(0, N), c1_out = c1_out_.rows(0, N), c1_act = c1_act_.rows(0, N);
-    const Tensor ctrl = ctrl_.rows(0, N);
-    ops.concat_cols_forward(hv, h, v);
-    ops.matmul_forward(c1_out, hv, m_.c1_weight->work, m_.c1_bias->work);
+    const Tensor c1_out = c1_out_.rows(0, N), c1_act = c1_act_.rows(0, N), ctrl = ctrl_.rows(0, N);
+    ops.concat_matmul_forward(c1_out, h, v, m_.c1_weight->work, m_.c1_bias->work);  // c1([h | v])
     ops.silu_forward(c1_act, c1_out);
     ops.matmul_forward(ctrl, c1_act, m_.c2_weight->work, m_.c2_bias->work);
     ops.dynamics_forward(h_out, v_out, h, v, ctrl, m_.mu->work, p_);
@@ -64,9 +60,8 @@ void DynamicsLayer::backward(Ops& ops, Tensor h, Tensor v, Tensor dh_out, Tensor
     ops.matmul_backward(dc1_act_, m_.c2_weight->grad, m_.c2_bias->grad, dctrl_, c1_act_, m_.c2_weight->work,
                         Write::overwrite, grads);
     ops.silu_backward(dc1_out_, dc1_act_, c1_out_);
-    ops.matmul_backward(dhv_, m_.c1_weight->grad, m_.c1_bias->grad, dc1_out_, hv_, m_.c1_weight->work,
-                        Write::overwrite, grads);
-    ops.concat_cols_backward(dh, dv, dhv_);
+    ops.concat_matmul_backward(dh, dv, m_.c1_weight->grad, m_.c1_bias->grad, dc1_out_, h, v, m_.c1_weight->work,
+                               Write::add, grads);
 }
 
 }  // namespace moe

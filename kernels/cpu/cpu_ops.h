@@ -27,8 +27,6 @@ public:
     void scale(Tensor y, double alpha) override;
     std::vector<double> sum_squares(const std::vector<Tensor>& xs) override;
     double sum(Tensor x) override;
-    void concat_cols_forward(Tensor out, Tensor a, Tensor b) override;
-    void concat_cols_backward(Tensor da, Tensor db, Tensor dout) override;
 
     void embedding_forward(Tensor out, Tensor ids, Tensor table) override;
     void embedding_backward(Tensor dtable, Tensor ids, Tensor dout, Write dw_write) override;
@@ -40,6 +38,9 @@ public:
     void matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) override;
     void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write,
                          Write dw_write) override;
+    void concat_matmul_forward(Tensor y, Tensor a, Tensor b, Tensor w, Tensor bias) override;
+    void concat_matmul_backward(Tensor da, Tensor db, Tensor dw, Tensor dbias, Tensor dy, Tensor a, Tensor b, Tensor w,
+                                Write dx_write, Write dw_write) override;
     void grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vector<int64_t>& offsets) override;
     void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
                                  const std::vector<int64_t>& offsets, Write dx_write, Write dw_write) override;

@@ -1,5 +1,7 @@
-// Linear layers: y = x w^T + b and its backward, plus the grouped form that
-// runs each expert's weight over its block of expert-sorted rows.
+// Linear layers: y = x w^T + b and its backward, the grouped form that runs
+// each expert's weight over its block of expert-sorted rows, and the linear
+// of a row-wise concatenation [a | b], each input against its own block of
+// the weight's columns (w's rows have a leading dimension ldw >= I).
 //
 // All three products go through one kernel, C += A B: dx = dy w and
 // dw = dy^T x directly (A is read through strides), y = x w^T through a
@@ -87,34 +89,40 @@ template <class T> void accumulate_product(const Product<T>& p) {
     }
 }
 
-// w[O,I] transposed into a per-thread buffer that grows to the largest weight
-// seen, so steady-state steps allocate nothing.
-template <class T> const T* transposed(const T* w, int64_t O, int64_t I) {
+// w[O,I] (rows ldw apart) transposed into a per-thread buffer that grows to
+// the largest weight seen, so steady-state steps allocate nothing.
+template <class T> const T* transposed(const T* w, int64_t O, int64_t I, int64_t ldw) {
     thread_local std::vector<T> buffer;
     if (buffer.size() < size_t(O * I)) buffer.resize(size_t(O * I));
     T* wt = buffer.data();
     for (int64_t o = 0; o < O; ++o)
-        for (int64_t i = 0; i < I; ++i) wt[i * O + o] = w[o * I + i];
+        for (int64_t i = 0; i < I; ++i) wt[i * O + o] = w[o * ldw + i];
     return wt;
 }
 
-template <class T> void linear_forward(T* y, const T* x, const T* w, const T* b, int64_t N, int64_t O, int64_t I) {
-    // y starts as the bias (or 0) and the product accumulates onto it.
+// y (+)= x w^T: with `start`, y starts as the bias (or 0) and the product
+// accumulates onto it; without, it adds to what y holds.
+template <class T>
+void linear_forward(T* y, const T* x, const T* w, int64_t ldw, const T* b, int64_t N, int64_t O, int64_t I,
+                    bool start = true) {
+    if (start) {
 #pragma omp parallel for schedule(static) if (worth_threads(N * O))
-    for (int64_t n = 0; n < N; ++n) {
-        T* yn = y + n * O;
-        if (b)
-            std::copy_n(b, O, yn);
-        else
-            std::fill_n(yn, O, T(0));
+        for (int64_t n = 0; n < N; ++n) {
+            T* yn = y + n * O;
+            if (b)
+                std::copy_n(b, O, yn);
+            else
+                std::fill_n(yn, O, T(0));
+        }
     }
-    accumulate_product(Product<T>{y, O, x, I, 1, transposed(w, O, I), O, N, O, I});
+    accumulate_product(Product<T>{y, O, x, I, 1, transposed(w, O, I, ldw), O, N, O, I});
 }
 
 template <class T>
-void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t N, int64_t O, int64_t I) {
-    if (dx) accumulate_product(Product<T>{dx, I, dy, O, 1, w, I, N, I, O});  // dx[N,I] += dy[N,O] w[O,I]
-    if (dw) accumulate_product(Product<T>{dw, I, dy, 1, O, x, I, O, I, N});  // dw[O,I] += dy^T[O,N] x[N,I]
+void linear_backward(T* dx, T* dw, int64_t ldw, T* db, const T* dy, const T* x, const T* w, int64_t N, int64_t O,
+                     int64_t I) {
+    if (dx) accumulate_product(Product<T>{dx, I, dy, O, 1, w, ldw, N, I, O});  // dx[N,I] += dy[N,O] w[O,I]
+    if (dw) accumulate_product(Product<T>{dw, ldw, dy, 1, O, x, I, O, I, N});  // dw[O,I] += dy^T[O,N] x[N,I]
     if (db)
         for (int64_t n = 0; n < N; ++n) {
             const T* dyn = dy + n * O;
@@ -153,7 +161,7 @@ void CpuOps::matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) {
     check(b.empty() || b.numel() == O, "matmul_forward", "bias " + b.shape_str() + " for w " + w.shape_str());
     dispatch_float(x, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
-        linear_forward<T>(y.ptr<T>(), x.ptr<T>(), w.ptr<T>(), data_or_null<T>(b), N, O, I);
+        linear_forward<T>(y.ptr<T>(), x.ptr<T>(), w.ptr<T>(), I, data_or_null<T>(b), N, O, I);
     });
 }
 
@@ -171,8 +179,61 @@ void CpuOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor 
             if (!g.empty()) zero(g);
     dispatch_float(x, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
-        linear_backward<T>(data_or_null<T>(dx), data_or_null<T>(dw), data_or_null<T>(db), dy.ptr<T>(), x.ptr<T>(),
+        linear_backward<T>(data_or_null<T>(dx), data_or_null<T>(dw), I, data_or_null<T>(db), dy.ptr<T>(), x.ptr<T>(),
                            w.ptr<T>(), N, O, I);
+    });
+}
+
+namespace {
+
+// Rows N and the widths A, B of a linear over [a | b] with w [O, A+B].
+struct ConcatLinear {
+    int64_t N, A, B, O;
+};
+
+ConcatLinear check_concat_linear(const char* op, const Tensor& y, const Tensor& a, const Tensor& b, const Tensor& w) {
+    const ConcatLinear s{a.dim(0), a.row_size(), b.row_size(), w.dim(0)};
+    check(w.ndim == 2 && a.ndim == 2 && b.ndim == 2 && b.dim(0) == s.N && w.dim(1) == s.A + s.B &&
+              y.numel() == s.N * s.O,
+          op, "expected y [N,O] = [a | b] w^T with a [N,A], b [N,B], w [O,A+B]; got y " + y.shape_str() + ", a " +
+                  a.shape_str() + ", b " + b.shape_str() + ", w " + w.shape_str());
+    return s;
+}
+
+}  // namespace
+
+void CpuOps::concat_matmul_forward(Tensor y, Tensor a, Tensor b, Tensor w, Tensor bias) {
+    const ConcatLinear s = check_concat_linear("concat_matmul_forward", y, a, b, w);
+    check(bias.empty() || bias.numel() == s.O, "concat_matmul_forward",
+          "bias " + bias.shape_str() + " for w " + w.shape_str());
+    dispatch_float(a, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const int64_t ldw = s.A + s.B;
+        linear_forward<T>(y.ptr<T>(), a.ptr<T>(), w.ptr<T>(), ldw, data_or_null<T>(bias), s.N, s.O, s.A);
+        linear_forward<T>(y.ptr<T>(), b.ptr<T>(), w.ptr<T>() + s.A, ldw, nullptr, s.N, s.O, s.B, false);
+    });
+}
+
+void CpuOps::concat_matmul_backward(Tensor da, Tensor db, Tensor dw, Tensor dbias, Tensor dy, Tensor a, Tensor b,
+                                    Tensor w, Write dx_write, Write dw_write) {
+    const ConcatLinear s = check_concat_linear("concat_matmul_backward", dy, a, b, w);
+    check((da.empty() || da.numel() == a.numel()) && (db.empty() || db.numel() == b.numel()) &&
+              (dw.empty() || dw.numel() == w.numel()) && (dbias.empty() || dbias.numel() == s.O),
+          "concat_matmul_backward",
+          "gradients da " + da.shape_str() + ", db " + db.shape_str() + ", dw " + dw.shape_str() + ", dbias " +
+              dbias.shape_str() + " for a " + a.shape_str() + ", b " + b.shape_str() + ", w " + w.shape_str());
+    for (Tensor g : {da, db})
+        if (dx_write == Write::overwrite && !g.empty()) zero(g);
+    for (Tensor g : {dw, dbias})
+        if (dw_write == Write::overwrite && !g.empty()) zero(g);
+    dispatch_float(a, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const int64_t ldw = s.A + s.B;
+        T* pdw = data_or_null<T>(dw);
+        linear_backward<T>(data_or_null<T>(da), pdw, ldw, data_or_null<T>(dbias), dy.ptr<T>(), a.ptr<T>(),
+                           w.ptr<T>(), s.N, s.O, s.A);
+        linear_backward<T>(data_or_null<T>(db), pdw ? pdw + s.A : nullptr, ldw, nullptr, dy.ptr<T>(), b.ptr<T>(),
+                           w.ptr<T>() + s.A, s.N, s.O, s.B);
     });
 }
 

@@ -1,4 +1,4 @@
-// Memory, copies, elementwise updates, reductions and the column concat on
+// Memory, copies, elementwise updates and reductions on
 // host buffers.
 #include <unistd.h>
 
@@ -148,46 +148,6 @@ std::vector<double> CpuOps::sum_squares(const std::vector<Tensor>& xs) {
 
 double CpuOps::sum(Tensor x) {
     return reduce(x, [](double v) { return v; });
-}
-
-void CpuOps::concat_cols_forward(Tensor out, Tensor a, Tensor b) {
-    const int64_t N = out.dim(0), A = a.row_size(), Bc = b.row_size();
-    check(a.dim(0) == N && b.dim(0) == N && out.row_size() == A + Bc, "concat_cols_forward",
-          "out " + out.shape_str() + " is not [a | b] of " + a.shape_str() + " and " + b.shape_str());
-    dispatch_float(out, [&](auto tag) {
-        using T = std::remove_pointer_t<decltype(tag)>;
-        T* po = out.ptr<T>();
-        const T *pa = a.ptr<T>(), *pb = b.ptr<T>();
-#pragma omp parallel for schedule(static) if (worth_threads(N * (A + Bc)))
-        for (int64_t n = 0; n < N; ++n) {
-            std::copy_n(pa + n * A, A, po + n * (A + Bc));
-            std::copy_n(pb + n * Bc, Bc, po + n * (A + Bc) + A);
-        }
-    });
-}
-
-void CpuOps::concat_cols_backward(Tensor da, Tensor db, Tensor dout) {
-    if (da.empty() && db.empty()) return;
-    const int64_t N = dout.dim(0), W = dout.row_size();
-    // An empty gradient has no shape: its width is what the other leaves.
-    const int64_t A = da.empty() ? W - db.row_size() : da.row_size(), Bc = W - A;
-    check((da.empty() || da.dim(0) == N) && (db.empty() || (db.dim(0) == N && db.row_size() == Bc)) && Bc >= 0,
-          "concat_cols_backward",
-          "dout " + dout.shape_str() + " is not [da | db] of " + da.shape_str() + " and " + db.shape_str());
-    dispatch_float(dout, [&](auto tag) {
-        using T = std::remove_pointer_t<decltype(tag)>;
-        const T* pd = dout.ptr<T>();
-        T* pa = da.empty() ? nullptr : da.ptr<T>();
-        T* pb = db.empty() ? nullptr : db.ptr<T>();
-#pragma omp parallel for schedule(static) if (worth_threads(N * W))
-        for (int64_t n = 0; n < N; ++n) {
-            const T* row = pd + n * W;
-            if (pa)
-                for (int64_t i = 0; i < A; ++i) pa[n * A + i] += row[i];
-            if (pb)
-                for (int64_t i = 0; i < Bc; ++i) pb[n * Bc + i] += row[A + i];
-        }
-    });
 }
 
 }  // namespace moe

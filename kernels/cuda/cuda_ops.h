@@ -64,8 +64,6 @@ public:
     void scale(Tensor y, double alpha) override;
     std::vector<double> sum_squares(const std::vector<Tensor>& xs) override;
     double sum(Tensor x) override;
-    void concat_cols_forward(Tensor out, Tensor a, Tensor b) override;
-    void concat_cols_backward(Tensor da, Tensor db, Tensor dout) override;
 
     void embedding_forward(Tensor out, Tensor ids, Tensor table) override;
     void embedding_backward(Tensor dtable, Tensor ids, Tensor dout, Write dw_write) override;
@@ -77,6 +75,9 @@ public:
     void matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) override;
     void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write,
                          Write dw_write) override;
+    void concat_matmul_forward(Tensor y, Tensor a, Tensor b, Tensor w, Tensor bias) override;
+    void concat_matmul_backward(Tensor da, Tensor db, Tensor dw, Tensor dbias, Tensor dy, Tensor a, Tensor b, Tensor w,
+                                Write dx_write, Write dw_write) override;
     void grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::vector<int64_t>& offsets) override;
     void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w,
                                  const std::vector<int64_t>& offsets, Write dx_write, Write dw_write) override;
@@ -162,11 +163,11 @@ private:
     cuda::UploadRing uploads_{kUploadRingBytes};
     // Which size of a GEMM changes from call to call (an expert's rows).
     enum class GemmVaries { nothing, n, k };
-    // out[M,N] (column-major, ld M) = alpha op(a) op(b) + beta out (matmul.cu),
-    // queued on the main stream or on side stream `lane`.
+    // out[M,N] (column-major, ld ldc >= M) = alpha op(a) op(b) + beta out
+    // (matmul.cu), queued on the main stream or on side stream `lane`.
     void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type, int64_t lda,
-              const void* b, DType b_type, int64_t ldb, void* out, DType out_type, float beta, const void* bias,
-              GemmVaries varies = GemmVaries::nothing, int lane = kMainLane);
+              const void* b, DType b_type, int64_t ldb, void* out, DType out_type, int64_t ldc, float beta,
+              const void* bias, GemmVaries varies = GemmVaries::nothing, int lane = kMainLane);
     // Side streams 0..lanes-1 start after the work queued so far (fork),
     // and the main stream continues after theirs (join).
     void fork_lanes(int lanes);

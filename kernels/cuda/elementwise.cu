@@ -1,4 +1,4 @@
-// Elementwise ops, dtype conversion, column concat and the deterministic
+// Elementwise ops, dtype conversion and the deterministic
 // reductions (sum, sum of squares) of the CUDA backend. Elementwise kernels
 // take F32 or BF16 and compute in fp32.
 #include <cstdint>
@@ -69,23 +69,6 @@ template <class T, bool kSquares> __global__ void partial_sums_kernel(const T* x
     }
     s = cuda::block_sum(s, shared);
     if (threadIdx.x == 0) out[blockIdx.x] = s;
-}
-
-// Column ranges [0, A) of out from a and [A, A+B) from b, or the reverse
-// (split) when kSplit: one thread per element of out.
-template <class T, bool kSplit>
-__global__ void concat_kernel(T* out, T* a, T* b, int64_t N, int64_t A, int64_t B) {
-    const int64_t W = A + B, n = N * W;
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-        const int64_t row = i / W, col = i % W;
-        T* part = col < A ? a : b;
-        if (!part) continue;  // split into an unwanted gradient
-        const int64_t j = col < A ? row * A + col : row * B + col - A;
-        if (kSplit)
-            cuda::store(part, j, cuda::load(part, j) + cuda::load(out, i));
-        else
-            out[i] = part[j];
-    }
 }
 
 }  // namespace
@@ -210,36 +193,5 @@ std::vector<double> CudaOps::sum_squares(const std::vector<Tensor>& xs) {
 }
 
 double CudaOps::sum(Tensor x) { return reduce_each<false>(*this, {x}, "sum")[0]; }
-
-void CudaOps::concat_cols_forward(Tensor out, Tensor a, Tensor b) {
-    const int64_t N = out.dim(0), A = a.row_size(), B = b.row_size();
-    check(a.dim(0) == N && b.dim(0) == N && out.row_size() == A + B && a.dtype == out.dtype && b.dtype == out.dtype,
-          "concat_cols_forward",
-          "out " + out.shape_str() + " is not [a | b] of " + a.shape_str() + " and " + b.shape_str());
-    if (!out.numel()) return;
-    dispatch_f32_bf16("concat_cols_forward", out, [&](auto tag) {
-        using T = std::remove_pointer_t<decltype(tag)>;
-        concat_kernel<T, false><<<cuda::blocks_for(out.numel(), kThreads, 4096), kThreads, 0, stream_>>>(
-            static_cast<T*>(out.data), static_cast<T*>(a.data), static_cast<T*>(b.data), N, A, B);
-    });
-    MOE_CUDA_LAUNCHED();
-}
-
-void CudaOps::concat_cols_backward(Tensor da, Tensor db, Tensor dout) {
-    if (da.empty() && db.empty()) return;
-    const int64_t N = dout.dim(0), W = dout.row_size();
-    const int64_t A = da.empty() ? W - db.row_size() : da.row_size(), B = W - A;
-    check((da.empty() || (da.dim(0) == N && da.dtype == dout.dtype)) &&
-              (db.empty() || (db.dim(0) == N && db.row_size() == B && db.dtype == dout.dtype)) && B >= 0,
-          "concat_cols_backward",
-          "dout " + dout.shape_str() + " is not [da | db] of " + da.shape_str() + " and " + db.shape_str());
-    if (!dout.numel()) return;
-    dispatch_f32_bf16("concat_cols_backward", dout, [&](auto tag) {
-        using T = std::remove_pointer_t<decltype(tag)>;
-        concat_kernel<T, true><<<cuda::blocks_for(dout.numel(), kThreads, 4096), kThreads, 0, stream_>>>(
-            static_cast<T*>(dout.data), static_cast<T*>(da.data), static_cast<T*>(db.data), N, A, B);
-    });
-    MOE_CUDA_LAUNCHED();
-}
 
 }  // namespace moe

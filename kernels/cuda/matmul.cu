@@ -1,5 +1,7 @@
 // Linear layers through cuBLASLt: bf16 inputs, fp32 compute, bf16 or fp32
-// output; the bias rides the forward GEMM's epilogue. Grouped (per-expert)
+// output; the bias rides the forward GEMM's epilogue. The linear of a
+// concatenation [a | b] runs each input against its block of the weight's
+// columns (a leading dimension past the block). Grouped (per-expert)
 // GEMMs are one GEMM per expert over its rows, the experts dealt round-robin
 // to side streams: one expert's GEMM leaves the last wave of tiles part
 // empty (medium's weight gradients fill 0.67 of one), and other experts'
@@ -88,10 +90,10 @@ struct MatmulPlans {
             set_layout_dims(c, m, n);
         }
     };
-    // trans_a, trans_b, m, n, k (planned sizes), lda, ldb, types, bias,
+    // trans_a, trans_b, m, n, k (planned sizes), lda, ldb, ldc, types, bias,
     // alignments of a, b, out, bias, accumulate.
-    using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, bool, int, int, int,
-                           int, bool>;
+    using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, bool, int,
+                           int, int, int, bool>;
     std::map<Key, std::unique_ptr<Plan>> plans;
 };
 
@@ -100,18 +102,20 @@ void destroy_matmul_plans(MatmulPlans* plans) { delete plans; }
 size_t CudaOps::matmul_plan_count() const { return matmul_plans_ ? matmul_plans_->plans.size() : 0; }
 
 void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type,
-                   int64_t lda, const void* b, DType b_type, int64_t ldb, void* out, DType out_type, float beta,
-                   const void* bias, GemmVaries varies, int lane) {
+                   int64_t lda, const void* b, DType b_type, int64_t ldb, void* out, DType out_type, int64_t ldc,
+                   float beta, const void* bias, GemmVaries varies, int lane) {
     if (m == 0 || n == 0) return;
+    cudaStream_t stream = lane == kMainLane ? stream_ : lanes_[lane];
     if (k == 0) {  // an empty sum: out = beta out
-        if (beta == 0) zero(Tensor(out, out_type, {m, n}));
+        const size_t size = dtype_size(out_type);
+        if (beta == 0) MOE_CUDA_CHECK(cudaMemset2DAsync(out, ldc * size, 0, m * size, n, stream));
         return;
     }
     if (!matmul_plans_) matmul_plans_ = new MatmulPlans;
     const int al_a = alignment_of(a), al_b = alignment_of(b), al_c = alignment_of(out);
     // The plan for problem size m x pn x pk (created on first use).
     const auto plan_for = [&](int64_t pn, int64_t pk) -> MatmulPlans::Plan& {
-        const MatmulPlans::Key key{trans_a, trans_b, m, pn, pk, lda, ldb, int(a_type), int(b_type), int(out_type),
+        const MatmulPlans::Key key{trans_a, trans_b, m, pn, pk, lda, ldb, ldc, int(a_type), int(b_type), int(out_type),
                                    bias != nullptr, al_a, al_b, al_c, bias ? alignment_of(bias) : 0, beta != 0};
         std::unique_ptr<MatmulPlans::Plan>& slot = matmul_plans_->plans[key];
         if (slot) return *slot;
@@ -134,7 +138,7 @@ void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
                  "layout a");
         check_lt(cublasLtMatrixLayoutCreate(&plan->b, cuda_type(b_type), trans_b ? pn : pk, trans_b ? pk : pn, ldb),
                  "layout b");
-        check_lt(cublasLtMatrixLayoutCreate(&plan->c, cuda_type(out_type), m, pn, m), "layout out");
+        check_lt(cublasLtMatrixLayoutCreate(&plan->c, cuda_type(out_type), m, pn, ldc), "layout out");
 
         cublasLtMatmulPreference_t pref = nullptr;
         check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
@@ -160,7 +164,6 @@ void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
         return *slot;
     };
     const float alpha = 1.0f;
-    cudaStream_t stream = lane == kMainLane ? stream_ : lanes_[lane];
     void* workspace = lane == kMainLane ? lt_workspace_ : lane_workspaces_[lane];
     const auto run = [&](const MatmulPlans::Plan& plan) {
         // Always: a dense GEMM's shape may be some expert size class's too.
@@ -206,6 +209,27 @@ Linear check_linear(const char* op, const Tensor& y, const Tensor& x, const Tens
     return {x.dim(0), I, O};
 }
 
+// Rows N and the widths A, B of a linear over [a | b] with w [O, A+B].
+struct ConcatLinear {
+    int64_t N, A, B, O;
+};
+
+ConcatLinear check_concat_linear(const char* op, const Tensor& y, const Tensor& a, const Tensor& b, const Tensor& w) {
+    const ConcatLinear s{a.dim(0), a.row_size(), b.row_size(), w.dim(0)};
+    check(w.ndim == 2 && a.ndim == 2 && b.ndim == 2 && b.dim(0) == s.N && w.dim(1) == s.A + s.B &&
+              y.numel() == s.N * s.O,
+          op, "expected y [N,O] = [a | b] w^T with a [N,A], b [N,B], w [O,A+B]; got y " + y.shape_str() + ", a " +
+                  a.shape_str() + ", b " + b.shape_str() + ", w " + w.shape_str());
+    for (const Tensor* t : {&y, &a, &b, &w}) cuda::require_dtype(op, "y, a, b and w", *t, DType::BF16);
+    return s;
+}
+
+// y = round(acc + bias) over [n / O, O] (bias may be null).
+__global__ void add_bias_round_kernel(cuda::bf16* y, const float* acc, const cuda::bf16* bias, int64_t n, int64_t O) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+        y[i] = __float2bfloat16_rn(acc[i] + (bias ? __bfloat162float(bias[i % O]) : 0.0f));
+}
+
 // Side streams for E experts' GEMMs: none for one expert (a shared expert),
 // which stays on the main stream.
 int expert_lanes(int64_t E) { return E > 1 ? int(std::min<int64_t>(E, CudaOps::kExpertLanes)) : 0; }
@@ -230,7 +254,7 @@ void CudaOps::matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) {
           "bias " + b.shape_str() + " must be [O] in the output's dtype");
     check(y.dtype == DType::BF16 || (y.dtype == DType::F32 && b.empty()), "matmul_forward",
           "y must be BF16, or F32 without a bias");
-    gemm(true, false, s.O, s.N, s.I, w.data, w.dtype, s.I, x.data, x.dtype, s.I, y.data, y.dtype, 0.0f,
+    gemm(true, false, s.O, s.N, s.I, w.data, w.dtype, s.I, x.data, x.dtype, s.I, y.data, y.dtype, s.O, 0.0f,
          b.empty() ? nullptr : b.data);
 }
 
@@ -246,13 +270,68 @@ void CudaOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor
           "matmul_backward", "gradient shapes dx " + dx.shape_str() + ", dw " + dw.shape_str() + ", db " +
                                  db.shape_str() + " do not match x " + x.shape_str() + ", w " + w.shape_str());
     if (!dx.empty())
-        gemm(false, false, s.I, s.N, s.O, w.data, w.dtype, s.I, dy.data, dy.dtype, s.O, dx.data, dx.dtype,
+        gemm(false, false, s.I, s.N, s.O, w.data, w.dtype, s.I, dy.data, dy.dtype, s.O, dx.data, dx.dtype, s.I,
              beta_for(dx_write), nullptr);
     if (!dw.empty())
-        gemm(false, true, s.I, s.O, s.N, x.data, x.dtype, s.I, dy.data, dy.dtype, s.O, dw.data, dw.dtype,
+        gemm(false, true, s.I, s.O, s.N, x.data, x.dtype, s.I, dy.data, dy.dtype, s.O, dw.data, dw.dtype, s.I,
              beta_for(dw_write), nullptr);
     if (!db.empty())
         cuda::column_sums(*this, static_cast<float*>(db.data), dw_write, static_cast<const cuda::bf16*>(dy.data),
+                          nullptr, nullptr, s.N, s.O);
+}
+
+// The two products accumulate in fp32 scratch, then one pass adds the bias
+// and rounds: the numerics of one GEMM over [a | b], without its copy.
+void CudaOps::concat_matmul_forward(Tensor y, Tensor a, Tensor b, Tensor w, Tensor bias) {
+    const char* op = "concat_matmul_forward";
+    const ConcatLinear s = check_concat_linear(op, y, a, b, w);
+    check(bias.empty() || bias.numel() == s.O, op, "bias " + bias.shape_str() + " for w " + w.shape_str());
+    cuda::require_dtype(op, "bias", bias, DType::BF16);
+    if (!s.N || !s.O) return;
+    const int64_t K = s.A + s.B;
+    auto* acc = static_cast<float*>(scratch(size_t(s.N * s.O) * sizeof(float)));
+    const auto* wb = static_cast<const cuda::bf16*>(w.data) + s.A;
+    gemm(true, false, s.O, s.N, s.A, w.data, w.dtype, K, a.data, a.dtype, s.A, acc, DType::F32, s.O, 0.0f, nullptr);
+    gemm(true, false, s.O, s.N, s.B, wb, w.dtype, K, b.data, b.dtype, s.B, acc, DType::F32, s.O, 1.0f, nullptr);
+    constexpr int kThreads = 256;
+    add_bias_round_kernel<<<cuda::blocks_for(s.N * s.O, kThreads, 4096), kThreads, 0, stream_>>>(
+        static_cast<cuda::bf16*>(y.data), acc, bias.empty() ? nullptr : static_cast<const cuda::bf16*>(bias.data),
+        s.N * s.O, s.O);
+    MOE_CUDA_LAUNCHED();
+}
+
+// Each input's gradient from its block of w's columns; dw's two column
+// blocks written in place (leading dimension A+B).
+void CudaOps::concat_matmul_backward(Tensor da, Tensor db, Tensor dw, Tensor dbias, Tensor dy, Tensor a, Tensor b,
+                                     Tensor w, Write dx_write, Write dw_write) {
+    const char* op = "concat_matmul_backward";
+    const ConcatLinear s = check_concat_linear(op, dy, a, b, w);
+    cuda::require_dtype(op, "da", da, DType::BF16);
+    cuda::require_dtype(op, "db", db, DType::BF16);
+    cuda::require_dtype(op, "dw", dw, DType::F32);
+    cuda::require_dtype(op, "dbias", dbias, DType::F32);
+    check((da.empty() || da.numel() == a.numel()) && (db.empty() || db.numel() == b.numel()) &&
+              (dw.empty() || dw.numel() == w.numel()) && (dbias.empty() || dbias.numel() == s.O),
+          op,
+          "gradients da " + da.shape_str() + ", db " + db.shape_str() + ", dw " + dw.shape_str() + ", dbias " +
+              dbias.shape_str() + " for a " + a.shape_str() + ", b " + b.shape_str() + ", w " + w.shape_str());
+    const int64_t K = s.A + s.B;
+    const auto* wb = static_cast<const cuda::bf16*>(w.data) + s.A;
+    const float dx_beta = beta_for(dx_write), dw_beta = beta_for(dw_write);
+    if (!da.empty())
+        gemm(false, false, s.A, s.N, s.O, w.data, w.dtype, K, dy.data, dy.dtype, s.O, da.data, da.dtype, s.A,
+             dx_beta, nullptr);
+    if (!db.empty())
+        gemm(false, false, s.B, s.N, s.O, wb, w.dtype, K, dy.data, dy.dtype, s.O, db.data, db.dtype, s.B, dx_beta,
+             nullptr);
+    if (!dw.empty()) {
+        gemm(false, true, s.A, s.O, s.N, a.data, a.dtype, s.A, dy.data, dy.dtype, s.O, dw.data, dw.dtype, K, dw_beta,
+             nullptr);
+        gemm(false, true, s.B, s.O, s.N, b.data, b.dtype, s.B, dy.data, dy.dtype, s.O, static_cast<float*>(dw.data) + s.A,
+             dw.dtype, K, dw_beta, nullptr);
+    }
+    if (!dbias.empty())
+        cuda::column_sums(*this, static_cast<float*>(dbias.data), dw_write, static_cast<const cuda::bf16*>(dy.data),
                           nullptr, nullptr, s.N, s.O);
 }
 
@@ -269,7 +348,7 @@ void CudaOps::grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::ve
         const int64_t rows = offsets[e + 1] - offsets[e];
         if (!rows) continue;
         Tensor we = w.rows(e, e + 1), xe = x.rows(offsets[e], offsets[e + 1]), ye = y.rows(offsets[e], offsets[e + 1]);
-        gemm(true, false, O, rows, I, we.data, w.dtype, I, xe.data, x.dtype, I, ye.data, y.dtype, 0.0f, nullptr,
+        gemm(true, false, O, rows, I, we.data, w.dtype, I, xe.data, x.dtype, I, ye.data, y.dtype, O, 0.0f, nullptr,
              GemmVaries::n, lane_of(e, lanes));
     }
     join_lanes(lanes);
@@ -301,11 +380,11 @@ void CudaOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x,
         const void* we = w.rows(e, e + 1).data;
         const void* dye = dy.rows(r0, r1).data;
         if (!dx.empty())
-            gemm(false, false, I, r1 - r0, O, we, w.dtype, I, dye, dy.dtype, O, dx.rows(r0, r1).data, dx.dtype,
+            gemm(false, false, I, r1 - r0, O, we, w.dtype, I, dye, dy.dtype, O, dx.rows(r0, r1).data, dx.dtype, I,
                  beta_for(dx_write), nullptr, GemmVaries::n, lane);
         if (!dw.empty())
             gemm(false, true, I, O, r1 - r0, x.rows(r0, r1).data, x.dtype, I, dye, dy.dtype, O, dw.rows(e, e + 1).data,
-                 dw.dtype, beta_for(dw_write), nullptr, GemmVaries::k, lane);
+                 dw.dtype, I, beta_for(dw_write), nullptr, GemmVaries::k, lane);
     }
     join_lanes(lanes);
 }

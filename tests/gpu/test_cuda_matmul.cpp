@@ -1,6 +1,9 @@
 // The cuBLASLt GEMMs against the CPU ops: the dense linear with bias and its
-// backward, the grouped (per-expert) linear (its experts spread over side
-// streams), and its plans by size class.
+// backward, the linear of a concatenation [a | b] (the dynamics controller),
+// the grouped (per-expert) linear (its experts spread over side streams), and
+// its plans by size class.
+#include <tuple>
+
 #include "tests/gpu/gpu_testing.h"
 
 using namespace moe;
@@ -45,6 +48,45 @@ TEST_CASE("matmul forward (with bias, into F32) and backward match the CPU", "[g
                        db_garbage = bf16_normals(O, rng);
     dx_garbage[5] = dw_garbage[9] = db_garbage[2] = NAN;
     check_backward(Write::overwrite, dx_garbage, dw_garbage, db_garbage);
+}
+
+TEST_CASE("concat_matmul forward and backward match the CPU", "[gpu]") {
+    Backends b;
+    Rng rng(19, "concat matmul");
+    // The controller's shapes in small (A = B = H, O = C), and unequal widths
+    // whose second block starts 48 bytes into a row (aligned to 16, not 256).
+    for (const auto& [N, A, B, O] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{70, 64, 64, 24},
+                                     std::tuple<int64_t, int64_t, int64_t, int64_t>{33, 24, 40, 8}}) {
+        INFO("N " << N << ", A " << A << ", B " << B << ", O " << O);
+        std::vector<float> a = bf16_normals(N * A, rng), c = bf16_normals(N * B, rng);
+        std::vector<float> w = bf16_normals(O * (A + B), rng, 0.1), bias = bf16_normals(O, rng);
+        Tensor ga = b.upload(a, DType::BF16, {N, A}), gc = b.upload(c, DType::BF16, {N, B});
+        Tensor gw = b.upload(w, DType::BF16, {O, A + B});
+        std::vector<float> y(size_t(N * O));
+        b.cpu.concat_matmul_forward(host_tensor(y, {N, O}), host_tensor(a, {N, A}), host_tensor(c, {N, B}),
+                                    host_tensor(w, {O, A + B}), host_tensor(bias, {O}));
+        Tensor gy = b.zeros(DType::BF16, {N, O});
+        b.gpu.concat_matmul_forward(gy, ga, gc, gw, b.upload(bias, DType::BF16, {O}));
+        require_near("y", b.download(gy), y, kBf16Rtol, kBf16Atol);
+
+        // Adding into da and dc (as the dynamics layer does), overwriting dw
+        // and dbias, whose garbage (NaN included) must leave no trace.
+        std::vector<float> dy = bf16_normals(N * O, rng), da = bf16_normals(N * A, rng), dc = bf16_normals(N * B, rng);
+        std::vector<float> dw = bf16_normals(O * (A + B), rng), dbias = bf16_normals(O, rng);
+        dw[3] = dbias[1] = NAN;
+        Tensor gda = b.upload(da, DType::BF16, {N, A}), gdc = b.upload(dc, DType::BF16, {N, B});
+        Tensor gdw = b.upload(dw, DType::F32, {O, A + B}), gdbias = b.upload(dbias, DType::F32, {O});
+        b.gpu.concat_matmul_backward(gda, gdc, gdw, gdbias, b.upload(dy, DType::BF16, {N, O}), ga, gc, gw, Write::add,
+                                     Write::overwrite);
+        b.cpu.concat_matmul_backward(host_tensor(da, {N, A}), host_tensor(dc, {N, B}), host_tensor(dw, {O, A + B}),
+                                     host_tensor(dbias, {O}), host_tensor(dy, {N, O}), host_tensor(a, {N, A}),
+                                     host_tensor(c, {N, B}), host_tensor(w, {O, A + B}), Write::add,
+                                     Write::overwrite);
+        require_near("da", b.download(gda), da, kBf16Rtol, kBf16Atol);
+        require_near("dc", b.download(gdc), dc, kBf16Rtol, kBf16Atol);
+        require_near("dw", b.download(gdw), dw, 1e-5, 1e-4);
+        require_near("dbias", b.download(gdbias), dbias, 1e-5, 1e-4);
+    }
 }
 
 TEST_CASE("grouped matmul matches the CPU with an expert that gets no row", "[gpu]") {
