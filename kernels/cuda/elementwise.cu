@@ -72,20 +72,38 @@ template <class T, bool kSquares> __global__ void partial_sums_kernel(const T* x
 }
 
 // Column ranges [0, A) of out from a and [A, A+B) from b, or the reverse
-// (split) when kSplit: one thread per element of out.
-template <class T, bool kSplit>
+// (split) when kSplit: one thread per chunk of W elements of out (W = 8 for
+// bf16 when A, B and the pointers allow: 16-byte accesses; a chunk then never
+// straddles a and b).
+template <int W, class T, bool kSplit>
 __global__ void concat_kernel(T* out, T* a, T* b, int64_t N, int64_t A, int64_t B) {
-    const int64_t W = A + B, n = N * W;
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-        const int64_t row = i / W, col = i % W;
+    const int64_t cols = A + B, n = N * cols / W;
+    for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t i = k * W, row = i / cols, col = i % cols;
         T* part = col < A ? a : b;
         if (!part) continue;  // split into an unwanted gradient
         const int64_t j = col < A ? row * A + col : row * B + col - A;
-        if (kSplit)
-            cuda::store(part, j, cuda::load(part, j) + cuda::load(out, i));
-        else
-            out[i] = part[j];
+        float v[W];
+        cuda::load_chunk(v, part + j);
+        if (kSplit) {
+            float d[W];
+            cuda::load_chunk(d, out + i);
+#pragma unroll
+            for (int e = 0; e < W; ++e) v[e] += d[e];
+            cuda::store_chunk(part + j, v);
+        } else {
+            cuda::store_chunk(out + i, v);
+        }
     }
+}
+
+// Calls launch with the chunk width: 8 for bf16 when both column ranges and
+// every pointer allow it, else 1.
+template <class T, class Launch>
+void with_concat_width(int64_t A, int64_t B, std::initializer_list<const void*> ptrs, Launch&& launch) {
+    if constexpr (std::is_same_v<T, bf16>)
+        if (cuda::chunks_of_8(A, ptrs) && B % 8 == 0) return launch(std::integral_constant<int, 8>());
+    launch(std::integral_constant<int, 1>());
 }
 
 }  // namespace
@@ -219,8 +237,11 @@ void CudaOps::concat_cols_forward(Tensor out, Tensor a, Tensor b) {
     if (!out.numel()) return;
     dispatch_f32_bf16("concat_cols_forward", out, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
-        concat_kernel<T, false><<<cuda::blocks_for(out.numel(), kThreads, 4096), kThreads, 0, stream_>>>(
-            static_cast<T*>(out.data), static_cast<T*>(a.data), static_cast<T*>(b.data), N, A, B);
+        with_concat_width<T>(A, B, {out.data, a.data, b.data}, [&](auto width) {
+            constexpr int W = decltype(width)::value;
+            concat_kernel<W, T, false><<<cuda::blocks_for(out.numel() / W, kThreads, 4096), kThreads, 0, stream_>>>(
+                static_cast<T*>(out.data), static_cast<T*>(a.data), static_cast<T*>(b.data), N, A, B);
+        });
     });
     MOE_CUDA_LAUNCHED();
 }
@@ -236,8 +257,11 @@ void CudaOps::concat_cols_backward(Tensor da, Tensor db, Tensor dout) {
     if (!dout.numel()) return;
     dispatch_f32_bf16("concat_cols_backward", dout, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
-        concat_kernel<T, true><<<cuda::blocks_for(dout.numel(), kThreads, 4096), kThreads, 0, stream_>>>(
-            static_cast<T*>(dout.data), static_cast<T*>(da.data), static_cast<T*>(db.data), N, A, B);
+        with_concat_width<T>(A, B, {dout.data, da.data, db.data}, [&](auto width) {
+            constexpr int W = decltype(width)::value;
+            concat_kernel<W, T, true><<<cuda::blocks_for(dout.numel() / W, kThreads, 4096), kThreads, 0, stream_>>>(
+                static_cast<T*>(dout.data), static_cast<T*>(da.data), static_cast<T*>(db.data), N, A, B);
+        });
     });
     MOE_CUDA_LAUNCHED();
 }

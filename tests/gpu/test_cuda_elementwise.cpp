@@ -85,18 +85,23 @@ TEST_CASE("sum_squares of many tensors gives each one's sum, past one buffer of 
 TEST_CASE("concat_cols forward and backward match the CPU", "[gpu]") {
     Backends b;
     Rng rng(3, "concat");
-    const int64_t N = 37, A = 24, C = 13;
-    std::vector<float> a = bf16_normals(N * A, rng), c = bf16_normals(N * C, rng), dout = bf16_normals(N * (A + C), rng);
-    std::vector<float> out_cpu(size_t(N * (A + C)));
-    b.cpu.concat_cols_forward(host_tensor(out_cpu, {N, A + C}), host_tensor(a, {N, A}), host_tensor(c, {N, C}));
-    Tensor out = b.zeros(DType::BF16, {N, A + C});
-    b.gpu.concat_cols_forward(out, b.upload(a, DType::BF16, {N, A}), b.upload(c, DType::BF16, {N, C}));
-    REQUIRE(b.download(out) == out_cpu);
+    // C = 13: element by element; C = 16: 16-byte chunks (A = 24 either way).
+    for (const int64_t C : {13, 16}) {
+        INFO("C " << C);
+        const int64_t N = 37, A = 24;
+        std::vector<float> a = bf16_normals(N * A, rng), c = bf16_normals(N * C, rng),
+                           dout = bf16_normals(N * (A + C), rng);
+        std::vector<float> out_cpu(size_t(N * (A + C)));
+        b.cpu.concat_cols_forward(host_tensor(out_cpu, {N, A + C}), host_tensor(a, {N, A}), host_tensor(c, {N, C}));
+        Tensor out = b.zeros(DType::BF16, {N, A + C});
+        b.gpu.concat_cols_forward(out, b.upload(a, DType::BF16, {N, A}), b.upload(c, DType::BF16, {N, C}));
+        REQUIRE(b.download(out) == out_cpu);
 
-    std::vector<float> da = bf16_normals(N * A, rng), dc = bf16_normals(N * C, rng);
-    Tensor gda = b.upload(da, DType::BF16, {N, A}), gdc = b.upload(dc, DType::BF16, {N, C});
-    b.gpu.concat_cols_backward(gda, gdc, b.upload(dout, DType::BF16, {N, A + C}));
-    b.cpu.concat_cols_backward(host_tensor(da, {N, A}), host_tensor(dc, {N, C}), host_tensor(dout, {N, A + C}));
-    require_near("da", b.download(gda), da, kBf16Rtol, kBf16Atol);
-    require_near("dc", b.download(gdc), dc, kBf16Rtol, kBf16Atol);
+        std::vector<float> da = bf16_normals(N * A, rng), dc = bf16_normals(N * C, rng);
+        Tensor gda = b.upload(da, DType::BF16, {N, A}), gdc = b.upload(dc, DType::BF16, {N, C});
+        b.gpu.concat_cols_backward(gda, gdc, b.upload(dout, DType::BF16, {N, A + C}));
+        b.cpu.concat_cols_backward(host_tensor(da, {N, A}), host_tensor(dc, {N, C}), host_tensor(dout, {N, A + C}));
+        require_near("da", b.download(gda), da, kBf16Rtol, kBf16Atol);
+        require_near("dc", b.download(gdc), dc, kBf16Rtol, kBf16Atol);
+    }
 }
