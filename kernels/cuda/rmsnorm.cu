@@ -124,8 +124,9 @@ __global__ void rmsnorm_dx_kernel(bf16* dx, const bf16* dy, const bf16* x, const
     });
 }
 
-// Calls launch(W, C): W = 8 when rows are chunkable, C the fewest chunks a lane
-// that hold a row (0 past 8: two passes over memory).
+// Calls launch(W, C): W = 8 when rows are chunkable; C = 1, 4 or 8 chunks a
+// lane, the fewest that hold the row (registers grow with C: 8 is D <= 2048),
+// else 0, two passes over memory (always so for W = 1).
 template <class Launch> void with_row_layout(int D, std::initializer_list<const void*> ptrs, Launch&& launch) {
     using std::integral_constant;
     cuda::with_chunk_width(D, ptrs, [&](auto width) {
