@@ -97,11 +97,13 @@ const float* CudaOps::rope_table(int64_t positions, int64_t hd, double theta) {
     // Room to grow: a decoder asks for one more position each token.
     const int64_t P = std::max(positions, hd == rope_hd_ && theta == rope_theta_ ? 2 * rope_positions_ : 0);
     const int64_t half = hd / 2;
+    // The angle as kernels/cpu/rope.cpp computes it, bit for bit.
+    std::vector<double> frequency(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i) frequency[size_t(i)] = std::pow(theta, -2.0 * double(i) / double(hd));
     std::vector<float> host(size_t(2 * P * half));
     for (int64_t p = 0; p < P; ++p)
         for (int64_t i = 0; i < half; ++i) {
-            // As kernels/cpu/rope.cpp computes it.
-            const double angle = double(p) * std::pow(theta, -2.0 * double(i) / double(hd));
+            const double angle = double(p) * frequency[size_t(i)];
             host[size_t(2 * (p * half + i))] = float(std::cos(angle));
             host[size_t(2 * (p * half + i) + 1)] = float(std::sin(angle));
         }
