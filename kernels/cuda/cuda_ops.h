@@ -138,6 +138,7 @@ public:
     // when a call needs more positions (then room for twice as many) or
     // another hd or theta: not on every call.
     const float* rope_table(int64_t positions, int64_t hd, double theta);
+    int64_t rope_table_positions() const { return rope_positions_; }
     static constexpr size_t kLtWorkspaceBytes = size_t(32) << 20;
     // cuBLASLt plans made so far (shapes seen; a grouped GEMM's expert sizes
     // count by size class).

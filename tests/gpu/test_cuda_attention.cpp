@@ -228,3 +228,17 @@ TEST_CASE("cuda rope matches the cpu both ways, and from a first position", "[gp
         }
     }
 }
+
+TEST_CASE("cuda rope's table is kept across calls and grows by doubling", "[gpu]") {
+    Backends be;
+    const float* table = be.gpu.rope_table(77, 64, 10000);
+    REQUIRE(be.gpu.rope_table_positions() == 77);
+    REQUIRE(be.gpu.rope_table(50, 64, 10000) == table);  // fewer positions: the same table
+    table = be.gpu.rope_table(78, 64, 10000);            // one more, as a decoder's next token
+    REQUIRE(be.gpu.rope_table_positions() == 154);
+    REQUIRE(be.gpu.rope_table(154, 64, 10000) == table);
+    be.gpu.rope_table(10, 12, 10000);  // another hd: made anew for what is asked
+    REQUIRE(be.gpu.rope_table_positions() == 10);
+    be.gpu.rope_table(10, 12, 500000);  // another theta likewise
+    REQUIRE(be.gpu.rope_table_positions() == 10);
+}
