@@ -7,29 +7,41 @@ namespace moe::cuda {
 namespace {
 
 constexpr int64_t kMaxChunks = 4096;
-// A block's threads are 32 columns (a warp reads 32 neighbours of a row) times
-// 8 row chunks in partial_kernel, times 32 strands of chunks in finish_kernel:
+constexpr int kThreads = 256;
+// finish_kernel's threads: 32 columns (a warp reads 32 neighbours of a row)
+// times 32 strands of chunks.
+constexpr int kCols = 32, kStrands = 32;
+
+// partial[chunk, c] = the chunk's rows of column c, summed in row order. A
+// thread takes W neighbouring columns (W = 8: 16-byte loads) of one chunk;
+// neighbouring threads take neighbouring columns, then the next chunk, so
 // every thread has work however narrow the matrix (D = 64 for the qk-norm
 // weights, whose R = N * heads rows make 4096 chunks).
-constexpr int kCols = 32, kChunksPerBlock = 8, kStrands = 32;
-
-// partial[chunk, c] = the chunk's rows of column c, summed in row order.
-__global__ void __launch_bounds__(kCols* kChunksPerBlock)
+template <int W>
+__global__ void __launch_bounds__(kThreads)
     partial_kernel(float* partial, const bf16* a, const bf16* b, const float* row_scale, int64_t R, int64_t D,
                    int64_t rows_per_chunk, int64_t chunks) {
-    const int col = int(threadIdx.x) % kCols, sub = int(threadIdx.x) / kCols;
-    const int64_t c = blockIdx.x * int64_t(kCols) + col;
-    const int64_t chunk = blockIdx.y * int64_t(kChunksPerBlock) + sub;
-    if (c >= D || chunk >= chunks) return;
-    const int64_t begin = chunk * rows_per_chunk, end = min(R, begin + rows_per_chunk);
-    float acc = 0;
-    for (int64_t r = begin; r < end; ++r) {
-        float v = __bfloat162float(a[r * D + c]);
-        if (b) v *= __bfloat162float(b[r * D + c]);
-        if (row_scale) v *= row_scale[r];
-        acc += v;
+    const int64_t col_groups = D / W;
+    for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < chunks * col_groups;
+         t += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t chunk = t / col_groups, c = t % col_groups * W;
+        const int64_t begin = chunk * rows_per_chunk, end = min(R, begin + rows_per_chunk);
+        float acc[W] = {};
+        for (int64_t r = begin; r < end; ++r) {
+            float v[W];
+            load_chunk(v, a + r * D + c);
+            if (b) {
+                float u[W];
+                load_chunk(u, b + r * D + c);
+#pragma unroll
+                for (int e = 0; e < W; ++e) v[e] *= u[e];
+            }
+            const float scale = row_scale ? row_scale[r] : 1.0f;
+#pragma unroll
+            for (int e = 0; e < W; ++e) acc[e] += row_scale ? v[e] * scale : v[e];  // as v *= row_scale[r]
+        }
+        store_chunk(partial + chunk * D + c, acc);  // on 16 bytes: scratch is, and D, c are multiples of W
     }
-    partial[chunk * D + c] = acc;
 }
 
 // out[c] (+)= the chunks' sums: strand s adds chunks s, s + 32, ... in order,
@@ -62,11 +74,13 @@ void column_sums(CudaOps& ops, float* out, Write write, const bf16* a, const bf1
     const int64_t rows_per_chunk = std::max<int64_t>(64, (R + kMaxChunks - 1) / kMaxChunks);
     const int64_t chunks = (R + rows_per_chunk - 1) / rows_per_chunk;
     float* partial = static_cast<float*>(ops.scratch(size_t(chunks * D) * sizeof(float)));
-    const unsigned col_blocks = unsigned((D + kCols - 1) / kCols);
-    const unsigned chunk_blocks = unsigned((chunks + kChunksPerBlock - 1) / kChunksPerBlock);
-    partial_kernel<<<dim3(col_blocks, chunk_blocks), kCols * kChunksPerBlock, 0, ops.stream()>>>(
-        partial, a, b, row_scale, R, D, rows_per_chunk, chunks);
+    with_chunk_width(D, {a, b}, [&](auto width) {
+        constexpr int W = decltype(width)::value;
+        partial_kernel<W><<<blocks_for(chunks * (D / W), kThreads), kThreads, 0, ops.stream()>>>(
+            partial, a, b, row_scale, R, D, rows_per_chunk, chunks);
+    });
     MOE_CUDA_LAUNCHED();
+    const unsigned col_blocks = unsigned((D + kCols - 1) / kCols);
     finish_kernel<<<col_blocks, kCols * kStrands, 0, ops.stream()>>>(out, partial, chunks, D, write == Write::add);
     MOE_CUDA_LAUNCHED();
 }

@@ -77,6 +77,17 @@ template <int W> __device__ __forceinline__ void store_chunk(bf16* p, const floa
     }
 }
 
+// W consecutive floats stored (W = 8: two 16-byte stores, p on 16 bytes).
+template <int W> __device__ __forceinline__ void store_chunk(float* p, const float (&in)[W]) {
+    if constexpr (W == 8) {
+        reinterpret_cast<float4*>(p)[0] = make_float4(in[0], in[1], in[2], in[3]);
+        reinterpret_cast<float4*>(p)[1] = make_float4(in[4], in[5], in[6], in[7]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < W; ++i) p[i] = in[i];
+    }
+}
+
 // Whether rows of n bf16 move as 16-byte chunks of 8: n a multiple of 8 and
 // every pointer (null ones pass) on 16 bytes.
 inline bool chunks_of_8(int64_t n, std::initializer_list<const void*> ptrs) {

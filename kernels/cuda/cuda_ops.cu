@@ -58,6 +58,7 @@ CudaOps::~CudaOps() {
     if (stream_) cudaStreamSynchronize(stream_);
     destroy_matmul_plans(matmul_plans_);
     cudaFree(scratch_);
+    cudaFree(rope_table_);
     cudaFree(upload_);
     cudaFreeHost(host_results_);
     cudaFree(partials_);

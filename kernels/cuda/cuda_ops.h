@@ -135,6 +135,13 @@ public:
     // At least `bytes` of device scratch, valid until the next call; grows
     // (after waiting for queued work) only when a larger size is asked for.
     void* scratch(size_t bytes);
+    // RoPE's fp32 (cos, sin) pairs for positions [0, positions) and pair i
+    // of [0, hd/2), pair (p, i) at [2 (p * hd/2 + i)] (rope.cu). Computed on
+    // the host in double as the CPU reference computes the angle and uploaded
+    // when a call needs more positions (then room for twice as many) or
+    // another hd or theta: not on every call.
+    const float* rope_table(int64_t positions, int64_t hd, double theta);
+    int64_t rope_table_positions() const { return rope_positions_; }
     static constexpr size_t kLtWorkspaceBytes = size_t(32) << 20;
     // cuBLASLt plans made so far (shapes seen; a grouped GEMM's expert sizes
     // count by size class).
@@ -157,6 +164,9 @@ private:
     void* scratch_ = nullptr;
     size_t scratch_bytes_ = 0;
     MatmulPlans* matmul_plans_ = nullptr;
+    float* rope_table_ = nullptr;  // see rope_table
+    int64_t rope_positions_ = 0, rope_hd_ = 0;
+    double rope_theta_ = 0;
     // Pinned staging of copy_from_host: a step's uploads (token ids, a
     // token_id plan per layer) many times over.
     static constexpr size_t kUploadRingBytes = size_t(16) << 20;

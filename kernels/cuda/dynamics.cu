@@ -4,6 +4,7 @@
 // std::clamp does. dmu sums over rows without atomics: a block takes a fixed
 // chunk of rows for a tile of columns and writes its column sums to scratch,
 // then a second kernel adds the chunks in chunk order.
+#include <algorithm>
 #include <string>
 
 #include "kernels/cuda/common.cuh"
@@ -13,9 +14,9 @@ namespace moe {
 namespace {
 
 using cuda::bf16;
-using cuda::load;
+using cuda::load_chunk;
 using cuda::require_dtype;
-using cuda::store;
+using cuda::store_chunk;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -54,50 +55,97 @@ __device__ __forceinline__ Step step(float h, float v, float a, float b, float g
     return s;
 }
 
-// h_out, v_out may be h, v themselves: each element is read before it is written.
+// h_out, v_out may be h, v themselves: each element is read before it is
+// written. A thread takes W neighbouring columns of a row (W = 8: 16-byte
+// accesses).
+template <int W>
 __global__ void dynamics_forward_kernel(bf16* h_out, bf16* v_out, const bf16* h, const bf16* v, const bf16* ctrl,
                                         const bf16* mu, int64_t N, int64_t H, Params p) {
-    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < N * H; i += int64_t(gridDim.x) * blockDim.x) {
-        const int64_t n = i / H, c = i % H;
-        const bf16* cn = ctrl + n * 3 * H;
-        const float hi = load(h, i);
-        const Step s = step(hi, load(v, i), load(cn, c), load(cn, H + c), load(cn, 2 * H + c), load(mu, c), p);
-        store(h_out, i, hi + p.dt * s.gate * s.v_new);
-        store(v_out, i, s.v_new);
+    const int64_t chunks = N * H / W;
+    for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < chunks; k += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t i = k * W, n = i / H, c = i % H;
+        const bf16* cn = ctrl + n * 3 * H + c;
+        float hi[W], vi[W], a[W], b[W], g[W], m[W], ho[W], vo[W];
+        load_chunk(hi, h + i);
+        load_chunk(vi, v + i);
+        load_chunk(a, cn);
+        load_chunk(b, cn + H);
+        load_chunk(g, cn + 2 * H);
+        load_chunk(m, mu + c);
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+            const Step s = step(hi[e], vi[e], a[e], b[e], g[e], m[e], p);
+            ho[e] = hi[e] + p.dt * s.gate * s.v_new;
+            vo[e] = s.v_new;
+        }
+        store_chunk(h_out + i, ho);
+        store_chunk(v_out + i, vo);
     }
 }
 
-// Block (x, y) takes rows [x*kRowsPerChunk, +kRowsPerChunk) of column
-// y*blockDim + thread; dmu_part (null: dmu not wanted) gets the chunk's column
-// sums. dh, dv and dctrl are added to when accumulate, else written.
+// W values of g at i: what is there when accumulate, else zeros.
+template <int W>
+__device__ __forceinline__ void load_prior(float (&out)[W], const bf16* g, int64_t i, bool accumulate) {
+    if (accumulate) {
+        load_chunk(out, g + i);
+    } else {
+#pragma unroll
+        for (int e = 0; e < W; ++e) out[e] = 0;
+    }
+}
+
+// Block (x, y) takes rows [x*kRowsPerChunk, +kRowsPerChunk) of the W columns
+// from (y*blockDim + thread) * W; dmu_part (null: dmu not wanted) gets the
+// chunk's column sums. dh, dv and dctrl are added to when accumulate, else
+// written.
+template <int W>
 __global__ void dynamics_backward_kernel(bf16* dh, bf16* dv, bf16* dctrl, float* dmu_part, const bf16* dh_out,
                                          const bf16* dv_out, const bf16* h, const bf16* v, const bf16* ctrl,
                                          const bf16* mu, int64_t N, int64_t H, Params p, bool accumulate) {
-    const auto prior = [accumulate](const bf16* g, int64_t i) { return accumulate ? load(g, i) : 0.0f; };
-    const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
+    const int64_t c = (int64_t(blockIdx.y) * blockDim.x + threadIdx.x) * W;
     if (c >= H) return;
     const int64_t chunk = blockIdx.x, n0 = chunk * kRowsPerChunk, n1 = min(N, n0 + kRowsPerChunk);
-    const float m = load(mu, c);
-    float dmu_sum = 0;
+    float m[W], dmu_sum[W] = {};
+    load_chunk(m, mu + c);
     for (int64_t n = n0; n < n1; ++n) {
         const int64_t i = n * H + c, ia = n * 3 * H + c, ib = ia + H, ig = ib + H;
-        const float hi = load(h, i), vi = load(v, i), b = load(ctrl, ib);
-        const Step s = step(hi, vi, load(ctrl, ia), b, load(ctrl, ig), m, p);
-        const float g_h = load(dh_out, i);
-        // h' = h + dt gate v' feeds v' as well as the v' output.
-        const float g_vnew = load(dv_out, i) + g_h * p.dt * s.gate;
-        const float g_u = s.v_passes ? g_vnew : 0;  // u = alpha v - beta (h - mu_c)
-        if (dh) store(dh, i, prior(dh, i) + (g_h - g_u * s.beta));
-        if (dv) store(dv, i, prior(dv, i) + g_u * s.alpha);
-        if (dctrl) {
-            store(dctrl, ia, prior(dctrl, ia) + g_u * vi * s.alpha * (1 - s.alpha));
-            const float g_b = s.beta_passes ? -g_u * (hi - s.mu_c) * softplus_grad(b) : 0.0f;
-            if (s.beta_passes || !accumulate) store(dctrl, ib, prior(dctrl, ib) + g_b);
-            store(dctrl, ig, prior(dctrl, ig) + g_h * p.dt * s.v_new * s.gate * (1 - s.gate));
+        float hi[W], vi[W], a[W], b[W], g[W], g_h[W], g_v[W];
+        load_chunk(hi, h + i);
+        load_chunk(vi, v + i);
+        load_chunk(a, ctrl + ia);
+        load_chunk(b, ctrl + ib);
+        load_chunk(g, ctrl + ig);
+        load_chunk(g_h, dh_out + i);
+        load_chunk(g_v, dv_out + i);
+        float d_h[W], d_v[W], d_a[W], d_b[W], d_g[W];
+        load_prior(d_h, dh, i, accumulate && dh);
+        load_prior(d_v, dv, i, accumulate && dv);
+        load_prior(d_a, dctrl, ia, accumulate && dctrl);
+        load_prior(d_b, dctrl, ib, accumulate && dctrl);
+        load_prior(d_g, dctrl, ig, accumulate && dctrl);
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+            const Step s = step(hi[e], vi[e], a[e], b[e], g[e], m[e], p);
+            // h' = h + dt gate v' feeds v' as well as the v' output.
+            const float g_vnew = g_v[e] + g_h[e] * p.dt * s.gate;
+            const float g_u = s.v_passes ? g_vnew : 0;  // u = alpha v - beta (h - mu_c)
+            d_h[e] += g_h[e] - g_u * s.beta;
+            d_v[e] += g_u * s.alpha;
+            d_a[e] += g_u * vi[e] * s.alpha * (1 - s.alpha);
+            // A clipped beta adds nothing: an accumulated gradient keeps its bits.
+            if (s.beta_passes) d_b[e] += -g_u * (hi[e] - s.mu_c) * softplus_grad(b[e]);
+            d_g[e] += g_h[e] * p.dt * s.v_new * s.gate * (1 - s.gate);
+            if (s.mu_passes) dmu_sum[e] += g_u * s.beta;
         }
-        if (s.mu_passes) dmu_sum += g_u * s.beta;
+        if (dh) store_chunk(dh + i, d_h);
+        if (dv) store_chunk(dv + i, d_v);
+        if (dctrl) {
+            store_chunk(dctrl + ia, d_a);
+            store_chunk(dctrl + ib, d_b);
+            store_chunk(dctrl + ig, d_g);
+        }
     }
-    if (dmu_part) dmu_part[chunk * H + c] = dmu_sum;
+    if (dmu_part) store_chunk(dmu_part + chunk * H + c, dmu_sum);  // on 16 bytes: scratch is, H and c multiples of W
 }
 
 // dmu[c] (+)= sum over chunks of part[chunk, c]. A block takes 32 columns;
@@ -159,8 +207,12 @@ void CudaOps::dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, T
     check_like(op, "v_out", v_out, h, DType::BF16);
     const int64_t N = h.dim(0), H = h.dim(1);
     if (N * H == 0) return;
-    dynamics_forward_kernel<<<cuda::blocks_for(N * H, kThreads), kThreads, 0, stream()>>>(
-        bf16_ptr(h_out), bf16_ptr(v_out), bf16_ptr(h), bf16_ptr(v), bf16_ptr(ctrl), bf16_ptr(mu), N, H, params(p));
+    cuda::with_chunk_width(H, {h_out.data, v_out.data, h.data, v.data, ctrl.data, mu.data}, [&](auto width) {
+        constexpr int W = decltype(width)::value;
+        dynamics_forward_kernel<W><<<cuda::blocks_for(N * H / W, kThreads), kThreads, 0, stream()>>>(
+            bf16_ptr(h_out), bf16_ptr(v_out), bf16_ptr(h), bf16_ptr(v), bf16_ptr(ctrl), bf16_ptr(mu), N, H,
+            params(p));
+    });
     MOE_CUDA_LAUNCHED();
 }
 
@@ -181,12 +233,21 @@ void CudaOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, 
         if (!dmu.empty() && dw_write == Write::overwrite) zero(dmu);
         return;
     }
-    const int64_t chunks = (N + kRowsPerChunk - 1) / kRowsPerChunk, tiles = (H + kThreads - 1) / kThreads;
-    check(tiles <= 65535, op, "h " + h.shape_str() + " has too many columns for one launch");
+    const int64_t chunks = (N + kRowsPerChunk - 1) / kRowsPerChunk;
     float* part = dmu.empty() ? nullptr : static_cast<float*>(scratch(size_t(chunks * H) * sizeof(float)));
-    dynamics_backward_kernel<<<dim3(unsigned(chunks), unsigned(tiles)), kThreads, 0, stream()>>>(
-        bf16_ptr(dh), bf16_ptr(dv), bf16_ptr(dctrl), part, bf16_ptr(dh_out), bf16_ptr(dv_out), bf16_ptr(h),
-        bf16_ptr(v), bf16_ptr(ctrl), bf16_ptr(mu), N, H, params(p), write == Write::add);
+    const auto launch = [&](auto width) {
+        constexpr int W = decltype(width)::value;
+        // A block: the chunks of W of a row, in whole warps, at most kThreads.
+        const int64_t cols = H / W;
+        const int threads = int(std::min<int64_t>(kThreads, (cols + 31) / 32 * 32));
+        const int64_t tiles = (cols + threads - 1) / threads;
+        check(tiles <= 65535, op, "h " + h.shape_str() + " has too many columns for one launch");
+        dynamics_backward_kernel<W><<<dim3(unsigned(chunks), unsigned(tiles)), threads, 0, stream()>>>(
+            bf16_ptr(dh), bf16_ptr(dv), bf16_ptr(dctrl), part, bf16_ptr(dh_out), bf16_ptr(dv_out), bf16_ptr(h),
+            bf16_ptr(v), bf16_ptr(ctrl), bf16_ptr(mu), N, H, params(p), write == Write::add);
+    };
+    cuda::with_chunk_width(
+        H, {dh.data, dv.data, dctrl.data, dh_out.data, dv_out.data, h.data, v.data, ctrl.data, mu.data}, launch);
     MOE_CUDA_LAUNCHED();
     if (!part) return;
     dmu_reduce_kernel<<<unsigned((H + 31) / 32), kThreads, 0, stream()>>>(dmu.ptr<float>(), part, chunks, H,

@@ -1,6 +1,7 @@
 // RMSNorm on the GPU: x, y, dx, dy and w in bf16 (w a working copy), rstd in
-// fp32, statistics and dw in fp32. One warp per row for y and dx; dw is a
-// fixed-order column reduction (column_sums.h).
+// fp32, statistics and dw in fp32. One warp per row for y and dx, in 16-byte
+// chunks where D and the pointers allow; dw is a fixed-order column reduction
+// (column_sums.h).
 #include "kernels/cuda/column_sums.h"
 #include "kernels/cuda/common.cuh"
 
@@ -11,41 +12,137 @@ namespace {
 using cuda::bf16;
 constexpr int kWarps = 8;  // rows per block
 
+// Calls f(k, j) for a lane's chunks j = lane + 32 k of a row of n chunks. With
+// C > 0 the row fits in C chunks a lane and k is unrolled, so arrays indexed by
+// k stay in registers; C = 0 is a plain loop (k = 0) for any n.
+template <int C, class F> __device__ __forceinline__ void lane_chunks(int lane, int n, F&& f) {
+    if constexpr (C > 0) {
+#pragma unroll
+        for (int k = 0; k < C; ++k)
+            if (lane + 32 * k < n) f(k, lane + 32 * k);
+    } else {
+        for (int j = lane; j < n; j += 32) f(0, j);
+    }
+}
+
+// A row's values a lane keeps between the two passes when C > 0 (C chunks of
+// W); with C = 0 it holds nothing and the second pass reads memory again.
+template <int W, int C> struct LaneRow {
+    float v[C > 0 ? C : 1][W];
+    __device__ __forceinline__ void keep(int k, const float (&in)[W]) {
+        if constexpr (C > 0)
+#pragma unroll
+            for (int e = 0; e < W; ++e) v[k][e] = in[e];
+    }
+    __device__ __forceinline__ void restore(int k, float (&out)[W]) const {
+#pragma unroll
+        for (int e = 0; e < W; ++e) out[e] = v[k][e];
+    }
+};
+
+// Rows move in chunks of W (8: 16-byte accesses); a row of at most 32 C W
+// elements is read once and kept in registers (LaneRow).
+template <int W, int C>
 __global__ void rmsnorm_forward_kernel(bf16* y, float* rstd, const bf16* x, const bf16* w, int64_t R, int D,
                                        float eps) {
-    const int lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31, n = D / W;
     const int64_t r = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
     if (r >= R) return;
     const bf16* xr = x + r * D;
+    LaneRow<W, C> xs;
     float ss = 0;
-    for (int i = lane; i < D; i += 32) {
-        const float v = __bfloat162float(xr[i]);
-        ss += v * v;
-    }
+    lane_chunks<C>(lane, n, [&](int k, int j) {
+        float v[W];
+        cuda::load_chunk(v, xr + j * W);
+#pragma unroll
+        for (int e = 0; e < W; ++e) ss += v[e] * v[e];
+        xs.keep(k, v);
+    });
     ss = cuda::warp_sum(ss);
     const float s = rsqrtf(ss / float(D) + eps);
     if (lane == 0) rstd[r] = s;
     bf16* yr = y + r * D;
-    for (int i = lane; i < D; i += 32) yr[i] = __float2bfloat16_rn(__bfloat162float(xr[i]) * s * __bfloat162float(w[i]));
+    lane_chunks<C>(lane, n, [&](int k, int j) {
+        float v[W], wv[W];
+        if constexpr (C > 0)
+            xs.restore(k, v);
+        else
+            cuda::load_chunk(v, xr + j * W);
+        cuda::load_chunk(wv, w + j * W);
+#pragma unroll
+        for (int e = 0; e < W; ++e) v[e] = v[e] * s * wv[e];
+        cuda::store_chunk(yr + j * W, v);
+    });
 }
 
-// dx (+)= rstd * (w dy - xhat * mean(w dy xhat)), xhat = x * rstd.
+// dx (+)= rstd * (w dy - xhat * mean(w dy xhat)), xhat = x * rstd. w dy and x
+// are kept between the passes as the forward keeps x.
+template <int W, int C>
 __global__ void rmsnorm_dx_kernel(bf16* dx, const bf16* dy, const bf16* x, const bf16* w, const float* rstd,
                                   int64_t R, int D, bool accumulate) {
-    const int lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31, n = D / W;
     const int64_t r = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
     if (r >= R) return;
     const bf16 *xr = x + r * D, *dyr = dy + r * D;
+    // w dy and x of chunk j, loaded.
+    const auto load_row = [&](int j, float(&wdy)[W], float(&xv)[W]) {
+        float wv[W];
+        cuda::load_chunk(wv, w + j * W);
+        cuda::load_chunk(wdy, dyr + j * W);
+        cuda::load_chunk(xv, xr + j * W);
+#pragma unroll
+        for (int e = 0; e < W; ++e) wdy[e] = wv[e] * wdy[e];
+    };
     const float s = rstd[r];
+    LaneRow<W, C> wdys, xs;
     float dot = 0;
-    for (int i = lane; i < D; i += 32)
-        dot += __bfloat162float(w[i]) * __bfloat162float(dyr[i]) * __bfloat162float(xr[i]);
+    lane_chunks<C>(lane, n, [&](int k, int j) {
+        float wdy[W], xv[W];
+        load_row(j, wdy, xv);
+#pragma unroll
+        for (int e = 0; e < W; ++e) dot += wdy[e] * xv[e];
+        wdys.keep(k, wdy);
+        xs.keep(k, xv);
+    });
     const float m = cuda::warp_sum(dot) * s / float(D);
     bf16* dxr = dx + r * D;
-    for (int i = lane; i < D; i += 32) {
-        const float g = s * (__bfloat162float(w[i]) * __bfloat162float(dyr[i]) - __bfloat162float(xr[i]) * s * m);
-        dxr[i] = __float2bfloat16_rn(accumulate ? __bfloat162float(dxr[i]) + g : g);
-    }
+    lane_chunks<C>(lane, n, [&](int k, int j) {
+        float wdy[W], xv[W], g[W];
+        if constexpr (C > 0) {
+            wdys.restore(k, wdy);
+            xs.restore(k, xv);
+        } else {
+            load_row(j, wdy, xv);
+        }
+        if (accumulate) cuda::load_chunk(g, dxr + j * W);
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+            const float d = s * (wdy[e] - xv[e] * s * m);
+            g[e] = accumulate ? g[e] + d : d;
+        }
+        cuda::store_chunk(dxr + j * W, g);
+    });
+}
+
+// Calls launch(W, C): W = 8 when rows are chunkable; C = 1, 4 or 8 chunks a
+// lane, the fewest that hold the row (registers grow with C: 8 is D <= 2048),
+// else 0, two passes over memory (always so for W = 1).
+template <class Launch> void with_row_layout(int D, std::initializer_list<const void*> ptrs, Launch&& launch) {
+    using std::integral_constant;
+    cuda::with_chunk_width(D, ptrs, [&](auto width) {
+        constexpr int W = decltype(width)::value;
+        const int per_lane = (D / W + 31) / 32;
+        if constexpr (W == 1)
+            launch(width, integral_constant<int, 0>());
+        else if (per_lane <= 1)
+            launch(width, integral_constant<int, 1>());
+        else if (per_lane <= 4)
+            launch(width, integral_constant<int, 4>());
+        else if (per_lane <= 8)
+            launch(width, integral_constant<int, 8>());
+        else
+            launch(width, integral_constant<int, 0>());
+    });
 }
 
 int64_t rows_of(const char* op, const Tensor& y, const Tensor& rstd, const Tensor& x, const Tensor& w) {
@@ -66,9 +163,11 @@ void CudaOps::rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double 
     cuda::require_dtype("rmsnorm_forward", "y", y, DType::BF16);
     if (!R) return;
     const unsigned blocks = unsigned((R + kWarps - 1) / kWarps);
-    rmsnorm_forward_kernel<<<blocks, kWarps * 32, 0, stream_>>>(
-        static_cast<bf16*>(y.data), static_cast<float*>(rstd.data), static_cast<const bf16*>(x.data),
-        static_cast<const bf16*>(w.data), R, int(w.numel()), float(eps));
+    with_row_layout(int(w.numel()), {y.data, x.data, w.data}, [&](auto W, auto C) {
+        rmsnorm_forward_kernel<W, C><<<blocks, kWarps * 32, 0, stream_>>>(
+            static_cast<bf16*>(y.data), static_cast<float*>(rstd.data), static_cast<const bf16*>(x.data),
+            static_cast<const bf16*>(w.data), R, int(w.numel()), float(eps));
+    });
     MOE_CUDA_LAUNCHED();
 }
 
@@ -86,9 +185,11 @@ void CudaOps::rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor
     const float* pr = static_cast<const float*>(rstd.data);
     if (R && !dx.empty()) {
         const unsigned blocks = unsigned((R + kWarps - 1) / kWarps);
-        rmsnorm_dx_kernel<<<blocks, kWarps * 32, 0, stream_>>>(static_cast<bf16*>(dx.data), pdy, px,
-                                                               static_cast<const bf16*>(w.data), pr, R, D,
-                                                               dx_write == Write::add);
+        with_row_layout(D, {dx.data, pdy, px, w.data}, [&](auto W, auto C) {
+            rmsnorm_dx_kernel<W, C><<<blocks, kWarps * 32, 0, stream_>>>(
+                static_cast<bf16*>(dx.data), pdy, px, static_cast<const bf16*>(w.data), pr, R, D,
+                dx_write == Write::add);
+        });
         MOE_CUDA_LAUNCHED();
     }
     if (!dw.empty()) cuda::column_sums(*this, static_cast<float*>(dw.data), dw_write, pdy, px, pr, R, D);

@@ -3,11 +3,17 @@
 // p * theta^(-2i/hd), row t at position first_position + t; the backward
 // turns by the opposite angle.
 //
-// One thread per (token, i) computes its angle once and turns the pair in
-// every head of the token. The angle and its cos/sin are computed in double,
-// as the CPU reference does, then rounded to fp32: position * frequency
-// reaches thousands of radians, where an fp32 angle would already be off by
-// ~1e-4.
+// The angles' cos and sin come from a table CudaOps keeps (rope_table): made
+// on the host in double exactly as the CPU reference computes them, then
+// rounded to fp32 (position * frequency reaches thousands of radians, where
+// an fp32 angle would already be off by ~1e-4). One thread per token and
+// chunk of W pairs (W = 8: 16-byte accesses to each half of a head) turns
+// them in every head of the token.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
 #include "kernels/cuda/common.cuh"
 
 namespace moe {
@@ -16,39 +22,101 @@ namespace {
 
 using cuda::bf16;
 
-// sign +1 rotates (forward), -1 rotates back (backward).
-__global__ void rope_kernel(bf16* x, int64_t pairs, int64_t T, int64_t heads, int hd, double theta,
+// W consecutive (cos, sin) pairs of the table (W = 8: four 16-byte loads).
+template <int W> __device__ __forceinline__ void load_angles(float (&cs)[W], float (&sn)[W], const float* table) {
+    if constexpr (W == 8) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const float4 f = reinterpret_cast<const float4*>(table)[q];
+            cs[2 * q] = f.x;
+            sn[2 * q] = f.y;
+            cs[2 * q + 1] = f.z;
+            sn[2 * q + 1] = f.w;
+        }
+    } else {
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+            cs[e] = table[2 * e];
+            sn[e] = table[2 * e + 1];
+        }
+    }
+}
+
+// table: (cos, sin) at [2 (p * hd/2 + i)]; sign +1 rotates (forward), -1
+// rotates back (backward).
+template <int W>
+__global__ void rope_kernel(bf16* x, const float* table, int64_t chunks, int64_t T, int64_t heads, int hd,
                             int64_t first_position, float sign) {
-    const int half = hd / 2;
-    for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < pairs; n += int64_t(gridDim.x) * blockDim.x) {
-        const int64_t token = n / half;
-        const int i = int(n % half);
-        const double angle = double(first_position + token % T) * pow(theta, -2.0 * double(i) / double(hd));
-        double s, c;
-        sincos(angle, &s, &c);
-        const float cs = float(c), sn = sign * float(s);
-        bf16* a = x + token * heads * hd + i;  // a[h * hd] and its partner a[h * hd + half]
+    const int half = hd / 2, per_token = half / W;
+    for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < chunks;
+         n += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t token = n / per_token;
+        const int i = int(n % per_token) * W;
+        float cs[W], sn[W];
+        load_angles(cs, sn, table + 2 * ((first_position + token % T) * half + i));
+#pragma unroll
+        for (int e = 0; e < W; ++e) sn[e] *= sign;
+        bf16* a = x + token * heads * hd + i;  // a + h * hd and its partner a + h * hd + half
         for (int64_t h = 0; h < heads; ++h) {
-            const float ai = cuda::load(a, h * hd), ci = cuda::load(a, h * hd + half);
-            cuda::store(a, h * hd, ai * cs - ci * sn);
-            cuda::store(a, h * hd + half, ai * sn + ci * cs);
+            float ai[W], ci[W], ao[W], co[W];
+            cuda::load_chunk(ai, a + h * hd);
+            cuda::load_chunk(ci, a + h * hd + half);
+#pragma unroll
+            for (int e = 0; e < W; ++e) {
+                ao[e] = ai[e] * cs[e] - ci[e] * sn[e];
+                co[e] = ai[e] * sn[e] + ci[e] * cs[e];
+            }
+            cuda::store_chunk(a + h * hd, ao);
+            cuda::store_chunk(a + h * hd + half, co);
         }
     }
 }
 
 void rotate(CudaOps& ops, const char* op, Tensor x, double theta, int64_t first_position, float sign) {
     check(x.ndim == 4 && x.dim(3) % 2 == 0, op, "x must be [B,T,heads,hd] with hd even, got " + x.shape_str());
+    check(first_position >= 0, op, "first_position must be >= 0, got " + std::to_string(first_position));
     cuda::require_dtype(op, "x", x, DType::BF16);
     const int64_t T = x.dim(1), heads = x.dim(2), hd = x.dim(3);
-    const int64_t pairs = x.dim(0) * T * (hd / 2);
-    if (pairs == 0 || heads == 0) return;
+    if (x.numel() == 0) return;
+    const float* table = ops.rope_table(first_position + T, hd, theta);
     constexpr int kThreads = 256;
-    rope_kernel<<<cuda::blocks_for(pairs, kThreads), kThreads, 0, ops.stream()>>>(
-        static_cast<bf16*>(x.data), pairs, T, heads, int(hd), theta, first_position, sign);
+    // Chunks of 8 pairs need hd/2 a multiple of 8 and x on 16 bytes.
+    cuda::with_chunk_width(hd / 2, {x.data}, [&](auto width) {
+        constexpr int W = decltype(width)::value;
+        const int64_t chunks = x.dim(0) * T * (hd / 2 / W);
+        rope_kernel<W><<<cuda::blocks_for(chunks, kThreads), kThreads, 0, ops.stream()>>>(
+            static_cast<bf16*>(x.data), table, chunks, T, heads, int(hd), first_position, sign);
+    });
     MOE_CUDA_LAUNCHED();
 }
 
 }  // namespace
+
+const float* CudaOps::rope_table(int64_t positions, int64_t hd, double theta) {
+    if (rope_table_ && positions <= rope_positions_ && hd == rope_hd_ && theta == rope_theta_) return rope_table_;
+    // Room to grow: a decoder asks for one more position each token.
+    const int64_t P = std::max(positions, hd == rope_hd_ && theta == rope_theta_ ? 2 * rope_positions_ : 0);
+    const int64_t half = hd / 2;
+    // The angle as kernels/cpu/rope.cpp computes it, bit for bit.
+    std::vector<double> frequency(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i) frequency[size_t(i)] = std::pow(theta, -2.0 * double(i) / double(hd));
+    std::vector<float> host(size_t(2 * P * half));
+    for (int64_t p = 0; p < P; ++p)
+        for (int64_t i = 0; i < half; ++i) {
+            const double angle = double(p) * frequency[size_t(i)];
+            host[size_t(2 * (p * half + i))] = float(std::cos(angle));
+            host[size_t(2 * (p * half + i) + 1)] = float(std::sin(angle));
+        }
+    release(rope_table_);  // waits for queued kernels that read it
+    rope_table_ = nullptr;  // until the new one is there (alloc may throw)
+    rope_table_ = static_cast<float*>(alloc(host.size() * sizeof(float)));
+    // Synchronous: alloc has drained the stream and the table is rarely made.
+    MOE_CUDA_CHECK(cudaMemcpy(rope_table_, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+    rope_positions_ = P;
+    rope_hd_ = hd;
+    rope_theta_ = theta;
+    return rope_table_;
+}
 
 void CudaOps::rope_forward(Tensor x, double theta, int64_t first_position) {
     rotate(*this, "rope_forward", x, theta, first_position, 1.f);

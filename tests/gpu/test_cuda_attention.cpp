@@ -198,29 +198,47 @@ TEST_CASE("cuda attention names the head sizes it supports", "[gpu]") {
 }
 
 TEST_CASE("cuda rope matches the cpu both ways, and from a first position", "[gpu]") {
-    const int64_t B = 2, T = 77, H = 4, hd = 64;
+    const int64_t B = 2, T = 77, H = 4;
     const double theta = 10000;
     Backends be;
     Rng rng(4, "cuda rope");
-    const std::vector<float> x = bf16_normals(B * T * H * hd, rng);
-    // The forward from position 1000 too: a decoder's rows deep in its cache,
-    // angles of thousands of radians.
+    // The forward from position 1000 and 1077 too: a decoder's rows deep in
+    // its cache, angles of thousands of radians, past the positions the
+    // backend's table has (it grows twice). hd = 64 turns 16-byte chunks,
+    // hd = 12 element by element (and makes the table anew).
     struct Case {
         bool forward;
         int64_t first;
     };
-    for (const Case& c : {Case{true, 0}, Case{false, 0}, Case{true, 1000}}) {
-        std::vector<float> cpu = x;
-        Tensor gpu = be.upload(x, DType::BF16, {B, T, H, hd});
-        if (c.forward) {
-            be.cpu.rope_forward(host_tensor(cpu, {B, T, H, hd}), theta, c.first);
-            be.gpu.rope_forward(gpu, theta, c.first);
-        } else {
-            be.cpu.rope_backward(host_tensor(cpu, {B, T, H, hd}), theta);
-            be.gpu.rope_backward(gpu, theta);
+    for (const int64_t hd : {64, 12}) {
+        const std::vector<float> x = bf16_normals(B * T * H * hd, rng);
+        for (const Case& c : {Case{true, 0}, Case{false, 0}, Case{true, 1000}, Case{true, 1077}}) {
+            std::vector<float> cpu = x;
+            Tensor gpu = be.upload(x, DType::BF16, {B, T, H, hd});
+            if (c.forward) {
+                be.cpu.rope_forward(host_tensor(cpu, {B, T, H, hd}), theta, c.first);
+                be.gpu.rope_forward(gpu, theta, c.first);
+            } else {
+                be.cpu.rope_backward(host_tensor(cpu, {B, T, H, hd}), theta);
+                be.gpu.rope_backward(gpu, theta);
+            }
+            INFO("hd " << hd << ", first position " << c.first);
+            // Same double angles, fp32 rotation: only the output's bf16 rounding differs.
+            require_near(c.forward ? "rope_forward" : "rope_backward", be.download(gpu), cpu, kBf16Rtol, kBf16Atol);
         }
-        INFO("first position " << c.first);
-        // Same double angles, fp32 rotation: only the output's bf16 rounding differs.
-        require_near(c.forward ? "rope_forward" : "rope_backward", be.download(gpu), cpu, kBf16Rtol, kBf16Atol);
     }
+}
+
+TEST_CASE("cuda rope's table is kept across calls and grows by doubling", "[gpu]") {
+    Backends be;
+    const float* table = be.gpu.rope_table(77, 64, 10000);
+    REQUIRE(be.gpu.rope_table_positions() == 77);
+    REQUIRE(be.gpu.rope_table(50, 64, 10000) == table);  // fewer positions: the same table
+    table = be.gpu.rope_table(78, 64, 10000);            // one more, as a decoder's next token
+    REQUIRE(be.gpu.rope_table_positions() == 154);
+    REQUIRE(be.gpu.rope_table(154, 64, 10000) == table);
+    be.gpu.rope_table(10, 12, 10000);  // another hd: made anew for what is asked
+    REQUIRE(be.gpu.rope_table_positions() == 10);
+    be.gpu.rope_table(10, 12, 500000);  // another theta likewise
+    REQUIRE(be.gpu.rope_table_positions() == 10);
 }

@@ -1,7 +1,8 @@
 // The CUDA INL dynamics ops against the CPU reference, on values that hit
 // every clamp: |u| past a small velocity_max, softplus(b) past beta_max (and
 // past softplus' linear threshold), mu below mu_min, above mu_max and on both
-// bounds. H = 20 and 300 (two column tiles), N = 37 (a partial row chunk).
+// bounds. H = 20 and 300 (two column tiles) element by element, H = 40 and
+// 2112 (two column tiles) in 16-byte chunks; N = 37 (a partial row chunk).
 #include <cmath>
 #include <stdexcept>
 #include <vector>
@@ -107,8 +108,7 @@ void check_dynamics(Backends& b, int64_t N, int64_t H, Write write) {
 TEST_CASE("cuda dynamics forward and backward match the CPU through every clamp", "[gpu]") {
     Backends b;
     for (Write write : {Write::add, Write::overwrite}) {
-        check_dynamics(b, 37, 20, write);
-        check_dynamics(b, 37, 300, write);
+        for (int64_t H : {20, 300, 40, 2112}) check_dynamics(b, 37, H, write);
     }
 }
 

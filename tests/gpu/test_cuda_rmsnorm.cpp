@@ -8,9 +8,14 @@ using namespace moe::test;
 TEST_CASE("rmsnorm forward and backward match the CPU", "[gpu]") {
     Backends b;
     Rng rng(4, "rmsnorm");
-    // The last shape is the qk-norm weights' (D = head size, R = tokens x
-    // heads): thousands of row chunks for the weight gradient's column sums.
-    for (const auto& [R, D] : {std::pair<int64_t, int64_t>{301, 64}, {301, 1000}, {64 * 4096 + 77, 64}}) {
+    // Rows in 16-byte chunks held in registers (D = 64, 1000, 2048), in chunks
+    // read twice (D = 4096, past what registers hold) and element by element
+    // (D = 36). The last shape is the qk-norm weights' (D = head size, R =
+    // tokens x heads): thousands of row chunks for the weight gradient's
+    // column sums.
+    for (const auto& [R, D] : {std::pair<int64_t, int64_t>{301, 64}, {301, 1000}, {67, 2048}, {33, 4096}, {301, 36},
+                               {64 * 4096 + 77, 64}}) {
+        INFO("R " << R << ", D " << D);
         std::vector<float> x = bf16_normals(R * D, rng, 2.0), w = bf16_normals(D, rng), dy = bf16_normals(R * D, rng);
         std::vector<float> y(size_t(R * D)), rstd(static_cast<size_t>(R));
         b.cpu.rmsnorm_forward(host_tensor(y, {R, D}), host_tensor(rstd, {R}), host_tensor(x, {R, D}),
