@@ -114,25 +114,59 @@ template <int n> __device__ __forceinline__ void load_row_stats(float* dst, cons
     }
 }
 
-// acc (16 x N) += A B^T: A is 16 rows of a shared tile `a`, B is N rows of a
-// shared tile `b`, both row-major with K used columns and row stride kStride.
-template <int N, int K, int kStride>
-__device__ __forceinline__ void mma_abt(float (&acc)[N / 8][4], const bf16* a, const bf16* b) {
-    static_assert(N % 16 == 0 && K % 16 == 0, "whole 16x16 fragments");
+// acc (16 x N) += A_k B_k^T over the 16 columns k..k+15: af is A's fragment
+// there (rows 0-7 | 8-15 at column k, then at column k+8), B is N rows of a
+// shared tile `b`, row-major with row stride kStride.
+template <int N, int kStride>
+__device__ __forceinline__ void mma_abt_k(float (&acc)[N / 8][4], const uint32_t (&af)[4], const bf16* b, int k) {
+    static_assert(N % 16 == 0, "whole 16x16 fragments");
     const int lane = threadIdx.x & 31;
 #pragma unroll
-    for (int k = 0; k < K; k += 16) {
-        uint32_t af[4];  // matrices: rows 0-7 | 8-15 at column k, then at column k+8
-        ldsm_x4(af, a + (lane & 15) * kStride + k + (lane >> 4) * 8);
-#pragma unroll
-        for (int n = 0; n < N; n += 16) {
-            uint32_t bf[4];  // matrices: rows n..n+7 at column k | k+8, then rows n+8..n+15
-            ldsm_x4(bf, b + (n + (lane & 7) + (lane >> 4) * 8) * kStride + k + ((lane >> 3) & 1) * 8);
-            mma16816(acc[n / 8], af, bf[0], bf[1]);
-            mma16816(acc[n / 8 + 1], af, bf[2], bf[3]);
-        }
+    for (int n = 0; n < N; n += 16) {
+        uint32_t bf[4];  // matrices: rows n..n+7 at column k | k+8, then rows n+8..n+15
+        ldsm_x4(bf, b + (n + (lane & 7) + (lane >> 4) * 8) * kStride + k + ((lane >> 3) & 1) * 8);
+        mma16816(acc[n / 8], af, bf[0], bf[1]);
+        mma16816(acc[n / 8 + 1], af, bf[2], bf[3]);
     }
 }
+
+// The A operand of a warp's products acc (16 x N) += A B^T: the warp's 16
+// rows (K used columns, row stride kStride) of a shared tile that stays for a
+// kernel's whole loop. kKeep holds their fragments in registers, loaded once
+// (ready()), where each product would otherwise read them from shared memory
+// again: shared-memory reads, not the tensor cores, bound these loops.
+// Without kKeep (where registers are short) they are read at each product.
+template <int K, int kStride, bool kKeep> class WarpRowsA {
+public:
+    static_assert(K % 16 == 0, "whole 16x16 fragments");
+    __device__ __forceinline__ explicit WarpRowsA(const bf16* rows) : rows_(rows) {}
+    // Once the tile is in shared memory (after the barrier that follows its copy).
+    __device__ __forceinline__ void ready() {
+        if constexpr (kKeep)
+#pragma unroll
+            for (int k = 0; k < K; k += 16) load(f_[k / 16], k);
+    }
+    template <int N> __device__ __forceinline__ void mma_abt(float (&acc)[N / 8][4], const bf16* b) const {
+#pragma unroll
+        for (int k = 0; k < K; k += 16) {
+            if constexpr (kKeep) {
+                mma_abt_k<N, kStride>(acc, f_[k / 16], b, k);
+            } else {
+                uint32_t af[4];
+                load(af, k);
+                mma_abt_k<N, kStride>(acc, af, b, k);
+            }
+        }
+    }
+
+private:
+    __device__ __forceinline__ void load(uint32_t (&af)[4], int k) const {
+        const int lane = threadIdx.x & 31;
+        ldsm_x4(af, rows_ + (lane & 15) * kStride + k + (lane >> 4) * 8);
+    }
+    const bf16* rows_;
+    uint32_t f_[kKeep ? K / 16 : 1][4];
+};
 
 // acc (16 x N) += P B: P is a 16 x K accumulator (C layout, fp32, rounded to
 // bf16 here: a C tile pair is exactly an A fragment), B is K rows of a shared
@@ -186,6 +220,11 @@ struct Shape {
 // the dq kernel's key tile are 64 rows, or 32 for hd 128 to bound registers
 // and shared memory.
 template <int HD> constexpr int kBwdRows = HD <= 64 ? 64 : 32;
+// The backward kernels read their fixed operands' fragments at each product
+// (WarpRowsA without kKeep): keeping them costs occupancy (ptxas, sm_90, hd
+// 64: dk/dv 167 -> 229 registers, 3 -> 2 blocks a SM; dq spills), a trade to
+// measure on a GPU first.
+constexpr bool kBwdKeepRows = false;
 
 // ---- kernels ------------------------------------------------------------------
 
@@ -212,6 +251,7 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row_lo = q0 + warp * 16 + (lane >> 2), row_hi = row_lo + 8;  // query of acc[.][0..1], [.][2..3]
+    WarpRowsA<HD, kS, true> qa(sq + warp * 16 * kS);
     float o[HD / 8][4] = {};
     float m_lo = -INFINITY, m_hi = -INFINITY;  // running max of the raw scores
     float l_lo = 0.f, l_hi = 0.f;              // this lane's share of the running sum of exp
@@ -227,9 +267,10 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
         cp_async_commit();
         cp_async_wait<1>();  // everything but the prefetch has landed
         __syncthreads();
+        if (j == 0) qa.ready();
 
         float p[kTile / 8][4] = {};
-        mma_abt<kTile, HD, kS>(p, sq + warp * 16 * kS, sk + buf * kTile * kS);
+        qa.template mma_abt<kTile>(p, sk + buf * kTile * kS);
         if (j == qt) {  // causal mask; it also hides the keys past T
             const int k0 = j * kTile + 2 * (lane & 3);
 #pragma unroll
@@ -348,6 +389,7 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int key_lo = k0 + warp * 16 + (lane >> 2), key_hi = key_lo + 8;  // key of acc[.][0..1], [.][2..3]
+    WarpRowsA<HD, kS, kBwdKeepRows> ka(sk + warp * 16 * kS), va(sv + warp * 16 * kS);
     float dk_acc[HD / 8][4] = {}, dv_acc[HD / 8][4] = {};
 
     for (int step = 0; step < steps; ++step) {
@@ -356,13 +398,17 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
+        if (step == 0) {
+            ka.ready();
+            va.ready();
+        }
 
         const bf16 *sqb = sq + buf * kQ * kS, *sdob = sdo + buf * kQ * kS;
         const float *slb = slse + buf * kQ, *sdb = sdelta + buf * kQ;
         const int q0 = (qt_first + step % per_head) * kQ;
         // P^T = exp(K Q^T scale - lse) where query >= key and query < T.
         float p[kQ / 8][4] = {};
-        mma_abt<kQ, HD, kS>(p, sk + warp * 16 * kS, sqb);
+        ka.template mma_abt<kQ>(p, sqb);
 #pragma unroll
         for (int n = 0; n < kQ / 8; ++n)
 #pragma unroll
@@ -373,7 +419,7 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
                               : 0.f;
             }
         float dp[kQ / 8][4] = {};
-        mma_abt<kQ, HD, kS>(dp, sv + warp * 16 * kS, sdob);  // dP^T = V dO^T
+        va.template mma_abt<kQ>(dp, sdob);                    // dP^T = V dO^T
         if (dv) mma_pb<HD, kQ, kS>(dv_acc, p, sdob);         // dV += P^T dO
         if (dk) {
 #pragma unroll
@@ -423,6 +469,7 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row_lo = q0 + warp * 16 + (lane >> 2), row_hi = row_lo + 8;
+    WarpRowsA<HD, kS, kBwdKeepRows> qa(sq + warp * 16 * kS), doa(sdo + warp * 16 * kS);
     const float* lse_bh = lse + (int64_t(b) * s.nh + h) * s.T;
     const float* delta_bh = delta + (int64_t(b) * s.nh + h) * s.T;
     // Rows past T are never stored; any finite statistics do for them.
@@ -443,10 +490,14 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
+        if (j == 0) {
+            qa.ready();
+            doa.ready();
+        }
 
         const bf16 *skb = sk + buf * kK * kS, *svb = sv + buf * kK * kS;
         float p[kK / 8][4] = {};
-        mma_abt<kK, HD, kS>(p, sq + warp * 16 * kS, skb);
+        qa.template mma_abt<kK>(p, skb);
         const int k0 = j * kK + 2 * (lane & 3);
 #pragma unroll
         for (int n = 0; n < kK / 8; ++n)
@@ -458,7 +509,7 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
                               : 0.f;
             }
         float dp[kK / 8][4] = {};
-        mma_abt<kK, HD, kS>(dp, sdo + warp * 16 * kS, svb);  // dP = dO V^T
+        doa.template mma_abt<kK>(dp, svb);  // dP = dO V^T
 #pragma unroll
         for (int n = 0; n < kK / 8; ++n) {
             dp[n][0] = p[n][0] * (dp[n][0] - delta_lo);
