@@ -163,12 +163,13 @@ public:
     // ---- activations ------------------------------------------------------
     virtual void silu_forward(Tensor y, Tensor x) = 0;
     virtual void silu_backward(Tensor dx, Tensor dy, Tensor x) = 0;
-    // out = silu(gate) * up, all [R,I].
-    virtual void swiglu_forward(Tensor out, Tensor gate, Tensor up) = 0;
-    // Writes (does not add to) dgate and dup, either may be empty: they are
-    // the experts' scratch, the largest activations of a step, and adding
-    // would cost a zeroing pass and a read of each.
-    virtual void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up) = 0;
+    // out[R,I] = silu(gate) * up from gate_up[R,2I] = [gate | up] (one GEMM
+    // of the experts' fused gate and up projections writes it).
+    virtual void swiglu_forward(Tensor out, Tensor gate_up) = 0;
+    // Writes (does not add to) dgate_up[R,2I] = [dgate | dup]: the experts'
+    // scratch, the largest activations of a step, where adding would cost a
+    // zeroing pass and a read.
+    virtual void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) = 0;
 
     // ---- RoPE, rotate-half, in place on x[B,T,heads,hd] -------------------
     // Position first_position + t: 0 in training, where the cache ends when a

@@ -63,7 +63,14 @@ struct Layer {
         for (size_t i = 0; i < out.size(); ++i) s += dy.ptr<double>()[i] * out[i];
         return s;
     }
-    const double* value(const std::string& name) const { return params.find(name).value.ptr<double>(); }
+    // A tensor as files name it (MODEL.md): gate and up are parts of one parameter.
+    Tensor file_tensor(const std::string& name) const {
+        for (const NamedTensor& t : params.named(ParameterSet::Slot::Value))
+            if (t.name == name) return t.tensor;
+        FAIL("no tensor " << name);
+        return {};
+    }
+    const double* value(const std::string& name) const { return file_tensor(name).ptr<double>(); }
 };
 
 // A layer whose losses are sum(dy * y) alone (the router's balancing and
@@ -87,10 +94,13 @@ TEST_CASE("a layer's shared experts add each expert's SwiGLU to the routed outpu
         Layer with(cfg, ops), without(layer_config(0, 0), ops);
         const int64_t H = cfg.hidden_size, Is = hidden ? hidden : cfg.moe.expert_hidden_size;
         const std::string p = "layers.0.moe.shared_experts.";
-        REQUIRE(with.params.find(p + "w_gate").shape == std::vector<int64_t>{n * Is, H});
-        REQUIRE(with.params.find(p + "w_up").shape == std::vector<int64_t>{n * Is, H});
-        REQUIRE(with.params.find(p + "w_down").shape == std::vector<int64_t>{H, n * Is});
-        REQUIRE(with.params.all().size() == without.params.all().size() + 3);
+        for (const char* name : {"w_gate", "w_up"}) {
+            const Tensor t = with.file_tensor(p + name);
+            REQUIRE((t.ndim == 2 && t.dim(0) == n * Is && t.dim(1) == H));
+        }
+        const Tensor down = with.file_tensor(p + "w_down");
+        REQUIRE((down.ndim == 2 && down.dim(0) == H && down.dim(1) == n * Is));
+        REQUIRE(with.params.all().size() == without.params.all().size() + 2);  // [gate | up] fused, and down
         const std::vector<double> y = with.forward(), routed = without.forward();
         const double *wg = with.value(p + "w_gate"), *wu = with.value(p + "w_up"), *wd = with.value(p + "w_down");
         const double* x = with.x.ptr<double>();

@@ -237,19 +237,19 @@ int run(const Args& args) {
     time("combine backward", RH, L, 2 * R * H * act + N * H * act + N * k * (4 + 2 * stat), 4.0 * R * H,
          [&] { ops.combine_backward(dye, dtopw, dy, ye, topw, slot_row, moe::Write::overwrite); });
 
-    moe::Tensor w_gate = buf.random(pr.work, {E, I, H}, 0.02), w_down = buf.random(pr.work, {E, H, I}, 0.02);
-    moe::Tensor dw_gate = buf.zeros(pr.master, {E, I, H}), dw_down = buf.zeros(pr.master, {E, H, I});
-    moe::Tensor gate = buf.random(pr.act, {R, I}), up = buf.random(pr.act, {R, I}), a = buf.zeros(pr.act, {R, I});
-    moe::Tensor dgate = buf.zeros(pr.act, {R, I}), dup = buf.zeros(pr.act, {R, I}), da = buf.random(pr.act, {R, I});
+    moe::Tensor w_gate_up = buf.random(pr.work, {E, 2 * I, H}, 0.02), w_down = buf.random(pr.work, {E, H, I}, 0.02);
+    moe::Tensor dw_gate_up = buf.zeros(pr.master, {E, 2 * I, H}), dw_down = buf.zeros(pr.master, {E, H, I});
+    moe::Tensor gate_up = buf.random(pr.act, {R, 2 * I}), a = buf.zeros(pr.act, {R, I});
+    moe::Tensor dgate_up = buf.zeros(pr.act, {R, 2 * I}), da = buf.random(pr.act, {R, I});
     const double wbytes = double(E * I * H) * work, gbytes = double(E * I * H) * master;
     const std::string RHI = dims({R, H, I}) + " E" + std::to_string(E);
-    time("experts gate, up forward", RHI, 2 * L, R * H * act + wbytes + R * I * act, 2.0 * R * H * I,
-         [&] { ops.grouped_matmul_forward(gate, xe, w_gate, plan.offsets); });
-    // Of a step's two, the one adding to dxe (the other overwrites it).
-    time("experts gate, up backward", RHI, 2 * L, R * I * act + R * H * act + wbytes + 2 * R * H * act + gbytes,
-         4.0 * R * H * I, [&] {
-             ops.grouped_matmul_backward(dye, dw_gate, gate, xe, w_gate, plan.offsets, moe::Write::add,
-                                         moe::Write::overwrite);
+    // Gate and up are one GEMM of N = 2I (the fused [E, 2I, H] weight).
+    time("experts gate+up forward", RHI, L, R * H * act + 2 * wbytes + 2 * R * I * act, 4.0 * R * H * I,
+         [&] { ops.grouped_matmul_forward(gate_up, xe, w_gate_up, plan.offsets); });
+    time("experts gate+up backward", RHI, L, 2 * R * I * act + R * H * act + 2 * wbytes + R * H * act + 2 * gbytes,
+         8.0 * R * H * I, [&] {
+             ops.grouped_matmul_backward(dye, dw_gate_up, dgate_up, xe, w_gate_up, plan.offsets,
+                                         moe::Write::overwrite, moe::Write::overwrite);
          });
     time("experts down forward", RHI, L, R * I * act + wbytes + R * H * act, 2.0 * R * H * I,
          [&] { ops.grouped_matmul_forward(ye, a, w_down, plan.offsets); });
@@ -259,9 +259,9 @@ int run(const Args& args) {
                                          moe::Write::overwrite);
          });
     const std::string RI = dims({R, I});
-    time("swiglu forward", RI, L, 3 * R * I * act, 6.0 * R * I, [&] { ops.swiglu_forward(a, gate, up); });
+    time("swiglu forward", RI, L, 3 * R * I * act, 6.0 * R * I, [&] { ops.swiglu_forward(a, gate_up); });
     time("swiglu backward", RI, L, 5 * R * I * act, 12.0 * R * I,
-         [&] { ops.swiglu_backward(dgate, dup, da, gate, up); });
+         [&] { ops.swiglu_backward(dgate_up, da, gate_up); });
 
     // ---- INL dynamics ------------------------------------------------------------
     if (dynamics) {
@@ -309,16 +309,16 @@ int run(const Args& args) {
          [&] { ops.cross_entropy_backward(dlogits, logits, loss_lse, ids, 1.0 / double(N)); });
 
     // ---- optimizer on one expert stack (3 per layer) ------------------------------------
-    moe::Tensor param = buf.random(pr.master, {E, I, H}, 0.02), m1 = buf.zeros(pr.master, {E, I, H});
-    moe::Tensor m2 = buf.zeros(pr.master, {E, I, H}), wcopy = buf.zeros(pr.work, {E, I, H});
+    moe::Tensor param = buf.random(pr.master, {E, H, I}, 0.02), m1 = buf.zeros(pr.master, {E, H, I});
+    moe::Tensor m2 = buf.zeros(pr.master, {E, H, I}), wcopy = buf.zeros(pr.work, {E, H, I});
     moe::AdamWParams adam;
     adam.lr = 1e-4;
     adam.weight_decay = 0.1;
     const double n = double(E * I * H);
     time("adamw (expert stack)", dims({E, I, H}), 3 * L, n * (7 * master + work), 12 * n,
-         [&] { ops.adamw_step(param, dw_gate, m1, m2, wcopy, adam); });
+         [&] { ops.adamw_step(param, dw_down, m1, m2, wcopy, adam); });
     time("sum of squares (3 expert stacks)", dims({E, I, H}), L, 3 * n * master, 6 * n,
-         [&] { ops.sum_squares({dw_gate, dw_down, param}); });
+         [&] { ops.sum_squares({dw_gate_up, dw_down}); });
 
     std::printf("%-34s %-24s %10s %9s %9s %8s %10s\n", "op", "shape", "ms/call", "GB/s", "TFLOP/s", "calls", "ms/step");
     double step = 0;

@@ -8,22 +8,6 @@ namespace {
 
 std::vector<int64_t> shape_of(const Tensor& t) { return std::vector<int64_t>(t.shape.begin(), t.shape.begin() + t.ndim); }
 
-// The file-level tensors of a parameter: itself, or each expert of its stack.
-struct FileTensor {
-    std::string name;
-    std::vector<int64_t> shape;
-    int64_t offset;  // elements into the parameter
-};
-
-std::vector<FileTensor> file_tensors(const Param& p) {
-    if (!p.is_expert_stack()) return {{p.name, p.shape, 0}};
-    std::vector<FileTensor> out;
-    const std::vector<int64_t> one(p.shape.begin() + 1, p.shape.end());
-    const int64_t per = p.numel() / p.shape[0];
-    for (int64_t i = 0; i < p.shape[0]; ++i) out.push_back({expert_name(p.name, p.expert_offset + int(i)), one, i * per});
-    return out;
-}
-
 }  // namespace
 
 FileDigest save_tensors(const std::string& path, const std::vector<NamedTensor>& tensors, Ops& ops,
@@ -63,7 +47,7 @@ void collect(const ParameterSet& params, ParameterSet::Slot slot, const std::fun
         }
         if (!kept) continue;
         out.data.push_back(std::move(values));
-        for (const FileTensor& f : file_tensors(p))
+        for (const FileTensor& f : p.files())
             out.refs.push_back({prefix + f.name, "F32", f.shape, out.data.back().data() + f.offset});
     }
 }
@@ -77,7 +61,7 @@ void load_slot(ParameterSet& params, ParameterSet::Slot slot, const std::string&
         Param& p = *param;
         if (kept.count(p.name)) continue;
         values.resize(size_t(p.numel()));
-        for (const FileTensor& f : file_tensors(p))
+        for (const FileTensor& f : p.files())
             file_for(f.name).read(prefix + f.name, "F32", f.shape, values.data() + f.offset);
         if (f64) {
             const std::vector<double> d(values.begin(), values.end());

@@ -4,16 +4,15 @@
 
 namespace moe {
 
-Experts::Experts(Param* w_gate, Param* w_up, Param* w_down, int64_t groups, int64_t inner)
-    : w_gate_(w_gate), w_up_(w_up), w_down_(w_down), groups_(groups), inner_(inner) {}
+Experts::Experts(Param* w_gate_up, Param* w_down, int64_t groups, int64_t inner)
+    : w_gate_up_(w_gate_up), w_down_(w_down), groups_(groups), inner_(inner) {}
 
 Experts::Experts(const ModelConfig& cfg, ParameterSet& params, int layer, int first, int count)
     : groups_(count), inner_(cfg.moe.expert_hidden_size) {
     const std::string p = "layers." + std::to_string(layer) + ".moe.experts.{e}.";
     const int64_t H = cfg.hidden_size, I = inner_;
     const InitSpec init = InitSpec::normal(cfg.init_std);
-    w_gate_ = &params.add(p + "w_gate", {count, I, H}, init, true, first);
-    w_up_ = &params.add(p + "w_up", {count, I, H}, init, true, first);
+    w_gate_up_ = &params.add(p + "w_gate_up", {count, 2 * I, H}, init, true, first, {p + "w_gate", p + "w_up"});
     w_down_ = &params.add(p + "w_down", {count, H, I}, init, true, first);
 }
 
@@ -21,10 +20,9 @@ Experts Experts::shared(const ModelConfig& cfg, ParameterSet& params, int layer)
     const std::string p = "layers." + std::to_string(layer) + ".moe.shared_experts.";
     const int64_t H = cfg.hidden_size, I = cfg.moe.shared_inner();
     const InitSpec init = InitSpec::normal(cfg.init_std);  // like the routed experts
-    Param& w_gate = params.add(p + "w_gate", {I, H}, init, true);
-    Param& w_up = params.add(p + "w_up", {I, H}, init, true);
+    Param& w_gate_up = params.add(p + "w_gate_up", {2 * I, H}, init, true, -1, {p + "w_gate", p + "w_up"});
     Param& w_down = params.add(p + "w_down", {H, I}, init, true);
-    return Experts(&w_gate, &w_up, &w_down, 1, I);
+    return Experts(&w_gate_up, &w_down, 1, I);
 }
 
 Tensor Experts::grouped(Tensor t) const {
@@ -37,20 +35,17 @@ void Experts::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t ma
     const int64_t I = inner_;
     recompute_ = recompute;
     Arena& inner = recompute ? scratch : acts;
-    gate_ = inner.take(dt, {max_rows, I});
-    up_ = inner.take(dt, {max_rows, I});
+    gate_up_ = inner.take(dt, {max_rows, 2 * I});
     act_ = inner.take(dt, {max_rows, I});
-    dgate_ = scratch.take(dt, {max_rows, I});
-    dup_ = scratch.take(dt, {max_rows, I});
+    dgate_up_ = scratch.take(dt, {max_rows, 2 * I});
     dact_ = scratch.take(dt, {max_rows, I});
 }
 
 void Experts::inner(Ops& ops, Tensor xe, const std::vector<int64_t>& offsets) {
     const int64_t R = xe.dim(0);
-    Tensor gate = gate_.rows(0, R), up = up_.rows(0, R), act = act_.rows(0, R);
-    ops.grouped_matmul_forward(gate, xe, grouped(w_gate_->work), offsets);
-    ops.grouped_matmul_forward(up, xe, grouped(w_up_->work), offsets);
-    ops.swiglu_forward(act, gate, up);
+    const Tensor gate_up = gate_up_.rows(0, R);
+    ops.grouped_matmul_forward(gate_up, xe, grouped(w_gate_up_->work), offsets);
+    ops.swiglu_forward(act_.rows(0, R), gate_up);
 }
 
 void Experts::forward(Ops& ops, Tensor xe, Tensor ye, const std::vector<int64_t>& offsets) {
@@ -62,14 +57,14 @@ void Experts::backward(Ops& ops, Tensor xe, Tensor dye, Tensor dxe, const std::v
                        Write dx_write, Write grads) {
     const int64_t R = xe.dim(0);
     if (recompute_) inner(ops, xe, offsets);  // the same kernels on the same input: the same bits
-    Tensor gate = gate_.rows(0, R), up = up_.rows(0, R), act = act_.rows(0, R);
-    Tensor dgate = dgate_.rows(0, R), dup = dup_.rows(0, R), dact = dact_.rows(0, R);
-    const Tensor w_gate = grouped(w_gate_->work), w_up = grouped(w_up_->work), w_down = grouped(w_down_->work);
+    const Tensor gate_up = gate_up_.rows(0, R), act = act_.rows(0, R);
+    const Tensor dgate_up = dgate_up_.rows(0, R), dact = dact_.rows(0, R);
     // The inner gradients are written, not added to: nothing to zero first.
-    ops.grouped_matmul_backward(dact, grouped(w_down_->grad), dye, act, w_down, offsets, Write::overwrite, grads);
-    ops.swiglu_backward(dgate, dup, dact, gate, up);
-    ops.grouped_matmul_backward(dxe, grouped(w_gate_->grad), dgate, xe, w_gate, offsets, dx_write, grads);
-    ops.grouped_matmul_backward(dxe, grouped(w_up_->grad), dup, xe, w_up, offsets, Write::add, grads);
+    ops.grouped_matmul_backward(dact, grouped(w_down_->grad), dye, act, grouped(w_down_->work), offsets,
+                                Write::overwrite, grads);
+    ops.swiglu_backward(dgate_up, dact, gate_up);
+    ops.grouped_matmul_backward(dxe, grouped(w_gate_up_->grad), dgate_up, xe, grouped(w_gate_up_->work), offsets,
+                                dx_write, grads);
 }
 
 }  // namespace moe

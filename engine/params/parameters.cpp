@@ -18,6 +18,20 @@ int64_t Param::numel() const {
     return n;
 }
 
+std::vector<FileTensor> Param::files() const {
+    const int64_t experts = is_expert_stack() ? shape[0] : 1;
+    const std::vector<std::string> names = parts.empty() ? std::vector<std::string>{name} : parts;
+    const int64_t n = int64_t(names.size()), per_expert = numel() / experts, per_part = per_expert / n;
+    std::vector<int64_t> one(shape.begin() + (is_expert_stack() ? 1 : 0), shape.end());
+    one[0] /= n;
+    std::vector<FileTensor> out;
+    for (int64_t e = 0; e < experts; ++e)
+        for (int64_t k = 0; k < n; ++k)
+            out.push_back({is_expert_stack() ? expert_name(names[size_t(k)], expert_offset + int(e)) : names[size_t(k)],
+                           one, e * per_expert + k * per_part});
+    return out;
+}
+
 std::string expert_name(const std::string& pattern, int expert) {
     const size_t at = pattern.find("{e}");
     if (at == std::string::npos) throw std::logic_error("expert parameter name without {e}: " + pattern);
@@ -28,14 +42,18 @@ ParameterSet::ParameterSet() = default;
 ParameterSet::~ParameterSet() = default;
 
 Param& ParameterSet::add(const std::string& name, std::vector<int64_t> shape, InitSpec init, bool decay,
-                         int expert_offset) {
+                         int expert_offset, std::vector<std::string> parts) {
     if (ops_) throw std::logic_error("parameter added after allocation: " + name);
+    const size_t rows = expert_offset >= 0 ? 1 : 0;  // the dimension parts split
+    if (!parts.empty() && (shape.size() <= rows || shape[rows] % int64_t(parts.size()) != 0))
+        throw std::logic_error("parameter " + name + ": its parts must split its rows evenly");
     Param p;
     p.name = name;
     p.shape = std::move(shape);
     p.init = init;
     p.decay = decay;
     p.expert_offset = expert_offset;
+    p.parts = std::move(parts);
     params_.push_back(std::move(p));
     return params_.back();
 }
@@ -185,7 +203,7 @@ template <class T> void initialize_as(ParameterSet& set, std::deque<Param>& para
     constexpr int64_t kBatchValues = int64_t(1) << 26;
     struct Slice {
         const Param* param;
-        int expert;  // within the stack; 0 for a plain parameter
+        std::string name;  // the file-level tensor's, naming its stream
         int64_t at, n;
     };
     std::vector<T> host;
@@ -194,18 +212,17 @@ template <class T> void initialize_as(ParameterSet& set, std::deque<Param>& para
         int64_t total = 0;
         auto last = first;
         for (; last != params.end() && (last == first || total + last->numel() <= kBatchValues); ++last) {
-            const int experts = last->is_expert_stack() ? int(last->shape[0]) : 1;
-            const int64_t per = last->numel() / experts;
-            for (int e = 0; e < experts; ++e) slices.push_back({&*last, e, total + e * per, per});
+            const std::vector<FileTensor> files = last->files();
+            const int64_t per = last->numel() / int64_t(files.size());
+            for (const FileTensor& f : files) slices.push_back({&*last, f.name, total + f.offset, per});
             total += last->numel();
         }
         host.resize(size_t(total));
 #pragma omp parallel for schedule(dynamic, 1)
         for (size_t i = 0; i < slices.size(); ++i) {
             const Slice& s = slices[i];
-            const Param& p = *s.param;
-            Rng rng(seed, p.is_expert_stack() ? expert_name(p.name, p.expert_offset + s.expert) : p.name);
-            fill(p.init, rng, host.data() + s.at, s.n);
+            Rng rng(seed, s.name);
+            fill(s.param->init, rng, host.data() + s.at, s.n);
         }
         for (int64_t at = 0; first != last; ++first) {
             set.upload(*first, ParameterSet::Slot::Value, host.data() + at);
@@ -281,13 +298,9 @@ std::vector<NamedTensor> ParameterSet::named(Slot slot) const {
     std::vector<NamedTensor> out;
     for (const Param* p : stored(slot)) {
         const Tensor& t = slot_of(*p, slot);
-        if (!p->is_expert_stack()) {
-            out.push_back({p->name, t});
-            continue;
-        }
-        for (int64_t i = 0; i < p->shape[0]; ++i) {
-            Tensor e = t.rows(i, i + 1);
-            out.push_back({expert_name(p->name, p->expert_offset + int(i)), e.view({p->shape[1], p->shape[2]})});
+        for (const FileTensor& f : p->files()) {
+            char* at = t.empty() ? nullptr : static_cast<char*>(t.data) + size_t(f.offset) * dtype_size(t.dtype);
+            out.push_back({f.name, shaped(Tensor(at, t.dtype, {}), f.shape)});
         }
     }
     return out;
@@ -295,20 +308,20 @@ std::vector<NamedTensor> ParameterSet::named(Slot slot) const {
 
 std::vector<std::string> ParameterSet::names() const {
     std::vector<std::string> out;
-    for (const Param* p : stored(Slot::Value)) {
-        if (!p->is_expert_stack()) out.push_back(p->name);
-        else
-            for (int64_t i = 0; i < p->shape[0]; ++i) out.push_back(expert_name(p->name, p->expert_offset + int(i)));
-    }
+    for (const Param* p : stored(Slot::Value))
+        for (const FileTensor& f : p->files()) out.push_back(f.name);
     return out;
 }
 
 std::set<std::string> ParameterSet::experts_elsewhere(int num_experts) const {
     std::set<std::string> names;
-    for (const Param& p : params_)
-        if (p.is_expert_stack())
-            for (int e = 0; e < num_experts; ++e)
-                if (e < p.expert_offset || e >= p.expert_offset + p.shape[0]) names.insert(expert_name(p.name, e));
+    for (const Param& p : params_) {
+        if (!p.is_expert_stack()) continue;
+        const std::vector<std::string> patterns = p.parts.empty() ? std::vector<std::string>{p.name} : p.parts;
+        for (int e = 0; e < num_experts; ++e)
+            if (e < p.expert_offset || e >= p.expert_offset + p.shape[0])
+                for (const std::string& pattern : patterns) names.insert(expert_name(pattern, e));
+    }
     return names;
 }
 

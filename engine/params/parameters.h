@@ -42,6 +42,14 @@ struct OptimizerShards {
     GroupPlace experts;     // the expert-data-parallel group
 };
 
+// One tensor of a parameter as files see it: its MODEL.md name, shape and
+// first element in the parameter.
+struct FileTensor {
+    std::string name;
+    std::vector<int64_t> shape;
+    int64_t offset;
+};
+
 struct Param {
     std::string name;              // MODEL.md name; expert stacks hold "{e}" for the index
     std::vector<int64_t> shape;    // in memory
@@ -59,7 +67,16 @@ struct Param {
     GroupPlace shards;            // the group the optimizer state is split over
     int64_t chunk = 0;            // elements of the optimizer state here
 
+    // A fused parameter: files name equal blocks of rows of each expert (of
+    // the whole tensor when not a stack) by these patterns, in order (the
+    // experts' gate and up projections, stored [E, 2I, H] so that one GEMM
+    // computes both). Empty: the tensor is `name`.
+    std::vector<std::string> parts;
+
     bool is_expert_stack() const { return expert_offset >= 0; }
+    // The tensors files hold of this parameter: each expert of a stack (by
+    // global index), and within it each part.
+    std::vector<FileTensor> files() const;
     int64_t numel() const;
     bool split() const { return shards.size > 1; }
     int64_t chunk_begin() const { return int64_t(shards.rank) * chunk; }
@@ -93,8 +110,10 @@ public:
     ParameterSet(const ParameterSet&) = delete;
     ParameterSet& operator=(const ParameterSet&) = delete;
 
+    // parts: Param::parts (a fused parameter; name is then its own, files
+    // never see it).
     Param& add(const std::string& name, std::vector<int64_t> shape, InitSpec init, bool decay,
-               int expert_offset = -1);
+               int expert_offset = -1, std::vector<std::string> parts = {});
     // A state: its value in the master dtype (work is the value itself),
     // never split, no gradient or moments; initialize() fills it from init.
     Param& add_state(const std::string& name, std::vector<int64_t> shape, InitSpec init);
@@ -106,8 +125,9 @@ public:
     // for inference only value and work (grad, m and v stay empty).
     void allocate(Ops& ops, const Precision& precision, const OptimizerShards& shards = {},
                   Use use = Use::training);
-    // Fills values from the seed: each file-level tensor (each expert too) has
-    // its own random stream, so a layout change does not change the model.
+    // Fills values from the seed: each file-level tensor (each expert, each
+    // part too) has its own random stream, so a layout change does not change
+    // the model.
     void initialize(uint64_t seed);
     // Rewrites the working copies from the values: after anything but the
     // optimizer wrote values (a load). Collective over the split groups.

@@ -32,36 +32,44 @@ __global__ void silu_backward_kernel(bf16* dx, const bf16* dy, const bf16* x, in
     }
 }
 
-// SwiGLU works on the experts' [rows, I] activations, the largest tensors of
-// a step: W = 8 elements per thread through 16-byte loads and stores where
-// every pointer allows it (W = 1 otherwise); the same fp32 math either way.
-template <int W> __global__ void swiglu_forward_kernel(bf16* out, const bf16* gate, const bf16* up, int64_t chunks) {
+// SwiGLU works on the experts' [rows, 2I] activations, the largest tensors
+// of a step: W = 8 neighbouring columns per thread through 16-byte loads and
+// stores where I and every pointer allow it (W = 1 otherwise); the same fp32
+// math either way. Chunk c is row c / (I/W), columns from (c % (I/W)) W; the
+// row's gate is gate_up's first I columns, its up the next I.
+template <int W>
+__global__ void swiglu_forward_kernel(bf16* out, const bf16* gate_up, int64_t chunks, int64_t I) {
     MOE_GRID_LOOP(c, chunks) {
+        const int64_t r = c / (I / W), col = c % (I / W) * W;
+        const bf16* gu = gate_up + r * 2 * I + col;
         float g[W], u[W], o[W];
-        cuda::load_chunk(g, gate + c * W);
-        cuda::load_chunk(u, up + c * W);
+        cuda::load_chunk(g, gu);
+        cuda::load_chunk(u, gu + I);
 #pragma unroll
         for (int i = 0; i < W; ++i) o[i] = g[i] * sigmoid(g[i]) * u[i];
-        cuda::store_chunk(out + c * W, o);
+        cuda::store_chunk(out + r * I + col, o);
     }
 }
 
 template <int W>
-__global__ void swiglu_backward_kernel(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up,
-                                       int64_t chunks) {
+__global__ void swiglu_backward_kernel(bf16* dgate_up, const bf16* dout, const bf16* gate_up, int64_t chunks,
+                                       int64_t I) {
     MOE_GRID_LOOP(c, chunks) {
+        const int64_t r = c / (I / W), col = c % (I / W) * W;
+        const bf16* gu = gate_up + r * 2 * I + col;
         float g[W], u[W], d[W], dg[W], du[W];
-        cuda::load_chunk(g, gate + c * W);
-        cuda::load_chunk(u, up + c * W);
-        cuda::load_chunk(d, dout + c * W);
+        cuda::load_chunk(g, gu);
+        cuda::load_chunk(u, gu + I);
+        cuda::load_chunk(d, dout + r * I + col);
 #pragma unroll
         for (int i = 0; i < W; ++i) {
             const float s = sigmoid(g[i]);
             dg[i] = d[i] * u[i] * silu_grad(g[i], s);
             du[i] = d[i] * g[i] * s;
         }
-        if (dgate) cuda::store_chunk(dgate + c * W, dg);
-        if (dup) cuda::store_chunk(dup + c * W, du);
+        bf16* dgu = dgate_up + r * 2 * I + col;
+        cuda::store_chunk(dgu, dg);
+        cuda::store_chunk(dgu + I, du);
     }
 }
 
@@ -97,33 +105,39 @@ void CudaOps::silu_backward(Tensor dx, Tensor dy, Tensor x) {
     MOE_CUDA_LAUNCHED();
 }
 
-void CudaOps::swiglu_forward(Tensor out, Tensor gate, Tensor up) {
-    check_same_shape("swiglu_forward", out, gate);
-    check_same_shape("swiglu_forward", out, up);
-    require_bf16("swiglu_forward", {&out, &gate, &up});
-    const int64_t n = out.numel();
-    if (!n) return;
-    cuda::with_chunk_width(n, {out.data, gate.data, up.data}, [&](auto width) {
+namespace {
+// Rows R and width I of out [R,I] for gate_up [R,2I], all BF16.
+int64_t swiglu_rows(const char* op, const Tensor& out, const Tensor& gate_up) {
+    const int64_t I = out.row_size();
+    check(out.ndim == 2 && gate_up.ndim == 2 && gate_up.dim(0) == out.dim(0) && gate_up.dim(1) == 2 * I, op,
+          "expected out [R,I] and gate_up [R,2I]; got out " + out.shape_str() + ", gate_up " + gate_up.shape_str());
+    require_bf16(op, {&out, &gate_up});
+    return out.dim(0);
+}
+}  // namespace
+
+void CudaOps::swiglu_forward(Tensor out, Tensor gate_up) {
+    const int64_t R = swiglu_rows("swiglu_forward", out, gate_up), I = out.row_size();
+    if (!R || !I) return;
+    cuda::with_chunk_width(I, {out.data, gate_up.data}, [&](auto width) {
         constexpr int W = decltype(width)::value;
-        swiglu_forward_kernel<W><<<cuda::blocks_for(n / W, kThreads, 8192), kThreads, 0, stream_>>>(
-            data<bf16>(out), data<const bf16>(gate), data<const bf16>(up), n / W);
+        const int64_t chunks = R * I / W;
+        swiglu_forward_kernel<W><<<cuda::blocks_for(chunks, kThreads, 8192), kThreads, 0, stream_>>>(
+            data<bf16>(out), data<const bf16>(gate_up), chunks, I);
     });
     MOE_CUDA_LAUNCHED();
 }
 
-void CudaOps::swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up) {
-    check_same_shape("swiglu_backward", dout, gate);
-    check_same_shape("swiglu_backward", dout, up);
-    if (!dgate.empty()) check_same_shape("swiglu_backward", dgate, gate);
-    if (!dup.empty()) check_same_shape("swiglu_backward", dup, up);
-    require_bf16("swiglu_backward", {&dgate, &dup, &dout, &gate, &up});
-    const int64_t n = dout.numel();
-    if (!n || (dgate.empty() && dup.empty())) return;
-    cuda::with_chunk_width(n, {dgate.data, dup.data, dout.data, gate.data, up.data}, [&](auto width) {
+void CudaOps::swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) {
+    const int64_t R = swiglu_rows("swiglu_backward", dout, gate_up), I = dout.row_size();
+    check_same_shape("swiglu_backward", dgate_up, gate_up);
+    require_bf16("swiglu_backward", {&dgate_up});
+    if (!R || !I) return;
+    cuda::with_chunk_width(I, {dgate_up.data, dout.data, gate_up.data}, [&](auto width) {
         constexpr int W = decltype(width)::value;
-        swiglu_backward_kernel<W><<<cuda::blocks_for(n / W, kThreads, 8192), kThreads, 0, stream_>>>(
-            data<bf16>(dgate), data<bf16>(dup), data<const bf16>(dout), data<const bf16>(gate), data<const bf16>(up),
-            n / W);
+        const int64_t chunks = R * I / W;
+        swiglu_backward_kernel<W><<<cuda::blocks_for(chunks, kThreads, 8192), kThreads, 0, stream_>>>(
+            data<bf16>(dgate_up), data<const bf16>(dout), data<const bf16>(gate_up), chunks, I);
     });
     MOE_CUDA_LAUNCHED();
 }

@@ -84,8 +84,8 @@ public:
 
     void silu_forward(Tensor y, Tensor x) override;
     void silu_backward(Tensor dx, Tensor dy, Tensor x) override;
-    void swiglu_forward(Tensor out, Tensor gate, Tensor up) override;
-    void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up) override;
+    void swiglu_forward(Tensor out, Tensor gate_up) override;
+    void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) override;
 
     void rope_forward(Tensor x, double theta, int64_t first_position) override;
     void rope_backward(Tensor dx, double theta) override;
