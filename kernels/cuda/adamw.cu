@@ -17,7 +17,8 @@ namespace moe {
 namespace {
 
 constexpr int kThreads = 256, kWidth = 4;  // 4 floats: one 16-byte access
-constexpr int64_t kChunk = 8192;           // elements a block updates, a multiple of kThreads * kWidth
+constexpr int64_t kChunk = 8192;           // elements a block updates: 8 accesses of kWidth a thread
+static_assert(kChunk % (kThreads * kWidth) == 0, "chunks start aligned and every thread does as many accesses");
 
 // A tensor of the step as the kernel reads it from the table.
 struct Slice {
@@ -43,6 +44,12 @@ __device__ __forceinline__ void update(float& param, float grad, float& m, float
     param = param * decay - c.step_size * m / (sqrtf(v) / c.sqrt_c2 + c.eps);
 }
 
+// The tensors' pointers come from memory, not kernel arguments, so the
+// compiler cannot tell they are global: __ldca/__stwb (the default caching)
+// make the accesses LDG/STG rather than generic LD/ST.
+template <class V> __device__ __forceinline__ V get(const float* p) { return __ldca(reinterpret_cast<const V*>(p)); }
+template <class V> __device__ __forceinline__ void put(float* p, V x) { __stwb(reinterpret_cast<V*>(p), x); }
+
 __global__ void __launch_bounds__(kThreads) adamw_kernel(const Slice* __restrict__ slices, int count, Consts c) {
     int lo = 0, hi = count - 1;  // the last slice starting at or before this block
     while (lo < hi) {
@@ -54,28 +61,29 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(const Slice* __restrict
     const int64_t begin = (blockIdx.x - s.first_block) * kChunk, end = min(begin + kChunk, s.n);
     const int64_t vec_end = min(end, s.n_vec);
     for (int64_t i = begin + kWidth * threadIdx.x; i < vec_end; i += kWidth * kThreads) {
-        float4 p = *reinterpret_cast<const float4*>(s.param + i), m = *reinterpret_cast<const float4*>(s.m + i);
-        float4 v = *reinterpret_cast<const float4*>(s.v + i);
-        const float4 g = *reinterpret_cast<const float4*>(s.grad + i);
+        float4 p = get<float4>(s.param + i), m = get<float4>(s.m + i), v = get<float4>(s.v + i);
+        const float4 g = get<float4>(s.grad + i);
         update(p.x, g.x, m.x, v.x, s.decay, c);
         update(p.y, g.y, m.y, v.y, s.decay, c);
         update(p.z, g.z, m.z, v.z, s.decay, c);
         update(p.w, g.w, m.w, v.w, s.decay, c);
-        *reinterpret_cast<float4*>(s.param + i) = p;
-        *reinterpret_cast<float4*>(s.m + i) = m;
-        *reinterpret_cast<float4*>(s.v + i) = v;
+        put(s.param + i, p);
+        put(s.m + i, m);
+        put(s.v + i, v);
         if (s.work) {
-            __nv_bfloat162 w[2] = {__floats2bfloat162_rn(p.x, p.y), __floats2bfloat162_rn(p.z, p.w)};
-            *reinterpret_cast<uint2*>(s.work + i) = *reinterpret_cast<const uint2*>(w);
+            uint2 w;
+            reinterpret_cast<__nv_bfloat162*>(&w)[0] = __floats2bfloat162_rn(p.x, p.y);
+            reinterpret_cast<__nv_bfloat162*>(&w)[1] = __floats2bfloat162_rn(p.z, p.w);
+            __stwb(reinterpret_cast<uint2*>(s.work + i), w);
         }
     }
     for (int64_t i = max(begin, vec_end) + threadIdx.x; i < end; i += kThreads) {  // the tail, or all when unaligned
-        float p = s.param[i], m = s.m[i], v = s.v[i];
-        update(p, s.grad[i], m, v, s.decay, c);
-        s.param[i] = p;
-        s.m[i] = m;
-        s.v[i] = v;
-        if (s.work) s.work[i] = __float2bfloat16_rn(p);
+        float p = get<float>(s.param + i), m = get<float>(s.m + i), v = get<float>(s.v + i);
+        update(p, get<float>(s.grad + i), m, v, s.decay, c);
+        put(s.param + i, p);
+        put(s.m + i, m);
+        put(s.v + i, v);
+        if (s.work) __stwb(s.work + i, __float2bfloat16_rn(p));
     }
 }
 
