@@ -80,10 +80,19 @@ struct RouterScoring {
     int group_limit = 1;     // a token choosing among those of its best group_limit (groups > 1)
 };
 
+// What an AdamW step shares over all its tensors.
 struct AdamWParams {
-    double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0;
+    double lr = 0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
     int64_t step = 1;          // 1-based, for bias correction
     double grad_scale = 1.0;   // multiplies the gradient first (clipping)
+};
+
+// One parameter of an AdamW step: param, grad, m, v master, all one size;
+// work, the parameter's working copy, is rewritten from param unless it is
+// empty or param itself (same memory). Norms and biases take no decay.
+struct AdamWTensor {
+    Tensor param, grad, m, v, work;
+    double weight_decay = 0;
 };
 
 class Ops {
@@ -262,10 +271,10 @@ public:
                                         double dloss) = 0;
 
     // ---- optimizer --------------------------------------------------------
-    // One AdamW step on a parameter (decoupled weight decay lr*wd*param):
-    // param, grad, m, v master; work, the parameter's working copy, is then
-    // rewritten from param unless it is param itself (same memory).
-    virtual void adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor work, const AdamWParams& p) = 0;
+    // One AdamW step on every tensor of the list (decoupled weight decay
+    // lr*wd*param), all in one pass: a step's hundreds of parameters cost
+    // one launch on the GPU, not one each.
+    virtual void adamw_step(const std::vector<AdamWTensor>& tensors, const AdamWParams& p) = 0;
 };
 
 }  // namespace moe

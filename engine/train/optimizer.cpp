@@ -10,6 +10,22 @@ double AdamW::clip_scale(double grad_norm) const {
     return cfg_.grad_clip / (grad_norm + 1e-6);
 }
 
+std::vector<AdamWTensor> AdamW::tensors() const {
+    std::vector<AdamWTensor> list;
+    for (Param& p : params_.all()) {
+        const double decay = p.decay ? cfg_.weight_decay : 0.0;
+        if (!p.split()) {
+            list.push_back({p.value, p.grad, p.m, p.v, p.work, decay});
+            continue;
+        }
+        // ZeRO-1: this rank updates its chunk (the chunk of the working copy
+        // is the master itself when the compute reads the master's dtype).
+        const int64_t b = p.chunk_begin(), e = b + p.chunk;
+        list.push_back({p.value, p.grad_flat.rows(b, e), p.m, p.v, p.work_flat.rows(b, e), decay});
+    }
+    return list;
+}
+
 void AdamW::step(int64_t step, double lr, double grad_scale) {
     AdamWParams a;
     a.lr = lr;
@@ -18,20 +34,12 @@ void AdamW::step(int64_t step, double lr, double grad_scale) {
     a.eps = cfg_.eps;
     a.step = step;
     a.grad_scale = grad_scale;
-    Ops& ops = params_.ops();
+    params_.ops().adamw_step(tensors(), a);
+    // Then the group's chunks of the split working copies are gathered.
     for (Param& p : params_.all()) {
-        a.weight_decay = p.decay ? cfg_.weight_decay : 0.0;
-        if (!p.split()) {
-            ops.adamw_step(p.value, p.grad, p.m, p.v, p.work, a);
-            continue;
-        }
-        // ZeRO-1: this rank updates its chunk, then the group's chunks of the
-        // working copy are gathered (the chunk is the working copy itself when
-        // the compute reads the master's dtype).
-        const int64_t b = p.chunk_begin(), e = b + p.chunk;
-        const Tensor work = p.work_flat.rows(b, e);
-        ops.adamw_step(p.value, p.grad_flat.rows(b, e), p.m, p.v, work.data == p.value.data ? Tensor{} : work, a);
-        p.shards.comm->all_gather(work.data, p.work_flat.data, p.chunk, work.dtype);
+        if (!p.split()) continue;
+        const Tensor mine = p.work_flat.rows(p.chunk_begin(), p.chunk_begin() + p.chunk);
+        p.shards.comm->all_gather(mine.data, p.work_flat.data, p.chunk, mine.dtype);
     }
 }
 

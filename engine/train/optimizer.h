@@ -2,6 +2,7 @@
 // grad-norm clipping.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "engine/config/config.h"
 #include "engine/params/parameters.h"
@@ -15,6 +16,9 @@ public:
     double clip_scale(double grad_norm) const;
     // One update with 1-based step; gradients are multiplied by grad_scale.
     void step(int64_t step, double lr, double grad_scale);
+    // Every parameter as one step updates it: a split one by this rank's
+    // chunk (ZeRO-1), with its decay.
+    std::vector<AdamWTensor> tensors() const;
 
 private:
     const OptimizerConfig& cfg_;

@@ -14,29 +14,34 @@
 
 namespace moe {
 
-void CpuOps::adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor work, const AdamWParams& a) {
-    check_same_shape("adamw_step", param, grad);
-    check_same_shape("adamw_step", param, m);
-    check_same_shape("adamw_step", param, v);
+void CpuOps::adamw_step(const std::vector<AdamWTensor>& tensors, const AdamWParams& a) {
     check(a.step >= 1, "adamw_step", "step is 1-based, got " + std::to_string(a.step));
+    for (const AdamWTensor& t : tensors) {  // all before any is updated
+        check_same_shape("adamw_step", t.param, t.grad);
+        check_same_shape("adamw_step", t.param, t.m);
+        check_same_shape("adamw_step", t.param, t.v);
+    }
     const double c1 = 1 - std::pow(a.beta1, double(a.step)), c2 = 1 - std::pow(a.beta2, double(a.step));
-    const double decay = 1 - a.lr * a.weight_decay, step_size = a.lr / c1, sqrt_c2 = std::sqrt(c2);
-    dispatch_float(param, [&](auto tag) {
-        using T = std::remove_pointer_t<decltype(tag)>;
-        T *p = param.ptr<T>(), *pm = m.ptr<T>(), *pv = v.ptr<T>();
-        const T* g = grad.ptr<T>();
-        const int64_t n = param.numel();
+    const double step_size = a.lr / c1, sqrt_c2 = std::sqrt(c2);
+    for (const AdamWTensor& t : tensors) {
+        const double decay = 1 - a.lr * t.weight_decay;
+        dispatch_float(t.param, [&](auto tag) {
+            using T = std::remove_pointer_t<decltype(tag)>;
+            T *p = t.param.ptr<T>(), *pm = t.m.ptr<T>(), *pv = t.v.ptr<T>();
+            const T* g = t.grad.ptr<T>();
+            const int64_t n = t.param.numel();
 #pragma omp parallel for simd schedule(static) if (worth_threads(n))
-        for (int64_t i = 0; i < n; ++i) {
-            const double gi = double(g[i]) * a.grad_scale;
-            const double mi = a.beta1 * double(pm[i]) + (1 - a.beta1) * gi;
-            const double vi = a.beta2 * double(pv[i]) + (1 - a.beta2) * gi * gi;
-            pm[i] = T(mi);
-            pv[i] = T(vi);
-            p[i] = T(double(p[i]) * decay - step_size * mi / (std::sqrt(vi) / sqrt_c2 + a.eps));
-        }
-    });
-    if (!work.empty() && work.data != param.data) copy(work, param);
+            for (int64_t i = 0; i < n; ++i) {
+                const double gi = double(g[i]) * a.grad_scale;
+                const double mi = a.beta1 * double(pm[i]) + (1 - a.beta1) * gi;
+                const double vi = a.beta2 * double(pv[i]) + (1 - a.beta2) * gi * gi;
+                pm[i] = T(mi);
+                pv[i] = T(vi);
+                p[i] = T(double(p[i]) * decay - step_size * mi / (std::sqrt(vi) / sqrt_c2 + a.eps));
+            }
+        });
+        if (!t.work.empty() && t.work.data != t.param.data) copy(t.work, t.param);
+    }
 }
 
 }  // namespace moe

@@ -119,7 +119,7 @@ public:
     void cross_entropy_forward(Tensor losses, Tensor lse, Tensor logits, Tensor targets) override;
     void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor lse, Tensor targets, double dloss) override;
 
-    void adamw_step(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor work, const AdamWParams& p) override;
+    void adamw_step(const std::vector<AdamWTensor>& tensors, const AdamWParams& p) override;
 
     // ---- scratch shared by the op families (kernels/cuda/*.cu) -------------
     // Per-block fp64 partial sums for the deterministic reductions: room for
