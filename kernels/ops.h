@@ -144,6 +144,9 @@ public:
     // ---- RMSNorm over the last dim: x[R,D], w[D] (work), y[R,D], rstd[R] (stat);
     //      dw: master. Statistics in fp32 (F64 on the CPU in F64). -------------
     virtual void rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double eps) = 0;
+    // x = a + b, then y and rstd of x as rmsnorm_forward: a residual add and
+    // the norm after it in one pass (x, a, b like y).
+    virtual void add_rmsnorm_forward(Tensor x, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor w, double eps) = 0;
     virtual void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd, Write dx_write,
                                   Write dw_write) = 0;
 

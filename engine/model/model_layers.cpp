@@ -43,8 +43,7 @@ MoeStats BlockLayers::forward(Ops& ops, const BlockActivations& a, Tensor h, Ten
     }
     {
         PhaseScope scope(times, ops, Phase::Other);
-        ops.add_tensors(a.x, h, a.attn_out);
-        ops.rmsnorm_forward(a.xn2, a.rstd2, a.x, moe_norm->work, norm_eps);
+        ops.add_rmsnorm_forward(a.x, a.xn2, a.rstd2, h, a.attn_out, moe_norm->work, norm_eps);
     }
     MoeStats stats = moe.forward(ops, a.xn2, ids, a.moe_out);
     const Tensor after = dynamics ? a.h_mid : h_out;

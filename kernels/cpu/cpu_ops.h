@@ -32,6 +32,7 @@ public:
     void embedding_backward(Tensor dtable, Tensor ids, Tensor dout, Write dw_write) override;
 
     void rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double eps) override;
+    void add_rmsnorm_forward(Tensor x, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor w, double eps) override;
     void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd, Write dx_write,
                           Write dw_write) override;
 
