@@ -57,18 +57,50 @@ template <class T> __global__ void scale_kernel(T* y, float alpha, int64_t n) {
         cuda::store(y, i, alpha * cuda::load(y, i));
 }
 
-// Block b sums term(x[i]) in double over its fixed chunk of i; the launch
-// (grid and block size) depends on n alone, so the result is reproducible.
-template <class T, bool kSquares> __global__ void partial_sums_kernel(const T* x, int64_t n, int64_t chunk, double* out) {
-    __shared__ double shared[32];
-    const int64_t begin = blockIdx.x * chunk, end = min(n, begin + chunk);
-    double s = 0;
-    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-        const double v = cuda::load(x, i);
-        s += kSquares ? v * v : v;
+// A tensor's blocks in a reduction over many tensors at once.
+struct ReduceSlice {
+    const void* x;
+    int64_t n, chunk, first_block;  // chunk: elements a block sums, a multiple of 4
+    bool bf16;                      // else F32
+};
+static_assert(sizeof(ReduceSlice) % 4 == 0, "the table goes up as 4-byte words");
+
+// term(x[i]) in double over a block's chunk: thread t takes the groups of 4
+// elements t, t + blockDim, ... (one 16-byte load of F32 where the tensor is
+// aligned for it), then the block's fixed-order sum.
+template <bool kSquares>
+__device__ __forceinline__ double chunk_sum(const ReduceSlice& s, int64_t begin, int64_t end) {
+    const auto term = [](double v) { return kSquares ? v * v : v; };
+    double acc = 0;
+    const bool vec = !s.bf16 && reinterpret_cast<uintptr_t>(s.x) % 16 == 0;
+    for (int64_t i = begin + 4 * int64_t(threadIdx.x); i < end; i += 4 * int64_t(blockDim.x)) {
+        if (vec && i + 4 <= end) {
+            const float4 v = *reinterpret_cast<const float4*>(static_cast<const float*>(s.x) + i);
+            acc += term(v.x) + term(v.y) + term(v.z) + term(v.w);
+            continue;
+        }
+        for (int64_t j = i; j < min(i + 4, end); ++j)
+            acc += term(s.bf16 ? cuda::load(static_cast<const cuda::bf16*>(s.x), j)
+                               : cuda::load(static_cast<const float*>(s.x), j));
     }
-    s = cuda::block_sum(s, shared);
-    if (threadIdx.x == 0) out[blockIdx.x] = s;
+    return acc;
+}
+
+// Block b writes out[b], the sum over its chunk of one tensor, found by a
+// binary search over the tensors' first blocks. The blocks and their chunks
+// depend on the tensors' sizes alone, so the sums repeat bit for bit.
+template <bool kSquares> __global__ void partial_sums_kernel(const ReduceSlice* slices, int count, double* out) {
+    __shared__ double shared[32];
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (slices[mid].first_block <= blockIdx.x) lo = mid;
+        else hi = mid - 1;
+    }
+    const ReduceSlice s = slices[lo];
+    const int64_t begin = (blockIdx.x - s.first_block) * s.chunk, end = min(s.n, begin + s.chunk);
+    const double sum = cuda::block_sum(chunk_sum<kSquares>(s, begin, end), shared);
+    if (threadIdx.x == 0) out[blockIdx.x] = sum;
 }
 
 }  // namespace
@@ -144,45 +176,49 @@ void CudaOps::scale(Tensor y, double alpha) {
 
 namespace {
 
-// Sums of each x (or of its squares) in double: per-block partials, packed
-// for many tensors into the partials buffer, read back together and added in
-// block order on the host. One wait per buffer-full (the grad norm of a
-// model: one), not one per tensor.
+// Sums of each x (or of its squares) in double: per-block partials of all
+// the tensors from one launch, read back together and added in block order
+// on the host. One launch and one wait per buffer-full of partials (a
+// model's gradient norm: one or two), not one launch per tensor.
 template <bool kSquares> std::vector<double> reduce_each(CudaOps& ops, const std::vector<Tensor>& xs, const char* op) {
     constexpr int64_t kBlocks = 1024, kMinChunk = 4096;  // kBlocks <= CudaOps::kMaxPartials
     std::vector<double> totals(xs.size(), 0.0);
-    struct Pending {
-        size_t index;
-        int64_t first, blocks;
-    };
-    std::vector<Pending> pending;
+    std::vector<ReduceSlice> table;
+    std::vector<size_t> owner;  // the index in xs of each table entry
     int64_t used = 0;
-    const auto read_back = [&] {
-        if (!used) return;
+    const auto run = [&] {
+        if (table.empty()) return;
+        const size_t bytes = table.size() * sizeof(ReduceSlice);
+        auto* device_table = static_cast<ReduceSlice*>(ops.scratch(bytes));
+        ops.copy_from_host(Tensor(device_table, DType::I32, {int64_t(bytes / 4)}), table.data());  // no host wait
+        partial_sums_kernel<kSquares><<<unsigned(used), kThreads, 0, ops.stream()>>>(device_table, int(table.size()),
+                                                                                     ops.partials());
+        MOE_CUDA_LAUNCHED();
         MOE_CUDA_CHECK(cudaMemcpyAsync(ops.host_results(), ops.partials(), size_t(used) * sizeof(double),
                                        cudaMemcpyDeviceToHost, ops.stream()));
         MOE_CUDA_CHECK(cudaStreamSynchronize(ops.stream()));
-        for (const Pending& p : pending)
-            for (int64_t b = 0; b < p.blocks; ++b) totals[p.index] += ops.host_results()[p.first + b];
-        pending.clear();
+        for (size_t t = 0; t < table.size(); ++t) {
+            const int64_t first = table[t].first_block, blocks = (table[t].n + table[t].chunk - 1) / table[t].chunk;
+            for (int64_t b = 0; b < blocks; ++b) totals[owner[t]] += ops.host_results()[first + b];
+        }
+        table.clear();
+        owner.clear();
         used = 0;
     };
     for (size_t i = 0; i < xs.size(); ++i) {
         const Tensor& x = xs[i];
         const int64_t n = x.numel();
         if (!n) continue;
-        const int64_t chunk = std::max(kMinChunk, (n + kBlocks - 1) / kBlocks), blocks = (n + chunk - 1) / chunk;
-        if (used + blocks > CudaOps::kMaxPartials) read_back();
-        dispatch_f32_bf16(op, x, [&](auto tag) {
-            using T = std::remove_pointer_t<decltype(tag)>;
-            partial_sums_kernel<T, kSquares><<<unsigned(blocks), kThreads, 0, ops.stream()>>>(
-                static_cast<const T*>(x.data), n, chunk, ops.partials() + used);
-        });
-        MOE_CUDA_LAUNCHED();
-        pending.push_back({i, used, blocks});
+        check(x.dtype == DType::F32 || x.dtype == DType::BF16, op,
+              std::string("the CUDA backend holds F32 and BF16 tensors here, got ") + dtype_name(x.dtype));
+        const int64_t chunk = (std::max(kMinChunk, (n + kBlocks - 1) / kBlocks) + 3) / 4 * 4,
+                      blocks = (n + chunk - 1) / chunk;
+        if (used + blocks > CudaOps::kMaxPartials) run();
+        table.push_back({x.data, n, chunk, used, x.dtype == DType::BF16});
+        owner.push_back(i);
         used += blocks;
     }
-    read_back();
+    run();
     return totals;
 }
 
