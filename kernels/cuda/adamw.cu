@@ -51,13 +51,7 @@ template <class V> __device__ __forceinline__ V get(const float* p) { return __l
 template <class V> __device__ __forceinline__ void put(float* p, V x) { __stwb(reinterpret_cast<V*>(p), x); }
 
 __global__ void __launch_bounds__(kThreads) adamw_kernel(const Slice* __restrict__ slices, int count, Consts c) {
-    int lo = 0, hi = count - 1;  // the last slice starting at or before this block
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (slices[mid].first_block <= blockIdx.x) lo = mid;
-        else hi = mid - 1;
-    }
-    const Slice s = slices[lo];
+    const Slice s = slices[cuda::slice_of_block(slices, count)];
     const int64_t begin = (blockIdx.x - s.first_block) * kChunk, end = min(begin + kChunk, s.n);
     const int64_t vec_end = min(end, s.n_vec);
     for (int64_t i = begin + kWidth * threadIdx.x; i < vec_end; i += kWidth * kThreads) {

@@ -112,6 +112,18 @@ inline unsigned blocks_for(int64_t n, int threads, int64_t cap = int64_t(1) << 2
     return unsigned(b < cap ? b : cap);
 }
 
+// For a launch over many tensors, each with a run of blocks: the index of
+// the entry of slices (sorted by first_block) whose run holds this block.
+template <class Slice> __device__ __forceinline__ int slice_of_block(const Slice* slices, int count) {
+    int lo = 0, hi = count - 1;  // the last slice starting at or before this block
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (slices[mid].first_block <= blockIdx.x) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
 __device__ __forceinline__ float warp_sum(float x) {
     for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
     return x;

@@ -91,13 +91,7 @@ __device__ __forceinline__ double chunk_sum(const ReduceSlice& s, int64_t begin,
 // depend on the tensors' sizes alone, so the sums repeat bit for bit.
 template <bool kSquares> __global__ void partial_sums_kernel(const ReduceSlice* slices, int count, double* out) {
     __shared__ double shared[32];
-    int lo = 0, hi = count - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (slices[mid].first_block <= blockIdx.x) lo = mid;
-        else hi = mid - 1;
-    }
-    const ReduceSlice s = slices[lo];
+    const ReduceSlice s = slices[cuda::slice_of_block(slices, count)];
     const int64_t begin = (blockIdx.x - s.first_block) * s.chunk, end = min(s.n, begin + s.chunk);
     const double sum = cuda::block_sum(chunk_sum<kSquares>(s, begin, end), shared);
     if (threadIdx.x == 0) out[blockIdx.x] = sum;
