@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kernels/check.h"
+#include "kernels/concat_linear_dims.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/parallel.h"
@@ -184,26 +185,8 @@ void CpuOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor 
     });
 }
 
-namespace {
-
-// Rows N and the widths A, B of a linear over [a | b] with w [O, A+B].
-struct ConcatLinear {
-    int64_t N, A, B, O;
-};
-
-ConcatLinear check_concat_linear(const char* op, const Tensor& y, const Tensor& a, const Tensor& b, const Tensor& w) {
-    const ConcatLinear s{a.dim(0), a.row_size(), b.row_size(), w.dim(0)};
-    check(w.ndim == 2 && a.ndim == 2 && b.ndim == 2 && b.dim(0) == s.N && w.dim(1) == s.A + s.B &&
-              y.numel() == s.N * s.O,
-          op, "expected y [N,O] = [a | b] w^T with a [N,A], b [N,B], w [O,A+B]; got y " + y.shape_str() + ", a " +
-                  a.shape_str() + ", b " + b.shape_str() + ", w " + w.shape_str());
-    return s;
-}
-
-}  // namespace
-
 void CpuOps::concat_matmul_forward(Tensor y, Tensor a, Tensor b, Tensor w, Tensor bias) {
-    const ConcatLinear s = check_concat_linear("concat_matmul_forward", y, a, b, w);
+    const ConcatLinear s = concat_linear_dims("concat_matmul_forward", y, a, b, w);
     check(bias.empty() || bias.numel() == s.O, "concat_matmul_forward",
           "bias " + bias.shape_str() + " for w " + w.shape_str());
     dispatch_float(a, [&](auto tag) {
@@ -216,7 +199,7 @@ void CpuOps::concat_matmul_forward(Tensor y, Tensor a, Tensor b, Tensor w, Tenso
 
 void CpuOps::concat_matmul_backward(Tensor da, Tensor db, Tensor dw, Tensor dbias, Tensor dy, Tensor a, Tensor b,
                                     Tensor w, Write dx_write, Write dw_write) {
-    const ConcatLinear s = check_concat_linear("concat_matmul_backward", dy, a, b, w);
+    const ConcatLinear s = concat_linear_dims("concat_matmul_backward", dy, a, b, w);
     check((da.empty() || da.numel() == a.numel()) && (db.empty() || db.numel() == b.numel()) &&
               (dw.empty() || dw.numel() == w.numel()) && (dbias.empty() || dbias.numel() == s.O),
           "concat_matmul_backward",

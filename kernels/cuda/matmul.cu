@@ -17,6 +17,7 @@
 #include <memory>
 #include <tuple>
 
+#include "kernels/concat_linear_dims.h"
 #include "kernels/cuda/column_sums.h"
 #include "kernels/cuda/common.cuh"
 
@@ -209,19 +210,10 @@ Linear check_linear(const char* op, const Tensor& y, const Tensor& x, const Tens
     return {x.dim(0), I, O};
 }
 
-// Rows N and the widths A, B of a linear over [a | b] with w [O, A+B].
-struct ConcatLinear {
-    int64_t N, A, B, O;
-};
-
+// concat_linear_dims, all BF16.
 ConcatLinear check_concat_linear(const char* op, const Tensor& y, const Tensor& a, const Tensor& b, const Tensor& w) {
-    const ConcatLinear s{a.dim(0), a.row_size(), b.row_size(), w.dim(0)};
-    check(w.ndim == 2 && a.ndim == 2 && b.ndim == 2 && b.dim(0) == s.N && w.dim(1) == s.A + s.B &&
-              y.numel() == s.N * s.O,
-          op, "expected y [N,O] = [a | b] w^T with a [N,A], b [N,B], w [O,A+B]; got y " + y.shape_str() + ", a " +
-                  a.shape_str() + ", b " + b.shape_str() + ", w " + w.shape_str());
     for (const Tensor* t : {&y, &a, &b, &w}) cuda::require_dtype(op, "y, a, b and w", *t, DType::BF16);
-    return s;
+    return concat_linear_dims(op, y, a, b, w);
 }
 
 // y = round(acc + bias) over [n / O, O] (bias may be null).
