@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/io/checkpoint.h"
 #include "engine/moe/moe_layer.h"
 #include "engine/params/rng.h"
 #include "kernels/cpu/cpu_ops.h"
@@ -146,4 +147,14 @@ TEST_CASE("a layer's shared experts: input and parameter gradients match finite 
                                       1e-9, 32);
         }
     }
+}
+
+TEST_CASE("a shared expert size spelt out as the routed experts' is the same model on resume", "[unit]") {
+    Config checkpoint;
+    checkpoint.model = layer_config(1, 0);  // 0: the routed experts' inner size
+    Config current = checkpoint;
+    current.model.moe.shared_expert_hidden_size = current.model.moe.expert_hidden_size;
+    CHECK(model_difference(checkpoint, current).empty());
+    current.model.moe.shared_expert_hidden_size = current.model.moe.expert_hidden_size + 1;
+    CHECK(model_difference(checkpoint, current).rfind("model.moe.shared_expert_hidden_size", 0) == 0);
 }

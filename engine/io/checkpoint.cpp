@@ -451,6 +451,9 @@ namespace {
 bool changes_model(const std::string& d, const Config& checkpoint, const Config& current) {
     if (d.rfind("model.moe.expert_bias_rate ", 0) == 0)
         return !checkpoint.model.moe.expert_bias_rate || !current.model.moe.expert_bias_rate;
+    // 0 means expert_hidden_size: spelling that size out is the same model.
+    if (d.rfind("model.moe.shared_expert_hidden_size ", 0) == 0)
+        return checkpoint.model.moe.shared_hidden() != current.model.moe.shared_hidden();
     return d.rfind("model.", 0) == 0;
 }
 }  // namespace
