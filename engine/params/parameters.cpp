@@ -20,7 +20,7 @@ int64_t Param::numel() const {
 
 std::vector<FileTensor> Param::files() const {
     const int64_t experts = is_expert_stack() ? shape[0] : 1;
-    const std::vector<std::string> names = parts.empty() ? std::vector<std::string>{name} : parts;
+    const std::vector<std::string> names = file_patterns();
     const int64_t n = int64_t(names.size()), per_expert = numel() / experts, per_part = per_expert / n;
     std::vector<int64_t> one(shape.begin() + (is_expert_stack() ? 1 : 0), shape.end());
     one[0] /= n;
@@ -317,10 +317,9 @@ std::set<std::string> ParameterSet::experts_elsewhere(int num_experts) const {
     std::set<std::string> names;
     for (const Param& p : params_) {
         if (!p.is_expert_stack()) continue;
-        const std::vector<std::string> patterns = p.parts.empty() ? std::vector<std::string>{p.name} : p.parts;
         for (int e = 0; e < num_experts; ++e)
             if (e < p.expert_offset || e >= p.expert_offset + p.shape[0])
-                for (const std::string& pattern : patterns) names.insert(expert_name(pattern, e));
+                for (const std::string& pattern : p.file_patterns()) names.insert(expert_name(pattern, e));
     }
     return names;
 }

@@ -74,6 +74,9 @@ struct Param {
     std::vector<std::string> parts;
 
     bool is_expert_stack() const { return expert_offset >= 0; }
+    // The names files give its row blocks: the parts, or the name alone
+    // (expert stacks: with "{e}" for the index).
+    std::vector<std::string> file_patterns() const { return parts.empty() ? std::vector<std::string>{name} : parts; }
     // The tensors files hold of this parameter: each expert of a stack (by
     // global index), and within it each part.
     std::vector<FileTensor> files() const;
