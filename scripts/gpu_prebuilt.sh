@@ -2,8 +2,9 @@
 # The GPU machine's fallback build, made on this machine: what
 # scripts/gpu_session.sh runs (cmake target gpu_session: the gpu tests,
 # moe-train, moe-bench, moe-opbench, moe-shards, moe-plot, mpi_parallel), CUDA
-# for sm_90, Release, with the shared libraries the lent machine may lack
-# (yaml-cpp, spdlog, fmt, OpenMP's runtime, Open MPI with its plugins, PMIx) and
+# for sm_90a (and compute_90 PTX), Release, with the shared libraries the lent
+# machine may lack (yaml-cpp, spdlog, fmt, OpenMP's runtime, Open MPI with its
+# plugins, PMIx) and
 # the demo data, packed into gpu-prebuilt/ (ignored by git; carry it to the
 # device). gpu_session.sh unpacks it when the native configure or build fails
 # there. CUDA's own libraries (cudart, cuBLASLt, NCCL) are not carried: the
@@ -127,7 +128,7 @@ build_and_pack() {
   mkdir -p "$src/$build"
   make_runtime "$rt"
   scripts/prepare_demo_data.sh >/dev/null 2>&1 || true  # needs build/moe-shards; the GPU machine makes data otherwise
-  cmake -S "$src" -B "$src/$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+  cmake -S "$src" -B "$src/$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="90a-real;90-virtual" \
         -DMPIEXEC_EXECUTABLE="$rt/openmpi/bin/mpiexec" > "$src/$build/configure.log" ||
     die "configure failed: $src/$build/configure.log"
   grep -q "^MOE_NCCL_LIBRARY:FILEPATH=.*libnccl" "$src/$build/CMakeCache.txt" ||

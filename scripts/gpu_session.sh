@@ -68,7 +68,7 @@ source_hash() {  # as scripts/gpu_prebuilt.sh computes it
 }
 
 native_build() {
-  cmake -S . -B "$native" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 || return 1
+  cmake -S . -B "$native" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="90a-real;90-virtual" || return 1
   if grep -q "^MOE_NCCL_LIBRARY.*NOTFOUND\|^MOE_NCCL_INCLUDE.*NOTFOUND" "$native/CMakeCache.txt"; then
     local d lib  # no system NCCL: the one PyTorch's wheels bring, if any
     d=$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null)

@@ -1,13 +1,17 @@
 // Causal GQA attention on the GPU, flash style: tiles of queries x keys on the
-// tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate), softmax in fp32
-// online, never a T x T matrix in memory. Query head h reads kv head
-// h / (nh/nkv); scale 1/sqrt(hd); lse is the natural log-sum-exp per query.
+// tensor cores (bf16 in, fp32 accumulate), softmax in fp32 online, never a
+// T x T matrix in memory. Query head h reads kv head h / (nh/nkv); scale
+// 1/sqrt(hd); lse is the natural log-sum-exp per query.
 //
-// Every kernel runs 4 warps; a warp owns 16 rows of its block's tile (queries
-// in the forward and dq kernels, keys in the dk/dv kernel) and keeps their
-// accumulators in registers. The other operand streams through shared memory
-// in tiles, double-buffered with cp.async. Shared rows are padded by 16 bytes
-// so that ldmatrix's 8 row reads fall in distinct banks.
+// Every kernel runs one warpgroup (4 warps) on a 64-row tile of its own
+// (queries in the forward and dq kernels, keys in the dk/dv kernel); warp w
+// keeps rows 16w..16w+15's accumulators in registers. The other operand
+// streams through shared memory in tiles, double-buffered with cp.async.
+// The products come from one of two tile-math families with the same
+// accumulator layout (attention_tiles.cuh): WarpgroupMma (wgmma, Hopper,
+// head sizes 64 and 128) where the GPU and the build allow it, else WarpMma
+// (mma.sync, any GPU from sm_80). Both give a step the same bits on every
+// run; they differ from each other in fp32 summation order only.
 //
 // Backward, without atomics (every output has one writer, a fixed order):
 //   delta = rowsum(dO * O) per query (a small kernel, into scratch);
@@ -23,172 +27,17 @@
 #include <type_traits>
 
 #include "kernels/attention_dims.h"
+#include "kernels/cuda/attention_warp_mma.cuh"
+#include "kernels/cuda/attention_warpgroup_mma.cuh"
 #include "kernels/cuda/common.cuh"
 
 namespace moe {
 
 namespace {
 
-using cuda::bf16;
+using namespace attention;
 
-constexpr int kWarps = 4;
-constexpr int kThreads = 32 * kWarps;
-constexpr int kTile = 16 * kWarps;  // a block's own rows: 16 per warp
-constexpr int kPad = 8;             // bf16 elements (16 bytes) after each shared row
 constexpr float kLog2e = 1.4426950408889634f;
-
-// ---- PTX wrappers -----------------------------------------------------------
-
-__device__ __forceinline__ uint32_t shared_address(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-
-// 16 bytes global -> shared, asynchronously (completes at cp_async_wait).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(dst)),
-                 "l"(__cvta_generic_to_global(src)));
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared_address(dst)),
-                 "l"(__cvta_generic_to_global(src)));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-// Waits until at most `pending` of this thread's committed groups are in flight.
-template <int pending> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(pending));
-}
-
-// Four 8x8 bf16 matrices from shared memory; lanes 8i..8i+7 give the row
-// addresses of matrix i, and register i receives matrix i (row lane/4,
-// columns 2(lane%4), +1); .trans delivers the transposed matrices.
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(shared_address(p)));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(shared_address(p)));
-}
-
-// c (16x8 fp32) += a (16x16 bf16, row) * b (16x8 bf16, col).
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// ---- warp tiles ---------------------------------------------------------------
-// A warp's 16 x N fp32 accumulator is float[N/8][4] in the mma C layout: with
-// g = lane/4 and c = 2*(lane%4), acc[j][0..1] are row g, columns 8j+c, +1 and
-// acc[j][2..3] are row g+8, the same columns.
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // lo in the low half
-    return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// Copies rows [0, kRows) of a tile, row r at src + r * stride, into shared
-// memory (row stride HD + kPad); rows at or past `valid` are zero-filled and
-// never read from global memory. Queued with cp.async: the caller commits.
-template <int HD, int kRows>
-__device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t stride, int valid) {
-    constexpr int kChunks = HD / 8;  // 16-byte pieces per row
-    for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
-        const int r = c / kChunks, col = (c % kChunks) * 8;
-        bf16* d = dst + r * (HD + kPad) + col;
-        if (r < valid)
-            cp_async16(d, src + r * stride + col);
-        else
-            *reinterpret_cast<uint4*>(d) = make_uint4(0, 0, 0, 0);
-    }
-}
-
-// n floats src[0, n) into shared memory, zeros at or past `valid`; cp.async.
-template <int n> __device__ __forceinline__ void load_row_stats(float* dst, const float* src, int valid) {
-    for (int i = threadIdx.x; i < n; i += kThreads) {
-        if (i < valid)
-            cp_async4(dst + i, src + i);
-        else
-            dst[i] = 0.f;
-    }
-}
-
-// acc (16 x N) += A_k B_k^T over the 16 columns k..k+15: af is A's fragment
-// there (rows 0-7 | 8-15 at column k, then at column k+8), B is N rows of a
-// shared tile `b`, row-major with row stride kStride.
-template <int N, int kStride>
-__device__ __forceinline__ void mma_abt_k(float (&acc)[N / 8][4], const uint32_t (&af)[4], const bf16* b, int k) {
-    static_assert(N % 16 == 0, "whole 16x16 fragments");
-    const int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int n = 0; n < N; n += 16) {
-        uint32_t bf[4];  // matrices: rows n..n+7 at column k | k+8, then rows n+8..n+15
-        ldsm_x4(bf, b + (n + (lane & 7) + (lane >> 4) * 8) * kStride + k + ((lane >> 3) & 1) * 8);
-        mma16816(acc[n / 8], af, bf[0], bf[1]);
-        mma16816(acc[n / 8 + 1], af, bf[2], bf[3]);
-    }
-}
-
-// The A operand of a warp's products acc (16 x N) += A B^T: the warp's 16
-// rows (K used columns, row stride kStride) of a shared tile that stays for a
-// kernel's whole loop. kKeep holds their fragments in registers, loaded once
-// (ready()), where each product would otherwise read them from shared memory
-// again: shared-memory reads, not the tensor cores, bound these loops.
-// Without kKeep (where registers are short) they are read at each product.
-template <int K, int kStride, bool kKeep> class WarpRowsA {
-public:
-    static_assert(K % 16 == 0, "whole 16x16 fragments");
-    __device__ __forceinline__ explicit WarpRowsA(const bf16* rows) : rows_(rows) {}
-    // Once the tile is in shared memory (after the barrier that follows its copy).
-    __device__ __forceinline__ void ready() {
-        if constexpr (kKeep)
-#pragma unroll
-            for (int k = 0; k < K; k += 16) load(f_[k / 16], k);
-    }
-    template <int N> __device__ __forceinline__ void mma_abt(float (&acc)[N / 8][4], const bf16* b) const {
-#pragma unroll
-        for (int k = 0; k < K; k += 16) {
-            if constexpr (kKeep) {
-                mma_abt_k<N, kStride>(acc, f_[k / 16], b, k);
-            } else {
-                uint32_t af[4];
-                load(af, k);
-                mma_abt_k<N, kStride>(acc, af, b, k);
-            }
-        }
-    }
-
-private:
-    __device__ __forceinline__ void load(uint32_t (&af)[4], int k) const {
-        const int lane = threadIdx.x & 31;
-        ldsm_x4(af, rows_ + (lane & 15) * kStride + k + (lane >> 4) * 8);
-    }
-    const bf16* rows_;
-    uint32_t f_[kKeep ? K / 16 : 1][4];
-};
-
-// acc (16 x N) += P B: P is a 16 x K accumulator (C layout, fp32, rounded to
-// bf16 here: a C tile pair is exactly an A fragment), B is K rows of a shared
-// tile `b`, row-major with N used columns and row stride kStride.
-template <int N, int K, int kStride>
-__device__ __forceinline__ void mma_pb(float (&acc)[N / 8][4], const float (&p)[K / 8][4], const bf16* b) {
-    static_assert(N % 16 == 0 && K % 16 == 0, "whole 16x16 fragments");
-    const int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int k = 0; k < K; k += 16) {
-        const uint32_t af[4] = {pack_bf16(p[k / 8][0], p[k / 8][1]), pack_bf16(p[k / 8][2], p[k / 8][3]),
-                                pack_bf16(p[k / 8 + 1][0], p[k / 8 + 1][1]),
-                                pack_bf16(p[k / 8 + 1][2], p[k / 8 + 1][3])};
-#pragma unroll
-        for (int n = 0; n < N; n += 16) {
-            uint32_t bf[4];  // transposed matrices: rows k..k+7 | k+8..k+15 at column n, then at n+8
-            ldsm_x4_trans(bf, b + (k + (lane & 15)) * kStride + n + (lane >> 4) * 8);
-            mma16816(acc[n / 8], af, bf[0], bf[1]);
-            mma16816(acc[n / 8 + 1], af, bf[2], bf[3]);
-        }
-    }
-}
 
 // Reductions over the 4 lanes that share an accumulator row.
 __device__ __forceinline__ float quad_max(float x) {
@@ -220,22 +69,32 @@ struct Shape {
 // the dq kernel's key tile are 64 rows, or 32 for hd 128 to bound registers
 // and shared memory.
 template <int HD> constexpr int kBwdRows = HD <= 64 ? 64 : 32;
-// The backward kernels read their fixed operands' fragments at each product
-// (WarpRowsA without kKeep): keeping them costs occupancy (ptxas, sm_90, hd
-// 64: dk/dv 167 -> 229 registers, 3 -> 2 blocks a SM; dq spills), a trade to
-// measure on a GPU first.
+// WarpMma's backward kernels read their fixed operands' fragments at each
+// product (RowsA without kKeep): keeping them costs occupancy (ptxas, sm_90,
+// hd 64: dk/dv 167 -> 229 registers, 3 -> 2 blocks a SM; dq spills), a
+// trade to measure on a GPU first.
 constexpr bool kBwdKeepRows = false;
+
+// The kernel's dynamic shared memory, aligned as Mma's tiles need; the
+// launch asks for Mma::kAlign - 16 bytes more than the tiles take.
+template <class Mma> __device__ __forceinline__ unsigned char* shared_tiles() {
+    extern __shared__ __align__(16) unsigned char smem[];
+    if constexpr (Mma::kAlign <= 16)
+        return smem;
+    else
+        return smem + ((Mma::kAlign - shared_address(smem) % Mma::kAlign) % Mma::kAlign);
+}
+template <class Mma> constexpr size_t alignment_slack() { return Mma::kAlign > 16 ? Mma::kAlign - 16 : 0; }
 
 // ---- kernels ------------------------------------------------------------------
 
 // Grid (B*nh, query tiles), the tiles with the most keys first.
-template <int HD> __global__ void __launch_bounds__(kThreads)
+template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
     attention_forward_kernel(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, Shape s) {
-    constexpr int kS = HD + kPad;
-    extern __shared__ __align__(16) unsigned char smem[];
-    bf16* sq = reinterpret_cast<bf16*>(smem);  // [kTile][kS]
-    bf16* sk = sq + kTile * kS;                // [2][kTile][kS]
-    bf16* sv = sk + 2 * kTile * kS;            // [2][kTile][kS]
+    constexpr int kT = Mma::template tile_elements<HD, kTile>();
+    bf16* sq = reinterpret_cast<bf16*>(shared_tiles<Mma>());  // [kT]
+    bf16* sk = sq + kT;                                        // [2][kT]
+    bf16* sv = sk + 2 * kT;                                    // [2][kT]
 
     const int qt = int(gridDim.y) - 1 - int(blockIdx.y), q0 = qt * kTile;
     const int b = int(blockIdx.x) / s.nh, h = int(blockIdx.x) % s.nh, kvh = h / (s.nh / s.nkv);
@@ -244,14 +103,14 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
     const bf16* kg = k + (int64_t(b) * s.T * s.nkv + kvh) * HD;  // (b, 0, kvh)
     const bf16* vg = v + (int64_t(b) * s.T * s.nkv + kvh) * HD;
 
-    load_tile<HD, kTile>(sq, q + q_row0 * HD, q_stride, s.T - q0);
-    load_tile<HD, kTile>(sk, kg, kv_stride, s.T);
-    load_tile<HD, kTile>(sv, vg, kv_stride, s.T);
+    load_tile<Mma, HD, kTile>(sq, q + q_row0 * HD, q_stride, s.T - q0);
+    load_tile<Mma, HD, kTile>(sk, kg, kv_stride, s.T);
+    load_tile<Mma, HD, kTile>(sv, vg, kv_stride, s.T);
     cp_async_commit();
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row_lo = q0 + warp * 16 + (lane >> 2), row_hi = row_lo + 8;  // query of acc[.][0..1], [.][2..3]
-    WarpRowsA<HD, kS, true> qa(sq + warp * 16 * kS);
+    typename Mma::template RowsA<HD, true> qa(sq);
     float o[HD / 8][4] = {};
     float m_lo = -INFINITY, m_hi = -INFINITY;  // running max of the raw scores
     float l_lo = 0.f, l_hi = 0.f;              // this lane's share of the running sum of exp
@@ -261,16 +120,17 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
         const int buf = j & 1;
         if (j < qt) {  // prefetch tile j+1 into the buffer tile j-1 used
             const int64_t next = int64_t(j + 1) * kTile;
-            load_tile<HD, kTile>(sk + (buf ^ 1) * kTile * kS, kg + next * kv_stride, kv_stride, s.T - int(next));
-            load_tile<HD, kTile>(sv + (buf ^ 1) * kTile * kS, vg + next * kv_stride, kv_stride, s.T - int(next));
+            load_tile<Mma, HD, kTile>(sk + (buf ^ 1) * kT, kg + next * kv_stride, kv_stride, s.T - int(next));
+            load_tile<Mma, HD, kTile>(sv + (buf ^ 1) * kT, vg + next * kv_stride, kv_stride, s.T - int(next));
         }
         cp_async_commit();
         cp_async_wait<1>();  // everything but the prefetch has landed
+        Mma::shared_writes_visible();
         __syncthreads();
         if (j == 0) qa.ready();
 
         float p[kTile / 8][4] = {};
-        qa.template mma_abt<kTile>(p, sk + buf * kTile * kS);
+        qa.template abt<kTile>(p, sk + buf * kT);
         if (j == qt) {  // causal mask; it also hides the keys past T
             const int k0 = j * kTile + 2 * (lane & 3);
 #pragma unroll
@@ -312,7 +172,7 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
             l_lo += p[n][0] + p[n][1];
             l_hi += p[n][2] + p[n][3];
         }
-        mma_pb<HD, kTile, kS>(o, p, sv + buf * kTile * kS);
+        Mma::template pb<HD, kTile>(o, p, sv + buf * kT);
         __syncthreads();  // all warps are done with buffer buf before it is refilled
     }
 
@@ -354,24 +214,24 @@ __global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf1
 // dk and dv of one key tile of one kv head: grid (B*nkv, key tiles), the
 // first key tiles (seen by the most queries) first. Either output may be null;
 // both are added to when accumulate, else written.
-template <int HD> __global__ void __launch_bounds__(kThreads)
+template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
     attention_dkdv_kernel(bf16* dk, bf16* dv, const bf16* q, const bf16* k, const bf16* v, const bf16* dout,
                           const float* lse, const float* delta, Shape s, bool accumulate) {
-    constexpr int kS = HD + kPad, kQ = kBwdRows<HD>;
-    extern __shared__ __align__(16) unsigned char smem[];
-    bf16* sk = reinterpret_cast<bf16*>(smem);                   // [kTile][kS]
-    bf16* sv = sk + kTile * kS;                                 // [kTile][kS]
-    bf16* sq = sv + kTile * kS;                                 // [2][kQ][kS]
-    bf16* sdo = sq + 2 * kQ * kS;                               // [2][kQ][kS]
-    float* slse = reinterpret_cast<float*>(sdo + 2 * kQ * kS);  // [2][kQ]
+    constexpr int kQ = kBwdRows<HD>;
+    constexpr int kT = Mma::template tile_elements<HD, kTile>(), kQT = Mma::template tile_elements<HD, kQ>();
+    bf16* sk = reinterpret_cast<bf16*>(shared_tiles<Mma>());  // [kT]
+    bf16* sv = sk + kT;                                        // [kT]
+    bf16* sq = sv + kT;                                        // [2][kQT]
+    bf16* sdo = sq + 2 * kQT;                                  // [2][kQT]
+    float* slse = reinterpret_cast<float*>(sdo + 2 * kQT);     // [2][kQ]
     float* sdelta = slse + 2 * kQ;                              // [2][kQ]
 
     const int k0 = int(blockIdx.y) * kTile;
     const int b = int(blockIdx.x) / s.nkv, kvh = int(blockIdx.x) % s.nkv, group = s.nh / s.nkv;
     const int64_t q_stride = int64_t(s.nh) * HD, kv_stride = int64_t(s.nkv) * HD;
     const int64_t kv_row0 = (int64_t(b) * s.T + k0) * s.nkv + kvh;  // row of (b, k0, kvh)
-    load_tile<HD, kTile>(sk, k + kv_row0 * HD, kv_stride, s.T - k0);
-    load_tile<HD, kTile>(sv, v + kv_row0 * HD, kv_stride, s.T - k0);
+    load_tile<Mma, HD, kTile>(sk, k + kv_row0 * HD, kv_stride, s.T - k0);
+    load_tile<Mma, HD, kTile>(sv, v + kv_row0 * HD, kv_stride, s.T - k0);
 
     // Steps: for each query head of the group, the query tiles from the one
     // holding key k0 to the last.
@@ -379,8 +239,8 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
     auto load_step = [&](int step, int buf) {
         const int h = kvh * group + step / per_head, q0 = (qt_first + step % per_head) * kQ;
         const int64_t row0 = (int64_t(b) * s.T + q0) * s.nh + h, stat0 = (int64_t(b) * s.nh + h) * s.T + q0;
-        load_tile<HD, kQ>(sq + buf * kQ * kS, q + row0 * HD, q_stride, s.T - q0);
-        load_tile<HD, kQ>(sdo + buf * kQ * kS, dout + row0 * HD, q_stride, s.T - q0);
+        load_tile<Mma, HD, kQ>(sq + buf * kQT, q + row0 * HD, q_stride, s.T - q0);
+        load_tile<Mma, HD, kQ>(sdo + buf * kQT, dout + row0 * HD, q_stride, s.T - q0);
         load_row_stats<kQ>(slse + buf * kQ, lse + stat0, s.T - q0);
         load_row_stats<kQ>(sdelta + buf * kQ, delta + stat0, s.T - q0);
     };
@@ -389,7 +249,7 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int key_lo = k0 + warp * 16 + (lane >> 2), key_hi = key_lo + 8;  // key of acc[.][0..1], [.][2..3]
-    WarpRowsA<HD, kS, kBwdKeepRows> ka(sk + warp * 16 * kS), va(sv + warp * 16 * kS);
+    typename Mma::template RowsA<HD, kBwdKeepRows> ka(sk), va(sv);
     float dk_acc[HD / 8][4] = {}, dv_acc[HD / 8][4] = {};
 
     for (int step = 0; step < steps; ++step) {
@@ -397,18 +257,19 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
         if (step + 1 < steps) load_step(step + 1, buf ^ 1);  // into the buffers step-1 used
         cp_async_commit();
         cp_async_wait<1>();
+        Mma::shared_writes_visible();
         __syncthreads();
         if (step == 0) {
             ka.ready();
             va.ready();
         }
 
-        const bf16 *sqb = sq + buf * kQ * kS, *sdob = sdo + buf * kQ * kS;
+        const bf16 *sqb = sq + buf * kQT, *sdob = sdo + buf * kQT;
         const float *slb = slse + buf * kQ, *sdb = sdelta + buf * kQ;
         const int q0 = (qt_first + step % per_head) * kQ;
         // P^T = exp(K Q^T scale - lse) where query >= key and query < T.
         float p[kQ / 8][4] = {};
-        ka.template mma_abt<kQ>(p, sqb);
+        ka.template abt<kQ>(p, sqb);
 #pragma unroll
         for (int n = 0; n < kQ / 8; ++n)
 #pragma unroll
@@ -419,14 +280,14 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
                               : 0.f;
             }
         float dp[kQ / 8][4] = {};
-        va.template mma_abt<kQ>(dp, sdob);                    // dP^T = V dO^T
-        if (dv) mma_pb<HD, kQ, kS>(dv_acc, p, sdob);         // dV += P^T dO
+        va.template abt<kQ>(dp, sdob);                      // dP^T = V dO^T
+        if (dv) Mma::template pb<HD, kQ>(dv_acc, p, sdob);  // dV += P^T dO
         if (dk) {
 #pragma unroll
             for (int n = 0; n < kQ / 8; ++n)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) dp[n][e] = p[n][e] * (dp[n][e] - sdb[8 * n + 2 * (lane & 3) + (e & 1)]);
-            mma_pb<HD, kQ, kS>(dk_acc, dp, sqb);  // dK += dS^T Q (scaled at the end)
+            Mma::template pb<HD, kQ>(dk_acc, dp, sqb);  // dK += dS^T Q (scaled at the end)
         }
         __syncthreads();  // all warps are done with buffer buf before it is refilled
     }
@@ -444,15 +305,15 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
 
 // dq of one query tile of one head: grid (B*nh, query tiles), the tiles with
 // the most keys first; added to when accumulate, else written.
-template <int HD> __global__ void __launch_bounds__(kThreads)
+template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
     attention_dq_kernel(bf16* dq, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
                         const float* delta, Shape s, bool accumulate) {
-    constexpr int kS = HD + kPad, kK = kBwdRows<HD>;
-    extern __shared__ __align__(16) unsigned char smem[];
-    bf16* sq = reinterpret_cast<bf16*>(smem);  // [kTile][kS]
-    bf16* sdo = sq + kTile * kS;               // [kTile][kS]
-    bf16* sk = sdo + kTile * kS;               // [2][kK][kS]
-    bf16* sv = sk + 2 * kK * kS;               // [2][kK][kS]
+    constexpr int kK = kBwdRows<HD>;
+    constexpr int kT = Mma::template tile_elements<HD, kTile>(), kKT = Mma::template tile_elements<HD, kK>();
+    bf16* sq = reinterpret_cast<bf16*>(shared_tiles<Mma>());  // [kT]
+    bf16* sdo = sq + kT;                                       // [kT]
+    bf16* sk = sdo + kT;                                       // [2][kKT]
+    bf16* sv = sk + 2 * kKT;                                   // [2][kKT]
 
     const int q0 = (int(gridDim.y) - 1 - int(blockIdx.y)) * kTile;
     const int b = int(blockIdx.x) / s.nh, h = int(blockIdx.x) % s.nh, kvh = h / (s.nh / s.nkv);
@@ -461,15 +322,15 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
     const bf16* kg = k + (int64_t(b) * s.T * s.nkv + kvh) * HD;
     const bf16* vg = v + (int64_t(b) * s.T * s.nkv + kvh) * HD;
 
-    load_tile<HD, kTile>(sq, q + q_row0 * HD, q_stride, s.T - q0);
-    load_tile<HD, kTile>(sdo, dout + q_row0 * HD, q_stride, s.T - q0);
-    load_tile<HD, kK>(sk, kg, kv_stride, s.T);
-    load_tile<HD, kK>(sv, vg, kv_stride, s.T);
+    load_tile<Mma, HD, kTile>(sq, q + q_row0 * HD, q_stride, s.T - q0);
+    load_tile<Mma, HD, kTile>(sdo, dout + q_row0 * HD, q_stride, s.T - q0);
+    load_tile<Mma, HD, kK>(sk, kg, kv_stride, s.T);
+    load_tile<Mma, HD, kK>(sv, vg, kv_stride, s.T);
     cp_async_commit();
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row_lo = q0 + warp * 16 + (lane >> 2), row_hi = row_lo + 8;
-    WarpRowsA<HD, kS, kBwdKeepRows> qa(sq + warp * 16 * kS), doa(sdo + warp * 16 * kS);
+    typename Mma::template RowsA<HD, kBwdKeepRows> qa(sq), doa(sdo);
     const float* lse_bh = lse + (int64_t(b) * s.nh + h) * s.T;
     const float* delta_bh = delta + (int64_t(b) * s.nh + h) * s.T;
     // Rows past T are never stored; any finite statistics do for them.
@@ -484,20 +345,21 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
         const int buf = j & 1;
         if (j < last) {
             const int64_t next = int64_t(j + 1) * kK;
-            load_tile<HD, kK>(sk + (buf ^ 1) * kK * kS, kg + next * kv_stride, kv_stride, s.T - int(next));
-            load_tile<HD, kK>(sv + (buf ^ 1) * kK * kS, vg + next * kv_stride, kv_stride, s.T - int(next));
+            load_tile<Mma, HD, kK>(sk + (buf ^ 1) * kKT, kg + next * kv_stride, kv_stride, s.T - int(next));
+            load_tile<Mma, HD, kK>(sv + (buf ^ 1) * kKT, vg + next * kv_stride, kv_stride, s.T - int(next));
         }
         cp_async_commit();
         cp_async_wait<1>();
+        Mma::shared_writes_visible();
         __syncthreads();
         if (j == 0) {
             qa.ready();
             doa.ready();
         }
 
-        const bf16 *skb = sk + buf * kK * kS, *svb = sv + buf * kK * kS;
+        const bf16 *skb = sk + buf * kKT, *svb = sv + buf * kKT;
         float p[kK / 8][4] = {};
-        qa.template mma_abt<kK>(p, skb);
+        qa.template abt<kK>(p, skb);
         const int k0 = j * kK + 2 * (lane & 3);
 #pragma unroll
         for (int n = 0; n < kK / 8; ++n)
@@ -509,7 +371,7 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
                               : 0.f;
             }
         float dp[kK / 8][4] = {};
-        doa.template mma_abt<kK>(dp, svb);  // dP = dO V^T
+        doa.template abt<kK>(dp, svb);  // dP = dO V^T
 #pragma unroll
         for (int n = 0; n < kK / 8; ++n) {
             dp[n][0] = p[n][0] * (dp[n][0] - delta_lo);
@@ -517,7 +379,7 @@ template <int HD> __global__ void __launch_bounds__(kThreads)
             dp[n][2] = p[n][2] * (dp[n][2] - delta_hi);
             dp[n][3] = p[n][3] * (dp[n][3] - delta_hi);
         }
-        mma_pb<HD, kK, kS>(dq_acc, dp, skb);  // dQ += dS K (scaled at the end)
+        Mma::template pb<HD, kK>(dq_acc, dp, skb);  // dQ += dS K (scaled at the end)
         __syncthreads();
     }
 
@@ -569,6 +431,17 @@ template <class F> void with_head_dim(int64_t hd, F&& f) {
     }
 }
 
+// Calls f(Mma{}, std::integral_constant<int, hd>) with the tile math that
+// runs head size hd: WarpgroupMma where `wgmma` and it takes hd, else WarpMma.
+template <class F> void with_kernels(bool wgmma, int64_t hd, F&& f) {
+    with_head_dim(hd, [&](auto hd_tag) {
+        if constexpr (WarpgroupMma::supports<decltype(hd_tag)::value>()) {
+            if (wgmma) return f(WarpgroupMma{}, hd_tag);
+        }
+        f(WarpMma{}, hd_tag);
+    });
+}
+
 // Lets `kernel` use `bytes` of dynamic shared memory (past the 48 KB default).
 template <class Kernel> void allow_shared(Kernel kernel, size_t bytes) {
     if (bytes > 48 * 1024)
@@ -593,11 +466,14 @@ void CudaOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tens
     require_aligned(op, "out", out, 4);
     if (d.B * d.T * d.nh == 0) return;
     const Shape s = shape_of(d);
-    with_head_dim(d.hd, [&](auto hd_tag) {
+    with_kernels(attention_wgmma_, d.hd, [&](auto mma, auto hd_tag) {
+        using Mma = decltype(mma);
         constexpr int HD = decltype(hd_tag)::value;
-        const size_t bytes = size_t(5) * kTile * (HD + kPad) * sizeof(bf16);  // q, 2 x (k, v)
-        allow_shared(attention_forward_kernel<HD>, bytes);
-        attention_forward_kernel<HD><<<dim3(unsigned(d.B * d.nh), unsigned(tiles(d.T))), kThreads, bytes, stream()>>>(
+        const size_t bytes =  // q, 2 x (k, v)
+            size_t(5) * Mma::template tile_elements<HD, kTile>() * sizeof(bf16) + alignment_slack<Mma>();
+        const auto kernel = attention_forward_kernel<Mma, HD>;
+        allow_shared(kernel, bytes);
+        kernel<<<dim3(unsigned(d.B * d.nh), unsigned(tiles(d.T))), kThreads, bytes, stream()>>>(
             static_cast<bf16*>(out.data), static_cast<float*>(lse.data), static_cast<const bf16*>(q.data),
             static_cast<const bf16*>(k.data), static_cast<const bf16*>(v.data), s);
         MOE_CUDA_LAUNCHED();
@@ -639,23 +515,28 @@ void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, T
         delta, pdo, static_cast<const bf16*>(out.data), rows, s.T, s.nh, int(d.hd));
     MOE_CUDA_LAUNCHED();
 
-    with_head_dim(d.hd, [&](auto hd_tag) {
+    with_kernels(attention_wgmma_, d.hd, [&](auto mma, auto hd_tag) {
+        using Mma = decltype(mma);
         constexpr int HD = decltype(hd_tag)::value;
         constexpr int kRows = kBwdRows<HD>;
+        // 2 tiles of 64 rows, 4 of kRows
+        const size_t tile_bytes = (size_t(2) * Mma::template tile_elements<HD, kTile>() +
+                                   size_t(4) * Mma::template tile_elements<HD, kRows>()) *
+                                      sizeof(bf16) +
+                                  alignment_slack<Mma>();
         if (!dk.empty() || !dv.empty()) {
-            // k, v; 2 x (q, dout); 2 x (lse, delta)
-            const size_t bytes =
-                (size_t(2) * kTile + 4 * kRows) * (HD + kPad) * sizeof(bf16) + 4 * kRows * sizeof(float);
-            allow_shared(attention_dkdv_kernel<HD>, bytes);
-            attention_dkdv_kernel<HD><<<dim3(unsigned(d.B * d.nkv), unsigned(tiles(d.T))), kThreads, bytes, stream()>>>(
+            const size_t bytes = tile_bytes + 4 * kRows * sizeof(float);  // k, v; 2 x (q, dout); 2 x (lse, delta)
+            const auto kernel = attention_dkdv_kernel<Mma, HD>;
+            allow_shared(kernel, bytes);
+            kernel<<<dim3(unsigned(d.B * d.nkv), unsigned(tiles(d.T))), kThreads, bytes, stream()>>>(
                 static_cast<bf16*>(dk.data), static_cast<bf16*>(dv.data), pq, pk, pv, pdo, plse, delta, s,
                 write == Write::add);
             MOE_CUDA_LAUNCHED();
         }
         if (!dq.empty()) {
-            const size_t bytes = (size_t(2) * kTile + 4 * kRows) * (HD + kPad) * sizeof(bf16);  // q, dout; 2 x (k, v)
-            allow_shared(attention_dq_kernel<HD>, bytes);
-            attention_dq_kernel<HD><<<dim3(unsigned(d.B * d.nh), unsigned(tiles(d.T))), kThreads, bytes, stream()>>>(
+            const auto kernel = attention_dq_kernel<Mma, HD>;  // q, dout; 2 x (k, v)
+            allow_shared(kernel, tile_bytes);
+            kernel<<<dim3(unsigned(d.B * d.nh), unsigned(tiles(d.T))), kThreads, tile_bytes, stream()>>>(
                 static_cast<bf16*>(dq.data), pq, pk, pv, pdo, plse, delta, s, write == Write::add);
             MOE_CUDA_LAUNCHED();
         }

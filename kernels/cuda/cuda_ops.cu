@@ -1,5 +1,6 @@
 // CudaOps' device, stream, cuBLASLt handle and scratch; memory and the
 // host <-> device copies.
+#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/common.cuh"
@@ -51,6 +52,34 @@ CudaOps::CudaOps(int device) : device_(device) {
     MOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&partials_), kMaxPartials * sizeof(double)));
     MOE_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_results_), kMaxPartials * sizeof(double)));
     MOE_CUDA_CHECK(cudaMalloc(&upload_, kUploadBytes));
+    wgmma_available_ = probe_wgmma();
+    attention_wgmma_ = attention_wgmma_from_environment(wgmma_available_);
+}
+
+namespace {
+constexpr const char* kAttentionVariable = "MOE_CUDA_ATTENTION";
+}
+
+bool CudaOps::attention_wgmma_from_environment(bool available) {
+    const char* value = std::getenv(kAttentionVariable);
+    const std::string want = value ? value : "";
+    if (want.empty()) return available;
+    if (want == "mma_sync") return false;
+    if (want == "wgmma") {
+        if (!available)
+            throw std::runtime_error(std::string(kAttentionVariable) +
+                                     "=wgmma, but this GPU or build has no wgmma (it needs a compute 9.0 GPU and "
+                                     "sm_90a in CMAKE_CUDA_ARCHITECTURES): unset it to use mma.sync");
+        return true;
+    }
+    throw std::invalid_argument(std::string(kAttentionVariable) + "=" + want +
+                                " is not a choice: wgmma, mma_sync, or unset for wgmma where the GPU has it");
+}
+
+void CudaOps::set_attention_wgmma(bool on) {
+    if (on && !wgmma_available_)
+        throw std::invalid_argument("set_attention_wgmma: this GPU or build has no wgmma (compute 9.0 and sm_90a)");
+    attention_wgmma_ = on;
 }
 
 CudaOps::~CudaOps() {

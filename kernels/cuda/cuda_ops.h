@@ -147,12 +147,22 @@ public:
     // cuBLASLt plans made so far (shapes seen; a grouped GEMM's expert sizes
     // count by size class).
     size_t matmul_plan_count() const;
+    // Attention's tile math (attention.cu): wgmma where the GPU runs it (a
+    // compute 9.0 GPU and code built for sm_90a), else mma.sync. The
+    // environment's MOE_CUDA_ATTENTION=mma_sync chooses mma.sync anyway, =wgmma
+    // insists on wgmma (construction throws where there is none).
+    bool wgmma_available() const { return wgmma_available_; }
+    bool attention_wgmma() const { return attention_wgmma_; }
+    // Chooses between them (tests and benchmarks compare the two); throws
+    // std::invalid_argument for wgmma where there is none.
+    void set_attention_wgmma(bool on);
     // Side streams a grouped GEMM spreads its experts over, each with its
     // own cuBLASLt workspace (matmul.cu); kMainLane names the main stream.
     static constexpr int kExpertLanes = 4, kMainLane = -1;
 
 private:
     int device_;
+    bool wgmma_available_ = false, attention_wgmma_ = false;
     cudaStream_t stream_ = nullptr;
     cublasLtHandle_t lt_ = nullptr;
     void* lt_workspace_ = nullptr;
@@ -172,6 +182,10 @@ private:
     // token_id plan per layer) many times over.
     static constexpr size_t kUploadRingBytes = size_t(16) << 20;
     cuda::UploadRing uploads_{kUploadRingBytes};
+    // Runs a kernel compiled per target to learn whether the GPU's code has
+    // wgmma (wgmma_probe.cu); throws where the build has no code for the GPU.
+    bool probe_wgmma();
+    static bool attention_wgmma_from_environment(bool available);
     // Which size of a GEMM changes from call to call (an expert's rows).
     enum class GemmVaries { nothing, n, k };
     // out[M,N] (column-major, ld ldc >= M) = alpha op(a) op(b) + beta out

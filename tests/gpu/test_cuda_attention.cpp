@@ -1,10 +1,15 @@
 // The CUDA attention and RoPE ops against the CPU reference on the same
 // bf16-exact inputs: causal GQA attention forward and backward at sizes that
 // leave partial 64-row tiles, every supported head size, the backward's
-// accumulation, bit-identical reruns, and RoPE both ways (forward from a first
-// position too).
+// accumulation, bit-identical reruns, each with both tile-math families where
+// the GPU has wgmma (else mma.sync alone), the choice between them, and RoPE
+// both ways (forward from a first position too).
+#include <cuda_runtime_api.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -48,6 +53,19 @@ struct Operands {
     Tensor cv() { return host_tensor(v, {d.B, d.T, d.nkv, d.hd}); }
 };
 
+// The attention kernels to test: mma.sync everywhere, and wgmma where this
+// GPU and build have it.
+std::vector<bool> wgmma_choices() {
+    CudaOps gpu(0);
+    if (!gpu.wgmma_available()) {
+        WARN("no wgmma on this GPU or build: the wgmma attention kernels are not tested");
+        return {false};
+    }
+    return {false, true};
+}
+
+const char* family(bool wgmma) { return wgmma ? "wgmma" : "mma.sync"; }
+
 double max_abs(const std::vector<float>& a) {
     double m = 0;
     for (float x : a) m = std::max(m, std::fabs(double(x)));
@@ -72,9 +90,10 @@ void require_attention_near(const std::string& what, const std::vector<float>& g
     require_near(what, gpu, cpu, kBf16Rtol, scale / 256);
 }
 
-void check_forward(const Shape& d) {
-    INFO(describe(d));
+void check_forward(const Shape& d, bool wgmma) {
+    INFO(describe(d) << ", " << family(wgmma));
     Backends be;
+    be.gpu.set_attention_wgmma(wgmma);
     Rng rng(1, "cuda attention forward");
     Operands x(be, d, rng);
     std::vector<float> out(size_t(d.q_size())), lse(size_t(d.lse_size()));
@@ -90,9 +109,11 @@ void check_forward(const Shape& d) {
 
 // dq, dk, dv start from non-zero values on both backends (the op adds to
 // them); dk is left out when !with_dk.
-void check_backward(const Shape& d, bool with_dk, Write write) {
-    INFO(describe(d) << (with_dk ? "" : ", no dk") << (write == Write::add ? ", adding" : ", overwriting"));
+void check_backward(const Shape& d, bool with_dk, Write write, bool wgmma) {
+    INFO(describe(d) << (with_dk ? "" : ", no dk") << (write == Write::add ? ", adding" : ", overwriting") << ", "
+                     << family(wgmma));
     Backends be;
+    be.gpu.set_attention_wgmma(wgmma);
     Rng rng(2, "cuda attention backward");
     Operands x(be, d, rng);
     std::vector<float> dout = bf16_normals(d.q_size(), rng);
@@ -129,14 +150,16 @@ void check_backward(const Shape& d, bool with_dk, Write write) {
 }  // namespace
 
 TEST_CASE("cuda attention_forward matches the cpu", "[gpu]") {
-    for (const Shape& d : kShapes) check_forward(d);
+    for (bool wgmma : wgmma_choices())
+        for (const Shape& d : kShapes) check_forward(d, wgmma);
 }
 
 TEST_CASE("cuda attention_backward adds or writes the cpu's gradients", "[gpu]") {
-    for (Write write : {Write::add, Write::overwrite}) {
-        for (const Shape& d : kShapes) check_backward(d, true, write);
-        check_backward(kShapes[0], false, write);
-    }
+    for (bool wgmma : wgmma_choices())
+        for (Write write : {Write::add, Write::overwrite}) {
+            for (const Shape& d : kShapes) check_backward(d, true, write, wgmma);
+            check_backward(kShapes[1], false, write, wgmma);
+        }
 }
 
 TEST_CASE("cuda attention matches the cpu over the benchmarks' 2048 positions", "[gpu]") {
@@ -145,13 +168,20 @@ TEST_CASE("cuda attention matches the cpu over the benchmarks' 2048 positions", 
     // group's 4 query heads), one sequence and one kv head to keep the CPU
     // reference short.
     const Shape d{1, 2048, 4, 1, 64};
-    check_forward(d);
-    check_backward(d, true, Write::overwrite);
+    for (bool wgmma : wgmma_choices()) {
+        check_forward(d, wgmma);
+        check_backward(d, true, Write::overwrite, wgmma);
+    }
 }
 
-TEST_CASE("cuda attention gives the same bits on every run", "[gpu]") {
+namespace {
+
+// Forward and backward twice on the same inputs, and the backward without dk.
+void check_reruns(bool wgmma) {
+    INFO(family(wgmma));
     const Shape d{2, 200, 4, 2, 64};
     Backends be;
+    be.gpu.set_attention_wgmma(wgmma);
     Rng rng(3, "cuda attention reruns");
     Operands x(be, d, rng);
     const std::vector<float> dout = bf16_normals(d.q_size(), rng), dq0 = bf16_normals(d.q_size(), rng),
@@ -179,6 +209,72 @@ TEST_CASE("cuda attention gives the same bits on every run", "[gpu]") {
     REQUIRE(a.dv == b.dv);
     REQUIRE(no_dk.dq == a.dq);
     REQUIRE(no_dk.dv == a.dv);
+}
+
+// Sets an environment variable for a scope, and puts back what was there.
+class ScopedEnv {
+public:
+    ScopedEnv(const char* name, const char* value) : name_(name) {
+        if (const char* old = std::getenv(name)) old_ = old;
+        setenv(name, value, 1);
+    }
+    ~ScopedEnv() {
+        if (old_)
+            setenv(name_, old_->c_str(), 1);
+        else
+            unsetenv(name_);
+    }
+
+private:
+    const char* name_;
+    std::optional<std::string> old_;
+};
+
+// What constructing a CudaOps throws ("" when it does not).
+std::string construction_error() {
+    try {
+        CudaOps gpu(0);
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    return "";
+}
+
+}  // namespace
+
+TEST_CASE("cuda attention gives the same bits on every run", "[gpu]") {
+    for (bool wgmma : wgmma_choices()) check_reruns(wgmma);
+}
+
+TEST_CASE("cuda attention runs wgmma on a Hopper GPU of an sm_90a build as the environment allows", "[gpu]") {
+    cudaDeviceProp prop{};
+    REQUIRE(cudaGetDeviceProperties(&prop, 0) == cudaSuccess);
+    const std::string archs = MOE_CUDA_ARCHITECTURES;  // the build's CMAKE_CUDA_ARCHITECTURES
+    const bool hopper_build = archs.find("90a") != std::string::npos && prop.major == 9 && prop.minor == 0;
+    INFO(prop.name << ", compute " << prop.major << "." << prop.minor << ", built for " << archs);
+    {
+        CudaOps gpu(0);
+        REQUIRE(gpu.wgmma_available() == hopper_build);
+        REQUIRE(gpu.attention_wgmma() == hopper_build);  // the default: wgmma where it runs
+        gpu.set_attention_wgmma(false);
+        REQUIRE_FALSE(gpu.attention_wgmma());
+        if (!hopper_build) REQUIRE_THROWS_AS(gpu.set_attention_wgmma(true), std::invalid_argument);
+    }
+    {
+        ScopedEnv env("MOE_CUDA_ATTENTION", "mma_sync");
+        REQUIRE_FALSE(CudaOps(0).attention_wgmma());
+    }
+    {
+        ScopedEnv env("MOE_CUDA_ATTENTION", "wgmma");
+        if (hopper_build)
+            REQUIRE(CudaOps(0).attention_wgmma());
+        else
+            REQUIRE(construction_error().find("MOE_CUDA_ATTENTION=wgmma, but") != std::string::npos);
+    }
+    {
+        ScopedEnv env("MOE_CUDA_ATTENTION", "fast");
+        REQUIRE(construction_error().find("MOE_CUDA_ATTENTION=fast is not a choice") != std::string::npos);
+    }
 }
 
 TEST_CASE("cuda attention names the head sizes it supports", "[gpu]") {

@@ -1,0 +1,85 @@
+// The attention kernels' Hopper tile math (sm_90a): the block's warpgroup
+// multiplies all 64 rows at once with wgmma (wgmma.cuh), reading B, and A
+// where it sits in shared memory, straight from the 128-byte-swizzled
+// tiles, where WarpMma loads every fragment through ldmatrix first. Head
+// sizes 64 and 128 (tiles of whole 128-byte rows).
+#pragma once
+#include <cstdint>
+
+#include "kernels/cuda/attention_tiles.cuh"
+#include "kernels/cuda/wgmma.cuh"
+
+namespace moe::attention {
+
+struct WarpgroupMma {
+    static constexpr int kAlign = 1024;  // an 8-row group of the swizzle
+
+    template <int HD> static constexpr bool supports() { return HD == 64 || HD == 128; }
+
+    // bf16 elements a tile of kRows rows of HD columns takes, and where its
+    // element (r, c) is: 64-column blocks of kRows x 128 bytes, the 16-byte
+    // chunks of row r permuted by r % 8 (wgmma.cuh).
+    template <int HD, int kRows> static constexpr int tile_elements() { return kRows * HD; }
+    template <int HD, int kRows> __device__ __forceinline__ static constexpr int offset(int r, int c) {
+        return (c / 64) * kRows * 64 + r * 64 + ((((c % 64) / 8) ^ (r % 8)) * 8) + c % 8;
+    }
+
+    // Orders this thread's cp.async writes before wgmma's reads (then the
+    // block's barrier orders every thread's).
+    __device__ __forceinline__ static void shared_writes_visible() { cuda::wgmma::shared_writes_visible(); }
+
+    // The descriptor of the 16 columns k..k+15 (k-major) of a kRows-row
+    // tile: 8-row groups 1024 bytes apart.
+    template <int kRows> __device__ __forceinline__ static uint64_t k_major(const bf16* tile, int k) {
+        return cuda::wgmma::descriptor(shared_address(tile + (k / 64) * kRows * 64 + k % 64), 16, 1024);
+    }
+    // The descriptor of rows k..k+15 of a K-row tile of HD columns as an
+    // MN-major operand: 64-column blocks K * 128 bytes apart.
+    template <int K> __device__ __forceinline__ static uint64_t mn_major(const bf16* tile, int k) {
+        return cuda::wgmma::descriptor(shared_address(tile + k * 64), K * 128, 1024);
+    }
+
+    // The A operand of products acc (64 x N) += A B^T: the block's 64-row
+    // tile of HD columns, read by wgmma from shared memory (kKeep has no
+    // meaning here: no fragments are loaded).
+    template <int HD, bool kKeep> class RowsA {
+    public:
+        static_assert(supports<HD>(), "tiles of whole 128-byte rows");
+        __device__ __forceinline__ explicit RowsA(const bf16* tile) : tile_(tile) {}
+        __device__ __forceinline__ void ready() {}
+        template <int N> __device__ __forceinline__ void abt(float (&acc)[N / 8][4], const bf16* b) const {
+            namespace wg = cuda::wgmma;
+            wg::pin(acc);
+            wg::fence();
+#pragma unroll
+            for (int k = 0; k < HD; k += 16) wg::mma_ss<N>(acc, k_major<kTile>(tile_, k), k_major<N>(b, k));
+            wg::commit();
+            wg::wait<0>();
+            wg::pin(acc);
+        }
+
+    private:
+        const bf16* tile_;
+    };
+
+    // acc (64 x HD) += P B: P the warpgroup's 64 x K accumulator (rounded to
+    // bf16 here, each warp its 16 rows), B the K-row shared tile `b`.
+    template <int HD, int K>
+    __device__ __forceinline__ static void pb(float (&acc)[HD / 8][4], const float (&p)[K / 8][4], const bf16* b) {
+        static_assert(supports<HD>() && K % 16 == 0, "whole 128-byte rows, whole k steps");
+        namespace wg = cuda::wgmma;
+        uint32_t af[K / 16][4];
+#pragma unroll
+        for (int k = 0; k < K; k += 16) a_fragment<K>(af[k / 16], p, k);
+        wg::pin(af);
+        wg::pin(acc);
+        wg::fence();
+#pragma unroll
+        for (int k = 0; k < K; k += 16) wg::mma_rs<HD>(acc, af[k / 16], mn_major<K>(b, k));
+        wg::commit();
+        wg::wait<0>();
+        wg::pin(acc);
+    }
+};
+
+}  // namespace moe::attention
