@@ -25,6 +25,9 @@
 #include "engine/params/rng.h"
 #include "engine/train/optimizer.h"
 #include "tools/tool_args.h"
+#if MOE_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
 
 namespace {
 
@@ -196,11 +199,29 @@ int run(const Args& args) {
          [&] { ops.rope_forward(kk, m.rope_theta, 0); });
     const double causal_pairs = double(B) * nh * T * (T + 1) / 2;
     const std::string att = dims({B, T, nh, nkv, hd});
-    time("attention forward", att, L, double(q.bytes() + kk.bytes() + vv.bytes() + out.bytes() + lse.bytes()),
-         4 * causal_pairs * hd, [&] { ops.attention_forward(out, lse, q, kk, vv); });
-    time("attention backward", att, L,
-         double(2 * q.bytes() + 3 * kk.bytes() + 3 * vv.bytes() + 2 * out.bytes() + lse.bytes() + q.bytes()),
-         10 * causal_pairs * hd, [&] { ops.attention_backward(dq, dk, dv, dout, q, kk, vv, out, lse, moe::Write::overwrite); });
+    const auto attention = [&](const std::string& kernels, double per_step) {
+        time("attention forward" + kernels, att, per_step,
+             double(q.bytes() + kk.bytes() + vv.bytes() + out.bytes() + lse.bytes()), 4 * causal_pairs * hd,
+             [&] { ops.attention_forward(out, lse, q, kk, vv); });
+        time("attention backward" + kernels, att, per_step,
+             double(2 * q.bytes() + 3 * kk.bytes() + 3 * vv.bytes() + 2 * out.bytes() + lse.bytes() + q.bytes()),
+             10 * causal_pairs * hd,
+             [&] { ops.attention_backward(dq, dk, dv, dout, q, kk, vv, out, lse, moe::Write::overwrite); });
+    };
+#if MOE_HAVE_CUDA
+    // Where the step's attention runs on wgmma, the mma.sync kernels beside
+    // it for comparison (not a part of the step).
+    if (auto* cuda = dynamic_cast<moe::CudaOps*>(&ops); cuda && cuda->attention_wgmma()) {
+        attention(", wgmma", double(L));
+        cuda->set_attention_wgmma(false);
+        attention(", mma.sync", 0);
+        cuda->set_attention_wgmma(true);
+    } else {
+        attention("", double(L));
+    }
+#else
+    attention("", double(L));
+#endif
 
     // ---- router, permutation, experts ------------------------------------------
     if (learned) {
