@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/attention_tiles.cuh"
+#include "kernels/cuda/swizzle128.h"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace moe::attention {
@@ -17,26 +18,25 @@ struct WarpgroupMma {
     template <int HD> static constexpr bool supports() { return HD == 64 || HD == 128; }
 
     // bf16 elements a tile of kRows rows of HD columns takes, and where its
-    // element (r, c) is: 64-column blocks of kRows x 128 bytes, the 16-byte
-    // chunks of row r permuted by r % 8 (wgmma.cuh).
+    // element (r, c) is (swizzle128.h).
     template <int HD, int kRows> static constexpr int tile_elements() { return kRows * HD; }
     template <int HD, int kRows> __device__ __forceinline__ static constexpr int offset(int r, int c) {
-        return (c / 64) * kRows * 64 + r * 64 + ((((c % 64) / 8) ^ (r % 8)) * 8) + c % 8;
+        return swizzle128::offset<kRows>(r, c);
     }
 
     // Orders this thread's cp.async writes before wgmma's reads (then the
     // block's barrier orders every thread's).
     __device__ __forceinline__ static void shared_writes_visible() { cuda::wgmma::shared_writes_visible(); }
 
-    // The descriptor of the 16 columns k..k+15 (k-major) of a kRows-row
-    // tile: 8-row groups 1024 bytes apart.
+    // The descriptor of the 16 columns k..k+15 (k-major) of a kRows-row tile.
     template <int kRows> __device__ __forceinline__ static uint64_t k_major(const bf16* tile, int k) {
-        return cuda::wgmma::descriptor(shared_address(tile + (k / 64) * kRows * 64 + k % 64), 16, 1024);
+        return cuda::wgmma::descriptor(shared_address(tile) + swizzle128::k_major_start<kRows>(k), 16,
+                                       swizzle128::kGroupBytes);
     }
-    // The descriptor of rows k..k+15 of a K-row tile of HD columns as an
-    // MN-major operand: 64-column blocks K * 128 bytes apart.
+    // The descriptor of rows k..k+15 of a K-row tile as an MN-major operand.
     template <int K> __device__ __forceinline__ static uint64_t mn_major(const bf16* tile, int k) {
-        return cuda::wgmma::descriptor(shared_address(tile + k * 64), K * 128, 1024);
+        return cuda::wgmma::descriptor(shared_address(tile) + swizzle128::mn_major_start(k),
+                                       swizzle128::mn_block_bytes<K>(), swizzle128::kGroupBytes);
     }
 
     // The A operand of products acc (64 x N) += A B^T: the block's 64-row
