@@ -40,8 +40,12 @@ struct WarpgroupMma {
     }
 
     // The A operand of products acc (64 x N) += A B^T: the block's 64-row
-    // tile of HD columns, read by wgmma from shared memory (kKeep has no
-    // meaning here: no fragments are loaded).
+    // tile of HD columns, read by wgmma from shared memory, as
+    // FlashAttention-3 reads Q (kKeep has no meaning here). Holding the
+    // fragments in registers instead (wgmma's register A) would halve the
+    // shared-memory bytes of these products, but takes the forward from 114
+    // to 156 registers (ptxas, hd 64): 3 blocks a SM instead of 4, fewer to
+    // overlap one block's softmax with another's products. To measure.
     template <int HD, bool kKeep> class RowsA {
     public:
         static_assert(supports<HD>(), "tiles of whole 128-byte rows");
