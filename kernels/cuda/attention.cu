@@ -267,9 +267,11 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
         const bf16 *sqb = sq + buf * kQT, *sdob = sdo + buf * kQT;
         const float *slb = slse + buf * kQ, *sdb = sdelta + buf * kQ;
         const int q0 = (qt_first + step % per_head) * kQ;
-        // P^T = exp(K Q^T scale - lse) where query >= key and query < T.
-        float p[kQ / 8][4] = {};
+        // P^T = exp(K Q^T scale - lse) where query >= key and query < T,
+        // while the tensor cores work on dP^T = V dO^T (WarpgroupMma).
+        float p[kQ / 8][4] = {}, dp[kQ / 8][4] = {};
         ka.template abt<kQ>(p, sqb);
+        va.template start<kQ>(dp, sdob);
 #pragma unroll
         for (int n = 0; n < kQ / 8; ++n)
 #pragma unroll
@@ -279,8 +281,7 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
                               ? exp2f(p[n][e] * s.scale_log2 - slb[c] * kLog2e)
                               : 0.f;
             }
-        float dp[kQ / 8][4] = {};
-        va.template abt<kQ>(dp, sdob);                      // dP^T = V dO^T
+        va.template finish<kQ>(dp);
         if (dv) Mma::template pb<HD, kQ>(dv_acc, p, sdob);  // dV += P^T dO
         if (dk) {
 #pragma unroll
@@ -358,8 +359,11 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
         }
 
         const bf16 *skb = sk + buf * kKT, *svb = sv + buf * kKT;
-        float p[kK / 8][4] = {};
+        // P = exp(Q K^T scale - lse) where key <= query, while the tensor
+        // cores work on dP = dO V^T (WarpgroupMma).
+        float p[kK / 8][4] = {}, dp[kK / 8][4] = {};
         qa.template abt<kK>(p, skb);
+        doa.template start<kK>(dp, svb);
         const int k0 = j * kK + 2 * (lane & 3);
 #pragma unroll
         for (int n = 0; n < kK / 8; ++n)
@@ -370,9 +374,8 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
                               ? exp2f(p[n][e] * s.scale_log2 - (lo ? lse_lo : lse_hi))
                               : 0.f;
             }
-        float dp[kK / 8][4] = {};
-        doa.template abt<kK>(dp, svb);  // dP = dO V^T
-#pragma unroll
+        doa.template finish<kK>(dp);
+#pragma unroll  // dS = P (dP - delta)
         for (int n = 0; n < kK / 8; ++n) {
             dp[n][0] = p[n][0] * (dp[n][0] - delta_lo);
             dp[n][1] = p[n][1] * (dp[n][1] - delta_lo);

@@ -92,12 +92,21 @@ struct WarpMma {
             }
         }
 
+        // The same product in two halves, as WarpgroupMma overlaps it with
+        // the work between: here start() notes B and finish() multiplies
+        // (the warp's registers hold the product either way).
+        template <int N> __device__ __forceinline__ void start(float (&)[N / 8][4], const bf16* b) { pending_ = b; }
+        template <int N> __device__ __forceinline__ void finish(float (&acc)[N / 8][4]) const {
+            abt<N>(acc, pending_);
+        }
+
     private:
         __device__ __forceinline__ void load(uint32_t (&af)[4], int k) const {
             const int lane = threadIdx.x & 31;
             ldsm_x4(af, rows_ + offset<HD, kTile>(lane & 15, k + (lane >> 4) * 8));
         }
         const bf16* rows_;  // the warp's first row
+        const bf16* pending_ = nullptr;
         uint32_t f_[kKeep ? HD / 16 : 1][4];
     };
 

@@ -51,15 +51,25 @@ struct WarpgroupMma {
         static_assert(supports<HD>(), "tiles of whole 128-byte rows");
         __device__ __forceinline__ explicit RowsA(const bf16* tile) : tile_(tile) {}
         __device__ __forceinline__ void ready() {}
+        // acc (64 x N) += A B^T, B the N-row shared tile `b`.
         template <int N> __device__ __forceinline__ void abt(float (&acc)[N / 8][4], const bf16* b) const {
+            start<N>(acc, b);
+            finish<N>(acc);
+        }
+        // The same product in two halves: start() queues it on the tensor
+        // cores and returns, finish() waits for it. The work between (on
+        // other registers than acc) overlaps the product.
+        template <int N> __device__ __forceinline__ void start(float (&acc)[N / 8][4], const bf16* b) const {
             namespace wg = cuda::wgmma;
             wg::pin(acc);
             wg::fence();
 #pragma unroll
             for (int k = 0; k < HD; k += 16) wg::mma_ss<N>(acc, k_major<kTile>(tile_, k), k_major<N>(b, k));
             wg::commit();
-            wg::wait<0>();
-            wg::pin(acc);
+        }
+        template <int N> __device__ __forceinline__ void finish(float (&acc)[N / 8][4]) const {
+            cuda::wgmma::wait<0>();
+            cuda::wgmma::pin(acc);
         }
 
     private:
