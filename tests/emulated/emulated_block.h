@@ -1,0 +1,126 @@
+// One CUDA block on the CPU: a fiber (ucontext) per GPU thread, run in turn
+// until each reaches a barrier, so kernels written for the GPU run here as
+// they are (tests/emulated: their inline PTX swapped for emulated_ptx.h's
+// models). Slow and single-threaded, for small shapes; it checks a kernel's
+// logic (indexing, masking, pipelining, synchronisation), not the GPU's
+// speed or the hardware's own behaviour, which the gpu tests check.
+#pragma once
+#include <ucontext.h>
+
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>  // dim3, uint3
+
+namespace moe::emulated {
+
+struct Block {
+    struct Fiber {
+        ucontext_t context;
+        std::vector<char> stack;
+        bool done = false;
+    };
+    std::vector<Fiber> fibers;
+    ucontext_t scheduler;
+    int current = -1;
+    uint3 thread{0, 0, 0}, block{0, 0, 0};
+    dim3 block_dim, grid_dim;
+    std::function<void()> body;
+    // Dynamic shared memory: 16- but not 1024-byte aligned in its 1024-byte
+    // window, as kernels must expect of the GPU's.
+    std::vector<unsigned char> shared_store;
+    unsigned char* shared = nullptr;
+    // Barrier 0 is the block's, 1 + w warp w's.
+    int arrived[64] = {}, generation[64] = {};
+    long progress = 0;  // arrivals and finished threads: a round without any is a deadlock
+};
+inline Block block;
+
+inline void yield() { swapcontext(&block.fibers[size_t(block.current)].context, &block.scheduler); }
+
+// Waits until `count` threads have arrived at barrier `id`.
+inline void barrier(int id, int count) {
+    const int g = block.generation[id];
+    ++block.progress;
+    if (++block.arrived[id] == count) {
+        block.arrived[id] = 0;
+        ++block.generation[id];
+    } else {
+        while (block.generation[id] == g) yield();
+    }
+}
+inline int lane() { return int(block.thread.x) & 31; }
+inline int warp() { return int(block.thread.x) >> 5; }
+inline void block_barrier() { barrier(0, int(block.block_dim.x)); }
+inline void warp_barrier() { barrier(1 + warp(), 32); }
+
+// The shared-memory address of p (an offset in the 1024-byte-aligned window).
+inline uint32_t shared_address(const void* p) {
+    const uintptr_t window = reinterpret_cast<uintptr_t>(block.shared) & ~uintptr_t(1023);
+    return uint32_t(reinterpret_cast<uintptr_t>(p) - window);
+}
+inline const unsigned char* shared_at(uint32_t address) {
+    return reinterpret_cast<const unsigned char*>(reinterpret_cast<uintptr_t>(block.shared) & ~uintptr_t(1023)) +
+           address;
+}
+
+inline void run_fiber() {
+    block.body();
+    ++block.progress;
+    block.fibers[size_t(block.current)].done = true;
+    swapcontext(&block.fibers[size_t(block.current)].context, &block.scheduler);
+}
+
+// Runs `body` (a kernel call) as every thread of every block of `grid`, one
+// block after another, with `shared_bytes` of dynamic shared memory (filled
+// with garbage first: kernels may not read what they did not write).
+inline void launch(dim3 grid, int threads, size_t shared_bytes, std::function<void()> body) {
+    block.block_dim = dim3(unsigned(threads), 1, 1);
+    block.grid_dim = grid;
+    block.body = std::move(body);
+    block.shared_store.assign(shared_bytes + 2048, 0);
+    const uintptr_t aligned = (reinterpret_cast<uintptr_t>(block.shared_store.data()) + 1023) & ~uintptr_t(1023);
+    block.shared = reinterpret_cast<unsigned char*>(aligned + 16);
+    for (unsigned by = 0; by < grid.y; ++by)
+        for (unsigned bx = 0; bx < grid.x; ++bx) {
+            block.block = {bx, by, 0};
+            std::memset(block.shared, 0xCD, shared_bytes);
+            std::memset(block.arrived, 0, sizeof block.arrived);
+            block.fibers.assign(size_t(threads), Block::Fiber{});
+            for (Block::Fiber& f : block.fibers) {
+                f.stack.resize(size_t(256) << 10);
+                getcontext(&f.context);
+                f.context.uc_stack.ss_sp = f.stack.data();
+                f.context.uc_stack.ss_size = f.stack.size();
+                f.context.uc_link = nullptr;
+                makecontext(&f.context, run_fiber, 0);
+            }
+            for (bool left = true; left;) {
+                left = false;
+                const long before = block.progress;
+                for (int t = 0; t < threads; ++t) {
+                    if (block.fibers[size_t(t)].done) continue;
+                    left = true;
+                    block.current = t;
+                    block.thread = {unsigned(t), 0, 0};
+                    swapcontext(&block.scheduler, &block.fibers[size_t(t)].context);
+                }
+                if (left && block.progress == before)
+                    throw std::runtime_error("emulated block (" + std::to_string(bx) + ", " + std::to_string(by) +
+                                             "): its threads wait at barriers that not all of them reach");
+            }
+        }
+}
+
+}  // namespace moe::emulated
+
+// What kernels read of their launch, and the block barrier.
+#define threadIdx (::moe::emulated::block.thread)
+#define blockIdx (::moe::emulated::block.block)
+#define blockDim (::moe::emulated::block.block_dim)
+#define gridDim (::moe::emulated::block.grid_dim)
+#define __syncthreads() ::moe::emulated::block_barrier()

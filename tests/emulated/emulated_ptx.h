@@ -1,0 +1,174 @@
+// Models of the PTX instructions the attention kernels use, for emulated
+// blocks (emulated_block.h): each computes what the PTX ISA says the
+// instruction leaves in each thread's registers. Warp- and warpgroup-wide
+// ones exchange operands through per-thread slots between two barriers.
+//
+//   ldmatrix .x4 (.trans)      four 8x8 b16 matrices from 32 row addresses
+//   mma.sync m16n8k16 bf16     the fragment layouts of the PTX ISA
+//   shfl.sync.bfly             a value from lane ^ mask
+//   wgmma m64nNk16 bf16        A and B by descriptor (128-byte swizzle,
+//                              k-major or MN-major) or A from registers; the
+//                              result lands at wgmma.wait_group: until then
+//                              the accumulator holds NaN, so a kernel that
+//                              reads it early fails its test
+//   cp.async                   a copy at once (wait_group has nothing to do)
+#pragma once
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+#include "tests/emulated/emulated_block.h"
+
+namespace moe::emulated {
+
+constexpr int kMaxThreads = 256;
+
+// Operands a thread offers to its warp or warpgroup.
+inline uint64_t slots[kMaxThreads][8];
+inline const void* pointer_slots[kMaxThreads];
+
+inline float bf16_bits_to_float(uint16_t u) {
+    __nv_bfloat16_raw raw;
+    raw.x = u;
+    return __bfloat162float(__nv_bfloat16(raw));
+}
+inline uint16_t bits_of(const __nv_bfloat16& b) { return __nv_bfloat16_raw(b).x; }
+// Half h (0 low, 1 high) of a register of two bf16.
+inline float half_of(uint64_t r, int h) { return bf16_bits_to_float(uint16_t(h ? r >> 16 : r & 0xFFFF)); }
+
+inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p, bool trans) {
+    pointer_slots[threadIdx.x] = p;
+    warp_barrier();
+    const int l = lane(), w0 = warp() * 32;
+    auto row = [&](int i) { return static_cast<const __nv_bfloat16*>(pointer_slots[w0 + i]); };
+    for (int i = 0; i < 4; ++i) {
+        // matrix i: rows from lanes 8i..8i+7; this lane gets row l/4, columns 2(l%4), +1 (of the transpose)
+        const uint16_t lo = trans ? bits_of(row(8 * i + 2 * (l % 4))[l / 4]) : bits_of(row(8 * i + l / 4)[2 * (l % 4)]);
+        const uint16_t hi =
+            trans ? bits_of(row(8 * i + 2 * (l % 4) + 1)[l / 4]) : bits_of(row(8 * i + l / 4)[2 * (l % 4) + 1]);
+        r[i] = uint32_t(lo) | uint32_t(hi) << 16;
+    }
+    warp_barrier();
+}
+
+// A of a 16 x 16 fragment (mma.sync's, and each warp's share of wgmma's
+// register A): element (row, k) of the warp whose slots start at w0.
+inline float fragment_a(int w0, int row, int k) {
+    return half_of(slots[w0 + (row % 8) * 4 + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2);
+}
+
+inline void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    uint64_t* s = slots[threadIdx.x];
+    for (int i = 0; i < 4; ++i) s[i] = a[i];
+    s[4] = b0;
+    s[5] = b1;
+    warp_barrier();
+    const int l = lane(), w0 = warp() * 32;
+    float d[4];
+    for (int e = 0; e < 4; ++e) {
+        const int row = l / 4 + 8 * (e >= 2), col = 2 * (l % 4) + (e & 1);
+        float sum = c[e];
+        for (int k = 0; k < 16; ++k)
+            sum += fragment_a(w0, row, k) * half_of(slots[w0 + col * 4 + (k % 8) / 2][4 + (k >= 8)], k % 2);
+        d[e] = sum;
+    }
+    warp_barrier();
+    std::copy(d, d + 4, c);
+}
+
+template <class T> T shfl_xor(T x, int mask) {
+    static_assert(sizeof(T) <= sizeof(uint64_t), "one slot");
+    std::memcpy(slots[threadIdx.x], &x, sizeof x);
+    warp_barrier();
+    T v;
+    std::memcpy(&v, slots[warp() * 32 + (lane() ^ mask)], sizeof v);
+    warp_barrier();
+    return v;
+}
+
+// ---- wgmma ----------------------------------------------------------------
+
+struct Descriptor {
+    uint32_t start, leading, stride;
+};
+inline Descriptor decode(uint64_t d) {
+    if (d >> 62 != 1) throw std::runtime_error("emulated wgmma: a descriptor without the 128-byte swizzle");
+    return {uint32_t(d & 0x3FFF) << 4, uint32_t((d >> 16) & 0x3FFF) << 4, uint32_t((d >> 32) & 0x3FFF) << 4};
+}
+// The element at byte `a` of shared memory as the 128-byte swizzle reads it.
+inline float swizzled_at(uint32_t a) {
+    uint16_t u;
+    std::memcpy(&u, shared_at(a ^ (((a >> 7) & 7) << 4)), 2);
+    return bf16_bits_to_float(u);
+}
+// The canonical layouts: 8-row core groups `stride` bytes apart; rows of
+// 128 bytes; MN-major 64-column blocks `leading` bytes apart.
+inline float k_major(const Descriptor& d, int mn, int k) {
+    return swizzled_at(d.start + (mn % 8) * 128 + (mn / 8) * d.stride + k * 2);
+}
+inline float mn_major(const Descriptor& d, int k, int mn) {
+    return swizzled_at(d.start + (mn % 64) * 2 + (mn / 64) * d.leading + (k % 8) * 128 + (k / 8) * d.stride);
+}
+
+// Results in flight, per thread: an accumulator's values until wait.
+struct InFlight {
+    float* registers;
+    std::vector<float> values;
+};
+inline std::vector<InFlight> in_flight[kMaxThreads];
+
+inline float* accumulator(float* registers, int n) {
+    for (InFlight& f : in_flight[threadIdx.x])
+        if (f.registers == registers) return f.values.data();
+    in_flight[threadIdx.x].push_back({registers, std::vector<float>(registers, registers + n)});
+    return in_flight[threadIdx.x].back().values.data();
+}
+inline void wgmma_wait() {
+    for (InFlight& f : in_flight[threadIdx.x]) std::copy(f.values.begin(), f.values.end(), f.registers);
+    in_flight[threadIdx.x].clear();
+}
+
+// d (64 x N) += A B over k 16; a(row, k) and b(k, col) give the operands.
+template <int N, class A, class B> void wgmma(float (&d)[N / 8][4], A a, B b) {
+    const int l = lane(), w = warp();
+    float* acc = accumulator(&d[0][0], N / 2);
+    for (int j = 0; j < N / 8; ++j)
+        for (int e = 0; e < 4; ++e) {
+            const int row = 16 * w + l / 4 + 8 * (e >= 2), col = 8 * j + 2 * (l % 4) + (e & 1);
+            float sum = acc[4 * j + e];
+            for (int k = 0; k < 16; ++k) sum += a(row, k) * b(k, col);
+            acc[4 * j + e] = sum;
+        }
+    std::fill(&d[0][0], &d[0][0] + N / 2, std::nanf(""));
+}
+
+template <int N> void wgmma_ss(float (&d)[N / 8][4], uint64_t a_descriptor, uint64_t b_descriptor) {
+    const Descriptor a = decode(a_descriptor), b = decode(b_descriptor);
+    wgmma<N>(d, [&](int row, int k) { return k_major(a, row, k); }, [&](int k, int col) { return k_major(b, col, k); });
+}
+
+template <int N>
+void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b_descriptor, bool b_mn_major) {
+    uint64_t* s = slots[threadIdx.x];
+    for (int i = 0; i < 4; ++i) s[i] = a[i];
+    block_barrier();  // the warpgroup: the kernels' blocks are one
+    const Descriptor b = decode(b_descriptor);
+    wgmma<N>(
+        d, [&](int row, int k) { return fragment_a((row / 16) * 32, row % 16, k); },
+        [&](int k, int col) { return b_mn_major ? mn_major(b, k, col) : k_major(b, col, k); });
+    block_barrier();
+}
+
+}  // namespace moe::emulated
+
+#define __shfl_xor_sync(mask, x, lane_mask) ::moe::emulated::shfl_xor(x, lane_mask)
+using std::max;  // device code's min and max
+using std::min;
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
