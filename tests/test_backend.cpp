@@ -7,8 +7,28 @@
 #include "engine/run/backend.h"
 #include "tests/catch.h"
 #include "tests/test_util.h"
+#if MOE_HAVE_CUDA
+#include <stdexcept>
+
+#include "kernels/cuda/cuda_ops.h"
+#endif
 
 using namespace moe;
+
+#if MOE_HAVE_CUDA
+TEST_CASE("MOE_CUDA_ATTENTION chooses the attention kernels or names the choices", "[unit]") {
+    REQUIRE(attention_wgmma_choice(nullptr, true));  // unset: wgmma where the GPU has it
+    REQUIRE_FALSE(attention_wgmma_choice(nullptr, false));
+    REQUIRE(attention_wgmma_choice("", true));
+    REQUIRE_FALSE(attention_wgmma_choice("mma_sync", true));
+    REQUIRE(attention_wgmma_choice("wgmma", true));
+    REQUIRE(test::error_of<std::runtime_error>([] { attention_wgmma_choice("wgmma", false); }) ==
+            "MOE_CUDA_ATTENTION=wgmma, but this GPU or build has no wgmma (it needs a compute 9.0 GPU and sm_90a in "
+            "CMAKE_CUDA_ARCHITECTURES): unset it to use mma.sync");
+    REQUIRE(test::error_of<std::invalid_argument>([] { attention_wgmma_choice("WGMMA", true); }) ==
+            "MOE_CUDA_ATTENTION=WGMMA is not a choice: wgmma, mma_sync, or unset for wgmma where the GPU has it");
+}
+#endif
 
 TEST_CASE("run.threads beyond the cores here is refused with the count to use", "[unit]") {
     RunConfig run;

@@ -53,26 +53,21 @@ CudaOps::CudaOps(int device) : device_(device) {
     MOE_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_results_), kMaxPartials * sizeof(double)));
     MOE_CUDA_CHECK(cudaMalloc(&upload_, kUploadBytes));
     wgmma_available_ = probe_wgmma();
-    attention_wgmma_ = attention_wgmma_from_environment(wgmma_available_);
+    attention_wgmma_ = attention_wgmma_choice(std::getenv("MOE_CUDA_ATTENTION"), wgmma_available_);
 }
 
-namespace {
-constexpr const char* kAttentionVariable = "MOE_CUDA_ATTENTION";
-}
-
-bool CudaOps::attention_wgmma_from_environment(bool available) {
-    const char* value = std::getenv(kAttentionVariable);
-    const std::string want = value ? value : "";
+bool attention_wgmma_choice(const char* setting, bool available) {
+    const std::string want = setting ? setting : "";
     if (want.empty()) return available;
     if (want == "mma_sync") return false;
     if (want == "wgmma") {
         if (!available)
-            throw std::runtime_error(std::string(kAttentionVariable) +
-                                     "=wgmma, but this GPU or build has no wgmma (it needs a compute 9.0 GPU and "
-                                     "sm_90a in CMAKE_CUDA_ARCHITECTURES): unset it to use mma.sync");
+            throw std::runtime_error(
+                "MOE_CUDA_ATTENTION=wgmma, but this GPU or build has no wgmma (it needs a compute 9.0 GPU and "
+                "sm_90a in CMAKE_CUDA_ARCHITECTURES): unset it to use mma.sync");
         return true;
     }
-    throw std::invalid_argument(std::string(kAttentionVariable) + "=" + want +
+    throw std::invalid_argument("MOE_CUDA_ATTENTION=" + want +
                                 " is not a choice: wgmma, mma_sync, or unset for wgmma where the GPU has it");
 }
 

@@ -185,7 +185,6 @@ private:
     // Runs a kernel compiled per target to learn whether the GPU's code has
     // wgmma (wgmma_probe.cu); throws where the build has no code for the GPU.
     bool probe_wgmma();
-    static bool attention_wgmma_from_environment(bool available);
     // Which size of a GEMM changes from call to call (an expert's rows).
     enum class GemmVaries { nothing, n, k };
     // out[M,N] (column-major, ld ldc >= M) = alpha op(a) op(b) + beta out
@@ -198,6 +197,12 @@ private:
     void fork_lanes(int lanes);
     void join_lanes(int lanes);
 };
+
+// Whether attention runs on wgmma, given MOE_CUDA_ATTENTION's value (null
+// when unset) and whether the GPU and build have wgmma: unset takes wgmma
+// where there is some. Throws std::invalid_argument for a value that is no
+// choice, std::runtime_error for wgmma where there is none.
+bool attention_wgmma_choice(const char* setting, bool available);
 
 // GPUs this process can see (0 when there is no driver or no device).
 int cuda_device_count();
