@@ -14,7 +14,10 @@
 #                                       with a resume checked bit for bit, the unit and mpi
 #                                       tests with that machine's libraries, compute-sanitizer
 #   scripts/gpu_session.sh OUT STAGE... chosen stages: build test bench opbench train
-#                                       staged options unit sanitize (build first)
+#                                       staged options unit sanitize ab (build first); ab:
+#                                       moe-bench medium as it runs, with mma.sync attention
+#                                       (MOE_CUDA_ATTENTION) and with the experts' GEMMs on
+#                                       the main stream (MOE_CUDA_EXPERT_STREAMS=0)
 #
 # The build is native (build-gpu) where the machine has our build packages;
 # where its configure or build fails, the pack that scripts/gpu_prebuilt.sh
@@ -26,7 +29,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ]; then
-  echo "usage: scripts/gpu_session.sh OUT [more | build|test|bench|opbench|train|staged|options|unit|sanitize ...]" >&2
+  echo "usage: scripts/gpu_session.sh OUT [more | build|test|bench|opbench|train|staged|options|unit|sanitize|ab ...]" >&2
   exit 2
 fi
 out=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -45,7 +48,7 @@ export out native state runs njobs
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1  # the lent machines run commands as root
 export NCCL_DEBUG=${NCCL_DEBUG:-VERSION}                            # NCCL names its version once
 declare -A limit=([build]=200 [test]=240 [bench]=120 [opbench]=80 [train]=120
-                  [staged]=200 [options]=120 [unit]=300 [sanitize]=400)
+                  [staged]=200 [options]=120 [unit]=300 [sanitize]=400 [ab]=150)
 summary="$out/summary.txt"
 deadline=$((SECONDS + budget))
 note() { echo "$*" >> "$summary"; }
@@ -143,6 +146,17 @@ do_bench() {
 }
 
 do_opbench() { . "$state"; echo "--- medium, op by op"; "$build/moe-opbench" --config configs/bench/medium.yaml; }
+
+# The backend's choices against each other on medium (same bits, other speed).
+do_ab() {
+  . "$state"
+  local rc=0 choice
+  for choice in "" MOE_CUDA_ATTENTION=mma_sync MOE_CUDA_EXPERT_STREAMS=0; do
+    echo "--- medium ${choice:-as it runs}"
+    env $choice "$build/moe-bench" --config configs/bench/medium.yaml --steps 10 --warmup 2 --phase-steps 3 || rc=1
+  done
+  return $rc
+}
 
 # Two ranks on the one GPU through the staged MPI communicator (NCCL refuses
 # two ranks on one GPU): dispatch/combine time and bytes per token, and the
@@ -258,7 +272,7 @@ summarize() {
     [ -f "$out/$f.log" ] && grep -hE "Test +#|tests passed|tests failed|\(Failed\)|\(Not Run\)|MOE_CUDA_ATTENTION" \
       "$out/$f.log" >> "$summary"
   done
-  for f in bench opbench staged; do
+  for f in bench opbench staged ab; do
     [ -f "$out/$f.log" ] && grep -hE "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^phases|^  [a-z]|^these ops|^ep [0-9]+ estimate|^  [0-9.]+ " \
       "$out/$f.log" >> "$summary"
   done
@@ -279,17 +293,17 @@ pack_logs() {
 }
 
 export -f source_hash native_build prebuilt_build losses_from demo_data train_check
-export -f do_build do_test do_bench do_opbench do_staged do_train do_options do_unit do_sanitize
+export -f do_build do_test do_bench do_opbench do_staged do_train do_options do_unit do_sanitize do_ab
 : > "$summary"
 note "gpu_session $plan, $(date -u +%FT%TZ), stages: ${stages[*]}"
 failed=0
 [ "${stages[0]}" = build ] || [ -f "$state" ] || note "no build stage and no earlier build: the stages will fail"
 for s in "${stages[@]}"; do
   case $s in
-    build | test | bench | opbench | train | staged | options | unit | sanitize)
+    build | test | bench | opbench | train | staged | options | unit | sanitize | ab)
       stage "$s" || failed=1
       [ "$s" = build ] && [ "$failed" = 1 ] && { note "the build failed: nothing else can run"; break; } ;;
-    *) note "unknown stage '$s' (build test bench opbench train staged options unit sanitize)"; failed=1 ;;
+    *) note "unknown stage '$s' (build test bench opbench train staged options unit sanitize ab)"; failed=1 ;;
   esac
 done
 summarize

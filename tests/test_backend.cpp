@@ -28,6 +28,15 @@ TEST_CASE("MOE_CUDA_ATTENTION chooses the attention kernels or names the choices
     REQUIRE(test::error_of<std::invalid_argument>([] { attention_wgmma_choice("WGMMA", true); }) ==
             "MOE_CUDA_ATTENTION=WGMMA is not a choice: wgmma, mma_sync, or unset for wgmma where the GPU has it");
 }
+
+TEST_CASE("MOE_CUDA_EXPERT_STREAMS sets the side streams or names the range", "[unit]") {
+    REQUIRE(expert_streams_choice(nullptr) == CudaOps::kExpertLanes);
+    for (int n = 0; n <= CudaOps::kExpertLanes; ++n) REQUIRE(expert_streams_choice(std::to_string(n).c_str()) == n);
+    for (const char* bad : {"", "5", "-1", "2x", "four"})
+        REQUIRE(test::error_of<std::invalid_argument>([&] { expert_streams_choice(bad); }) ==
+                "MOE_CUDA_EXPERT_STREAMS=" + std::string(bad) +
+                    " is not a count of side streams from 0 to 4 (0: experts' GEMMs on the main stream; unset: 4)");
+}
 #endif
 
 TEST_CASE("run.threads beyond the cores here is refused with the count to use", "[unit]") {

@@ -54,6 +54,7 @@ CudaOps::CudaOps(int device) : device_(device) {
     MOE_CUDA_CHECK(cudaMalloc(&upload_, kUploadBytes));
     wgmma_available_ = probe_wgmma();
     attention_wgmma_ = attention_wgmma_choice(std::getenv("MOE_CUDA_ATTENTION"), wgmma_available_);
+    expert_streams_ = expert_streams_choice(std::getenv("MOE_CUDA_EXPERT_STREAMS"));
 }
 
 bool attention_wgmma_choice(const char* setting, bool available) {
@@ -69,6 +70,16 @@ bool attention_wgmma_choice(const char* setting, bool available) {
     }
     throw std::invalid_argument("MOE_CUDA_ATTENTION=" + want +
                                 " is not a choice: wgmma, mma_sync, or unset for wgmma where the GPU has it");
+}
+
+int expert_streams_choice(const char* setting) {
+    if (!setting) return CudaOps::kExpertLanes;
+    const std::string value = setting;
+    if (value.size() == 1 && value[0] >= '0' && value[0] <= '0' + CudaOps::kExpertLanes) return value[0] - '0';
+    throw std::invalid_argument("MOE_CUDA_EXPERT_STREAMS=" + value + " is not a count of side streams from 0 to " +
+                                std::to_string(CudaOps::kExpertLanes) +
+                                " (0: experts' GEMMs on the main stream; unset: " +
+                                std::to_string(CudaOps::kExpertLanes) + ")");
 }
 
 void CudaOps::set_attention_wgmma(bool on) {

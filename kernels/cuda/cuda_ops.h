@@ -158,11 +158,15 @@ public:
     void set_attention_wgmma(bool on);
     // Side streams a grouped GEMM spreads its experts over, each with its
     // own cuBLASLt workspace (matmul.cu); kMainLane names the main stream.
+    // expert_streams() of them are used: kExpertLanes, or what the
+    // environment's MOE_CUDA_EXPERT_STREAMS says (0: the main stream alone).
     static constexpr int kExpertLanes = 4, kMainLane = -1;
+    int expert_streams() const { return expert_streams_; }
 
 private:
     int device_;
     bool wgmma_available_ = false, attention_wgmma_ = false;
+    int expert_streams_ = kExpertLanes;
     cudaStream_t stream_ = nullptr;
     cublasLtHandle_t lt_ = nullptr;
     void* lt_workspace_ = nullptr;
@@ -203,6 +207,11 @@ private:
 // where there is some. Throws std::invalid_argument for a value that is no
 // choice, std::runtime_error for wgmma where there is none.
 bool attention_wgmma_choice(const char* setting, bool available);
+
+// The side streams of grouped GEMMs, given MOE_CUDA_EXPERT_STREAMS's value
+// (null when unset: CudaOps::kExpertLanes). Throws std::invalid_argument for
+// a value that is not a count from 0 to kExpertLanes.
+int expert_streams_choice(const char* setting);
 
 // GPUs this process can see (0 when there is no driver or no device).
 int cuda_device_count();

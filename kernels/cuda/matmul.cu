@@ -222,9 +222,9 @@ __global__ void add_bias_round_kernel(cuda::bf16* y, const float* acc, const cud
         y[i] = __float2bfloat16_rn(acc[i] + (bias ? __bfloat162float(bias[i % O]) : 0.0f));
 }
 
-// Side streams for E experts' GEMMs: none for one expert (a shared expert),
-// which stays on the main stream.
-int expert_lanes(int64_t E) { return E > 1 ? int(std::min<int64_t>(E, CudaOps::kExpertLanes)) : 0; }
+// Side streams for E experts' GEMMs, of `streams`: none for one expert (a
+// shared expert), which stays on the main stream.
+int expert_lanes(int64_t E, int streams) { return E > 1 ? int(std::min<int64_t>(E, streams)) : 0; }
 int lane_of(int64_t e, int lanes) { return lanes ? int(e % lanes) : CudaOps::kMainLane; }
 
 // The GEMM's beta for an output written as `write` says.
@@ -334,7 +334,7 @@ void CudaOps::grouped_matmul_forward(Tensor y, Tensor x, Tensor w, const std::ve
           "expected x [R,I], y [R,O] for w " + w.shape_str() + "; got x " + x.shape_str() + ", y " + y.shape_str());
     check_offsets("grouped_matmul_forward", offsets, E, R);
     for (const Tensor* t : {&y, &x, &w}) cuda::require_dtype("grouped_matmul_forward", "y, x and w", *t, DType::BF16);
-    const int lanes = expert_lanes(E);
+    const int lanes = expert_lanes(E, expert_streams_);
     fork_lanes(lanes);
     for (int64_t e = 0; e < E; ++e) {
         const int64_t rows = offsets[e + 1] - offsets[e];
@@ -363,7 +363,7 @@ void CudaOps::grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x,
     // an expert without rows has a zero dw.
     for (int64_t e = 0; e < E; ++e)
         if (offsets[e] == offsets[e + 1] && !dw.empty() && dw_write == Write::overwrite) zero(dw.rows(e, e + 1));
-    const int lanes = expert_lanes(E);
+    const int lanes = expert_lanes(E, expert_streams_);
     fork_lanes(lanes);
     for (int64_t e = 0; e < E; ++e) {
         const int64_t r0 = offsets[e], r1 = offsets[e + 1];

@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -118,5 +120,27 @@ inline void require_near(const std::string& what, const std::vector<float>& gpu,
 // one bf16 rounding of the result (2^-8 relative) plus fp32 accumulation.
 constexpr double kBf16Rtol = 1.0 / 128;
 constexpr double kBf16Atol = 1e-3;
+
+// Sets an environment variable for a scope (what CudaOps reads at
+// construction), and puts back what was there.
+class ScopedEnv {
+public:
+    ScopedEnv(const char* name, const char* value) : name_(name) {
+        if (const char* old = std::getenv(name)) old_ = old;
+        setenv(name, value, 1);
+    }
+    ~ScopedEnv() {
+        if (old_)
+            setenv(name_, old_->c_str(), 1);
+        else
+            unsetenv(name_);
+    }
+    ScopedEnv(const ScopedEnv&) = delete;
+    ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+private:
+    const char* name_;
+    std::optional<std::string> old_;
+};
 
 }  // namespace moe::test

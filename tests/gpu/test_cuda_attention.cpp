@@ -8,8 +8,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -210,25 +208,6 @@ void check_reruns(bool wgmma) {
     REQUIRE(no_dk.dq == a.dq);
     REQUIRE(no_dk.dv == a.dv);
 }
-
-// Sets an environment variable for a scope, and puts back what was there.
-class ScopedEnv {
-public:
-    ScopedEnv(const char* name, const char* value) : name_(name) {
-        if (const char* old = std::getenv(name)) old_ = old;
-        setenv(name, value, 1);
-    }
-    ~ScopedEnv() {
-        if (old_)
-            setenv(name_, old_->c_str(), 1);
-        else
-            unsetenv(name_);
-    }
-
-private:
-    const char* name_;
-    std::optional<std::string> old_;
-};
 
 // What constructing a CudaOps throws ("" when it does not).
 std::string construction_error() {
