@@ -2,6 +2,9 @@
 // against the arithmetic written out, and the gradient bytes the backward
 // cannot hide against the parameters' names, and moe-bench's refusals.
 #include "tools/ep_estimate.h"
+
+#include <vector>
+
 #include "engine/model/model.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "tests/catch.h"
@@ -37,11 +40,61 @@ TEST_CASE("a token's all-to-all bytes are 4 exchanges a layer of a bf16 row per 
     // Two groups of 4 kept of 4, on 8 ranks of one expert: 2 ranks again.
     grouped.moe.group_limit = 2;
     REQUIRE(ranks_per_token(grouped, 8) == 2.0);
+    // Four groups of 2 kept of 4 on 2 ranks of 2 groups each: both groups on
+    // one rank with chance 2 * (2/4 * 1/3), then the 2 experts spread over
+    // the 4 of two groups.
+    grouped.moe.group_limit = 2;
+    REQUIRE(ranks_per_token(grouped, 2) ==
+            Approx(2.0 / 6 * 1 + 4.0 / 6 * (2 - 2 * (2.0 / 4 * 1.0 / 3))));
     // Top-1 with the token_id router: one row, no weight gradient.
     ModelConfig top1 = medium();
     top1.moe.top_k = 1;
     top1.moe.router = RouterKind::token_id;
     REQUIRE(all_to_all_bytes_per_token(top1, 8) == 4.0 * 12 * 1 * 1024 * 2 + 12.0 * (4 + 4));
+}
+
+namespace {
+
+// The ranks a token reaches, averaged over every choice of its groups and then
+// of its experts among theirs, by enumeration.
+double ranks_by_enumeration(int E, int G, int M, int k, int ep) {
+    const int per_group = E / G, per_rank = E / ep;
+    double total = 0, choices = 0;
+    for (unsigned groups = 0; groups < 1u << G; ++groups) {
+        if (__builtin_popcount(groups) != M) continue;
+        std::vector<int> pool;
+        for (int e = 0; e < E; ++e)
+            if (groups >> (e / per_group) & 1) pool.push_back(e);
+        for (unsigned pick = 0; pick < 1u << pool.size(); ++pick) {
+            if (__builtin_popcount(pick) != k) continue;
+            unsigned ranks = 0;
+            for (size_t i = 0; i < pool.size(); ++i)
+                if (pick >> i & 1) ranks |= 1u << (pool[i] / per_rank);
+            total += __builtin_popcount(ranks);
+            choices += 1;
+        }
+    }
+    return total / choices;
+}
+
+}  // namespace
+
+TEST_CASE("the ranks a token reaches match an enumeration of its choices", "[unit]") {
+    struct Layout {
+        int E, G, M, k, ep;
+    };
+    // Ranks of several groups, groups of several ranks, groups across rank
+    // boundaries, and no groups.
+    for (const Layout& l : {Layout{8, 8, 4, 2, 4}, Layout{16, 4, 2, 4, 8}, Layout{24, 6, 2, 3, 8},
+                            Layout{12, 4, 3, 2, 3}, Layout{16, 1, 1, 3, 4}, Layout{8, 4, 4, 2, 2}}) {
+        ModelConfig m = medium();
+        m.moe.num_experts = l.E;
+        m.moe.groups = l.G;
+        m.moe.group_limit = l.G > 1 ? l.M : 0;
+        m.moe.top_k = l.k;
+        INFO("E " << l.E << " G " << l.G << " M " << l.M << " k " << l.k << " ep " << l.ep);
+        REQUIRE(ranks_per_token(m, l.ep) == Approx(ranks_by_enumeration(l.E, l.G, l.M, l.k, l.ep)).epsilon(1e-12));
+    }
 }
 
 TEST_CASE("the ep step: experts scaled by the load, optimizer by the local parameters, links added", "[unit]") {

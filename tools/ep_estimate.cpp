@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace moe {
 
@@ -20,13 +21,34 @@ size_t tail_reduce_bytes(const Model& model) {
 }
 
 double ranks_per_token(const ModelConfig& m, int ep) {
-    const int G = std::max(1, m.moe.groups), M = G > 1 ? m.moe.group_limit : 1, k = m.moe.top_k;
-    const double pool = double(M) * m.moe.num_experts / G;  // the experts a token may take
-    const double ranks = ep % G == 0 ? double(M) * ep / G : double(std::min(M, ep));  // that they span
-    const double per_rank = pool / ranks;
-    double missed = 1;  // the chance that one of those ranks gets none of the k
-    for (int i = 0; i < k && missed > 0; ++i) missed *= std::max(0.0, (pool - per_rank - i) / (pool - i));
-    return ranks * (1 - missed);
+    const int E = m.moe.num_experts, G = std::max(1, m.moe.groups), M = G > 1 ? m.moe.group_limit : 1;
+    const int k = m.moe.top_k, per_group = E / G, per_rank = E / ep;
+    const double pool = double(M) * per_group;  // the experts a token may take
+    // The chance that none of the k lands on c given experts of the pool.
+    const auto missed = [&](int c) {
+        double p = 1;
+        for (int i = 0; i < k && p > 0; ++i) p *= std::max(0.0, (pool - c - i) / (pool - i));
+        return p;
+    };
+    double ranks = 0;
+    for (int r = 0; r < ep; ++r) {
+        // ways[n][c]: the sets of n of the groups so far that hold c of rank r's experts.
+        std::vector<std::vector<double>> ways(size_t(M) + 1, std::vector<double>(size_t(per_rank) + 1, 0.0));
+        ways[0][0] = 1;
+        for (int g = 0; g < G; ++g) {
+            const int overlap = std::max(0, std::min((g + 1) * per_group, (r + 1) * per_rank) -
+                                                std::max(g * per_group, r * per_rank));
+            for (int n = std::min(g + 1, M); n >= 1; --n)
+                for (int c = per_rank; c >= overlap; --c) ways[size_t(n)][size_t(c)] += ways[size_t(n - 1)][size_t(c - overlap)];
+        }
+        double sets = 0, reached = 0;
+        for (int c = 0; c <= per_rank; ++c) {
+            sets += ways[size_t(M)][size_t(c)];
+            reached += ways[size_t(M)][size_t(c)] * (1 - missed(c));
+        }
+        ranks += reached / sets;
+    }
+    return ranks;
 }
 
 double all_to_all_bytes_per_token(const ModelConfig& m, int ep) {

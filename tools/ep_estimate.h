@@ -41,10 +41,10 @@ struct EpStepEstimate {
     double step_s, experts_s, all_to_all_s, all_reduce_s, optimizer_s;
 };
 
-// The ranks of ep that hold at least one of a token's top_k experts, in
-// expectation, the experts chosen uniformly among those the token may take:
-// all, or those of its group_limit groups, taken to lie on distinct ranks
-// where they can (so an upper bound when a rank holds several groups).
+// The ranks of ep (dividing the experts) that hold at least one of a
+// token's top_k experts, in expectation under uniform routing: its
+// group_limit groups (where there are groups) uniformly among all, then its
+// experts uniformly among theirs; ranks hold contiguous experts, as groups do.
 double ranks_per_token(const ModelConfig& m, int ep);
 // Bytes one token moves in a step's all-to-alls over ep ranks, to every rank
 // itself included: the dispatcher sends a token once to each rank holding
