@@ -39,7 +39,8 @@ double ranks_per_token(const ModelConfig& m, int ep) {
             const int overlap = std::max(0, std::min((g + 1) * per_group, (r + 1) * per_rank) -
                                                 std::max(g * per_group, r * per_rank));
             for (int n = std::min(g + 1, M); n >= 1; --n)
-                for (int c = per_rank; c >= overlap; --c) ways[size_t(n)][size_t(c)] += ways[size_t(n - 1)][size_t(c - overlap)];
+                for (int c = per_rank; c >= overlap; --c)
+                    ways[size_t(n)][size_t(c)] += ways[size_t(n - 1)][size_t(c - overlap)];
         }
         double sets = 0, reached = 0;
         for (int c = 0; c <= per_rank; ++c) {

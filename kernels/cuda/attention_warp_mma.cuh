@@ -17,7 +17,9 @@ struct WarpMma {
     // bf16 elements a tile of kRows rows of HD columns takes, and where its
     // element (r, c) is: rows one after another, padded.
     template <int HD, int kRows> static constexpr int tile_elements() { return kRows * (HD + kPad); }
-    template <int HD, int kRows> __device__ __forceinline__ static constexpr int offset(int r, int c) { return r * (HD + kPad) + c; }
+    template <int HD, int kRows> __device__ __forceinline__ static constexpr int offset(int r, int c) {
+        return r * (HD + kPad) + c;
+    }
 
     // Tiles copied with cp.async are read by ldmatrix after the block's
     // barrier: nothing more to order.
@@ -48,7 +50,8 @@ struct WarpMma {
     // acc (16 x N) += A_k B_k^T over the 16 columns k..k+15: af is A's
     // fragment there, B is the N-row shared tile `b` of HD columns.
     template <int HD, int N>
-    __device__ __forceinline__ static void mma_abt_k(float (&acc)[N / 8][4], const uint32_t (&af)[4], const bf16* b, int k) {
+    __device__ __forceinline__ static void mma_abt_k(float (&acc)[N / 8][4], const uint32_t (&af)[4], const bf16* b,
+                                                     int k) {
         static_assert(N % 16 == 0, "whole 16x16 fragments");
         const int lane = threadIdx.x & 31;
 #pragma unroll

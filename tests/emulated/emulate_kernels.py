@@ -71,14 +71,16 @@ def main():
 
     path = 'kernels/cuda/wgmma.cuh'
     s = read(path)
-    s, n = re.subn(r'#if defined\(__CUDA_ARCH_FEAT_SM90_ALL\)\n#define MOE_WGMMA_ASM\(\.\.\.\) asm volatile\(__VA_ARGS__\)\n'
+    s, n = re.subn(r'#if defined\(__CUDA_ARCH_FEAT_SM90_ALL\)\n'
+                   r'#define MOE_WGMMA_ASM\(\.\.\.\) asm volatile\(__VA_ARGS__\)\n'
                    r'#else\n#define MOE_WGMMA_ASM\(\.\.\.\) __trap\(\)\n#endif',
                    '#define MOE_WGMMA_ASM(...) ((void)0)', s)
     if n != 1:
         sys.exit(f"emulate_kernels.py: {path}: MOE_WGMMA_ASM's definition changed; update tests/emulated")
     s = re.sub(r'asm volatile\("" : "\+[fr]"\([^)]*\)::"memory"\);', '(void)0;', s)  # pin: nothing to do here
     for sig, body in [(r'void wait\(\) ', f'{e}wgmma_wait();'),
-                      (r'void mma_ss\(float \(&d\)\[N / 8\]\[4\], uint64_t a, uint64_t b\) ', f'{e}wgmma_ss<N>(d, a, b);'),
+                      (r'void mma_ss\(float \(&d\)\[N / 8\]\[4\], uint64_t a, uint64_t b\) ',
+                       f'{e}wgmma_ss<N>(d, a, b);'),
                       (r'void mma_rs\(float \(&d\)\[N / 8\]\[4\], const uint32_t \(&a\)\[4\], uint64_t b\) ',
                        f'{e}wgmma_rs<N>(d, a, b, true);')]:
         s = replace_body(s, sig, body, path)
