@@ -26,7 +26,7 @@
 
 namespace moe::emulated {
 
-constexpr int kMaxThreads = 256;
+constexpr int kMaxThreads = 1024;  // a block of CUDA's largest size
 
 // Operands a thread offers to its warp or warpgroup.
 inline uint64_t slots[kMaxThreads][8];
