@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
-"""Writes the attention kernels' sources for emulated blocks.
+"""Writes the CUDA backend's sources for emulated blocks.
 
 usage: emulate_kernels.py SOURCE_ROOT OUT_DIR
 
-Copies kernels/cuda's attention files into OUT_DIR with the body of each
-inline-PTX wrapper replaced by a call to its model in emulated_ptx.h, and
-attention.cu's kernels (without the host side, which launches on a GPU) as
-kernels/cuda/attention_kernels.inc. Everything else is the tree's code as it
-is. A wrapper this script does not know, or one it no longer finds, stops it
-with the name: update the models and this list together.
+Into OUT_DIR/kernels/cuda:
+- the attention headers with the body of each inline-PTX wrapper replaced by
+  a call to its model in emulated_ptx.h, and attention.cu's kernels alone
+  (no host side) as attention_kernels.inc;
+- every kernels/cuda/NAME.cu as NAME.cpp, plain C++: each launch
+  `kernel<<<grid, block, shared, stream>>>(args);` becomes
+  emulated::launch_kernel(...), `__shared__` variables are the block's (a
+  static: blocks run one at a time), dynamic shared memory is the emulated
+  block's, cub comes from emulated_cuda.h, and CudaOps::gemm calls
+  emulated::gemm instead of cuBLASLt.
+Everything else is the tree's code as it is. A wrapper or form this script
+does not know, or one it no longer finds, stops it with the name: update
+tests/emulated and this script together.
 """
 import os
 import re
@@ -88,15 +95,72 @@ def main():
 
     path = 'kernels/cuda/attention.cu'
     s = read(path)
-    shared = 'extern __shared__ __align__(16) unsigned char smem[];'
     host = '// ---- host side'
-    if shared not in s or host not in s:
-        sys.exit(f"emulate_kernels.py: {path}: its shared memory or its host side moved; update tests/emulated")
-    s = s.replace(shared, f'unsigned char* smem = {e}block.shared;')
-    s = s[:s.index(host)] + '}  // namespace\n}  // namespace moe\n'
-    no_ptx_left(s, path)
+    if host not in s:
+        sys.exit(f"emulate_kernels.py: {path}: its host side moved; update tests/emulated")
+    kernels = plain_cpp(s[:s.index(host)], path) + '}  // namespace\n}  // namespace moe\n'
     with open(os.path.join(out, 'kernels/cuda/attention_kernels.inc'), 'w') as f:
-        f.write(s)
+        f.write(kernels)
+
+    for name in sorted(os.listdir(os.path.join(root, 'kernels/cuda'))):
+        if not name.endswith('.cu'):
+            continue
+        path = 'kernels/cuda/' + name
+        s = plain_cpp(read(path), path)
+        if name == 'matmul.cu':
+            s = replace_body(s, r'void CudaOps::gemm\(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, '
+                                r'const void\* a, DType a_type,\s*int64_t lda, const void\* b, DType b_type, '
+                                r'int64_t ldb, void\* out, DType out_type, int64_t ldc,\s*float beta, '
+                                r'const void\* bias, GemmVaries varies, int lane\) ',
+                             f'{e}gemm(trans_a, trans_b, m, n, k, a, a_type, lda, b, b_type, ldb, out, out_type, '
+                             'ldc, beta, bias);', path)
+        write(path[:-3] + '.cpp', '#include "tests/emulated/emulated_cuda.h"\n' + s)
+
+
+def split_top_level(text):
+    """Splits at the commas outside brackets."""
+    parts, depth, current = [], 0, ''
+    for ch in text:
+        depth += (ch in '([{<') - (ch in ')]}>')
+        if ch == ',' and depth == 0:
+            parts.append(current.strip())
+            current = ''
+        else:
+            current += ch
+    return parts + [current.strip()]
+
+
+def plain_cpp(s, where):
+    """A .cu's source as C++ for emulated blocks (see the module's text)."""
+    e = '::moe::emulated::'
+    s = re.sub(r'extern __shared__ (__align__\(\d+\) )?([\w ]+?) (\w+)\[\];',
+               lambda m: f'{m.group(2)}* {m.group(3)} = reinterpret_cast<{m.group(2)}*>({e}block.shared);', s)
+    if 'extern __shared__' in s:
+        sys.exit(f"emulate_kernels.py: {where}: a form of extern __shared__ it does not know; update tests/emulated")
+    s = re.sub(r'\b__shared__ ', 'static ', s)
+    s = s.replace('#include <cub/cub.cuh>\n', '')
+    out = ''
+    while (start := s.find('<<<')) >= 0:
+        line = s.rfind('\n', 0, start) + 1
+        kernel = s[line:start]
+        indent = kernel[:len(kernel) - len(kernel.lstrip())]
+        config_end = s.index('>>>', start)
+        config = split_top_level(s[start + 3:config_end])
+        if not 2 <= len(config) <= 4:
+            sys.exit(f"emulate_kernels.py: {where}: a launch it cannot read: {s[line:config_end + 3]}")
+        open_paren = s.index('(', config_end)
+        depth = 0
+        for close in range(open_paren, len(s)):
+            depth += (s[close] == '(') - (s[close] == ')')
+            if depth == 0:
+                break
+        shared = config[2] if len(config) > 2 else '0'
+        out += (s[:line] + f'{indent}{e}launch_kernel(dim3({config[0]}), dim3({config[1]}), size_t({shared}), '
+                f'[&] {{ {kernel.strip()}({s[open_paren + 1:close]}); }});')
+        s = s[s.index(';', close) + 1:]
+    s = out + s
+    no_ptx_left(s, where)
+    return s
 
 
 if __name__ == '__main__':

@@ -100,17 +100,29 @@ void check_step_against_cpu(const ModelConfig& mc) {
     INFO("loss gpu " << g.loss << " cpu " << c.loss << ", aux gpu " << g.aux << " cpu " << c.aux);
     REQUIRE(std::fabs(g.loss - c.loss) <= 2e-3 * std::fabs(c.loss));
     REQUIRE(std::fabs(g.aux - c.aux) <= 1e-2 * std::fabs(c.aux) + 1e-6);
-    int layers_routed_differently = 0;
-    for (size_t l = 0; l < c.routed.size(); ++l) layers_routed_differently += g.routed[l] != c.routed[l];
-    CHECK(layers_routed_differently <= 1);  // a near-tie is rare; more is a routing bug
+    // A near-tie in a router's scores may send a token elsewhere on the GPU:
+    // rare (more than one layer is a routing bug), and it changes the
+    // gradient of everything the token's path reaches below, so the
+    // parameters of that layer and under it are not compared then.
+    int layers_routed_differently = 0, top_flip = -1;
+    for (size_t l = 0; l < c.routed.size(); ++l)
+        if (g.routed[l] != c.routed[l]) {
+            ++layers_routed_differently;
+            top_flip = int(l);
+        }
+    CHECK(layers_routed_differently <= 1);
     size_t i = 0;
     for (const Param& p : cpu_model.params().all()) {
         const double err = relative_l2(g.grads[i], c.grads[i]);
         INFO(p.name << ": relative L2 error " << err);
-        const bool moe = p.name.find(".moe.") != std::string::npos;
-        const size_t layer = moe ? size_t(std::stoi(p.name.substr(7))) : 0;
-        if (moe && g.routed[layer] != c.routed[layer])
-            WARN(p.name << ": layer " << layer << " routed differently on the GPU (a near-tie); error " << err);
+        // layers.{l}.* is layer l's; the embedding and shared dynamics are under every layer.
+        const bool in_layer = p.name.rfind("layers.", 0) == 0;
+        const bool below = p.name.rfind("embed.", 0) == 0 || p.name.rfind("dynamics.", 0) == 0;
+        const bool under_flip =
+            top_flip >= 0 && (below || (in_layer && std::stoi(p.name.substr(7)) <= top_flip));
+        if (under_flip)
+            WARN(p.name << ": at or under layer " << top_flip
+                        << ", which routed differently on the GPU (a near-tie); error " << err);
         else
             CHECK(err <= 5e-2);
         ++i;
@@ -173,6 +185,7 @@ TEST_CASE("200 steps of the demo model train on the GPU along the CPU's loss cur
     const std::string data = make_data("gpu_curve");
     c.data.train = data + "/train_*.bin";
     c.data.val = "";
+    c.data.tokenizer = "none";  // ids of a pattern, not text (as train_fixture.h's small_config)
     c.train.steps = 200;
     c.train.seq_len = 64;
     c.train.micro_batch_size = 4;
