@@ -5,8 +5,7 @@ usage: emulate_kernels.py SOURCE_ROOT OUT_DIR
 
 Into OUT_DIR/kernels/cuda:
 - the attention headers with the body of each inline-PTX wrapper replaced by
-  a call to its model in emulated_ptx.h, and attention.cu's kernels alone
-  (no host side) as attention_kernels.inc;
+  a call to its model in emulated_ptx.h;
 - every kernels/cuda/NAME.cu as NAME.cpp, plain C++: each launch
   `kernel<<<grid, block, shared, stream>>>(args);` becomes
   emulated::launch_kernel(...), `__shared__` variables are the block's (a
@@ -92,15 +91,6 @@ def main():
                        f'{e}wgmma_rs<N>(d, a, b, true);')]:
         s = replace_body(s, sig, body, path)
     write(path, s)
-
-    path = 'kernels/cuda/attention.cu'
-    s = read(path)
-    host = '// ---- host side'
-    if host not in s:
-        sys.exit(f"emulate_kernels.py: {path}: its host side moved; update tests/emulated")
-    kernels = plain_cpp(s[:s.index(host)], path) + '}  // namespace\n}  // namespace moe\n'
-    with open(os.path.join(out, 'kernels/cuda/attention_kernels.inc'), 'w') as f:
-        f.write(kernels)
 
     for name in sorted(os.listdir(os.path.join(root, 'kernels/cuda'))):
         if not name.endswith('.cu'):

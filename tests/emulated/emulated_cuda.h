@@ -29,36 +29,16 @@ template <class F> void launch_kernel(dim3 grid, dim3 threads, size_t shared_byt
     launch(grid, int(threads.x), shared_bytes, std::function<void()>(kernel));
 }
 
-// A barrier of the lanes in `mask` (each of them calls it).
-inline void syncwarp(unsigned mask = 0xffffffffu) { barrier(1 + warp(), __builtin_popcount(mask)); }
-
-template <class T> T exchange(unsigned mask, T x, int from_lane, bool keep) {
-    static_assert(sizeof(T) <= sizeof(uint64_t), "one slot");
-    std::memcpy(slots[threadIdx.x], &x, sizeof x);
-    syncwarp(mask);
-    T v = x;
-    if (!keep) std::memcpy(&v, slots[warp() * 32 + (from_lane & 31)], sizeof v);
-    syncwarp(mask);
-    return v;
-}
 inline unsigned ballot(unsigned mask, bool p) {
-    slots[threadIdx.x][0] = p;
-    syncwarp(mask);
+    const std::array<uint64_t, 32> all = offers(mask, uint64_t(p));
     unsigned r = 0;
-    for (int l = 0; l < 32; ++l)
-        if ((mask >> l & 1) && slots[warp() * 32 + l][0]) r |= 1u << l;
-    syncwarp(mask);
+    for (int l = 0; l < 32; ++l) r |= unsigned(all[size_t(l)] != 0) << l;
     return r;
 }
 template <class T> unsigned match_any(unsigned mask, T x) {
-    uint64_t v = 0;
-    std::memcpy(&v, &x, sizeof x);
-    slots[threadIdx.x][0] = v;
-    syncwarp(mask);
+    const std::array<uint64_t, 32> all = offers(mask, x);
     unsigned r = 0;
-    for (int l = 0; l < 32; ++l)
-        if ((mask >> l & 1) && slots[warp() * 32 + l][0] == v) r |= 1u << l;
-    syncwarp(mask);
+    for (int l = 0; l < 32; ++l) r |= unsigned((mask >> l & 1) && all[size_t(l)] == all[size_t(lane())]) << l;
     return r;
 }
 
@@ -115,9 +95,10 @@ struct DeviceRadixSort {
 }  // namespace cub
 
 #define __syncwarp(...) ::moe::emulated::syncwarp(__VA_ARGS__)
-#define __shfl_sync(mask, x, src) ::moe::emulated::exchange(mask, x, src, false)
-#define __shfl_up_sync(mask, x, d) \
-    ::moe::emulated::exchange(mask, x, ::moe::emulated::lane() - (d), ::moe::emulated::lane() < (d))
+#define __shfl_sync(mask, x, src) ::moe::emulated::shfl(mask, x, src)
+#define __shfl_up_sync(mask, x, d)                                                                  \
+    ::moe::emulated::shfl(mask, x, ::moe::emulated::lane() >= (d) ? ::moe::emulated::lane() - (d) \
+                                                                  : ::moe::emulated::lane())
 #define __ballot_sync(mask, p) ::moe::emulated::ballot(mask, p)
 #define __match_any_sync(mask, x) ::moe::emulated::match_any(mask, x)
 #define __popc(x) __builtin_popcount(x)

@@ -16,6 +16,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -81,14 +82,28 @@ inline void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
     std::copy(d, d + 4, c);
 }
 
-template <class T> T shfl_xor(T x, int mask) {
+// A barrier of the lanes in `mask` (each of them calls it).
+inline void syncwarp(unsigned mask = 0xffffffffu) { barrier(1 + warp(), __builtin_popcount(mask)); }
+
+// Each lane of `mask` offers x; every lane's offer, bit for bit (lanes
+// outside the mask: 0). The warp collectives are this and a choice.
+template <class T> std::array<uint64_t, 32> offers(unsigned mask, T x) {
     static_assert(sizeof(T) <= sizeof(uint64_t), "one slot");
+    slots[threadIdx.x][0] = 0;
     std::memcpy(slots[threadIdx.x], &x, sizeof x);
-    warp_barrier();
-    T v;
-    std::memcpy(&v, slots[warp() * 32 + (lane() ^ mask)], sizeof v);
-    warp_barrier();
-    return v;
+    syncwarp(mask);
+    std::array<uint64_t, 32> all{};
+    for (int l = 0; l < 32; ++l)
+        if (mask >> l & 1) all[size_t(l)] = slots[warp() * 32 + l][0];
+    syncwarp(mask);
+    return all;
+}
+// x of lane `from` (shfl.sync idx, bfly, up: the caller names the lane).
+template <class T> T shfl(unsigned mask, T x, int from) {
+    const uint64_t v = offers(mask, x)[size_t(from & 31)];
+    T out;
+    std::memcpy(&out, &v, sizeof out);
+    return out;
 }
 
 // ---- wgmma ----------------------------------------------------------------
@@ -166,7 +181,7 @@ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b_descripto
 
 }  // namespace moe::emulated
 
-#define __shfl_xor_sync(mask, x, lane_mask) ::moe::emulated::shfl_xor(x, lane_mask)
+#define __shfl_xor_sync(mask, x, lane_mask) ::moe::emulated::shfl(mask, x, ::moe::emulated::lane() ^ (lane_mask))
 using std::max;  // device code's min and max
 using std::min;
 #ifndef __launch_bounds__
