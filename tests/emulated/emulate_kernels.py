@@ -8,7 +8,9 @@ Into OUT_DIR/kernels/cuda:
   a call to its model in emulated_ptx.h;
 - every kernels/cuda/NAME.cu as NAME.cpp, plain C++: each launch
   `kernel<<<grid, block, shared, stream>>>(args);` becomes
-  emulated::launch_kernel(...), `__shared__` variables are the block's (a
+  emulated::launch_kernel(grid, block, shared, stream, kernel's address, call,
+  args) (with null for the address where a template's arguments come from the
+  call's), `__shared__` variables are the block's (a
   static: blocks run one at a time), dynamic shared memory is the emulated
   block's, cub comes from emulated_cuda.h, and CudaOps::gemm calls
   emulated::gemm instead of cuBLASLt.
@@ -102,7 +104,7 @@ def main():
                                 r'const void\* a, DType a_type,\s*int64_t lda, const void\* b, DType b_type, '
                                 r'int64_t ldb, void\* out, DType out_type, int64_t ldc,\s*float beta, '
                                 r'const void\* bias, GemmVaries varies, int lane\) ',
-                             f'{e}gemm(trans_a, trans_b, m, n, k, a, a_type, lda, b, b_type, ldb, out, out_type, '
+                             f'{e}gemm(lane == kMainLane ? stream_ : lanes_[lane], trans_a, trans_b, m, n, k, a, a_type, lda, b, b_type, ldb, out, out_type, '
                              'ldc, beta, bias);', path)
         write(path[:-3] + '.cpp', '#include "tests/emulated/emulated_cuda.h"\n' + s)
 
@@ -129,6 +131,8 @@ def plain_cpp(s, where):
         sys.exit(f"emulate_kernels.py: {where}: a form of extern __shared__ it does not know; update tests/emulated")
     s = re.sub(r'\b__shared__ ', 'static ', s)
     s = s.replace('#include <cub/cub.cuh>\n', '')
+    # Kernel templates, whose arguments a launch may leave to the call's types.
+    templates = set(re.findall(r'template\s*<[^;{]*?>\s*__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)', s))
     out = ''
     while (start := s.find('<<<')) >= 0:
         line = s.rfind('\n', 0, start) + 1
@@ -136,17 +140,21 @@ def plain_cpp(s, where):
         indent = kernel[:len(kernel) - len(kernel.lstrip())]
         config_end = s.index('>>>', start)
         config = split_top_level(s[start + 3:config_end])
-        if not 2 <= len(config) <= 4:
-            sys.exit(f"emulate_kernels.py: {where}: a launch it cannot read: {s[line:config_end + 3]}")
+        if len(config) != 4:
+            sys.exit(f"emulate_kernels.py: {where}: a launch without all of grid, block, "
+                     f"shared bytes and stream: {s[line:config_end + 3]}")
         open_paren = s.index('(', config_end)
         depth = 0
         for close in range(open_paren, len(s)):
             depth += (s[close] == '(') - (s[close] == ')')
             if depth == 0:
                 break
-        shared = config[2] if len(config) > 2 else '0'
-        out += (s[:line] + f'{indent}{e}launch_kernel(dim3({config[0]}), dim3({config[1]}), size_t({shared}), '
-                f'[&] {{ {kernel.strip()}({s[open_paren + 1:close]}); }});')
+        args = s[open_paren + 1:close].strip()
+        name = kernel.strip()
+        address = 'nullptr' if name in templates else f'reinterpret_cast<const void*>(+{name})'
+        out += (s[:line] + f'{indent}{e}launch_kernel(dim3({config[0]}), dim3({config[1]}), size_t({config[2]}), '
+                f'cudaStream_t({config[3]}), {address}, [=](auto... a) {{ {name}(a...); }}'
+                f'{", " if args else ""}{args});')
         s = s[s.index(';', close) + 1:]
     s = out + s
     no_ptx_left(s, where)

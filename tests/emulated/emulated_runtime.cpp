@@ -2,8 +2,8 @@
 // process whose kernels run on emulated blocks: one emulated GPU (an H100's
 // compute capability, so the wgmma kernels run too), device memory in host
 // memory (filled with 0x7f bytes, as no real allocation is zeroed either),
-// every copy and every kernel done when called (streams and events only
-// order what is already ordered), and cuBLASLt's GEMM a loop in fp32.
+// copies, fills and kernels queued on their streams and done as late as
+// CUDA allows (emulated_streams.h), and cuBLASLt's GEMM a loop in fp32.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
@@ -11,8 +11,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <vector>
 
 #include "tests/emulated/emulated_cuda.h"
+#include "tests/emulated/emulated_streams.h"
 
 namespace moe::emulated {
 
@@ -23,9 +27,10 @@ float element(const void* p, DType t, int64_t i) {
 }
 }  // namespace
 
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type, int64_t lda,
-          const void* b, DType b_type, int64_t ldb, void* out, DType out_type, int64_t ldc, float beta,
-          const void* bias) {
+namespace {
+void gemm_now(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type, int64_t lda,
+              const void* b, DType b_type, int64_t ldb, void* out, DType out_type, int64_t ldc, float beta,
+              const void* bias) {
     for (int64_t j = 0; j < n; ++j)
         for (int64_t i = 0; i < m; ++i) {
             float acc = 0;
@@ -41,12 +46,26 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const voi
                 static_cast<float*>(out)[o] = acc;
         }
 }
+}  // namespace
+
+void gemm(cudaStream_t s, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type,
+          int64_t lda, const void* b, DType b_type, int64_t ldb, void* out, DType out_type, int64_t ldc, float beta,
+          const void* bias) {
+    enqueue(s, [=] { gemm_now(trans_a, trans_b, m, n, k, a, a_type, lda, b, b_type, ldb, out, out_type, ldc, beta, bias); });
+}
 
 }  // namespace moe::emulated
 
 namespace {
 int handles;  // what opaque handles point at
+std::map<const char*, size_t> pinned;  // cudaMallocHost's blocks
+
+bool is_pinned(const void* p) {
+    const char* c = static_cast<const char*>(p);
+    auto it = pinned.upper_bound(c);
+    return it != pinned.begin() && c < (--it)->first + it->second;
 }
+}  // namespace
 
 extern "C" {
 
@@ -56,42 +75,52 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
     std::memset(*p, 0x7f, bytes);
     return cudaSuccess;
 }
+// Frees wait for the whole device, as CUDA's do.
 cudaError_t cudaFree(void* p) {
+    moe::emulated::finish_all();
     std::free(p);
     return cudaSuccess;
 }
-cudaError_t cudaMallocHost(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
-cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
-    std::memmove(dst, src, bytes);
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+    const cudaError_t e = cudaMalloc(p, bytes);
+    if (e == cudaSuccess) pinned[static_cast<const char*>(*p)] = bytes;
+    return e;
+}
+cudaError_t cudaFreeHost(void* p) {
+    moe::emulated::finish_all();
+    pinned.erase(static_cast<const char*>(p));
+    std::free(p);
     return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
-    return cudaMemcpy(dst, src, bytes, kind);
-}
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
-    std::memset(p, value, bytes);
+// A copy from pageable host memory takes its bytes at the call; one to
+// pageable host memory is done when the call returns; the rest are queued.
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
+    if (kind == cudaMemcpyHostToDevice && !is_pinned(src)) {
+        auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
+                                                          static_cast<const char*>(src) + bytes);
+        moe::emulated::enqueue(s, [=] { std::memcpy(dst, staged->data(), bytes); });
+    } else {
+        moe::emulated::enqueue(s, [=] { std::memmove(dst, src, bytes); });
+    }
+    if (kind == cudaMemcpyDeviceToHost && !is_pinned(dst)) moe::emulated::finish_stream(s);
     return cudaSuccess;
 }
-cudaError_t cudaMemset2DAsync(void* p, size_t pitch, int value, size_t width, size_t height, cudaStream_t) {
-    for (size_t r = 0; r < height; ++r) std::memset(static_cast<char*>(p) + r * pitch, value, width);
+// On the legacy default stream, and done when it returns.
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
+    moe::emulated::finish_stream(nullptr);
     return cudaSuccess;
 }
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
-    *s = reinterpret_cast<cudaStream_t>(&handles);
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
+    moe::emulated::enqueue(s, [=] { std::memset(p, value, bytes); });
     return cudaSuccess;
 }
-cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
-    *e = reinterpret_cast<cudaEvent_t>(&handles);
+cudaError_t cudaMemset2DAsync(void* p, size_t pitch, int value, size_t width, size_t height, cudaStream_t s) {
+    moe::emulated::enqueue(s, [=] {
+        for (size_t r = 0; r < height; ++r) std::memset(static_cast<char*>(p) + r * pitch, value, width);
+    });
     return cudaSuccess;
 }
-cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
 cudaError_t cudaGetLastError() { return cudaSuccess; }
 const char* cudaGetErrorString(cudaError_t) { return "an emulated CUDA error"; }
 const char* cudaGetErrorName(cudaError_t) { return "cudaErrorEmulated"; }
@@ -115,7 +144,11 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
     *free_bytes = size_t(70) << 30;
     return cudaSuccess;
 }
-cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) { return cudaSuccess; }
+cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attribute, int value) {
+    if (attribute == cudaFuncAttributeMaxDynamicSharedMemorySize)
+        moe::emulated::dynamic_shared_limit[kernel] = value;
+    return cudaSuccess;
+}
 cudaError_t cudaDeviceGetPCIBusId(char* id, int length, int) {
     std::snprintf(id, size_t(length), "0000:00:00.0");
     return cudaSuccess;

@@ -15,13 +15,15 @@ TEST_CASE("copy_from_host's source is free once it returns, through its staging 
     std::vector<int64_t> sizes;
     for (int i = 0; i < 30; ++i) sizes.push_back(i % 3 == 0 ? (1 << 20) + 7 * i : 1000 + 37 * i);
     sizes.push_back(5 << 20);
+    // The destinations first: an allocation waits for the GPU, which would
+    // let every copy finish before the next.
     std::vector<Tensor> dsts;
+    for (int64_t size : sizes) dsts.push_back(b.zeros(DType::I32, {size}));
     std::vector<int32_t> src;
     for (size_t i = 0; i < sizes.size(); ++i) {
-        dsts.push_back(b.zeros(DType::I32, {sizes[i]}));
         src.assign(size_t(sizes[i]), int32_t(i));
         for (int64_t j = 0; j < sizes[i]; j += 4099) src[size_t(j)] = int32_t(j);
-        b.gpu.copy_from_host(dsts.back(), src.data());
+        b.gpu.copy_from_host(dsts[i], src.data());
         std::fill(src.begin(), src.end(), -1);
     }
     for (size_t i = 0; i < sizes.size(); ++i) {
