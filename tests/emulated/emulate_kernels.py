@@ -12,8 +12,8 @@ Into OUT_DIR/kernels/cuda:
   args) (with null for the address where a template's arguments come from the
   call's), `__shared__` variables are the block's (a
   static: blocks run one at a time), dynamic shared memory is the emulated
-  block's, cub comes from emulated_cuda.h, and CudaOps::gemm calls
-  emulated::gemm instead of cuBLASLt.
+  block's, and cub comes from emulated_cuda.h (cuBLASLt from
+  emulated_cublaslt.cpp).
 Everything else is the tree's code as it is. A wrapper or form this script
 does not know, or one it no longer finds, stops it with the name: update
 tests/emulated and this script together.
@@ -99,13 +99,6 @@ def main():
             continue
         path = 'kernels/cuda/' + name
         s = plain_cpp(read(path), path)
-        if name == 'matmul.cu':
-            s = replace_body(s, r'void CudaOps::gemm\(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, '
-                                r'const void\* a, DType a_type,\s*int64_t lda, const void\* b, DType b_type, '
-                                r'int64_t ldb, void\* out, DType out_type, int64_t ldc,\s*float beta, '
-                                r'const void\* bias, GemmVaries varies, int lane\) ',
-                             f'{e}gemm(lane == kMainLane ? stream_ : lanes_[lane], trans_a, trans_b, m, n, k, a, a_type, lda, b, b_type, ldb, out, out_type, '
-                             'ldc, beta, bias);', path)
         write(path[:-3] + '.cpp', '#include "tests/emulated/emulated_cuda.h"\n' + s)
 
 

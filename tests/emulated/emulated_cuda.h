@@ -1,10 +1,10 @@
 // The rest of what CUDA kernels and their host code use, for emulated blocks:
 // kernel launches (emulate_kernels.py turns each `<<<...>>>` into
 // launch_kernel: checked against the GPU's limits at the call, queued on
-// their stream with their arguments as they were then), the warp intrinsics beyond emulated_ptx.h's (masked
-// barriers, shuffles, ballot, match), atomics (threads take turns, so a
-// plain update is atomic), cub's radix sort (stable, as cub's is), and the
-// GEMM that stands in for cuBLASLt (emulated_runtime.cpp).
+// their stream with their arguments as they were then), the warp
+// intrinsics beyond emulated_ptx.h's (masked barriers, shuffles, ballot,
+// match), atomics (threads take turns, so a plain update is atomic), and
+// cub's radix sort (stable, as cub's is; queued on its stream).
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -21,7 +21,6 @@
 #include <stdexcept>
 #include <vector>
 
-#include "kernels/tensor.h"
 #include "tests/emulated/emulated_block.h"
 #include "tests/emulated/emulated_ptx.h"
 #include "tests/emulated/emulated_streams.h"
@@ -65,13 +64,6 @@ template <class T> unsigned match_any(unsigned mask, T x) {
     for (int l = 0; l < 32; ++l) r |= unsigned((mask >> l & 1) && all[size_t(l)] == all[size_t(lane())]) << l;
     return r;
 }
-
-// out (m x n, column-major, ld ldc) = op(a) op(b) (+ bias per row) + beta out,
-// in fp32 from bf16 or fp32 operands, queued on stream s: CudaOps::gemm's
-// contract.
-void gemm(cudaStream_t s, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type, int64_t lda,
-          const void* b, DType b_type, int64_t ldb, void* out, DType out_type, int64_t ldc, float beta,
-          const void* bias);
 
 }  // namespace moe::emulated
 

@@ -1,11 +1,9 @@
-// The CUDA runtime and cuBLASLt entry points the backend calls, for a
-// process whose kernels run on emulated blocks: one emulated GPU (an H100's
-// compute capability, so the wgmma kernels run too), device memory in host
-// memory (filled with 0x7f bytes, as no real allocation is zeroed either),
-// copies, fills and kernels queued on their streams and done as late as
-// CUDA allows (emulated_streams.h), and cuBLASLt's GEMM a loop in fp32.
-#include <cublasLt.h>
-#include <cuda_bf16.h>
+// The CUDA runtime's entry points the backend calls, for a process whose
+// kernels run on emulated blocks: one emulated GPU (an H100's compute
+// capability, so the wgmma kernels run too), device memory in host memory
+// (filled with 0x7f bytes, as no real allocation is zeroed either), copies
+// and fills queued on their streams (emulated_streams.h). cuBLASLt is
+// emulated_cublaslt.cpp's.
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
@@ -18,46 +16,7 @@
 #include "tests/emulated/emulated_cuda.h"
 #include "tests/emulated/emulated_streams.h"
 
-namespace moe::emulated {
-
 namespace {
-float element(const void* p, DType t, int64_t i) {
-    return t == DType::BF16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i])
-                            : static_cast<const float*>(p)[i];
-}
-}  // namespace
-
-namespace {
-void gemm_now(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type, int64_t lda,
-              const void* b, DType b_type, int64_t ldb, void* out, DType out_type, int64_t ldc, float beta,
-              const void* bias) {
-    for (int64_t j = 0; j < n; ++j)
-        for (int64_t i = 0; i < m; ++i) {
-            float acc = 0;
-            for (int64_t p = 0; p < k; ++p)
-                acc += element(a, a_type, trans_a ? p + i * lda : i + p * lda) *
-                       element(b, b_type, trans_b ? j + p * ldb : p + j * ldb);
-            if (bias) acc += element(bias, DType::BF16, i);  // biases are working (bf16) weights
-            const int64_t o = i + j * ldc;
-            if (beta != 0) acc += beta * element(out, out_type, o);
-            if (out_type == DType::BF16)
-                static_cast<__nv_bfloat16*>(out)[o] = __float2bfloat16_rn(acc);
-            else
-                static_cast<float*>(out)[o] = acc;
-        }
-}
-}  // namespace
-
-void gemm(cudaStream_t s, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type,
-          int64_t lda, const void* b, DType b_type, int64_t ldb, void* out, DType out_type, int64_t ldc, float beta,
-          const void* bias) {
-    enqueue(s, [=] { gemm_now(trans_a, trans_b, m, n, k, a, a_type, lda, b, b_type, ldb, out, out_type, ldc, beta, bias); });
-}
-
-}  // namespace moe::emulated
-
-namespace {
-int handles;  // what opaque handles point at
 std::map<const char*, size_t> pinned;  // cudaMallocHost's blocks
 
 bool is_pinned(const void* p) {
@@ -152,20 +111,6 @@ cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attribute
 cudaError_t cudaDeviceGetPCIBusId(char* id, int length, int) {
     std::snprintf(id, size_t(length), "0000:00:00.0");
     return cudaSuccess;
-}
-
-// matmul.cu keeps its plans' code, which never runs here (emulate_kernels.py
-// swaps CudaOps::gemm's body for emulated::gemm).
-cublasStatus_t cublasLtCreate(cublasLtHandle_t* h) {
-    *h = reinterpret_cast<cublasLtHandle_t>(&handles);
-    return CUBLAS_STATUS_SUCCESS;
-}
-cublasStatus_t cublasLtDestroy(cublasLtHandle_t) { return CUBLAS_STATUS_SUCCESS; }
-cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t) { return CUBLAS_STATUS_SUCCESS; }
-cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t) { return CUBLAS_STATUS_SUCCESS; }
-cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t, cublasLtMatrixLayoutAttribute_t, const void*,
-                                                size_t) {
-    return CUBLAS_STATUS_NOT_SUPPORTED;
 }
 
 }  // extern "C"
