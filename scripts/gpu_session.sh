@@ -175,14 +175,6 @@ do_staged() {
   return $rc
 }
 
-# The step and evaluation lines of a metrics file after step $2 (not the expert
-# telemetry, whose intervals restart on resume), without the timings (which differ
-# from run to run).
-losses_from() {
-  awk -v from="$2" '/"(val_)?loss"/ && match($0, /"step": [0-9]+/) && substr($0, RSTART + 8, RLENGTH - 8) + 0 > from' "$1" |
-    sed -E 's/, "(tokens_per_s|step_s|all_to_all_s)": [^,}]*//g'
-}
-
 # The demo shards: the tree's, or made from the sources where it has none.
 demo_data() {
   local data=data/fortunes
@@ -198,27 +190,20 @@ demo_data() {
 
 # train_check NAME STEPS [ARGS...]: STEPS steps of the demo model (tiny.yaml
 # and ARGS) on the GPU with checkpoints at the half and the end; a second run
-# resumed from the half must give the rest bit for bit; the same steps on the
-# CPU, both curves in OUT/NAME-gpu-vs-cpu.png.
+# resumed from the half must give the rest bit for bit (scripts/resume_check.sh);
+# the same steps on the CPU, both curves in OUT/NAME-gpu-vs-cpu.png.
 train_check() {
-  local name=$1 steps=$2 half=$(($2 / 2)) data
+  local name=$1 steps=$2 data
   shift 2
   data=$(demo_data) || return 1
   rm -rf "$runs/$name-"*
   local args=(--config configs/tiny.yaml --set "data.train=$data/train_*.bin" --set "data.val=$data/val_*.bin"
-              --set train.steps="$steps" --set checkpoint.every="$half" --set eval.every="$half" --set log.every=25 "$@")
-  "$build/moe-train" "${args[@]}" --set run.device=cuda --set "run.out_dir=$runs/$name-gpu" || return 1
-  "$build/moe-train" "${args[@]}" --set run.device=cuda --set "run.out_dir=$runs/$name-gpu-resumed" \
-    --resume "$runs/$name-gpu/checkpoints/$(printf 'step-%08d' "$half")" || return 1
-  if diff <(losses_from "$runs/$name-gpu/metrics.jsonl" "$half") \
-          <(losses_from "$runs/$name-gpu-resumed/metrics.jsonl" "$half") > "$runs/$name-resume.diff"; then
-    echo "resume: steps $((half + 1))-$steps of the run resumed at step $half equal the uninterrupted run's bit for bit"
-  else
-    echo "resume: the resumed run differs from the uninterrupted one:"; head -4 "$runs/$name-resume.diff"; return 1
-  fi
-  "$build/moe-train" "${args[@]}" --set run.device=cpu --set "run.out_dir=$runs/$name-cpu" || return 1
+              --set log.every=25 "$@")
+  scripts/resume_check.sh "$build/moe-train" "$runs/$name-gpu" "$steps" "${args[@]}" --set run.device=cuda || return 1
+  "$build/moe-train" "${args[@]}" --set train.steps="$steps" --set checkpoint.every="$((steps / 2))" \
+    --set eval.every="$((steps / 2))" --set run.device=cpu --set "run.out_dir=$runs/$name-cpu" || return 1
   if [ -x "$build/moe-plot" ]; then
-    "$build/moe-plot" "$runs/$name-gpu" "$runs/$name-cpu" --smooth 10 -o "$out/$name-gpu-vs-cpu.png"
+    "$build/moe-plot" "$runs/$name-gpu/full" "$runs/$name-cpu" --smooth 10 -o "$out/$name-gpu-vs-cpu.png"
   else
     echo "no moe-plot (built only where cmake finds zlib): no $name-gpu-vs-cpu.png"
   fi
@@ -227,16 +212,13 @@ train_check() {
 # 200 steps of the demo model as configured.
 do_train() { . "$state"; train_check train 200; }
 
-# The router options of docs/MODEL-OPTIONS.md all at once on the GPU: sigmoid
-# scores, top-3 of 8 within 2 of 4 groups, the expert bias, the balancing loss
-# over the global batch (accumulation 2), a shared expert, full recomputation.
+# The router options of docs/MODEL-OPTIONS.md all at once on the GPU
+# (tests/router_options.set).
 do_options() {
   . "$state"
-  train_check options 60 --set model.moe.num_experts=8 --set model.moe.top_k=3 --set model.moe.score=sigmoid \
-    --set model.moe.z_loss_weight=0 --set model.moe.groups=4 --set model.moe.group_limit=2 \
-    --set model.moe.expert_bias_rate=0.01 --set model.moe.balance_scope=global_batch \
-    --set model.moe.shared_experts=1 --set train.grad_accum_steps=2 --set train.recompute=full \
-    --set optimizer.warmup_steps=5
+  local options=() line
+  while read -r line; do [[ -z "$line" || "$line" == \#* ]] || options+=(--set "$line"); done < tests/router_options.set
+  train_check options 60 "${options[@]}" --set optimizer.warmup_steps=5
 }
 
 # The CPU labels with this machine's compilers and libraries (native only).
@@ -285,14 +267,14 @@ summarize() {
 # At most 8 files come back: the logs and the runs' metrics go in one archive.
 pack_logs() {
   local d files
-  for d in "$runs"/*/; do
-    [ -f "$d/metrics.jsonl" ] && cp "$d/metrics.jsonl" "$out/$(basename "$d").metrics.jsonl"
+  for d in "$runs"/*/ "$runs"/*/*/; do
+    [ -f "$d/metrics.jsonl" ] && cp "$d/metrics.jsonl" "$out/$(realpath --relative-to="$runs" "$d" | tr / -).metrics.jsonl"
   done
   files=$(cd "$out" && shopt -s nullglob && echo *.log *.metrics.jsonl)
   [ -n "$files" ] && (cd "$out" && tar -czf logs.tar.gz --remove-files $files)
 }
 
-export -f source_hash native_build prebuilt_build losses_from demo_data train_check
+export -f source_hash native_build prebuilt_build demo_data train_check
 export -f do_build do_test do_bench do_opbench do_staged do_train do_options do_unit do_sanitize do_ab
 : > "$summary"
 note "gpu_session $plan, $(date -u +%FT%TZ), stages: ${stages[*]}"
