@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -21,10 +22,13 @@ namespace moe::emulated {
 struct Block {
     struct Fiber {
         ucontext_t context;
-        std::vector<char> stack;
         bool done = false;
     };
     std::vector<Fiber> fibers;
+    // Each thread's stack, kept from launch to launch (not cleared: a fiber
+    // starts on it afresh).
+    static constexpr size_t kStackBytes = size_t(256) << 10;
+    std::vector<std::unique_ptr<char[]>> stacks;
     ucontext_t scheduler;
     int current = -1;
     uint3 thread{0, 0, 0}, block{0, 0, 0};
@@ -91,11 +95,13 @@ inline void launch(dim3 grid, int threads, size_t shared_bytes, std::function<vo
             std::memset(block.shared, 0xCD, shared_bytes);
             std::memset(block.arrived, 0, sizeof block.arrived);
             block.fibers.assign(size_t(threads), Block::Fiber{});
-            for (Block::Fiber& f : block.fibers) {
-                f.stack.resize(size_t(256) << 10);
+            while (block.stacks.size() < size_t(threads))
+                block.stacks.push_back(std::unique_ptr<char[]>(new char[Block::kStackBytes]));
+            for (int t = 0; t < threads; ++t) {
+                Block::Fiber& f = block.fibers[size_t(t)];
                 getcontext(&f.context);
-                f.context.uc_stack.ss_sp = f.stack.data();
-                f.context.uc_stack.ss_size = f.stack.size();
+                f.context.uc_stack.ss_sp = block.stacks[size_t(t)].get();
+                f.context.uc_stack.ss_size = Block::kStackBytes;
                 f.context.uc_link = nullptr;
                 makecontext(&f.context, run_fiber, 0);
             }
