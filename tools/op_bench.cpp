@@ -2,12 +2,15 @@
 // micro-batch of one rank, experts equally loaded), on the run's backend.
 // Per op: time per call, the bytes it must move at least (each input read
 // once, each output written once) and the FLOPs it must do, as GB/s and
-// TFLOP/s, so a slow kernel shows against its floor; then the sum over the
-// calls a step makes of these ops, to set beside moe-bench's step time (the
-// difference is launch gaps, host waits and the ops not listed: copies,
-// zeroing).
+// TFLOP/s; and, on a GPU whose peaks are known (or given), its floor, the
+// longer of those bytes at the peak bandwidth and those FLOPs at the dense
+// bf16 peak, and its time as a multiple of that floor, so a slow kernel shows
+// against what it could be. Then the sums over the calls a step makes of
+// these ops, to set beside moe-bench's step time (the difference is launch
+// gaps, host waits and the ops not listed: copies, zeroing).
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -20,6 +23,7 @@
 #include "kernels/routing_plan.h"
 #include "engine/run/backend.h"
 #include "engine/config/config.h"
+#include "engine/model/flops.h"
 #include "engine/model/model.h"
 #include "engine/moe/learned_router.h"
 #include "engine/params/rng.h"
@@ -34,13 +38,16 @@ namespace {
 constexpr const char* kProgram = "moe-opbench";
 
 const char* kUsage =
-    "usage: moe-opbench --config FILE [--reps N] [--set key=value ...]\n"
+    "usage: moe-opbench --config FILE [--reps N] [--peak-gbps X --peak-tflops Y] [--set key=value ...]\n"
     "  Times each op of a training step of FILE's model alone (N calls after one\n"
-    "  warm-up call, default 20) and prints time, GB/s and TFLOP/s per op.\n";
+    "  warm-up call, default 20) and prints time, GB/s and TFLOP/s per op, and its\n"
+    "  floor at the device's peak memory bandwidth X GB/s and dense bf16 Y TFLOP/s\n"
+    "  (known for H100 and H200 SXM: 3350 and 4800 GB/s, 989.4 TFLOP/s).\n";
 
 struct Args {
     moe::ConfigFlags config;
     int reps = 20;
+    double peak_gbps = 0, peak_tflops = 0;  // 0: the device's, where known
 };
 
 Args parse(int argc, char** argv) {
@@ -50,10 +57,26 @@ Args parse(int argc, char** argv) {
         const std::string& arg = args.arg();
         if (args.config_flag(a.config)) continue;
         if (arg == "--reps") a.reps = int(args.integer(1));
+        else if (arg == "--peak-gbps") a.peak_gbps = args.number(0, false);
+        else if (arg == "--peak-tflops") a.peak_tflops = args.number(0, false);
         else args.fail_with_usage("unknown argument '" + arg + "'");
     }
     args.require_config(a.config);
+    if ((a.peak_gbps > 0) != (a.peak_tflops > 0))
+        args.fail_with_usage("--peak-gbps and --peak-tflops go together: give both, or neither for the device's");
     return a;
+}
+
+// A device's peak memory bandwidth (GB/s) and dense bf16 rate (TFLOP/s):
+// the SXM parts' datasheet figures for H100 and H200, else none (zeros).
+struct Peaks {
+    double gbps = 0, tflops = 0;
+    bool known() const { return gbps > 0; }
+};
+Peaks device_peaks(const std::string& device) {
+    if (device.find("H200") != std::string::npos) return {4800, moe::kGpuPeakTflops};
+    if (device.find("H100") != std::string::npos) return {3350, moe::kGpuPeakTflops};
+    return {};
 }
 
 // Device tensors of random values, freed with it.
@@ -348,14 +371,27 @@ int run(const Args& args) {
     time("sum of squares (3 expert stacks)", dims({E, I, H}), L, 3 * stack * master, 6 * stack,
          [&] { ops.sum_squares({dw_gate_up, dw_down}); });
 
-    std::printf("%-34s %-24s %10s %9s %9s %8s %10s\n", "op", "shape", "ms/call", "GB/s", "TFLOP/s", "calls", "ms/step");
-    double step = 0;
+    const Peaks peaks = args.peak_gbps > 0 ? Peaks{args.peak_gbps, args.peak_tflops} : device_peaks(ops.device_name());
+    std::printf("%-34s %-24s %10s %9s %9s %10s %8s %8s %10s\n", "op", "shape", "ms/call", "GB/s", "TFLOP/s",
+                "floor ms", "x floor", "calls", "ms/step");
+    double step = 0, step_floor = 0;
     for (const Row& r : rows) {
-        std::printf("%-34s %-24s %10.4f %9.1f %9.2f %8.0f %10.3f\n", r.op.c_str(), r.shape.c_str(), r.seconds * 1e3,
-                    r.bytes / r.seconds / 1e9, r.flops / r.seconds / 1e12, r.per_step, r.per_step * r.seconds * 1e3);
+        const double floor = std::max(r.bytes / (peaks.gbps * 1e9), r.flops / (peaks.tflops * 1e12));
+        char floor_cols[32] = "         -        -";
+        if (peaks.known()) std::snprintf(floor_cols, sizeof floor_cols, "%10.4f %8.1f", floor * 1e3, r.seconds / floor);
+        std::printf("%-34s %-24s %10.4f %9.1f %9.2f %s %8.0f %10.3f\n", r.op.c_str(), r.shape.c_str(), r.seconds * 1e3,
+                    r.bytes / r.seconds / 1e9, r.flops / r.seconds / 1e12, floor_cols, r.per_step,
+                    r.per_step * r.seconds * 1e3);
         step += r.per_step * r.seconds;
+        if (peaks.known()) step_floor += r.per_step * floor;
     }
     std::printf("these ops' calls in one step: %.2f ms\n", step * 1e3);
+    if (peaks.known())
+        std::printf("their floors in one step: %.2f ms (at %.0f GB/s and %.1f TFLOP/s)\n", step_floor * 1e3,
+                    peaks.gbps, peaks.tflops);
+    else
+        std::printf("no floors: the peaks of %s are not known here (give --peak-gbps and --peak-tflops)\n",
+                    ops.device_name().c_str());
     return 0;
 }
 
