@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -20,6 +21,20 @@ namespace {
 template <class T> Tensor tensor(std::vector<T>& v, std::initializer_list<int64_t> dims) {
     return Tensor(v.data(), dtype_of<T>(), dims);
 }
+
+// A controller whose last layer passes its input through (weight I [3H,3H],
+// bias 0): dynamics_forward on act = ctrl sees ctrl exactly.
+template <class T> struct Passthrough {
+    std::vector<T> weight, bias;
+    explicit Passthrough(int64_t H) : weight(size_t(9 * H * H), T(0)), bias(size_t(3 * H), T(0)) {
+        for (int64_t j = 0; j < 3 * H; ++j) weight[size_t(j * 3 * H + j)] = T(1);
+    }
+    void forward(CpuOps& ops, Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor ctrl, Tensor mu,
+                 const DynamicsParams& p) {
+        const int64_t H = h.dim(1);
+        ops.dynamics_forward(h_out, v_out, h, v, ctrl, tensor(weight, {3 * H, 3 * H}), tensor(bias, {3 * H}), mu, p);
+    }
+};
 
 // The update of one element written out in long double, with the value the
 // velocity clamp and the beta min see.
@@ -58,8 +73,8 @@ struct Problem {
         return naive(h[i], v[i], cn[c], cn[H + c], cn[2 * H + c], mu[c], p);
     }
     void forward(CpuOps& ops) {
-        ops.dynamics_forward(tensor(h_out, {N, H}), tensor(v_out, {N, H}), tensor(h, {N, H}), tensor(v, {N, H}),
-                             tensor(ctrl, {N, 3 * H}), tensor(mu, {H}), p);
+        Passthrough<double>(H).forward(ops, tensor(h_out, {N, H}), tensor(v_out, {N, H}), tensor(h, {N, H}),
+                                       tensor(v, {N, H}), tensor(ctrl, {N, 3 * H}), tensor(mu, {H}), p);
     }
     double loss(CpuOps& ops) {
         forward(ops);
@@ -133,8 +148,8 @@ template <class T> void check_forward_against_naive() {
     std::vector<T> h_out(h.size()), v_out(v.size());
     const int64_t N = pr.N, H = pr.H;
     CpuOps ops;
-    ops.dynamics_forward(tensor(h_out, {N, H}), tensor(v_out, {N, H}), tensor(h, {N, H}), tensor(v, {N, H}),
-                         tensor(ctrl, {N, 3 * H}), tensor(mu, {H}), pr.p);
+    Passthrough<T>(H).forward(ops, tensor(h_out, {N, H}), tensor(v_out, {N, H}), tensor(h, {N, H}),
+                              tensor(v, {N, H}), tensor(ctrl, {N, 3 * H}), tensor(mu, {H}), pr.p);
     // Inputs rounded to T are the naive loop's inputs; tolerance a few ulp of T.
     const double tol = std::is_same<T, float>::value ? 1e-6 : 1e-14;
     int clipped = 0;
@@ -270,4 +285,35 @@ TEST_CASE("dynamics_backward's dmu does not depend on the thread count", "[unit]
     REQUIRE(results[0] != std::vector<float>(H, 0.0f));
     REQUIRE(results[1] == results[0]);
     REQUIRE(results[2] == results[0]);
+}
+
+TEST_CASE("dynamics_forward makes ctrl from the controller's last layer as dynamics_control writes it", "[unit]") {
+    const int64_t N = 7, H = 5, C = 6;
+    Rng rng(11, "dynamics control");
+    auto random = [&](int64_t n, double scale) {
+        std::vector<float> x(static_cast<size_t>(n));
+        for (float& e : x) e = float(scale * rng.normal());
+        return x;
+    };
+    std::vector<float> h = random(N * H, 2), v = random(N * H, 1), act = random(N * C, 1), weight = random(3 * H * C, 1),
+                       bias = random(3 * H, 1), mu = random(H, 1);
+    CpuOps ops;
+    std::vector<float> ctrl(static_cast<size_t>(N * 3 * H)), linear(ctrl.size());
+    ops.dynamics_control(tensor(ctrl, {N, 3 * H}), tensor(act, {N, C}), tensor(weight, {3 * H, C}),
+                         tensor(bias, {3 * H}));
+    ops.matmul_forward(tensor(linear, {N, 3 * H}), tensor(act, {N, C}), tensor(weight, {3 * H, C}),
+                       tensor(bias, {3 * H}));
+    REQUIRE(ctrl == linear);
+    const DynamicsParams p;
+    std::vector<float> h_out(h.size()), v_out(v.size()), h_want(h.size()), v_want(v.size());
+    ops.dynamics_forward(tensor(h_out, {N, H}), tensor(v_out, {N, H}), tensor(h, {N, H}), tensor(v, {N, H}),
+                         tensor(act, {N, C}), tensor(weight, {3 * H, C}), tensor(bias, {3 * H}), tensor(mu, {H}), p);
+    Passthrough<float>(H).forward(ops, tensor(h_want, {N, H}), tensor(v_want, {N, H}), tensor(h, {N, H}),
+                                  tensor(v, {N, H}), tensor(ctrl, {N, 3 * H}), tensor(mu, {H}), p);
+    REQUIRE(h_out == h_want);
+    REQUIRE(v_out == v_want);
+    REQUIRE_THROWS_AS(ops.dynamics_forward(tensor(h_out, {N, H}), tensor(v_out, {N, H}), tensor(h, {N, H}),
+                                           tensor(v, {N, H}), tensor(act, {N, C}), tensor(weight, {3 * H - 1, C}),
+                                           tensor(bias, {3 * H}), tensor(mu, {H}), p),
+                      std::invalid_argument);
 }

@@ -37,7 +37,7 @@ void DynamicsLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int6
     const DType dt = pr.act;
     c1_out_ = acts.take(dt, {N, C_});
     c1_act_ = acts.take(dt, {N, C_});
-    ctrl_ = acts.take(dt, {N, 3 * H_});
+    ctrl_ = scratch.take(dt, {N, 3 * H_});
     dc1_out_ = scratch.take(dt, {N, C_});
     dc1_act_ = scratch.take(dt, {N, C_});
     dctrl_ = scratch.take(dt, {N, 3 * H_});
@@ -45,15 +45,16 @@ void DynamicsLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int6
 
 void DynamicsLayer::forward(Ops& ops, Tensor h, Tensor v, Tensor h_out, Tensor v_out) {
     const int64_t N = h.dim(0);  // the rows carved, or fewer (a decoder's new positions)
-    const Tensor c1_out = c1_out_.rows(0, N), c1_act = c1_act_.rows(0, N), ctrl = ctrl_.rows(0, N);
+    const Tensor c1_out = c1_out_.rows(0, N), c1_act = c1_act_.rows(0, N);
     ops.concat_matmul_forward(c1_out, h, v, m_.c1_weight->work, m_.c1_bias->work);  // c1([h | v])
     ops.silu_forward(c1_act, c1_out);
-    ops.matmul_forward(ctrl, c1_act, m_.c2_weight->work, m_.c2_bias->work);
-    ops.dynamics_forward(h_out, v_out, h, v, ctrl, m_.mu->work, p_);
+    // c2 inside the update: ctrl [N,3H] is not kept (the backward makes it again).
+    ops.dynamics_forward(h_out, v_out, h, v, c1_act, m_.c2_weight->work, m_.c2_bias->work, m_.mu->work, p_);
 }
 
 void DynamicsLayer::backward(Ops& ops, Tensor h, Tensor v, Tensor dh_out, Tensor dv_out, Tensor dh, Tensor dv,
                              Write grads) {
+    ops.dynamics_control(ctrl_, c1_act_, m_.c2_weight->work, m_.c2_bias->work);  // the forward's, bit for bit
     ops.zero(dc1_out_);
     ops.dynamics_backward(dh, dv, dctrl_, m_.mu->grad, dh_out, dv_out, h, v, ctrl_, m_.mu->work, p_,
                           Write::overwrite, grads);

@@ -74,8 +74,9 @@ public:
     void combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row,
                           Write dye_write) override;
 
-    void dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor ctrl, Tensor mu,
-                          const DynamicsParams& p) override;
+    void dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor act, Tensor weight, Tensor bias,
+                          Tensor mu, const DynamicsParams& p) override;
+    void dynamics_control(Tensor ctrl, Tensor act, Tensor weight, Tensor bias) override;
     void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out, Tensor h,
                            Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write,
                            Write dw_write) override;

@@ -55,6 +55,16 @@ void check_shapes(const char* op, Tensor h, Tensor v, Tensor ctrl, Tensor mu) {
                                     ", mu " + mu.shape_str());
 }
 
+// The controller's last layer: act [N,C], weight [3H,C], bias [3H], h [N,H].
+void check_control(const char* op, Tensor h, Tensor act, Tensor weight, Tensor bias) {
+    const bool fits = h.ndim == 2 && act.ndim == 2 && weight.ndim == 2 && act.dim(0) == h.dim(0) &&
+                      weight.dim(0) == 3 * h.dim(1) && weight.dim(1) == act.dim(1) && bias.numel() == 3 * h.dim(1);
+    if (!fits)
+        throw std::invalid_argument(std::string(op) + ": expected h [N,H] and the controller's act [N,C], weight "
+                                    "[3H,C] and bias [3H]; got h " + h.shape_str() + ", act " + act.shape_str() +
+                                    ", weight " + weight.shape_str() + ", bias " + bias.shape_str());
+}
+
 // An output or gradient has the shape of what it belongs to; an optional one
 // (a gradient) may be empty, meaning "not wanted".
 void check_like(const char* op, const char* name, Tensor t, Tensor like, bool optional = false) {
@@ -70,12 +80,16 @@ constexpr int64_t kRowsPerChunk = 64;
 
 }  // namespace
 
-void CpuOps::dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor ctrl, Tensor mu,
-                              const DynamicsParams& p) {
+void CpuOps::dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor act, Tensor weight,
+                              Tensor bias, Tensor mu, const DynamicsParams& p) {
+    check_control("dynamics_forward", h, act, weight, bias);
+    const int64_t N = h.dim(0), H = h.dim(1);
+    std::vector<unsigned char> ctrl_bytes(size_t(N * 3 * H) * dtype_size(h.dtype));
+    Tensor ctrl(ctrl_bytes.data(), h.dtype, {N, 3 * H});
+    dynamics_control(ctrl, act, weight, bias);
     check_shapes("dynamics_forward", h, v, ctrl, mu);
     check_like("dynamics_forward", "h_out", h_out, h);
     check_like("dynamics_forward", "v_out", v_out, h);
-    const int64_t N = h.dim(0), H = h.dim(1);
     dispatch_float(h, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const T *hp = h.ptr<T>(), *vp = v.ptr<T>(), *cp = ctrl.ptr<T>(), *mp = mu.ptr<T>();
@@ -92,6 +106,8 @@ void CpuOps::dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Te
         }
     });
 }
+
+void CpuOps::dynamics_control(Tensor ctrl, Tensor act, Tensor weight, Tensor bias) { matmul_forward(ctrl, act, weight, bias); }
 
 void CpuOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out,
                                Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write,

@@ -4,9 +4,17 @@
 // std::clamp does. dmu sums over rows without atomics: a block takes a fixed
 // chunk of rows for a tile of columns and writes its column sums to scratch,
 // then a second kernel adds the chunks in chunk order.
+//
+// The forward makes ctrl itself from the controller's last layer (ctrl =
+// act w^T + b): a block's 64 rows x 64 columns of each third are a tensor-
+// core product in shared memory, never written out, which spares a step
+// ctrl's write and read (2 x N x 3H bf16 a layer). The backward's ctrl comes
+// from dynamics_control, the same product written out.
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
+#include "kernels/cuda/attention_warp_mma.cuh"  // the warp tile product, shared with attention
 #include "kernels/cuda/common.cuh"
 
 namespace moe {
@@ -80,6 +88,96 @@ __global__ void dynamics_forward_kernel(bf16* h_out, bf16* v_out, const bf16* h,
         }
         store_chunk(h_out + i, ho);
         store_chunk(v_out + i, vo);
+    }
+}
+
+// ---- ctrl from the controller's last layer, a tile at a time ----------------
+// A block (one warpgroup) takes rows n0..n0+63 and columns c0..c0+63 of each
+// third: tile t = act[n0.., :C] w[t*H + c0.., :C]^T + b, rounded to bf16 as
+// cuBLASLt's bias epilogue rounds a linear's output.
+constexpr int kTileRows = attention::kTile;  // 64
+constexpr int kTileCols = 64;
+constexpr int kControlThreads = attention::kThreads;
+
+template <int C> struct ControlTiles {
+    bf16 act[attention::WarpMma::tile_elements<C, kTileRows>()];
+    bf16 weight[attention::WarpMma::tile_elements<C, kTileCols>()];
+    bf16 ctrl[3][kTileRows][kTileCols];
+};
+
+template <int C>
+__device__ void control_tiles(ControlTiles<C>& s, const bf16* act, const bf16* weight, const bf16* bias, int64_t n0,
+                              int64_t N, int64_t H, int64_t c0) {
+    using attention::WarpMma;
+    attention::load_tile<WarpMma, C, kTileRows>(s.act, act + n0 * C, C, int(N - n0 < kTileRows ? N - n0 : kTileRows));
+    const WarpMma::RowsA<C, false> rows(s.act);
+    const int lane = threadIdx.x & 31, r = 16 * (threadIdx.x >> 5) + (lane >> 2), c = 2 * (lane & 3);
+    for (int t = 0; t < 3; ++t) {
+        attention::load_tile<WarpMma, C, kTileCols>(s.weight, weight + (t * H + c0) * C, C, kTileCols);
+        attention::cp_async_commit();
+        attention::cp_async_wait<0>();
+        __syncthreads();
+        float acc[kTileCols / 8][4] = {};
+        rows.template abt<kTileCols>(acc, s.weight);
+#pragma unroll
+        for (int j = 0; j < kTileCols / 8; ++j) {
+            const int col = 8 * j + c;
+            const float b0 = __bfloat162float(bias[t * H + c0 + col]), b1 = __bfloat162float(bias[t * H + c0 + col + 1]);
+            s.ctrl[t][r][col] = __float2bfloat16_rn(acc[j][0] + b0);
+            s.ctrl[t][r][col + 1] = __float2bfloat16_rn(acc[j][1] + b1);
+            s.ctrl[t][r + 8][col] = __float2bfloat16_rn(acc[j][2] + b0);
+            s.ctrl[t][r + 8][col + 1] = __float2bfloat16_rn(acc[j][3] + b1);
+        }
+        __syncthreads();  // the weight tile read before the next is loaded; the ctrl tile whole
+    }
+}
+
+// The update of the block's tile, ctrl from shared memory: a thread takes 8
+// neighbouring columns of a row (16-byte accesses).
+template <int C>
+__global__ void __launch_bounds__(kControlThreads)
+    dynamics_control_forward_kernel(bf16* h_out, bf16* v_out, const bf16* h, const bf16* v, const bf16* act,
+                                    const bf16* weight, const bf16* bias, const bf16* mu, int64_t N, int64_t H,
+                                    Params p) {
+    __shared__ __align__(16) unsigned char tiles[sizeof(ControlTiles<C>)];
+    ControlTiles<C>& s = *reinterpret_cast<ControlTiles<C>*>(tiles);
+    const int64_t n0 = int64_t(blockIdx.x) * kTileRows, c0 = int64_t(blockIdx.y) * kTileCols;
+    control_tiles<C>(s, act, weight, bias, n0, N, H, c0);
+    for (int k = threadIdx.x; k < kTileRows * kTileCols / 8; k += kControlThreads) {
+        const int r = k / (kTileCols / 8), cc = k % (kTileCols / 8) * 8;
+        if (n0 + r >= N) break;  // later k are later rows
+        const int64_t i = (n0 + r) * H + c0 + cc;
+        float hi[8], vi[8], a[8], b[8], g[8], m[8], ho[8], vo[8];
+        load_chunk(hi, h + i);
+        load_chunk(vi, v + i);
+        load_chunk(a, &s.ctrl[0][r][cc]);
+        load_chunk(b, &s.ctrl[1][r][cc]);
+        load_chunk(g, &s.ctrl[2][r][cc]);
+        load_chunk(m, mu + c0 + cc);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            const Step st = step(hi[e], vi[e], a[e], b[e], g[e], m[e], p);
+            ho[e] = hi[e] + p.dt * st.gate * st.v_new;
+            vo[e] = st.v_new;
+        }
+        store_chunk(h_out + i, ho);
+        store_chunk(v_out + i, vo);
+    }
+}
+
+// The block's ctrl tiles written out: what the forward kernel's block used.
+template <int C>
+__global__ void __launch_bounds__(kControlThreads)
+    dynamics_control_kernel(bf16* ctrl, const bf16* act, const bf16* weight, const bf16* bias, int64_t N, int64_t H) {
+    __shared__ __align__(16) unsigned char tiles[sizeof(ControlTiles<C>)];
+    ControlTiles<C>& s = *reinterpret_cast<ControlTiles<C>*>(tiles);
+    const int64_t n0 = int64_t(blockIdx.x) * kTileRows, c0 = int64_t(blockIdx.y) * kTileCols;
+    control_tiles<C>(s, act, weight, bias, n0, N, H, c0);
+    for (int k = threadIdx.x; k < 3 * kTileRows * kTileCols / 8; k += kControlThreads) {
+        const int t = k / (kTileRows * kTileCols / 8), r = k / (kTileCols / 8) % kTileRows, cc = k % (kTileCols / 8) * 8;
+        if (n0 + r < N)
+            *reinterpret_cast<uint4*>(ctrl + (n0 + r) * 3 * H + t * H + c0 + cc) =
+                *reinterpret_cast<const uint4*>(&s.ctrl[t][r][cc]);
     }
 }
 
@@ -172,6 +270,46 @@ Params params(const DynamicsParams& p) {
 
 bf16* bf16_ptr(const Tensor& t) { return static_cast<bf16*>(t.data); }  // dtype checked by the caller
 
+// The controller's last layer for rows [N,H] (H given, or -1 where the
+// rows are not 2-D): act [N,C], weight [3H,C], bias [3H], all BF16.
+void check_control(const char* op, int64_t H, const Tensor& rows, const Tensor& act, const Tensor& weight,
+                   const Tensor& bias) {
+    require_dtype(op, "act", act, DType::BF16);
+    require_dtype(op, "weight", weight, DType::BF16);
+    require_dtype(op, "bias", bias, DType::BF16);
+    check(H >= 0 && act.ndim == 2 && weight.ndim == 2 && act.dim(0) == rows.dim(0) && weight.dim(0) == 3 * H &&
+              weight.dim(1) == act.dim(1) && bias.numel() == 3 * H,
+          op,
+          "expected [N,H] rows and the controller's act [N,C], weight [3H,C] and bias [3H]; got " +
+              rows.shape_str() + ", act " + act.shape_str() + ", weight " + weight.shape_str() + ", bias " +
+              bias.shape_str());
+}
+
+// Calls launch(std::integral_constant<int, C>) for the controller sizes the
+// tiles take (a multiple of 16 up to 64: the tiles' static shared memory),
+// giving its result; false for other sizes.
+template <class Launch> bool with_control_size(int64_t C, Launch&& launch) {
+    switch (C) {
+        case 16: return launch(std::integral_constant<int, 16>{});
+        case 32: return launch(std::integral_constant<int, 32>{});
+        case 48: return launch(std::integral_constant<int, 48>{});
+        case 64: return launch(std::integral_constant<int, 64>{});
+        default: return false;
+    }
+}
+
+// Whole 64-column tiles of 16-byte-aligned rows.
+bool tiles_fit(int64_t H, std::initializer_list<const void*> ptrs) {
+    if (H % kTileCols) return false;
+    for (const void* p : ptrs)
+        if (reinterpret_cast<uintptr_t>(p) % 16) return false;
+    return true;
+}
+
+dim3 control_grid(int64_t N, int64_t H) {
+    return dim3(unsigned((N + kTileRows - 1) / kTileRows), unsigned(H / kTileCols));
+}
+
 // h, v BF16 [N,H], ctrl BF16 [N,3H], mu BF16 [H].
 void check_inputs(const char* op, const Tensor& h, const Tensor& v, const Tensor& ctrl, const Tensor& mu) {
     require_dtype(op, "h", h, DType::BF16);
@@ -199,13 +337,51 @@ void check_like(const char* op, const char* name, const Tensor& t, const Tensor&
 
 }  // namespace
 
-void CudaOps::dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor ctrl, Tensor mu,
-                               const DynamicsParams& p) {
+void CudaOps::dynamics_control(Tensor ctrl, Tensor act, Tensor weight, Tensor bias) {
+    const char* op = "dynamics_control";
+    require_dtype(op, "ctrl", ctrl, DType::BF16);
+    check_control(op, ctrl.ndim == 2 ? ctrl.dim(1) / 3 : -1, ctrl, act, weight, bias);
+    const int64_t N = ctrl.dim(0), H = ctrl.dim(1) / 3;
+    if (N * H == 0) return;
+    const bool tiled = with_control_size(act.dim(1), [&](auto size) {
+        if (!tiles_fit(H, {ctrl.data, act.data, weight.data})) return false;
+        dynamics_control_kernel<decltype(size)::value><<<control_grid(N, H), kControlThreads, 0, stream()>>>(
+            bf16_ptr(ctrl), bf16_ptr(act), bf16_ptr(weight), bf16_ptr(bias), N, H);
+        return true;
+    });
+    if (tiled) {
+        MOE_CUDA_LAUNCHED();
+    } else {
+        matmul_forward(ctrl, act, weight, bias);
+    }
+}
+
+void CudaOps::dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor act, Tensor weight,
+                               Tensor bias, Tensor mu, const DynamicsParams& p) {
     const char* op = "dynamics_forward";
+    require_dtype(op, "h", h, DType::BF16);
+    check_control(op, h.ndim == 2 ? h.dim(1) : -1, h, act, weight, bias);
+    const int64_t N = h.dim(0), H = h.dim(1);
+    const bool tiled = N * H > 0 && with_control_size(act.dim(1), [&](auto size) {
+        if (!tiles_fit(H, {h_out.data, v_out.data, h.data, v.data, act.data, weight.data, mu.data})) return false;
+        check_inputs(op, h, v, Tensor(nullptr, DType::BF16, {N, 3 * H}), mu);
+        check_like(op, "h_out", h_out, h, DType::BF16);
+        check_like(op, "v_out", v_out, h, DType::BF16);
+        dynamics_control_forward_kernel<decltype(size)::value><<<control_grid(N, H), kControlThreads, 0, stream()>>>(
+            bf16_ptr(h_out), bf16_ptr(v_out), bf16_ptr(h), bf16_ptr(v), bf16_ptr(act), bf16_ptr(weight),
+            bf16_ptr(bias), bf16_ptr(mu), N, H, params(p));
+        return true;
+    });
+    if (tiled) {
+        MOE_CUDA_LAUNCHED();
+        return;
+    }
+    // Other shapes: ctrl made by the same GEMM as dynamics_control's, in scratch.
+    Tensor ctrl(scratch(size_t(N * 3 * H) * sizeof(bf16)), DType::BF16, {N, 3 * H});
+    dynamics_control(ctrl, act, weight, bias);
     check_inputs(op, h, v, ctrl, mu);
     check_like(op, "h_out", h_out, h, DType::BF16);
     check_like(op, "v_out", v_out, h, DType::BF16);
-    const int64_t N = h.dim(0), H = h.dim(1);
     if (N * H == 0) return;
     cuda::with_chunk_width(H, {h_out.data, v_out.data, h.data, v.data, ctrl.data, mu.data}, [&](auto width) {
         constexpr int W = decltype(width)::value;

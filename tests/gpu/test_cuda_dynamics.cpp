@@ -3,6 +3,11 @@
 // past softplus' linear threshold), mu below mu_min, above mu_max and on both
 // bounds. H = 20 and 300 (two column tiles) element by element, H = 40 and
 // 2112 (two column tiles) in 16-byte chunks; N = 37 (a partial row chunk).
+// There the forward takes ctrl through a controller that passes it through
+// (weight I, bias 0: a GEMM, then the update). A real controller's ctrl is
+// made in the update's tiles (C 16 to 64, H a multiple of 64): checked
+// against the CPU, and against dynamics_control's ctrl, which the backward
+// takes, bit for bit.
 #include <cmath>
 #include <stdexcept>
 #include <vector>
@@ -39,6 +44,16 @@ struct Problem {
     Tensor cpu(std::vector<float>& t, int64_t cols) { return host_tensor(t, {N, cols}); }
 };
 
+// A controller's last layer that passes ctrl through: weight I [3H,3H], bias 0.
+struct Passthrough {
+    std::vector<float> weight, bias;
+    explicit Passthrough(int64_t H) : weight(size_t(9 * H * H), 0.0f), bias(size_t(3 * H), 0.0f) {
+        for (int64_t j = 0; j < 3 * H; ++j) weight[size_t(j * 3 * H + j)] = 1.0f;
+    }
+    Tensor cpu_weight(int64_t H) { return host_tensor(weight, {3 * H, 3 * H}); }
+    Tensor cpu_bias(int64_t H) { return host_tensor(bias, {3 * H}); }
+};
+
 // Every clamp clips somewhere and passes somewhere.
 void require_every_clamp(const Problem& q, const std::vector<float>& v_out) {
     int v_clipped = 0, beta_clipped = 0, mu_clipped = 0;
@@ -66,11 +81,13 @@ void check_dynamics(Backends& b, int64_t N, int64_t H, Write write) {
     Tensor ctrl = b.upload(q.ctrl, DType::BF16, {N, 3 * H}), mu = b.upload(q.mu, DType::BF16, {H});
 
     std::vector<float> h_out(size_t(N * H)), v_out(size_t(N * H));
+    Passthrough pass(H);
     b.cpu.dynamics_forward(q.cpu(h_out, H), q.cpu(v_out, H), q.cpu(q.h, H), q.cpu(q.v, H), q.cpu(q.ctrl, 3 * H),
-                           host_tensor(q.mu, {H}), q.p);
+                           pass.cpu_weight(H), pass.cpu_bias(H), host_tensor(q.mu, {H}), q.p);
     require_every_clamp(q, v_out);
     Tensor gpu_h_out = b.zeros(DType::BF16, {N, H}), gpu_v_out = b.zeros(DType::BF16, {N, H});
-    b.gpu.dynamics_forward(gpu_h_out, gpu_v_out, h, v, ctrl, mu, q.p);
+    b.gpu.dynamics_forward(gpu_h_out, gpu_v_out, h, v, ctrl, b.upload(pass.weight, DType::BF16, {3 * H, 3 * H}),
+                           b.upload(pass.bias, DType::BF16, {3 * H}), mu, q.p);
     require_near("h_out", b.download(gpu_h_out), h_out, kBf16Rtol, kBf16Atol);
     require_near("v_out", b.download(gpu_v_out), v_out, kBf16Rtol, kBf16Atol);
 
@@ -103,7 +120,55 @@ void check_dynamics(Backends& b, int64_t N, int64_t H, Write write) {
     require_near("dctrl alone", b.download(dctrl_only), dctrl, kBf16Rtol, kBf16Atol);
 }
 
+// The forward with a controller of size C over N rows of H: its ctrl made in
+// the update's tiles against the CPU's, and against dynamics_control's (the
+// backward's) bit for bit, through the passthrough path.
+void check_control(Backends& b, int64_t N, int64_t H, int64_t C) {
+    INFO("N " << N << ", H " << H << ", C " << C);
+    Rng rng(uint64_t(H + C), "cuda dynamics control");
+    Problem q(N, H, rng);
+    std::vector<float> act = bf16_normals(N * C, rng), weight = bf16_normals(3 * H * C, rng, 2.5 / std::sqrt(C));
+    std::vector<float> bias = bf16_normals(3 * H, rng);
+    Tensor gpu_act = b.upload(act, DType::BF16, {N, C}), gpu_weight = b.upload(weight, DType::BF16, {3 * H, C});
+    Tensor gpu_bias = b.upload(bias, DType::BF16, {3 * H});
+    Tensor h = b.upload(q.h, DType::BF16, {N, H}), v = b.upload(q.v, DType::BF16, {N, H});
+    Tensor mu = b.upload(q.mu, DType::BF16, {H});
+
+    std::vector<float> ctrl(size_t(N * 3 * H));
+    b.cpu.dynamics_control(q.cpu(ctrl, 3 * H), host_tensor(act, {N, C}), host_tensor(weight, {3 * H, C}),
+                           host_tensor(bias, {3 * H}));
+    Tensor gpu_ctrl = b.zeros(DType::BF16, {N, 3 * H});
+    b.gpu.dynamics_control(gpu_ctrl, gpu_act, gpu_weight, gpu_bias);
+    require_near("ctrl", b.download(gpu_ctrl), ctrl, kBf16Rtol, kBf16Atol);
+
+    // The update against the CPU's on the GPU's ctrl: a last-bit difference
+    // in ctrl moves u = alpha v - beta (h - mu) far more where it cancels.
+    std::vector<float> h_out(size_t(N * H)), v_out(size_t(N * H)), made = b.download(gpu_ctrl);
+    Passthrough pass(H);
+    b.cpu.dynamics_forward(q.cpu(h_out, H), q.cpu(v_out, H), q.cpu(q.h, H), q.cpu(q.v, H), q.cpu(made, 3 * H),
+                           pass.cpu_weight(H), pass.cpu_bias(H), host_tensor(q.mu, {H}), q.p);
+    Tensor gpu_h_out = b.zeros(DType::BF16, {N, H}), gpu_v_out = b.zeros(DType::BF16, {N, H});
+    b.gpu.dynamics_forward(gpu_h_out, gpu_v_out, h, v, gpu_act, gpu_weight, gpu_bias, mu, q.p);
+    const std::vector<float> got_h = b.download(gpu_h_out), got_v = b.download(gpu_v_out);
+    require_near("h_out", got_h, h_out, kBf16Rtol, kBf16Atol);
+    require_near("v_out", got_v, v_out, kBf16Rtol, kBf16Atol);
+
+    Tensor pass_h = b.zeros(DType::BF16, {N, H}), pass_v = b.zeros(DType::BF16, {N, H});
+    b.gpu.dynamics_forward(pass_h, pass_v, h, v, gpu_ctrl, b.upload(pass.weight, DType::BF16, {3 * H, 3 * H}),
+                           b.upload(pass.bias, DType::BF16, {3 * H}), mu, q.p);
+    REQUIRE(b.download(pass_h) == got_h);
+    REQUIRE(b.download(pass_v) == got_v);
+}
+
 }  // namespace
+
+TEST_CASE("cuda dynamics forward makes ctrl from the controller as dynamics_control writes it", "[gpu]") {
+    Backends b;
+    for (int64_t C : {16, 48, 64}) check_control(b, 37, 64, C);
+    check_control(b, 130, 128, 64);  // three row tiles, two column tiles
+    check_control(b, 37, 96, 64);    // H past whole tiles: the GEMM's ctrl
+    check_control(b, 37, 64, 40);    // C the tiles do not take: the GEMM's ctrl
+}
 
 TEST_CASE("cuda dynamics forward and backward match the CPU through every clamp", "[gpu]") {
     Backends b;
@@ -117,7 +182,13 @@ TEST_CASE("cuda dynamics reject wrong dtypes and shapes", "[gpu]") {
     const int64_t N = 3, H = 4;
     Tensor h = b.zeros(DType::BF16, {N, H}), ctrl = b.zeros(DType::BF16, {N, 3 * H}), mu = b.zeros(DType::BF16, {H});
     const DynamicsParams p;
-    REQUIRE_THROWS_AS(b.gpu.dynamics_forward(h, h, h, h, b.zeros(DType::BF16, {N, 2 * H}), mu, p),
+    Tensor act = b.zeros(DType::BF16, {N, 16}), weight = b.zeros(DType::BF16, {3 * H, 16});
+    Tensor bias = b.zeros(DType::BF16, {3 * H});
+    REQUIRE_THROWS_AS(b.gpu.dynamics_forward(h, h, h, h, act, b.zeros(DType::BF16, {2 * H, 16}), bias, mu, p),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.dynamics_forward(h, h, h, h, act, weight, bias, b.zeros(DType::BF16, {H + 1}), p),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.dynamics_control(b.zeros(DType::F32, {N, 3 * H}), act, weight, bias),
                       std::invalid_argument);
     REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, b.zeros(DType::BF16, {H}), h, h, h, h,
                                               ctrl, mu, p, Write::add, Write::add),
