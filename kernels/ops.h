@@ -254,20 +254,19 @@ public:
 
     // ---- INL dynamics -----------------------------------------------------
     // ctrl[N,3H] = (a | b | g) from the controller; mu[H] (work; dmu master);
-    // h,v[N,H] -> h',v'. The forward takes the controller's last layer and
-    // makes ctrl itself, as matmul_forward(ctrl, act, weight, bias) would
+    // h,v[N,H] -> h',v'. Both passes take the controller's last layer and
+    // make ctrl themselves, as matmul_forward(ctrl, act, weight, bias) would
     // (act [N,C], weight [3H,C], bias [3H]), without keeping it: a GPU need
-    // not write it out and read it back. The backward takes ctrl (remade by
-    // dynamics_control) and writes dh, dv and dctrl as write says and dmu as
-    // dw_write says.
+    // not write it out and read it back, nor save it between the passes.
+    // The backward writes dh, dv and dctrl as write says and dmu as dw_write
+    // says.
     virtual void dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor act, Tensor weight,
                                   Tensor bias, Tensor mu, const DynamicsParams& p) = 0;
-    // ctrl [N,3H] written as dynamics_forward makes it, bit for bit: the
-    // backward's copy of the forward's.
-    virtual void dynamics_control(Tensor ctrl, Tensor act, Tensor weight, Tensor bias) = 0;
     virtual void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out,
-                                   Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p,
-                                   Write write, Write dw_write) = 0;
+                                   Tensor h, Tensor v, Tensor act, Tensor weight, Tensor bias, Tensor mu,
+                                   const DynamicsParams& p, Write write, Write dw_write) = 0;
+    // ctrl [N,3H] written as the dynamics ops make it, bit for bit.
+    virtual void dynamics_control(Tensor ctrl, Tensor act, Tensor weight, Tensor bias) = 0;
 
     // ---- loss -------------------------------------------------------------
     // losses[N] (stat) = logsumexp(logits[n]) - logits[n, targets[n]], in fp32

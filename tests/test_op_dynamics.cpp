@@ -34,6 +34,12 @@ template <class T> struct Passthrough {
         const int64_t H = h.dim(1);
         ops.dynamics_forward(h_out, v_out, h, v, ctrl, tensor(weight, {3 * H, 3 * H}), tensor(bias, {3 * H}), mu, p);
     }
+    void backward(CpuOps& ops, Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out, Tensor h,
+                  Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write, Write dw_write) {
+        const int64_t H = h.dim(1);
+        ops.dynamics_backward(dh, dv, dctrl, dmu, dh_out, dv_out, h, v, ctrl, tensor(weight, {3 * H, 3 * H}),
+                              tensor(bias, {3 * H}), mu, p, write, dw_write);
+    }
 };
 
 // The update of one element written out in long double, with the value the
@@ -92,9 +98,10 @@ struct Problem {
             for (double& x : *g) x = rng.normal();
             before.push_back(*g);
         }
-        ops.dynamics_backward(tensor(dh, {N, H}), tensor(dv, {N, H}), tensor(dctrl, {N, 3 * H}), tensor(dmu, {H}),
-                              tensor(dh_out, {N, H}), tensor(dv_out, {N, H}), tensor(h, {N, H}), tensor(v, {N, H}),
-                              tensor(ctrl, {N, 3 * H}), tensor(mu, {H}), p, write, write);
+        Passthrough<double>(H).backward(ops, tensor(dh, {N, H}), tensor(dv, {N, H}), tensor(dctrl, {N, 3 * H}),
+                                        tensor(dmu, {H}), tensor(dh_out, {N, H}), tensor(dv_out, {N, H}),
+                                        tensor(h, {N, H}), tensor(v, {N, H}), tensor(ctrl, {N, 3 * H}),
+                                        tensor(mu, {H}), p, write, write);
         if (write == Write::add)
             for (size_t k = 0; k < before.size(); ++k)
                 for (size_t i = 0; i < before[k].size(); ++i) (*grads[k])[i] -= before[k][i];
@@ -276,9 +283,10 @@ TEST_CASE("dynamics_backward's dmu does not depend on the thread count", "[unit]
     for (int threads : {1, 2, 3}) {
         omp_set_num_threads(threads);
         std::vector<float> dmu(H, 0.0f);
-        ops.dynamics_backward({}, {}, {}, tensor(dmu, {H}), tensor(dh_out, {N, H}), tensor(dv_out, {N, H}),
-                              tensor(h, {N, H}), tensor(v, {N, H}), tensor(ctrl, {N, 3 * H}), tensor(mu, {H}),
-                              DynamicsParams{}, Write::add, Write::add);
+        Passthrough<float>(H).backward(ops, {}, {}, {}, tensor(dmu, {H}), tensor(dh_out, {N, H}),
+                                       tensor(dv_out, {N, H}), tensor(h, {N, H}), tensor(v, {N, H}),
+                                       tensor(ctrl, {N, 3 * H}), tensor(mu, {H}), DynamicsParams{}, Write::add,
+                                       Write::add);
         results.push_back(dmu);
     }
     omp_set_num_threads(saved);

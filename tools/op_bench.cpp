@@ -326,11 +326,7 @@ int run(const Args& args) {
              });
         moe::Tensor c2 = buf.random(pr.work, {3 * H, C}, 0.02), dc2 = buf.zeros(pr.master, {3 * H, C});
         moe::Tensor c2_bias = buf.random(pr.work, {3 * H}, 0.02);
-        moe::Tensor ctrl = buf.random(pr.act, {N, 3 * H}), dctrl = buf.random(pr.act, {N, 3 * H});
-        // The backward's ctrl, made again (the forward keeps none).
-        time("dynamics c2 (backward's ctrl)", dims({N, C, 3 * H}), L,
-             N * C * act + 3 * H * C * work + 3 * N * H * act, 6.0 * N * H * C,
-             [&] { ops.dynamics_control(ctrl, hidden, c2, c2_bias); });
+        moe::Tensor dctrl = buf.random(pr.act, {N, 3 * H});
         time("dynamics c2 backward", dims({N, C, 3 * H}), L,
              3 * N * H * act + 3 * N * C * act + 3 * H * C * (work + master), 12.0 * N * H * C, [&] {
                  ops.matmul_backward(dhidden, dc2, {}, dctrl, hidden, c2, moe::Write::overwrite, moe::Write::overwrite);
@@ -341,10 +337,10 @@ int run(const Args& args) {
                                     m.dynamics.mu_max};
         time("dynamics c2 + update forward", NH, L, 4 * N * H * act + N * C * act + 3 * H * C * work,
              6.0 * N * H * C + 20.0 * N * H, [&] { ops.dynamics_forward(h2, v2, x, dy, hidden, c2, c2_bias, mu, p); });
-        time("dynamics update backward", NH, L, 12 * N * H * act, 40.0 * N * H,
-             [&] {
-                 ops.dynamics_backward(dx, dv_in, dctrl, dmu, y, y, x, dy, ctrl, mu, p, moe::Write::overwrite,
-                                       moe::Write::overwrite);
+        time("dynamics c2 + update backward", NH, L, 9 * N * H * act + N * C * act + 3 * H * C * work,
+             6.0 * N * H * C + 40.0 * N * H, [&] {
+                 ops.dynamics_backward(dx, dv_in, dctrl, dmu, y, y, x, dy, hidden, c2, c2_bias, mu, p,
+                                       moe::Write::overwrite, moe::Write::overwrite);
              });
     }
 

@@ -37,7 +37,6 @@ void DynamicsLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int6
     const DType dt = pr.act;
     c1_out_ = acts.take(dt, {N, C_});
     c1_act_ = acts.take(dt, {N, C_});
-    ctrl_ = scratch.take(dt, {N, 3 * H_});
     dc1_out_ = scratch.take(dt, {N, C_});
     dc1_act_ = scratch.take(dt, {N, C_});
     dctrl_ = scratch.take(dt, {N, 3 * H_});
@@ -54,10 +53,9 @@ void DynamicsLayer::forward(Ops& ops, Tensor h, Tensor v, Tensor h_out, Tensor v
 
 void DynamicsLayer::backward(Ops& ops, Tensor h, Tensor v, Tensor dh_out, Tensor dv_out, Tensor dh, Tensor dv,
                              Write grads) {
-    ops.dynamics_control(ctrl_, c1_act_, m_.c2_weight->work, m_.c2_bias->work);  // the forward's, bit for bit
     ops.zero(dc1_out_);
-    ops.dynamics_backward(dh, dv, dctrl_, m_.mu->grad, dh_out, dv_out, h, v, ctrl_, m_.mu->work, p_,
-                          Write::overwrite, grads);
+    ops.dynamics_backward(dh, dv, dctrl_, m_.mu->grad, dh_out, dv_out, h, v, c1_act_, m_.c2_weight->work,
+                          m_.c2_bias->work, m_.mu->work, p_, Write::overwrite, grads);
     ops.matmul_backward(dc1_act_, m_.c2_weight->grad, m_.c2_bias->grad, dctrl_, c1_act_, m_.c2_weight->work,
                         Write::overwrite, grads);
     ops.silu_backward(dc1_out_, dc1_act_, c1_out_);

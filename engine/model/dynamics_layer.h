@@ -33,7 +33,7 @@ private:
     DynamicsParams p_;
     int64_t H_, C_;
     Tensor c1_out_, c1_act_;                    // saved
-    Tensor ctrl_, dc1_out_, dc1_act_, dctrl_;   // scratch
+    Tensor dc1_out_, dc1_act_, dctrl_;          // scratch
 };
 
 }  // namespace moe

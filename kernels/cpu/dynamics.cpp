@@ -65,6 +65,16 @@ void check_control(const char* op, Tensor h, Tensor act, Tensor weight, Tensor b
                                     ", weight " + weight.shape_str() + ", bias " + bias.shape_str());
 }
 
+// ctrl [N,3H] for rows h, in `bytes`, as dynamics_control makes it.
+Tensor make_control(CpuOps& ops, std::vector<unsigned char>& bytes, const char* op, Tensor h, Tensor act,
+                    Tensor weight, Tensor bias) {
+    check_control(op, h, act, weight, bias);
+    bytes.resize(size_t(h.dim(0) * 3 * h.dim(1)) * dtype_size(h.dtype));
+    Tensor ctrl(bytes.data(), h.dtype, {h.dim(0), 3 * h.dim(1)});
+    ops.dynamics_control(ctrl, act, weight, bias);
+    return ctrl;
+}
+
 // An output or gradient has the shape of what it belongs to; an optional one
 // (a gradient) may be empty, meaning "not wanted".
 void check_like(const char* op, const char* name, Tensor t, Tensor like, bool optional = false) {
@@ -82,12 +92,10 @@ constexpr int64_t kRowsPerChunk = 64;
 
 void CpuOps::dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor act, Tensor weight,
                               Tensor bias, Tensor mu, const DynamicsParams& p) {
-    check_control("dynamics_forward", h, act, weight, bias);
-    const int64_t N = h.dim(0), H = h.dim(1);
-    std::vector<unsigned char> ctrl_bytes(size_t(N * 3 * H) * dtype_size(h.dtype));
-    Tensor ctrl(ctrl_bytes.data(), h.dtype, {N, 3 * H});
-    dynamics_control(ctrl, act, weight, bias);
+    std::vector<unsigned char> ctrl_bytes;
+    const Tensor ctrl = make_control(*this, ctrl_bytes, "dynamics_forward", h, act, weight, bias);
     check_shapes("dynamics_forward", h, v, ctrl, mu);
+    const int64_t N = h.dim(0), H = h.dim(1);
     check_like("dynamics_forward", "h_out", h_out, h);
     check_like("dynamics_forward", "v_out", v_out, h);
     dispatch_float(h, [&](auto tag) {
@@ -107,12 +115,16 @@ void CpuOps::dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Te
     });
 }
 
-void CpuOps::dynamics_control(Tensor ctrl, Tensor act, Tensor weight, Tensor bias) { matmul_forward(ctrl, act, weight, bias); }
+void CpuOps::dynamics_control(Tensor ctrl, Tensor act, Tensor weight, Tensor bias) {
+    matmul_forward(ctrl, act, weight, bias);
+}
 
 void CpuOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out,
-                               Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write,
-                               Write dw_write) {
+                               Tensor h, Tensor v, Tensor act, Tensor weight, Tensor bias, Tensor mu,
+                               const DynamicsParams& p, Write write, Write dw_write) {
     const char* op = "dynamics_backward";
+    std::vector<unsigned char> ctrl_bytes;
+    const Tensor ctrl = make_control(*this, ctrl_bytes, op, h, act, weight, bias);
     check_shapes(op, h, v, ctrl, mu);
     check_like(op, "dh_out", dh_out, h);
     check_like(op, "dv_out", dv_out, h);

@@ -115,8 +115,8 @@ public:
                           Tensor mu, const DynamicsParams& p) override;
     void dynamics_control(Tensor ctrl, Tensor act, Tensor weight, Tensor bias) override;
     void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out, Tensor h,
-                           Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write,
-                           Write dw_write) override;
+                           Tensor v, Tensor act, Tensor weight, Tensor bias, Tensor mu, const DynamicsParams& p,
+                           Write write, Write dw_write) override;
 
     void cross_entropy_forward(Tensor losses, Tensor lse, Tensor logits, Tensor targets) override;
     void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor lse, Tensor targets, double dloss) override;

@@ -5,11 +5,11 @@
 // chunk of rows for a tile of columns and writes its column sums to scratch,
 // then a second kernel adds the chunks in chunk order.
 //
-// The forward makes ctrl itself from the controller's last layer (ctrl =
+// Both passes make ctrl themselves from the controller's last layer (ctrl =
 // act w^T + b): a block's 64 rows x 64 columns of each third are a tensor-
-// core product in shared memory, never written out, which spares a step
-// ctrl's write and read (2 x N x 3H bf16 a layer). The backward's ctrl comes
-// from dynamics_control, the same product written out.
+// core product in shared memory, the same in both, never written out, which
+// spares a layer ctrl's write, its read in each pass and its keeping
+// (N x 3H bf16). dynamics_control writes the same product out.
 #include <algorithm>
 #include <string>
 #include <type_traits>
@@ -192,6 +192,53 @@ __device__ __forceinline__ void load_prior(float (&out)[W], const bf16* g, int64
     }
 }
 
+// The backward of W columns of one row at i (ctrl's a, b, g at ca, cb, cg,
+// in global or shared memory; dctrl's a at ia, b and g H and 2H further):
+// dh, dv and dctrl added to when accumulate, else written; dmu's terms
+// added to dmu_sum.
+template <int W>
+__device__ __forceinline__ void backward_chunk(bf16* dh, bf16* dv, bf16* dctrl, float (&dmu_sum)[W],
+                                               const bf16* dh_out, const bf16* dv_out, const bf16* h, const bf16* v,
+                                               const bf16* ca, const bf16* cb, const bf16* cg, const float (&m)[W],
+                                               int64_t i, int64_t ia, int64_t H, const Params& p, bool accumulate) {
+    const int64_t ib = ia + H, ig = ib + H;
+    float hi[W], vi[W], a[W], b[W], g[W], g_h[W], g_v[W];
+    load_chunk(hi, h + i);
+    load_chunk(vi, v + i);
+    load_chunk(a, ca);
+    load_chunk(b, cb);
+    load_chunk(g, cg);
+    load_chunk(g_h, dh_out + i);
+    load_chunk(g_v, dv_out + i);
+    float d_h[W], d_v[W], d_a[W], d_b[W], d_g[W];
+    load_prior(d_h, dh, i, accumulate && dh);
+    load_prior(d_v, dv, i, accumulate && dv);
+    load_prior(d_a, dctrl, ia, accumulate && dctrl);
+    load_prior(d_b, dctrl, ib, accumulate && dctrl);
+    load_prior(d_g, dctrl, ig, accumulate && dctrl);
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+        const Step s = step(hi[e], vi[e], a[e], b[e], g[e], m[e], p);
+        // h' = h + dt gate v' feeds v' as well as the v' output.
+        const float g_vnew = g_v[e] + g_h[e] * p.dt * s.gate;
+        const float g_u = s.v_passes ? g_vnew : 0;  // u = alpha v - beta (h - mu_c)
+        d_h[e] += g_h[e] - g_u * s.beta;
+        d_v[e] += g_u * s.alpha;
+        d_a[e] += g_u * vi[e] * s.alpha * (1 - s.alpha);
+        // A clipped beta adds nothing: an accumulated gradient keeps its bits.
+        if (s.beta_passes) d_b[e] += -g_u * (hi[e] - s.mu_c) * softplus_grad(b[e]);
+        d_g[e] += g_h[e] * p.dt * s.v_new * s.gate * (1 - s.gate);
+        if (s.mu_passes) dmu_sum[e] += g_u * s.beta;
+    }
+    if (dh) store_chunk(dh + i, d_h);
+    if (dv) store_chunk(dv + i, d_v);
+    if (dctrl) {
+        store_chunk(dctrl + ia, d_a);
+        store_chunk(dctrl + ib, d_b);
+        store_chunk(dctrl + ig, d_g);
+    }
+}
+
 // Block (x, y) takes rows [x*kRowsPerChunk, +kRowsPerChunk) of the W columns
 // from (y*blockDim + thread) * W; dmu_part (null: dmu not wanted) gets the
 // chunk's column sums. dh, dv and dctrl are added to when accumulate, else
@@ -206,44 +253,45 @@ __global__ void dynamics_backward_kernel(bf16* dh, bf16* dv, bf16* dctrl, float*
     float m[W], dmu_sum[W] = {};
     load_chunk(m, mu + c);
     for (int64_t n = n0; n < n1; ++n) {
-        const int64_t i = n * H + c, ia = n * 3 * H + c, ib = ia + H, ig = ib + H;
-        float hi[W], vi[W], a[W], b[W], g[W], g_h[W], g_v[W];
-        load_chunk(hi, h + i);
-        load_chunk(vi, v + i);
-        load_chunk(a, ctrl + ia);
-        load_chunk(b, ctrl + ib);
-        load_chunk(g, ctrl + ig);
-        load_chunk(g_h, dh_out + i);
-        load_chunk(g_v, dv_out + i);
-        float d_h[W], d_v[W], d_a[W], d_b[W], d_g[W];
-        load_prior(d_h, dh, i, accumulate && dh);
-        load_prior(d_v, dv, i, accumulate && dv);
-        load_prior(d_a, dctrl, ia, accumulate && dctrl);
-        load_prior(d_b, dctrl, ib, accumulate && dctrl);
-        load_prior(d_g, dctrl, ig, accumulate && dctrl);
-#pragma unroll
-        for (int e = 0; e < W; ++e) {
-            const Step s = step(hi[e], vi[e], a[e], b[e], g[e], m[e], p);
-            // h' = h + dt gate v' feeds v' as well as the v' output.
-            const float g_vnew = g_v[e] + g_h[e] * p.dt * s.gate;
-            const float g_u = s.v_passes ? g_vnew : 0;  // u = alpha v - beta (h - mu_c)
-            d_h[e] += g_h[e] - g_u * s.beta;
-            d_v[e] += g_u * s.alpha;
-            d_a[e] += g_u * vi[e] * s.alpha * (1 - s.alpha);
-            // A clipped beta adds nothing: an accumulated gradient keeps its bits.
-            if (s.beta_passes) d_b[e] += -g_u * (hi[e] - s.mu_c) * softplus_grad(b[e]);
-            d_g[e] += g_h[e] * p.dt * s.v_new * s.gate * (1 - s.gate);
-            if (s.mu_passes) dmu_sum[e] += g_u * s.beta;
-        }
-        if (dh) store_chunk(dh + i, d_h);
-        if (dv) store_chunk(dv + i, d_v);
-        if (dctrl) {
-            store_chunk(dctrl + ia, d_a);
-            store_chunk(dctrl + ib, d_b);
-            store_chunk(dctrl + ig, d_g);
-        }
+        const int64_t ia = n * 3 * H + c;
+        backward_chunk<W>(dh, dv, dctrl, dmu_sum, dh_out, dv_out, h, v, ctrl + ia, ctrl + ia + H, ctrl + ia + 2 * H,
+                          m, n * H + c, ia, H, p, accumulate);
     }
     if (dmu_part) store_chunk(dmu_part + chunk * H + c, dmu_sum);  // on 16 bytes: scratch is, H and c multiples of W
+}
+
+// The same over a block's tile with ctrl made in shared memory (the
+// forward's tiles): thread t takes columns c0 + 8 (t % 8), +8 of rows t / 8,
+// +16, +32, +48; dmu_part's row x (the block's 64 rows) gets the column sums,
+// added over the threads in thread order.
+template <int C>
+__global__ void __launch_bounds__(kControlThreads)
+    dynamics_control_backward_kernel(bf16* dh, bf16* dv, bf16* dctrl, float* dmu_part, const bf16* dh_out,
+                                     const bf16* dv_out, const bf16* h, const bf16* v, const bf16* act,
+                                     const bf16* weight, const bf16* bias, const bf16* mu, int64_t N, int64_t H,
+                                     Params p, bool accumulate) {
+    __shared__ __align__(16) unsigned char tiles[sizeof(ControlTiles<C>)];
+    __shared__ float dmu_rows[kControlThreads / 8][kTileCols];
+    ControlTiles<C>& s = *reinterpret_cast<ControlTiles<C>*>(tiles);
+    const int64_t n0 = int64_t(blockIdx.x) * kTileRows, c0 = int64_t(blockIdx.y) * kTileCols;
+    control_tiles<C>(s, act, weight, bias, n0, N, H, c0);
+    const int cc = threadIdx.x % 8 * 8, first = threadIdx.x / 8;
+    float m[8], dmu_sum[8] = {};
+    load_chunk(m, mu + c0 + cc);
+    for (int r = first; r < kTileRows && n0 + r < N; r += kControlThreads / 8) {
+        const int64_t n = n0 + r;
+        backward_chunk<8>(dh, dv, dctrl, dmu_sum, dh_out, dv_out, h, v, &s.ctrl[0][r][cc], &s.ctrl[1][r][cc],
+                          &s.ctrl[2][r][cc], m, n * H + c0 + cc, n * 3 * H + c0 + cc, H, p, accumulate);
+    }
+    if (!dmu_part) return;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) dmu_rows[first][cc + e] = dmu_sum[e];
+    __syncthreads();
+    if (threadIdx.x < kTileCols) {
+        float total = 0;
+        for (int j = 0; j < kControlThreads / 8; ++j) total += dmu_rows[j][threadIdx.x];
+        dmu_part[blockIdx.x * H + c0 + threadIdx.x] = total;
+    }
 }
 
 // dmu[c] (+)= sum over chunks of part[chunk, c]. A block takes 32 columns;
@@ -393,37 +441,63 @@ void CudaOps::dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, T
 }
 
 void CudaOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out,
-                                Tensor h, Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write,
-                                Write dw_write) {
+                                Tensor h, Tensor v, Tensor act, Tensor weight, Tensor bias, Tensor mu,
+                                const DynamicsParams& p, Write write, Write dw_write) {
     const char* op = "dynamics_backward";
-    check_inputs(op, h, v, ctrl, mu);
+    require_dtype(op, "h", h, DType::BF16);
+    check_control(op, h.ndim == 2 ? h.dim(1) : -1, h, act, weight, bias);
+    const int64_t N = h.dim(0), H = h.dim(1);
+    const Tensor ctrl_shape(nullptr, DType::BF16, {N, 3 * H});
+    check_inputs(op, h, v, ctrl_shape, mu);
     check_like(op, "dh_out", dh_out, h, DType::BF16);
     check_like(op, "dv_out", dv_out, h, DType::BF16);
     check_like(op, "dh", dh, h, DType::BF16, true);
     check_like(op, "dv", dv, h, DType::BF16, true);
-    check_like(op, "dctrl", dctrl, ctrl, DType::BF16, true);
+    check_like(op, "dctrl", dctrl, ctrl_shape, DType::BF16, true);
     check_like(op, "dmu", dmu, mu, DType::F32, true);
-    const int64_t N = h.dim(0), H = h.dim(1);
     if (H == 0 || (dh.empty() && dv.empty() && dctrl.empty() && dmu.empty())) return;
     if (N == 0) {  // nothing to add; an overwritten dmu is zero
         if (!dmu.empty() && dw_write == Write::overwrite) zero(dmu);
         return;
     }
-    const int64_t chunks = (N + kRowsPerChunk - 1) / kRowsPerChunk;
-    float* part = dmu.empty() ? nullptr : static_cast<float*>(scratch(size_t(chunks * H) * sizeof(float)));
-    const auto launch = [&](auto width) {
-        constexpr int W = decltype(width)::value;
-        // A block: the chunks of W of a row, in whole warps, at most kThreads.
-        const int64_t cols = H / W;
-        const int threads = int(std::min<int64_t>(kThreads, (cols + 31) / 32 * 32));
-        const int64_t tiles = (cols + threads - 1) / threads;
-        check(tiles <= 65535, op, "h " + h.shape_str() + " has too many columns for one launch");
-        dynamics_backward_kernel<W><<<dim3(unsigned(chunks), unsigned(tiles)), threads, 0, stream()>>>(
-            bf16_ptr(dh), bf16_ptr(dv), bf16_ptr(dctrl), part, bf16_ptr(dh_out), bf16_ptr(dv_out), bf16_ptr(h),
-            bf16_ptr(v), bf16_ptr(ctrl), bf16_ptr(mu), N, H, params(p), write == Write::add);
-    };
-    cuda::with_chunk_width(
-        H, {dh.data, dv.data, dctrl.data, dh_out.data, dv_out.data, h.data, v.data, ctrl.data, mu.data}, launch);
+    const bool accumulate = write == Write::add;
+    // Tiles: dmu's partial sums a 64-row tile each; else kRowsPerChunk rows
+    // a chunk, after ctrl made by the GEMM (scratch holds both).
+    const bool tiled = with_control_size(act.dim(1), [&](auto) {
+        return tiles_fit(H, {dh.data, dv.data, dctrl.data, dh_out.data, dv_out.data, h.data, v.data, act.data,
+                             weight.data, mu.data});
+    });
+    const int64_t rows = tiled ? kTileRows : kRowsPerChunk, chunks = (N + rows - 1) / rows;
+    const size_t part_bytes = dmu.empty() ? 0 : (size_t(chunks * H) * sizeof(float) + 255) / 256 * 256;
+    const size_t ctrl_bytes = tiled ? 0 : size_t(N * 3 * H) * sizeof(bf16);
+    auto* space = static_cast<unsigned char*>(part_bytes + ctrl_bytes ? scratch(part_bytes + ctrl_bytes) : nullptr);
+    float* part = part_bytes ? reinterpret_cast<float*>(space) : nullptr;
+    if (tiled) {
+        with_control_size(act.dim(1), [&](auto size) {
+            constexpr int C = decltype(size)::value;
+            dynamics_control_backward_kernel<C><<<control_grid(N, H), kControlThreads, 0, stream()>>>(
+                bf16_ptr(dh), bf16_ptr(dv), bf16_ptr(dctrl), part, bf16_ptr(dh_out), bf16_ptr(dv_out), bf16_ptr(h),
+                bf16_ptr(v), bf16_ptr(act), bf16_ptr(weight), bf16_ptr(bias), bf16_ptr(mu), N, H, params(p),
+                accumulate);
+            return true;
+        });
+    } else {
+        const Tensor ctrl(space + part_bytes, DType::BF16, {N, 3 * H});
+        dynamics_control(ctrl, act, weight, bias);
+        const auto launch = [&](auto width) {
+            constexpr int W = decltype(width)::value;
+            // A block: the chunks of W of a row, in whole warps, at most kThreads.
+            const int64_t cols = H / W;
+            const int threads = int(std::min<int64_t>(kThreads, (cols + 31) / 32 * 32));
+            const int64_t tiles = (cols + threads - 1) / threads;
+            check(tiles <= 65535, op, "h " + h.shape_str() + " has too many columns for one launch");
+            dynamics_backward_kernel<W><<<dim3(unsigned(chunks), unsigned(tiles)), threads, 0, stream()>>>(
+                bf16_ptr(dh), bf16_ptr(dv), bf16_ptr(dctrl), part, bf16_ptr(dh_out), bf16_ptr(dv_out), bf16_ptr(h),
+                bf16_ptr(v), bf16_ptr(ctrl), bf16_ptr(mu), N, H, params(p), accumulate);
+        };
+        cuda::with_chunk_width(
+            H, {dh.data, dv.data, dctrl.data, dh_out.data, dv_out.data, h.data, v.data, ctrl.data, mu.data}, launch);
+    }
     MOE_CUDA_LAUNCHED();
     if (!part) return;
     dmu_reduce_kernel<<<unsigned((H + 31) / 32), kThreads, 0, stream()>>>(dmu.ptr<float>(), part, chunks, H,

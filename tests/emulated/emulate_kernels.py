@@ -144,6 +144,9 @@ def plain_cpp(s, where):
                 break
         args = s[open_paren + 1:close].strip()
         name = kernel.strip()
+        if not re.fullmatch(r'[\w:<>(), ]+', name):
+            sys.exit(f"emulate_kernels.py: {where}: a launch whose kernel is not named on the line of its <<<: "
+                     f"{s[line:config_end + 3]!r}; keep the name and <<< on one line")
         address = 'nullptr' if name in templates else f'reinterpret_cast<const void*>(+{name})'
         out += (s[:line] + f'{indent}{e}launch_kernel(dim3({config[0]}), dim3({config[1]}), size_t({config[2]}), '
                 f'cudaStream_t({config[3]}), {address}, [=](auto... a) {{ {name}(a...); }}'

@@ -52,6 +52,8 @@ struct Passthrough {
     }
     Tensor cpu_weight(int64_t H) { return host_tensor(weight, {3 * H, 3 * H}); }
     Tensor cpu_bias(int64_t H) { return host_tensor(bias, {3 * H}); }
+    Tensor gpu_weight(Backends& b, int64_t H) { return b.upload(weight, DType::BF16, {3 * H, 3 * H}); }
+    Tensor gpu_bias(Backends& b, int64_t H) { return b.upload(bias, DType::BF16, {3 * H}); }
 };
 
 // Every clamp clips somewhere and passes somewhere.
@@ -86,8 +88,8 @@ void check_dynamics(Backends& b, int64_t N, int64_t H, Write write) {
                            pass.cpu_weight(H), pass.cpu_bias(H), host_tensor(q.mu, {H}), q.p);
     require_every_clamp(q, v_out);
     Tensor gpu_h_out = b.zeros(DType::BF16, {N, H}), gpu_v_out = b.zeros(DType::BF16, {N, H});
-    b.gpu.dynamics_forward(gpu_h_out, gpu_v_out, h, v, ctrl, b.upload(pass.weight, DType::BF16, {3 * H, 3 * H}),
-                           b.upload(pass.bias, DType::BF16, {3 * H}), mu, q.p);
+    const Tensor pass_weight = pass.gpu_weight(b, H), pass_bias = pass.gpu_bias(b, H);
+    b.gpu.dynamics_forward(gpu_h_out, gpu_v_out, h, v, ctrl, pass_weight, pass_bias, mu, q.p);
     require_near("h_out", b.download(gpu_h_out), h_out, kBf16Rtol, kBf16Atol);
     require_near("v_out", b.download(gpu_v_out), v_out, kBf16Rtol, kBf16Atol);
 
@@ -99,12 +101,12 @@ void check_dynamics(Backends& b, int64_t N, int64_t H, Write write) {
     std::vector<float> dh = dh0, dv = dv0, dctrl = dctrl0, dmu = dmu0;
     b.cpu.dynamics_backward(q.cpu(dh, H), q.cpu(dv, H), q.cpu(dctrl, 3 * H), host_tensor(dmu, {H}),
                             q.cpu(dh_out, H), q.cpu(dv_out, H), q.cpu(q.h, H), q.cpu(q.v, H), q.cpu(q.ctrl, 3 * H),
-                            host_tensor(q.mu, {H}), q.p, write, write);
+                            pass.cpu_weight(H), pass.cpu_bias(H), host_tensor(q.mu, {H}), q.p, write, write);
     Tensor gpu_dh_out = b.upload(dh_out, DType::BF16, {N, H}), gpu_dv_out = b.upload(dv_out, DType::BF16, {N, H});
     Tensor gpu_dh = b.upload(dh0, DType::BF16, {N, H}), gpu_dv = b.upload(dv0, DType::BF16, {N, H});
     Tensor gpu_dctrl = b.upload(dctrl0, DType::BF16, {N, 3 * H}), gpu_dmu = b.upload(dmu0, DType::F32, {H});
-    b.gpu.dynamics_backward(gpu_dh, gpu_dv, gpu_dctrl, gpu_dmu, gpu_dh_out, gpu_dv_out, h, v, ctrl, mu, q.p, write,
-                            write);
+    b.gpu.dynamics_backward(gpu_dh, gpu_dv, gpu_dctrl, gpu_dmu, gpu_dh_out, gpu_dv_out, h, v, ctrl, pass_weight,
+                            pass_bias, mu, q.p, write, write);
     require_near("dh", b.download(gpu_dh), dh, kBf16Rtol, kBf16Atol);
     require_near("dv", b.download(gpu_dv), dv, kBf16Rtol, kBf16Atol);
     require_near("dctrl", b.download(gpu_dctrl), dctrl, kBf16Rtol, kBf16Atol);
@@ -112,10 +114,10 @@ void check_dynamics(Backends& b, int64_t N, int64_t H, Write write) {
 
     // Empty gradients are not wanted: dmu alone, then dctrl alone.
     Tensor dmu_only = b.upload(dmu0, DType::F32, {H}), dctrl_only = b.upload(dctrl0, DType::BF16, {N, 3 * H});
-    b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, dmu_only, gpu_dh_out, gpu_dv_out, h, v, ctrl, mu, q.p,
-                            write, write);
-    b.gpu.dynamics_backward(Tensor{}, Tensor{}, dctrl_only, Tensor{}, gpu_dh_out, gpu_dv_out, h, v, ctrl, mu, q.p,
-                            write, write);
+    b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, dmu_only, gpu_dh_out, gpu_dv_out, h, v, ctrl, pass_weight,
+                            pass_bias, mu, q.p, write, write);
+    b.gpu.dynamics_backward(Tensor{}, Tensor{}, dctrl_only, Tensor{}, gpu_dh_out, gpu_dv_out, h, v, ctrl,
+                            pass_weight, pass_bias, mu, q.p, write, write);
     require_near("dmu alone", b.download(dmu_only), dmu, kDmuRtol, kDmuAtol);
     require_near("dctrl alone", b.download(dctrl_only), dctrl, kBf16Rtol, kBf16Atol);
 }
@@ -153,16 +155,40 @@ void check_control(Backends& b, int64_t N, int64_t H, int64_t C) {
     require_near("h_out", got_h, h_out, kBf16Rtol, kBf16Atol);
     require_near("v_out", got_v, v_out, kBf16Rtol, kBf16Atol);
 
+    const Tensor pass_weight = pass.gpu_weight(b, H), pass_bias = pass.gpu_bias(b, H);
     Tensor pass_h = b.zeros(DType::BF16, {N, H}), pass_v = b.zeros(DType::BF16, {N, H});
-    b.gpu.dynamics_forward(pass_h, pass_v, h, v, gpu_ctrl, b.upload(pass.weight, DType::BF16, {3 * H, 3 * H}),
-                           b.upload(pass.bias, DType::BF16, {3 * H}), mu, q.p);
+    b.gpu.dynamics_forward(pass_h, pass_v, h, v, gpu_ctrl, pass_weight, pass_bias, mu, q.p);
     REQUIRE(b.download(pass_h) == got_h);
     REQUIRE(b.download(pass_v) == got_v);
+
+    // The backward, added to nonzero gradients: its ctrl is the forward's,
+    // so it equals the passthrough's on that ctrl (dmu to its summation order).
+    const std::vector<float> dh_out = bf16_normals(N * H, rng), dv_out = bf16_normals(N * H, rng);
+    const std::vector<float> dh0 = bf16_normals(N * H, rng), dctrl0 = bf16_normals(N * 3 * H, rng);
+    const std::vector<float> dmu0 = bf16_normals(H, rng);
+    Tensor gpu_dh_out = b.upload(dh_out, DType::BF16, {N, H}), gpu_dv_out = b.upload(dv_out, DType::BF16, {N, H});
+    std::vector<std::vector<float>> results;
+    for (bool through : {false, true}) {
+        Tensor dh = b.upload(dh0, DType::BF16, {N, H}), dv = b.upload(dh0, DType::BF16, {N, H});
+        Tensor dctrl = b.upload(dctrl0, DType::BF16, {N, 3 * H}), dmu = b.upload(dmu0, DType::F32, {H});
+        if (through)
+            b.gpu.dynamics_backward(dh, dv, dctrl, dmu, gpu_dh_out, gpu_dv_out, h, v, gpu_ctrl, pass_weight, pass_bias,
+                                    mu, q.p, Write::add, Write::add);
+        else
+            b.gpu.dynamics_backward(dh, dv, dctrl, dmu, gpu_dh_out, gpu_dv_out, h, v, gpu_act, gpu_weight, gpu_bias,
+                                    mu, q.p, Write::add, Write::add);
+        for (Tensor t : {dh, dv, dctrl, dmu}) results.push_back(b.download(t));
+    }
+    REQUIRE(results[4] == results[0]);
+    REQUIRE(results[5] == results[1]);
+    REQUIRE(results[6] == results[2]);
+    require_near("dmu", results[3], results[7], kDmuRtol, kDmuAtol);
+    REQUIRE(results[0] != dh0);
 }
 
 }  // namespace
 
-TEST_CASE("cuda dynamics forward makes ctrl from the controller as dynamics_control writes it", "[gpu]") {
+TEST_CASE("cuda dynamics make ctrl from the controller as dynamics_control writes it", "[gpu]") {
     Backends b;
     for (int64_t C : {16, 48, 64}) check_control(b, 37, 64, C);
     check_control(b, 130, 128, 64);  // three row tiles, two column tiles
@@ -180,7 +206,7 @@ TEST_CASE("cuda dynamics forward and backward match the CPU through every clamp"
 TEST_CASE("cuda dynamics reject wrong dtypes and shapes", "[gpu]") {
     Backends b;
     const int64_t N = 3, H = 4;
-    Tensor h = b.zeros(DType::BF16, {N, H}), ctrl = b.zeros(DType::BF16, {N, 3 * H}), mu = b.zeros(DType::BF16, {H});
+    Tensor h = b.zeros(DType::BF16, {N, H}), mu = b.zeros(DType::BF16, {H});
     const DynamicsParams p;
     Tensor act = b.zeros(DType::BF16, {N, 16}), weight = b.zeros(DType::BF16, {3 * H, 16});
     Tensor bias = b.zeros(DType::BF16, {3 * H});
@@ -191,9 +217,12 @@ TEST_CASE("cuda dynamics reject wrong dtypes and shapes", "[gpu]") {
     REQUIRE_THROWS_AS(b.gpu.dynamics_control(b.zeros(DType::F32, {N, 3 * H}), act, weight, bias),
                       std::invalid_argument);
     REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, b.zeros(DType::BF16, {H}), h, h, h, h,
-                                              ctrl, mu, p, Write::add, Write::add),
+                                              act, weight, bias, mu, p, Write::add, Write::add),
                       std::invalid_argument);
-    REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, Tensor{}, Tensor{}, h, h, h, ctrl, mu, p,
-                                              Write::add, Write::add),
+    REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, Tensor{}, Tensor{}, h, h, h, act, weight,
+                                              bias, mu, p, Write::add, Write::add),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, Tensor{}, h, h, h, h, act, weight,
+                                              b.zeros(DType::BF16, {3 * H + 1}), mu, p, Write::add, Write::add),
                       std::invalid_argument);
 }
