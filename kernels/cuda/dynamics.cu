@@ -63,9 +63,31 @@ __device__ __forceinline__ Step step(float h, float v, float a, float b, float g
     return s;
 }
 
-// h_out, v_out may be h, v themselves: each element is read before it is
-// written. A thread takes W neighbouring columns of a row (W = 8: 16-byte
-// accesses).
+// The update of W columns of one row at i (ctrl's a, b, g at ca, cb, cg, in
+// global or shared memory; mu's at m). h_out, v_out may be h, v themselves:
+// each element is read before it is written.
+template <int W>
+__device__ __forceinline__ void forward_chunk(bf16* h_out, bf16* v_out, const bf16* h, const bf16* v, const bf16* ca,
+                                              const bf16* cb, const bf16* cg, const bf16* m_at, int64_t i,
+                                              const Params& p) {
+    float hi[W], vi[W], a[W], b[W], g[W], m[W], ho[W], vo[W];
+    load_chunk(hi, h + i);
+    load_chunk(vi, v + i);
+    load_chunk(a, ca);
+    load_chunk(b, cb);
+    load_chunk(g, cg);
+    load_chunk(m, m_at);
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+        const Step s = step(hi[e], vi[e], a[e], b[e], g[e], m[e], p);
+        ho[e] = hi[e] + p.dt * s.gate * s.v_new;
+        vo[e] = s.v_new;
+    }
+    store_chunk(h_out + i, ho);
+    store_chunk(v_out + i, vo);
+}
+
+// A thread takes W neighbouring columns of a row (W = 8: 16-byte accesses).
 template <int W>
 __global__ void dynamics_forward_kernel(bf16* h_out, bf16* v_out, const bf16* h, const bf16* v, const bf16* ctrl,
                                         const bf16* mu, int64_t N, int64_t H, Params p) {
@@ -73,21 +95,7 @@ __global__ void dynamics_forward_kernel(bf16* h_out, bf16* v_out, const bf16* h,
     for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < chunks; k += int64_t(gridDim.x) * blockDim.x) {
         const int64_t i = k * W, n = i / H, c = i % H;
         const bf16* cn = ctrl + n * 3 * H + c;
-        float hi[W], vi[W], a[W], b[W], g[W], m[W], ho[W], vo[W];
-        load_chunk(hi, h + i);
-        load_chunk(vi, v + i);
-        load_chunk(a, cn);
-        load_chunk(b, cn + H);
-        load_chunk(g, cn + 2 * H);
-        load_chunk(m, mu + c);
-#pragma unroll
-        for (int e = 0; e < W; ++e) {
-            const Step s = step(hi[e], vi[e], a[e], b[e], g[e], m[e], p);
-            ho[e] = hi[e] + p.dt * s.gate * s.v_new;
-            vo[e] = s.v_new;
-        }
-        store_chunk(h_out + i, ho);
-        store_chunk(v_out + i, vo);
+        forward_chunk<W>(h_out, v_out, h, v, cn, cn + H, cn + 2 * H, mu + c, i, p);
     }
 }
 
@@ -146,22 +154,8 @@ __global__ void __launch_bounds__(kControlThreads)
     for (int k = threadIdx.x; k < kTileRows * kTileCols / 8; k += kControlThreads) {
         const int r = k / (kTileCols / 8), cc = k % (kTileCols / 8) * 8;
         if (n0 + r >= N) break;  // later k are later rows
-        const int64_t i = (n0 + r) * H + c0 + cc;
-        float hi[8], vi[8], a[8], b[8], g[8], m[8], ho[8], vo[8];
-        load_chunk(hi, h + i);
-        load_chunk(vi, v + i);
-        load_chunk(a, &s.ctrl[0][r][cc]);
-        load_chunk(b, &s.ctrl[1][r][cc]);
-        load_chunk(g, &s.ctrl[2][r][cc]);
-        load_chunk(m, mu + c0 + cc);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            const Step st = step(hi[e], vi[e], a[e], b[e], g[e], m[e], p);
-            ho[e] = hi[e] + p.dt * st.gate * st.v_new;
-            vo[e] = st.v_new;
-        }
-        store_chunk(h_out + i, ho);
-        store_chunk(v_out + i, vo);
+        forward_chunk<8>(h_out, v_out, h, v, &s.ctrl[0][r][cc], &s.ctrl[1][r][cc], &s.ctrl[2][r][cc], mu + c0 + cc,
+                         (n0 + r) * H + c0 + cc, p);
     }
 }
 
