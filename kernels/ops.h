@@ -15,7 +15,7 @@
 //   The CPU backend computes in the tensors' dtype (F64 for gradient checks).
 // - Backward ops ACCUMULATE (+=) into every gradient they produce, inputs and
 //   parameters alike, unless told otherwise. Two always overwrite:
-//   swiglu_backward and cross_entropy_backward, whose gradients are large
+//   swiglu_backward and cross_entropy, whose gradients are large
 //   scratch no one adds to. The others let the caller choose (Write) for the
 //   outputs that are often their buffers' only or first writers: dx_write for
 //   input gradients, dw_write for parameter gradients (master), which the
@@ -24,8 +24,9 @@
 //   zeros where nothing contributes (an expert without rows, an unused
 //   vocabulary row, an empty batch). An empty() gradient tensor means "not
 //   wanted" and is skipped.
-// - "stats" tensors (rstd, lse) are written by the forward and read by the
-//   backward, so the backward recomputes nothing it can keep cheaply.
+// - "stats" tensors (rstd, attention's lse) are written by the forward and
+//   read by the backward, so the backward recomputes nothing it can keep
+//   cheaply.
 #pragma once
 #include <cstdint>
 #include <stdexcept>
@@ -270,14 +271,12 @@ public:
 
     // ---- loss -------------------------------------------------------------
     // losses[N] (stat) = logsumexp(logits[n]) - logits[n, targets[n]], in fp32
-    // from logits in act (no fp32 copy of the logits); lse[N] (stat, may be
-    // empty) keeps each row's logsumexp for the backward.
-    virtual void cross_entropy_forward(Tensor losses, Tensor lse, Tensor logits, Tensor targets) = 0;
-    // dlogits = dloss * (exp(logits - lse) - onehot(target)) with the
-    // forward's lse: one pass over the logits, nothing recomputed. OVERWRITES
-    // dlogits, which may be the logits buffer itself.
-    virtual void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor lse, Tensor targets,
-                                        double dloss) = 0;
+    // from logits in act (no fp32 copy of the logits). With dlogits (may be
+    // empty), the same pass also writes the loss's gradient:
+    // dlogits = dloss * (softmax(logits[n]) - onehot(targets[n])), each logit
+    // read once for both. OVERWRITES dlogits, which may be the logits buffer
+    // itself (the training forward's head: the loss and its gradient at once).
+    virtual void cross_entropy(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets, double dloss) = 0;
 
     // ---- optimizer --------------------------------------------------------
     // One AdamW step on every tensor of the list (decoupled weight decay

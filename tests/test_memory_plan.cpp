@@ -45,8 +45,8 @@ TEST_CASE("a model takes its memory at construction and none during a step", "[u
     REQUIRE(ops.used() == model.planned_bytes());
     REQUIRE(model.planned_bytes() == model.params().planned_bytes(Precision(DType::F32)).total() + model.activation_bytes());
     std::vector<int32_t> ids(10, 3), targets(10, 4);
-    model.forward(ids.data(), targets.data());
-    model.backward(1.0, Write::overwrite);
+    model.forward(ids.data(), targets.data(), 1.0);
+    model.backward(Write::overwrite);
     REQUIRE(ops.allocations() == after_construction);
 }
 

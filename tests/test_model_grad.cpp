@@ -1,7 +1,9 @@
 // The whole model's gradients, in double, against central finite differences,
 // on tiny configs that cover every routing and dynamics variant.
+#include <cmath>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "engine/model/model.h"
 #include "engine/params/rng.h"
@@ -42,8 +44,8 @@ void check_model_gradients(const ModelConfig& cfg) {
         return r.loss + r.aux;
     };
     moe::test::poison_grads(params);  // the backward writes every gradient whole
-    const ForwardResult r = model.forward(inputs.data(), targets.data());
-    model.backward(1.0, Write::overwrite);
+    const ForwardResult r = model.forward(inputs.data(), targets.data(), 1.0);
+    model.backward(Write::overwrite);
     if (cfg.moe.router == moe::RouterKind::learned) REQUIRE(r.aux > 0);
     if (cfg.moe.capacity_factor) REQUIRE(r.dropped() > 0);
 
@@ -114,8 +116,8 @@ TEST_CASE("a micro-batch's backward adds to the gradients the first one wrote", 
         moe::test::poison_grads(params);
         for (size_t i = 0; i < micro_batches.size(); ++i) {
             const int m = micro_batches[i];
-            model.forward(inputs[m].data(), targets[m].data());
-            model.backward(0.5, i == 0 ? Write::overwrite : Write::add);
+            model.forward(inputs[m].data(), targets[m].data(), 0.5);
+            model.backward(i == 0 ? Write::overwrite : Write::add);
         }
         std::vector<std::vector<double>> out;
         for (const Param& p : params.all()) out.emplace_back(p.grad.ptr<double>(), p.grad.ptr<double>() + p.numel());
@@ -129,4 +131,42 @@ TEST_CASE("a micro-batch's backward adds to the gradients the first one wrote", 
             REQUIRE(both[k][i] == Approx(first[k][i] + second[k][i]).epsilon(1e-12).margin(1e-15));
         ++k;
     }
+}
+
+// The head's gradient is made by the training forward (forward with a
+// loss_scale); a backward without one to follow stops with the reason, and an
+// evaluation forward leaves the logits as they are.
+TEST_CASE("a backward follows a training forward once", "[unit]") {
+    const ModelConfig cfg = tiny_model();
+    CpuOps ops;
+    Model model(cfg, ops, DType::F64, 2, 5);
+    model.params().initialize(3);
+    Rng rng(18);
+    const std::vector<int32_t> inputs = random_tokens(cfg, 10, rng), targets = random_tokens(cfg, 10, rng);
+    const auto logits = [&] {
+        const Tensor& l = model.logits();
+        return std::vector<double>(l.ptr<double>(), l.ptr<double>() + l.numel());
+    };
+    const auto no_forward = [&] { model.backward(Write::overwrite); };
+    REQUIRE_THROWS_WITH(no_forward(), Catch::Contains("no training forward to follow"));
+
+    const double eval_loss = model.forward(inputs.data(), targets.data()).loss;
+    const std::vector<double> eval_logits = logits();
+    REQUIRE_THROWS_WITH(no_forward(), Catch::Contains("no training forward to follow"));
+    REQUIRE(model.forward(inputs.data(), targets.data()).loss == eval_loss);
+    REQUIRE(logits() == eval_logits);  // an evaluation forward keeps them
+
+    const double train_loss = model.forward(inputs.data(), targets.data(), 0.5).loss;
+    REQUIRE(train_loss == eval_loss);  // making the gradient changes no loss
+    // Each row of the gradient: 0.5 / N (softmax - onehot), summing to 0.
+    const std::vector<double> grad = logits();
+    const int64_t V = cfg.vocab_size;
+    for (int64_t n = 0; n < 10; ++n) {
+        double sum = 0;
+        for (int64_t i = 0; i < V; ++i) sum += grad[size_t(n * V + i)];
+        REQUIRE(std::abs(sum) < 1e-15);
+        REQUIRE(grad[size_t(n * V + targets[size_t(n)])] < 0);
+    }
+    model.backward(Write::overwrite);
+    REQUIRE_THROWS_WITH(no_forward(), Catch::Contains("no training forward to follow"));
 }

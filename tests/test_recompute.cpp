@@ -35,10 +35,10 @@ StepBits step(const ModelConfig& cfg, Recompute recompute) {
         std::vector<int32_t> inputs(12), targets(12);
         for (int32_t& t : inputs) t = int32_t(rng.next() % uint64_t(cfg.vocab_size));
         for (int32_t& t : targets) t = int32_t(rng.next() % uint64_t(cfg.vocab_size));
-        const ForwardResult r = model.forward(inputs.data(), targets.data());
+        const ForwardResult r = model.forward(inputs.data(), targets.data(), 0.5);
         out.results.push_back(r.loss);
         out.results.push_back(r.aux);
-        model.backward(0.5, m == 0 ? Write::overwrite : Write::add);
+        model.backward(m == 0 ? Write::overwrite : Write::add);
     }
     for (const Param& p : model.params().all()) {
         const char* bytes = static_cast<const char*>(p.grad.data);

@@ -150,9 +150,9 @@ int run(const Args& args) {
     // One whole training step; the all-reduce still due after the backward is
     // timed apart.
     const auto step = [&](int64_t n) {
-        const moe::ForwardResult r = model->forward(inputs.data(), targets.data());
+        const moe::ForwardResult r = model->forward(inputs.data(), targets.data(), 1.0);
         moe::GradientReducer reducer(params, &groups);
-        model->backward(1.0, moe::Write::overwrite, args.overlap ? reducer.bucket_ready() : nullptr);
+        model->backward(moe::Write::overwrite, args.overlap ? reducer.bucket_ready() : nullptr);
         moe::PhaseScope scope(times, *ops, moe::Phase::Optimizer);
         ops->synchronize();
         const auto t0 = std::chrono::steady_clock::now();

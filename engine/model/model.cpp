@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -112,7 +113,6 @@ void Model::carve() {
     rstd_ = acts_.take(pr_.stat, {N});
     logits_ = acts_.take(pr_.act, {N, V});
     losses_ = acts_.take(pr_.stat, {N});
-    lse_ = acts_.take(pr_.stat, {N});
     // Gradient streams live outside the per-block scratch.
     for (int i = 0; i < 2; ++i) {
         dh_[i] = acts_.take(pr_.act, {N, H});
@@ -127,8 +127,17 @@ void Model::set_phase_times(PhaseTimes* times) {
 }
 
 ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
+    return run_forward(inputs, targets, std::nullopt);
+}
+
+ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets, double loss_scale) {
+    return run_forward(inputs, targets, loss_scale);
+}
+
+ForwardResult Model::run_forward(const int32_t* inputs, const int32_t* targets, std::optional<double> loss_scale) {
     const int64_t N = int64_t(B_) * T_;
     ForwardResult r;
+    loss_scale_.reset();  // until this forward is whole
     {
         PhaseScope scope(times_, ops_, Phase::Other);
         ids_host_.assign(inputs, inputs + N);
@@ -152,8 +161,11 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
     PhaseScope scope(times_, ops_, Phase::Head);
     ops_.rmsnorm_forward(hn_, rstd_, h_.back(), norm_->work, cfg_.norm_eps);
     ops_.matmul_forward(logits_, hn_, lm_head_->work, {});
-    ops_.cross_entropy_forward(losses_, lse_, logits_, targets_);
+    // Training: the loss's gradient over the logits in the same pass.
+    ops_.cross_entropy(losses_, loss_scale ? logits_ : Tensor{}, logits_, targets_,
+                       loss_scale.value_or(0) / double(N));
     r.loss = ops_.sum(losses_) / double(N);
+    loss_scale_ = loss_scale;
     return r;
 }
 
@@ -187,15 +199,18 @@ void Model::forward_block(size_t l, MoeStats* stats) {
     if (stats) *stats = std::move(s);
 }
 
-void Model::backward(double loss_scale, Write grads, const BucketReady& bucket_ready) {
-    const int64_t N = int64_t(B_) * T_;
+void Model::backward(Write grads, const BucketReady& bucket_ready) {
+    if (!loss_scale_)
+        throw std::logic_error("Model::backward: no training forward to follow (call forward with a loss_scale "
+                               "first, once per backward)");
+    const double loss_scale = *loss_scale_;
+    loss_scale_.reset();
     const bool dyn = cfg_.dynamics.enabled;
     Tensor dh = dh_[0], dv = dv_[0];
 
     {
-        // Head: logits -> dlogits in place, then through the final norm.
+        // Head: from dlogits (the forward's, in place of the logits) through the final norm.
         PhaseScope scope(times_, ops_, Phase::Head);
-        ops_.cross_entropy_backward(logits_, logits_, lse_, targets_, loss_scale / double(N));
         ops_.matmul_backward(dxn_, lm_head_->grad, {}, logits_, hn_, lm_head_->work, Write::overwrite, grads);
         ops_.rmsnorm_backward(dh, norm_->grad, dxn_, h_.back(), norm_->work, rstd_, Write::overwrite, grads);
         if (dyn) ops_.zero(dv);

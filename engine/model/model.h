@@ -4,6 +4,7 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "engine/params/arena.h"
@@ -72,14 +73,19 @@ public:
     const std::vector<std::vector<Param*>>& gradient_buckets() const { return buckets_; }
 
     // inputs, targets: host arrays [B*T], ids already checked against V.
-    // Keeps what the backward needs.
+    // The loss of the batch, the logits kept for logits().
     ForwardResult forward(const int32_t* inputs, const int32_t* targets);
-    // The gradient of loss_scale * (loss + aux) of the last forward, written
-    // into the parameter gradients as grads says: Write::overwrite for a
-    // step's first micro-batch (no zeroing first), Write::add for the rest.
-    // bucket_ready, when given, receives each bucket as soon as its gradients
-    // are final (give it on a step's last micro-batch).
-    void backward(double loss_scale, Write grads, const BucketReady& bucket_ready = nullptr);
+    // The training forward: as forward(), and the head's gradient of
+    // loss_scale * loss made in the same pass over the logits as the loss
+    // (written over them, so logits() holds it). backward() follows.
+    ForwardResult forward(const int32_t* inputs, const int32_t* targets, double loss_scale);
+    // The gradient of loss_scale * (loss + aux) of the last training forward
+    // (its loss_scale), written into the parameter gradients as grads says:
+    // Write::overwrite for a step's first micro-batch (no zeroing first),
+    // Write::add for the rest. bucket_ready, when given, receives each bucket
+    // as soon as its gradients are final (give it on a step's last
+    // micro-batch). Once per training forward; std::logic_error otherwise.
+    void backward(Write grads, const BucketReady& bucket_ready = nullptr);
     // The balancing loss of the last forward over these slots per expert
     // [L][E] instead of the micro-batch's (model.moe.balance_scope
     // global_batch); r, that forward's result, gets the losses again. The
@@ -88,8 +94,8 @@ public:
     // After an optimizer step: the routers' states (expert biases) follow the
     // step's loads, routed[L][E] summed over its micro-batches and all ranks.
     void after_step(const std::vector<std::vector<int64_t>>& routed);
-    // The [B*T, V] logits of the last forward, for sampling; backward
-    // overwrites them with their gradient.
+    // The [B*T, V] logits of the last forward (a training forward's:
+    // their gradient).
     const Tensor& logits() const { return logits_; }
     // Adds each phase's time of later forwards and backwards to times (null:
     // stop). Timing waits for the device at every phase boundary.
@@ -98,6 +104,8 @@ public:
 private:
     void declare(const GroupPlace& ep);
     void carve();
+    // The forward; with loss_scale, the head's gradient too (training).
+    ForwardResult run_forward(const int32_t* inputs, const int32_t* targets, std::optional<double> loss_scale);
     // Block l's forward from h_[l], v_[l]; its routing statistics (null: not wanted).
     void forward_block(size_t l, MoeStats* stats);
     // r's router losses (and aux) from the statistics the forward read back.
@@ -124,7 +132,8 @@ private:
     Arena acts_, block_, scratch_;
     Tensor ids_, targets_;
     std::vector<Tensor> h_, v_;  // residual and velocity streams entering each layer, [L+1]
-    Tensor hn_, rstd_, logits_, losses_, lse_;
+    Tensor hn_, rstd_, logits_, losses_;
+    std::optional<double> loss_scale_;  // the last forward's, until its backward
     Tensor router_stats_;  // F64 [L, E+1] (learned router): each layer's Router stats
     std::vector<double> router_stats_host_;
     std::vector<std::vector<int64_t>> balance_slots_;  // set by balance_over until the next forward

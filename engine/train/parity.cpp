@@ -42,8 +42,8 @@ double run_parity(const ModelConfig& cfg, uint64_t seed, Ops& ops, const ParityR
     params.initialize(seed);
     if (!req.init_from.empty()) load_weights(req.init_from, params);
     params.refresh_work();
-    const ForwardResult r = model.forward(inputs.data(), targets.data());
-    model.backward(1.0, Write::overwrite);
+    const ForwardResult r = model.forward(inputs.data(), targets.data(), 1.0);
+    model.backward(Write::overwrite);
     save_tensors(req.dump_grads, params.named(ParameterSet::Slot::Grad), ops,
                  {{"loss", g17(r.loss + r.aux)}, {"cross_entropy", g17(r.loss)}, {"aux", g17(r.aux)}});
     return r.loss + r.aux;

@@ -324,11 +324,10 @@ StepTotals Trainer::forward_backward(GradientReducer& reducer) {
     std::vector<double> so_far;  // [L * E] slots of the step's micro-batches so far, all ranks
     for (int a = 0; a < A_; ++a) {
         train_data_->next_batch(inputs_.data(), targets_.data());
-        ForwardResult r = model_->forward(inputs_.data(), targets_.data());
+        ForwardResult r = model_->forward(inputs_.data(), targets_.data(), 1.0 / A_);
         if (global_balance) balance_over_step(r, so_far);
         totals.add(r, A_);
-        model_->backward(1.0 / A_, a == 0 ? Write::overwrite : Write::add,
-                         a == A_ - 1 ? reducer.bucket_ready() : nullptr);
+        model_->backward(a == 0 ? Write::overwrite : Write::add, a == A_ - 1 ? reducer.bucket_ready() : nullptr);
     }
     return totals;
 }

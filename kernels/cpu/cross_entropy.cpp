@@ -1,6 +1,6 @@
 // Cross-entropy of logits [N,V] against target ids, softmax statistics in
-// double; the backward reads the forward's logsumexp instead of recomputing
-// it. A target outside [0, V) is a data error (MODEL.md), never ignored.
+// double; the gradient, when wanted, in the same pass over each row. A target
+// outside [0, V) is a data error (MODEL.md), never ignored.
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -34,17 +34,18 @@ template <class T> double row_max(const T* row, int64_t V) {
 
 }  // namespace
 
-void CpuOps::cross_entropy_forward(Tensor losses, Tensor lse, Tensor logits, Tensor targets) {
-    check_inputs("cross_entropy_forward", logits, targets);
-    check(losses.numel() == logits.dim(0) && (lse.empty() || lse.numel() == logits.dim(0)), "cross_entropy_forward",
-          "losses " + losses.shape_str() + " and lse " + lse.shape_str() + " for logits " + logits.shape_str());
+void CpuOps::cross_entropy(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets, double dloss) {
+    const char* op = "cross_entropy";
+    check_inputs(op, logits, targets);
+    check(losses.numel() == logits.dim(0), op, "losses " + losses.shape_str() + " for logits " + logits.shape_str());
+    if (!dlogits.empty()) check_same_shape(op, dlogits, logits);
     const int64_t N = logits.dim(0), V = logits.dim(1);
     const int32_t* tg = targets.ptr<int32_t>();
     dispatch_float(logits, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const T* pl = logits.ptr<T>();
         T* out = losses.ptr<T>();
-        T* kept = lse.empty() ? nullptr : lse.ptr<T>();
+        T* pd = dlogits.empty() ? nullptr : dlogits.ptr<T>();
 #pragma omp parallel for schedule(static) if (worth_threads(N * V))
         for (int64_t n = 0; n < N; ++n) {
             const T* row = pl + n * V;
@@ -53,28 +54,8 @@ void CpuOps::cross_entropy_forward(Tensor losses, Tensor lse, Tensor logits, Ten
             for (int64_t i = 0; i < V; ++i) sum += std::exp(double(row[i]) - max);
             const double row_lse = max + std::log(sum);
             out[n] = T(row_lse - double(row[tg[n]]));
-            if (kept) kept[n] = T(row_lse);
-        }
-    });
-}
-
-void CpuOps::cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor lse, Tensor targets, double dloss) {
-    check_inputs("cross_entropy_backward", logits, targets);
-    check_same_shape("cross_entropy_backward", dlogits, logits);
-    check(lse.numel() == logits.dim(0) && lse.dtype == logits.dtype, "cross_entropy_backward",
-          "lse " + lse.shape_str() + " must be the forward's [N] for logits " + logits.shape_str());
-    const int64_t N = logits.dim(0), V = logits.dim(1);
-    const int32_t* tg = targets.ptr<int32_t>();
-    dispatch_float(logits, [&](auto tag) {
-        using T = std::remove_pointer_t<decltype(tag)>;
-        const T* pl = logits.ptr<T>();
-        const T* pz = lse.ptr<T>();
-        T* pd = dlogits.ptr<T>();
-#pragma omp parallel for schedule(static) if (worth_threads(N * V))
-        for (int64_t n = 0; n < N; ++n) {
-            const T* row = pl + n * V;
+            if (!pd) continue;
             T* grad = pd + n * V;  // may be row itself: each element is read before it is written
-            const double row_lse = double(pz[n]);
             for (int64_t i = 0; i < V; ++i)
                 grad[i] = T(dloss * (std::exp(double(row[i]) - row_lse) - (i == tg[n] ? 1 : 0)));
         }

@@ -118,8 +118,7 @@ public:
                            Tensor v, Tensor act, Tensor weight, Tensor bias, Tensor mu, const DynamicsParams& p,
                            Write write, Write dw_write) override;
 
-    void cross_entropy_forward(Tensor losses, Tensor lse, Tensor logits, Tensor targets) override;
-    void cross_entropy_backward(Tensor dlogits, Tensor logits, Tensor lse, Tensor targets, double dloss) override;
+    void cross_entropy(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets, double dloss) override;
 
     void adamw_step(const std::vector<AdamWTensor>& tensors, const AdamWParams& p) override;
 

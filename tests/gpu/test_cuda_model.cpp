@@ -67,8 +67,8 @@ struct StepResult {
 
 StepResult one_step(Model& model, Ops& ops, const Batch& batch) {
     poison_grads(model.params());  // an element the backward leaves unwritten stays NaN
-    const ForwardResult r = model.forward(batch.inputs.data(), batch.targets.data());
-    model.backward(1.0, Write::overwrite);
+    const ForwardResult r = model.forward(batch.inputs.data(), batch.targets.data(), 1.0);
+    model.backward(Write::overwrite);
     StepResult s{r.loss, r.aux, {}, {}};
     for (const MoeStats& layer : r.layers) s.routed.push_back(layer.routed);
     for (const Param& p : model.params().all()) {

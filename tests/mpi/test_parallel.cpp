@@ -144,10 +144,10 @@ struct Reference {
 Reference single_process_step(Model& model, const GlobalBatch& batch, int W) {
     Reference r;
     for (int w = 0; w < W; ++w) {
-        const ForwardResult f = model.forward(batch.in(w), batch.tg(w));
+        const ForwardResult f = model.forward(batch.in(w), batch.tg(w), 1.0 / W);
         r.loss += f.loss / W;
         r.aux += f.aux / W;
-        model.backward(1.0 / W, w == 0 ? Write::overwrite : Write::add);
+        model.backward(w == 0 ? Write::overwrite : Write::add);
     }
     return r;
 }
@@ -167,10 +167,10 @@ void check_layout_matches_one_process(const ModelConfig& cfg, Ops& ops, const Pr
     ParameterSet& params = model.params();
     params.initialize(kSeed);
     perturb(params);
-    const ForwardResult f = model.forward(batch.in(rank), batch.tg(rank));
+    const ForwardResult f = model.forward(batch.in(rank), batch.tg(rank), 1.0);
     // Gradients reduced layer by layer as the backward finishes them.
     GradientReducer reducer(params, &groups);
-    model.backward(1.0, Write::overwrite, reducer.bucket_ready());
+    model.backward(Write::overwrite, reducer.bucket_ready());
     if (cfg.moe.capacity_factor) REQUIRE(f.dropped() > 0);
     std::vector<double> losses = {f.loss, f.aux};
     groups.world->all_reduce(losses.data(), 2, DType::F64, ReduceOp::Sum);
@@ -299,9 +299,9 @@ TEST_CASE("all-to-all moves each token vector once per remote rank", "[mpi]") {
             const int64_t rows_bytes = (sent + received) * H * 4;  // F32 rows: dispatch, then combine
 
             groups.ep->reset_bytes_sent_all_to_all();
-            model.forward(ids, batch.tg(groups.world_rank()));
+            model.forward(ids, batch.tg(groups.world_rank()), 1.0);
             CHECK(groups.ep->bytes_sent_all_to_all() == L * (counts_bytes + index_bytes + rows_bytes));
-            model.backward(1.0, Write::overwrite);
+            model.backward(Write::overwrite);
             CHECK(groups.ep->bytes_sent_all_to_all() == L * (counts_bytes + index_bytes + 2 * rows_bytes));
         }
     }
@@ -639,8 +639,8 @@ TEST_CASE("recomputed blocks exchange their tokens again and give the same gradi
             options.recompute = r;
             Model model(cfg, ops, DType::F32, kB, kT, options);
             model.params().initialize(kSeed);
-            model.forward(batch.in(groups.world_rank()), batch.tg(groups.world_rank()));
-            model.backward(1.0, Write::overwrite);
+            model.forward(batch.in(groups.world_rank()), batch.tg(groups.world_rank()), 1.0);
+            model.backward(Write::overwrite);
             std::vector<std::vector<double>> grads;
             for (const Param& p : model.params().all()) grads.push_back(host_values(ops, p.grad));
             if (r == Recompute::none) kept = grads;
