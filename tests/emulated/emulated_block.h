@@ -4,13 +4,25 @@
 // models). Slow and single-threaded, for small shapes; it checks a kernel's
 // logic (indexing, masking, pipelining, synchronisation), not the GPU's
 // speed or the hardware's own behaviour, which the gpu tests check.
+//
+// The GPU promises no order among a block's threads between barriers, nor
+// among blocks. MOE_EMULATED_THREADS chooses the order here: `forward`
+// (default: threads and blocks by index), `reverse`, or `shuffled` (each
+// round of threads, and the blocks, in an order drawn from a fixed seed). A
+// kernel whose result depends on it (a thread reading what another writes
+// without a barrier between, two blocks writing one element) gives different
+// bits under different orders.
 #pragma once
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -79,6 +91,32 @@ inline void run_fiber() {
     swapcontext(&block.fibers[size_t(block.current)].context, &block.scheduler);
 }
 
+enum class Order { forward, reverse, shuffled };
+
+// MOE_EMULATED_THREADS, read once; anything else stops with the choices.
+inline Order order() {
+    static const Order chosen = [] {
+        const char* v = std::getenv("MOE_EMULATED_THREADS");
+        const std::string s = v ? v : "forward";
+        if (s == "forward") return Order::forward;
+        if (s == "reverse") return Order::reverse;
+        if (s == "shuffled") return Order::shuffled;
+        throw std::invalid_argument("MOE_EMULATED_THREADS=" + s + ": expected forward, reverse or shuffled");
+    }();
+    return chosen;
+}
+
+// 0 .. n-1 in the chosen order (shuffled: a new draw each call, from a
+// sequence that starts the same in every run).
+inline std::vector<int> ordered(int n) {
+    static std::mt19937 draws(20261202);
+    std::vector<int> indices(static_cast<size_t>(n));
+    std::iota(indices.begin(), indices.end(), 0);
+    if (order() == Order::reverse) std::reverse(indices.begin(), indices.end());
+    if (order() == Order::shuffled) std::shuffle(indices.begin(), indices.end(), draws);
+    return indices;
+}
+
 // Runs `body` (a kernel call) as every thread of every block of `grid`, one
 // block after another, with `shared_bytes` of dynamic shared memory (filled
 // with garbage first: kernels may not read what they did not write).
@@ -89,37 +127,37 @@ inline void launch(dim3 grid, int threads, size_t shared_bytes, std::function<vo
     block.shared_store.assign(shared_bytes + 2048, 0);
     const uintptr_t aligned = (reinterpret_cast<uintptr_t>(block.shared_store.data()) + 1023) & ~uintptr_t(1023);
     block.shared = reinterpret_cast<unsigned char*>(aligned + 16);
-    for (unsigned by = 0; by < grid.y; ++by)
-        for (unsigned bx = 0; bx < grid.x; ++bx) {
-            block.block = {bx, by, 0};
-            std::memset(block.shared, 0xCD, shared_bytes);
-            std::memset(block.arrived, 0, sizeof block.arrived);
-            block.fibers.assign(size_t(threads), Block::Fiber{});
-            while (block.stacks.size() < size_t(threads))
-                block.stacks.push_back(std::unique_ptr<char[]>(new char[Block::kStackBytes]));
-            for (int t = 0; t < threads; ++t) {
-                Block::Fiber& f = block.fibers[size_t(t)];
-                getcontext(&f.context);
-                f.context.uc_stack.ss_sp = block.stacks[size_t(t)].get();
-                f.context.uc_stack.ss_size = Block::kStackBytes;
-                f.context.uc_link = nullptr;
-                makecontext(&f.context, run_fiber, 0);
-            }
-            for (bool left = true; left;) {
-                left = false;
-                const long before = block.progress;
-                for (int t = 0; t < threads; ++t) {
-                    if (block.fibers[size_t(t)].done) continue;
-                    left = true;
-                    block.current = t;
-                    block.thread = {unsigned(t), 0, 0};
-                    swapcontext(&block.scheduler, &block.fibers[size_t(t)].context);
-                }
-                if (left && block.progress == before)
-                    throw std::runtime_error("emulated block (" + std::to_string(bx) + ", " + std::to_string(by) +
-                                             "): its threads wait at barriers that not all of them reach");
-            }
+    for (const int b : ordered(int(grid.x * grid.y))) {
+        const unsigned bx = unsigned(b) % grid.x, by = unsigned(b) / grid.x;
+        block.block = {bx, by, 0};
+        std::memset(block.shared, 0xCD, shared_bytes);
+        std::memset(block.arrived, 0, sizeof block.arrived);
+        block.fibers.assign(size_t(threads), Block::Fiber{});
+        while (block.stacks.size() < size_t(threads))
+            block.stacks.push_back(std::unique_ptr<char[]>(new char[Block::kStackBytes]));
+        for (int t = 0; t < threads; ++t) {
+            Block::Fiber& f = block.fibers[size_t(t)];
+            getcontext(&f.context);
+            f.context.uc_stack.ss_sp = block.stacks[size_t(t)].get();
+            f.context.uc_stack.ss_size = Block::kStackBytes;
+            f.context.uc_link = nullptr;
+            makecontext(&f.context, run_fiber, 0);
         }
+        for (bool left = true; left;) {
+            left = false;
+            const long before = block.progress;
+            for (const int t : ordered(threads)) {
+                if (block.fibers[size_t(t)].done) continue;
+                left = true;
+                block.current = t;
+                block.thread = {unsigned(t), 0, 0};
+                swapcontext(&block.scheduler, &block.fibers[size_t(t)].context);
+            }
+            if (left && block.progress == before)
+                throw std::runtime_error("emulated block (" + std::to_string(bx) + ", " + std::to_string(by) +
+                                         "): its threads wait at barriers that not all of them reach");
+        }
+    }
 }
 
 }  // namespace moe::emulated
