@@ -16,8 +16,10 @@
 #   scripts/gpu_session.sh OUT STAGE... chosen stages: build test bench opbench train
 #                                       staged options unit sanitize ab (build first); ab:
 #                                       moe-bench medium as it runs, with mma.sync attention
-#                                       (MOE_CUDA_ATTENTION) and with the experts' GEMMs on
-#                                       the main stream (MOE_CUDA_EXPERT_STREAMS=0)
+#                                       (MOE_CUDA_ATTENTION), with one query head an
+#                                       attention block (MOE_CUDA_ATTENTION_HEADS=1) and with
+#                                       the experts' GEMMs on the main stream
+#                                       (MOE_CUDA_EXPERT_STREAMS=0)
 #
 # The build is native (build-gpu) where the machine has our build packages;
 # where its configure or build fails, the pack that scripts/gpu_prebuilt.sh
@@ -48,7 +50,7 @@ export out native state runs njobs
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1  # the lent machines run commands as root
 export NCCL_DEBUG=${NCCL_DEBUG:-VERSION}                            # NCCL names its version once
 declare -A limit=([build]=200 [test]=240 [bench]=120 [opbench]=80 [train]=120
-                  [staged]=200 [options]=120 [unit]=300 [sanitize]=400 [ab]=150)
+                  [staged]=200 [options]=120 [unit]=300 [sanitize]=400 [ab]=200)
 summary="$out/summary.txt"
 deadline=$((SECONDS + budget))
 note() { echo "$*" >> "$summary"; }
@@ -151,7 +153,7 @@ do_opbench() { . "$state"; echo "--- medium, op by op"; "$build/moe-opbench" --c
 do_ab() {
   . "$state"
   local rc=0 choice
-  for choice in "" MOE_CUDA_ATTENTION=mma_sync MOE_CUDA_EXPERT_STREAMS=0; do
+  for choice in "" MOE_CUDA_ATTENTION=mma_sync MOE_CUDA_ATTENTION_HEADS=1 MOE_CUDA_EXPERT_STREAMS=0; do
     echo "--- medium ${choice:-as it runs}"
     env $choice "$build/moe-bench" --config configs/bench/medium.yaml --steps 10 --warmup 2 --phase-steps 3 || rc=1
   done

@@ -37,6 +37,15 @@ TEST_CASE("MOE_CUDA_EXPERT_STREAMS sets the side streams or names the range", "[
                 "MOE_CUDA_EXPERT_STREAMS=" + std::string(bad) +
                     " is not a count of side streams from 0 to 4 (0: experts' GEMMs on the main stream; unset: 4)");
 }
+
+TEST_CASE("MOE_CUDA_ATTENTION_HEADS sets the query heads an attention block takes or names the choices", "[unit]") {
+    REQUIRE(attention_heads_choice(nullptr) == CudaOps::kMaxAttentionHeads);
+    for (int n : {1, 2, 4}) REQUIRE(attention_heads_choice(std::to_string(n).c_str()) == n);
+    for (const char* bad : {"", "0", "3", "8", "4x", "two"})
+        REQUIRE(test::error_of<std::invalid_argument>([&] { attention_heads_choice(bad); }) ==
+                "MOE_CUDA_ATTENTION_HEADS=" + std::string(bad) +
+                    " is not a choice: 1, 2 or 4 query heads a block at most (unset: 4)");
+}
 #endif
 
 TEST_CASE("run.threads beyond the cores here is refused with the count to use", "[unit]") {

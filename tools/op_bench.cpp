@@ -232,13 +232,24 @@ int run(const Args& args) {
              [&] { ops.attention_backward(dq, dk, dv, dout, q, kk, vv, out, lse, moe::Write::overwrite); });
     };
 #if MOE_HAVE_CUDA
-    // Where the step's attention runs on wgmma, the mma.sync kernels beside
-    // it for comparison (not a part of the step).
-    if (auto* cuda = dynamic_cast<moe::CudaOps*>(&ops); cuda && cuda->attention_wgmma()) {
-        attention(", wgmma", double(L));
-        cuda->set_attention_wgmma(false);
-        attention(", mma.sync", 0);
-        cuda->set_attention_wgmma(true);
+    // Beside the step's attention, for comparison (not a part of the step):
+    // the mma.sync kernels where it runs on wgmma, and one query head a block
+    // (MOE_CUDA_ATTENTION_HEADS=1) where they may take several of a kv group
+    // (wgmma at head sizes 64 and 128; elsewhere the rows run the same).
+    if (auto* cuda = dynamic_cast<moe::CudaOps*>(&ops)) {
+        const bool wgmma = cuda->attention_wgmma();
+        const int heads = cuda->attention_heads();
+        attention(wgmma ? ", wgmma" : "", double(L));
+        if (wgmma) {
+            cuda->set_attention_wgmma(false);
+            attention(", mma.sync", 0);
+            cuda->set_attention_wgmma(true);
+        }
+        if (wgmma && heads > 1 && nh / nkv > 1) {
+            cuda->set_attention_heads(1);
+            attention(", wgmma, MOE_CUDA_ATTENTION_HEADS=1", 0);
+            cuda->set_attention_heads(heads);
+        }
     } else {
         attention("", double(L));
     }

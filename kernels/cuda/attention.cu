@@ -3,10 +3,14 @@
 // T x T matrix in memory. Query head h reads kv head h / (nh/nkv); scale
 // 1/sqrt(hd); lse is the natural log-sum-exp per query.
 //
-// Every kernel runs one warpgroup (4 warps) on a 64-row tile of its own
-// (queries in the forward and dq kernels, keys in the dk/dv kernel); warp w
-// keeps rows 16w..16w+15's accumulators in registers. The other operand
-// streams through shared memory in tiles, double-buffered with cp.async.
+// Every warpgroup (4 warps) works on a 64-row tile of its own (queries in
+// the forward and dq kernels, keys in the dk/dv kernel); warp w keeps rows
+// 16w..16w+15's accumulators in registers. The other operand streams
+// through shared memory in tiles, double-buffered with cp.async. A dk/dv
+// block is one warpgroup; a forward or dq block is one for each of kHeads
+// query heads of one kv group (GQA), for the same query tile, so the K and V
+// tiles they all read are copied once (max_heads: up to 4 where registers
+// allow, on wgmma).
 // The products come from one of two tile-math families with the same
 // accumulator layout (attention_tiles.cuh): WarpgroupMma (wgmma, Hopper,
 // head sizes 64 and 128) where the GPU and the build allow it, else WarpMma
@@ -88,29 +92,35 @@ template <class Mma> constexpr size_t alignment_slack() { return Mma::kAlign > 1
 
 // ---- kernels ------------------------------------------------------------------
 
-// Grid (B*nh, query tiles), the tiles with the most keys first.
-template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
+// Grid (B*nh/kHeads, query tiles), the tiles with the most keys first. A
+// block takes kHeads consecutive query heads of one kv group, a warpgroup
+// each, for one query tile: they read each K and V tile once.
+template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThreads * kHeads)
     attention_forward_kernel(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, Shape s) {
     constexpr int kT = Mma::template tile_elements<HD, kTile>();
-    bf16* sq = reinterpret_cast<bf16*>(shared_tiles<Mma>());  // [kT]
-    bf16* sk = sq + kT;                                        // [2][kT]
+    bf16* sq = reinterpret_cast<bf16*>(shared_tiles<Mma>());  // [kHeads][kT]
+    bf16* sk = sq + kHeads * kT;                               // [2][kT]
     bf16* sv = sk + 2 * kT;                                    // [2][kT]
 
     const int qt = int(gridDim.y) - 1 - int(blockIdx.y), q0 = qt * kTile;
-    const int b = int(blockIdx.x) / s.nh, h = int(blockIdx.x) % s.nh, kvh = h / (s.nh / s.nkv);
+    const int blocks_a_row = s.nh / kHeads, h0 = int(blockIdx.x) % blocks_a_row * kHeads;
+    const int wg = warpgroup<kHeads>();  // its query head: h0 + wg
+    const int b = int(blockIdx.x) / blocks_a_row, h = h0 + wg, kvh = h0 / (s.nh / s.nkv);
     const int64_t q_stride = int64_t(s.nh) * HD, kv_stride = int64_t(s.nkv) * HD;
     const int64_t q_row0 = (int64_t(b) * s.T + q0) * s.nh + h;   // row of (b, q0, h)
     const bf16* kg = k + (int64_t(b) * s.T * s.nkv + kvh) * HD;  // (b, 0, kvh)
     const bf16* vg = v + (int64_t(b) * s.T * s.nkv + kvh) * HD;
 
-    load_tile<Mma, HD, kTile>(sq, q + q_row0 * HD, q_stride, s.T - q0);
-    load_tile<Mma, HD, kTile>(sk, kg, kv_stride, s.T);
-    load_tile<Mma, HD, kTile>(sv, vg, kv_stride, s.T);
+    constexpr int kBlock = kThreads * kHeads;
+    for (int i = 0; i < kHeads; ++i)  // head h0 + i
+        load_tile<Mma, HD, kTile, kBlock>(sq + i * kT, q + (q_row0 - wg + i) * HD, q_stride, s.T - q0);
+    load_tile<Mma, HD, kTile, kBlock>(sk, kg, kv_stride, s.T);
+    load_tile<Mma, HD, kTile, kBlock>(sv, vg, kv_stride, s.T);
     cp_async_commit();
 
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int warp = warp_of_group(), lane = threadIdx.x & 31;
     const int row_lo = q0 + warp * 16 + (lane >> 2), row_hi = row_lo + 8;  // query of acc[.][0..1], [.][2..3]
-    typename Mma::template RowsA<HD, true> qa(sq);
+    typename Mma::template RowsA<HD, true> qa(sq + wg * kT);
     float o[HD / 8][4] = {};
     float m_lo = -INFINITY, m_hi = -INFINITY;  // running max of the raw scores
     float l_lo = 0.f, l_hi = 0.f;              // this lane's share of the running sum of exp
@@ -120,8 +130,9 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
         const int buf = j & 1;
         if (j < qt) {  // prefetch tile j+1 into the buffer tile j-1 used
             const int64_t next = int64_t(j + 1) * kTile;
-            load_tile<Mma, HD, kTile>(sk + (buf ^ 1) * kT, kg + next * kv_stride, kv_stride, s.T - int(next));
-            load_tile<Mma, HD, kTile>(sv + (buf ^ 1) * kT, vg + next * kv_stride, kv_stride, s.T - int(next));
+            const int valid = s.T - int(next);
+            load_tile<Mma, HD, kTile, kBlock>(sk + (buf ^ 1) * kT, kg + next * kv_stride, kv_stride, valid);
+            load_tile<Mma, HD, kTile, kBlock>(sv + (buf ^ 1) * kT, vg + next * kv_stride, kv_stride, valid);
         }
         cp_async_commit();
         cp_async_wait<1>();  // everything but the prefetch has landed
@@ -247,7 +258,7 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
     load_step(0, 0);
     cp_async_commit();
 
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int warp = warp_of_group(), lane = threadIdx.x & 31;
     const int key_lo = k0 + warp * 16 + (lane >> 2), key_hi = key_lo + 8;  // key of acc[.][0..1], [.][2..3]
     typename Mma::template RowsA<HD, kBwdKeepRows> ka(sk), va(sv);
     float dk_acc[HD / 8][4] = {}, dv_acc[HD / 8][4] = {};
@@ -304,34 +315,41 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
     }
 }
 
-// dq of one query tile of one head: grid (B*nh, query tiles), the tiles with
-// the most keys first; added to when accumulate, else written.
-template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
+// dq of one query tile of kHeads query heads of one kv group (a warpgroup
+// each, as the forward): grid (B*nh/kHeads, query tiles), the tiles with the
+// most keys first; added to when accumulate, else written.
+template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThreads * kHeads)
     attention_dq_kernel(bf16* dq, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
                         const float* delta, Shape s, bool accumulate) {
     constexpr int kK = kBwdRows<HD>;
     constexpr int kT = Mma::template tile_elements<HD, kTile>(), kKT = Mma::template tile_elements<HD, kK>();
-    bf16* sq = reinterpret_cast<bf16*>(shared_tiles<Mma>());  // [kT]
-    bf16* sdo = sq + kT;                                       // [kT]
-    bf16* sk = sdo + kT;                                       // [2][kKT]
+    bf16* sq = reinterpret_cast<bf16*>(shared_tiles<Mma>());  // [kHeads][kT]
+    bf16* sdo = sq + kHeads * kT;                              // [kHeads][kT]
+    bf16* sk = sdo + kHeads * kT;                              // [2][kKT]
     bf16* sv = sk + 2 * kKT;                                   // [2][kKT]
 
     const int q0 = (int(gridDim.y) - 1 - int(blockIdx.y)) * kTile;
-    const int b = int(blockIdx.x) / s.nh, h = int(blockIdx.x) % s.nh, kvh = h / (s.nh / s.nkv);
+    const int blocks_a_row = s.nh / kHeads, h0 = int(blockIdx.x) % blocks_a_row * kHeads;
+    const int wg = warpgroup<kHeads>();  // its query head: h0 + wg
+    const int b = int(blockIdx.x) / blocks_a_row, h = h0 + wg, kvh = h0 / (s.nh / s.nkv);
     const int64_t q_stride = int64_t(s.nh) * HD, kv_stride = int64_t(s.nkv) * HD;
     const int64_t q_row0 = (int64_t(b) * s.T + q0) * s.nh + h;
     const bf16* kg = k + (int64_t(b) * s.T * s.nkv + kvh) * HD;
     const bf16* vg = v + (int64_t(b) * s.T * s.nkv + kvh) * HD;
 
-    load_tile<Mma, HD, kTile>(sq, q + q_row0 * HD, q_stride, s.T - q0);
-    load_tile<Mma, HD, kTile>(sdo, dout + q_row0 * HD, q_stride, s.T - q0);
-    load_tile<Mma, HD, kK>(sk, kg, kv_stride, s.T);
-    load_tile<Mma, HD, kK>(sv, vg, kv_stride, s.T);
+    constexpr int kBlock = kThreads * kHeads;
+    for (int i = 0; i < kHeads; ++i) {
+        const int64_t row0 = q_row0 - wg + i;  // head h0 + i
+        load_tile<Mma, HD, kTile, kBlock>(sq + i * kT, q + row0 * HD, q_stride, s.T - q0);
+        load_tile<Mma, HD, kTile, kBlock>(sdo + i * kT, dout + row0 * HD, q_stride, s.T - q0);
+    }
+    load_tile<Mma, HD, kK, kBlock>(sk, kg, kv_stride, s.T);
+    load_tile<Mma, HD, kK, kBlock>(sv, vg, kv_stride, s.T);
     cp_async_commit();
 
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int warp = warp_of_group(), lane = threadIdx.x & 31;
     const int row_lo = q0 + warp * 16 + (lane >> 2), row_hi = row_lo + 8;
-    typename Mma::template RowsA<HD, kBwdKeepRows> qa(sq), doa(sdo);
+    typename Mma::template RowsA<HD, kBwdKeepRows> qa(sq + wg * kT), doa(sdo + wg * kT);
     const float* lse_bh = lse + (int64_t(b) * s.nh + h) * s.T;
     const float* delta_bh = delta + (int64_t(b) * s.nh + h) * s.T;
     // Rows past T are never stored; any finite statistics do for them.
@@ -346,8 +364,9 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
         const int buf = j & 1;
         if (j < last) {
             const int64_t next = int64_t(j + 1) * kK;
-            load_tile<Mma, HD, kK>(sk + (buf ^ 1) * kKT, kg + next * kv_stride, kv_stride, s.T - int(next));
-            load_tile<Mma, HD, kK>(sv + (buf ^ 1) * kKT, vg + next * kv_stride, kv_stride, s.T - int(next));
+            const int valid = s.T - int(next);
+            load_tile<Mma, HD, kK, kBlock>(sk + (buf ^ 1) * kKT, kg + next * kv_stride, kv_stride, valid);
+            load_tile<Mma, HD, kK, kBlock>(sv + (buf ^ 1) * kKT, vg + next * kv_stride, kv_stride, valid);
         }
         cp_async_commit();
         cp_async_wait<1>();
@@ -445,6 +464,27 @@ template <class F> void with_kernels(bool wgmma, int64_t hd, F&& f) {
     });
 }
 
+// The most query heads a forward or dq block of Mma's kernels at head size
+// HD takes where registers allow (a block of 4 warpgroups leaves 128 a
+// thread). ptxas, sm_90a: wgmma hd 64 with 4 heads, forward 120 registers and
+// dq 128, no spills; hd 128 with 4 would spill (forward 68 bytes), with 2
+// not. mma.sync keeps one head a block, as before (hd 64 with 2 spills).
+template <class Mma, int HD> constexpr int max_heads() {
+    if constexpr (std::is_same_v<Mma, WarpgroupMma>) return HD <= 64 ? 4 : 2;
+    return 1;
+}
+
+// Calls f(std::integral_constant<int, heads>) with the query heads a forward
+// or dq block takes: the most, up to `most` and kMost, that divides the kv
+// group.
+template <int kMost, class F> void with_heads(int most, int64_t group, F&& f) {
+    if constexpr (kMost >= 4)
+        if (most >= 4 && group % 4 == 0) return f(std::integral_constant<int, 4>{});
+    if constexpr (kMost >= 2)
+        if (most >= 2 && group % 2 == 0) return f(std::integral_constant<int, 2>{});
+    f(std::integral_constant<int, 1>{});
+}
+
 // Lets `kernel` use `bytes` of dynamic shared memory (past the 48 KB default).
 template <class Kernel> void allow_shared(Kernel kernel, size_t bytes) {
     if (bytes > 48 * 1024)
@@ -472,14 +512,19 @@ void CudaOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tens
     with_kernels(attention_wgmma_, d.hd, [&](auto mma, auto hd_tag) {
         using Mma = decltype(mma);
         constexpr int HD = decltype(hd_tag)::value;
-        const size_t bytes =  // q, 2 x (k, v)
-            size_t(5) * Mma::template tile_elements<HD, kTile>() * sizeof(bf16) + alignment_slack<Mma>();
-        const auto kernel = attention_forward_kernel<Mma, HD>;
-        allow_shared(kernel, bytes);
-        kernel<<<dim3(unsigned(d.B * d.nh), unsigned(tiles(d.T))), kThreads, bytes, stream()>>>(
-            static_cast<bf16*>(out.data), static_cast<float*>(lse.data), static_cast<const bf16*>(q.data),
-            static_cast<const bf16*>(k.data), static_cast<const bf16*>(v.data), s);
-        MOE_CUDA_LAUNCHED();
+        with_heads<max_heads<Mma, HD>()>(attention_heads_, d.nh / d.nkv, [&](auto heads_tag) {
+            constexpr int kHeads = decltype(heads_tag)::value;
+            const size_t bytes =  // kHeads x q, 2 x (k, v)
+                size_t(kHeads + 4) * Mma::template tile_elements<HD, kTile>() * sizeof(bf16) +
+                alignment_slack<Mma>();
+            const auto kernel = attention_forward_kernel<Mma, HD, kHeads>;
+            allow_shared(kernel, bytes);
+            kernel<<<dim3(unsigned(d.B * d.nh / kHeads), unsigned(tiles(d.T))), kThreads * kHeads, bytes,
+                     stream()>>>(static_cast<bf16*>(out.data), static_cast<float*>(lse.data),
+                                 static_cast<const bf16*>(q.data), static_cast<const bf16*>(k.data),
+                                 static_cast<const bf16*>(v.data), s);
+            MOE_CUDA_LAUNCHED();
+        });
     });
 }
 
@@ -522,13 +567,15 @@ void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, T
         using Mma = decltype(mma);
         constexpr int HD = decltype(hd_tag)::value;
         constexpr int kRows = kBwdRows<HD>;
-        // 2 tiles of 64 rows, 4 of kRows
-        const size_t tile_bytes = (size_t(2) * Mma::template tile_elements<HD, kTile>() +
-                                   size_t(4) * Mma::template tile_elements<HD, kRows>()) *
-                                      sizeof(bf16) +
-                                  alignment_slack<Mma>();
+        // tiles of 64 rows and of kRows: `wide` of the first, 4 of the second
+        const auto tile_bytes = [](int wide) {
+            return (size_t(wide) * Mma::template tile_elements<HD, kTile>() +
+                    size_t(4) * Mma::template tile_elements<HD, kRows>()) *
+                       sizeof(bf16) +
+                   alignment_slack<Mma>();
+        };
         if (!dk.empty() || !dv.empty()) {
-            const size_t bytes = tile_bytes + 4 * kRows * sizeof(float);  // k, v; 2 x (q, dout); 2 x (lse, delta)
+            const size_t bytes = tile_bytes(2) + 4 * kRows * sizeof(float);  // k, v; 2 x (q, dout); 2 x (lse, delta)
             const auto kernel = attention_dkdv_kernel<Mma, HD>;
             allow_shared(kernel, bytes);
             kernel<<<dim3(unsigned(d.B * d.nkv), unsigned(tiles(d.T))), kThreads, bytes, stream()>>>(
@@ -537,11 +584,16 @@ void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, T
             MOE_CUDA_LAUNCHED();
         }
         if (!dq.empty()) {
-            const auto kernel = attention_dq_kernel<Mma, HD>;  // q, dout; 2 x (k, v)
-            allow_shared(kernel, tile_bytes);
-            kernel<<<dim3(unsigned(d.B * d.nh), unsigned(tiles(d.T))), kThreads, tile_bytes, stream()>>>(
-                static_cast<bf16*>(dq.data), pq, pk, pv, pdo, plse, delta, s, write == Write::add);
-            MOE_CUDA_LAUNCHED();
+            with_heads<max_heads<Mma, HD>()>(attention_heads_, d.nh / d.nkv, [&](auto heads_tag) {
+                constexpr int kHeads = decltype(heads_tag)::value;
+                const auto kernel = attention_dq_kernel<Mma, HD, kHeads>;  // kHeads x (q, dout); 2 x (k, v)
+                const size_t bytes = tile_bytes(2 * kHeads);
+                allow_shared(kernel, bytes);
+                kernel<<<dim3(unsigned(d.B * d.nh / kHeads), unsigned(tiles(d.T))), kThreads * kHeads, bytes,
+                         stream()>>>(static_cast<bf16*>(dq.data), pq, pk, pv, pdo, plse, delta, s,
+                                     write == Write::add);
+                MOE_CUDA_LAUNCHED();
+            });
         }
     });
 }

@@ -2,8 +2,10 @@
 // block size, asynchronous copies into shared memory, and the fp32 -> bf16
 // packing of an accumulator into an A fragment.
 //
-// A block is one warpgroup, 4 warps; warp w owns rows 16w..16w+15 of the
-// block's 64-row tile. A warp's 16 x N fp32 accumulator is float[N/8][4] in
+// A warpgroup, 4 warps, owns a 64-row tile; warp w of it owns rows
+// 16w..16w+15. A block is one warpgroup, or (the forward and dq kernels)
+// one for each query head of a kv group it takes, all reading one K and V
+// tile. A warp's 16 x N fp32 accumulator is float[N/8][4] in
 // the mma C layout: with g = lane/4 and c = 2*(lane%4), acc[j][0..1] are row
 // g, columns 8j+c, +1 and acc[j][2..3] are row g+8, the same columns. Both
 // families (WarpMma, WarpgroupMma) keep this layout, so the kernels' softmax
@@ -18,8 +20,15 @@ namespace moe::attention {
 using cuda::bf16;
 
 constexpr int kWarps = 4;
-constexpr int kThreads = 32 * kWarps;
-constexpr int kTile = 16 * kWarps;  // a block's own rows: 16 per warp
+constexpr int kThreads = 32 * kWarps;  // a warpgroup
+constexpr int kTile = 16 * kWarps;     // a warpgroup's own rows: 16 per warp
+
+// This thread's warp within its warpgroup, and its warpgroup in a block of
+// kGroups of them.
+__device__ __forceinline__ int warp_of_group() { return int((threadIdx.x >> 5) & (kWarps - 1)); }
+template <int kGroups> __device__ __forceinline__ int warpgroup() {
+    return kGroups == 1 ? 0 : int(threadIdx.x / kThreads);
+}
 
 __device__ __forceinline__ uint32_t shared_address(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
 
@@ -41,12 +50,12 @@ template <int pending> __device__ __forceinline__ void cp_async_wait() {
 // Copies rows [0, kRows) of HD columns, row r at src + r * stride, into the
 // shared tile `dst`, element (r, c) at Layout::template offset<HD, kRows>(r, c)
 // (16-byte pieces stay whole in every layout); rows at or past `valid` are
-// zero-filled and never read from global memory. Queued with cp.async: the
-// caller commits.
-template <class Layout, int HD, int kRows>
+// zero-filled and never read from global memory. Queued with cp.async by
+// the whole block of kBlock threads: the caller commits.
+template <class Layout, int HD, int kRows, int kBlock = kThreads>
 __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t stride, int valid) {
     constexpr int kChunks = HD / 8;  // 16-byte pieces per row
-    for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
+    for (int c = threadIdx.x; c < kRows * kChunks; c += kBlock) {
         const int r = c / kChunks, col = (c % kChunks) * 8;
         bf16* d = dst + Layout::template offset<HD, kRows>(r, col);
         if (r < valid)
@@ -56,7 +65,8 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, int64_t st
     }
 }
 
-// n floats src[0, n) into shared memory, zeros at or past `valid`; cp.async.
+// n floats src[0, n) into shared memory, zeros at or past `valid`; cp.async
+// by a block of one warpgroup.
 template <int n> __device__ __forceinline__ void load_row_stats(float* dst, const float* src, int valid) {
     for (int i = threadIdx.x; i < n; i += kThreads) {
         if (i < valid)

@@ -64,7 +64,7 @@ struct WarpMma {
     }
 
     // The A operand of a warp's products acc (16 x N) += A B^T: the warp's
-    // 16 rows of the block's 64-row shared tile of HD columns, fixed for a
+    // 16 rows of its warpgroup's 64-row shared tile of HD columns, fixed for a
     // kernel's whole loop. kKeep holds their fragments in registers, loaded
     // once (ready()), where each product would otherwise read them from
     // shared memory again: shared-memory reads, not the tensor cores, bound
@@ -74,7 +74,7 @@ struct WarpMma {
     public:
         static_assert(HD % 16 == 0, "whole 16x16 fragments");
         __device__ __forceinline__ explicit RowsA(const bf16* tile)
-            : rows_(tile + offset<HD, kTile>(16 * (threadIdx.x >> 5), 0)) {}
+            : rows_(tile + offset<HD, kTile>(16 * warp_of_group(), 0)) {}
         // Once the tile is in shared memory (after the barrier that follows its copy).
         __device__ __forceinline__ void ready() {
             if constexpr (kKeep)

@@ -1,4 +1,4 @@
-// The attention kernels' Hopper tile math (sm_90a): the block's warpgroup
+// The attention kernels' Hopper tile math (sm_90a): a warpgroup
 // multiplies all 64 rows at once with wgmma (wgmma.cuh), reading B, and A
 // where it sits in shared memory, straight from the 128-byte-swizzled
 // tiles, where WarpMma loads every fragment through ldmatrix first. Head
@@ -39,7 +39,7 @@ struct WarpgroupMma {
                                        swizzle128::mn_block_bytes<K>(), swizzle128::kGroupBytes);
     }
 
-    // The A operand of products acc (64 x N) += A B^T: the block's 64-row
+    // The A operand of products acc (64 x N) += A B^T: the warpgroup's 64-row
     // tile of HD columns, read by wgmma from shared memory, as
     // FlashAttention-3 reads Q (kKeep has no meaning here). Holding the
     // fragments in registers instead (wgmma's register A) would halve the

@@ -55,6 +55,15 @@ CudaOps::CudaOps(int device) : device_(device) {
     wgmma_available_ = probe_wgmma();
     attention_wgmma_ = attention_wgmma_choice(std::getenv("MOE_CUDA_ATTENTION"), wgmma_available_);
     expert_streams_ = expert_streams_choice(std::getenv("MOE_CUDA_EXPERT_STREAMS"));
+    attention_heads_ = attention_heads_choice(std::getenv("MOE_CUDA_ATTENTION_HEADS"));
+}
+
+int attention_heads_choice(const char* setting) {
+    if (!setting) return CudaOps::kMaxAttentionHeads;
+    const std::string value = setting;
+    if (value == "1" || value == "2" || value == "4") return value[0] - '0';
+    throw std::invalid_argument("MOE_CUDA_ATTENTION_HEADS=" + value +
+                                " is not a choice: 1, 2 or 4 query heads a block at most (unset: 4)");
 }
 
 bool attention_wgmma_choice(const char* setting, bool available) {
@@ -86,6 +95,12 @@ void CudaOps::set_attention_wgmma(bool on) {
     if (on && !wgmma_available_)
         throw std::invalid_argument("set_attention_wgmma: this GPU or build has no wgmma (compute 9.0 and sm_90a)");
     attention_wgmma_ = on;
+}
+
+void CudaOps::set_attention_heads(int heads) {
+    if (heads != 1 && heads != 2 && heads != 4)
+        throw std::invalid_argument("set_attention_heads: " + std::to_string(heads) + " is not 1, 2 or 4");
+    attention_heads_ = heads;
 }
 
 CudaOps::~CudaOps() {

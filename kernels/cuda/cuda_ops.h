@@ -156,6 +156,16 @@ public:
     // Chooses between them (tests and benchmarks compare the two); throws
     // std::invalid_argument for wgmma where there is none.
     void set_attention_wgmma(bool on);
+    // The most query heads of one kv group that a block of the attention
+    // forward or dq kernel takes, a warpgroup each, reading each K and V
+    // tile once for all of them (attention.cu): kMaxAttentionHeads, or what
+    // the environment's MOE_CUDA_ATTENTION_HEADS says (1, 2 or 4). A call
+    // takes the most of them that divides its group (nh / nkv); the bits
+    // are the same whichever.
+    static constexpr int kMaxAttentionHeads = 4;
+    int attention_heads() const { return attention_heads_; }
+    // Sets it (benchmarks compare); std::invalid_argument for other than 1, 2, 4.
+    void set_attention_heads(int heads);
     // Side streams a grouped GEMM spreads its experts over, each with its
     // own cuBLASLt workspace (matmul.cu); kMainLane names the main stream.
     // expert_streams() of them are used: kExpertLanes, or what the
@@ -166,7 +176,7 @@ public:
 private:
     int device_;
     bool wgmma_available_ = false, attention_wgmma_ = false;
-    int expert_streams_ = kExpertLanes;
+    int expert_streams_ = kExpertLanes, attention_heads_ = kMaxAttentionHeads;
     cudaStream_t stream_ = nullptr;
     cublasLtHandle_t lt_ = nullptr;
     void* lt_workspace_ = nullptr;
@@ -207,6 +217,12 @@ private:
 // where there is some. Throws std::invalid_argument for a value that is no
 // choice, std::runtime_error for wgmma where there is none.
 bool attention_wgmma_choice(const char* setting, bool available);
+
+// The most query heads an attention block takes, given
+// MOE_CUDA_ATTENTION_HEADS's value (null when unset:
+// CudaOps::kMaxAttentionHeads). Throws std::invalid_argument for a value
+// other than 1, 2 or 4.
+int attention_heads_choice(const char* setting);
 
 // The side streams of grouped GEMMs, given MOE_CUDA_EXPERT_STREAMS's value
 // (null when unset: CudaOps::kExpertLanes). Throws std::invalid_argument for

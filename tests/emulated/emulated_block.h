@@ -50,7 +50,7 @@ struct Block {
     // window, as kernels must expect of the GPU's.
     std::vector<unsigned char> shared_store;
     unsigned char* shared = nullptr;
-    // Barrier 0 is the block's, 1 + w warp w's.
+    // Barrier 0 is the block's, 1 + w warp w's, 33 + g warpgroup g's.
     int arrived[64] = {}, generation[64] = {};
     long progress = 0;  // arrivals and finished threads: a round without any is a deadlock
 };
@@ -71,8 +71,10 @@ inline void barrier(int id, int count) {
 }
 inline int lane() { return int(block.thread.x) & 31; }
 inline int warp() { return int(block.thread.x) >> 5; }
+inline int warpgroup() { return int(block.thread.x) >> 7; }
 inline void block_barrier() { barrier(0, int(block.block_dim.x)); }
 inline void warp_barrier() { barrier(1 + warp(), 32); }
+inline void warpgroup_barrier() { barrier(33 + warpgroup(), 128); }
 
 // The shared-memory address of p (an offset in the 1024-byte-aligned window).
 inline uint32_t shared_address(const void* p) {

@@ -148,9 +148,10 @@ inline void wgmma_wait() {
     in_flight[threadIdx.x].clear();
 }
 
-// d (64 x N) += A B over k 16; a(row, k) and b(k, col) give the operands.
+// d (64 x N) += A B over k 16; a(row, k) and b(k, col) give the operands
+// (rows of this thread's warpgroup: warp w of it holds rows 16w..16w+15).
 template <int N, class A, class B> void wgmma(float (&d)[N / 8][4], A a, B b) {
-    const int l = lane(), w = warp();
+    const int l = lane(), w = warp() % 4;
     float* acc = accumulator(&d[0][0], N / 2);
     for (int j = 0; j < N / 8; ++j)
         for (int e = 0; e < 4; ++e) {
@@ -171,12 +172,13 @@ template <int N>
 void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b_descriptor, bool b_mn_major) {
     uint64_t* s = slots[threadIdx.x];
     for (int i = 0; i < 4; ++i) s[i] = a[i];
-    block_barrier();  // the warpgroup: the kernels' blocks are one
+    warpgroup_barrier();
     const Descriptor b = decode(b_descriptor);
+    const int w0 = warpgroup() * 128;  // its warps' slots
     wgmma<N>(
-        d, [&](int row, int k) { return fragment_a((row / 16) * 32, row % 16, k); },
+        d, [&](int row, int k) { return fragment_a(w0 + (row / 16) * 32, row % 16, k); },
         [&](int k, int col) { return b_mn_major ? mn_major(b, k, col) : k_major(b, col, k); });
-    block_barrier();
+    warpgroup_barrier();
 }
 
 }  // namespace moe::emulated

@@ -2,8 +2,9 @@
 // bf16-exact inputs: causal GQA attention forward and backward at sizes that
 // leave partial 64-row tiles, every supported head size, the backward's
 // accumulation, bit-identical reruns, each with both tile-math families where
-// the GPU has wgmma (else mma.sync alone), the choice between them, and RoPE
-// both ways (forward from a first position too).
+// the GPU has wgmma (else mma.sync alone), the choice between them, blocks of
+// several query heads against one, and RoPE both ways (forward from a first
+// position too).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -209,6 +210,23 @@ void check_reruns(bool wgmma) {
     REQUIRE(no_dk.dv == a.dv);
 }
 
+// Forward and backward (dq, dk, dv written) of d with blocks of at most
+// `heads` query heads: their results.
+std::vector<std::vector<float>> run_with_heads(const Shape& d, bool wgmma, int heads) {
+    Backends be;
+    be.gpu.set_attention_wgmma(wgmma);
+    be.gpu.set_attention_heads(heads);
+    Rng rng(4, "cuda attention heads a block");
+    Operands x(be, d, rng);
+    Tensor out = be.zeros(DType::BF16, {d.B, d.T, d.nh, d.hd}), lse = be.zeros(DType::F32, {d.B, d.nh, d.T});
+    be.gpu.attention_forward(out, lse, x.gq, x.gk, x.gv);
+    Tensor dq = be.zeros(DType::BF16, {d.B, d.T, d.nh, d.hd}), dk = be.zeros(DType::BF16, {d.B, d.T, d.nkv, d.hd});
+    Tensor dv = be.zeros(DType::BF16, {d.B, d.T, d.nkv, d.hd});
+    be.gpu.attention_backward(dq, dk, dv, be.upload(bf16_normals(d.q_size(), rng), DType::BF16, {d.B, d.T, d.nh, d.hd}),
+                              x.gq, x.gk, x.gv, out, lse, Write::overwrite);
+    return {be.download(out), be.download(lse), be.download(dq), be.download(dk), be.download(dv)};
+}
+
 // What constructing a CudaOps throws ("" when it does not).
 std::string construction_error() {
     try {
@@ -223,6 +241,39 @@ std::string construction_error() {
 
 TEST_CASE("cuda attention gives the same bits on every run", "[gpu]") {
     for (bool wgmma : wgmma_choices()) check_reruns(wgmma);
+}
+
+// A forward or dq block takes up to 4 query heads of a kv group, a
+// warpgroup each, on wgmma (2 at hd 128): group 4 at hd 64 (4 heads a block),
+// group 8 at hd 128 (2 heads, 4 blocks a kv head), both against the CPU, and
+// with blocks of 1, 2 and 4 heads at most, the same bits.
+TEST_CASE("cuda attention blocks of several query heads give the bits of one head a block", "[gpu]") {
+    const Shape shapes[] = {{1, 130, 8, 2, 64}, {1, 77, 8, 1, 128}};
+    for (bool wgmma : wgmma_choices())
+        for (const Shape& d : shapes) {
+            check_forward(d, wgmma);
+            check_backward(d, true, Write::overwrite, wgmma);
+            INFO(describe(d) << ", " << family(wgmma));
+            const std::vector<std::vector<float>> one = run_with_heads(d, wgmma, 1);
+            REQUIRE(run_with_heads(d, wgmma, 2) == one);
+            REQUIRE(run_with_heads(d, wgmma, 4) == one);
+        }
+}
+
+TEST_CASE("MOE_CUDA_ATTENTION_HEADS sets the query heads an attention block takes at most", "[gpu]") {
+    REQUIRE(CudaOps(0).attention_heads() == CudaOps::kMaxAttentionHeads);
+    {
+        ScopedEnv env("MOE_CUDA_ATTENTION_HEADS", "2");
+        REQUIRE(CudaOps(0).attention_heads() == 2);
+    }
+    {
+        ScopedEnv env("MOE_CUDA_ATTENTION_HEADS", "3");
+        REQUIRE(construction_error().find("MOE_CUDA_ATTENTION_HEADS=3 is not a choice") != std::string::npos);
+    }
+    CudaOps gpu(0);
+    REQUIRE_THROWS_AS(gpu.set_attention_heads(8), std::invalid_argument);
+    gpu.set_attention_heads(1);
+    REQUIRE(gpu.attention_heads() == 1);
 }
 
 TEST_CASE("cuda attention runs wgmma on a Hopper GPU of an sm_90a build as the environment allows", "[gpu]") {
