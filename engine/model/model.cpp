@@ -126,15 +126,7 @@ void Model::set_phase_times(PhaseTimes* times) {
     for (auto& b : layers_->blocks) b->moe.set_phase_times(times);
 }
 
-ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets) {
-    return run_forward(inputs, targets, std::nullopt);
-}
-
-ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets, double loss_scale) {
-    return run_forward(inputs, targets, loss_scale);
-}
-
-ForwardResult Model::run_forward(const int32_t* inputs, const int32_t* targets, std::optional<double> loss_scale) {
+ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets, std::optional<double> loss_scale) {
     const int64_t N = int64_t(B_) * T_;
     ForwardResult r;
     loss_scale_.reset();  // until this forward is whole

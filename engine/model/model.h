@@ -73,12 +73,12 @@ public:
     const std::vector<std::vector<Param*>>& gradient_buckets() const { return buckets_; }
 
     // inputs, targets: host arrays [B*T], ids already checked against V.
-    // The loss of the batch, the logits kept for logits().
-    ForwardResult forward(const int32_t* inputs, const int32_t* targets);
-    // The training forward: as forward(), and the head's gradient of
-    // loss_scale * loss made in the same pass over the logits as the loss
-    // (written over them, so logits() holds it). backward() follows.
-    ForwardResult forward(const int32_t* inputs, const int32_t* targets, double loss_scale);
+    // The loss of the batch, the logits kept for logits(). With a
+    // loss_scale, the training forward: the head's gradient of
+    // loss_scale * loss is made in the same pass over the logits as the loss
+    // (written over them, so logits() holds it), and backward() follows.
+    ForwardResult forward(const int32_t* inputs, const int32_t* targets,
+                          std::optional<double> loss_scale = std::nullopt);
     // The gradient of loss_scale * (loss + aux) of the last training forward
     // (its loss_scale), written into the parameter gradients as grads says:
     // Write::overwrite for a step's first micro-batch (no zeroing first),
@@ -104,8 +104,6 @@ public:
 private:
     void declare(const GroupPlace& ep);
     void carve();
-    // The forward; with loss_scale, the head's gradient too (training).
-    ForwardResult run_forward(const int32_t* inputs, const int32_t* targets, std::optional<double> loss_scale);
     // Block l's forward from h_[l], v_[l]; its routing statistics (null: not wanted).
     void forward_block(size_t l, MoeStats* stats);
     // r's router losses (and aux) from the statistics the forward read back.

@@ -79,6 +79,20 @@ template <int HD> constexpr int kBwdRows = HD <= 64 ? 64 : 32;
 // trade to measure on a GPU first.
 constexpr bool kBwdKeepRows = false;
 
+// The query heads of a forward or dq block: kHeads consecutive ones of one
+// kv group, warpgroup wg taking head h0 + wg, for sequence b.
+template <int kHeads> struct BlockHeads {
+    int b, h0, wg, h, kvh;
+    __device__ __forceinline__ explicit BlockHeads(const Shape& s) {
+        const int blocks_a_row = s.nh / kHeads;
+        b = int(blockIdx.x) / blocks_a_row;
+        h0 = int(blockIdx.x) % blocks_a_row * kHeads;
+        wg = warpgroup<kHeads>();
+        h = h0 + wg;
+        kvh = h0 / (s.nh / s.nkv);
+    }
+};
+
 // The kernel's dynamic shared memory, aligned as Mma's tiles need; the
 // launch asks for Mma::kAlign - 16 bytes more than the tiles take.
 template <class Mma> __device__ __forceinline__ unsigned char* shared_tiles() {
@@ -103,9 +117,8 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
     bf16* sv = sk + 2 * kT;                                    // [2][kT]
 
     const int qt = int(gridDim.y) - 1 - int(blockIdx.y), q0 = qt * kTile;
-    const int blocks_a_row = s.nh / kHeads, h0 = int(blockIdx.x) % blocks_a_row * kHeads;
-    const int wg = warpgroup<kHeads>();  // its query head: h0 + wg
-    const int b = int(blockIdx.x) / blocks_a_row, h = h0 + wg, kvh = h0 / (s.nh / s.nkv);
+    const BlockHeads<kHeads> heads(s);
+    const int b = heads.b, h = heads.h, kvh = heads.kvh, wg = heads.wg;
     const int64_t q_stride = int64_t(s.nh) * HD, kv_stride = int64_t(s.nkv) * HD;
     const int64_t q_row0 = (int64_t(b) * s.T + q0) * s.nh + h;   // row of (b, q0, h)
     const bf16* kg = k + (int64_t(b) * s.T * s.nkv + kvh) * HD;  // (b, 0, kvh)
@@ -329,9 +342,8 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
     bf16* sv = sk + 2 * kKT;                                   // [2][kKT]
 
     const int q0 = (int(gridDim.y) - 1 - int(blockIdx.y)) * kTile;
-    const int blocks_a_row = s.nh / kHeads, h0 = int(blockIdx.x) % blocks_a_row * kHeads;
-    const int wg = warpgroup<kHeads>();  // its query head: h0 + wg
-    const int b = int(blockIdx.x) / blocks_a_row, h = h0 + wg, kvh = h0 / (s.nh / s.nkv);
+    const BlockHeads<kHeads> heads(s);
+    const int b = heads.b, h = heads.h, kvh = heads.kvh, wg = heads.wg;
     const int64_t q_stride = int64_t(s.nh) * HD, kv_stride = int64_t(s.nkv) * HD;
     const int64_t q_row0 = (int64_t(b) * s.T + q0) * s.nh + h;
     const bf16* kg = k + (int64_t(b) * s.T * s.nkv + kvh) * HD;
