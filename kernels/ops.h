@@ -194,10 +194,14 @@ public:
     // ---- causal GQA attention ---------------------------------------------
     // q[B,T,nh,hd], k,v[B,T,nkv,hd] -> out[B,T,nh,hd], lse[B,nh,T] (stat: the
     // log-sum-exp of the scaled, masked scores of each query). Scale 1/sqrt(hd).
-    // The backward writes dq, dk and dv as write says.
+    // The backward writes dq, dk and dv as write says. With rope_theta, q and
+    // k are rope_forward(., rope_theta, 0)'s outputs and dq, dk take the
+    // gradients of its inputs: rope_backward of the attention's own, in the
+    // same pass (a GPU turns them before it rounds them; with Write::add only
+    // the new gradient is turned).
     virtual void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) = 0;
     virtual void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
-                                    Tensor out, Tensor lse, Write write) = 0;
+                                    Tensor out, Tensor lse, Write write, std::optional<double> rope_theta) = 0;
     // Attention of n new queries over a KV cache (generation): q, out [n,nh,hd]
     // at positions first_position + i; k_cache, v_cache [S,nkv,hd] hold the
     // keys and values of positions 0..S-1, of which query i reads those up to
@@ -243,11 +247,14 @@ public:
     virtual void permute_forward(Tensor xe, Tensor x, Tensor row_token) = 0;
     // dx[t] (+)= sum_j dxe[slot_row[t*k+j]] over slots with slot_row >= 0,
     // with k = slot_row.numel() / N: a gather per token, so no two writers
-    // meet. Act or stat rows, as permute_forward.
-    virtual void permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_write) = 0;
+    // meet. Act or stat rows, as permute_forward. With a residual (dx's
+    // shape and dtype, may be empty): dx[t] = residual[t] + that, the sum
+    // rounded to dx's dtype first, as a separate add_tensors would have it
+    // (the same bits, one pass less).
+    virtual void permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_write, Tensor residual) = 0;
     // y[t] (+)= sum_j w[t,j] * ye[slot_row[t*k+j]] over slots with slot_row >= 0;
-    // w[N,k] and dw are stat.
-    virtual void combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row, Write y_write) = 0;
+    // w[N,k] and dw are stat. The residual as in permute_backward.
+    virtual void combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row, Write y_write, Tensor residual) = 0;
     // dye[r] (+)= w * dy[t] (each of the R rows is one slot's);
     // dw[t,j] += dot(dy[t], ye[r]).
     virtual void combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row,

@@ -108,7 +108,7 @@ TEST_CASE("attention_backward matches finite differences with grouped kv heads",
     std::vector<double> dq = dq0, dk = dk0, dv = dv0;
     ops.attention_backward(tensor(dq, {d.B, d.T, d.nh, d.hd}), tensor(dk, {d.B, d.T, d.nkv, d.hd}),
                            tensor(dv, {d.B, d.T, d.nkv, d.hd}), tensor(dout, {d.B, d.T, d.nh, d.hd}), x.tq(),
-                           x.tk(), x.tv(), x.tout(), x.tlse(), Write::add);
+                           x.tk(), x.tv(), x.tout(), x.tlse(), Write::add, std::nullopt);
     // The loss sums 336 terms, so its rounding (~1e-14) over a step of 1e-6
     // would swamp small gradients; a step of 1e-5 keeps both that noise and
     // the truncation error near 1e-10.
@@ -123,7 +123,7 @@ TEST_CASE("attention_backward matches finite differences with grouped kv heads",
     std::vector<double> dq_alone = dq0, dv_alone = dv0;
     ops.attention_backward(tensor(dq_alone, {d.B, d.T, d.nh, d.hd}), {}, tensor(dv_alone, {d.B, d.T, d.nkv, d.hd}),
                            tensor(dout, {d.B, d.T, d.nh, d.hd}), x.tq(), x.tk(), x.tv(), x.tout(), x.tlse(),
-                           Write::add);
+                           Write::add, std::nullopt);
     REQUIRE(dq_alone == dq);
     REQUIRE(dv_alone == dv);
 
@@ -132,13 +132,53 @@ TEST_CASE("attention_backward matches finite differences with grouped kv heads",
                         dv_over = normals(d.kv_size(), rng);
     ops.attention_backward(tensor(dq_over, {d.B, d.T, d.nh, d.hd}), tensor(dk_over, {d.B, d.T, d.nkv, d.hd}),
                            tensor(dv_over, {d.B, d.T, d.nkv, d.hd}), tensor(dout, {d.B, d.T, d.nh, d.hd}), x.tq(),
-                           x.tk(), x.tv(), x.tout(), x.tlse(), Write::overwrite);
+                           x.tk(), x.tv(), x.tout(), x.tlse(), Write::overwrite, std::nullopt);
     const std::vector<double> grad_q = accumulated(dq, dq0), grad_k = accumulated(dk, dk0),
                               grad_v = accumulated(dv, dv0);
     for (int64_t i = 0; i < d.q_size(); ++i) REQUIRE(dq_over[i] == Approx(grad_q[i]).margin(1e-12));
     for (int64_t i = 0; i < d.kv_size(); ++i) {
         REQUIRE(dk_over[i] == Approx(grad_k[i]).margin(1e-12));
         REQUIRE(dv_over[i] == Approx(grad_v[i]).margin(1e-12));
+    }
+}
+
+TEST_CASE("attention_backward with a RoPE theta gives the gradients of q and k before the rotation", "[unit]") {
+    const Shape d{2, 7, 4, 2, 6};
+    const double theta = 10000;
+    CpuOps ops;
+    Rng rng(5, "attention backward rope");
+    Buffers<double> x = random_buffers<double>(d, rng);
+    std::vector<double> q_raw = x.q, k_raw = x.k;
+    const std::vector<double> dout = normals(d.q_size(), rng);
+    auto forward = [&] {  // q, k = rope(q_raw), rope(k_raw)
+        x.q = q_raw;
+        x.k = k_raw;
+        ops.rope_forward(x.tq(), theta, 0);
+        ops.rope_forward(x.tk(), theta, 0);
+        ops.attention_forward(x.tout(), x.tlse(), x.tq(), x.tk(), x.tv());
+    };
+    auto loss = [&] {
+        forward();
+        return dot(dout, x.out);
+    };
+    for (Write write : {Write::overwrite, Write::add}) {
+        INFO((write == Write::add ? "adding" : "overwriting"));
+        forward();
+        const std::vector<double> dq0 = normals(d.q_size(), rng), dk0 = normals(d.kv_size(), rng),
+                                  dv0 = normals(d.kv_size(), rng);
+        std::vector<double> dq = dq0, dk = dk0, dv = dv0, dout_copy = dout;
+        ops.attention_backward(tensor(dq, {d.B, d.T, d.nh, d.hd}), tensor(dk, {d.B, d.T, d.nkv, d.hd}),
+                               tensor(dv, {d.B, d.T, d.nkv, d.hd}), tensor(dout_copy, {d.B, d.T, d.nh, d.hd}),
+                               x.tq(), x.tk(), x.tv(), x.tout(), x.tlse(), write, theta);
+        if (write == Write::add) {
+            dq = accumulated(dq, dq0);
+            dk = accumulated(dk, dk0);
+            dv = accumulated(dv, dv0);
+        }
+        const double rtol = 1e-6, atol = 1e-9, step = 1e-5;
+        check_gradient("dq", loss, q_raw.data(), dq.data(), d.q_size(), rtol, atol, 96, step);
+        check_gradient("dk", loss, k_raw.data(), dk.data(), d.kv_size(), rtol, atol, 96, step);
+        check_gradient("dv", loss, x.v.data(), dv.data(), d.kv_size(), rtol, atol, 96, step);
     }
 }
 
@@ -154,7 +194,7 @@ TEST_CASE("attention results do not depend on the thread count", "[unit]") {
         ops.attention_forward(x.tout(), x.tlse(), x.tq(), x.tk(), x.tv());
         ops.attention_backward(tensor(dq, {d.B, d.T, d.nh, d.hd}), tensor(dk, {d.B, d.T, d.nkv, d.hd}),
                                tensor(dv, {d.B, d.T, d.nkv, d.hd}), tensor(dout, {d.B, d.T, d.nh, d.hd}), x.tq(),
-                               x.tk(), x.tv(), x.tout(), x.tlse(), Write::add);
+                               x.tk(), x.tv(), x.tout(), x.tlse(), Write::add, std::nullopt);
         return std::vector<std::vector<float>>{x.out, x.lse, dq, dk, dv};
     });
 }

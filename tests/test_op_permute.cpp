@@ -63,7 +63,8 @@ template <class T> void check_forwards() {
         for (int c = 0; c < H; ++c) REQUIRE(b.xe[r * H + c] == b.x[b.plan.row_token[r] * H + c]);
 
     const std::vector<T> y_before = b.y;
-    ops.combine_forward(tensor(b.y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row(), Write::add);
+    ops.combine_forward(tensor(b.y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row(), Write::add,
+                        {});
     for (int t = 0; t < N; ++t)
         for (int c = 0; c < H; ++c) {
             double expected = y_before[t * H + c];
@@ -95,7 +96,7 @@ TEST_CASE("permute_backward matches finite differences", "[unit]") {
     };
     const std::vector<double> before = normals<double>(N * H, rng);
     std::vector<double> dx = before, dxe_in = dxe;
-    ops.permute_backward(tensor(dx, {N, H}), tensor(dxe_in, {b.R, H}), b.slot_row(), Write::add);
+    ops.permute_backward(tensor(dx, {N, H}), tensor(dxe_in, {b.R, H}), b.slot_row(), Write::add, {});
     for (int i = 0; i < N * H; ++i) dx[i] -= before[i];
     test::check_gradient("dx", loss, b.x.data(), dx.data(), N * H);
 }
@@ -118,7 +119,7 @@ TEST_CASE("permute_backward sums each token's slots in slot order for any thread
         omp_set_num_threads(threads);
         std::vector<float> dx(n * h, 0.0f);
         ops.permute_backward(tensor(dx, {n, h}), tensor(dxe, {R, h}), Tensor(plan.slot_row.data(), DType::I32, {n * k}),
-                             Write::add);
+                             Write::add, {});
         REQUIRE(dx == serial);
     }
     omp_set_num_threads(saved);
@@ -131,7 +132,8 @@ TEST_CASE("combine_backward matches finite differences, dropped slots get no gra
     CpuOps ops;
     auto loss = [&] {
         std::vector<double> y(N * H, 0.0);
-        ops.combine_forward(tensor(y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row(), Write::add);
+        ops.combine_forward(tensor(y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row(), Write::add,
+                            {});
         double f = 0;
         for (int i = 0; i < N * H; ++i) f += dy[i] * y[i];
         return f;
@@ -167,17 +169,44 @@ TEST_CASE("permutation ops told to overwrite give what adding to zeros gives, wh
         REQUIRE(written == added);
     };
     both(N * H, [&](std::vector<double>& y, Write wr) {
-        ops.combine_forward(tensor(y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row(), wr);
+        ops.combine_forward(tensor(y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row(), wr, {});
     });
     both(N * H, [&](std::vector<double>& dx, Write wr) {
         std::vector<double> src = dxe;
-        ops.permute_backward(tensor(dx, {N, H}), tensor(src, {b.R, H}), b.slot_row(), wr);
+        ops.permute_backward(tensor(dx, {N, H}), tensor(src, {b.R, H}), b.slot_row(), wr, {});
     });
     both(b.R * H, [&](std::vector<double>& dye, Write wr) {
         std::vector<double> g = dy;
         ops.combine_backward(tensor(dye, {b.R, H}), Tensor{}, tensor(g, {N, H}), tensor(b.ye, {b.R, H}),
                              tensor(b.w, {N, K}), b.slot_row(), wr);
     });
+}
+
+TEST_CASE("a residual is added after the sum, as add_tensors after the op would add it", "[unit]") {
+    // F32, where rounding shows: bit for bit the op, then add_tensors.
+    Buffers<float> b;
+    Rng rng(10, "residual");
+    CpuOps ops;
+    const std::vector<float> residual = normals<float>(N * H, rng), start = normals<float>(N * H, rng);
+    auto check = [&](auto&& call) {
+        for (Write wr : {Write::overwrite, Write::add}) {
+            std::vector<float> fused = start, separate = start, res = residual, sum(N * H);
+            call(fused, wr, tensor(res, {N, H}));
+            call(separate, wr, Tensor{});
+            ops.add_tensors(tensor(sum, {N, H}), tensor(res, {N, H}), tensor(separate, {N, H}));
+            REQUIRE(fused == sum);
+        }
+    };
+    check([&](std::vector<float>& y, Write wr, Tensor res) {
+        ops.combine_forward(tensor(y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row(), wr, res);
+    });
+    check([&](std::vector<float>& dx, Write wr, Tensor res) {
+        ops.permute_backward(tensor(dx, {N, H}), tensor(b.ye, {b.R, H}), b.slot_row(), wr, res);
+    });
+    std::vector<float> y(N * H), wrong(N * H + 1);
+    REQUIRE_THROWS_AS(ops.combine_forward(tensor(y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}),
+                                          b.slot_row(), Write::overwrite, tensor(wrong, {N * H + 1})),
+                      std::logic_error);
 }
 
 TEST_CASE("permute and combine reject indices outside their tensors", "[unit]") {
@@ -197,7 +226,7 @@ TEST_CASE("permute and combine reject indices outside their tensors", "[unit]") 
     b.plan.slot_row[0] = int32_t(b.R);
     expect_error([&] {
         ops.combine_forward(tensor(b.y, {N, H}), tensor(b.ye, {b.R, H}), tensor(b.w, {N, K}), b.slot_row(),
-                            Write::add);
+                            Write::add, {});
     }, "slot_row");
 }
 

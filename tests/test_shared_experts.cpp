@@ -54,7 +54,7 @@ struct Layer {
         moe->carve(acts, acts, Precision(DType::F64), kN, stats, false);
     }
     std::vector<double> forward() {
-        moe->forward(ops, x, nullptr, y);
+        moe->forward(ops, x, nullptr, {}, y);
         return std::vector<double>(y.ptr<double>(), y.ptr<double>() + y.numel());
     }
     // sum(dy * y): its gradient is dy, what backward() takes.

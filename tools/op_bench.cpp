@@ -186,11 +186,14 @@ int run(const Args& args) {
     time("embedding backward", NH, 1, N * H * act + V * H * master + N * 4, 0,
          [&] { ops.embedding_backward(dtable, ids, dy, moe::Write::overwrite); });
     moe::Tensor w_norm = buf.random(pr.work, {H}), dw_norm = buf.zeros(pr.master, {H}), rstd = buf.zeros(pr.stat, {N});
-    time("rmsnorm forward", NH, 2 * L + 1, 2 * N * H * act + N * stat, 3 * N * H,
+    // Each block's attention norm, and the final norm; the MoE norm takes
+    // the residual add before it in its pass.
+    time("rmsnorm forward", NH, L + 1, 2 * N * H * act + N * stat, 3 * N * H,
          [&] { ops.rmsnorm_forward(y, rstd, x, w_norm, m.norm_eps); });
+    time("residual add + rmsnorm forward", NH, L, 4 * N * H * act + N * stat, 4 * N * H,
+         [&] { ops.add_rmsnorm_forward(dx, y, rstd, x, dy, w_norm, m.norm_eps); });
     time("rmsnorm backward", NH, 2 * L + 1, 4 * N * H * act + N * stat, 8 * N * H,
          [&] { ops.rmsnorm_backward(dx, dw_norm, dy, x, w_norm, rstd, moe::Write::add, moe::Write::overwrite); });
-    time("residual add", NH, 2 * L, 3 * N * H * act, N * H, [&] { ops.add_tensors(y, x, dy); });
 
     // ---- dense linear layers ------------------------------------------------
     const auto linear = [&](const std::string& name, int64_t O, double per_step, moe::DType out_dtype) {
@@ -216,9 +219,10 @@ int run(const Args& args) {
     moe::Tensor lse = buf.zeros(pr.stat, {B, nh, T}), dout = buf.random(pr.act, {B, T, nh, hd});
     moe::Tensor dq = buf.zeros(pr.act, {B, T, nh, hd}), dk = buf.zeros(pr.act, {B, T, nkv, hd});
     moe::Tensor dv = buf.zeros(pr.act, {B, T, nkv, hd});
-    time("rope q (in place)", dims({B, T, nh, hd}), 2 * L, 2 * q.bytes(), 6.0 * q.numel(),
+    // The forward's; the backward turns dq and dk back in the attention's pass.
+    time("rope q (in place)", dims({B, T, nh, hd}), L, 2 * q.bytes(), 6.0 * q.numel(),
          [&] { ops.rope_forward(q, m.rope_theta, 0); });
-    time("rope k (in place)", dims({B, T, nkv, hd}), 2 * L, 2 * kk.bytes(), 6.0 * kk.numel(),
+    time("rope k (in place)", dims({B, T, nkv, hd}), L, 2 * kk.bytes(), 6.0 * kk.numel(),
          [&] { ops.rope_forward(kk, m.rope_theta, 0); });
     const double causal_pairs = double(B) * nh * T * (T + 1) / 2;
     const std::string att = dims({B, T, nh, nkv, hd});
@@ -226,10 +230,12 @@ int run(const Args& args) {
         time("attention forward" + kernels, att, per_step,
              double(q.bytes() + kk.bytes() + vv.bytes() + out.bytes() + lse.bytes()), 4 * causal_pairs * hd,
              [&] { ops.attention_forward(out, lse, q, kk, vv); });
-        time("attention backward" + kernels, att, per_step,
+        time("attention backward + rope" + kernels, att, per_step,
              double(2 * q.bytes() + 3 * kk.bytes() + 3 * vv.bytes() + 2 * out.bytes() + lse.bytes() + q.bytes()),
              10 * causal_pairs * hd,
-             [&] { ops.attention_backward(dq, dk, dv, dout, q, kk, vv, out, lse, moe::Write::overwrite); });
+             [&] {
+                 ops.attention_backward(dq, dk, dv, dout, q, kk, vv, out, lse, moe::Write::overwrite, m.rope_theta);
+             });
     };
 #if MOE_HAVE_CUDA
     // Beside the step's attention, for comparison (not a part of the step):
@@ -288,9 +294,10 @@ int run(const Args& args) {
     time("permute forward", RH, L, 2 * R * H * act + R * 4, 0, [&] { ops.permute_forward(xe, x, row_token); });
     // The outputs written over, as in a step.
     time("permute backward", RH, L, R * H * act + N * H * act + R * 4, double(R * H),
-         [&] { ops.permute_backward(dx, ye, slot_row, moe::Write::overwrite); });
-    time("combine forward", RH, L, R * H * act + N * H * act + N * k * (4 + stat), 2.0 * R * H,
-         [&] { ops.combine_forward(y, ye, topw, slot_row, moe::Write::overwrite); });
+         [&] { ops.permute_backward(dx, ye, slot_row, moe::Write::overwrite, {}); });
+    // The block's residual add rides the combine: x read, h_mid written.
+    time("combine forward + residual", RH, L, R * H * act + 2 * N * H * act + N * k * (4 + stat), 2.0 * R * H + N * H,
+         [&] { ops.combine_forward(y, ye, topw, slot_row, moe::Write::overwrite, x); });
     time("combine backward", RH, L, 2 * R * H * act + N * H * act + N * k * (4 + 2 * stat), 4.0 * R * H,
          [&] { ops.combine_backward(dye, dtopw, dy, ye, topw, slot_row, moe::Write::overwrite); });
 

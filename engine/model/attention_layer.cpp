@@ -93,9 +93,8 @@ void AttentionLayer::backward(Ops& ops, Tensor x, Tensor dout, Tensor dx, Write 
     const int64_t N = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
     ops.matmul_backward(datt_.view({N, nh * hd}), wo_->grad, {}, dout, att_.view({N, nh * hd}), wo_->work,
                         Write::overwrite, grads);
-    ops.attention_backward(dq_, dk_, dv_, datt_, q_, k_, v_, att_, lse_, Write::overwrite);
-    ops.rope_backward(dq_, cfg_.rope_theta);
-    ops.rope_backward(dk_, cfg_.rope_theta);
+    // dq and dk come out turned back through RoPE (the attention's pass).
+    ops.attention_backward(dq_, dk_, dv_, datt_, q_, k_, v_, att_, lse_, Write::overwrite, cfg_.rope_theta);
     Tensor dq = dq_.view({N, nh * hd}), dk = dk_.view({N, nkv * hd});
     if (cfg_.qk_norm) {
         ops.rmsnorm_backward(dq_raw_, q_norm_->grad, dq_.view({N * nh, hd}), q_raw_, q_norm_->work, rstd_q_,

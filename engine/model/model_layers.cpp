@@ -12,14 +12,13 @@ BlockActivations BlockActivations::take(Arena& arena, const Precision& pr, int64
     a.x = arena.take(pr.act, {rows, H});
     a.xn2 = arena.take(pr.act, {rows, H});
     a.rstd2 = arena.take(pr.stat, {rows});
-    a.moe_out = arena.take(pr.act, {rows, H});
     if (dynamics) a.h_mid = arena.take(pr.act, {rows, H});
     return a;
 }
 
 BlockActivations BlockActivations::first_rows(int64_t n) const {
     return {xn1.rows(0, n), rstd1.rows(0, n), attn_out.rows(0, n), x.rows(0, n), xn2.rows(0, n),
-            rstd2.rows(0, n),  moe_out.rows(0, n), h_mid.empty() ? Tensor{} : h_mid.rows(0, n)};
+            rstd2.rows(0, n),  h_mid.empty() ? Tensor{} : h_mid.rows(0, n)};
 }
 
 BlockLayers::BlockLayers(const ModelConfig& cfg, ParameterSet& params, int layer, DynamicsModule* dyn,
@@ -45,12 +44,8 @@ MoeStats BlockLayers::forward(Ops& ops, const BlockActivations& a, Tensor h, Ten
         PhaseScope scope(times, ops, Phase::Other);
         ops.add_rmsnorm_forward(a.x, a.xn2, a.rstd2, h, a.attn_out, moe_norm->work, norm_eps);
     }
-    MoeStats stats = moe.forward(ops, a.xn2, ids, a.moe_out);
-    const Tensor after = dynamics ? a.h_mid : h_out;
-    {
-        PhaseScope scope(times, ops, Phase::Other);
-        ops.add_tensors(after, a.x, a.moe_out);
-    }
+    // The residual add rides the MoE's combine.
+    MoeStats stats = moe.forward(ops, a.xn2, ids, a.x, dynamics ? a.h_mid : h_out);
     if (dynamics) {
         PhaseScope scope(times, ops, Phase::Dynamics);
         dynamics->forward(ops, a.h_mid, v, h_out, v_out);

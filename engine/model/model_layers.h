@@ -19,10 +19,11 @@
 namespace moe {
 
 // One block's activations, as many rows as its input h: the normed inputs of
-// attention (xn1, rstd1) and of the MoE layer (xn2, rstd2), the branches'
-// outputs, x = h + attention, and h_mid = x + moe before the dynamics.
+// attention (xn1, rstd1) and of the MoE layer (xn2, rstd2), attention's
+// output, x = h + attention, and h_mid = x + moe before the dynamics (the
+// MoE layer adds x as it combines its experts' outputs: no moe output kept).
 struct BlockActivations {
-    Tensor xn1, rstd1, attn_out, x, xn2, rstd2, moe_out, h_mid;  // h_mid empty without dynamics
+    Tensor xn1, rstd1, attn_out, x, xn2, rstd2, h_mid;  // h_mid empty without dynamics
 
     // Carved from arena for `rows` rows of width H (h_mid when dynamics).
     static BlockActivations take(Arena& arena, const Precision& pr, int64_t rows, int64_t H, bool dynamics);

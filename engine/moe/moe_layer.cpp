@@ -20,7 +20,7 @@ void MoeLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N
     dweights_ = scratch.take(pr.stat, {N, k_});
 }
 
-MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y) {
+MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor residual, Tensor y) {
     {
         PhaseScope scope(times_, ops, Phase::Routing);
         const RouterChoice choice = router_->forward(ops, x, ids);
@@ -36,7 +36,7 @@ MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y) {
         }
     }
     PhaseScope scope(times_, ops, Phase::Routing);
-    dispatcher_.combine(ops, y, shared_ ? Write::add : Write::overwrite);
+    dispatcher_.combine(ops, y, shared_ ? Write::add : Write::overwrite, residual);
 
     const RoutingCounts& counts = dispatcher_.counts();
     MoeStats stats;

@@ -29,9 +29,10 @@ public:
     void carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N, Tensor router_stats,
                bool recompute_experts);
 
-    // y[N,H] = moe(x[N,H]) (routed experts' weighted sum + shared experts'),
-    // N at most the rows carved; ids[N] (host) feed the token_id router.
-    MoeStats forward(Ops& ops, Tensor x, const int32_t* ids, Tensor y);
+    // y[N,H] = residual + moe(x[N,H]) (routed experts' weighted sum + shared
+    // experts', rounded, then added to the residual in the combine's pass), N
+    // at most the rows carved; ids[N] (host) feed the token_id router.
+    MoeStats forward(Ops& ops, Tensor x, const int32_t* ids, Tensor residual, Tensor y);
     // The router's aux and z losses of the last forward, from the stats it
     // left in router_stats, read back (E+1 values).
     RouterLosses router_losses(const double* stats) const { return router_->losses(stats); }

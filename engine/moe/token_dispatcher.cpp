@@ -89,7 +89,7 @@ Tensor TokenDispatcher::dispatch(Ops& ops, const RouterChoice& choice, Tensor x)
     exchange(weights, send_rows_, weights_in, recv_rows_);
     if (packed_in_rows_ > 0)
         ops.permute_backward(packed_weights_.rows(0, packed_in_rows_ * columns_), weights_in,
-                             packed_source_.rows(0, packed_in_rows_ * columns_), Write::overwrite);
+                             packed_source_.rows(0, packed_in_rows_ * columns_), Write::overwrite, {});
     Tensor local = local_in_.rows(0, local_rows_);
     ops.permute_forward(local, packed_in, local_index_.rows(0, local_rows_));
     return local;
@@ -239,18 +239,18 @@ Tensor TokenDispatcher::packed_weights() const {
     return packed_weights_.rows(0, packed_in_rows_ * columns_).view({packed_in_rows_, columns_});
 }
 
-void TokenDispatcher::combine(Ops& ops, Tensor y, Write y_write) {
+void TokenDispatcher::combine(Ops& ops, Tensor y, Write y_write, Tensor residual) {
     if (!distributed()) {
-        ops.combine_forward(y, back_.rows(0, counts_.rows()), weights_, slot_rows(), y_write);
+        ops.combine_forward(y, back_.rows(0, counts_.rows()), weights_, slot_rows(), y_write, residual);
         return;
     }
     // The weighted sum of each packed row's outputs back; each token's rows summed.
     Tensor packed = packed_rows_.rows(0, packed_in_rows_);
     ops.combine_forward(packed, expert_output(), packed_weights(),
-                        packed_local_.rows(0, packed_in_rows_ * columns_), Write::overwrite);
+                        packed_local_.rows(0, packed_in_rows_ * columns_), Write::overwrite, {});
     Tensor back = back_.rows(0, packed_out_rows_);
     exchange(packed, packed_in_, back, packed_out_);
-    ops.permute_backward(y, back, token_packed_.rows(0, y.dim(0) * ep_.size), y_write);
+    ops.permute_backward(y, back, token_packed_.rows(0, y.dim(0) * ep_.size), y_write, residual);
 }
 
 Tensor TokenDispatcher::combine_backward(Ops& ops, Tensor dy, Tensor dw) {
@@ -276,23 +276,24 @@ Tensor TokenDispatcher::combine_backward(Ops& ops, Tensor dy, Tensor dw) {
         ops.permute_forward(dw_source, dw_packed, source_position_.rows(0, local_rows_));
         Tensor dw_routed = dweights_back_.rows(0, R);
         exchange(dw_source, recv_rows_, dw_routed, send_rows_);
-        ops.permute_backward(dw.view({slots_, 1}), dw_routed, slot_rows(), Write::add);
+        ops.permute_backward(dw.view({slots_, 1}), dw_routed, slot_rows(), Write::add, {});
     }
     return d_local;
 }
 
 void TokenDispatcher::dispatch_backward(Ops& ops, Tensor dxl, Tensor dx) {
     if (!distributed()) {
-        ops.permute_backward(dx, dxl, slot_rows(), Write::overwrite);
+        ops.permute_backward(dx, dxl, slot_rows(), Write::overwrite, {});
         return;
     }
     // The experts' input gradient summed per packed row, back, summed per token.
     Tensor packed = packed_rows_.rows(0, packed_in_rows_);
     if (packed_in_rows_ > 0)
-        ops.permute_backward(packed, dxl, packed_local_.rows(0, packed_in_rows_ * columns_), Write::overwrite);
+        ops.permute_backward(packed, dxl, packed_local_.rows(0, packed_in_rows_ * columns_), Write::overwrite,
+                             {});
     Tensor back = d_back_.rows(0, packed_out_rows_);
     exchange(packed, packed_in_, back, packed_out_);
-    ops.permute_backward(dx, back, token_packed_.rows(0, dx.dim(0) * ep_.size), Write::overwrite);
+    ops.permute_backward(dx, back, token_packed_.rows(0, dx.dim(0) * ep_.size), Write::overwrite, {});
 }
 
 }  // namespace moe

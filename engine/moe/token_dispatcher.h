@@ -73,8 +73,9 @@ public:
     // A buffer for the experts' outputs, rows as dispatch() returned.
     Tensor expert_output() const { return local_out_.rows(0, local_rows_); }
     // y[N,H] = (or += as y_write says) router-weighted sum of
-    // expert_output(), brought back.
-    void combine(Ops& ops, Tensor y, Write y_write = Write::overwrite);
+    // expert_output(), brought back; then, with a residual [N,H], y =
+    // residual + that (Ops::combine_forward's rounding).
+    void combine(Ops& ops, Tensor y, Write y_write = Write::overwrite, Tensor residual = {});
 
     // d expert_output (returned, local order) and dw[N,k] += (stat; empty: not
     // wanted) from dy; then dx = (overwritten) from the experts' input

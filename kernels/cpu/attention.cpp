@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
+#include <utility>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -102,7 +104,26 @@ void CpuOps::attention_decode(Tensor out, Tensor q, Tensor k_cache, Tensor v_cac
 }
 
 void CpuOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
-                                Tensor out, Tensor lse, Write write) {
+                                Tensor out, Tensor lse, Write write, std::optional<double> rope_theta) {
+    if (rope_theta) {
+        // The attention's gradients of q and k (written, into dq and dk or,
+        // when adding, apart), turned back, then added where asked.
+        const bool apart = write == Write::add;
+        std::vector<unsigned char> dq_bytes(apart ? dq.bytes() : 0), dk_bytes(apart ? dk.bytes() : 0);
+        Tensor gq = dq, gk = dk;
+        if (apart) {
+            if (!dq.empty()) gq.data = dq_bytes.data();
+            if (!dk.empty()) gk.data = dk_bytes.data();
+        }
+        if (!dv.empty()) attention_backward({}, {}, dv, dout, q, k, v, out, lse, write, std::nullopt);
+        attention_backward(gq, gk, {}, dout, q, k, v, out, lse, Write::overwrite, std::nullopt);
+        for (const auto& [grad, turned] : {std::pair{dq, gq}, std::pair{dk, gk}}) {
+            if (grad.empty()) continue;
+            rope_backward(turned, *rope_theta);
+            if (apart) add(grad, turned);
+        }
+        return;
+    }
     const AttentionDims d = attention_dims("attention_backward", q, k, v, out, lse);
     check(dout.numel() == q.numel() && (dq.empty() || dq.numel() == q.numel()) &&
               (dk.empty() || dk.numel() == k.numel()) && (dv.empty() || dv.numel() == v.numel()),

@@ -8,6 +8,7 @@
 #include <string>
 #include <type_traits>
 
+#include "kernels/check.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/dispatch.h"
 
@@ -43,6 +44,13 @@ void check_combine(const char* op, Tensor y, Tensor ye, Tensor w, Tensor slot_ro
     check_indices(op, "slot_row", slot_row, -1, ye.dim(0));
 }
 
+// out[t] = residual[t] + out[t] (rounded as add_tensors rounds), where a residual is given.
+template <class T> void add_residual(T* out, const Tensor& residual, int64_t t, int64_t H) {
+    if (residual.empty()) return;
+    const T* r = residual.ptr<T>() + t * H;
+    for (int64_t c = 0; c < H; ++c) out[c] = r[c] + out[c];
+}
+
 }  // namespace
 
 RoutingCounts CpuOps::plan_routing(Tensor slot_row, Tensor row_token, Tensor expert_of_slot, int num_experts,
@@ -75,8 +83,9 @@ void CpuOps::permute_forward(Tensor xe, Tensor x, Tensor row_token) {
     });
 }
 
-void CpuOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_write) {
+void CpuOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_write, Tensor residual) {
     if (dx.empty()) return;
+    if (!residual.empty()) check_same_shape("permute_backward", residual, dx);
     const int64_t N = dx.dim(0);
     if (dx.ndim != 2 || dxe.ndim != 2 || dxe.dim(1) != dx.dim(1) || N == 0 || slot_row.numel() % N != 0)
         throw std::invalid_argument("permute_backward: expected dx [N,H], dxe [R,H] and slot_row [N*k]; got " +
@@ -99,12 +108,14 @@ void CpuOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_w
                 const T* s = src + int64_t(r) * H;
                 for (int64_t c = 0; c < H; ++c) d[c] += s[c];
             }
+            add_residual(d, residual, t, H);
         }
     });
 }
 
-void CpuOps::combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row, Write y_write) {
+void CpuOps::combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row, Write y_write, Tensor residual) {
     check_combine("combine_forward", y, ye, w, slot_row);
+    if (!residual.empty()) check_same_shape("combine_forward", residual, y);
     if (y_write == Write::overwrite) zero(y);
     const int64_t N = y.dim(0), H = y.dim(1), k = w.dim(1);
     dispatch_float(y, [&](auto tag) {
@@ -123,6 +134,7 @@ void CpuOps::combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row, Wri
                 const T* src = rows + int64_t(r) * H;
                 for (int64_t c = 0; c < H; ++c) yt[c] += wj * src[c];
             }
+            add_residual(yt, residual, t, H);
         }
     });
 }

@@ -61,6 +61,34 @@ __device__ __forceinline__ void put_pair(bf16* dst, float x0, float x1, float al
     *p = __floats2bfloat162_rn(old.x + alpha * x0, old.y + alpha * x1);
 }
 
+// With a RoPE table (rope.cu's (cos, sin) of position p and pair i at
+// [2 (p * HD/2 + i)]; null: none), turns each accumulator row's pairs
+// (i, i + HD/2) back by its position's angles: the gradient of a q or k
+// before the rotation, ahead of the one rounding in put_pair. A thread holds
+// both halves of its pairs (columns 8n + c and 8n + c + HD/2 are fragments n
+// and n + HD/16), rows lo and hi at [.][0..1] and [.][2..3].
+template <int HD> __device__ __forceinline__ void rotate_back(float (&acc)[HD / 8][4], const float* table, int lo,
+                                                              int hi, int T) {
+    if (!table) return;
+    const int col = 2 * (threadIdx.x & 3);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = r == 0 ? lo : hi;
+        if (row >= T) continue;
+#pragma unroll
+        for (int n = 0; n < HD / 16; ++n) {
+            const float4 cs = *reinterpret_cast<const float4*>(table + 2 * (int64_t(row) * (HD / 2) + 8 * n + col));
+            float &a0 = acc[n][2 * r], &b0 = acc[n + HD / 16][2 * r];
+            float &a1 = acc[n][2 * r + 1], &b1 = acc[n + HD / 16][2 * r + 1];
+            const float x0 = a0, y0 = b0, x1 = a1, y1 = b1;
+            a0 = x0 * cs.x + y0 * cs.y;
+            b0 = y0 * cs.x - x0 * cs.y;
+            a1 = x1 * cs.z + y1 * cs.w;
+            b1 = y1 * cs.z - x1 * cs.w;
+        }
+    }
+}
+
 // Shapes shared by the kernels. Rows of q/out/dout are (b, t, h) with stride
 // nh*hd; rows of k/v are (b, t, kv head) with stride nkv*hd; lse and delta
 // are [B, nh, T].
@@ -237,10 +265,11 @@ __global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf1
 
 // dk and dv of one key tile of one kv head: grid (B*nkv, key tiles), the
 // first key tiles (seen by the most queries) first. Either output may be null;
-// both are added to when accumulate, else written.
+// both are added to when accumulate, else written; dk turned back by rope
+// (rotate_back).
 template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
     attention_dkdv_kernel(bf16* dk, bf16* dv, const bf16* q, const bf16* k, const bf16* v, const bf16* dout,
-                          const float* lse, const float* delta, Shape s, bool accumulate) {
+                          const float* lse, const float* delta, const float* rope, Shape s, bool accumulate) {
     constexpr int kQ = kBwdRows<HD>;
     constexpr int kT = Mma::template tile_elements<HD, kTile>(), kQT = Mma::template tile_elements<HD, kQ>();
     bf16* sk = reinterpret_cast<bf16*>(shared_tiles<Mma>());  // [kT]
@@ -317,6 +346,7 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
         __syncthreads();  // all warps are done with buffer buf before it is refilled
     }
 
+    if (dk) rotate_back<HD>(dk_acc, rope, key_lo, key_hi, s.T);
     const int col = 2 * (lane & 3);
     const int64_t lo = (kv_row0 + int64_t(warp * 16 + (lane >> 2)) * s.nkv) * HD + col, hi = lo + 8 * kv_stride;
 #pragma unroll
@@ -330,10 +360,11 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
 
 // dq of one query tile of kHeads query heads of one kv group (a warpgroup
 // each, as the forward): grid (B*nh/kHeads, query tiles), the tiles with the
-// most keys first; added to when accumulate, else written.
+// most keys first; added to when accumulate, else written; turned back by
+// rope (rotate_back).
 template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThreads * kHeads)
     attention_dq_kernel(bf16* dq, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
-                        const float* delta, Shape s, bool accumulate) {
+                        const float* delta, const float* rope, Shape s, bool accumulate) {
     constexpr int kK = kBwdRows<HD>;
     constexpr int kT = Mma::template tile_elements<HD, kTile>(), kKT = Mma::template tile_elements<HD, kK>();
     bf16* sq = reinterpret_cast<bf16*>(shared_tiles<Mma>());  // [kHeads][kT]
@@ -417,6 +448,7 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
         __syncthreads();
     }
 
+    rotate_back<HD>(dq_acc, rope, row_lo, row_hi, s.T);
     const int col = 2 * (lane & 3);
     const int64_t lo = (q_row0 + int64_t(warp * 16 + (lane >> 2)) * s.nh) * HD + col, hi = lo + 8 * q_stride;
 #pragma unroll
@@ -541,7 +573,7 @@ void CudaOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tens
 }
 
 void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
-                                 Tensor lse, Write write) {
+                                 Tensor lse, Write write, std::optional<double> rope_theta) {
     const char* op = "attention_backward";
     const AttentionDims d = dims_of(op, q, k, v, out, lse);
     check(dout.numel() == q.numel() && (dq.empty() || dq.numel() == q.numel()) &&
@@ -567,6 +599,7 @@ void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, T
     const auto* pv = static_cast<const bf16*>(v.data);
     const auto* pdo = static_cast<const bf16*>(dout.data);
     const auto* plse = static_cast<const float*>(lse.data);
+    const float* rope = rope_theta ? rope_table(d.T, d.hd, *rope_theta) : nullptr;
 
     const int64_t rows = d.B * d.T * d.nh;
     auto* delta = static_cast<float*>(scratch(size_t(rows) * sizeof(float)));
@@ -591,7 +624,7 @@ void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, T
             const auto kernel = attention_dkdv_kernel<Mma, HD>;
             allow_shared(kernel, bytes);
             kernel<<<dim3(unsigned(d.B * d.nkv), unsigned(tiles(d.T))), kThreads, bytes, stream()>>>(
-                static_cast<bf16*>(dk.data), static_cast<bf16*>(dv.data), pq, pk, pv, pdo, plse, delta, s,
+                static_cast<bf16*>(dk.data), static_cast<bf16*>(dv.data), pq, pk, pv, pdo, plse, delta, rope, s,
                 write == Write::add);
             MOE_CUDA_LAUNCHED();
         }
@@ -602,7 +635,7 @@ void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, T
                 const size_t bytes = tile_bytes(2 * kHeads);
                 allow_shared(kernel, bytes);
                 kernel<<<dim3(unsigned(d.B * d.nh / kHeads), unsigned(tiles(d.T))), kThreads * kHeads, bytes,
-                         stream()>>>(static_cast<bf16*>(dq.data), pq, pk, pv, pdo, plse, delta, s,
+                         stream()>>>(static_cast<bf16*>(dq.data), pq, pk, pv, pdo, plse, delta, rope, s,
                                      write == Write::add);
                 MOE_CUDA_LAUNCHED();
             });

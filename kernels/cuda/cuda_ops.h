@@ -93,7 +93,7 @@ public:
 
     void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) override;
     void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
-                            Tensor lse, Write write) override;
+                            Tensor lse, Write write, std::optional<double> rope_theta) override;
     void attention_decode(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache, int64_t first_position) override;
 
     void router_forward(Tensor probs, Tensor lse, Tensor topk_idx, Tensor topk_w, Tensor logits,
@@ -106,8 +106,8 @@ public:
                                std::optional<double> capacity_factor) override;
 
     void permute_forward(Tensor xe, Tensor x, Tensor row_token) override;
-    void permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_write) override;
-    void combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row, Write y_write) override;
+    void permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_write, Tensor residual) override;
+    void combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row, Write y_write, Tensor residual) override;
     void combine_backward(Tensor dye, Tensor dw, Tensor dy, Tensor ye, Tensor w, Tensor slot_row,
                           Write dye_write) override;
 

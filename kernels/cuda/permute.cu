@@ -50,10 +50,12 @@ __global__ void permute_forward_kernel(bf16* xe, const bf16* x, const int32_t* r
 }
 
 // dst[t] (+)= sum_j w[t,j] src[slot_row[t*k+j]] over kept slots (w null: 1),
-// one thread per chunk of a token, its slots added in j order in fp32.
+// one thread per chunk of a token, its slots added in j order in fp32; then,
+// with a residual, dst[t] = residual[t] + that sum rounded to bf16 (the bits
+// of a separate add).
 template <int W>
-__global__ void gather_add_kernel(bf16* dst, const bf16* src, const float* w, const int32_t* slot_row, int64_t N,
-                                  int64_t R, int64_t H, int k, bool accumulate) {
+__global__ void gather_add_kernel(bf16* dst, const bf16* src, const float* w, const int32_t* slot_row,
+                                  const bf16* residual, int64_t N, int64_t R, int64_t H, int k, bool accumulate) {
     const int64_t chunks = H / W;
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < N * chunks;
          i += int64_t(gridDim.x) * blockDim.x) {
@@ -79,6 +81,12 @@ __global__ void gather_add_kernel(bf16* dst, const bf16* src, const float* w, co
 #pragma unroll
             for (int e = 0; e < W; ++e) acc[e] += wj * v[e];
         }
+        if (residual) {
+            float r[W];
+            load_chunk<W>(r, residual + t * H + col);
+#pragma unroll
+            for (int e = 0; e < W; ++e) acc[e] = r[e] + __bfloat162float(__float2bfloat16_rn(acc[e]));
+        }
         store_chunk<W>(dst + t * H + col, acc);
     }
 }
@@ -94,8 +102,8 @@ __global__ void permute_forward_f32_kernel(float* xe, const float* x, const int3
     }
 }
 
-__global__ void gather_add_f32_kernel(float* dst, const float* src, const int32_t* slot_row, int64_t N, int64_t R,
-                                      int64_t H, int k, bool accumulate) {
+__global__ void gather_add_f32_kernel(float* dst, const float* src, const int32_t* slot_row, const float* residual,
+                                      int64_t N, int64_t R, int64_t H, int k, bool accumulate) {
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < N * H;
          i += int64_t(gridDim.x) * blockDim.x) {
         const int64_t t = i / H, col = i % H;
@@ -105,7 +113,7 @@ __global__ void gather_add_f32_kernel(float* dst, const float* src, const int32_
             if (r < 0) continue;  // dropped
             acc += r < R ? src[int64_t(r) * H + col] : NAN;
         }
-        dst[i] = acc;
+        dst[i] = residual ? residual[i] + acc : acc;
     }
 }
 
@@ -203,7 +211,7 @@ void CudaOps::permute_forward(Tensor xe, Tensor x, Tensor row_token) {
     MOE_CUDA_LAUNCHED();
 }
 
-void CudaOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_write) {
+void CudaOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_write, Tensor residual) {
     const char* op = "permute_backward";
     check(dx.dtype == DType::BF16 || dx.dtype == DType::F32, op,
           std::string("dx must be BF16 (act) or F32 (stat), got ") + dtype_name(dx.dtype));
@@ -214,33 +222,39 @@ void CudaOps::permute_backward(Tensor dx, Tensor dxe, Tensor slot_row, Write dx_
     check(dx.ndim == 2 && dxe.ndim == 2 && dxe.dim(1) == H && N > 0 && slot_row.numel() % N == 0, op,
           "expected dx [N,H], dxe [R,H] and slot_row [N*k]; got " + dx.shape_str() + ", " + dxe.shape_str() +
               " and " + slot_row.shape_str());
+    if (!residual.empty()) check_same_shape(op, residual, dx);
     const int64_t R = dxe.dim(0), k = slot_row.numel() / N;
-    if (k == 0 && dx_write == Write::overwrite) zero(dx);  // no slot: a sum of nothing
-    if (k == 0 || H == 0) return;
+    if (H == 0) return;
+    // k may be 0 (no slot: a sum of nothing); the kernels then write 0, or dx, plus the residual.
     if (dx.dtype == DType::F32) {
         gather_add_f32_kernel<<<cuda::blocks_for(N * H, kThreads), kThreads, 0, stream()>>>(
-            dx.ptr<float>(), dxe.ptr<float>(), slot_row.ptr<int32_t>(), N, R, H, int(k), dx_write == Write::add);
+            dx.ptr<float>(), dxe.ptr<float>(), slot_row.ptr<int32_t>(), residual.empty() ? nullptr : residual.ptr<float>(),
+            N, R, H, int(k),
+            dx_write == Write::add);
         MOE_CUDA_LAUNCHED();
         return;
     }
-    cuda::with_chunk_width(H, {dx.data, dxe.data}, [&](auto width) {
+    cuda::with_chunk_width(H, {dx.data, dxe.data, residual.data}, [&](auto width) {
         constexpr int W = decltype(width)::value;
         gather_add_kernel<W><<<cuda::blocks_for(N * H / W, kThreads), kThreads, 0, stream()>>>(
-            bf16_ptr(dx), bf16_ptr(dxe), nullptr, slot_row.ptr<int32_t>(), N, R, H, int(k), dx_write == Write::add);
+            bf16_ptr(dx), bf16_ptr(dxe), nullptr, slot_row.ptr<int32_t>(), bf16_ptr(residual), N, R, H, int(k),
+            dx_write == Write::add);
     });
     MOE_CUDA_LAUNCHED();
 }
 
-void CudaOps::combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row, Write y_write) {
+void CudaOps::combine_forward(Tensor y, Tensor ye, Tensor w, Tensor slot_row, Write y_write, Tensor residual) {
     const char* op = "combine_forward";
     check_combine(op, y, "y", ye, w, slot_row);
+    if (!residual.empty()) check_same_shape(op, residual, y);
     const int64_t N = y.dim(0), H = y.dim(1), R = ye.dim(0), k = w.dim(1);
-    if (k == 0 && y_write == Write::overwrite) zero(y);  // no slot: a sum of nothing
-    if (N == 0 || H == 0 || k == 0) return;
-    cuda::with_chunk_width(H, {y.data, ye.data}, [&](auto width) {
+    if (N == 0 || H == 0) return;
+    // k may be 0 (no slot: a sum of nothing); the kernel then writes 0, or y, plus the residual.
+    cuda::with_chunk_width(H, {y.data, ye.data, residual.data}, [&](auto width) {
         constexpr int W = decltype(width)::value;
         gather_add_kernel<W><<<cuda::blocks_for(N * H / W, kThreads), kThreads, 0, stream()>>>(
-            bf16_ptr(y), bf16_ptr(ye), w.ptr<float>(), slot_row.ptr<int32_t>(), N, R, H, int(k), y_write == Write::add);
+            bf16_ptr(y), bf16_ptr(ye), w.ptr<float>(), slot_row.ptr<int32_t>(), bf16_ptr(residual), N, R, H, int(k),
+            y_write == Write::add);
     });
     MOE_CUDA_LAUNCHED();
 }

@@ -3,12 +3,13 @@
 // leave partial 64-row tiles, every supported head size, the backward's
 // accumulation, bit-identical reruns, each with both tile-math families where
 // the GPU has wgmma (else mma.sync alone), the choice between them, blocks of
-// several query heads against one, and RoPE both ways (forward from a first
-// position too).
+// several query heads against one, RoPE both ways (forward from a first
+// position too) and the backward's dq and dk turned back through it.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -107,10 +108,12 @@ void check_forward(const Shape& d, bool wgmma) {
 }
 
 // dq, dk, dv start from non-zero values on both backends (the op adds to
-// them); dk is left out when !with_dk.
-void check_backward(const Shape& d, bool with_dk, Write write, bool wgmma) {
+// them); dk is left out when !with_dk; with a RoPE theta, q and k are taken
+// as rotated and dq, dk turned back.
+void check_backward(const Shape& d, bool with_dk, Write write, bool wgmma,
+                    std::optional<double> rope_theta = std::nullopt) {
     INFO(describe(d) << (with_dk ? "" : ", no dk") << (write == Write::add ? ", adding" : ", overwriting") << ", "
-                     << family(wgmma));
+                     << family(wgmma) << (rope_theta ? ", through RoPE" : ""));
     Backends be;
     be.gpu.set_attention_wgmma(wgmma);
     Rng rng(2, "cuda attention backward");
@@ -129,14 +132,14 @@ void check_backward(const Shape& d, bool with_dk, Write write, bool wgmma) {
     be.cpu.attention_backward(
         host_tensor(dq, {d.B, d.T, d.nh, d.hd}), with_dk ? host_tensor(dk, {d.B, d.T, d.nkv, d.hd}) : Tensor(),
         host_tensor(dv, {d.B, d.T, d.nkv, d.hd}), host_tensor(dout, {d.B, d.T, d.nh, d.hd}), x.cq(), x.ck(), x.cv(),
-        host_tensor(out, {d.B, d.T, d.nh, d.hd}), host_tensor(lse, {d.B, d.nh, d.T}), write);
+        host_tensor(out, {d.B, d.T, d.nh, d.hd}), host_tensor(lse, {d.B, d.nh, d.T}), write, rope_theta);
 
     Tensor gdq = be.upload(dq0, DType::BF16, {d.B, d.T, d.nh, d.hd});
     Tensor gdk = with_dk ? be.upload(dk0, DType::BF16, {d.B, d.T, d.nkv, d.hd}) : Tensor();
     Tensor gdv = be.upload(dv0, DType::BF16, {d.B, d.T, d.nkv, d.hd});
     be.gpu.attention_backward(gdq, gdk, gdv, be.upload(dout, DType::BF16, {d.B, d.T, d.nh, d.hd}), x.gq, x.gk, x.gv,
                               be.upload(out, DType::BF16, {d.B, d.T, d.nh, d.hd}),
-                              be.upload(lse, DType::F32, {d.B, d.nh, d.T}), write);
+                              be.upload(lse, DType::F32, {d.B, d.nh, d.T}), write, rope_theta);
     // The terms' scale is that of what the op adds (or writes).
     const auto change = [&](const std::vector<float>& after, const std::vector<float>& before) {
         return write == Write::add ? max_abs_difference(after, before) : max_abs(after);
@@ -161,15 +164,23 @@ TEST_CASE("cuda attention_backward adds or writes the cpu's gradients", "[gpu]")
         }
 }
 
+TEST_CASE("cuda attention_backward turns dq and dk back through RoPE as rope_backward does", "[gpu]") {
+    // Every head size: a thread turns the pairs (i, i + hd/2) it holds.
+    for (bool wgmma : wgmma_choices()) {
+        for (const Shape& d : kShapes) check_backward(d, true, Write::overwrite, wgmma, 10000.0);
+        check_backward(kShapes[1], true, Write::add, wgmma, 500000.0);
+    }
+}
+
 TEST_CASE("cuda attention matches the cpu over the benchmarks' 2048 positions", "[gpu]") {
     // T and hd of configs/bench (32 tiles of 64; the forward and the dq kernel
     // walk up to 32 key tiles, the dk/dv kernel 32 query tiles of each of the
     // group's 4 query heads), one sequence and one kv head to keep the CPU
-    // reference short.
+    // reference short; the backward through RoPE, as the model runs it.
     const Shape d{1, 2048, 4, 1, 64};
     for (bool wgmma : wgmma_choices()) {
         check_forward(d, wgmma);
-        check_backward(d, true, Write::overwrite, wgmma);
+        check_backward(d, true, Write::overwrite, wgmma, 10000.0);
     }
 }
 
@@ -196,7 +207,7 @@ void check_reruns(bool wgmma) {
         Tensor dq = be.upload(dq0, DType::BF16, {d.B, d.T, d.nh, d.hd});
         Tensor dk = with_dk ? be.upload(dk0, DType::BF16, {d.B, d.T, d.nkv, d.hd}) : Tensor();
         Tensor dv = be.upload(dv0, DType::BF16, {d.B, d.T, d.nkv, d.hd});
-        be.gpu.attention_backward(dq, dk, dv, gdout, x.gq, x.gk, x.gv, out, lse, Write::add);
+        be.gpu.attention_backward(dq, dk, dv, gdout, x.gq, x.gk, x.gv, out, lse, Write::add, std::nullopt);
         return Run{be.download(out), be.download(lse), be.download(dq), with_dk ? be.download(dk) : dk0,
                    be.download(dv)};
     };
@@ -223,7 +234,7 @@ std::vector<std::vector<float>> run_with_heads(const Shape& d, bool wgmma, int h
     Tensor dq = be.zeros(DType::BF16, {d.B, d.T, d.nh, d.hd}), dk = be.zeros(DType::BF16, {d.B, d.T, d.nkv, d.hd});
     Tensor dv = be.zeros(DType::BF16, {d.B, d.T, d.nkv, d.hd});
     be.gpu.attention_backward(dq, dk, dv, be.upload(bf16_normals(d.q_size(), rng), DType::BF16, {d.B, d.T, d.nh, d.hd}),
-                              x.gq, x.gk, x.gv, out, lse, Write::overwrite);
+                              x.gq, x.gk, x.gv, out, lse, Write::overwrite, std::nullopt);
     return {be.download(out), be.download(lse), be.download(dq), be.download(dk), be.download(dv)};
 }
 

@@ -1,6 +1,7 @@
 // The CUDA permute and combine ops against the CPU reference, on routing
 // plans with dropped slots (slot_row -1) and an expert that gets no token,
-// for k = 1 and 2, H = 20 (the element path) and H = 64 (16-byte chunks);
+// for k = 1 and 2, H = 20 (the element path) and H = 64 (16-byte chunks),
+// with and without a residual added in the same pass;
 // plan_routing against build_routing_plan, index for index.
 #include <algorithm>
 #include <cstdint>
@@ -62,18 +63,38 @@ void check_ops(Backends& b, int k, int64_t H, Write wr) {
     Tensor gpu_ye = b.upload(ye, DType::BF16, {R, H}), gpu_w = b.upload(w, DType::F32, {N, k});
     const std::vector<float> y0 = bf16_normals(N * H, rng);
     std::vector<float> y = y0;
-    b.cpu.combine_forward(host_tensor(y, {N, H}), host_tensor(ye, {R, H}), host_tensor(w, {N, k}), cpu_slot_row, wr);
+    b.cpu.combine_forward(host_tensor(y, {N, H}), host_tensor(ye, {R, H}), host_tensor(w, {N, k}), cpu_slot_row, wr,
+                          {});
     Tensor gpu_y = b.upload(y0, DType::BF16, {N, H});
-    b.gpu.combine_forward(gpu_y, gpu_ye, gpu_w, slot_row, wr);
+    b.gpu.combine_forward(gpu_y, gpu_ye, gpu_w, slot_row, wr, {});
     require_near("y", b.download(gpu_y), y, kBf16Rtol, kBf16Atol);
 
     std::vector<float> dxe = bf16_normals(R * H, rng);
     const std::vector<float> dx0 = bf16_normals(N * H, rng);
     std::vector<float> dx = dx0;
-    b.cpu.permute_backward(host_tensor(dx, {N, H}), host_tensor(dxe, {R, H}), cpu_slot_row, wr);
+    b.cpu.permute_backward(host_tensor(dx, {N, H}), host_tensor(dxe, {R, H}), cpu_slot_row, wr, {});
     Tensor gpu_dx = b.upload(dx0, DType::BF16, {N, H});
-    b.gpu.permute_backward(gpu_dx, b.upload(dxe, DType::BF16, {R, H}), slot_row, wr);
+    b.gpu.permute_backward(gpu_dx, b.upload(dxe, DType::BF16, {R, H}), slot_row, wr, {});
     require_near("dx", b.download(gpu_dx), dx, kBf16Rtol, kBf16Atol);
+
+    // With a residual: the bits of the op, then add_tensors.
+    const std::vector<float> res = bf16_normals(N * H, rng);
+    for (DType dt : {DType::BF16, DType::F32}) {
+        INFO("residual, " << dtype_name(dt));
+        Tensor gpu_res = b.upload(res, dt, {N, H}), gpu_dxe = b.upload(dxe, dt, {R, H});
+        Tensor fused = b.upload(dx0, dt, {N, H}), separate = b.upload(dx0, dt, {N, H}), sum = b.zeros(dt, {N, H});
+        b.gpu.permute_backward(fused, gpu_dxe, slot_row, wr, gpu_res);
+        b.gpu.permute_backward(separate, gpu_dxe, slot_row, wr, {});
+        b.gpu.add_tensors(sum, gpu_res, separate);
+        require_near("dx + residual", b.download(fused), b.download(sum), 0, 0);
+        if (dt == DType::F32) continue;  // combine_forward is BF16 only
+        fused = b.upload(y0, dt, {N, H});
+        separate = b.upload(y0, dt, {N, H});
+        b.gpu.combine_forward(fused, gpu_ye, gpu_w, slot_row, wr, gpu_res);
+        b.gpu.combine_forward(separate, gpu_ye, gpu_w, slot_row, wr, {});
+        b.gpu.add_tensors(sum, gpu_res, separate);
+        require_near("y + residual", b.download(fused), b.download(sum), 0, 0);
+    }
 
     // F32 rows (the router's weights and their gradients, moved by the
     // expert-parallel dispatcher): the gather exact, the sums in fp32.
@@ -83,9 +104,9 @@ void check_ops(Backends& b, int k, int64_t H, Write wr) {
     b.gpu.permute_forward(gpu_wr32, b.upload(x, DType::F32, {N, H}), row_token);
     require_near("F32 xe", b.download(gpu_wr32), wr32, 0, 0);
     std::vector<float> dx32 = dx0;
-    b.cpu.permute_backward(host_tensor(dx32, {N, H}), host_tensor(dxe, {R, H}), cpu_slot_row, wr);
+    b.cpu.permute_backward(host_tensor(dx32, {N, H}), host_tensor(dxe, {R, H}), cpu_slot_row, wr, {});
     Tensor gpu_dx32 = b.upload(dx0, DType::F32, {N, H});
-    b.gpu.permute_backward(gpu_dx32, b.upload(dxe, DType::F32, {R, H}), slot_row, wr);
+    b.gpu.permute_backward(gpu_dx32, b.upload(dxe, DType::F32, {R, H}), slot_row, wr, {});
     require_near("F32 dx", b.download(gpu_dx32), dx32, 1e-6, 1e-6);
 
     std::vector<float> dy = bf16_normals(N * H, rng);
@@ -165,18 +186,23 @@ TEST_CASE("cuda permute and combine reject wrong dtypes and shapes", "[gpu]") {
     const int64_t N = 4, R = 6, H = 8, k = 2;
     Tensor y = b.zeros(DType::BF16, {N, H}), ye = b.zeros(DType::BF16, {R, H});
     Tensor slot_row = b.zeros(DType::I32, {N * k});
-    REQUIRE_THROWS_AS(b.gpu.combine_forward(y, ye, b.zeros(DType::BF16, {N, k}), slot_row, Write::add),
+    REQUIRE_THROWS_AS(b.gpu.combine_forward(y, ye, b.zeros(DType::BF16, {N, k}), slot_row, Write::add, {}),
                       std::invalid_argument);
     REQUIRE_THROWS_AS(b.gpu.combine_forward(y, b.zeros(DType::BF16, {R, H + 1}), b.zeros(DType::F32, {N, k}), slot_row,
-                                            Write::add),
+                                            Write::add, {}),
                       std::invalid_argument);
     REQUIRE_THROWS_AS(b.gpu.permute_forward(b.zeros(DType::BF16, {R + 1, H}), y, b.zeros(DType::I32, {R})),
                       std::invalid_argument);
-    REQUIRE_THROWS_AS(b.gpu.permute_backward(y, ye, b.zeros(DType::I32, {N * k + 1}), Write::add),
+    REQUIRE_THROWS_AS(b.gpu.permute_backward(y, ye, b.zeros(DType::I32, {N * k + 1}), Write::add, {}),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.combine_forward(y, ye, b.zeros(DType::F32, {N, k}), slot_row, Write::add,
+                                            b.zeros(DType::BF16, {N, H + 1})),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.permute_backward(y, ye, slot_row, Write::add, b.zeros(DType::F32, {N, H})),
                       std::invalid_argument);
     // F32 rows move as F32: a mix of dtypes is refused.
     REQUIRE_THROWS_AS(b.gpu.permute_forward(b.zeros(DType::F32, {R, H}), y, b.zeros(DType::I32, {R})),
                       std::invalid_argument);
-    REQUIRE_THROWS_AS(b.gpu.permute_backward(b.zeros(DType::F32, {N, H}), ye, slot_row, Write::add),
+    REQUIRE_THROWS_AS(b.gpu.permute_backward(b.zeros(DType::F32, {N, H}), ye, slot_row, Write::add, {}),
                       std::invalid_argument);
 }
