@@ -266,13 +266,15 @@ public:
     // make ctrl themselves, as matmul_forward(ctrl, act, weight, bias) would
     // (act [N,C], weight [3H,C], bias [3H]), without keeping it: a GPU need
     // not write it out and read it back, nor save it between the passes.
-    // The backward writes dh, dv and dctrl as write says and dmu as dw_write
-    // says.
+    // The backward writes dh, dv and dctrl as write says, and dmu and dbias
+    // (master [3H]: the controller bias's gradient, the column sums of the
+    // dctrl it makes, as matmul_backward's db would sum a dctrl written over)
+    // as dw_write says; each may be empty (not wanted).
     virtual void dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor act, Tensor weight,
                                   Tensor bias, Tensor mu, const DynamicsParams& p) = 0;
-    virtual void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out,
-                                   Tensor h, Tensor v, Tensor act, Tensor weight, Tensor bias, Tensor mu,
-                                   const DynamicsParams& p, Write write, Write dw_write) = 0;
+    virtual void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dbias, Tensor dh_out,
+                                   Tensor dv_out, Tensor h, Tensor v, Tensor act, Tensor weight, Tensor bias,
+                                   Tensor mu, const DynamicsParams& p, Write write, Write dw_write) = 0;
     // ctrl [N,3H] written as the dynamics ops make it, bit for bit.
     virtual void dynamics_control(Tensor ctrl, Tensor act, Tensor weight, Tensor bias) = 0;
 

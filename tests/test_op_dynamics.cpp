@@ -37,7 +37,7 @@ template <class T> struct Passthrough {
     void backward(CpuOps& ops, Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out, Tensor h,
                   Tensor v, Tensor ctrl, Tensor mu, const DynamicsParams& p, Write write, Write dw_write) {
         const int64_t H = h.dim(1);
-        ops.dynamics_backward(dh, dv, dctrl, dmu, dh_out, dv_out, h, v, ctrl, tensor(weight, {3 * H, 3 * H}),
+        ops.dynamics_backward(dh, dv, dctrl, dmu, {}, dh_out, dv_out, h, v, ctrl, tensor(weight, {3 * H, 3 * H}),
                               tensor(bias, {3 * H}), mu, p, write, dw_write);
     }
 };
@@ -324,4 +324,44 @@ TEST_CASE("dynamics_forward makes ctrl from the controller's last layer as dynam
                                            tensor(v, {N, H}), tensor(act, {N, C}), tensor(weight, {3 * H - 1, C}),
                                            tensor(bias, {3 * H}), tensor(mu, {H}), p),
                       std::invalid_argument);
+}
+
+TEST_CASE("dynamics_backward's dbias is matmul_backward's bias gradient of the dctrl it makes", "[unit]") {
+    const int64_t N = 9, H = 4, C = 6;
+    Rng rng(12, "dynamics dbias");
+    auto random = [&](int64_t n, double scale) {
+        std::vector<float> x(static_cast<size_t>(n));
+        for (float& e : x) e = float(scale * rng.normal());
+        return x;
+    };
+    const std::vector<float> h = random(N * H, 2), v = random(N * H, 1), act = random(N * C, 1),
+                             weight = random(3 * H * C, 1), bias = random(3 * H, 1), mu = random(H, 1),
+                             dh_out = random(N * H, 1), dv_out = random(N * H, 1), start = random(N * 3 * H, 1),
+                             dbias_start = random(3 * H, 1), dh_start = random(N * H, 1);
+    CpuOps ops;
+    const DynamicsParams p;
+    // The op on copies of the inputs: dh, dctrl and dbias as asked (dctrl may be left out).
+    auto run = [&](bool with_dctrl, bool with_dbias, Write write, Write dw_write) {
+        std::vector<float> dh = dh_start, dctrl = start, dbias = dbias_start, in_h = h, in_v = v, in_act = act,
+                           in_w = weight, in_b = bias, in_mu = mu, g_h = dh_out, g_v = dv_out;
+        ops.dynamics_backward(tensor(dh, {N, H}), {}, with_dctrl ? tensor(dctrl, {N, 3 * H}) : Tensor{}, {},
+                              with_dbias ? tensor(dbias, {3 * H}) : Tensor{}, tensor(g_h, {N, H}), tensor(g_v, {N, H}),
+                              tensor(in_h, {N, H}), tensor(in_v, {N, H}), tensor(in_act, {N, C}),
+                              tensor(in_w, {3 * H, C}), tensor(in_b, {3 * H}), tensor(in_mu, {H}), p, write, dw_write);
+        return std::vector<std::vector<float>>{dh, dctrl, dbias};
+    };
+    for (Write write : {Write::overwrite, Write::add})
+        for (Write dw_write : {Write::overwrite, Write::add}) {
+            INFO((write == Write::add ? "adding" : "overwriting") << (dw_write == Write::add ? ", dbias added to" : ""));
+            const auto plain = run(true, false, write, dw_write), with_dbias = run(true, true, write, dw_write),
+                       alone = run(false, true, write, dw_write), terms = run(true, false, Write::overwrite, dw_write);
+            REQUIRE(with_dbias[0] == plain[0]);  // dh
+            REQUIRE(with_dbias[1] == plain[1]);  // dctrl
+            std::vector<float> db = dbias_start, dctrl_terms = terms[1], x(size_t(N), 0.0f), w(size_t(3 * H), 0.0f);
+            ops.matmul_backward({}, {}, tensor(db, {3 * H}), tensor(dctrl_terms, {N, 3 * H}), tensor(x, {N, 1}),
+                                tensor(w, {3 * H, 1}), Write::add, dw_write);
+            REQUIRE(with_dbias[2] == db);
+            REQUIRE(alone[2] == db);
+            REQUIRE(alone[0] == plain[0]);
+        }
 }

@@ -343,7 +343,7 @@ int run(const Args& args) {
                                             moe::Write::overwrite);
              });
         moe::Tensor c2 = buf.random(pr.work, {3 * H, C}, 0.02), dc2 = buf.zeros(pr.master, {3 * H, C});
-        moe::Tensor c2_bias = buf.random(pr.work, {3 * H}, 0.02);
+        moe::Tensor c2_bias = buf.random(pr.work, {3 * H}, 0.02), dc2_bias = buf.zeros(pr.master, {3 * H});
         moe::Tensor dctrl = buf.random(pr.act, {N, 3 * H});
         time("dynamics c2 backward", dims({N, C, 3 * H}), L,
              3 * N * H * act + 3 * N * C * act + 3 * H * C * (work + master), 12.0 * N * H * C, [&] {
@@ -357,7 +357,7 @@ int run(const Args& args) {
              6.0 * N * H * C + 20.0 * N * H, [&] { ops.dynamics_forward(h2, v2, x, dy, hidden, c2, c2_bias, mu, p); });
         time("dynamics c2 + update backward", NH, L, 9 * N * H * act + N * C * act + 3 * H * C * work,
              6.0 * N * H * C + 40.0 * N * H, [&] {
-                 ops.dynamics_backward(dx, dv_in, dctrl, dmu, y, y, x, dy, hidden, c2, c2_bias, mu, p,
+                 ops.dynamics_backward(dx, dv_in, dctrl, dmu, dc2_bias, y, y, x, dy, hidden, c2, c2_bias, mu, p,
                                        moe::Write::overwrite, moe::Write::overwrite);
              });
     }

@@ -54,10 +54,11 @@ void DynamicsLayer::forward(Ops& ops, Tensor h, Tensor v, Tensor h_out, Tensor v
 void DynamicsLayer::backward(Ops& ops, Tensor h, Tensor v, Tensor dh_out, Tensor dv_out, Tensor dh, Tensor dv,
                              Write grads) {
     ops.zero(dc1_out_);
-    ops.dynamics_backward(dh, dv, dctrl_, m_.mu->grad, dh_out, dv_out, h, v, c1_act_, m_.c2_weight->work,
-                          m_.c2_bias->work, m_.mu->work, p_, Write::overwrite, grads);
-    ops.matmul_backward(dc1_act_, m_.c2_weight->grad, m_.c2_bias->grad, dctrl_, c1_act_, m_.c2_weight->work,
-                        Write::overwrite, grads);
+    // c2's bias gradient from the update's pass (dctrl's column sums as it makes them).
+    ops.dynamics_backward(dh, dv, dctrl_, m_.mu->grad, m_.c2_bias->grad, dh_out, dv_out, h, v, c1_act_,
+                          m_.c2_weight->work, m_.c2_bias->work, m_.mu->work, p_, Write::overwrite, grads);
+    ops.matmul_backward(dc1_act_, m_.c2_weight->grad, {}, dctrl_, c1_act_, m_.c2_weight->work, Write::overwrite,
+                        grads);
     ops.silu_backward(dc1_out_, dc1_act_, c1_out_);
     ops.concat_matmul_backward(dh, dv, m_.c1_weight->grad, m_.c1_bias->grad, dc1_out_, h, v, m_.c1_weight->work,
                                Write::add, grads);

@@ -77,9 +77,9 @@ public:
     void dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, Tensor act, Tensor weight, Tensor bias,
                           Tensor mu, const DynamicsParams& p) override;
     void dynamics_control(Tensor ctrl, Tensor act, Tensor weight, Tensor bias) override;
-    void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out, Tensor h,
-                           Tensor v, Tensor act, Tensor weight, Tensor bias, Tensor mu, const DynamicsParams& p,
-                           Write write, Write dw_write) override;
+    void dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dbias, Tensor dh_out, Tensor dv_out,
+                           Tensor h, Tensor v, Tensor act, Tensor weight, Tensor bias, Tensor mu,
+                           const DynamicsParams& p, Write write, Write dw_write) override;
 
     void cross_entropy(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets, double dloss) override;
 

@@ -119,10 +119,37 @@ void CpuOps::dynamics_control(Tensor ctrl, Tensor act, Tensor weight, Tensor bia
     matmul_forward(ctrl, act, weight, bias);
 }
 
-void CpuOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out,
-                               Tensor h, Tensor v, Tensor act, Tensor weight, Tensor bias, Tensor mu,
+void CpuOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dbias, Tensor dh_out,
+                               Tensor dv_out, Tensor h, Tensor v, Tensor act, Tensor weight, Tensor bias, Tensor mu,
                                const DynamicsParams& p, Write write, Write dw_write) {
     const char* op = "dynamics_backward";
+    check_like(op, "dbias", dbias, bias, true);
+    if (!dbias.empty()) {
+        // dctrl written over (apart when it is added to), then its column
+        // sums as matmul_backward's db sums them: row after row.
+        const int64_t N = h.dim(0), O = 3 * h.dim(1);
+        const bool separate = write == Write::add || dctrl.empty();
+        std::vector<unsigned char> apart(separate ? size_t(N * O) * dtype_size(h.dtype) : 0);
+        const Tensor terms = separate ? Tensor(apart.data(), h.dtype, {N, O}) : dctrl;
+        if (separate) {
+            dynamics_backward(dh, dv, {}, dmu, {}, dh_out, dv_out, h, v, act, weight, bias, mu, p, write, dw_write);
+            dynamics_backward({}, {}, terms, {}, {}, dh_out, dv_out, h, v, act, weight, bias, mu, p,
+                              Write::overwrite, dw_write);
+        } else {
+            dynamics_backward(dh, dv, dctrl, dmu, {}, dh_out, dv_out, h, v, act, weight, bias, mu, p, write,
+                              dw_write);
+        }
+        if (dw_write == Write::overwrite) zero(dbias);
+        dispatch_float(terms, [&](auto tag) {
+            using T = std::remove_pointer_t<decltype(tag)>;
+            const T* g = terms.ptr<T>();
+            T* db = dbias.ptr<T>();
+            for (int64_t n = 0; n < N; ++n)
+                for (int64_t o = 0; o < O; ++o) db[o] += g[n * O + o];
+        });
+        if (separate && !dctrl.empty()) add(dctrl, terms);
+        return;
+    }
     std::vector<unsigned char> ctrl_bytes;
     const Tensor ctrl = make_control(*this, ctrl_bytes, op, h, act, weight, bias);
     check_shapes(op, h, v, ctrl, mu);

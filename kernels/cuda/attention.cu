@@ -250,16 +250,29 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
     }
 }
 
-// delta[b, h, t] = sum_d dout * out over the row (b, t, h): one warp per row.
-__global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf16* out, int64_t rows, int T, int nh,
-                                       int hd) {
-    const int warps = blockDim.x / 32, lane = threadIdx.x & 31;
-    for (int64_t r = int64_t(blockIdx.x) * warps + threadIdx.x / 32; r < rows; r += int64_t(gridDim.x) * warps) {
+// delta[b, h, t] = sum_d dout * out over the row (b, t, h): a row's HD/8
+// lanes each take a 16-byte chunk of both (every head size is a multiple of
+// 8 and the rows 16-byte aligned), then add across the group in a fixed tree.
+template <int HD>
+__global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf16* out, int64_t rows, int T, int nh) {
+    constexpr int kLanes = HD / 8, kRowsAWarp = 32 / kLanes;
+    const int lane = threadIdx.x & 31, chunk = lane % kLanes;
+    const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+    for (int64_t r0 = (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * kRowsAWarp; r0 < rows;
+         r0 += warps * kRowsAWarp) {
+        const int64_t r = r0 + lane / kLanes;
         float acc = 0.f;
-        for (int d = lane; d < hd; d += 32) acc += cuda::load(dout, r * hd + d) * cuda::load(out, r * hd + d);
-        acc = cuda::warp_sum(acc);
+        if (r < rows) {
+            float g[8], o[8];
+            cuda::load_chunk<8>(g, dout + r * HD + 8 * chunk);
+            cuda::load_chunk<8>(o, out + r * HD + 8 * chunk);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc += g[e] * o[e];
+        }
+#pragma unroll
+        for (int offset = kLanes / 2; offset > 0; offset >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
         const int64_t h = r % nh, bt = r / nh;  // r = (b*T + t)*nh + h
-        if (lane == 0) delta[(bt / T * nh + h) * T + bt % T] = acc;
+        if (chunk == 0 && r < rows) delta[(bt / T * nh + h) * T + bt % T] = acc;
     }
 }
 
@@ -589,6 +602,7 @@ void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, T
     require_aligned(op, "k", k, 16);
     require_aligned(op, "v", v, 16);
     require_aligned(op, "dout", dout, 16);
+    require_aligned(op, "out", out, 16);
     require_aligned(op, "dq", dq, 4);
     require_aligned(op, "dk", dk, 4);
     require_aligned(op, "dv", dv, 4);
@@ -603,9 +617,12 @@ void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, T
 
     const int64_t rows = d.B * d.T * d.nh;
     auto* delta = static_cast<float*>(scratch(size_t(rows) * sizeof(float)));
-    constexpr int kDeltaThreads = 256;
-    attention_delta_kernel<<<cuda::blocks_for(rows, kDeltaThreads / 32), kDeltaThreads, 0, stream()>>>(
-        delta, pdo, static_cast<const bf16*>(out.data), rows, s.T, s.nh, int(d.hd));
+    with_head_dim(d.hd, [&](auto hd_tag) {
+        constexpr int HD = decltype(hd_tag)::value, kDeltaThreads = 256;
+        const int64_t rows_a_block = kDeltaThreads / 32 * (32 / (HD / 8));
+        attention_delta_kernel<HD><<<cuda::blocks_for(rows, int(rows_a_block)), kDeltaThreads, 0, stream()>>>(
+            delta, pdo, static_cast<const bf16*>(out.data), rows, s.T, s.nh);
+    });
     MOE_CUDA_LAUNCHED();
 
     with_kernels(attention_wgmma_, d.hd, [&](auto mma, auto hd_tag) {

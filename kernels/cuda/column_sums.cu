@@ -80,6 +80,11 @@ void column_sums(CudaOps& ops, float* out, Write write, const bf16* a, const bf1
             partial, a, b, row_scale, R, D, rows_per_chunk, chunks);
     });
     MOE_CUDA_LAUNCHED();
+    finish_column_sums(ops, out, write, partial, chunks, D);
+}
+
+void finish_column_sums(CudaOps& ops, float* out, Write write, const float* partial, int64_t chunks, int64_t D) {
+    if (D == 0) return;
     const unsigned col_blocks = unsigned((D + kCols - 1) / kCols);
     finish_kernel<<<col_blocks, kCols * kStrands, 0, ops.stream()>>>(out, partial, chunks, D, write == Write::add);
     MOE_CUDA_LAUNCHED();

@@ -16,4 +16,9 @@ namespace moe::cuda {
 void column_sums(CudaOps& ops, float* out, Write write, const __nv_bfloat16* a, const __nv_bfloat16* b,
                  const float* row_scale, int64_t R, int64_t D);
 
+// The second half, for a kernel that made the chunks' sums itself while it
+// read the rows for another output: out[c] (+)= sum_k partial[k, c] over the
+// chunks k < chunks, in the fixed order above.
+void finish_column_sums(CudaOps& ops, float* out, Write write, const float* partial, int64_t chunks, int64_t D);
+
 }  // namespace moe::cuda

@@ -1,9 +1,11 @@
 // The INL dynamics update on the GPU, the math of kernels/cpu/dynamics.cpp in
 // fp32, elementwise over h, v [N,H] with ctrl [N,3H] = (a | b | g) and mu [H].
 // Clamps pass gradient only where lo <= x <= hi and propagate NaN as
-// std::clamp does. dmu sums over rows without atomics: a block takes a fixed
-// chunk of rows for a tile of columns and writes its column sums to scratch,
-// then a second kernel adds the chunks in chunk order.
+// std::clamp does. dmu, and the controller bias's gradient (dctrl's column
+// sums, made here so that nothing reads dctrl again for them), sum over rows
+// without atomics: a block takes a fixed chunk of rows for a tile of columns
+// and writes its column sums to scratch, then a second kernel adds the
+// chunks in chunk order.
 //
 // Both passes make ctrl themselves from the controller's last layer (ctrl =
 // act w^T + b): a block's 64 rows x 64 columns of each third are a tensor-
@@ -189,9 +191,11 @@ __device__ __forceinline__ void load_prior(float (&out)[W], const bf16* g, int64
 // The backward of W columns of one row at i (ctrl's a, b, g at ca, cb, cg,
 // in global or shared memory; dctrl's a at ia, b and g H and 2H further):
 // dh, dv and dctrl added to when accumulate, else written; dmu's terms
-// added to dmu_sum.
+// added to dmu_sum, and dctrl's, rounded to bf16 as dctrl holds them when
+// written over, to bias_sum (the controller bias's gradient).
 template <int W>
 __device__ __forceinline__ void backward_chunk(bf16* dh, bf16* dv, bf16* dctrl, float (&dmu_sum)[W],
+                                               float (&bias_sum)[3][W],
                                                const bf16* dh_out, const bf16* dv_out, const bf16* h, const bf16* v,
                                                const bf16* ca, const bf16* cb, const bf16* cg, const float (&m)[W],
                                                int64_t i, int64_t ia, int64_t H, const Params& p, bool accumulate) {
@@ -218,10 +222,16 @@ __device__ __forceinline__ void backward_chunk(bf16* dh, bf16* dv, bf16* dctrl, 
         const float g_u = s.v_passes ? g_vnew : 0;  // u = alpha v - beta (h - mu_c)
         d_h[e] += g_h[e] - g_u * s.beta;
         d_v[e] += g_u * s.alpha;
-        d_a[e] += g_u * vi[e] * s.alpha * (1 - s.alpha);
+        const float t_a = g_u * vi[e] * s.alpha * (1 - s.alpha);
+        const float t_b = -g_u * (hi[e] - s.mu_c) * softplus_grad(b[e]);
+        const float t_g = g_h[e] * p.dt * s.v_new * s.gate * (1 - s.gate);
+        d_a[e] += t_a;
         // A clipped beta adds nothing: an accumulated gradient keeps its bits.
-        if (s.beta_passes) d_b[e] += -g_u * (hi[e] - s.mu_c) * softplus_grad(b[e]);
-        d_g[e] += g_h[e] * p.dt * s.v_new * s.gate * (1 - s.gate);
+        if (s.beta_passes) d_b[e] += t_b;
+        d_g[e] += t_g;
+        bias_sum[0][e] += __bfloat162float(__float2bfloat16_rn(t_a));
+        if (s.beta_passes) bias_sum[1][e] += __bfloat162float(__float2bfloat16_rn(t_b));
+        bias_sum[2][e] += __bfloat162float(__float2bfloat16_rn(t_g));
         if (s.mu_passes) dmu_sum[e] += g_u * s.beta;
     }
     if (dh) store_chunk(dh + i, d_h);
@@ -234,63 +244,81 @@ __device__ __forceinline__ void backward_chunk(bf16* dh, bf16* dv, bf16* dctrl, 
 }
 
 // Block (x, y) takes rows [x*kRowsPerChunk, +kRowsPerChunk) of the W columns
-// from (y*blockDim + thread) * W; dmu_part (null: dmu not wanted) gets the
-// chunk's column sums. dh, dv and dctrl are added to when accumulate, else
-// written.
+// from (y*blockDim + thread) * W; dmu_part and bias_part [chunks, 3H] (null:
+// not wanted) get the chunk's column sums. dh, dv and dctrl are added to when
+// accumulate, else written.
 template <int W>
-__global__ void dynamics_backward_kernel(bf16* dh, bf16* dv, bf16* dctrl, float* dmu_part, const bf16* dh_out,
-                                         const bf16* dv_out, const bf16* h, const bf16* v, const bf16* ctrl,
-                                         const bf16* mu, int64_t N, int64_t H, Params p, bool accumulate) {
+__global__ void dynamics_backward_kernel(bf16* dh, bf16* dv, bf16* dctrl, float* dmu_part, float* bias_part,
+                                         const bf16* dh_out, const bf16* dv_out, const bf16* h, const bf16* v,
+                                         const bf16* ctrl, const bf16* mu, int64_t N, int64_t H, Params p,
+                                         bool accumulate) {
     const int64_t c = (int64_t(blockIdx.y) * blockDim.x + threadIdx.x) * W;
     if (c >= H) return;
     const int64_t chunk = blockIdx.x, n0 = chunk * kRowsPerChunk, n1 = min(N, n0 + kRowsPerChunk);
-    float m[W], dmu_sum[W] = {};
+    float m[W], dmu_sum[W] = {}, bias_sum[3][W] = {};
     load_chunk(m, mu + c);
     for (int64_t n = n0; n < n1; ++n) {
         const int64_t ia = n * 3 * H + c;
-        backward_chunk<W>(dh, dv, dctrl, dmu_sum, dh_out, dv_out, h, v, ctrl + ia, ctrl + ia + H, ctrl + ia + 2 * H,
-                          m, n * H + c, ia, H, p, accumulate);
+        backward_chunk<W>(dh, dv, dctrl, dmu_sum, bias_sum, dh_out, dv_out, h, v, ctrl + ia, ctrl + ia + H,
+                          ctrl + ia + 2 * H, m, n * H + c, ia, H, p, accumulate);
     }
-    if (dmu_part) store_chunk(dmu_part + chunk * H + c, dmu_sum);  // on 16 bytes: scratch is, H and c multiples of W
+    // On 16 bytes: scratch is, H and c are multiples of W.
+    if (dmu_part) store_chunk(dmu_part + chunk * H + c, dmu_sum);
+    if (bias_part)
+        for (int t = 0; t < 3; ++t) store_chunk(bias_part + (chunk * 3 + t) * H + c, bias_sum[t]);
+}
+
+// The sums of a tile's 64 rows, for 64 columns (`rows` holding each thread's
+// sums of its 8 columns in row group `first`), added over the row groups in
+// order into part[column], by the first 64 threads.
+__device__ __forceinline__ void tile_column_sums(float* part, float (&rows)[kControlThreads / 8][64],
+                                                 const float (&sums)[8], int first, int cc) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) rows[first][cc + e] = sums[e];
+    __syncthreads();
+    if (threadIdx.x < 64) {
+        float total = 0;
+        for (int j = 0; j < kControlThreads / 8; ++j) total += rows[j][threadIdx.x];
+        part[threadIdx.x] = total;
+    }
+    __syncthreads();  // rows free for the next sums
 }
 
 // The same over a block's tile with ctrl made in shared memory (the
 // forward's tiles): thread t takes columns c0 + 8 (t % 8), +8 of rows t / 8,
-// +16, +32, +48; dmu_part's row x (the block's 64 rows) gets the column sums,
-// added over the threads in thread order.
+// +16, +32, +48; dmu_part's and bias_part's row x (the block's 64 rows) get
+// the column sums, added over the threads in thread order.
 template <int C>
 __global__ void __launch_bounds__(kControlThreads)
-    dynamics_control_backward_kernel(bf16* dh, bf16* dv, bf16* dctrl, float* dmu_part, const bf16* dh_out,
-                                     const bf16* dv_out, const bf16* h, const bf16* v, const bf16* act,
-                                     const bf16* weight, const bf16* bias, const bf16* mu, int64_t N, int64_t H,
-                                     Params p, bool accumulate) {
+    dynamics_control_backward_kernel(bf16* dh, bf16* dv, bf16* dctrl, float* dmu_part, float* bias_part,
+                                     const bf16* dh_out, const bf16* dv_out, const bf16* h, const bf16* v,
+                                     const bf16* act, const bf16* weight, const bf16* bias, const bf16* mu, int64_t N,
+                                     int64_t H, Params p, bool accumulate) {
+    static_assert(kTileCols == 64, "tile_column_sums takes 64 columns");
     __shared__ __align__(16) unsigned char tiles[sizeof(ControlTiles<C>)];
-    __shared__ float dmu_rows[kControlThreads / 8][kTileCols];
+    __shared__ float sum_rows[kControlThreads / 8][kTileCols];
     ControlTiles<C>& s = *reinterpret_cast<ControlTiles<C>*>(tiles);
     const int64_t n0 = int64_t(blockIdx.x) * kTileRows, c0 = int64_t(blockIdx.y) * kTileCols;
     control_tiles<C>(s, act, weight, bias, n0, N, H, c0);
     const int cc = threadIdx.x % 8 * 8, first = threadIdx.x / 8;
-    float m[8], dmu_sum[8] = {};
+    float m[8], dmu_sum[8] = {}, bias_sum[3][8] = {};
     load_chunk(m, mu + c0 + cc);
     for (int r = first; r < kTileRows && n0 + r < N; r += kControlThreads / 8) {
         const int64_t n = n0 + r;
-        backward_chunk<8>(dh, dv, dctrl, dmu_sum, dh_out, dv_out, h, v, &s.ctrl[0][r][cc], &s.ctrl[1][r][cc],
-                          &s.ctrl[2][r][cc], m, n * H + c0 + cc, n * 3 * H + c0 + cc, H, p, accumulate);
+        backward_chunk<8>(dh, dv, dctrl, dmu_sum, bias_sum, dh_out, dv_out, h, v, &s.ctrl[0][r][cc],
+                          &s.ctrl[1][r][cc], &s.ctrl[2][r][cc], m, n * H + c0 + cc, n * 3 * H + c0 + cc, H, p,
+                          accumulate);
     }
-    if (!dmu_part) return;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) dmu_rows[first][cc + e] = dmu_sum[e];
-    __syncthreads();
-    if (threadIdx.x < kTileCols) {
-        float total = 0;
-        for (int j = 0; j < kControlThreads / 8; ++j) total += dmu_rows[j][threadIdx.x];
-        dmu_part[blockIdx.x * H + c0 + threadIdx.x] = total;
-    }
+    if (dmu_part) tile_column_sums(dmu_part + blockIdx.x * H + c0, sum_rows, dmu_sum, first, cc);
+    if (bias_part)
+        for (int t = 0; t < 3; ++t)
+            tile_column_sums(bias_part + (blockIdx.x * 3 + t) * H + c0, sum_rows, bias_sum[t], first, cc);
 }
 
-// dmu[c] (+)= sum over chunks of part[chunk, c]. A block takes 32 columns;
-// warp w sums chunks w, w + kWarps, ... and warp 0 adds the warps' sums in order.
-__global__ void dmu_reduce_kernel(float* dmu, const float* part, int64_t chunks, int64_t H, bool accumulate) {
+// dmu[c] (+)= sum over chunks of part[chunk, c] (H columns; the bias's 3H
+// the same way). A block takes 32 columns; warp w sums chunks w,
+// w + kWarps, ... and warp 0 adds the warps' sums in order.
+__global__ void reduce_chunks_kernel(float* dmu, const float* part, int64_t chunks, int64_t H, bool accumulate) {
     __shared__ float sums[kWarps][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t c = int64_t(blockIdx.x) * 32 + lane;
@@ -434,8 +462,8 @@ void CudaOps::dynamics_forward(Tensor h_out, Tensor v_out, Tensor h, Tensor v, T
     MOE_CUDA_LAUNCHED();
 }
 
-void CudaOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dh_out, Tensor dv_out,
-                                Tensor h, Tensor v, Tensor act, Tensor weight, Tensor bias, Tensor mu,
+void CudaOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, Tensor dbias, Tensor dh_out,
+                                Tensor dv_out, Tensor h, Tensor v, Tensor act, Tensor weight, Tensor bias, Tensor mu,
                                 const DynamicsParams& p, Write write, Write dw_write) {
     const char* op = "dynamics_backward";
     require_dtype(op, "h", h, DType::BF16);
@@ -449,9 +477,12 @@ void CudaOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, 
     check_like(op, "dv", dv, h, DType::BF16, true);
     check_like(op, "dctrl", dctrl, ctrl_shape, DType::BF16, true);
     check_like(op, "dmu", dmu, mu, DType::F32, true);
-    if (H == 0 || (dh.empty() && dv.empty() && dctrl.empty() && dmu.empty())) return;
-    if (N == 0) {  // nothing to add; an overwritten dmu is zero
-        if (!dmu.empty() && dw_write == Write::overwrite) zero(dmu);
+    check_like(op, "dbias", dbias, bias, DType::F32, true);
+    if (H == 0 || (dh.empty() && dv.empty() && dctrl.empty() && dmu.empty() && dbias.empty())) return;
+    if (N == 0) {  // nothing to add; an overwritten dmu or dbias is zero
+        if (dw_write == Write::overwrite)
+            for (Tensor g : {dmu, dbias})
+                if (!g.empty()) zero(g);
         return;
     }
     const bool accumulate = write == Write::add;
@@ -461,22 +492,28 @@ void CudaOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, 
         return tiles_fit(H, {dh.data, dv.data, dctrl.data, dh_out.data, dv_out.data, h.data, v.data, act.data,
                              weight.data, mu.data});
     });
+    // Scratch: dmu's partial sums [chunks, H], the bias's [chunks, 3H], ctrl.
     const int64_t rows = tiled ? kTileRows : kRowsPerChunk, chunks = (N + rows - 1) / rows;
-    const size_t part_bytes = dmu.empty() ? 0 : (size_t(chunks * H) * sizeof(float) + 255) / 256 * 256;
+    const auto padded = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
+    const size_t part_bytes = dmu.empty() ? 0 : padded(size_t(chunks * H) * sizeof(float));
+    const size_t bias_bytes = dbias.empty() ? 0 : padded(size_t(chunks * 3 * H) * sizeof(float));
     const size_t ctrl_bytes = tiled ? 0 : size_t(N * 3 * H) * sizeof(bf16);
-    auto* space = static_cast<unsigned char*>(part_bytes + ctrl_bytes ? scratch(part_bytes + ctrl_bytes) : nullptr);
+    const size_t space_bytes = part_bytes + bias_bytes + ctrl_bytes;
+    auto* space = static_cast<unsigned char*>(space_bytes ? scratch(space_bytes) : nullptr);
     float* part = part_bytes ? reinterpret_cast<float*>(space) : nullptr;
+    float* bias_part = bias_bytes ? reinterpret_cast<float*>(space + part_bytes) : nullptr;
     if (tiled) {
         with_control_size(act.dim(1), [&](auto size) {
             constexpr int C = decltype(size)::value;
             dynamics_control_backward_kernel<C><<<control_grid(N, H), kControlThreads, 0, stream()>>>(
-                bf16_ptr(dh), bf16_ptr(dv), bf16_ptr(dctrl), part, bf16_ptr(dh_out), bf16_ptr(dv_out), bf16_ptr(h),
+                bf16_ptr(dh), bf16_ptr(dv), bf16_ptr(dctrl), part, bias_part, bf16_ptr(dh_out), bf16_ptr(dv_out),
+                bf16_ptr(h),
                 bf16_ptr(v), bf16_ptr(act), bf16_ptr(weight), bf16_ptr(bias), bf16_ptr(mu), N, H, params(p),
                 accumulate);
             return true;
         });
     } else {
-        const Tensor ctrl(space + part_bytes, DType::BF16, {N, 3 * H});
+        const Tensor ctrl(space + part_bytes + bias_bytes, DType::BF16, {N, 3 * H});
         dynamics_control(ctrl, act, weight, bias);
         const auto launch = [&](auto width) {
             constexpr int W = decltype(width)::value;
@@ -486,17 +523,21 @@ void CudaOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, 
             const int64_t tiles = (cols + threads - 1) / threads;
             check(tiles <= 65535, op, "h " + h.shape_str() + " has too many columns for one launch");
             dynamics_backward_kernel<W><<<dim3(unsigned(chunks), unsigned(tiles)), threads, 0, stream()>>>(
-                bf16_ptr(dh), bf16_ptr(dv), bf16_ptr(dctrl), part, bf16_ptr(dh_out), bf16_ptr(dv_out), bf16_ptr(h),
+                bf16_ptr(dh), bf16_ptr(dv), bf16_ptr(dctrl), part, bias_part, bf16_ptr(dh_out), bf16_ptr(dv_out),
+                bf16_ptr(h),
                 bf16_ptr(v), bf16_ptr(ctrl), bf16_ptr(mu), N, H, params(p), accumulate);
         };
         cuda::with_chunk_width(
             H, {dh.data, dv.data, dctrl.data, dh_out.data, dv_out.data, h.data, v.data, ctrl.data, mu.data}, launch);
     }
     MOE_CUDA_LAUNCHED();
-    if (!part) return;
-    dmu_reduce_kernel<<<unsigned((H + 31) / 32), kThreads, 0, stream()>>>(dmu.ptr<float>(), part, chunks, H,
-                                                                          dw_write == Write::add);
-    MOE_CUDA_LAUNCHED();
+    const auto reduce = [&](Tensor out, const float* sums, int64_t cols) {
+        reduce_chunks_kernel<<<unsigned((cols + 31) / 32), kThreads, 0, stream()>>>(out.ptr<float>(), sums, chunks, cols,
+                                                                                 dw_write == Write::add);
+        MOE_CUDA_LAUNCHED();
+    };
+    if (part) reduce(dmu, part, H);
+    if (bias_part) reduce(dbias, bias_part, 3 * H);
 }
 
 }  // namespace moe

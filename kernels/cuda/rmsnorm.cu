@@ -93,53 +93,81 @@ __global__ void rmsnorm_forward_kernel(bf16* y, float* rstd, bf16* x, const bf16
     });
 }
 
+// The backward's rows a block takes (kRowsAWarp a warp, in turn), and so the
+// rows of each partial sum of dw.
+constexpr int kRowsAWarp = 4, kBlockRows = kWarps * kRowsAWarp;
+
 // dx (+)= rstd * (w dy - xhat * mean(w dy xhat)), xhat = x * rstd. w dy and x
-// are kept between the passes as the forward keeps x.
-template <int W, int C>
-__global__ void rmsnorm_dx_kernel(bf16* dx, const bf16* dy, const bf16* x, const bf16* w, const float* rstd,
-                                  int64_t R, int D, bool accumulate) {
-    const int lane = threadIdx.x & 31, n = D / W;
-    const int64_t r = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
-    if (r >= R) return;
-    const bf16 *xr = x + r * D, *dyr = dy + r * D;
-    // w dy and x of chunk j, loaded.
-    const auto load_row = [&](int j, float(&wdy)[W], float(&xv)[W]) {
-        float wv[W];
-        cuda::load_chunk(wv, w + j * W);
-        cuda::load_chunk(wdy, dyr + j * W);
-        cuda::load_chunk(xv, xr + j * W);
+// are kept between the passes as the forward keeps x. With kDw (which needs
+// a row in registers, C > 0), the block also sums its rows' dw terms
+// dy x rstd while it has them: each warp over its rows in order, then the
+// warps in order, into partial[block] for finish_column_sums (dw without a
+// second read of dy and x). dx may be null (dw alone).
+template <int W, int C, bool kDw>
+__global__ void __launch_bounds__(kWarps * 32)
+    rmsnorm_backward_kernel(bf16* dx, float* partial, const bf16* dy, const bf16* x, const bf16* w, const float* rstd,
+                            int64_t R, int D, bool accumulate) {
+    static_assert(!kDw || C > 0, "dw's partial sums are kept in registers");
+    __shared__ float block_dw[kDw ? 32 * C * W : 1];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n = D / W;
+    float dw[kDw ? C : 1][W] = {};
+    const int64_t first = blockIdx.x * int64_t(kBlockRows), end = min(R, first + kBlockRows);
+    for (int64_t r = first + warp; r < end; r += kWarps) {
+        const bf16 *xr = x + r * D, *dyr = dy + r * D;
+        const float s = rstd[r];
+        // w dy and x of chunk j, loaded; dw's terms added.
+        const auto load_row = [&](int k, int j, float(&wdy)[W], float(&xv)[W]) {
+            float wv[W];
+            cuda::load_chunk(wv, w + j * W);
+            cuda::load_chunk(wdy, dyr + j * W);
+            cuda::load_chunk(xv, xr + j * W);
 #pragma unroll
-        for (int e = 0; e < W; ++e) wdy[e] = wv[e] * wdy[e];
-    };
-    const float s = rstd[r];
-    LaneRow<W, C> wdys, xs;
-    float dot = 0;
-    lane_chunks<C>(lane, n, [&](int k, int j) {
-        float wdy[W], xv[W];
-        load_row(j, wdy, xv);
+            for (int e = 0; e < W; ++e) {
+                if constexpr (kDw) dw[k][e] += wdy[e] * xv[e] * s;  // as column_sums: (dy x) rstd
+                wdy[e] = wv[e] * wdy[e];
+            }
+        };
+        LaneRow<W, C> wdys, xs;
+        float dot = 0;
+        lane_chunks<C>(lane, n, [&](int k, int j) {
+            float wdy[W], xv[W];
+            load_row(k, j, wdy, xv);
 #pragma unroll
-        for (int e = 0; e < W; ++e) dot += wdy[e] * xv[e];
-        wdys.keep(k, wdy);
-        xs.keep(k, xv);
-    });
-    const float m = cuda::warp_sum(dot) * s / float(D);
-    bf16* dxr = dx + r * D;
-    lane_chunks<C>(lane, n, [&](int k, int j) {
-        float wdy[W], xv[W], g[W];
-        if constexpr (C > 0) {
-            wdys.restore(k, wdy);
-            xs.restore(k, xv);
-        } else {
-            load_row(j, wdy, xv);
+            for (int e = 0; e < W; ++e) dot += wdy[e] * xv[e];
+            wdys.keep(k, wdy);
+            xs.keep(k, xv);
+        });
+        if (!dx) continue;
+        const float m = cuda::warp_sum(dot) * s / float(D);
+        bf16* dxr = dx + r * D;
+        lane_chunks<C>(lane, n, [&](int k, int j) {
+            float wdy[W], xv[W], g[W];
+            if constexpr (C > 0) {
+                wdys.restore(k, wdy);
+                xs.restore(k, xv);
+            } else {
+                load_row(0, j, wdy, xv);
+            }
+            if (accumulate) cuda::load_chunk(g, dxr + j * W);
+#pragma unroll
+            for (int e = 0; e < W; ++e) {
+                const float d = s * (wdy[e] - xv[e] * s * m);
+                g[e] = accumulate ? g[e] + d : d;
+            }
+            cuda::store_chunk(dxr + j * W, g);
+        });
+    }
+    if constexpr (kDw) {
+        for (int turn = 0; turn < kWarps; ++turn) {
+            if (warp == turn)
+                lane_chunks<C>(lane, n, [&](int k, int j) {
+#pragma unroll
+                    for (int e = 0; e < W; ++e) block_dw[j * W + e] = turn == 0 ? dw[k][e] : block_dw[j * W + e] + dw[k][e];
+                });
+            __syncthreads();
         }
-        if (accumulate) cuda::load_chunk(g, dxr + j * W);
-#pragma unroll
-        for (int e = 0; e < W; ++e) {
-            const float d = s * (wdy[e] - xv[e] * s * m);
-            g[e] = accumulate ? g[e] + d : d;
-        }
-        cuda::store_chunk(dxr + j * W, g);
-    });
+        for (int c = threadIdx.x; c < D; c += blockDim.x) partial[blockIdx.x * int64_t(D) + c] = block_dw[c];
+    }
 }
 
 // Calls launch(W, C): W = 8 when rows are chunkable; C = 1, 4 or 8 chunks a
@@ -226,16 +254,31 @@ void CudaOps::rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor
     cuda::require_dtype("rmsnorm_backward", "dw", dw, DType::F32);
     const bf16 *pdy = static_cast<const bf16*>(dy.data), *px = static_cast<const bf16*>(x.data);
     const float* pr = static_cast<const float*>(rstd.data);
-    if (R && !dx.empty()) {
-        const unsigned blocks = unsigned((R + kWarps - 1) / kWarps);
-        with_row_layout(D, {dx.data, pdy, px, w.data}, [&](auto W, auto C) {
-            rmsnorm_dx_kernel<W, C><<<blocks, kWarps * 32, 0, stream_>>>(
-                static_cast<bf16*>(dx.data), pdy, px, static_cast<const bf16*>(w.data), pr, R, D,
-                dx_write == Write::add);
-        });
-        MOE_CUDA_LAUNCHED();
+    if (R == 0 || (dx.empty() && dw.empty())) {
+        if (!dw.empty()) cuda::column_sums(*this, static_cast<float*>(dw.data), dw_write, pdy, px, pr, R, D);
+        return;
     }
-    if (!dw.empty()) cuda::column_sums(*this, static_cast<float*>(dw.data), dw_write, pdy, px, pr, R, D);
+    const int64_t blocks = (R + kBlockRows - 1) / kBlockRows;
+    with_row_layout(D, {dx.data, pdy, px, w.data}, [&](auto W, auto C) {
+        // dw in the same pass where a lane keeps its row in up to 4 chunks
+        // (ptxas, H 1024: 127 registers; 8 chunks already take 183 without
+        // dw's 64 sums), else column_sums after.
+        constexpr bool kDw = decltype(C)::value > 0 && decltype(C)::value <= 4;
+        float* partial = kDw && !dw.empty() ? static_cast<float*>(scratch(size_t(blocks * D) * sizeof(float))) : nullptr;
+        const auto launch = [&](auto dw_here) {
+            rmsnorm_backward_kernel<W, C, decltype(dw_here)::value><<<unsigned(blocks), kWarps * 32, 0, stream_>>>(
+                static_cast<bf16*>(dx.data), partial, pdy, px, static_cast<const bf16*>(w.data), pr, R, D,
+                dx_write == Write::add);
+            MOE_CUDA_LAUNCHED();
+        };
+        if (partial) {
+            launch(std::bool_constant<kDw>());
+            cuda::finish_column_sums(*this, static_cast<float*>(dw.data), dw_write, partial, blocks, D);
+            return;
+        }
+        if (!dx.empty()) launch(std::false_type());
+        if (!dw.empty()) cuda::column_sums(*this, static_cast<float*>(dw.data), dw_write, pdy, px, pr, R, D);
+    });
 }
 
 }  // namespace moe

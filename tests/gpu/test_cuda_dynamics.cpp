@@ -98,28 +98,50 @@ void check_dynamics(Backends& b, int64_t N, int64_t H, Write write) {
     std::vector<float> dh_out = bf16_normals(N * H, rng), dv_out = bf16_normals(N * H, rng);
     const std::vector<float> dh0 = bf16_normals(N * H, rng), dv0 = bf16_normals(N * H, rng);
     const std::vector<float> dctrl0 = bf16_normals(N * 3 * H, rng), dmu0 = bf16_normals(H, rng);
-    std::vector<float> dh = dh0, dv = dv0, dctrl = dctrl0, dmu = dmu0;
+    const std::vector<float> dbias0 = bf16_normals(3 * H, rng);
+    std::vector<float> dh = dh0, dv = dv0, dctrl = dctrl0, dmu = dmu0, dbias = dbias0;
     b.cpu.dynamics_backward(q.cpu(dh, H), q.cpu(dv, H), q.cpu(dctrl, 3 * H), host_tensor(dmu, {H}),
-                            q.cpu(dh_out, H), q.cpu(dv_out, H), q.cpu(q.h, H), q.cpu(q.v, H), q.cpu(q.ctrl, 3 * H),
-                            pass.cpu_weight(H), pass.cpu_bias(H), host_tensor(q.mu, {H}), q.p, write, write);
+                            host_tensor(dbias, {3 * H}), q.cpu(dh_out, H), q.cpu(dv_out, H), q.cpu(q.h, H),
+                            q.cpu(q.v, H), q.cpu(q.ctrl, 3 * H), pass.cpu_weight(H), pass.cpu_bias(H),
+                            host_tensor(q.mu, {H}), q.p, write, write);
     Tensor gpu_dh_out = b.upload(dh_out, DType::BF16, {N, H}), gpu_dv_out = b.upload(dv_out, DType::BF16, {N, H});
     Tensor gpu_dh = b.upload(dh0, DType::BF16, {N, H}), gpu_dv = b.upload(dv0, DType::BF16, {N, H});
     Tensor gpu_dctrl = b.upload(dctrl0, DType::BF16, {N, 3 * H}), gpu_dmu = b.upload(dmu0, DType::F32, {H});
-    b.gpu.dynamics_backward(gpu_dh, gpu_dv, gpu_dctrl, gpu_dmu, gpu_dh_out, gpu_dv_out, h, v, ctrl, pass_weight,
-                            pass_bias, mu, q.p, write, write);
+    Tensor gpu_dbias = b.upload(dbias0, DType::F32, {3 * H});
+    b.gpu.dynamics_backward(gpu_dh, gpu_dv, gpu_dctrl, gpu_dmu, gpu_dbias, gpu_dh_out, gpu_dv_out, h, v, ctrl,
+                            pass_weight, pass_bias, mu, q.p, write, write);
     require_near("dh", b.download(gpu_dh), dh, kBf16Rtol, kBf16Atol);
     require_near("dv", b.download(gpu_dv), dv, kBf16Rtol, kBf16Atol);
     require_near("dctrl", b.download(gpu_dctrl), dctrl, kBf16Rtol, kBf16Atol);
     require_near("dmu", b.download(gpu_dmu), dmu, kDmuRtol, kDmuAtol);
+    // dbias sums the dctrl terms: the CPU's in fp32, the GPU's rounded to
+    // bf16 as dctrl holds them (each off by up to 2^-9 of itself).
+    const std::vector<float> got_dbias = b.download(gpu_dbias), got_dctrl = b.download(gpu_dctrl);
+    for (int64_t c = 0; c < 3 * H; ++c) {
+        double cpu_terms = 0, gpu_sum = write == Write::add ? dbias0[c] : 0;
+        for (int64_t n = 0; n < N; ++n) {
+            const size_t i = size_t(n * 3 * H + c);
+            cpu_terms += std::fabs(dctrl[i] - (write == Write::add ? dctrl0[i] : 0.f));
+            gpu_sum += got_dctrl[i];
+        }
+        INFO("dbias column " << c);
+        REQUIRE(std::fabs(got_dbias[c] - dbias[c]) <= std::ldexp(cpu_terms, -8) + 1e-5);
+        // Written over, dctrl holds exactly the terms the GPU summed.
+        if (write == Write::overwrite) REQUIRE(std::fabs(got_dbias[c] - gpu_sum) <= 1e-5 * (cpu_terms + 1));
+    }
 
-    // Empty gradients are not wanted: dmu alone, then dctrl alone.
+    // Empty gradients are not wanted: dmu alone, dctrl alone, dbias alone.
     Tensor dmu_only = b.upload(dmu0, DType::F32, {H}), dctrl_only = b.upload(dctrl0, DType::BF16, {N, 3 * H});
-    b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, dmu_only, gpu_dh_out, gpu_dv_out, h, v, ctrl, pass_weight,
-                            pass_bias, mu, q.p, write, write);
-    b.gpu.dynamics_backward(Tensor{}, Tensor{}, dctrl_only, Tensor{}, gpu_dh_out, gpu_dv_out, h, v, ctrl,
+    Tensor dbias_only = b.upload(dbias0, DType::F32, {3 * H});
+    b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, dmu_only, Tensor{}, gpu_dh_out, gpu_dv_out, h, v, ctrl,
                             pass_weight, pass_bias, mu, q.p, write, write);
-    require_near("dmu alone", b.download(dmu_only), dmu, kDmuRtol, kDmuAtol);
-    require_near("dctrl alone", b.download(dctrl_only), dctrl, kBf16Rtol, kBf16Atol);
+    b.gpu.dynamics_backward(Tensor{}, Tensor{}, dctrl_only, Tensor{}, Tensor{}, gpu_dh_out, gpu_dv_out, h, v, ctrl,
+                            pass_weight, pass_bias, mu, q.p, write, write);
+    b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, Tensor{}, dbias_only, gpu_dh_out, gpu_dv_out, h, v, ctrl,
+                            pass_weight, pass_bias, mu, q.p, write, write);
+    REQUIRE(b.download(dmu_only) == b.download(gpu_dmu));
+    REQUIRE(b.download(dctrl_only) == b.download(gpu_dctrl));
+    REQUIRE(b.download(dbias_only) == b.download(gpu_dbias));
 }
 
 // The forward with a controller of size C over N rows of H: its ctrl made in
@@ -165,24 +187,26 @@ void check_control(Backends& b, int64_t N, int64_t H, int64_t C) {
     // so it equals the passthrough's on that ctrl (dmu to its summation order).
     const std::vector<float> dh_out = bf16_normals(N * H, rng), dv_out = bf16_normals(N * H, rng);
     const std::vector<float> dh0 = bf16_normals(N * H, rng), dctrl0 = bf16_normals(N * 3 * H, rng);
-    const std::vector<float> dmu0 = bf16_normals(H, rng);
+    const std::vector<float> dmu0 = bf16_normals(H, rng), dbias0 = bf16_normals(3 * H, rng);
     Tensor gpu_dh_out = b.upload(dh_out, DType::BF16, {N, H}), gpu_dv_out = b.upload(dv_out, DType::BF16, {N, H});
     std::vector<std::vector<float>> results;
     for (bool through : {false, true}) {
         Tensor dh = b.upload(dh0, DType::BF16, {N, H}), dv = b.upload(dh0, DType::BF16, {N, H});
         Tensor dctrl = b.upload(dctrl0, DType::BF16, {N, 3 * H}), dmu = b.upload(dmu0, DType::F32, {H});
+        Tensor dbias = b.upload(dbias0, DType::F32, {3 * H});
         if (through)
-            b.gpu.dynamics_backward(dh, dv, dctrl, dmu, gpu_dh_out, gpu_dv_out, h, v, gpu_ctrl, pass_weight, pass_bias,
-                                    mu, q.p, Write::add, Write::add);
+            b.gpu.dynamics_backward(dh, dv, dctrl, dmu, dbias, gpu_dh_out, gpu_dv_out, h, v, gpu_ctrl, pass_weight,
+                                    pass_bias, mu, q.p, Write::add, Write::add);
         else
-            b.gpu.dynamics_backward(dh, dv, dctrl, dmu, gpu_dh_out, gpu_dv_out, h, v, gpu_act, gpu_weight, gpu_bias,
-                                    mu, q.p, Write::add, Write::add);
-        for (Tensor t : {dh, dv, dctrl, dmu}) results.push_back(b.download(t));
+            b.gpu.dynamics_backward(dh, dv, dctrl, dmu, dbias, gpu_dh_out, gpu_dv_out, h, v, gpu_act, gpu_weight,
+                                    gpu_bias, mu, q.p, Write::add, Write::add);
+        for (Tensor t : {dh, dv, dctrl, dmu, dbias}) results.push_back(b.download(t));
     }
-    REQUIRE(results[4] == results[0]);
-    REQUIRE(results[5] == results[1]);
-    REQUIRE(results[6] == results[2]);
-    require_near("dmu", results[3], results[7], kDmuRtol, kDmuAtol);
+    REQUIRE(results[5] == results[0]);
+    REQUIRE(results[6] == results[1]);
+    REQUIRE(results[7] == results[2]);
+    require_near("dmu", results[3], results[8], kDmuRtol, kDmuAtol);
+    require_near("dbias", results[4], results[9], kDmuRtol, kDmuAtol);
     REQUIRE(results[0] != dh0);
 }
 
@@ -216,13 +240,16 @@ TEST_CASE("cuda dynamics reject wrong dtypes and shapes", "[gpu]") {
                       std::invalid_argument);
     REQUIRE_THROWS_AS(b.gpu.dynamics_control(b.zeros(DType::F32, {N, 3 * H}), act, weight, bias),
                       std::invalid_argument);
-    REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, b.zeros(DType::BF16, {H}), h, h, h, h,
-                                              act, weight, bias, mu, p, Write::add, Write::add),
+    REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, b.zeros(DType::BF16, {H}), Tensor{}, h,
+                                              h, h, h, act, weight, bias, mu, p, Write::add, Write::add),
                       std::invalid_argument);
-    REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, Tensor{}, Tensor{}, h, h, h, act, weight,
-                                              bias, mu, p, Write::add, Write::add),
+    REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, Tensor{}, b.zeros(DType::F32, {3 * H + 1}),
+                                              h, h, h, h, act, weight, bias, mu, p, Write::add, Write::add),
                       std::invalid_argument);
-    REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, Tensor{}, h, h, h, h, act, weight,
-                                              b.zeros(DType::BF16, {3 * H + 1}), mu, p, Write::add, Write::add),
+    REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, Tensor{}, Tensor{}, Tensor{}, h, h, h, act,
+                                              weight, bias, mu, p, Write::add, Write::add),
+                      std::invalid_argument);
+    REQUIRE_THROWS_AS(b.gpu.dynamics_backward(Tensor{}, Tensor{}, Tensor{}, Tensor{}, Tensor{}, h, h, h, h, act,
+                                              weight, b.zeros(DType::BF16, {3 * H + 1}), mu, p, Write::add, Write::add),
                       std::invalid_argument);
 }

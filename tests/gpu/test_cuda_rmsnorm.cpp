@@ -1,5 +1,6 @@
-// The CUDA RMSNorm forward and backward (and its weight gradient's column
-// sums) against the CPU op, and the residual add fused before it.
+// The CUDA RMSNorm forward and backward (its weight gradient summed in the
+// dx pass, or by column sums after it) against the CPU op, and the residual
+// add fused before it.
 #include "tests/gpu/gpu_testing.h"
 
 using namespace moe;
@@ -48,6 +49,14 @@ TEST_CASE("rmsnorm forward and backward match the CPU", "[gpu]") {
                                Write::overwrite, Write::overwrite);
         require_near("dx overwritten", b.download(gdx_over), dx, kBf16Rtol, 2 * kBf16Atol);
         require_near("dw overwritten", b.download(gdw_over), dw, 1e-4, 1e-4);
+
+        // Either gradient alone: the bits it has beside the other (dw is
+        // summed in the dx pass where a lane keeps its row).
+        Tensor gdx_alone = b.zeros(DType::BF16, {R, D}), gdw_alone = b.zeros(DType::F32, {D});
+        b.gpu.rmsnorm_backward(gdx_alone, {}, gdy, gx, gw, grstd_cpu, Write::overwrite, Write::overwrite);
+        b.gpu.rmsnorm_backward({}, gdw_alone, gdy, gx, gw, grstd_cpu, Write::overwrite, Write::overwrite);
+        REQUIRE(b.download(gdx_alone) == b.download(gdx_over));
+        REQUIRE(b.download(gdw_alone) == b.download(gdw_over));
     }
 }
 
