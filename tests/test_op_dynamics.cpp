@@ -42,6 +42,13 @@ template <class T> struct Passthrough {
     }
 };
 
+// n normal draws times scale, as floats.
+std::vector<float> scaled_normals(Rng& rng, int64_t n, double scale) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (float& e : x) e = float(scale * rng.normal());
+    return x;
+}
+
 // The update of one element written out in long double, with the value the
 // velocity clamp and the beta min see.
 struct Naive {
@@ -298,11 +305,7 @@ TEST_CASE("dynamics_backward's dmu does not depend on the thread count", "[unit]
 TEST_CASE("dynamics_forward makes ctrl from the controller's last layer as dynamics_control writes it", "[unit]") {
     const int64_t N = 7, H = 5, C = 6;
     Rng rng(11, "dynamics control");
-    auto random = [&](int64_t n, double scale) {
-        std::vector<float> x(static_cast<size_t>(n));
-        for (float& e : x) e = float(scale * rng.normal());
-        return x;
-    };
+    auto random = [&](int64_t n, double scale) { return scaled_normals(rng, n, scale); };
     std::vector<float> h = random(N * H, 2), v = random(N * H, 1), act = random(N * C, 1), weight = random(3 * H * C, 1),
                        bias = random(3 * H, 1), mu = random(H, 1);
     CpuOps ops;
@@ -329,11 +332,7 @@ TEST_CASE("dynamics_forward makes ctrl from the controller's last layer as dynam
 TEST_CASE("dynamics_backward's dbias is matmul_backward's bias gradient of the dctrl it makes", "[unit]") {
     const int64_t N = 9, H = 4, C = 6;
     Rng rng(12, "dynamics dbias");
-    auto random = [&](int64_t n, double scale) {
-        std::vector<float> x(static_cast<size_t>(n));
-        for (float& e : x) e = float(scale * rng.normal());
-        return x;
-    };
+    auto random = [&](int64_t n, double scale) { return scaled_normals(rng, n, scale); };
     const std::vector<float> h = random(N * H, 2), v = random(N * H, 1), act = random(N * C, 1),
                              weight = random(3 * H * C, 1), bias = random(3 * H, 1), mu = random(H, 1),
                              dh_out = random(N * H, 1), dv_out = random(N * H, 1), start = random(N * 3 * H, 1),

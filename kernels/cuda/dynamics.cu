@@ -315,22 +315,22 @@ __global__ void __launch_bounds__(kControlThreads)
             tile_column_sums(bias_part + (blockIdx.x * 3 + t) * H + c0, sum_rows, bias_sum[t], first, cc);
 }
 
-// dmu[c] (+)= sum over chunks of part[chunk, c] (H columns; the bias's 3H
-// the same way). A block takes 32 columns; warp w sums chunks w,
+// out[c] (+)= sum over chunks of part[chunk, c], c < cols (dmu's H columns,
+// the bias's 3H). A block takes 32 columns; warp w sums chunks w,
 // w + kWarps, ... and warp 0 adds the warps' sums in order.
-__global__ void reduce_chunks_kernel(float* dmu, const float* part, int64_t chunks, int64_t H, bool accumulate) {
+__global__ void reduce_chunks_kernel(float* out, const float* part, int64_t chunks, int64_t cols, bool accumulate) {
     __shared__ float sums[kWarps][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t c = int64_t(blockIdx.x) * 32 + lane;
     float acc = 0;
-    if (c < H)
-        for (int64_t ch = warp; ch < chunks; ch += kWarps) acc += part[ch * H + c];
+    if (c < cols)
+        for (int64_t ch = warp; ch < chunks; ch += kWarps) acc += part[ch * cols + c];
     sums[warp][lane] = acc;
     __syncthreads();
-    if (warp == 0 && c < H) {
+    if (warp == 0 && c < cols) {
         float total = 0;
         for (int w = 0; w < kWarps; ++w) total += sums[w][lane];
-        dmu[c] = accumulate ? dmu[c] + total : total;
+        out[c] = accumulate ? out[c] + total : total;
     }
 }
 
