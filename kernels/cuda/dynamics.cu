@@ -4,8 +4,8 @@
 // std::clamp does. dmu, and the controller bias's gradient (dctrl's column
 // sums, made here so that nothing reads dctrl again for them), sum over rows
 // without atomics: a block takes a fixed chunk of rows for a tile of columns
-// and writes its column sums to scratch, then a second kernel adds the
-// chunks in chunk order.
+// and writes its column sums to scratch, then column_sums' second half adds
+// the chunks in a fixed order.
 //
 // Both passes make ctrl themselves from the controller's last layer (ctrl =
 // act w^T + b): a block's 64 rows x 64 columns of each third are a tensor-
@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/attention_warp_mma.cuh"  // the warp tile product, shared with attention
+#include "kernels/cuda/column_sums.h"
 #include "kernels/cuda/common.cuh"
 
 namespace moe {
@@ -29,7 +30,6 @@ using cuda::require_dtype;
 using cuda::store_chunk;
 
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 constexpr int64_t kRowsPerChunk = 32;  // rows of one dmu partial
 
 struct Params {
@@ -315,25 +315,6 @@ __global__ void __launch_bounds__(kControlThreads)
             tile_column_sums(bias_part + (blockIdx.x * 3 + t) * H + c0, sum_rows, bias_sum[t], first, cc);
 }
 
-// out[c] (+)= sum over chunks of part[chunk, c], c < cols (dmu's H columns,
-// the bias's 3H). A block takes 32 columns; warp w sums chunks w,
-// w + kWarps, ... and warp 0 adds the warps' sums in order.
-__global__ void reduce_chunks_kernel(float* out, const float* part, int64_t chunks, int64_t cols, bool accumulate) {
-    __shared__ float sums[kWarps][32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int64_t c = int64_t(blockIdx.x) * 32 + lane;
-    float acc = 0;
-    if (c < cols)
-        for (int64_t ch = warp; ch < chunks; ch += kWarps) acc += part[ch * cols + c];
-    sums[warp][lane] = acc;
-    __syncthreads();
-    if (warp == 0 && c < cols) {
-        float total = 0;
-        for (int w = 0; w < kWarps; ++w) total += sums[w][lane];
-        out[c] = accumulate ? out[c] + total : total;
-    }
-}
-
 Params params(const DynamicsParams& p) {
     return {float(p.dt), float(p.beta_max), float(p.velocity_max), float(p.mu_min), float(p.mu_max)};
 }
@@ -531,13 +512,8 @@ void CudaOps::dynamics_backward(Tensor dh, Tensor dv, Tensor dctrl, Tensor dmu, 
             H, {dh.data, dv.data, dctrl.data, dh_out.data, dv_out.data, h.data, v.data, ctrl.data, mu.data}, launch);
     }
     MOE_CUDA_LAUNCHED();
-    const auto reduce = [&](Tensor out, const float* sums, int64_t cols) {
-        reduce_chunks_kernel<<<unsigned((cols + 31) / 32), kThreads, 0, stream()>>>(out.ptr<float>(), sums, chunks, cols,
-                                                                                 dw_write == Write::add);
-        MOE_CUDA_LAUNCHED();
-    };
-    if (part) reduce(dmu, part, H);
-    if (bias_part) reduce(dbias, bias_part, 3 * H);
+    if (part) cuda::finish_column_sums(*this, dmu.ptr<float>(), dw_write, part, chunks, H);
+    if (bias_part) cuda::finish_column_sums(*this, dbias.ptr<float>(), dw_write, bias_part, chunks, 3 * H);
 }
 
 }  // namespace moe
