@@ -191,6 +191,17 @@ public:
     // In place on the gradient: dx = R^T dy.
     virtual void rope_backward(Tensor dx, double theta) = 0;
 
+    // ---- the fused q, k, v projection's output ------------------------------
+    // qkv[B,T,nh+2nkv,hd] holds each position's nh query heads, then its nkv
+    // key heads, then its nkv value heads: what one GEMM over the stacked
+    // projections [wq; wk; wv] writes. split_qkv copies them out to q[B,T,nh,hd]
+    // and k, v[B,T,nkv,hd], with rope_theta turning q and k on the way as
+    // rope_forward(., rope_theta, 0) would (the same bits, one pass). join_qkv
+    // is the backward's way back: dqkv from dq, dk and dv, so that one GEMM
+    // takes the three projections' gradients.
+    virtual void split_qkv(Tensor q, Tensor k, Tensor v, Tensor qkv, std::optional<double> rope_theta) = 0;
+    virtual void join_qkv(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv) = 0;
+
     // ---- causal GQA attention ---------------------------------------------
     // q[B,T,nh,hd], k,v[B,T,nkv,hd] -> out[B,T,nh,hd], lse[B,nh,T] (stat: the
     // log-sum-exp of the scaled, masked scores of each query). Scale 1/sqrt(hd).

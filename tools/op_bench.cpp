@@ -203,13 +203,14 @@ int run(const Args& args) {
         const std::string shape = dims({N, H, O});
         time(name + " forward", shape, per_step, N * H * act + O * H * work + N * O * o_bytes, 2.0 * N * H * O,
              [&] { ops.matmul_forward(out, x, w, {}); });
+        // dx written, not added to, as the step's are.
         if (out_dtype == pr.act)  // the router's fp32 logits take their gradient through the router op
             time(name + " backward", shape, per_step,
-                 N * O * act + N * H * act + O * H * work + 2 * N * H * act + O * H * master, 4.0 * N * H * O,
-                 [&] { ops.matmul_backward(dx, dw, {}, dout, x, w, moe::Write::add, moe::Write::overwrite); });
+                 N * O * act + N * H * act + O * H * work + N * H * act + O * H * master, 4.0 * N * H * O,
+                 [&] { ops.matmul_backward(dx, dw, {}, dout, x, w, moe::Write::overwrite, moe::Write::overwrite); });
     };
-    linear("linear q, o (H -> nh hd)", nh * hd, 2 * L, pr.act);
-    linear("linear k, v (H -> nkv hd)", nkv * hd, 2 * L, pr.act);
+    linear("linear q, k, v stacked (H -> (nh + 2 nkv) hd)", (nh + 2 * nkv) * hd, L, pr.act);
+    linear("linear o (nh hd = H -> H)", nh * hd, L, pr.act);  // head_dim() is H / nh
     linear("lm head (H -> V)", V, 1, pr.act);
     if (learned) linear("router logits (H -> E)", E, L, pr.stat);
 
@@ -219,11 +220,14 @@ int run(const Args& args) {
     moe::Tensor lse = buf.zeros(pr.stat, {B, nh, T}), dout = buf.random(pr.act, {B, T, nh, hd});
     moe::Tensor dq = buf.zeros(pr.act, {B, T, nh, hd}), dk = buf.zeros(pr.act, {B, T, nkv, hd});
     moe::Tensor dv = buf.zeros(pr.act, {B, T, nkv, hd});
-    // The forward's; the backward turns dq and dk back in the attention's pass.
-    time("rope q (in place)", dims({B, T, nh, hd}), L, 2 * q.bytes(), 6.0 * q.numel(),
-         [&] { ops.rope_forward(q, m.rope_theta, 0); });
-    time("rope k (in place)", dims({B, T, nkv, hd}), L, 2 * kk.bytes(), 6.0 * kk.numel(),
-         [&] { ops.rope_forward(kk, m.rope_theta, 0); });
+    // The stacked projection's output into heads, RoPE on the way (the
+    // backward turns dq and dk back in the attention's pass), and the
+    // gradients joined back for its one backward GEMM.
+    moe::Tensor qkv = buf.random(pr.act, {B, T, nh + 2 * nkv, hd});
+    time("split q, k, v + rope", dims({B, T, nh + 2 * nkv, hd}), L, 2 * qkv.bytes(), 6.0 * (q.numel() + kk.numel()),
+         [&] { ops.split_qkv(q, kk, vv, qkv, m.rope_theta); });
+    time("join dq, dk, dv", dims({B, T, nh + 2 * nkv, hd}), L, 2 * qkv.bytes(), 0,
+         [&] { ops.join_qkv(qkv, dq, dk, dv); });
     const double causal_pairs = double(B) * nh * T * (T + 1) / 2;
     const std::string att = dims({B, T, nh, nkv, hd});
     const auto attention = [&](const std::string& kernels, double per_step) {

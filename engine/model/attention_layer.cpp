@@ -8,9 +8,8 @@ AttentionLayer::AttentionLayer(const ModelConfig& cfg, ParameterSet& params, int
     const std::string p = "layers." + std::to_string(layer) + ".attn.";
     const int64_t H = cfg.hidden_size, hd = cfg.head_dim(), nh = cfg.num_heads, nkv = cfg.num_kv_heads;
     const InitSpec init = InitSpec::normal(cfg.init_std);
-    wq_ = &params.add(p + "wq", {nh * hd, H}, init, true);
-    wk_ = &params.add(p + "wk", {nkv * hd, H}, init, true);
-    wv_ = &params.add(p + "wv", {nkv * hd, H}, init, true);
+    wqkv_ = &params.add(p + "wqkv", {(nh + 2 * nkv) * hd, H}, init, true, -1,
+                        {{p + "wq", nh * hd}, {p + "wk", nkv * hd}, {p + "wv", nkv * hd}});
     wo_ = &params.add(p + "wo", {H, nh * hd}, init, true);
     if (cfg.qk_norm) {
         q_norm_ = &params.add(p + "q_norm.weight", {hd}, InitSpec::fill(1), false);
@@ -28,6 +27,7 @@ void AttentionLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int
     v_ = acts.take(dt, {B, T, nkv, hd});
     att_ = acts.take(dt, {B, T, nh, hd});
     lse_ = acts.take(pr.stat, {B, nh, T});
+    qkv_ = scratch.take(dt, {B, T, nh + 2 * nkv, hd});
     dq_ = scratch.take(dt, {B, T, nh, hd});
     dk_ = scratch.take(dt, {B, T, nkv, hd});
     dv_ = scratch.take(dt, {B, T, nkv, hd});
@@ -54,26 +54,18 @@ void AttentionLayer::carve_decode(Arena& work, const Precision& pr, int64_t rows
     }
 }
 
-void AttentionLayer::project(Ops& ops, Tensor x, Tensor q, Tensor k, Tensor v) {
-    const int64_t N = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
-    if (cfg_.qk_norm) {
-        const Tensor q_raw = q_raw_.rows(0, N * nh), k_raw = k_raw_.rows(0, N * nkv);
-        ops.matmul_forward(q_raw.view({N, nh * hd}), x, wq_->work, {});
-        ops.matmul_forward(k_raw.view({N, nkv * hd}), x, wk_->work, {});
-        ops.rmsnorm_forward(q.view({N * nh, hd}), rstd_q_.rows(0, N * nh), q_raw, q_norm_->work, cfg_.norm_eps);
-        ops.rmsnorm_forward(k.view({N * nkv, hd}), rstd_k_.rows(0, N * nkv), k_raw, k_norm_->work, cfg_.norm_eps);
-    } else {
-        ops.matmul_forward(q.view({N, nh * hd}), x, wq_->work, {});
-        ops.matmul_forward(k.view({N, nkv * hd}), x, wk_->work, {});
-    }
-    ops.matmul_forward(v.view({N, nkv * hd}), x, wv_->work, {});
-}
-
 void AttentionLayer::forward(Ops& ops, Tensor x, Tensor out) {
-    const int64_t N = x.dim(0), nh = cfg_.num_heads, hd = cfg_.head_dim();
-    project(ops, x, q_, k_, v_);
-    ops.rope_forward(q_, cfg_.rope_theta, 0);
-    ops.rope_forward(k_, cfg_.rope_theta, 0);
+    const int64_t N = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
+    ops.matmul_forward(qkv_.view({N, (nh + 2 * nkv) * hd}), x, wqkv_->work, {});
+    if (cfg_.qk_norm) {
+        ops.split_qkv(q_raw_.view({B_, T_, nh, hd}), k_raw_.view({B_, T_, nkv, hd}), v_, qkv_, std::nullopt);
+        ops.rmsnorm_forward(q_.view({N * nh, hd}), rstd_q_, q_raw_, q_norm_->work, cfg_.norm_eps);
+        ops.rmsnorm_forward(k_.view({N * nkv, hd}), rstd_k_, k_raw_, k_norm_->work, cfg_.norm_eps);
+        ops.rope_forward(q_, cfg_.rope_theta, 0);
+        ops.rope_forward(k_, cfg_.rope_theta, 0);
+    } else {
+        ops.split_qkv(q_, k_, v_, qkv_, cfg_.rope_theta);  // RoPE on the way
+    }
     ops.attention_forward(att_, lse_, q_, k_, v_);
     ops.matmul_forward(out, att_.view({N, nh * hd}), wo_->work, {});
 }
@@ -82,7 +74,20 @@ void AttentionLayer::decode(Ops& ops, Tensor x, Tensor out, Tensor k_cache, Tens
     const int64_t n = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
     const Tensor q = q_.rows(0, n), att = att_.rows(0, n);
     const Tensor k = k_cache.rows(position, position + n), v = v_cache.rows(position, position + n);
-    project(ops, x, q, k, v);
+    // The stacked projection's row blocks, straight into q and the caches.
+    const Tensor w = wqkv_->work;
+    const Tensor wq = w.rows(0, nh * hd), wk = w.rows(nh * hd, (nh + nkv) * hd), wv = w.rows((nh + nkv) * hd, w.dim(0));
+    if (cfg_.qk_norm) {
+        const Tensor q_raw = q_raw_.rows(0, n * nh), k_raw = k_raw_.rows(0, n * nkv);
+        ops.matmul_forward(q_raw.view({n, nh * hd}), x, wq, {});
+        ops.matmul_forward(k_raw.view({n, nkv * hd}), x, wk, {});
+        ops.rmsnorm_forward(q.view({n * nh, hd}), rstd_q_.rows(0, n * nh), q_raw, q_norm_->work, cfg_.norm_eps);
+        ops.rmsnorm_forward(k.view({n * nkv, hd}), rstd_k_.rows(0, n * nkv), k_raw, k_norm_->work, cfg_.norm_eps);
+    } else {
+        ops.matmul_forward(q.view({n, nh * hd}), x, wq, {});
+        ops.matmul_forward(k.view({n, nkv * hd}), x, wk, {});
+    }
+    ops.matmul_forward(v.view({n, nkv * hd}), x, wv, {});
     ops.rope_forward(q.view({1, n, nh, hd}), cfg_.rope_theta, position);
     ops.rope_forward(k.view({1, n, nkv, hd}), cfg_.rope_theta, position);
     ops.attention_decode(att, q, k_cache, v_cache, position);
@@ -104,10 +109,11 @@ void AttentionLayer::backward(Ops& ops, Tensor x, Tensor dout, Tensor dx, Write 
         dq = dq_raw_.view({N, nh * hd});
         dk = dk_raw_.view({N, nkv * hd});
     }
-    // dx = the three projections' input gradients (overwritten by the first).
-    ops.matmul_backward(dx, wq_->grad, {}, dq, x, wq_->work, Write::overwrite, grads);
-    ops.matmul_backward(dx, wk_->grad, {}, dk, x, wk_->work, Write::add, grads);
-    ops.matmul_backward(dx, wv_->grad, {}, dv_.view({N, nkv * hd}), x, wv_->work, Write::add, grads);
+    // The three projections' gradients as the stacked projection's: one GEMM
+    // for dx, one for the weights' gradient.
+    ops.join_qkv(qkv_, dq.view({B_, T_, nh, hd}), dk.view({B_, T_, nkv, hd}), dv_);
+    ops.matmul_backward(dx, wqkv_->grad, {}, qkv_.view({N, (nh + 2 * nkv) * hd}), x, wqkv_->work, Write::overwrite,
+                        grads);
 }
 
 }  // namespace moe

@@ -30,19 +30,18 @@ public:
     void decode(Ops& ops, Tensor x, Tensor out, Tensor k_cache, Tensor v_cache, int64_t position);
 
 private:
-    // q, k, v from x[N,H] (each any shape of N * heads * hd elements): the
-    // projections, then qk-norm when on; no RoPE yet.
-    void project(Ops& ops, Tensor x, Tensor q, Tensor k, Tensor v);
-
     const ModelConfig& cfg_;
     int B_ = 0, T_ = 0;
-    Param *wq_, *wk_, *wv_, *wo_;
+    // wq, wk and wv stacked [(nh + 2 nkv) hd, H] (files see the three): one
+    // GEMM projects x to every head, one takes their gradients back.
+    Param *wqkv_, *wo_;
     Param *q_norm_ = nullptr, *k_norm_ = nullptr;
     // saved: projections (before qk-norm), normed and rotated q and k, values,
     // attention output, per-head norm statistics, softmax log-sum-exp
     Tensor q_raw_, k_raw_, q_, k_, v_, att_, rstd_q_, rstd_k_, lse_;
-    // scratch: gradients
-    Tensor dq_, dk_, dv_, datt_, dq_raw_, dk_raw_;
+    // scratch: the stacked projection's output [B,T,nh+2nkv,hd] in the
+    // forward, the gradient of it in the backward; gradients
+    Tensor qkv_, dq_, dk_, dv_, datt_, dq_raw_, dk_raw_;
 };
 
 }  // namespace moe

@@ -12,7 +12,8 @@ Experts::Experts(const ModelConfig& cfg, ParameterSet& params, int layer, int fi
     const std::string p = "layers." + std::to_string(layer) + ".moe.experts.{e}.";
     const int64_t H = cfg.hidden_size, I = inner_;
     const InitSpec init = InitSpec::normal(cfg.init_std);
-    w_gate_up_ = &params.add(p + "w_gate_up", {count, 2 * I, H}, init, true, first, {p + "w_gate", p + "w_up"});
+    w_gate_up_ =
+        &params.add(p + "w_gate_up", {count, 2 * I, H}, init, true, first, {{p + "w_gate", I}, {p + "w_up", I}});
     w_down_ = &params.add(p + "w_down", {count, H, I}, init, true, first);
 }
 
@@ -20,7 +21,7 @@ Experts Experts::shared(const ModelConfig& cfg, ParameterSet& params, int layer)
     const std::string p = "layers." + std::to_string(layer) + ".moe.shared_experts.";
     const int64_t H = cfg.hidden_size, I = cfg.moe.shared_inner();
     const InitSpec init = InitSpec::normal(cfg.init_std);  // like the routed experts
-    Param& w_gate_up = params.add(p + "w_gate_up", {2 * I, H}, init, true, -1, {p + "w_gate", p + "w_up"});
+    Param& w_gate_up = params.add(p + "w_gate_up", {2 * I, H}, init, true, -1, {{p + "w_gate", I}, {p + "w_up", I}});
     Param& w_down = params.add(p + "w_down", {H, I}, init, true);
     return Experts(&w_gate_up, &w_down, 1, I);
 }

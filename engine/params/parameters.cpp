@@ -18,17 +18,31 @@ int64_t Param::numel() const {
     return n;
 }
 
+int64_t FileTensor::numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;  // a block of a parameter whose size is checked
+    return n;
+}
+
+std::vector<ParamPart> Param::file_parts() const {
+    return parts.empty() ? std::vector<ParamPart>{{name, shape[is_expert_stack() ? 1 : 0]}} : parts;
+}
+
 std::vector<FileTensor> Param::files() const {
     const int64_t experts = is_expert_stack() ? shape[0] : 1;
-    const std::vector<std::string> names = file_patterns();
-    const int64_t n = int64_t(names.size()), per_expert = numel() / experts, per_part = per_expert / n;
-    std::vector<int64_t> one(shape.begin() + (is_expert_stack() ? 1 : 0), shape.end());
-    one[0] /= n;
+    const std::vector<int64_t> one(shape.begin() + (is_expert_stack() ? 1 : 0), shape.end());
+    const int64_t per_expert = numel() / experts, per_row = one[0] ? per_expert / one[0] : 0;
     std::vector<FileTensor> out;
-    for (int64_t e = 0; e < experts; ++e)
-        for (int64_t k = 0; k < n; ++k)
-            out.push_back({is_expert_stack() ? expert_name(names[size_t(k)], expert_offset + int(e)) : names[size_t(k)],
-                           one, e * per_expert + k * per_part});
+    for (int64_t e = 0; e < experts; ++e) {
+        int64_t row = 0;
+        for (const ParamPart& part : file_parts()) {
+            std::vector<int64_t> block = one;
+            block[0] = part.rows;
+            out.push_back({is_expert_stack() ? expert_name(part.name, expert_offset + int(e)) : part.name, block,
+                           e * per_expert + row * per_row});
+            row += part.rows;
+        }
+    }
     return out;
 }
 
@@ -42,11 +56,19 @@ ParameterSet::ParameterSet() = default;
 ParameterSet::~ParameterSet() = default;
 
 Param& ParameterSet::add(const std::string& name, std::vector<int64_t> shape, InitSpec init, bool decay,
-                         int expert_offset, std::vector<std::string> parts) {
+                         int expert_offset, std::vector<ParamPart> parts) {
     if (ops_) throw std::logic_error("parameter added after allocation: " + name);
-    const size_t rows = expert_offset >= 0 ? 1 : 0;  // the dimension parts split
-    if (!parts.empty() && (shape.size() <= rows || shape[rows] % int64_t(parts.size()) != 0))
-        throw std::logic_error("parameter " + name + ": its parts must split its rows evenly");
+    if (!parts.empty()) {
+        const size_t rows = expert_offset >= 0 ? 1 : 0;  // the dimension parts split
+        int64_t sum = 0;
+        bool positive = true;
+        for (const ParamPart& part : parts) {
+            sum += part.rows;
+            positive = positive && part.rows > 0;
+        }
+        if (!positive || shape.size() <= rows || sum != shape[rows])
+            throw std::logic_error("parameter " + name + ": its parts' rows must be positive and add up to its rows");
+    }
     Param p;
     p.name = name;
     p.shape = std::move(shape);
@@ -212,9 +234,7 @@ template <class T> void initialize_as(ParameterSet& set, std::deque<Param>& para
         int64_t total = 0;
         auto last = first;
         for (; last != params.end() && (last == first || total + last->numel() <= kBatchValues); ++last) {
-            const std::vector<FileTensor> files = last->files();
-            const int64_t per = last->numel() / int64_t(files.size());
-            for (const FileTensor& f : files) slices.push_back({&*last, f.name, total + f.offset, per});
+            for (const FileTensor& f : last->files()) slices.push_back({&*last, f.name, total + f.offset, f.numel()});
             total += last->numel();
         }
         host.resize(size_t(total));
@@ -319,7 +339,7 @@ std::set<std::string> ParameterSet::experts_elsewhere(int num_experts) const {
         if (!p.is_expert_stack()) continue;
         for (int e = 0; e < num_experts; ++e)
             if (e < p.expert_offset || e >= p.expert_offset + p.shape[0])
-                for (const std::string& pattern : p.file_patterns()) names.insert(expert_name(pattern, e));
+                for (const ParamPart& part : p.file_parts()) names.insert(expert_name(part.name, e));
     }
     return names;
 }

@@ -48,6 +48,14 @@ struct FileTensor {
     std::string name;
     std::vector<int64_t> shape;
     int64_t offset;
+    int64_t numel() const;
+};
+
+// A block of a fused parameter's rows as files see it: the name (expert
+// stacks: with "{e}" for the index) and how many rows.
+struct ParamPart {
+    std::string name;
+    int64_t rows;
 };
 
 struct Param {
@@ -67,16 +75,17 @@ struct Param {
     GroupPlace shards;            // the group the optimizer state is split over
     int64_t chunk = 0;            // elements of the optimizer state here
 
-    // A fused parameter: files name equal blocks of rows of each expert (of
-    // the whole tensor when not a stack) by these patterns, in order (the
-    // experts' gate and up projections, stored [E, 2I, H] so that one GEMM
-    // computes both). Empty: the tensor is `name`.
-    std::vector<std::string> parts;
+    // A fused parameter: files name consecutive blocks of rows of each
+    // expert (of the whole tensor when not a stack), in order (the experts'
+    // gate and up projections, stored [E, 2I, H], and attention's q, k and v
+    // projections, stored [(nh + 2 nkv) hd, H], so that one GEMM computes
+    // them). Empty: the tensor is `name`.
+    std::vector<ParamPart> parts;
 
     bool is_expert_stack() const { return expert_offset >= 0; }
-    // The names files give its row blocks: the parts, or the name alone
-    // (expert stacks: with "{e}" for the index).
-    std::vector<std::string> file_patterns() const { return parts.empty() ? std::vector<std::string>{name} : parts; }
+    // The blocks files see: the parts, or all rows under `name` (expert
+    // stacks: with "{e}" for the index).
+    std::vector<ParamPart> file_parts() const;
     // The tensors files hold of this parameter: each expert of a stack (by
     // global index), and within it each part.
     std::vector<FileTensor> files() const;
@@ -114,9 +123,10 @@ public:
     ParameterSet& operator=(const ParameterSet&) = delete;
 
     // parts: Param::parts (a fused parameter; name is then its own, files
-    // never see it).
+    // never see it), their rows adding up to the rows of shape (of each
+    // expert for a stack).
     Param& add(const std::string& name, std::vector<int64_t> shape, InitSpec init, bool decay,
-               int expert_offset = -1, std::vector<std::string> parts = {});
+               int expert_offset = -1, std::vector<ParamPart> parts = {});
     // A state: its value in the master dtype (work is the value itself),
     // never split, no gradient or moments; initialize() fills it from init.
     Param& add_state(const std::string& name, std::vector<int64_t> shape, InitSpec init);

@@ -91,6 +91,8 @@ public:
     void rope_forward(Tensor x, double theta, int64_t first_position) override;
     void rope_backward(Tensor dx, double theta) override;
 
+    void split_qkv(Tensor q, Tensor k, Tensor v, Tensor qkv, std::optional<double> rope_theta) override;
+    void join_qkv(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv) override;
     void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) override;
     void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
                             Tensor lse, Write write, std::optional<double> rope_theta) override;

@@ -15,32 +15,13 @@
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/rope_angles.cuh"
 
 namespace moe {
 
 namespace {
 
 using cuda::bf16;
-
-// W consecutive (cos, sin) pairs of the table (W = 8: four 16-byte loads).
-template <int W> __device__ __forceinline__ void load_angles(float (&cs)[W], float (&sn)[W], const float* table) {
-    if constexpr (W == 8) {
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            const float4 f = reinterpret_cast<const float4*>(table)[q];
-            cs[2 * q] = f.x;
-            sn[2 * q] = f.y;
-            cs[2 * q + 1] = f.z;
-            sn[2 * q + 1] = f.w;
-        }
-    } else {
-#pragma unroll
-        for (int e = 0; e < W; ++e) {
-            cs[e] = table[2 * e];
-            sn[e] = table[2 * e + 1];
-        }
-    }
-}
 
 // table: (cos, sin) at [2 (p * hd/2 + i)]; sign +1 rotates (forward), -1
 // rotates back (backward).
@@ -53,21 +34,17 @@ __global__ void rope_kernel(bf16* x, const float* table, int64_t chunks, int64_t
         const int64_t token = n / per_token;
         const int i = int(n % per_token) * W;
         float cs[W], sn[W];
-        load_angles(cs, sn, table + 2 * ((first_position + token % T) * half + i));
+        cuda::load_angles(cs, sn, table + 2 * ((first_position + token % T) * half + i));
 #pragma unroll
         for (int e = 0; e < W; ++e) sn[e] *= sign;
         bf16* a = x + token * heads * hd + i;  // a + h * hd and its partner a + h * hd + half
         for (int64_t h = 0; h < heads; ++h) {
-            float ai[W], ci[W], ao[W], co[W];
+            float ai[W], ci[W];
             cuda::load_chunk(ai, a + h * hd);
             cuda::load_chunk(ci, a + h * hd + half);
-#pragma unroll
-            for (int e = 0; e < W; ++e) {
-                ao[e] = ai[e] * cs[e] - ci[e] * sn[e];
-                co[e] = ai[e] * sn[e] + ci[e] * cs[e];
-            }
-            cuda::store_chunk(a + h * hd, ao);
-            cuda::store_chunk(a + h * hd + half, co);
+            cuda::turn(ai, ci, cs, sn);
+            cuda::store_chunk(a + h * hd, ai);
+            cuda::store_chunk(a + h * hd + half, ci);
         }
     }
 }

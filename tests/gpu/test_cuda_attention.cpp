@@ -4,7 +4,8 @@
 // accumulation, bit-identical reruns, each with both tile-math families where
 // the GPU has wgmma (else mma.sync alone), the choice between them, blocks of
 // several query heads against one, RoPE both ways (forward from a first
-// position too) and the backward's dq and dk turned back through it.
+// position too) and the backward's dq and dk turned back through it, and the
+// fused projection's output split into heads (RoPE on the way) and joined.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -363,6 +364,41 @@ TEST_CASE("cuda rope matches the cpu both ways, and from a first position", "[gp
             // Same double angles, fp32 rotation: only the output's bf16 rounding differs.
             require_near(c.forward ? "rope_forward" : "rope_backward", be.download(gpu), cpu, kBf16Rtol, kBf16Atol);
         }
+    }
+}
+
+TEST_CASE("cuda split_qkv gives the copies and rope_forward's bits, join_qkv puts the heads back", "[gpu]") {
+    const int64_t B = 2, T = 77, nh = 4, nkv = 2, G = nh + 2 * nkv;
+    const double theta = 10000;
+    Backends be;
+    Rng rng(6, "cuda qkv");
+    // hd 64 moves 16-byte chunks, hd 12 element by element.
+    for (const int64_t hd : {64, 12}) {
+        INFO("hd " << hd);
+        std::vector<float> x = bf16_normals(B * T * G * hd, rng);
+        const Tensor qkv = be.upload(x, DType::BF16, {B, T, G, hd});
+        Tensor q = be.zeros(DType::BF16, {B, T, nh, hd}), k = be.zeros(DType::BF16, {B, T, nkv, hd}),
+               v = be.zeros(DType::BF16, {B, T, nkv, hd});
+        std::vector<float> cq(size_t(B * T * nh * hd)), ck(size_t(B * T * nkv * hd)), cv(ck.size());
+        be.cpu.split_qkv(host_tensor(cq, {B, T, nh, hd}), host_tensor(ck, {B, T, nkv, hd}),
+                         host_tensor(cv, {B, T, nkv, hd}), host_tensor(x, {B, T, G, hd}), std::nullopt);
+        be.gpu.split_qkv(q, k, v, qkv, std::nullopt);
+        REQUIRE(be.download(q) == cq);
+        REQUIRE(be.download(k) == ck);
+        REQUIRE(be.download(v) == cv);
+        Tensor joined = be.zeros(DType::BF16, {B, T, G, hd});
+        be.gpu.join_qkv(joined, q, k, v);
+        REQUIRE(be.download(joined) == x);
+        // Through RoPE: the bits of the copies turned by rope_forward.
+        Tensor qr = be.zeros(DType::BF16, {B, T, nh, hd}), kr = be.zeros(DType::BF16, {B, T, nkv, hd}),
+               vr = be.zeros(DType::BF16, {B, T, nkv, hd});
+        be.gpu.split_qkv(qr, kr, vr, qkv, theta);
+        be.gpu.rope_forward(q, theta, 0);
+        be.gpu.rope_forward(k, theta, 0);
+        REQUIRE(be.download(qr) == be.download(q));
+        REQUIRE(be.download(kr) == be.download(k));
+        REQUIRE(be.download(vr) == cv);
+        REQUIRE(be.download(qr) != cq);
     }
 }
 
