@@ -19,7 +19,11 @@
 #                                       (MOE_CUDA_ATTENTION), with one query head an
 #                                       attention block (MOE_CUDA_ATTENTION_HEADS=1) and with
 #                                       the experts' GEMMs on the main stream
-#                                       (MOE_CUDA_EXPERT_STREAMS=0)
+#                                       (MOE_CUDA_EXPERT_STREAMS=0); torch (needs no build):
+#                                       the PyTorch bar on the same GPU, tools/torch_bench.py
+#                                       (its check against the reference, SDPA per backend and
+#                                       grouped GEMMs at medium's shapes, medium and medium-tr
+#                                       trained eager and under torch.compile)
 #
 # The build is native (build-gpu) where the machine has our build packages;
 # where its configure or build fails, the pack that scripts/gpu_prebuilt.sh
@@ -31,7 +35,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ]; then
-  echo "usage: scripts/gpu_session.sh OUT [more | build|test|bench|opbench|train|staged|options|unit|sanitize|ab ...]" >&2
+  echo "usage: scripts/gpu_session.sh OUT [more | build|test|bench|opbench|train|staged|options|unit|sanitize|ab|torch ...]" >&2
   exit 2
 fi
 out=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -50,7 +54,7 @@ export out native state runs njobs
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1  # the lent machines run commands as root
 export NCCL_DEBUG=${NCCL_DEBUG:-VERSION}                            # NCCL names its version once
 declare -A limit=([build]=200 [test]=240 [bench]=120 [opbench]=80 [train]=120
-                  [staged]=200 [options]=120 [unit]=300 [sanitize]=400 [ab]=200)
+                  [staged]=200 [options]=120 [unit]=300 [sanitize]=400 [ab]=200 [torch]=300)
 summary="$out/summary.txt"
 deadline=$((SECONDS + budget))
 note() { echo "$*" >> "$summary"; }
@@ -160,6 +164,20 @@ do_ab() {
   return $rc
 }
 
+# The PyTorch bar: the same network in PyTorch on this GPU (python3 there is
+# the one with torch), first checked against tools/torch_reference.py.
+do_torch() {
+  local rc=0 c
+  export PYTHONUNBUFFERED=1
+  python3 tools/torch_bench.py --check --device cuda || rc=1
+  python3 tools/torch_bench.py --config configs/bench/medium.yaml --ops || rc=1
+  for c in medium medium-tr; do
+    echo "--- $c"
+    python3 tools/torch_bench.py --config "configs/bench/$c.yaml" --steps 10 --warmup 3 || rc=1
+  done
+  return $rc
+}
+
 # Two ranks on the one GPU through the staged MPI communicator (NCCL refuses
 # two ranks on one GPU): dispatch/combine time and bytes per token, and the
 # step with the gradient all-reduce overlapped against after the backward.
@@ -260,6 +278,7 @@ summarize() {
     [ -f "$out/$f.log" ] && grep -hE "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^phases|^  [a-z]|^these ops|^ep [0-9]+ estimate|^  [0-9.]+ " \
       "$out/$f.log" >> "$summary"
   done
+  [ -f "$out/torch.log" ] && grep -hE "^--- |^torch |^attention |^experts |^check" "$out/torch.log" >> "$summary"
   for f in train options; do
     [ -f "$out/$f.log" ] && grep -hE "^resume: |final validation loss|done: |gpu-vs-cpu.png" "$out/$f.log" >> "$summary"
   done
@@ -277,17 +296,18 @@ pack_logs() {
 }
 
 export -f source_hash native_build prebuilt_build demo_data train_check
-export -f do_build do_test do_bench do_opbench do_staged do_train do_options do_unit do_sanitize do_ab
+export -f do_build do_test do_bench do_opbench do_staged do_train do_options do_unit do_sanitize do_ab do_torch
 : > "$summary"
 note "gpu_session $plan, $(date -u +%FT%TZ), stages: ${stages[*]}"
 failed=0
-[ "${stages[0]}" = build ] || [ -f "$state" ] || note "no build stage and no earlier build: the stages will fail"
+[ "${stages[0]}" = build ] || [ -f "$state" ] || [ "${stages[*]}" = torch ] ||
+  note "no build stage and no earlier build: the stages will fail"
 for s in "${stages[@]}"; do
   case $s in
-    build | test | bench | opbench | train | staged | options | unit | sanitize | ab)
+    build | test | bench | opbench | train | staged | options | unit | sanitize | ab | torch)
       stage "$s" || failed=1
       [ "$s" = build ] && [ "$failed" = 1 ] && { note "the build failed: nothing else can run"; break; } ;;
-    *) note "unknown stage '$s' (build test bench opbench train staged options unit sanitize ab)"; failed=1 ;;
+    *) note "unknown stage '$s' (build test bench opbench train staged options unit sanitize ab torch)"; failed=1 ;;
   esac
 done
 summarize

@@ -25,6 +25,8 @@ if ! "$python" -c "import torch, yaml, numpy" 2>/dev/null; then
 fi
 
 "$python" "$here/test_reference.py"
+# The PyTorch speed bar's model (tools/torch_bench.py) is the reference's network.
+"$python" "$root/tools/torch_bench.py" --check --device cpu
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
