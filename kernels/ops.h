@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/heads.h"
 #include "kernels/routing_plan.h"
 #include "kernels/tensor.h"
 
@@ -185,33 +186,36 @@ public:
     virtual void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) = 0;
 
     // ---- RoPE, rotate-half, in place on x[B,T,heads,hd] -------------------
-    // Position first_position + t: 0 in training, where the cache ends when a
-    // decoder appends rows.
-    virtual void rope_forward(Tensor x, double theta, int64_t first_position) = 0;
+    // (or on some heads of each position's row: the stacked projection's q
+    // and k heads, turned where they lie). Position first_position + t: 0 in
+    // training, where the cache ends when a decoder appends rows.
+    virtual void rope_forward(Heads x, double theta, int64_t first_position) = 0;
     // In place on the gradient: dx = R^T dy.
     virtual void rope_backward(Tensor dx, double theta) = 0;
 
     // ---- the fused q, k, v projection's output ------------------------------
     // qkv[B,T,nh+2nkv,hd] holds each position's nh query heads, then its nkv
     // key heads, then its nkv value heads: what one GEMM over the stacked
-    // projections [wq; wk; wv] writes. split_qkv copies them out to q[B,T,nh,hd]
-    // and k, v[B,T,nkv,hd], with rope_theta turning q and k on the way as
-    // rope_forward(., rope_theta, 0) would (the same bits, one pass). join_qkv
-    // is the backward's way back: dqkv from dq, dk and dv, so that one GEMM
-    // takes the three projections' gradients.
-    virtual void split_qkv(Tensor q, Tensor k, Tensor v, Tensor qkv, std::optional<double> rope_theta) = 0;
+    // projections [wq; wk; wv] writes. RoPE and attention work on its heads
+    // where they lie (Heads); with qk-norm, whose norms take rows of their
+    // own, split_qkv copies them out to q[B,T,nh,hd] and k, v[B,T,nkv,hd],
+    // and join_qkv brings dq, dk and dv back into dqkv for the projection's
+    // one backward GEMM.
+    virtual void split_qkv(Tensor q, Tensor k, Tensor v, Tensor qkv) = 0;
     virtual void join_qkv(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv) = 0;
 
     // ---- causal GQA attention ---------------------------------------------
     // q[B,T,nh,hd], k,v[B,T,nkv,hd] -> out[B,T,nh,hd], lse[B,nh,T] (stat: the
     // log-sum-exp of the scaled, masked scores of each query). Scale 1/sqrt(hd).
+    // q, k, v, dq, dk and dv are Heads: whole tensors or the stacked
+    // projection's heads (k and v, and dk and dv, in rows of as many heads).
     // The backward writes dq, dk and dv as write says. With rope_theta, q and
     // k are rope_forward(., rope_theta, 0)'s outputs and dq, dk take the
     // gradients of its inputs: rope_backward of the attention's own, in the
     // same pass (a GPU turns them before it rounds them; with Write::add only
     // the new gradient is turned).
-    virtual void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) = 0;
-    virtual void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+    virtual void attention_forward(Tensor out, Tensor lse, Heads q, Heads k, Heads v) = 0;
+    virtual void attention_backward(Heads dq, Heads dk, Heads dv, Tensor dout, Heads q, Heads k, Heads v,
                                     Tensor out, Tensor lse, Write write, std::optional<double> rope_theta) = 0;
     // Attention of n new queries over a KV cache (generation): q, out [n,nh,hd]
     // at positions first_position + i; k_cache, v_cache [S,nkv,hd] hold the

@@ -1,9 +1,12 @@
 // Causal GQA attention on the CPU: the forward (output and log-sum-exp)
 // against a naive softmax loop, the backward against finite differences in
-// double, results that do not depend on the thread count, and attention over
-// a KV cache (attention_decode) giving the forward's rows bit for bit.
+// double, q, k, v and their gradients in the stacked projection's rows as
+// whole tensors, results that do not depend on the thread count, and
+// attention over a KV cache (attention_decode) giving the forward's rows bit
+// for bit.
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "kernels/cpu/cpu_ops.h"
@@ -182,6 +185,74 @@ TEST_CASE("attention_backward with a RoPE theta gives the gradients of q and k b
     }
 }
 
+namespace {
+
+// Heads [first, first + count) of each position of rows of `row` heads, whole.
+template <class T>
+std::vector<T> heads_apart(const std::vector<T>& rows, int64_t positions, int64_t row, int64_t first, int64_t count,
+                           int64_t hd) {
+    std::vector<T> out;
+    for (int64_t p = 0; p < positions; ++p)
+        out.insert(out.end(), rows.begin() + (p * row + first) * hd, rows.begin() + (p * row + first + count) * hd);
+    return out;
+}
+
+// q, k and v side by side in rows of nh + 2 nkv + 1 heads, as the stacked
+// projection holds them, with one more head no op may touch: attention on
+// those views gives what it gives on whole copies, bit for bit, and writes
+// dq, dk and dv into such rows as it writes them whole (RoPE and not,
+// overwriting and adding).
+template <class T> void check_stacked_rows(const Shape& d) {
+    CpuOps ops;
+    Rng rng(7, "attention stacked rows");
+    const int64_t row = d.nh + 2 * d.nkv + 1, positions = d.B * d.T;
+    const std::vector<T> rows = cast<T>(normals(positions * row * d.hd, rng));
+    const auto whole = [&](const std::vector<T>& r, int64_t first, int64_t count) {
+        return heads_apart(r, positions, row, first, count, d.hd);
+    };
+    std::vector<T> q = whole(rows, 0, d.nh), k = whole(rows, d.nh, d.nkv), v = whole(rows, d.nh + d.nkv, d.nkv);
+    std::vector<T> stacked = rows;
+    const Tensor packed = tensor(stacked, {d.B, d.T, row, d.hd});
+    const Heads pq(packed, 0, d.nh), pk(packed, d.nh, d.nkv), pv(packed, d.nh + d.nkv, d.nkv);
+    const Tensor tq = tensor(q, {d.B, d.T, d.nh, d.hd}), tk = tensor(k, {d.B, d.T, d.nkv, d.hd}),
+                 tv = tensor(v, {d.B, d.T, d.nkv, d.hd});
+
+    std::vector<T> out(d.q_size()), lse(d.lse_size()), out_p(out.size()), lse_p(lse.size());
+    ops.attention_forward(tensor(out, {d.B, d.T, d.nh, d.hd}), tensor(lse, {d.B, d.nh, d.T}), tq, tk, tv);
+    ops.attention_forward(tensor(out_p, {d.B, d.T, d.nh, d.hd}), tensor(lse_p, {d.B, d.nh, d.T}), pq, pk, pv);
+    REQUIRE(out_p == out);
+    REQUIRE(lse_p == lse);
+
+    std::vector<T> dout = cast<T>(normals(d.q_size(), rng));
+    const Tensor tout = tensor(out, {d.B, d.T, d.nh, d.hd}), tlse = tensor(lse, {d.B, d.nh, d.T}),
+                 tdout = tensor(dout, {d.B, d.T, d.nh, d.hd});
+    for (const std::optional<double> theta : {std::optional<double>{}, std::optional<double>{10000.0}})
+        for (const Write write : {Write::overwrite, Write::add}) {
+            INFO((theta ? "rope, " : "no rope, ") << (write == Write::add ? "adding" : "overwriting"));
+            const std::vector<T> before = cast<T>(normals(positions * row * d.hd, rng));
+            std::vector<T> grads = before, dq = whole(before, 0, d.nh), dk = whole(before, d.nh, d.nkv),
+                           dv = whole(before, d.nh + d.nkv, d.nkv);
+            ops.attention_backward(tensor(dq, {d.B, d.T, d.nh, d.hd}), tensor(dk, {d.B, d.T, d.nkv, d.hd}),
+                                   tensor(dv, {d.B, d.T, d.nkv, d.hd}), tdout, tq, tk, tv, tout, tlse, write, theta);
+            const Tensor g = tensor(grads, {d.B, d.T, row, d.hd});
+            ops.attention_backward(Heads(g, 0, d.nh), Heads(g, d.nh, d.nkv), Heads(g, d.nh + d.nkv, d.nkv), tdout,
+                                   pq, pk, pv, tout, tlse, write, theta);
+            REQUIRE(whole(grads, 0, d.nh) == dq);
+            REQUIRE(whole(grads, d.nh, d.nkv) == dk);
+            REQUIRE(whole(grads, d.nh + d.nkv, d.nkv) == dv);
+            REQUIRE(whole(grads, row - 1, 1) == whole(before, row - 1, 1));  // the extra head is untouched
+        }
+    REQUIRE(stacked == rows);  // the inputs too
+}
+
+}  // namespace
+
+TEST_CASE("attention on q, k, v in stacked rows gives whole tensors' results bit for bit", "[unit]") {
+    check_stacked_rows<float>({2, 7, 4, 2, 6});
+    check_stacked_rows<double>({2, 7, 4, 2, 6});
+    check_stacked_rows<double>({1, 5, 3, 1, 4});
+}
+
 TEST_CASE("attention results do not depend on the thread count", "[unit]") {
     const Shape d{2, 47, 4, 2, 16};
     REQUIRE(worth_threads(d.B * d.nh * d.T * d.T * d.hd));  // the threads do split the work
@@ -205,6 +276,13 @@ TEST_CASE("attention rejects kv heads that do not divide the query heads", "[uni
     Buffers<float> x = random_buffers<float>({1, 4, 3, 2, 4}, rng);
     require_logic_error([&] { ops.attention_forward(x.tout(), x.tlse(), x.tq(), x.tk(), x.tv()); },
                         {"attention_forward", "[1, 4, 3, 4]", "[1, 4, 2, 4]"});
+    // k and v in rows of unlike widths: one stride cannot serve both.
+    std::vector<float> rows(1 * 4 * 5 * 4);
+    const Tensor packed = tensor(rows, {1, 4, 5, 4});
+    Buffers<float> y = random_buffers<float>({1, 4, 2, 1, 4}, rng);
+    require_logic_error(
+        [&] { ops.attention_forward(y.tout(), y.tlse(), y.tq(), Heads(packed, 3, 1), y.tv()); },
+        {"attention_forward", "rows of as many heads", "[1, 4, 5, 4] heads 3..3"});
 }
 
 namespace {

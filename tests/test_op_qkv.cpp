@@ -1,6 +1,6 @@
 // The fused projection's output on the CPU: split_qkv puts each position's
-// heads where q, k and v keep them (RoPE on the way, as rope_forward turns
-// them), join_qkv puts them back, and wrong shapes are named.
+// heads where q, k and v keep them, join_qkv puts them back, and wrong shapes
+// are named.
 #include <vector>
 
 #include "kernels/cpu/cpu_ops.h"
@@ -12,7 +12,6 @@ using namespace moe::test;
 namespace {
 
 constexpr int64_t B = 2, T = 3, NH = 4, NKV = 2, HD = 6, G = NH + 2 * NKV;
-constexpr double kTheta = 10000;
 
 // Element (b, t, head, i) of a [B,T,heads,HD] tensor.
 int64_t at(int64_t b, int64_t t, int64_t heads, int64_t h, int64_t i) { return ((b * T + t) * heads + h) * HD + i; }
@@ -23,7 +22,7 @@ template <class F> void check_split_and_join() {
     std::vector<F> qkv = cast<F>(normals(B * T * G * HD, rng));
     std::vector<F> q(B * T * NH * HD), k(B * T * NKV * HD), v(k.size());
     ops.split_qkv(tensor(q, {B, T, NH, HD}), tensor(k, {B, T, NKV, HD}), tensor(v, {B, T, NKV, HD}),
-                  tensor(qkv, {B, T, G, HD}), std::nullopt);
+                  tensor(qkv, {B, T, G, HD}));
     for (int64_t b = 0; b < B; ++b)
         for (int64_t t = 0; t < T; ++t)
             for (int64_t i = 0; i < HD; ++i) {
@@ -37,17 +36,6 @@ template <class F> void check_split_and_join() {
     ops.join_qkv(tensor(joined, {B, T, G, HD}), tensor(q, {B, T, NH, HD}), tensor(k, {B, T, NKV, HD}),
                  tensor(v, {B, T, NKV, HD}));
     REQUIRE(joined == qkv);
-
-    // With a theta, q and k come out as rope_forward turns the copies; v as is.
-    std::vector<F> qr(q.size()), kr(k.size()), vr(v.size());
-    ops.split_qkv(tensor(qr, {B, T, NH, HD}), tensor(kr, {B, T, NKV, HD}), tensor(vr, {B, T, NKV, HD}),
-                  tensor(qkv, {B, T, G, HD}), kTheta);
-    ops.rope_forward(tensor(q, {B, T, NH, HD}), kTheta, 0);
-    ops.rope_forward(tensor(k, {B, T, NKV, HD}), kTheta, 0);
-    REQUIRE(qr == q);
-    REQUIRE(kr == k);
-    REQUIRE(vr == v);
-    REQUIRE(qr[at(0, 1, NH, 0, 0)] != qkv[at(0, 1, G, 0, 0)]);  // position 1 turns
 }
 
 }  // namespace
@@ -63,7 +51,7 @@ TEST_CASE("split_qkv and join_qkv name shapes that do not fit", "[unit]") {
     require_logic_error(
         [&] {
             ops.split_qkv(tensor(q, {B, T, NH, HD}), tensor(k, {B, T, NKV, HD}), tensor(v, {B, T, NKV, HD}),
-                          tensor(qkv, {B, T, G - 1, HD + 1}), std::nullopt);
+                          tensor(qkv, {B, T, G - 1, HD + 1}));
         },
         {"split_qkv", "qkv [2, 3, 7, 7]", "q [2, 3, 4, 6]"});
     require_logic_error(

@@ -1,6 +1,7 @@
 // RoPE on the CPU: the forward against a naive rotate-half loop, from a first
-// position too, the backward as the inverse rotation and as the gradient
-// (finite differences).
+// position too, on some heads of each position's row as on those heads apart,
+// the backward as the inverse rotation and as the gradient (finite
+// differences).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -67,6 +68,30 @@ TEST_CASE("rope_forward from a first position turns rows as the positions after 
         ops.rope_forward(tensor(tail, {1, T - t0, H, HD}), kTheta, t0);
         REQUIRE(std::equal(tail.begin(), tail.end(), whole.begin() + t0 * H * HD));
     }
+}
+
+TEST_CASE("rope_forward on heads of each position's row turns them as it turns them apart", "[unit]") {
+    // Heads 1..2 of rows of 4 (as q and k lie in the stacked projection's
+    // rows); the other heads stay as they were.
+    CpuOps ops;
+    Rng rng(6, "rope heads");
+    constexpr int64_t kRow = 4, kFirst = 1, kCount = 2;
+    const std::vector<double> rows = normals(B * T * kRow * HD, rng);
+    std::vector<double> packed = rows, apart(B * T * kCount * HD);
+    for (int64_t p = 0; p < B * T; ++p)
+        std::copy_n(&rows[(p * kRow + kFirst) * HD], kCount * HD, &apart[p * kCount * HD]);
+    ops.rope_forward(Heads(tensor(packed, {B, T, kRow, HD}), kFirst, kCount), kTheta, 2);
+    ops.rope_forward(tensor(apart, {B, T, kCount, HD}), kTheta, 2);
+    for (int64_t p = 0; p < B * T; ++p)
+        for (int64_t h = 0; h < kRow; ++h)
+            for (int64_t i = 0; i < HD; ++i) {
+                const int64_t at = (p * kRow + h) * HD + i;
+                if (h < kFirst || h >= kFirst + kCount)
+                    REQUIRE(packed[at] == rows[at]);
+                else
+                    REQUIRE(packed[at] == apart[(p * kCount + h - kFirst) * HD + i]);
+            }
+    REQUIRE(packed[(kFirst)*HD] != rows[kFirst * HD]);  // position 2 turns
 }
 
 TEST_CASE("rope_backward undoes rope_forward", "[unit]") {

@@ -215,27 +215,44 @@ int run(const Args& args) {
     if (learned) linear("router logits (H -> E)", E, L, pr.stat);
 
     // ---- RoPE, attention ------------------------------------------------------
-    moe::Tensor q = buf.random(pr.act, {B, T, nh, hd}), kk = buf.random(pr.act, {B, T, nkv, hd});
-    moe::Tensor vv = buf.random(pr.act, {B, T, nkv, hd}), out = buf.zeros(pr.act, {B, T, nh, hd});
-    moe::Tensor lse = buf.zeros(pr.stat, {B, nh, T}), dout = buf.random(pr.act, {B, T, nh, hd});
-    moe::Tensor dq = buf.zeros(pr.act, {B, T, nh, hd}), dk = buf.zeros(pr.act, {B, T, nkv, hd});
-    moe::Tensor dv = buf.zeros(pr.act, {B, T, nkv, hd});
-    // The stacked projection's output into heads, RoPE on the way (the
-    // backward turns dq and dk back in the attention's pass), and the
-    // gradients joined back for its one backward GEMM.
-    moe::Tensor qkv = buf.random(pr.act, {B, T, nh + 2 * nkv, hd});
-    time("split q, k, v + rope", dims({B, T, nh + 2 * nkv, hd}), L, 2 * qkv.bytes(), 6.0 * (q.numel() + kk.numel()),
-         [&] { ops.split_qkv(q, kk, vv, qkv, m.rope_theta); });
-    time("join dq, dk, dv", dims({B, T, nh + 2 * nkv, hd}), L, 2 * qkv.bytes(), 0,
-         [&] { ops.join_qkv(qkv, dq, dk, dv); });
+    // As the step runs: without qk-norm q, k and v stay in the stacked
+    // projection's rows (RoPE turns q and k there; the attention reads them
+    // there and writes dq, dk, dv there for the projection's backward GEMM);
+    // with qk-norm they are copied out and the gradients joined back.
+    moe::Tensor qkv = buf.random(pr.act, {B, T, nh + 2 * nkv, hd}), dqkv = buf.zeros(pr.act, {B, T, nh + 2 * nkv, hd});
+    moe::Tensor out = buf.zeros(pr.act, {B, T, nh, hd}), dout = buf.random(pr.act, {B, T, nh, hd});
+    moe::Tensor lse = buf.zeros(pr.stat, {B, nh, T});
+    moe::Heads q(qkv, 0, nh), kk(qkv, nh, nkv), vv(qkv, nh + nkv, nkv);
+    moe::Heads dq(dqkv, 0, nh), dk(dqkv, nh, nkv), dv(dqkv, nh + nkv, nkv);
+    const double q_bytes = double(out.bytes()), kv_bytes = q_bytes / double(nh / nkv);
+    const std::string packed = dims({B, T, nh + 2 * nkv, hd});
+    if (m.qk_norm) {
+        moe::Tensor q_apart = buf.zeros(pr.act, {B, T, nh, hd}), k_apart = buf.zeros(pr.act, {B, T, nkv, hd});
+        moe::Tensor v_apart = buf.zeros(pr.act, {B, T, nkv, hd});
+        time("split q, k, v", packed, L, 2 * qkv.bytes(), 0, [&] { ops.split_qkv(q_apart, k_apart, v_apart, qkv); });
+        time("join dq, dk, dv", packed, L, 2 * qkv.bytes(), 0, [&] { ops.join_qkv(dqkv, q_apart, k_apart, v_apart); });
+        time("rope q, k", dims({B, T, nh + nkv, hd}), L, 2 * (q_bytes + kv_bytes), 6.0 * (q_bytes + kv_bytes) / act,
+             [&] {
+                 ops.rope_forward(q_apart, m.rope_theta, 0);
+                 ops.rope_forward(k_apart, m.rope_theta, 0);
+             });
+        q = q_apart;
+        kk = k_apart;
+        vv = v_apart;
+        dq = q_apart;
+        dk = k_apart;
+        dv = v_apart;
+    } else {
+        time("rope q, k in the stacked rows", packed, L, 2 * (q_bytes + kv_bytes), 6.0 * (q_bytes + kv_bytes) / act,
+             [&] { ops.rope_forward(moe::Heads(qkv, 0, nh + nkv), m.rope_theta, 0); });
+    }
     const double causal_pairs = double(B) * nh * T * (T + 1) / 2;
     const std::string att = dims({B, T, nh, nkv, hd});
     const auto attention = [&](const std::string& kernels, double per_step) {
-        time("attention forward" + kernels, att, per_step,
-             double(q.bytes() + kk.bytes() + vv.bytes() + out.bytes() + lse.bytes()), 4 * causal_pairs * hd,
-             [&] { ops.attention_forward(out, lse, q, kk, vv); });
+        time("attention forward" + kernels, att, per_step, q_bytes + 2 * kv_bytes + double(out.bytes() + lse.bytes()),
+             4 * causal_pairs * hd, [&] { ops.attention_forward(out, lse, q, kk, vv); });
         time("attention backward + rope" + kernels, att, per_step,
-             double(2 * q.bytes() + 3 * kk.bytes() + 3 * vv.bytes() + 2 * out.bytes() + lse.bytes() + q.bytes()),
+             2 * q_bytes + 3 * kv_bytes + 3 * kv_bytes + 2 * double(out.bytes()) + double(lse.bytes()) + q_bytes,
              10 * causal_pairs * hd,
              [&] {
                  ops.attention_backward(dq, dk, dv, dout, q, kk, vv, out, lse, moe::Write::overwrite, m.rope_theta);

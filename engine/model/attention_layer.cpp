@@ -22,24 +22,32 @@ void AttentionLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int
     T_ = T;
     const int64_t N = int64_t(B) * T, hd = cfg_.head_dim(), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
     const DType dt = pr.act;
+    att_ = acts.take(dt, {B, T, nh, hd});
+    lse_ = acts.take(pr.stat, {B, nh, T});
+    datt_ = scratch.take(dt, {B, T, nh, hd});
+    if (!cfg_.qk_norm) {
+        // q, k and v stay where the projection writes them (q and k turned
+        // there), and their gradients go where its backward GEMMs read them.
+        qkv_ = acts.take(dt, {B, T, nh + 2 * nkv, hd});
+        dqkv_ = scratch.take(dt, {B, T, nh + 2 * nkv, hd});
+        return;
+    }
+    // qk-norm normalizes rows of their own: q, k and v copied out, their
+    // gradients joined back (the projection's output and its gradient share
+    // one buffer).
+    qkv_ = dqkv_ = scratch.take(dt, {B, T, nh + 2 * nkv, hd});
     q_ = acts.take(dt, {B, T, nh, hd});
     k_ = acts.take(dt, {B, T, nkv, hd});
     v_ = acts.take(dt, {B, T, nkv, hd});
-    att_ = acts.take(dt, {B, T, nh, hd});
-    lse_ = acts.take(pr.stat, {B, nh, T});
-    qkv_ = scratch.take(dt, {B, T, nh + 2 * nkv, hd});
+    q_raw_ = acts.take(dt, {N * nh, hd});
+    k_raw_ = acts.take(dt, {N * nkv, hd});
+    rstd_q_ = acts.take(pr.stat, {N * nh});
+    rstd_k_ = acts.take(pr.stat, {N * nkv});
     dq_ = scratch.take(dt, {B, T, nh, hd});
     dk_ = scratch.take(dt, {B, T, nkv, hd});
     dv_ = scratch.take(dt, {B, T, nkv, hd});
-    datt_ = scratch.take(dt, {B, T, nh, hd});
-    if (cfg_.qk_norm) {
-        q_raw_ = acts.take(dt, {N * nh, hd});
-        k_raw_ = acts.take(dt, {N * nkv, hd});
-        rstd_q_ = acts.take(pr.stat, {N * nh});
-        rstd_k_ = acts.take(pr.stat, {N * nkv});
-        dq_raw_ = scratch.take(dt, {N * nh, hd});
-        dk_raw_ = scratch.take(dt, {N * nkv, hd});
-    }
+    dq_raw_ = scratch.take(dt, {N * nh, hd});
+    dk_raw_ = scratch.take(dt, {N * nkv, hd});
 }
 
 void AttentionLayer::carve_decode(Arena& work, const Precision& pr, int64_t rows) {
@@ -54,19 +62,26 @@ void AttentionLayer::carve_decode(Arena& work, const Precision& pr, int64_t rows
     }
 }
 
+AttentionLayer::QkvHeads AttentionLayer::heads_of(Tensor packed) const {
+    const int64_t nh = cfg_.num_heads, nkv = cfg_.num_kv_heads;
+    return {Heads(packed, 0, nh), Heads(packed, nh, nkv), Heads(packed, nh + nkv, nkv)};
+}
+
 void AttentionLayer::forward(Ops& ops, Tensor x, Tensor out) {
     const int64_t N = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
     ops.matmul_forward(qkv_.view({N, (nh + 2 * nkv) * hd}), x, wqkv_->work, {});
     if (cfg_.qk_norm) {
-        ops.split_qkv(q_raw_.view({B_, T_, nh, hd}), k_raw_.view({B_, T_, nkv, hd}), v_, qkv_, std::nullopt);
+        ops.split_qkv(q_raw_.view({B_, T_, nh, hd}), k_raw_.view({B_, T_, nkv, hd}), v_, qkv_);
         ops.rmsnorm_forward(q_.view({N * nh, hd}), rstd_q_, q_raw_, q_norm_->work, cfg_.norm_eps);
         ops.rmsnorm_forward(k_.view({N * nkv, hd}), rstd_k_, k_raw_, k_norm_->work, cfg_.norm_eps);
         ops.rope_forward(q_, cfg_.rope_theta, 0);
         ops.rope_forward(k_, cfg_.rope_theta, 0);
+        ops.attention_forward(att_, lse_, q_, k_, v_);
     } else {
-        ops.split_qkv(q_, k_, v_, qkv_, cfg_.rope_theta);  // RoPE on the way
+        ops.rope_forward(Heads(qkv_, 0, nh + nkv), cfg_.rope_theta, 0);  // q and k, where they lie
+        const QkvHeads h = heads_of(qkv_);
+        ops.attention_forward(att_, lse_, h.q, h.k, h.v);
     }
-    ops.attention_forward(att_, lse_, q_, k_, v_);
     ops.matmul_forward(out, att_.view({N, nh * hd}), wo_->work, {});
 }
 
@@ -99,20 +114,21 @@ void AttentionLayer::backward(Ops& ops, Tensor x, Tensor dout, Tensor dx, Write 
     ops.matmul_backward(datt_.view({N, nh * hd}), wo_->grad, {}, dout, att_.view({N, nh * hd}), wo_->work,
                         Write::overwrite, grads);
     // dq and dk come out turned back through RoPE (the attention's pass).
-    ops.attention_backward(dq_, dk_, dv_, datt_, q_, k_, v_, att_, lse_, Write::overwrite, cfg_.rope_theta);
-    Tensor dq = dq_.view({N, nh * hd}), dk = dk_.view({N, nkv * hd});
     if (cfg_.qk_norm) {
+        ops.attention_backward(dq_, dk_, dv_, datt_, q_, k_, v_, att_, lse_, Write::overwrite, cfg_.rope_theta);
         ops.rmsnorm_backward(dq_raw_, q_norm_->grad, dq_.view({N * nh, hd}), q_raw_, q_norm_->work, rstd_q_,
                              Write::overwrite, grads);
         ops.rmsnorm_backward(dk_raw_, k_norm_->grad, dk_.view({N * nkv, hd}), k_raw_, k_norm_->work, rstd_k_,
                              Write::overwrite, grads);
-        dq = dq_raw_.view({N, nh * hd});
-        dk = dk_raw_.view({N, nkv * hd});
+        ops.join_qkv(dqkv_, dq_raw_.view({B_, T_, nh, hd}), dk_raw_.view({B_, T_, nkv, hd}), dv_);
+    } else {
+        const QkvHeads h = heads_of(qkv_), dh = heads_of(dqkv_);
+        ops.attention_backward(dh.q, dh.k, dh.v, datt_, h.q, h.k, h.v, att_, lse_, Write::overwrite,
+                               cfg_.rope_theta);
     }
     // The three projections' gradients as the stacked projection's: one GEMM
     // for dx, one for the weights' gradient.
-    ops.join_qkv(qkv_, dq.view({B_, T_, nh, hd}), dk.view({B_, T_, nkv, hd}), dv_);
-    ops.matmul_backward(dx, wqkv_->grad, {}, qkv_.view({N, (nh + 2 * nkv) * hd}), x, wqkv_->work, Write::overwrite,
+    ops.matmul_backward(dx, wqkv_->grad, {}, dqkv_.view({N, (nh + 2 * nkv) * hd}), x, wqkv_->work, Write::overwrite,
                         grads);
 }
 

@@ -30,18 +30,28 @@ public:
     void decode(Ops& ops, Tensor x, Tensor out, Tensor k_cache, Tensor v_cache, int64_t position);
 
 private:
+    // q, k and v where the stacked projection's rows hold them.
+    struct QkvHeads {
+        Heads q, k, v;
+    };
+    QkvHeads heads_of(Tensor packed) const;
+
     const ModelConfig& cfg_;
     int B_ = 0, T_ = 0;
     // wq, wk and wv stacked [(nh + 2 nkv) hd, H] (files see the three): one
     // GEMM projects x to every head, one takes their gradients back.
     Param *wqkv_, *wo_;
     Param *q_norm_ = nullptr, *k_norm_ = nullptr;
-    // saved: projections (before qk-norm), normed and rotated q and k, values,
-    // attention output, per-head norm statistics, softmax log-sum-exp
-    Tensor q_raw_, k_raw_, q_, k_, v_, att_, rstd_q_, rstd_k_, lse_;
-    // scratch: the stacked projection's output [B,T,nh+2nkv,hd] in the
-    // forward, the gradient of it in the backward; gradients
-    Tensor qkv_, dq_, dk_, dv_, datt_, dq_raw_, dk_raw_;
+    // The stacked projection's output qkv [B,T,nh+2nkv,hd] and its gradient.
+    // Without qk-norm qkv is saved (q and k turned by RoPE in place) and
+    // attention reads and writes heads in it; with qk-norm both are one
+    // scratch buffer, and the saved q, k, v are copies: the projections
+    // before qk-norm, normed and rotated q and k, values.
+    Tensor qkv_, dqkv_, q_raw_, k_raw_, q_, k_, v_;
+    // saved: attention output, per-head norm statistics, softmax log-sum-exp
+    Tensor att_, rstd_q_, rstd_k_, lse_;
+    // scratch: gradients
+    Tensor dq_, dk_, dv_, datt_, dq_raw_, dk_raw_;
 };
 
 }  // namespace moe

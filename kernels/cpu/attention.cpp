@@ -8,6 +8,7 @@
 // over a KV cache, so a cached position gives the full forward's bits.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <utility>
@@ -37,7 +38,34 @@ template <class T> void axpy(T* y, T alpha, const T* x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
-template <class T> T* data_or_null(const Tensor& t) { return t.empty() ? nullptr : t.ptr<T>(); }
+template <class T> T* data_or_null(const Heads& h) { return h.empty() ? nullptr : h.ptr<T>(); }
+
+// Calls f(offset) for the first element of each head of view h, in order.
+template <class F> void for_each_head(const Heads& h, F&& f) {
+    for (int64_t b = 0; b < h.t.dim(0); ++b)
+        for (int64_t t = 0; t < h.t.dim(1); ++t)
+            for (int64_t i = 0; i < h.count; ++i) f(h.at(b, t, i));
+}
+
+void zero_heads(const Heads& h) {
+    const size_t bytes = size_t(h.hd()) * dtype_size(h.t.dtype);
+    char* base = static_cast<char*>(h.base());
+    for_each_head(h, [&](int64_t at) { std::memset(base + size_t(at) * dtype_size(h.t.dtype), 0, bytes); });
+}
+
+// dst's heads = src (whole, [B,T,count,hd]), or += src.
+void put_heads(const Heads& dst, const Tensor& src, Write write) {
+    dispatch_float(src, [&](auto tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        T* to = dst.ptr<T>();
+        const T* from = src.ptr<T>();
+        const int64_t hd = dst.hd();
+        for_each_head(dst, [&](int64_t at) {
+            for (int64_t e = 0; e < hd; ++e) to[at + e] = write == Write::add ? to[at + e] + from[e] : from[e];
+            from += hd;
+        });
+    });
+}
 
 // One query's output over keys and values 0..last (rows `stride` apart from k
 // and v): out = softmax(scale q k^T) v. Returns the log-sum-exp; score holds
@@ -58,9 +86,9 @@ T attend(T* out, const T* q, const T* k, const T* v, int64_t stride, int64_t las
 
 }  // namespace
 
-void CpuOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) {
+void CpuOps::attention_forward(Tensor out, Tensor lse, Heads q, Heads k, Heads v) {
     const AttentionDims d = attention_dims("attention_forward", q, k, v, out, lse);
-    dispatch_float(q, [&](auto tag) {
+    dispatch_float(q.t, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const T scale = T(1.0 / std::sqrt(double(d.hd)));
         const T *pq = q.ptr<T>(), *pk = k.ptr<T>(), *pv = v.ptr<T>();
@@ -71,9 +99,9 @@ void CpuOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tenso
 #pragma omp for schedule(static)
             for (int64_t bh = 0; bh < d.B * d.nh; ++bh) {
                 const int64_t b = bh / d.nh, h = bh % d.nh, kvh = h / d.group();
-                const int64_t at = d.kv_at(b, 0, kvh), stride = d.nkv * d.hd;
+                const int64_t at = d.kv_at(b, 0, kvh), stride = d.kv_row * d.hd;
                 for (int64_t t = 0; t < d.T; ++t)
-                    pl[d.lse_at(b, h, t)] = attend(po + d.q_at(b, t, h), pq + d.q_at(b, t, h), pk + at, pv + at,
+                    pl[d.lse_at(b, h, t)] = attend(po + d.out_at(b, t, h), pq + d.q_at(b, t, h), pk + at, pv + at,
                                                    stride, t, d.hd, scale, score.data());
             }
         }
@@ -103,42 +131,40 @@ void CpuOps::attention_decode(Tensor out, Tensor q, Tensor k_cache, Tensor v_cac
     });
 }
 
-void CpuOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+void CpuOps::attention_backward(Heads dq, Heads dk, Heads dv, Tensor dout, Heads q, Heads k, Heads v,
                                 Tensor out, Tensor lse, Write write, std::optional<double> rope_theta) {
     if (rope_theta) {
-        // The attention's gradients of q and k (written, into dq and dk or,
-        // when adding, apart), turned back, then added where asked.
-        const bool apart = write == Write::add;
-        std::vector<unsigned char> dq_bytes(apart ? dq.bytes() : 0), dk_bytes(apart ? dk.bytes() : 0);
-        Tensor gq = dq, gk = dk;
-        if (apart) {
-            if (!dq.empty()) gq.data = dq_bytes.data();
-            if (!dk.empty()) gk.data = dk_bytes.data();
-        }
+        // The attention's gradients of q and k written apart (whole tensors),
+        // turned back, then put where asked as write says.
+        std::vector<unsigned char> dq_bytes(dq.empty() ? 0 : q.t.bytes() / q.row() * q.count);
+        std::vector<unsigned char> dk_bytes(dk.empty() ? 0 : k.t.bytes() / k.row() * k.count);
+        const auto apart = [&](const Heads& g, std::vector<unsigned char>& bytes) {
+            return g.empty() ? Tensor{}
+                             : Tensor(bytes.data(), g.t.dtype, {g.t.dim(0), g.t.dim(1), g.count, g.hd()});
+        };
+        const Tensor gq = apart(dq, dq_bytes), gk = apart(dk, dk_bytes);
         if (!dv.empty()) attention_backward({}, {}, dv, dout, q, k, v, out, lse, write, std::nullopt);
         attention_backward(gq, gk, {}, dout, q, k, v, out, lse, Write::overwrite, std::nullopt);
         for (const auto& [grad, turned] : {std::pair{dq, gq}, std::pair{dk, gk}}) {
             if (grad.empty()) continue;
             rope_backward(turned, *rope_theta);
-            if (apart) add(grad, turned);
+            put_heads(grad, turned, write);
         }
         return;
     }
     const AttentionDims d = attention_dims("attention_backward", q, k, v, out, lse);
-    check(dout.numel() == q.numel() && (dq.empty() || dq.numel() == q.numel()) &&
-              (dk.empty() || dk.numel() == k.numel()) && (dv.empty() || dv.numel() == v.numel()),
-          "attention_backward",
-          "dout " + dout.shape_str() + ", dq " + dq.shape_str() + ", dk " + dk.shape_str() + ", dv " +
-              dv.shape_str() + " do not match q " + q.shape_str() + " and k, v " + k.shape_str());
+    const AttentionGradRows g = attention_grad_rows("attention_backward", d, dq, dk, dv, dout);
     if (write == Write::overwrite)
-        for (Tensor g : {dq, dk, dv})
-            if (!g.empty()) zero(g);
-    dispatch_float(q, [&](auto tag) {
+        for (const Heads& grad : {dq, dk, dv})
+            if (!grad.empty()) zero_heads(grad);
+    dispatch_float(q.t, [&](auto tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const T scale = T(1.0 / std::sqrt(double(d.hd)));
         const T *pq = q.ptr<T>(), *pk = k.ptr<T>(), *pv = v.ptr<T>(), *po = out.ptr<T>(), *pl = lse.ptr<T>();
         const T* pdo = dout.ptr<T>();
         T *pdq = data_or_null<T>(dq), *pdk = data_or_null<T>(dk), *pdv = data_or_null<T>(dv);
+        const auto dq_at = [&](int64_t b, int64_t t, int64_t h) { return ((b * d.T + t) * g.dq + h) * d.hd; };
+        const auto dkv_at = [&](int64_t b, int64_t t, int64_t h) { return ((b * d.T + t) * g.dkv + h) * d.hd; };
         // One thread per (batch, kv head): it owns dk, dv of that head and dq
         // of the query heads that share it, so no two threads write one value.
 #pragma omp parallel for schedule(static) if (worth_threads(d.B * d.nh * d.T * d.T * d.hd))
@@ -146,17 +172,16 @@ void CpuOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Te
             const int64_t b = bg / d.nkv, kvh = bg % d.nkv;
             for (int64_t h = kvh * d.group(); h < (kvh + 1) * d.group(); ++h)
                 for (int64_t t = 0; t < d.T; ++t) {
-                    const int64_t qi = d.q_at(b, t, h);
-                    const T *qt = pq + qi, *dot_t = pdo + qi;
+                    const T *qt = pq + d.q_at(b, t, h), *dot_t = pdo + d.out_at(b, t, h);
                     const T l = pl[d.lse_at(b, h, t)];
-                    const T delta = dot(dot_t, po + qi, d.hd);  // rowsum(dO * O)
+                    const T delta = dot(dot_t, po + d.out_at(b, t, h), d.hd);  // rowsum(dO * O)
                     for (int64_t s = 0; s <= t; ++s) {
                         const int64_t ki = d.kv_at(b, s, kvh);
                         const T p = std::exp(scale * dot(qt, pk + ki, d.hd) - l);
                         const T ds = p * (dot(dot_t, pv + ki, d.hd) - delta) * scale;
-                        if (pdq) axpy(pdq + qi, ds, pk + ki, d.hd);
-                        if (pdk) axpy(pdk + ki, ds, qt, d.hd);
-                        if (pdv) axpy(pdv + ki, p, dot_t, d.hd);
+                        if (pdq) axpy(pdq + dq_at(b, t, h), ds, pk + ki, d.hd);
+                        if (pdk) axpy(pdk + dkv_at(b, s, kvh), ds, qt, d.hd);
+                        if (pdv) axpy(pdv + dkv_at(b, s, kvh), p, dot_t, d.hd);
                     }
                 }
         }

@@ -51,13 +51,13 @@ public:
     void swiglu_forward(Tensor out, Tensor gate_up) override;
     void swiglu_backward(Tensor dgate_up, Tensor dout, Tensor gate_up) override;
 
-    void rope_forward(Tensor x, double theta, int64_t first_position) override;
+    void rope_forward(Heads x, double theta, int64_t first_position) override;
     void rope_backward(Tensor dx, double theta) override;
 
-    void split_qkv(Tensor q, Tensor k, Tensor v, Tensor qkv, std::optional<double> rope_theta) override;
+    void split_qkv(Tensor q, Tensor k, Tensor v, Tensor qkv) override;
     void join_qkv(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv) override;
-    void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) override;
-    void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
+    void attention_forward(Tensor out, Tensor lse, Heads q, Heads k, Heads v) override;
+    void attention_backward(Heads dq, Heads dk, Heads dv, Tensor dout, Heads q, Heads k, Heads v, Tensor out,
                             Tensor lse, Write write, std::optional<double> rope_theta) override;
     void attention_decode(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache, int64_t first_position) override;
 

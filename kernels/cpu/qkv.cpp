@@ -1,6 +1,5 @@
 // The fused q, k, v projection's output split into heads and joined back
-// (ops.h). The split's RoPE is rope_forward itself, after the copy: the same
-// bits by construction.
+// (ops.h).
 #include <cstring>
 
 #include "kernels/cpu/cpu_ops.h"
@@ -33,14 +32,10 @@ void copy_heads(const QkvDims& d, char* packed, char* q, char* k, char* v, size_
 
 }  // namespace
 
-void CpuOps::split_qkv(Tensor q, Tensor k, Tensor v, Tensor qkv, std::optional<double> rope_theta) {
+void CpuOps::split_qkv(Tensor q, Tensor k, Tensor v, Tensor qkv) {
     const QkvDims d = qkv_dims("split_qkv", qkv, q, k, v);
     copy_heads(d, static_cast<char*>(qkv.data), static_cast<char*>(q.data), static_cast<char*>(k.data),
                static_cast<char*>(v.data), dtype_size(qkv.dtype), true);
-    if (rope_theta) {
-        rope_forward(q, *rope_theta, 0);
-        rope_forward(k, *rope_theta, 0);
-    }
 }
 
 void CpuOps::join_qkv(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv) {

@@ -1,6 +1,7 @@
 // Rotary position embedding, rotate-half convention (Hugging Face Llama): the
 // pair (i, i + hd/2) of a head at position p turns by p * theta^(-2i/hd), where
-// row t of x is at position first_position + t.
+// row t of x is at position first_position + t; x may be some heads of each
+// position's row (Heads).
 // The backward turns by the opposite angle (the transpose of a rotation).
 #include <cmath>
 #include <type_traits>
@@ -16,13 +17,13 @@ namespace moe {
 namespace {
 
 // direction +1 rotates (forward), -1 rotates back (backward).
-void rotate(const char* op, Tensor x, double theta, int64_t first_position, int direction) {
-    check(x.ndim == 4 && x.dim(3) % 2 == 0, op, "x must be [B,T,heads,hd] with hd even, got " + x.shape_str());
-    const int64_t B = x.dim(0), T = x.dim(1), heads = x.dim(2), hd = x.dim(3), half = hd / 2;
-    dispatch_float(x, [&](auto tag) {
+void rotate(const char* op, Heads x, double theta, int64_t first_position, int direction) {
+    check(x.t.ndim == 4 && x.hd() % 2 == 0, op, "x must be [B,T,heads,hd] with hd even, got " + x.str());
+    const int64_t B = x.t.dim(0), T = x.t.dim(1), heads = x.count, hd = x.hd(), half = hd / 2;
+    dispatch_float(x.t, [&](auto tag) {
         using F = std::remove_pointer_t<decltype(tag)>;
         F* p = x.ptr<F>();
-#pragma omp parallel if (worth_threads(x.numel()))
+#pragma omp parallel if (worth_threads(B * T * heads * hd))
         {
             std::vector<F> cos_t(half), sin_t(half);
             // One position per iteration: its angles are computed once for every batch row and head.
@@ -35,7 +36,7 @@ void rotate(const char* op, Tensor x, double theta, int64_t first_position, int 
                 }
                 for (int64_t b = 0; b < B; ++b)
                     for (int64_t h = 0; h < heads; ++h) {
-                        F* a = p + ((b * T + t) * heads + h) * hd;
+                        F* a = p + x.at(b, t, h);
                         F* c = a + half;
 #pragma omp simd
                         for (int64_t i = 0; i < half; ++i) {
@@ -51,7 +52,7 @@ void rotate(const char* op, Tensor x, double theta, int64_t first_position, int 
 
 }  // namespace
 
-void CpuOps::rope_forward(Tensor x, double theta, int64_t first_position) {
+void CpuOps::rope_forward(Heads x, double theta, int64_t first_position) {
     rotate("rope_forward", x, theta, first_position, +1);
 }
 

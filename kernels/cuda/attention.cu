@@ -89,11 +89,15 @@ template <int HD> __device__ __forceinline__ void rotate_back(float (&acc)[HD / 
     }
 }
 
-// Shapes shared by the kernels. Rows of q/out/dout are (b, t, h) with stride
-// nh*hd; rows of k/v are (b, t, kv head) with stride nkv*hd; lse and delta
-// are [B, nh, T].
+// Shapes shared by the kernels. Head h of position (b, t) is row
+// (b T + t) row + h from its tensor's base, a row being hd elements, where
+// `row` is the heads a position's row holds there: nh for out and dout,
+// q_row for q, kv_row for k and v, dq_row for dq, dkv_row for dk and dv (more
+// than nh or nkv where they lie in the stacked projection's rows, whose base
+// pointers the host moves to their first head). lse and delta are [B, nh, T].
 struct Shape {
     int T, nh, nkv;
+    int q_row, kv_row, dq_row, dkv_row;
     float scale, scale_log2;  // 1/sqrt(hd), and that times log2(e) for exp2
 };
 
@@ -147,10 +151,10 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
     const int qt = int(gridDim.y) - 1 - int(blockIdx.y), q0 = qt * kTile;
     const BlockHeads<kHeads> heads(s);
     const int b = heads.b, h = heads.h, kvh = heads.kvh, wg = heads.wg;
-    const int64_t q_stride = int64_t(s.nh) * HD, kv_stride = int64_t(s.nkv) * HD;
-    const int64_t q_row0 = (int64_t(b) * s.T + q0) * s.nh + h;   // row of (b, q0, h)
-    const bf16* kg = k + (int64_t(b) * s.T * s.nkv + kvh) * HD;  // (b, 0, kvh)
-    const bf16* vg = v + (int64_t(b) * s.T * s.nkv + kvh) * HD;
+    const int64_t q_stride = int64_t(s.q_row) * HD, kv_stride = int64_t(s.kv_row) * HD;
+    const int64_t q_row0 = (int64_t(b) * s.T + q0) * s.q_row + h;   // row of (b, q0, h)
+    const bf16* kg = k + (int64_t(b) * s.T * s.kv_row + kvh) * HD;  // (b, 0, kvh)
+    const bf16* vg = v + (int64_t(b) * s.T * s.kv_row + kvh) * HD;
 
     constexpr int kBlock = kThreads * kHeads;
     for (int i = 0; i < kHeads; ++i)  // head h0 + i
@@ -232,8 +236,9 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
     l_hi = quad_sum(l_hi);
     const float inv_lo = 1.f / l_lo, inv_hi = 1.f / l_hi;
     const int col = 2 * (lane & 3);
-    bf16* out_lo = out + (q_row0 + int64_t(warp * 16 + (lane >> 2)) * s.nh) * HD + col;
-    bf16* out_hi = out_lo + 8 * q_stride;
+    const int64_t out_row0 = (int64_t(b) * s.T + q0) * s.nh + h;
+    bf16* out_lo = out + (out_row0 + int64_t(warp * 16 + (lane >> 2)) * s.nh) * HD + col;
+    bf16* out_hi = out_lo + 8 * int64_t(s.nh) * HD;
 #pragma unroll
     for (int n = 0; n < HD / 8; ++n) {
         if (row_lo < s.T)
@@ -294,8 +299,9 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
 
     const int k0 = int(blockIdx.y) * kTile;
     const int b = int(blockIdx.x) / s.nkv, kvh = int(blockIdx.x) % s.nkv, group = s.nh / s.nkv;
-    const int64_t q_stride = int64_t(s.nh) * HD, kv_stride = int64_t(s.nkv) * HD;
-    const int64_t kv_row0 = (int64_t(b) * s.T + k0) * s.nkv + kvh;  // row of (b, k0, kvh)
+    const int64_t q_stride = int64_t(s.q_row) * HD, do_stride = int64_t(s.nh) * HD;
+    const int64_t kv_stride = int64_t(s.kv_row) * HD;
+    const int64_t kv_row0 = (int64_t(b) * s.T + k0) * s.kv_row + kvh;  // row of (b, k0, kvh)
     load_tile<Mma, HD, kTile>(sk, k + kv_row0 * HD, kv_stride, s.T - k0);
     load_tile<Mma, HD, kTile>(sv, v + kv_row0 * HD, kv_stride, s.T - k0);
 
@@ -304,9 +310,9 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
     const int qt_first = k0 / kQ, per_head = (s.T + kQ - 1) / kQ - qt_first, steps = group * per_head;
     auto load_step = [&](int step, int buf) {
         const int h = kvh * group + step / per_head, q0 = (qt_first + step % per_head) * kQ;
-        const int64_t row0 = (int64_t(b) * s.T + q0) * s.nh + h, stat0 = (int64_t(b) * s.nh + h) * s.T + q0;
-        load_tile<Mma, HD, kQ>(sq + buf * kQT, q + row0 * HD, q_stride, s.T - q0);
-        load_tile<Mma, HD, kQ>(sdo + buf * kQT, dout + row0 * HD, q_stride, s.T - q0);
+        const int64_t position0 = int64_t(b) * s.T + q0, stat0 = (int64_t(b) * s.nh + h) * s.T + q0;
+        load_tile<Mma, HD, kQ>(sq + buf * kQT, q + (position0 * s.q_row + h) * HD, q_stride, s.T - q0);
+        load_tile<Mma, HD, kQ>(sdo + buf * kQT, dout + (position0 * s.nh + h) * HD, do_stride, s.T - q0);
         load_row_stats<kQ>(slse + buf * kQ, lse + stat0, s.T - q0);
         load_row_stats<kQ>(sdelta + buf * kQ, delta + stat0, s.T - q0);
     };
@@ -361,7 +367,9 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
 
     if (dk) rotate_back<HD>(dk_acc, rope, key_lo, key_hi, s.T);
     const int col = 2 * (lane & 3);
-    const int64_t lo = (kv_row0 + int64_t(warp * 16 + (lane >> 2)) * s.nkv) * HD + col, hi = lo + 8 * kv_stride;
+    const int64_t dkv_row0 = (int64_t(b) * s.T + k0) * s.dkv_row + kvh;
+    const int64_t lo = (dkv_row0 + int64_t(warp * 16 + (lane >> 2)) * s.dkv_row) * HD + col,
+                  hi = lo + 8 * int64_t(s.dkv_row) * HD;
 #pragma unroll
     for (int n = 0; n < HD / 8; ++n) {
         if (dk && key_lo < s.T) put_pair(dk + lo + 8 * n, dk_acc[n][0], dk_acc[n][1], s.scale, accumulate);
@@ -388,16 +396,17 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
     const int q0 = (int(gridDim.y) - 1 - int(blockIdx.y)) * kTile;
     const BlockHeads<kHeads> heads(s);
     const int b = heads.b, h = heads.h, kvh = heads.kvh, wg = heads.wg;
-    const int64_t q_stride = int64_t(s.nh) * HD, kv_stride = int64_t(s.nkv) * HD;
-    const int64_t q_row0 = (int64_t(b) * s.T + q0) * s.nh + h;
-    const bf16* kg = k + (int64_t(b) * s.T * s.nkv + kvh) * HD;
-    const bf16* vg = v + (int64_t(b) * s.T * s.nkv + kvh) * HD;
+    const int64_t q_stride = int64_t(s.q_row) * HD, do_stride = int64_t(s.nh) * HD;
+    const int64_t kv_stride = int64_t(s.kv_row) * HD;
+    const int64_t position0 = int64_t(b) * s.T + q0;
+    const bf16* kg = k + (int64_t(b) * s.T * s.kv_row + kvh) * HD;
+    const bf16* vg = v + (int64_t(b) * s.T * s.kv_row + kvh) * HD;
 
     constexpr int kBlock = kThreads * kHeads;
     for (int i = 0; i < kHeads; ++i) {
-        const int64_t row0 = q_row0 - wg + i;  // head h0 + i
-        load_tile<Mma, HD, kTile, kBlock>(sq + i * kT, q + row0 * HD, q_stride, s.T - q0);
-        load_tile<Mma, HD, kTile, kBlock>(sdo + i * kT, dout + row0 * HD, q_stride, s.T - q0);
+        const int head = h - wg + i;  // h0 + i
+        load_tile<Mma, HD, kTile, kBlock>(sq + i * kT, q + (position0 * s.q_row + head) * HD, q_stride, s.T - q0);
+        load_tile<Mma, HD, kTile, kBlock>(sdo + i * kT, dout + (position0 * s.nh + head) * HD, do_stride, s.T - q0);
     }
     load_tile<Mma, HD, kK, kBlock>(sk, kg, kv_stride, s.T);
     load_tile<Mma, HD, kK, kBlock>(sv, vg, kv_stride, s.T);
@@ -463,7 +472,8 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
 
     rotate_back<HD>(dq_acc, rope, row_lo, row_hi, s.T);
     const int col = 2 * (lane & 3);
-    const int64_t lo = (q_row0 + int64_t(warp * 16 + (lane >> 2)) * s.nh) * HD + col, hi = lo + 8 * q_stride;
+    const int64_t lo = ((position0 + warp * 16 + (lane >> 2)) * s.dq_row + h) * HD + col,
+                  hi = lo + 8 * int64_t(s.dq_row) * HD;
 #pragma unroll
     for (int n = 0; n < HD / 8; ++n) {
         if (row_lo < s.T) put_pair(dq + lo + 8 * n, dq_acc[n][0], dq_acc[n][1], s.scale, accumulate);
@@ -473,7 +483,7 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
 
 // ---- host side ------------------------------------------------------------------
 
-AttentionDims dims_of(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+AttentionDims dims_of(const char* op, const Heads& q, const Heads& k, const Heads& v, const Tensor& out,
                       const Tensor& lse) {
     const AttentionDims d = attention_dims(op, q, k, v, out, lse);
     const std::string shapes = attention_shapes(q, k, v, out, lse);
@@ -482,17 +492,19 @@ AttentionDims dims_of(const char* op, const Tensor& q, const Tensor& k, const Te
               ")");
     // Grid y counts 64-row tiles; grid x counts (batch, head) pairs.
     check(d.T <= int64_t(65535) * kTile && d.B * d.nh <= INT_MAX, op, "sequence or batch too long: " + shapes);
-    cuda::require_dtype(op, "q", q, DType::BF16);
-    cuda::require_dtype(op, "k", k, DType::BF16);
-    cuda::require_dtype(op, "v", v, DType::BF16);
+    cuda::require_dtype(op, "q", q.t, DType::BF16);
+    cuda::require_dtype(op, "k", k.t, DType::BF16);
+    cuda::require_dtype(op, "v", v.t, DType::BF16);
     cuda::require_dtype(op, "out", out, DType::BF16);
     cuda::require_dtype(op, "lse", lse, DType::F32);
     return d;
 }
 
-// Inputs move in 16-byte cp.async pieces, outputs in bf16 pairs.
-void require_aligned(const char* op, const char* name, const Tensor& t, unsigned bytes) {
-    check(reinterpret_cast<uintptr_t>(t.data) % bytes == 0, op,
+// Inputs move in 16-byte cp.async pieces, outputs in bf16 pairs (a view's
+// rows are whole heads apart, hd a multiple of 8: its first head's alignment
+// is every head's).
+void require_aligned(const char* op, const char* name, const void* p, unsigned bytes) {
+    check(reinterpret_cast<uintptr_t>(p) % bytes == 0, op,
           std::string(name) + " is not " + std::to_string(bytes) + "-byte aligned");
 }
 
@@ -548,22 +560,22 @@ template <class Kernel> void allow_shared(Kernel kernel, size_t bytes) {
         MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
-Shape shape_of(const AttentionDims& d) {
+Shape shape_of(const AttentionDims& d, const AttentionGradRows& g = {}) {
     const float scale = float(1.0 / std::sqrt(double(d.hd)));
-    return {int(d.T), int(d.nh), int(d.nkv), scale, scale * kLog2e};
+    return {int(d.T), int(d.nh), int(d.nkv), int(d.q_row), int(d.kv_row), int(g.dq), int(g.dkv), scale, scale * kLog2e};
 }
 
 int tiles(int64_t T) { return int((T + kTile - 1) / kTile); }
 
 }  // namespace
 
-void CudaOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) {
+void CudaOps::attention_forward(Tensor out, Tensor lse, Heads q, Heads k, Heads v) {
     const char* op = "attention_forward";
     const AttentionDims d = dims_of(op, q, k, v, out, lse);
-    require_aligned(op, "q", q, 16);
-    require_aligned(op, "k", k, 16);
-    require_aligned(op, "v", v, 16);
-    require_aligned(op, "out", out, 4);
+    require_aligned(op, "q", q.base(), 16);
+    require_aligned(op, "k", k.base(), 16);
+    require_aligned(op, "v", v.base(), 16);
+    require_aligned(op, "out", out.data, 4);
     if (d.B * d.T * d.nh == 0) return;
     const Shape s = shape_of(d);
     with_kernels(attention_wgmma_, d.hd, [&](auto mma, auto hd_tag) {
@@ -578,39 +590,35 @@ void CudaOps::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tens
             allow_shared(kernel, bytes);
             kernel<<<dim3(unsigned(d.B * d.nh / kHeads), unsigned(tiles(d.T))), kThreads * kHeads, bytes,
                      stream()>>>(static_cast<bf16*>(out.data), static_cast<float*>(lse.data),
-                                 static_cast<const bf16*>(q.data), static_cast<const bf16*>(k.data),
-                                 static_cast<const bf16*>(v.data), s);
+                                 static_cast<const bf16*>(q.base()), static_cast<const bf16*>(k.base()),
+                                 static_cast<const bf16*>(v.base()), s);
             MOE_CUDA_LAUNCHED();
         });
     });
 }
 
-void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
+void CudaOps::attention_backward(Heads dq, Heads dk, Heads dv, Tensor dout, Heads q, Heads k, Heads v, Tensor out,
                                  Tensor lse, Write write, std::optional<double> rope_theta) {
     const char* op = "attention_backward";
     const AttentionDims d = dims_of(op, q, k, v, out, lse);
-    check(dout.numel() == q.numel() && (dq.empty() || dq.numel() == q.numel()) &&
-              (dk.empty() || dk.numel() == k.numel()) && (dv.empty() || dv.numel() == v.numel()),
-          op,
-          "dout " + dout.shape_str() + ", dq " + dq.shape_str() + ", dk " + dk.shape_str() + ", dv " + dv.shape_str() +
-              " do not match q " + q.shape_str() + " and k, v " + k.shape_str());
+    const AttentionGradRows rows_at = attention_grad_rows(op, d, dq, dk, dv, dout);
     cuda::require_dtype(op, "dout", dout, DType::BF16);
-    cuda::require_dtype(op, "dq", dq, DType::BF16);
-    cuda::require_dtype(op, "dk", dk, DType::BF16);
-    cuda::require_dtype(op, "dv", dv, DType::BF16);
-    require_aligned(op, "q", q, 16);
-    require_aligned(op, "k", k, 16);
-    require_aligned(op, "v", v, 16);
-    require_aligned(op, "dout", dout, 16);
-    require_aligned(op, "out", out, 16);
-    require_aligned(op, "dq", dq, 4);
-    require_aligned(op, "dk", dk, 4);
-    require_aligned(op, "dv", dv, 4);
+    cuda::require_dtype(op, "dq", dq.t, DType::BF16);
+    cuda::require_dtype(op, "dk", dk.t, DType::BF16);
+    cuda::require_dtype(op, "dv", dv.t, DType::BF16);
+    require_aligned(op, "q", q.base(), 16);
+    require_aligned(op, "k", k.base(), 16);
+    require_aligned(op, "v", v.base(), 16);
+    require_aligned(op, "dout", dout.data, 16);
+    require_aligned(op, "out", out.data, 16);
+    require_aligned(op, "dq", dq.base(), 4);
+    require_aligned(op, "dk", dk.base(), 4);
+    require_aligned(op, "dv", dv.base(), 4);
     if ((dq.empty() && dk.empty() && dv.empty()) || d.B * d.T * d.nh == 0) return;
-    const Shape s = shape_of(d);
-    const auto* pq = static_cast<const bf16*>(q.data);
-    const auto* pk = static_cast<const bf16*>(k.data);
-    const auto* pv = static_cast<const bf16*>(v.data);
+    const Shape s = shape_of(d, rows_at);
+    const auto* pq = static_cast<const bf16*>(q.base());
+    const auto* pk = static_cast<const bf16*>(k.base());
+    const auto* pv = static_cast<const bf16*>(v.base());
     const auto* pdo = static_cast<const bf16*>(dout.data);
     const auto* plse = static_cast<const float*>(lse.data);
     const float* rope = rope_theta ? rope_table(d.T, d.hd, *rope_theta) : nullptr;
@@ -641,7 +649,7 @@ void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, T
             const auto kernel = attention_dkdv_kernel<Mma, HD>;
             allow_shared(kernel, bytes);
             kernel<<<dim3(unsigned(d.B * d.nkv), unsigned(tiles(d.T))), kThreads, bytes, stream()>>>(
-                static_cast<bf16*>(dk.data), static_cast<bf16*>(dv.data), pq, pk, pv, pdo, plse, delta, rope, s,
+                static_cast<bf16*>(dk.base()), static_cast<bf16*>(dv.base()), pq, pk, pv, pdo, plse, delta, rope, s,
                 write == Write::add);
             MOE_CUDA_LAUNCHED();
         }
@@ -652,7 +660,7 @@ void CudaOps::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, T
                 const size_t bytes = tile_bytes(2 * kHeads);
                 allow_shared(kernel, bytes);
                 kernel<<<dim3(unsigned(d.B * d.nh / kHeads), unsigned(tiles(d.T))), kThreads * kHeads, bytes,
-                         stream()>>>(static_cast<bf16*>(dq.data), pq, pk, pv, pdo, plse, delta, rope, s,
+                         stream()>>>(static_cast<bf16*>(dq.base()), pq, pk, pv, pdo, plse, delta, rope, s,
                                      write == Write::add);
                 MOE_CUDA_LAUNCHED();
             });

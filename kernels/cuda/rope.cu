@@ -1,21 +1,20 @@
 // Rotary position embedding on the GPU, rotate-half convention, in place on
-// bf16 x[B,T,heads,hd]: the pair (i, i + hd/2) at position p turns by
-// p * theta^(-2i/hd), row t at position first_position + t; the backward
-// turns by the opposite angle.
+// bf16 x[B,T,heads,hd] or some heads of each position's row (Heads): the
+// pair (i, i + hd/2) at position p turns by p * theta^(-2i/hd), row t at
+// position first_position + t; the backward turns by the opposite angle.
 //
 // The angles' cos and sin come from a table CudaOps keeps (rope_table): made
 // on the host in double exactly as the CPU reference computes them, then
 // rounded to fp32 (position * frequency reaches thousands of radians, where
 // an fp32 angle would already be off by ~1e-4). One thread per token and
 // chunk of W pairs (W = 8: 16-byte accesses to each half of a head) turns
-// them in every head of the token.
+// them in every head of the view at the token.
 #include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/rope_angles.cuh"
 
 namespace moe {
 
@@ -23,46 +22,79 @@ namespace {
 
 using cuda::bf16;
 
-// table: (cos, sin) at [2 (p * hd/2 + i)]; sign +1 rotates (forward), -1
-// rotates back (backward).
+// W consecutive (cos, sin) pairs of CudaOps::rope_table (W = 8: four 16-byte
+// loads).
+template <int W> __device__ __forceinline__ void load_angles(float (&cs)[W], float (&sn)[W], const float* table) {
+    if constexpr (W == 8) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const float4 f = reinterpret_cast<const float4*>(table)[q];
+            cs[2 * q] = f.x;
+            sn[2 * q] = f.y;
+            cs[2 * q + 1] = f.z;
+            sn[2 * q + 1] = f.w;
+        }
+    } else {
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+            cs[e] = table[2 * e];
+            sn[e] = table[2 * e + 1];
+        }
+    }
+}
+
+// Turns W pairs (a[e], c[e]) = (x_i, x_{i + hd/2}) by their angles, in place.
 template <int W>
-__global__ void rope_kernel(bf16* x, const float* table, int64_t chunks, int64_t T, int64_t heads, int hd,
-                            int64_t first_position, float sign) {
+__device__ __forceinline__ void turn(float (&a)[W], float (&c)[W], const float (&cs)[W], const float (&sn)[W]) {
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+        const float ai = a[e], ci = c[e];
+        a[e] = ai * cs[e] - ci * sn[e];
+        c[e] = ai * sn[e] + ci * cs[e];
+    }
+}
+
+// x: the view's first head of the first token; a token's row holds `row`
+// heads, of which the view's `heads` turn. table: (cos, sin) at
+// [2 (p * hd/2 + i)]; sign +1 rotates (forward), -1 rotates back (backward).
+template <int W>
+__global__ void rope_kernel(bf16* x, const float* table, int64_t chunks, int64_t T, int64_t row, int64_t heads,
+                            int hd, int64_t first_position, float sign) {
     const int half = hd / 2, per_token = half / W;
     for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < chunks;
          n += int64_t(gridDim.x) * blockDim.x) {
         const int64_t token = n / per_token;
         const int i = int(n % per_token) * W;
         float cs[W], sn[W];
-        cuda::load_angles(cs, sn, table + 2 * ((first_position + token % T) * half + i));
+        load_angles(cs, sn, table + 2 * ((first_position + token % T) * half + i));
 #pragma unroll
         for (int e = 0; e < W; ++e) sn[e] *= sign;
-        bf16* a = x + token * heads * hd + i;  // a + h * hd and its partner a + h * hd + half
+        bf16* a = x + token * row * hd + i;  // a + h * hd and its partner a + h * hd + half
         for (int64_t h = 0; h < heads; ++h) {
             float ai[W], ci[W];
             cuda::load_chunk(ai, a + h * hd);
             cuda::load_chunk(ci, a + h * hd + half);
-            cuda::turn(ai, ci, cs, sn);
+            turn(ai, ci, cs, sn);
             cuda::store_chunk(a + h * hd, ai);
             cuda::store_chunk(a + h * hd + half, ci);
         }
     }
 }
 
-void rotate(CudaOps& ops, const char* op, Tensor x, double theta, int64_t first_position, float sign) {
-    check(x.ndim == 4 && x.dim(3) % 2 == 0, op, "x must be [B,T,heads,hd] with hd even, got " + x.shape_str());
+void rotate(CudaOps& ops, const char* op, Heads x, double theta, int64_t first_position, float sign) {
+    check(x.t.ndim == 4 && x.hd() % 2 == 0, op, "x must be [B,T,heads,hd] with hd even, got " + x.str());
     check(first_position >= 0, op, "first_position must be >= 0, got " + std::to_string(first_position));
-    cuda::require_dtype(op, "x", x, DType::BF16);
-    const int64_t T = x.dim(1), heads = x.dim(2), hd = x.dim(3);
-    if (x.numel() == 0) return;
+    cuda::require_dtype(op, "x", x.t, DType::BF16);
+    const int64_t T = x.t.dim(1), hd = x.hd();
+    if (x.t.numel() == 0 || x.count == 0) return;
     const float* table = ops.rope_table(first_position + T, hd, theta);
     constexpr int kThreads = 256;
     // Chunks of 8 pairs need hd/2 a multiple of 8 and x on 16 bytes.
-    cuda::with_chunk_width(hd / 2, {x.data}, [&](auto width) {
+    cuda::with_chunk_width(hd / 2, {x.base()}, [&](auto width) {
         constexpr int W = decltype(width)::value;
-        const int64_t chunks = x.dim(0) * T * (hd / 2 / W);
+        const int64_t chunks = x.t.dim(0) * T * (hd / 2 / W);
         rope_kernel<W><<<cuda::blocks_for(chunks, kThreads), kThreads, 0, ops.stream()>>>(
-            static_cast<bf16*>(x.data), table, chunks, T, heads, int(hd), first_position, sign);
+            static_cast<bf16*>(x.base()), table, chunks, T, x.row(), x.count, int(hd), first_position, sign);
     });
     MOE_CUDA_LAUNCHED();
 }
@@ -95,7 +127,7 @@ const float* CudaOps::rope_table(int64_t positions, int64_t hd, double theta) {
     return rope_table_;
 }
 
-void CudaOps::rope_forward(Tensor x, double theta, int64_t first_position) {
+void CudaOps::rope_forward(Heads x, double theta, int64_t first_position) {
     rotate(*this, "rope_forward", x, theta, first_position, 1.f);
 }
 

@@ -3,9 +3,11 @@
 // leave partial 64-row tiles, every supported head size, the backward's
 // accumulation, bit-identical reruns, each with both tile-math families where
 // the GPU has wgmma (else mma.sync alone), the choice between them, blocks of
-// several query heads against one, RoPE both ways (forward from a first
-// position too) and the backward's dq and dk turned back through it, and the
-// fused projection's output split into heads (RoPE on the way) and joined.
+// several query heads against one, q, k, v and their gradients in the
+// stacked projection's rows as whole tensors, RoPE both ways (forward from a
+// first position too, on some heads of each row) and the backward's dq and
+// dk turned back through it, and the fused projection's output split into
+// heads and joined.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -335,6 +337,72 @@ TEST_CASE("cuda attention names the head sizes it supports", "[gpu]") {
     REQUIRE(message.find("hd 48") != std::string::npos);
 }
 
+namespace {
+
+// Heads [first, first + count) of each position of rows of `row` heads, whole.
+std::vector<float> heads_apart(const std::vector<float>& rows, int64_t positions, int64_t row, int64_t first,
+                               int64_t count, int64_t hd) {
+    std::vector<float> out;
+    for (int64_t p = 0; p < positions; ++p)
+        out.insert(out.end(), rows.begin() + (p * row + first) * hd, rows.begin() + (p * row + first + count) * hd);
+    return out;
+}
+
+// q, k and v side by side in rows of nh + 2 nkv + 1 heads (as the stacked
+// projection holds them, with one head more that no kernel may touch): the
+// kernels give the bits they give on whole tensors, and write dq, dk, dv into
+// such rows with the bits they write whole.
+void check_stacked_rows(const Shape& d, bool wgmma) {
+    INFO(describe(d) << ", " << family(wgmma));
+    Backends be;
+    be.gpu.set_attention_wgmma(wgmma);
+    Rng rng(8, "cuda attention stacked rows");
+    const int64_t row = d.nh + 2 * d.nkv + 1, positions = d.B * d.T;
+    const auto whole = [&](const std::vector<float>& r, int64_t first, int64_t count) {
+        return heads_apart(r, positions, row, first, count, d.hd);
+    };
+    const std::vector<float> rows = bf16_normals(positions * row * d.hd, rng);
+    const Tensor packed = be.upload(rows, DType::BF16, {d.B, d.T, row, d.hd});
+    const Heads pq(packed, 0, d.nh), pk(packed, d.nh, d.nkv), pv(packed, d.nh + d.nkv, d.nkv);
+    const Tensor q = be.upload(whole(rows, 0, d.nh), DType::BF16, {d.B, d.T, d.nh, d.hd});
+    const Tensor k = be.upload(whole(rows, d.nh, d.nkv), DType::BF16, {d.B, d.T, d.nkv, d.hd});
+    const Tensor v = be.upload(whole(rows, d.nh + d.nkv, d.nkv), DType::BF16, {d.B, d.T, d.nkv, d.hd});
+
+    Tensor out = be.zeros(DType::BF16, {d.B, d.T, d.nh, d.hd}), lse = be.zeros(DType::F32, {d.B, d.nh, d.T});
+    Tensor out_p = be.zeros(DType::BF16, {d.B, d.T, d.nh, d.hd}), lse_p = be.zeros(DType::F32, {d.B, d.nh, d.T});
+    be.gpu.attention_forward(out, lse, q, k, v);
+    be.gpu.attention_forward(out_p, lse_p, pq, pk, pv);
+    REQUIRE(be.download(out_p) == be.download(out));
+    REQUIRE(be.download(lse_p) == be.download(lse));
+
+    const Tensor dout = be.upload(bf16_normals(d.q_size(), rng), DType::BF16, {d.B, d.T, d.nh, d.hd});
+    for (const std::optional<double> theta : {std::optional<double>{}, std::optional<double>{10000.0}})
+        for (const Write write : {Write::overwrite, Write::add}) {
+            INFO((theta ? "rope, " : "no rope, ") << (write == Write::add ? "adding" : "overwriting"));
+            const std::vector<float> before = bf16_normals(positions * row * d.hd, rng);
+            Tensor dq = be.upload(whole(before, 0, d.nh), DType::BF16, {d.B, d.T, d.nh, d.hd});
+            Tensor dk = be.upload(whole(before, d.nh, d.nkv), DType::BF16, {d.B, d.T, d.nkv, d.hd});
+            Tensor dv = be.upload(whole(before, d.nh + d.nkv, d.nkv), DType::BF16, {d.B, d.T, d.nkv, d.hd});
+            be.gpu.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, write, theta);
+            const Tensor g = be.upload(before, DType::BF16, {d.B, d.T, row, d.hd});
+            be.gpu.attention_backward(Heads(g, 0, d.nh), Heads(g, d.nh, d.nkv), Heads(g, d.nh + d.nkv, d.nkv), dout,
+                                      pq, pk, pv, out, lse, write, theta);
+            const std::vector<float> grads = be.download(g);
+            REQUIRE(whole(grads, 0, d.nh) == be.download(dq));
+            REQUIRE(whole(grads, d.nh, d.nkv) == be.download(dk));
+            REQUIRE(whole(grads, d.nh + d.nkv, d.nkv) == be.download(dv));
+            REQUIRE(whole(grads, row - 1, 1) == whole(before, row - 1, 1));  // the extra head is untouched
+        }
+    REQUIRE(be.download(packed) == rows);
+}
+
+}  // namespace
+
+TEST_CASE("cuda attention on q, k, v in stacked rows gives whole tensors' bits", "[gpu]") {
+    for (bool wgmma : wgmma_choices())
+        for (const Shape& d : {Shape{1, 77, 4, 2, 64}, Shape{1, 40, 2, 1, 16}}) check_stacked_rows(d, wgmma);
+}
+
 TEST_CASE("cuda rope matches the cpu both ways, and from a first position", "[gpu]") {
     const int64_t B = 2, T = 77, H = 4;
     const double theta = 10000;
@@ -367,7 +435,7 @@ TEST_CASE("cuda rope matches the cpu both ways, and from a first position", "[gp
     }
 }
 
-TEST_CASE("cuda split_qkv gives the copies and rope_forward's bits, join_qkv puts the heads back", "[gpu]") {
+TEST_CASE("cuda split_qkv copies the heads out, join_qkv puts them back, rope turns q, k where they lie", "[gpu]") {
     const int64_t B = 2, T = 77, nh = 4, nkv = 2, G = nh + 2 * nkv;
     const double theta = 10000;
     Backends be;
@@ -381,24 +449,27 @@ TEST_CASE("cuda split_qkv gives the copies and rope_forward's bits, join_qkv put
                v = be.zeros(DType::BF16, {B, T, nkv, hd});
         std::vector<float> cq(size_t(B * T * nh * hd)), ck(size_t(B * T * nkv * hd)), cv(ck.size());
         be.cpu.split_qkv(host_tensor(cq, {B, T, nh, hd}), host_tensor(ck, {B, T, nkv, hd}),
-                         host_tensor(cv, {B, T, nkv, hd}), host_tensor(x, {B, T, G, hd}), std::nullopt);
-        be.gpu.split_qkv(q, k, v, qkv, std::nullopt);
+                         host_tensor(cv, {B, T, nkv, hd}), host_tensor(x, {B, T, G, hd}));
+        be.gpu.split_qkv(q, k, v, qkv);
         REQUIRE(be.download(q) == cq);
         REQUIRE(be.download(k) == ck);
         REQUIRE(be.download(v) == cv);
         Tensor joined = be.zeros(DType::BF16, {B, T, G, hd});
         be.gpu.join_qkv(joined, q, k, v);
         REQUIRE(be.download(joined) == x);
-        // Through RoPE: the bits of the copies turned by rope_forward.
-        Tensor qr = be.zeros(DType::BF16, {B, T, nh, hd}), kr = be.zeros(DType::BF16, {B, T, nkv, hd}),
-               vr = be.zeros(DType::BF16, {B, T, nkv, hd});
-        be.gpu.split_qkv(qr, kr, vr, qkv, theta);
+        // RoPE on the q and k heads of the stacked rows: the bits of the
+        // copies turned, and the v heads as they were.
+        const std::vector<float> q_unturned = cq;
+        be.gpu.rope_forward(Heads(joined, 0, nh + nkv), theta, 0);
         be.gpu.rope_forward(q, theta, 0);
         be.gpu.rope_forward(k, theta, 0);
-        REQUIRE(be.download(qr) == be.download(q));
-        REQUIRE(be.download(kr) == be.download(k));
-        REQUIRE(be.download(vr) == cv);
-        REQUIRE(be.download(qr) != cq);
+        std::vector<float> turned = be.download(joined);
+        be.cpu.split_qkv(host_tensor(cq, {B, T, nh, hd}), host_tensor(ck, {B, T, nkv, hd}),
+                         host_tensor(cv, {B, T, nkv, hd}), host_tensor(turned, {B, T, G, hd}));
+        REQUIRE(be.download(q) == cq);
+        REQUIRE(be.download(k) == ck);
+        REQUIRE(be.download(v) == cv);
+        REQUIRE(cq != q_unturned);
     }
 }
 
