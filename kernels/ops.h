@@ -146,9 +146,6 @@ public:
     // ---- RMSNorm over the last dim: x[R,D], w[D] (work), y[R,D], rstd[R] (stat);
     //      dw: master. Statistics in fp32 (F64 on the CPU in F64). -------------
     virtual void rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double eps) = 0;
-    // x = a + b, then y and rstd of x as rmsnorm_forward: a residual add and
-    // the norm after it in one pass (x, a, b like y).
-    virtual void add_rmsnorm_forward(Tensor x, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor w, double eps) = 0;
     virtual void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd, Write dx_write,
                                   Write dw_write) = 0;
 
@@ -157,6 +154,11 @@ public:
     // forward overwrites y; the backward writes dx (act) as dx_write says and
     // dw and db as dw_write says.
     virtual void matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) = 0;
+    // y = residual + x w^T (residual like y, act): a residual add riding the
+    // GEMM (on a GPU its epilogue reads residual, one rounding of the sum; on
+    // the CPU the product, then residual + it). Its backward is
+    // matmul_backward's; the residual's gradient is dy itself.
+    virtual void matmul_residual_forward(Tensor y, Tensor x, Tensor w, Tensor residual) = 0;
     virtual void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write,
                                  Write dw_write) = 0;
     // Linear over a row-wise concatenation, y[N,O] = [a | b] w^T (+ bias[O]):

@@ -187,16 +187,6 @@ TEST_CASE("attention_backward with a RoPE theta gives the gradients of q and k b
 
 namespace {
 
-// Heads [first, first + count) of each position of rows of `row` heads, whole.
-template <class T>
-std::vector<T> heads_apart(const std::vector<T>& rows, int64_t positions, int64_t row, int64_t first, int64_t count,
-                           int64_t hd) {
-    std::vector<T> out;
-    for (int64_t p = 0; p < positions; ++p)
-        out.insert(out.end(), rows.begin() + (p * row + first) * hd, rows.begin() + (p * row + first + count) * hd);
-    return out;
-}
-
 // q, k and v side by side in rows of nh + 2 nkv + 1 heads, as the stacked
 // projection holds them, with one more head no op may touch: attention on
 // those views gives what it gives on whole copies, bit for bit, and writes

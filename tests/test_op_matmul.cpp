@@ -68,6 +68,22 @@ TEST_CASE("matmul_forward matches a naive loop, with and without bias", "[unit]"
     check_forward<float>(3, 5, 1);    // edges only
 }
 
+TEST_CASE("matmul_residual_forward is the residual plus matmul_forward's product, bit for bit", "[unit]") {
+    const int64_t N = 9, O = 37, I = 13;
+    CpuOps ops;
+    Rng rng(7, "matmul residual");
+    std::vector<float> x = cast<float>(normals(N * I, rng)), w = cast<float>(normals(O * I, rng));
+    const std::vector<float> residual = cast<float>(normals(N * O, rng));
+    std::vector<float> product(N * O), y(N * O), r = residual;
+    ops.matmul_forward(tensor(product, {N, O}), tensor(x, {N, I}), tensor(w, {O, I}), {});
+    ops.matmul_residual_forward(tensor(y, {N, O}), tensor(x, {N, I}), tensor(w, {O, I}), tensor(r, {N, O}));
+    for (int64_t i = 0; i < N * O; ++i) REQUIRE(y[i] == residual[i] + product[i]);
+    REQUIRE(r == residual);  // read, not written
+    require_logic_error(
+        [&] { ops.matmul_residual_forward(tensor(y, {N, O}), tensor(x, {N, I}), tensor(w, {O, I}), tensor(r, {O})); },
+        {"matmul_residual_forward", "[37]"});
+}
+
 TEST_CASE("matmul_backward matches finite differences, accumulates and overwrites", "[unit]") {
     const int64_t N = 6, O = 19, I = 5;
     CpuOps ops;

@@ -40,28 +40,6 @@ TEST_CASE("rmsnorm_forward matches a naive loop", "[unit]") {
     check_forward<double>();
 }
 
-TEST_CASE("add_rmsnorm_forward writes x = a + b and the norm of that x", "[unit]") {
-    CpuOps ops;
-    Rng rng(3, "add rmsnorm");
-    const std::vector<double> a = normals(R * D, rng, 2.0), b = normals(R * D, rng), w = normals(D, rng);
-    std::vector<double> x(R * D), y(R * D), rstd(R);
-    std::vector<double> ca = a, cb = b, cw = w;
-    ops.add_rmsnorm_forward(tensor(x, {R, D}), tensor(y, {R, D}), tensor(rstd, {R}), tensor(ca, {R, D}),
-                            tensor(cb, {R, D}), tensor(cw, {D}), kEps);
-    std::vector<double> expected_y(R * D), expected_rstd(R);
-    for (int r = 0; r < R; ++r) {
-        double ss = 0;
-        for (int i = 0; i < D; ++i) {
-            REQUIRE(x[r * D + i] == a[r * D + i] + b[r * D + i]);
-            ss += x[r * D + i] * x[r * D + i];
-        }
-        expected_rstd[r] = 1 / std::sqrt(ss / D + kEps);
-        for (int i = 0; i < D; ++i) expected_y[r * D + i] = x[r * D + i] * expected_rstd[r] * w[i];
-    }
-    require_close("rstd", rstd, expected_rstd, 1e-12);
-    require_close("y", y, expected_y, 1e-12);
-}
-
 TEST_CASE("rmsnorm_backward matches finite differences, accumulates and overwrites", "[unit]") {
     CpuOps ops;
     Rng rng(2, "rmsnorm backward");

@@ -186,23 +186,29 @@ int run(const Args& args) {
     time("embedding backward", NH, 1, N * H * act + V * H * master + N * 4, 0,
          [&] { ops.embedding_backward(dtable, ids, dy, moe::Write::overwrite); });
     moe::Tensor w_norm = buf.random(pr.work, {H}), dw_norm = buf.zeros(pr.master, {H}), rstd = buf.zeros(pr.stat, {N});
-    // Each block's attention norm, and the final norm; the MoE norm takes
-    // the residual add before it in its pass.
-    time("rmsnorm forward", NH, L + 1, 2 * N * H * act + N * stat, 3 * N * H,
+    // Each block's two norms, and the final norm.
+    time("rmsnorm forward", NH, 2 * L + 1, 2 * N * H * act + N * stat, 3 * N * H,
          [&] { ops.rmsnorm_forward(y, rstd, x, w_norm, m.norm_eps); });
-    time("residual add + rmsnorm forward", NH, L, 4 * N * H * act + N * stat, 4 * N * H,
-         [&] { ops.add_rmsnorm_forward(dx, y, rstd, x, dy, w_norm, m.norm_eps); });
     time("rmsnorm backward", NH, 2 * L + 1, 4 * N * H * act + N * stat, 8 * N * H,
          [&] { ops.rmsnorm_backward(dx, dw_norm, dy, x, w_norm, rstd, moe::Write::add, moe::Write::overwrite); });
 
     // ---- dense linear layers ------------------------------------------------
-    const auto linear = [&](const std::string& name, int64_t O, double per_step, moe::DType out_dtype) {
+    // With `residual`, the forward adds a residual [N, O] in the GEMM (the
+    // attention output projection's).
+    const auto linear = [&](const std::string& name, int64_t O, double per_step, moe::DType out_dtype,
+                            bool residual = false) {
         moe::Tensor w = buf.random(pr.work, {O, H}, 0.02), dw = buf.zeros(pr.master, {O, H});
         moe::Tensor out = buf.zeros(out_dtype, {N, O}), dout = buf.random(pr.act, {N, O});
-        const double o_bytes = double(moe::dtype_size(out_dtype));
+        moe::Tensor res = residual ? buf.random(pr.act, {N, O}) : moe::Tensor{};
+        const double o_bytes = double(moe::dtype_size(out_dtype)), res_bytes = double(res.bytes());
         const std::string shape = dims({N, H, O});
-        time(name + " forward", shape, per_step, N * H * act + O * H * work + N * O * o_bytes, 2.0 * N * H * O,
-             [&] { ops.matmul_forward(out, x, w, {}); });
+        time(name + " forward", shape, per_step, N * H * act + O * H * work + N * O * o_bytes + res_bytes,
+             2.0 * N * H * O, [&] {
+                 if (residual)
+                     ops.matmul_residual_forward(out, x, w, res);
+                 else
+                     ops.matmul_forward(out, x, w, {});
+             });
         // dx written, not added to, as the step's are.
         if (out_dtype == pr.act)  // the router's fp32 logits take their gradient through the router op
             time(name + " backward", shape, per_step,
@@ -210,7 +216,7 @@ int run(const Args& args) {
                  [&] { ops.matmul_backward(dx, dw, {}, dout, x, w, moe::Write::overwrite, moe::Write::overwrite); });
     };
     linear("linear q, k, v stacked (H -> (nh + 2 nkv) hd)", (nh + 2 * nkv) * hd, L, pr.act);
-    linear("linear o (nh hd = H -> H)", nh * hd, L, pr.act);  // head_dim() is H / nh
+    linear("linear o + residual (nh hd = H -> H)", nh * hd, L, pr.act, true);  // head_dim() is H / nh
     linear("lm head (H -> V)", V, 1, pr.act);
     if (learned) linear("router logits (H -> E)", E, L, pr.stat);
 

@@ -67,7 +67,7 @@ AttentionLayer::QkvHeads AttentionLayer::heads_of(Tensor packed) const {
     return {Heads(packed, 0, nh), Heads(packed, nh, nkv), Heads(packed, nh + nkv, nkv)};
 }
 
-void AttentionLayer::forward(Ops& ops, Tensor x, Tensor out) {
+void AttentionLayer::forward(Ops& ops, Tensor x, Tensor residual, Tensor out) {
     const int64_t N = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
     ops.matmul_forward(qkv_.view({N, (nh + 2 * nkv) * hd}), x, wqkv_->work, {});
     if (cfg_.qk_norm) {
@@ -82,10 +82,11 @@ void AttentionLayer::forward(Ops& ops, Tensor x, Tensor out) {
         const QkvHeads h = heads_of(qkv_);
         ops.attention_forward(att_, lse_, h.q, h.k, h.v);
     }
-    ops.matmul_forward(out, att_.view({N, nh * hd}), wo_->work, {});
+    ops.matmul_residual_forward(out, att_.view({N, nh * hd}), wo_->work, residual);
 }
 
-void AttentionLayer::decode(Ops& ops, Tensor x, Tensor out, Tensor k_cache, Tensor v_cache, int64_t position) {
+void AttentionLayer::decode(Ops& ops, Tensor x, Tensor residual, Tensor out, Tensor k_cache, Tensor v_cache,
+                            int64_t position) {
     const int64_t n = x.dim(0), nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim();
     const Tensor q = q_.rows(0, n), att = att_.rows(0, n);
     const Tensor k = k_cache.rows(position, position + n), v = v_cache.rows(position, position + n);
@@ -106,7 +107,7 @@ void AttentionLayer::decode(Ops& ops, Tensor x, Tensor out, Tensor k_cache, Tens
     ops.rope_forward(q.view({1, n, nh, hd}), cfg_.rope_theta, position);
     ops.rope_forward(k.view({1, n, nkv, hd}), cfg_.rope_theta, position);
     ops.attention_decode(att, q, k_cache, v_cache, position);
-    ops.matmul_forward(out, att.view({n, nh * hd}), wo_->work, {});
+    ops.matmul_residual_forward(out, att.view({n, nh * hd}), wo_->work, residual);
 }
 
 void AttentionLayer::backward(Ops& ops, Tensor x, Tensor dout, Tensor dx, Write grads) {

@@ -14,8 +14,9 @@ public:
     AttentionLayer(const ModelConfig& cfg, ParameterSet& params, int layer);
     // Saved activations in acts (per layer), temporaries in scratch (shared).
     void carve(Arena& acts, Arena& scratch, const Precision& pr, int B, int T);
-    // out[N,H] = attention(x[N,H]); x is the normed layer input.
-    void forward(Ops& ops, Tensor x, Tensor out);
+    // out[N,H] = residual + attention(x[N,H]); x is the normed layer input
+    // (the residual add rides the output projection's GEMM).
+    void forward(Ops& ops, Tensor x, Tensor residual, Tensor out);
     // dx = d/dx of sum(dout * out) (overwritten); parameter gradients are
     // written as grads says.
     void backward(Ops& ops, Tensor x, Tensor dout, Tensor dx, Write grads);
@@ -23,11 +24,11 @@ public:
     // Generation: the buffers decode() needs for up to `rows` new positions, in
     // work (nothing is kept between calls).
     void carve_decode(Arena& work, const Precision& pr, int64_t rows);
-    // out[n,H] = attention of n new positions (x[n,H], normed), the first at
-    // `position`, over the cache k_cache, v_cache [S,nkv,hd]: their keys and
-    // values (after qk-norm and RoPE) are written into rows position..+n-1,
-    // then each attends to the rows up to its own.
-    void decode(Ops& ops, Tensor x, Tensor out, Tensor k_cache, Tensor v_cache, int64_t position);
+    // out[n,H] = residual + attention of n new positions (x[n,H], normed),
+    // the first at `position`, over the cache k_cache, v_cache [S,nkv,hd]:
+    // their keys and values (after qk-norm and RoPE) are written into rows
+    // position..+n-1, then each attends to the rows up to its own.
+    void decode(Ops& ops, Tensor x, Tensor residual, Tensor out, Tensor k_cache, Tensor v_cache, int64_t position);
 
 private:
     // q, k and v where the stacked projection's rows hold them.

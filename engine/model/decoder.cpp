@@ -103,8 +103,8 @@ void Decoder::append(const int32_t* ids, int n) {
     int in = 0;
     for (size_t l = 0; l < layers_->blocks.size(); ++l, in ^= 1) {
         BlockLayers& b = *layers_->blocks[l];
-        const Attend cached = [&](Tensor xn, Tensor out) {
-            b.attn.decode(ops_, xn, out, k_cache_[l], v_cache_[l], length_);
+        const Attend cached = [&](Tensor xn, Tensor residual, Tensor out) {
+            b.attn.decode(ops_, xn, residual, out, k_cache_[l], v_cache_[l], length_);
         };
         const Tensor v_in = dyn ? v_[in].rows(0, n) : Tensor{}, v_out = dyn ? v_[in ^ 1].rows(0, n) : Tensor{};
         b.forward(ops_, acts, h_[in].rows(0, n), v_in, h_[in ^ 1].rows(0, n), v_out, ids_host_.data(), cached,

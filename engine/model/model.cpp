@@ -186,7 +186,7 @@ int64_t ForwardResult::dropped() const {
 
 void Model::forward_block(size_t l, MoeStats* stats) {
     BlockLayers& b = *layers_->blocks[l];
-    const Attend causal = [&](Tensor xn, Tensor out) { b.attn.forward(ops_, xn, out); };
+    const Attend causal = [&](Tensor xn, Tensor residual, Tensor out) { b.attn.forward(ops_, xn, residual, out); };
     MoeStats s = b.forward(ops_, blocks_[l], h_[l], v_[l], h_[l + 1], v_[l + 1], ids_host_.data(), causal, times_);
     if (stats) *stats = std::move(s);
 }

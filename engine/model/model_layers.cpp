@@ -8,7 +8,6 @@ BlockActivations BlockActivations::take(Arena& arena, const Precision& pr, int64
     BlockActivations a;
     a.xn1 = arena.take(pr.act, {rows, H});
     a.rstd1 = arena.take(pr.stat, {rows});
-    a.attn_out = arena.take(pr.act, {rows, H});
     a.x = arena.take(pr.act, {rows, H});
     a.xn2 = arena.take(pr.act, {rows, H});
     a.rstd2 = arena.take(pr.stat, {rows});
@@ -17,8 +16,8 @@ BlockActivations BlockActivations::take(Arena& arena, const Precision& pr, int64
 }
 
 BlockActivations BlockActivations::first_rows(int64_t n) const {
-    return {xn1.rows(0, n), rstd1.rows(0, n), attn_out.rows(0, n), x.rows(0, n), xn2.rows(0, n),
-            rstd2.rows(0, n),  h_mid.empty() ? Tensor{} : h_mid.rows(0, n)};
+    return {xn1.rows(0, n), rstd1.rows(0, n), x.rows(0, n),  xn2.rows(0, n),
+            rstd2.rows(0, n), h_mid.empty() ? Tensor{} : h_mid.rows(0, n)};
 }
 
 BlockLayers::BlockLayers(const ModelConfig& cfg, ParameterSet& params, int layer, DynamicsModule* dyn,
@@ -38,11 +37,11 @@ MoeStats BlockLayers::forward(Ops& ops, const BlockActivations& a, Tensor h, Ten
     {
         PhaseScope scope(times, ops, Phase::Attention);
         ops.rmsnorm_forward(a.xn1, a.rstd1, h, attn_norm->work, norm_eps);
-        attend(a.xn1, a.attn_out);
+        attend(a.xn1, h, a.x);  // the residual add rides the output projection
     }
     {
         PhaseScope scope(times, ops, Phase::Other);
-        ops.add_rmsnorm_forward(a.x, a.xn2, a.rstd2, h, a.attn_out, moe_norm->work, norm_eps);
+        ops.rmsnorm_forward(a.xn2, a.rstd2, a.x, moe_norm->work, norm_eps);
     }
     // The residual add rides the MoE's combine.
     MoeStats stats = moe.forward(ops, a.xn2, ids, a.x, dynamics ? a.h_mid : h_out);

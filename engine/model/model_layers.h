@@ -19,11 +19,12 @@
 namespace moe {
 
 // One block's activations, as many rows as its input h: the normed inputs of
-// attention (xn1, rstd1) and of the MoE layer (xn2, rstd2), attention's
-// output, x = h + attention, and h_mid = x + moe before the dynamics (the
-// MoE layer adds x as it combines its experts' outputs: no moe output kept).
+// attention (xn1, rstd1) and of the MoE layer (xn2, rstd2), x = h +
+// attention, and h_mid = x + moe before the dynamics (attention's output
+// projection adds h as it writes x, and the MoE layer adds x as it combines
+// its experts' outputs: neither output is kept apart).
 struct BlockActivations {
-    Tensor xn1, rstd1, attn_out, x, xn2, rstd2, h_mid;  // h_mid empty without dynamics
+    Tensor xn1, rstd1, x, xn2, rstd2, h_mid;  // h_mid empty without dynamics
 
     // Carved from arena for `rows` rows of width H (h_mid when dynamics).
     static BlockActivations take(Arena& arena, const Precision& pr, int64_t rows, int64_t H, bool dynamics);
@@ -31,8 +32,9 @@ struct BlockActivations {
     BlockActivations first_rows(int64_t n) const;
 };
 
-// How a block's attention runs on its normed input: out = attention(xn).
-using Attend = std::function<void(Tensor xn, Tensor out)>;
+// How a block's attention runs on its normed input: out = residual +
+// attention(xn).
+using Attend = std::function<void(Tensor xn, Tensor residual, Tensor out)>;
 
 struct BlockLayers {
     // dyn: the dynamics module the block applies after it (null: dynamics off).

@@ -32,11 +32,11 @@ public:
     void embedding_backward(Tensor dtable, Tensor ids, Tensor dout, Write dw_write) override;
 
     void rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double eps) override;
-    void add_rmsnorm_forward(Tensor x, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor w, double eps) override;
     void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd, Write dx_write,
                           Write dw_write) override;
 
     void matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) override;
+    void matmul_residual_forward(Tensor y, Tensor x, Tensor w, Tensor residual) override;
     void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write,
                          Write dw_write) override;
     void concat_matmul_forward(Tensor y, Tensor a, Tensor b, Tensor w, Tensor bias) override;

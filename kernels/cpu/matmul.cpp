@@ -166,6 +166,12 @@ void CpuOps::matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) {
     });
 }
 
+void CpuOps::matmul_residual_forward(Tensor y, Tensor x, Tensor w, Tensor residual) {
+    check_same_shape("matmul_residual_forward", y, residual);
+    matmul_forward(y, x, w, {});
+    add_tensors(y, residual, y);
+}
+
 void CpuOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write,
                              Write dw_write) {
     const int64_t N = rows_of("matmul_backward", dy, x, w), O = w.dim(0), I = w.dim(1);

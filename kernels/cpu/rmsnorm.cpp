@@ -47,12 +47,6 @@ void CpuOps::rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double e
     });
 }
 
-// The reference composes the two ops: the norm of x as stored.
-void CpuOps::add_rmsnorm_forward(Tensor x, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor w, double eps) {
-    add_tensors(x, a, b);
-    rmsnorm_forward(y, rstd, x, w, eps);
-}
-
 void CpuOps::rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd, Write dx_write,
                               Write dw_write) {
     const int64_t R = rows_of("rmsnorm_backward", dy, rstd, x, w), D = w.numel();

@@ -69,11 +69,11 @@ public:
     void embedding_backward(Tensor dtable, Tensor ids, Tensor dout, Write dw_write) override;
 
     void rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double eps) override;
-    void add_rmsnorm_forward(Tensor x, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor w, double eps) override;
     void rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd, Write dx_write,
                           Write dw_write) override;
 
     void matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) override;
+    void matmul_residual_forward(Tensor y, Tensor x, Tensor w, Tensor residual) override;
     void matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write,
                          Write dw_write) override;
     void concat_matmul_forward(Tensor y, Tensor a, Tensor b, Tensor w, Tensor bias) override;
@@ -203,11 +203,13 @@ private:
     bool probe_wgmma();
     // Which size of a GEMM changes from call to call (an expert's rows).
     enum class GemmVaries { nothing, n, k };
-    // out[M,N] (column-major, ld ldc >= M) = alpha op(a) op(b) + beta out
-    // (matmul.cu), queued on the main stream or on side stream `lane`.
+    // out[M,N] (column-major, ld ldc >= M) = alpha op(a) op(b) + beta c, c
+    // being out itself or, given, another matrix of out's layout (matmul.cu),
+    // queued on the main stream or on side stream `lane`.
     void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type, int64_t lda,
               const void* b, DType b_type, int64_t ldb, void* out, DType out_type, int64_t ldc, float beta,
-              const void* bias, GemmVaries varies = GemmVaries::nothing, int lane = kMainLane);
+              const void* bias, GemmVaries varies = GemmVaries::nothing, int lane = kMainLane,
+              const void* c = nullptr);
     // Side streams 0..lanes-1 start after the work queued so far (fork),
     // and the main stream continues after theirs (join).
     void fork_lanes(int lanes);

@@ -104,16 +104,21 @@ size_t CudaOps::matmul_plan_count() const { return matmul_plans_ ? matmul_plans_
 
 void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type,
                    int64_t lda, const void* b, DType b_type, int64_t ldb, void* out, DType out_type, int64_t ldc,
-                   float beta, const void* bias, GemmVaries varies, int lane) {
+                   float beta, const void* bias, GemmVaries varies, int lane, const void* c) {
     if (m == 0 || n == 0) return;
     cudaStream_t stream = lane == kMainLane ? stream_ : lanes_[lane];
-    if (k == 0) {  // an empty sum: out = beta out
+    if (!c) c = out;
+    if (k == 0) {  // an empty sum: out = beta c (beta 0 or 1)
         const size_t size = dtype_size(out_type);
-        if (beta == 0) MOE_CUDA_CHECK(cudaMemset2DAsync(out, ldc * size, 0, m * size, n, stream));
+        if (beta == 0)
+            MOE_CUDA_CHECK(cudaMemset2DAsync(out, ldc * size, 0, m * size, n, stream));
+        else if (c != out)
+            MOE_CUDA_CHECK(cudaMemcpy2DAsync(out, ldc * size, c, ldc * size, m * size, n, cudaMemcpyDeviceToDevice,
+                                             stream));
         return;
     }
     if (!matmul_plans_) matmul_plans_ = new MatmulPlans;
-    const int al_a = alignment_of(a), al_b = alignment_of(b), al_c = alignment_of(out);
+    const int al_a = alignment_of(a), al_b = alignment_of(b), al_c = std::min(alignment_of(out), alignment_of(c));
     // The plan for problem size m x pn x pk (created on first use).
     const auto plan_for = [&](int64_t pn, int64_t pk) -> MatmulPlans::Plan& {
         const MatmulPlans::Key key{trans_a, trans_b, m, pn, pk, lda, ldb, ldc, int(a_type), int(b_type), int(out_type),
@@ -172,7 +177,7 @@ void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
         if (bias)
             check_lt(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
                      "bias pointer");
-        return cublasLtMatmul(lt_, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, out, plan.c, out, plan.c,
+        return cublasLtMatmul(lt_, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, c, plan.c, out, plan.c,
                               &plan.algo, workspace, kLtWorkspaceBytes, stream);
     };
     const int64_t pn = varies == GemmVaries::n ? size_class(n) : n, pk = varies == GemmVaries::k ? size_class(k) : k;
@@ -248,6 +253,15 @@ void CudaOps::matmul_forward(Tensor y, Tensor x, Tensor w, Tensor b) {
           "y must be BF16, or F32 without a bias");
     gemm(true, false, s.O, s.N, s.I, w.data, w.dtype, s.I, x.data, x.dtype, s.I, y.data, y.dtype, s.O, 0.0f,
          b.empty() ? nullptr : b.data);
+}
+
+// cuBLASLt's C is the residual and D the output: the sum is rounded once.
+void CudaOps::matmul_residual_forward(Tensor y, Tensor x, Tensor w, Tensor residual) {
+    const Linear s = check_linear("matmul_residual_forward", y, x, w);
+    check_same_shape("matmul_residual_forward", y, residual);
+    cuda::require_dtype("matmul_residual_forward", "y", y, DType::BF16);
+    gemm(true, false, s.O, s.N, s.I, w.data, w.dtype, s.I, x.data, x.dtype, s.I, y.data, y.dtype, s.O, 1.0f, nullptr,
+         GemmVaries::nothing, kMainLane, residual.data);
 }
 
 void CudaOps::matmul_backward(Tensor dx, Tensor dw, Tensor db, Tensor dy, Tensor x, Tensor w, Write dx_write,

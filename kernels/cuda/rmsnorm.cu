@@ -40,38 +40,20 @@ template <int W, int C> struct LaneRow {
     }
 };
 
-// x's chunk j of a row: read, or with kAdd made as round(a + b) and written
-// (the residual add before a norm), so the norm sees the x it stores.
-template <int W, bool kAdd>
-__device__ __forceinline__ void load_x(float (&v)[W], bf16* xr, const bf16* ar, const bf16* br, int j) {
-    if constexpr (kAdd) {
-        float u[W];
-        cuda::load_chunk(v, ar + j * W);
-        cuda::load_chunk(u, br + j * W);
-#pragma unroll
-        for (int e = 0; e < W; ++e) v[e] = __bfloat162float(__float2bfloat16_rn(v[e] + u[e]));
-        cuda::store_chunk(xr + j * W, v);
-    } else {
-        cuda::load_chunk(v, xr + j * W);
-    }
-}
-
 // Rows move in chunks of W (8: 16-byte accesses); a row of at most 32 C W
-// elements is read once and kept in registers (LaneRow). With kAdd, x = a + b
-// is made here (x is then an output).
-template <int W, int C, bool kAdd>
-__global__ void rmsnorm_forward_kernel(bf16* y, float* rstd, bf16* x, const bf16* a, const bf16* b, const bf16* w,
-                                       int64_t R, int D, float eps) {
+// elements is read once and kept in registers (LaneRow).
+template <int W, int C>
+__global__ void rmsnorm_forward_kernel(bf16* y, float* rstd, const bf16* x, const bf16* w, int64_t R, int D,
+                                       float eps) {
     const int lane = threadIdx.x & 31, n = D / W;
     const int64_t r = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
     if (r >= R) return;
-    bf16* xr = x + r * D;
-    const bf16 *ar = kAdd ? a + r * D : nullptr, *br = kAdd ? b + r * D : nullptr;
+    const bf16* xr = x + r * D;
     LaneRow<W, C> xs;
     float ss = 0;
     lane_chunks<C>(lane, n, [&](int k, int j) {
         float v[W];
-        load_x<W, kAdd>(v, xr, ar, br, j);
+        cuda::load_chunk(v, xr + j * W);
 #pragma unroll
         for (int e = 0; e < W; ++e) ss += v[e] * v[e];
         xs.keep(k, v);
@@ -85,7 +67,7 @@ __global__ void rmsnorm_forward_kernel(bf16* y, float* rstd, bf16* x, const bf16
         if constexpr (C > 0)
             xs.restore(k, v);
         else
-            cuda::load_chunk(v, xr + j * W);  // with kAdd, what this thread wrote in the first pass
+            cuda::load_chunk(v, xr + j * W);
         cuda::load_chunk(wv, w + j * W);
 #pragma unroll
         for (int e = 0; e < W; ++e) v[e] = v[e] * s * wv[e];
@@ -204,42 +186,18 @@ int64_t rows_of(const char* op, const Tensor& y, const Tensor& rstd, const Tenso
 
 }  // namespace
 
-namespace {
-
-// y = rmsnorm(x) w, x read, or with a and b (non-empty) made as a + b and written.
-void launch_forward(CudaOps& ops, const char* op, Tensor y, Tensor rstd, Tensor x, Tensor a, Tensor b, Tensor w,
-                    double eps) {
+void CudaOps::rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double eps) {
+    const char* op = "rmsnorm_forward";
     const int64_t R = rows_of(op, y, rstd, x, w);
     cuda::require_dtype(op, "y", y, DType::BF16);
     if (!R) return;
     const unsigned blocks = unsigned((R + kWarps - 1) / kWarps);
-    const auto launch = [&](auto kAdd) {
-        with_row_layout(int(w.numel()), {y.data, x.data, a.data, b.data, w.data}, [&](auto W, auto C) {
-            rmsnorm_forward_kernel<W, C, kAdd><<<blocks, kWarps * 32, 0, ops.stream()>>>(
-                static_cast<bf16*>(y.data), static_cast<float*>(rstd.data), static_cast<bf16*>(x.data),
-                static_cast<const bf16*>(a.data), static_cast<const bf16*>(b.data), static_cast<const bf16*>(w.data),
-                R, int(w.numel()), float(eps));
-        });
-    };
-    if (a.empty())
-        launch(std::false_type());
-    else
-        launch(std::true_type());
+    with_row_layout(int(w.numel()), {y.data, x.data, w.data}, [&](auto W, auto C) {
+        rmsnorm_forward_kernel<W, C><<<blocks, kWarps * 32, 0, stream()>>>(
+            static_cast<bf16*>(y.data), static_cast<float*>(rstd.data), static_cast<const bf16*>(x.data),
+            static_cast<const bf16*>(w.data), R, int(w.numel()), float(eps));
+    });
     MOE_CUDA_LAUNCHED();
-}
-
-}  // namespace
-
-void CudaOps::rmsnorm_forward(Tensor y, Tensor rstd, Tensor x, Tensor w, double eps) {
-    launch_forward(*this, "rmsnorm_forward", y, rstd, x, {}, {}, w, eps);
-}
-
-void CudaOps::add_rmsnorm_forward(Tensor x, Tensor y, Tensor rstd, Tensor a, Tensor b, Tensor w, double eps) {
-    check_same_shape("add_rmsnorm_forward", x, a);
-    check_same_shape("add_rmsnorm_forward", x, b);
-    cuda::require_dtype("add_rmsnorm_forward", "a", a, DType::BF16);
-    cuda::require_dtype("add_rmsnorm_forward", "b", b, DType::BF16);
-    launch_forward(*this, "add_rmsnorm_forward", y, rstd, x, a, b, w, eps);
 }
 
 void CudaOps::rmsnorm_backward(Tensor dx, Tensor dw, Tensor dy, Tensor x, Tensor w, Tensor rstd, Write dx_write,

@@ -339,15 +339,6 @@ TEST_CASE("cuda attention names the head sizes it supports", "[gpu]") {
 
 namespace {
 
-// Heads [first, first + count) of each position of rows of `row` heads, whole.
-std::vector<float> heads_apart(const std::vector<float>& rows, int64_t positions, int64_t row, int64_t first,
-                               int64_t count, int64_t hd) {
-    std::vector<float> out;
-    for (int64_t p = 0; p < positions; ++p)
-        out.insert(out.end(), rows.begin() + (p * row + first) * hd, rows.begin() + (p * row + first + count) * hd);
-    return out;
-}
-
 // q, k and v side by side in rows of nh + 2 nkv + 1 heads (as the stacked
 // projection holds them, with one head more that no kernel may touch): the
 // kernels give the bits they give on whole tensors, and write dq, dk, dv into

@@ -1,5 +1,6 @@
 // The cuBLASLt GEMMs against the CPU ops: the dense linear with bias and its
-// backward, the linear of a concatenation [a | b] (the dynamics controller),
+// backward, with a residual added in its epilogue, the linear of a
+// concatenation [a | b] (the dynamics controller),
 // the grouped (per-expert) linear (its experts spread over side streams), and
 // its plans by size class.
 #include <tuple>
@@ -48,6 +49,25 @@ TEST_CASE("matmul forward (with bias, into F32) and backward match the CPU", "[g
                        db_garbage = bf16_normals(O, rng);
     dx_garbage[5] = dw_garbage[9] = db_garbage[2] = NAN;
     check_backward(Write::overwrite, dx_garbage, dw_garbage, db_garbage);
+}
+
+TEST_CASE("matmul_residual_forward adds the residual in the GEMM: the CPU's sum, rounded once", "[gpu]") {
+    Backends b;
+    Rng rng(9, "matmul residual");
+    const int64_t N = 133, I = 72, O = 40;
+    const std::vector<float> x = bf16_normals(N * I, rng), w = bf16_normals(O * I, rng, 0.1);
+    const std::vector<float> residual = bf16_normals(N * O, rng, 4.0);
+    std::vector<float> y(size_t(N * O)), r = residual, cx = x, cw = w;
+    b.cpu.matmul_residual_forward(host_tensor(y, {N, O}), host_tensor(cx, {N, I}), host_tensor(cw, {O, I}),
+                                  host_tensor(r, {N, O}));
+    const Tensor gr = b.upload(residual, DType::BF16, {N, O});
+    Tensor gy = b.upload(bf16_normals(N * O, rng), DType::BF16, {N, O});  // overwritten
+    b.gpu.matmul_residual_forward(gy, b.upload(x, DType::BF16, {N, I}), b.upload(w, DType::BF16, {O, I}), gr);
+    require_near("y", b.download(gy), y, kBf16Rtol, kBf16Atol);
+    REQUIRE(b.download(gr) == residual);  // C read, D written
+    // In place (y the residual itself) too, as cuBLASLt's C = D.
+    b.gpu.matmul_residual_forward(gr, b.upload(x, DType::BF16, {N, I}), b.upload(w, DType::BF16, {O, I}), gr);
+    REQUIRE(b.download(gr) == b.download(gy));
 }
 
 TEST_CASE("concat_matmul forward and backward match the CPU", "[gpu]") {
