@@ -91,7 +91,7 @@ TEST_CASE("rope_forward on heads of each position's row turns them as it turns t
                 else
                     REQUIRE(packed[at] == apart[(p * kCount + h - kFirst) * HD + i]);
             }
-    REQUIRE(packed[(kFirst)*HD] != rows[kFirst * HD]);  // position 2 turns
+    REQUIRE(packed[kFirst * HD] != rows[kFirst * HD]);  // the first row is at position 2: it turns
 }
 
 TEST_CASE("rope_backward undoes rope_forward", "[unit]") {

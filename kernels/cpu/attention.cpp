@@ -136,11 +136,13 @@ void CpuOps::attention_backward(Heads dq, Heads dk, Heads dv, Tensor dout, Heads
     if (rope_theta) {
         // The attention's gradients of q and k written apart (whole tensors),
         // turned back, then put where asked as write says.
-        std::vector<unsigned char> dq_bytes(dq.empty() ? 0 : q.t.bytes() / q.row() * q.count);
-        std::vector<unsigned char> dk_bytes(dk.empty() ? 0 : k.t.bytes() / k.row() * k.count);
-        const auto apart = [&](const Heads& g, std::vector<unsigned char>& bytes) {
-            return g.empty() ? Tensor{}
-                             : Tensor(bytes.data(), g.t.dtype, {g.t.dim(0), g.t.dim(1), g.count, g.hd()});
+        std::vector<unsigned char> dq_bytes, dk_bytes;
+        const auto apart = [](const Heads& g, std::vector<unsigned char>& bytes) {
+            if (g.empty()) return Tensor{};
+            Tensor whole(nullptr, g.t.dtype, {g.t.dim(0), g.t.dim(1), g.count, g.hd()});
+            bytes.resize(whole.bytes());
+            whole.data = bytes.data();
+            return whole;
         };
         const Tensor gq = apart(dq, dq_bytes), gk = apart(dk, dk_bytes);
         if (!dv.empty()) attention_backward({}, {}, dv, dout, q, k, v, out, lse, write, std::nullopt);
