@@ -4,7 +4,9 @@
 # the whole session a budget that ends it with its summary written):
 #
 #   scripts/gpu_session.sh OUT          the bring-up: build, the gpu tests, moe-bench on
-#                                       both medium configs (with the ep 8 estimate),
+#                                       both medium configs (with the ep 8 estimate; on
+#                                       medium, cuBLASLt's 8 best-ranked algorithms timed
+#                                       for each GEMM shape),
 #                                       moe-opbench on medium, 200 steps of moe-train on
 #                                       cuda with a resume checked bit for bit, and the
 #                                       same run on the CPU beside it
@@ -146,7 +148,10 @@ do_bench() {
   local rc=0 c
   for c in medium medium-tr; do
     echo "--- $c"
-    "$build/moe-bench" --config "configs/bench/$c.yaml" --steps 20 --warmup 3 --phase-steps 5 --estimate-ep 8 || rc=1
+    local candidates=()  # medium's GEMM shapes with cuBLASLt's next-ranked algorithms too
+    [ "$c" = medium ] && candidates=(--gemm-candidates 8)
+    "$build/moe-bench" --config "configs/bench/$c.yaml" --steps 20 --warmup 3 --phase-steps 5 --estimate-ep 8 \
+      "${candidates[@]}" || rc=1
   done
   return $rc
 }
@@ -275,7 +280,7 @@ summarize() {
       "$out/$f.log" >> "$summary"
   done
   for f in bench opbench staged ab; do
-    [ -f "$out/$f.log" ] && grep -hE "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^phases|^  [a-z]|^these ops|^ep [0-9]+ estimate|^  [0-9.]+ " \
+    [ -f "$out/$f.log" ] && grep -hE "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^phases|^  [a-z]|^these ops|^ep [0-9]+ estimate|^  [0-9]+\.[0-9]+ |^GEMMs a step" \
       "$out/$f.log" >> "$summary"
   done
   [ -f "$out/torch.log" ] && grep -hE "^--- |^torch |^attention |^experts |^check" "$out/torch.log" >> "$summary"

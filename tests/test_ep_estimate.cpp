@@ -175,3 +175,17 @@ TEST_CASE("moe-bench refuses an ep estimate it cannot make, with one line", "[un
     refused({"--estimate-ep", "2", "--a2a-gbps", "0"}, "--a2a-gbps takes a number > 0, got '0'");
     refused({"--estimate-ep", "2", "--allreduce-gbps", "fast"}, "--allreduce-gbps takes a number > 0, got 'fast'");
 }
+
+TEST_CASE("moe-bench refuses --gemm-candidates without cuBLASLt, with one line", "[unit]") {
+    const std::string tiny = std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml";
+    const auto refused = [&](const std::string& count, const std::string& why) {
+        const test::ProgramResult r = test::run_program(
+            MOE_BENCH_TOOL, {"--config", tiny, "--set", "run.device=cpu", "--gemm-candidates", count});
+        INFO(r.output);
+        REQUIRE(r.exit_code == 2);
+        REQUIRE(test::contains(r.output, "moe-bench: " + why));
+        REQUIRE(!test::contains(r.output, "step time"));  // stopped before any step
+    };
+    refused("1", "--gemm-candidates takes an integer >= 2, got '1'");
+    refused("4", "--gemm-candidates times cuBLASLt's algorithms: give run.device cuda (this run is on ");
+}

@@ -29,6 +29,9 @@
 #include "engine/train/trainer.h"
 #include "engine/params/rng.h"
 #include "tools/tool_args.h"
+#if MOE_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
 
 namespace {
 
@@ -36,20 +39,25 @@ constexpr const char* kProgram = "moe-bench";
 
 const char* kUsage =
     "usage: moe-bench --config FILE [--steps N] [--warmup N] [--phase-steps N] [--no-overlap]\n"
-    "                 [--estimate-ep N [--a2a-gbps X] [--allreduce-gbps Y]] [--set key=value ...]\n"
+    "                 [--estimate-ep N [--a2a-gbps X] [--allreduce-gbps Y]] [--gemm-candidates N]\n"
+    "                 [--set key=value ...]\n"
     "  Trains FILE's model on random tokens: N timed steps after the warm-up, then\n"
     "  --phase-steps steps timed phase by phase (0: skip). Under mpirun the ranks\n"
     "  split the experts as parallel.expert_parallel says; gradients are all-reduced\n"
     "  layer by layer during the backward, or after it with --no-overlap.\n"
     "  --estimate-ep N (one process, phases timed): the step with the experts split\n"
     "  over N GPUs of one node, from this run's times and the node's all-to-all and\n"
-    "  all-reduce bus bandwidths in GB/s (default 370 and 480: NVLink 4 under NCCL).\n";
+    "  all-reduce bus bandwidths in GB/s (default 370 and 480: NVLink 4 under NCCL).\n"
+    "  --gemm-candidates N (one process, CUDA): after the timed steps, each GEMM shape\n"
+    "  the step planned timed with cuBLASLt's N best-ranked algorithms, and what a step's\n"
+    "  GEMMs would take with each shape's fastest.\n";
 
 struct Args {
     moe::ConfigFlags config;
     int steps = 20, warmup = 3, phase_steps = 5;
     bool overlap = true;
     int estimate_ep = 0;
+    int gemm_candidates = 0;
     moe::NodeLinks links;
 };
 
@@ -66,6 +74,7 @@ Args parse(int argc, char** argv) {
         else if (arg == "--estimate-ep") a.estimate_ep = int(args.integer(2));
         else if (arg == "--a2a-gbps") a.links.all_to_all_gbps = args.number(0, false);
         else if (arg == "--allreduce-gbps") a.links.all_reduce_gbps = args.number(0, false);
+        else if (arg == "--gemm-candidates") a.gemm_candidates = int(args.integer(2));
         else args.fail_with_usage("unknown argument '" + arg + "'");
     }
     args.require_config(a.config);
@@ -110,6 +119,41 @@ void print_ep_estimate(const Args& args, const moe::Model& model, const moe::Pha
     }
 }
 
+// Each GEMM shape the steps so far planned, timed with cuBLASLt's first
+// `count` candidates (the plan's own first), weighted by the calls a step
+// made through it: what the step's GEMMs take as planned and with each
+// shape's fastest candidate. The heaviest shapes first.
+#if MOE_HAVE_CUDA
+void print_gemm_candidates(moe::CudaOps& cuda, int count, int steps_run, double step_s) {
+    std::vector<moe::CudaOps::GemmCandidates> shapes = cuda.gemm_candidates(count, 0.005);
+    const auto per_step = [&](const moe::CudaOps::GemmCandidates& g) { return double(g.runs) / steps_run; };
+    const auto fastest = [](const moe::CudaOps::GemmCandidates& g) {
+        return int(std::min_element(g.seconds.begin(), g.seconds.end()) - g.seconds.begin());
+    };
+    std::sort(shapes.begin(), shapes.end(), [&](const auto& x, const auto& y) {
+        return per_step(x) * x.seconds[0] > per_step(y) * y.seconds[0];
+    });
+    std::printf("GEMM candidates (each GEMM shape the step planned, with cuBLASLt's %d best-ranked algorithms, "
+                "each timed alone at the planned size; #0 is the plan's):\n",
+                count);
+    std::printf("  %-44s %10s %9s %9s %7s %9s %9s %9s\n", "cuBLASLt m x n x k, ops, types", "calls/step", "#0 ms",
+                "best ms", "best", "#0 TF/s", "best TF/s", "ms saved");
+    double planned = 0, best = 0;
+    for (const moe::CudaOps::GemmCandidates& g : shapes) {
+        const int f = fastest(g);
+        const double calls = per_step(g), t0 = g.seconds[0], tf = g.seconds[size_t(f)];
+        planned += calls * t0;
+        best += calls * tf;
+        std::printf("  %-44s %10.2f %9.4f %9.4f %4d/%-2zu %9.1f %9.1f %9.3f\n", g.shape.c_str(), calls, t0 * 1e3,
+                    tf * 1e3, f, g.seconds.size(), g.flops / t0 / 1e12, g.flops / tf / 1e12,
+                    calls * (t0 - tf) * 1e3);
+    }
+    std::printf("GEMMs a step (each timed alone): %.2f ms as planned, %.2f ms with each shape's fastest: %.2f ms "
+                "(%.1f%% of the step) to gain\n",
+                planned * 1e3, best * 1e3, (planned - best) * 1e3, 100 * (planned - best) / step_s);
+}
+#endif
+
 int run(const Args& args) {
     moe::Config cfg;
     std::unique_ptr<moe::Communicator> world_comm = moe::MpiCommunicator::world();
@@ -126,6 +170,11 @@ int run(const Args& args) {
         throw moe::JobError(0, "--estimate-ep " + std::to_string(args.estimate_ep) + " does not divide the " +
                                    std::to_string(cfg.model.moe.num_experts) +
                                    " experts (model.moe.num_experts): give a divisor");
+    if (args.gemm_candidates && groups.world_size() > 1)
+        throw moe::JobError(0, "--gemm-candidates times one GPU's GEMMs: run it as one process, without mpirun");
+    if (args.gemm_candidates && ops->device() != moe::Device::CUDA)
+        throw moe::JobError(0, "--gemm-candidates times cuBLASLt's algorithms: give run.device cuda (this run is on " +
+                                   ops->device_name() + ")");
     const bool lead = groups.world_rank() == 0;
     const moe::ModelConfig& mc = cfg.model;
     const int B = cfg.train.micro_batch_size, T = cfg.train.seq_len;
@@ -215,6 +264,11 @@ int run(const Args& args) {
                         "%.1f bytes per token\n",
                         a2a_s * 1e3, 100 * a2a_s / mean, bytes / 1048576.0, bytes / (double(B) * T));
     }
+
+#if MOE_HAVE_CUDA  // (without, the run stopped at start)
+    if (args.gemm_candidates && lead)
+        print_gemm_candidates(dynamic_cast<moe::CudaOps&>(*ops), args.gemm_candidates, args.warmup + args.steps, mean);
+#endif
 
     if (args.phase_steps > 0) {
         moe::PhaseTimes phase_times;

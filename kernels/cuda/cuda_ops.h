@@ -149,6 +149,18 @@ public:
     // cuBLASLt plans made so far (shapes seen; a grouped GEMM's expert sizes
     // count by size class).
     size_t matmul_plan_count() const;
+    // cuBLASLt's candidates for each GEMM planned so far (moe-bench
+    // --gemm-candidates): the plan's own algorithm (the heuristic's first)
+    // and the heuristic's next ones, `count` in all, each timed alone on the
+    // plan's problem at its planned size for about `seconds` (a plan's later
+    // calls are as before).
+    struct GemmCandidates {
+        std::string shape;            // cuBLASLt's m x n x k (planned), op(a) op(b), types, epilogue
+        double flops = 0;             // 2 m n k
+        uint64_t runs = 0;            // calls the plan ran so far
+        std::vector<double> seconds;  // a call: [0] the plan's algorithm, then the others
+    };
+    std::vector<GemmCandidates> gemm_candidates(int count, double seconds);
     // Attention's tile math (attention.cu): wgmma where the GPU runs it (a
     // compute 9.0 GPU and code built for sm_90a), else mma.sync. The
     // environment's MOE_CUDA_ATTENTION=mma_sync chooses mma.sync anyway, =wgmma

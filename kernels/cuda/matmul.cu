@@ -13,6 +13,8 @@
 //   dw[O,I] (+)= dy^T x           is  dw^T (I x O) = x^T . dy^T(T).
 // Descriptors, layouts and the chosen algorithm are cached per shape.
 #include <algorithm>
+#include <chrono>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -78,6 +80,7 @@ struct MatmulPlans {
         cublasLtMatmulDesc_t desc = nullptr;
         cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
         cublasLtMatmulAlgo_t algo{};
+        uint64_t runs = 0;  // calls it ran
         ~Plan() {
             if (a) cublasLtMatrixLayoutDestroy(a);
             if (b) cublasLtMatrixLayoutDestroy(b);
@@ -91,16 +94,82 @@ struct MatmulPlans {
             set_layout_dims(c, m, n);
         }
     };
-    // trans_a, trans_b, m, n, k (planned sizes), lda, ldb, ldc, types, bias,
-    // alignments of a, b, out, bias, accumulate.
-    using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, bool, int,
-                           int, int, int, bool>;
+    // A problem as planned: n and k are the planned sizes (an expert's size
+    // class); al_ the alignments of a, b, out (and c) and bias.
+    struct Key {
+        bool trans_a, trans_b;
+        int64_t m, n, k, lda, ldb, ldc;
+        DType a_type, b_type, out_type;
+        bool bias;
+        int al_a, al_b, al_c, al_bias;
+        bool accumulate;
+        auto tie() const {
+            return std::tie(trans_a, trans_b, m, n, k, lda, ldb, ldc, a_type, b_type, out_type, bias, al_a, al_b, al_c,
+                            al_bias, accumulate);
+        }
+        bool operator<(const Key& o) const { return tie() < o.tie(); }
+    };
     std::map<Key, std::unique_ptr<Plan>> plans;
 };
 
 void destroy_matmul_plans(MatmulPlans* plans) { delete plans; }
 
 size_t CudaOps::matmul_plan_count() const { return matmul_plans_ ? matmul_plans_->plans.size() : 0; }
+
+namespace {
+
+// A plan's descriptor and layouts for its key's problem (no algorithm yet).
+std::unique_ptr<MatmulPlans::Plan> make_plan(const MatmulPlans::Key& key) {
+    auto plan = std::make_unique<MatmulPlans::Plan>();
+    check_lt(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul descriptor");
+    const cublasOperation_t ta = key.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = key.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "transa");
+    check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "transb");
+    if (key.bias) {
+        const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)),
+                 "bias epilogue");
+        const cudaDataType_t bias_type = cuda_type(key.out_type);
+        check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                sizeof(bias_type)),
+                 "bias type");
+    }
+    // Stored shapes: op(a) is m x k, so a is k x m when transposed.
+    const int64_t m = key.m, n = key.n, k = key.k;
+    check_lt(cublasLtMatrixLayoutCreate(&plan->a, cuda_type(key.a_type), key.trans_a ? k : m, key.trans_a ? m : k,
+                                        key.lda),
+             "layout a");
+    check_lt(cublasLtMatrixLayoutCreate(&plan->b, cuda_type(key.b_type), key.trans_b ? n : k, key.trans_b ? k : n,
+                                        key.ldb),
+             "layout b");
+    check_lt(cublasLtMatrixLayoutCreate(&plan->c, cuda_type(key.out_type), m, n, key.ldc), "layout out");
+    return plan;
+}
+
+// cuBLASLt heuristic's first `count` algorithms for a plan's problem (its
+// layouts as they are set), for its key's alignments and kLtWorkspaceBytes
+// of workspace: none where it has none.
+std::vector<cublasLtMatmulHeuristicResult_t> heuristic(cublasLtHandle_t lt, const MatmulPlans::Plan& plan,
+                                                       const MatmulPlans::Key& key, int count) {
+    cublasLtMatmulPreference_t pref = nullptr;
+    check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
+    const size_t ws = CudaOps::kLtWorkspaceBytes;
+    const uint32_t ua = key.al_a, ub = key.al_b, uc = key.al_c;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &ua, sizeof(ua));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ub, sizeof(ub));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &uc, sizeof(uc));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &uc, sizeof(uc));
+    std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(count));
+    int found = 0;
+    const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, count,
+                                                            results.data(), &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    results.resize(s == CUBLAS_STATUS_SUCCESS ? size_t(found) : 0);
+    return results;
+}
+
+}  // namespace
 
 void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a, DType a_type,
                    int64_t lda, const void* b, DType b_type, int64_t ldb, void* out, DType out_type, int64_t ldc,
@@ -121,70 +190,114 @@ void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
     const int al_a = alignment_of(a), al_b = alignment_of(b), al_c = std::min(alignment_of(out), alignment_of(c));
     // The plan for problem size m x pn x pk (created on first use).
     const auto plan_for = [&](int64_t pn, int64_t pk) -> MatmulPlans::Plan& {
-        const MatmulPlans::Key key{trans_a, trans_b, m, pn, pk, lda, ldb, ldc, int(a_type), int(b_type), int(out_type),
+        const MatmulPlans::Key key{trans_a, trans_b, m, pn, pk, lda, ldb, ldc, a_type, b_type, out_type,
                                    bias != nullptr, al_a, al_b, al_c, bias ? alignment_of(bias) : 0, beta != 0};
         std::unique_ptr<MatmulPlans::Plan>& slot = matmul_plans_->plans[key];
         if (slot) return *slot;
-        auto plan = std::make_unique<MatmulPlans::Plan>();
-        check_lt(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul descriptor");
-        const cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-        check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "transa");
-        check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "transb");
-        if (bias) {
-            const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-            check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)),
-                     "bias epilogue");
-            const cudaDataType_t bias_type = cuda_type(out_type);
-            check_lt(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
-                                                    sizeof(bias_type)),
-                     "bias type");
-        }
-        // Stored shapes: op(a) is m x k, so a is k x m when transposed.
-        check_lt(cublasLtMatrixLayoutCreate(&plan->a, cuda_type(a_type), trans_a ? pk : m, trans_a ? m : pk, lda),
-                 "layout a");
-        check_lt(cublasLtMatrixLayoutCreate(&plan->b, cuda_type(b_type), trans_b ? pn : pk, trans_b ? pk : pn, ldb),
-                 "layout b");
-        check_lt(cublasLtMatrixLayoutCreate(&plan->c, cuda_type(out_type), m, pn, ldc), "layout out");
-
-        cublasLtMatmulPreference_t pref = nullptr;
-        check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
-        const size_t ws = kLtWorkspaceBytes;
-        const uint32_t ua = al_a, ub = al_b, uc = al_c;
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &ua, sizeof(ua));
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ub, sizeof(ub));
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &uc, sizeof(uc));
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &uc, sizeof(uc));
-        cublasLtMatmulHeuristicResult_t result{};
-        int found = 0;
-        const cublasStatus_t s =
-            cublasLtMatmulAlgoGetHeuristic(lt_, plan->desc, plan->a, plan->b, plan->c, plan->c, pref, 1, &result, &found);
-        cublasLtMatmulPreferenceDestroy(pref);
-        if (s != CUBLAS_STATUS_SUCCESS || found == 0)
+        std::unique_ptr<MatmulPlans::Plan> plan = make_plan(key);
+        const std::vector<cublasLtMatmulHeuristicResult_t> first = heuristic(lt_, *plan, key, 1);
+        if (first.empty())
             throw std::runtime_error("cuBLASLt has no algorithm for a " + std::to_string(m) + " x " +
                                      std::to_string(pn) + " x " + std::to_string(pk) + " GEMM (" + dtype_name(a_type) +
                                      " -> " + dtype_name(out_type) + ", alignment " + std::to_string(al_a) + "/" +
                                      std::to_string(al_b) + "/" + std::to_string(al_c) + " bytes)");
-        plan->algo = result.algo;
+        plan->algo = first[0].algo;
         slot = std::move(plan);
         return *slot;
     };
     const float alpha = 1.0f;
     void* workspace = lane == kMainLane ? lt_workspace_ : lane_workspaces_[lane];
-    const auto run = [&](const MatmulPlans::Plan& plan) {
+    const auto run = [&](MatmulPlans::Plan& plan) {
         // Always: a dense GEMM's shape may be some expert size class's too.
         plan.set_dims(trans_a, trans_b, m, n, k);
         if (bias)
             check_lt(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
                      "bias pointer");
-        return cublasLtMatmul(lt_, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, c, plan.c, out, plan.c,
-                              &plan.algo, workspace, kLtWorkspaceBytes, stream);
+        const cublasStatus_t s = cublasLtMatmul(lt_, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, c, plan.c, out,
+                                                plan.c, &plan.algo, workspace, kLtWorkspaceBytes, stream);
+        if (s == CUBLAS_STATUS_SUCCESS) ++plan.runs;
+        return s;
     };
     const int64_t pn = varies == GemmVaries::n ? size_class(n) : n, pk = varies == GemmVaries::k ? size_class(k) : k;
     cublasStatus_t s = run(plan_for(pn, pk));
     if ((s == CUBLAS_STATUS_NOT_SUPPORTED || s == CUBLAS_STATUS_INVALID_VALUE) && (pn != n || pk != k))
         s = run(plan_for(n, k));
     check_lt(s, "matmul");
+}
+
+namespace {
+
+// Device bytes for a timing (released at scope end), every byte 0x3c: bf16
+// and fp32 values near 0.0115, neither zeros (which spare the tensor cores'
+// power, and so raise their clock) nor NaN.
+struct TimingBuffer {
+    CudaOps& ops;
+    void* data;
+    TimingBuffer(CudaOps& o, size_t bytes) : ops(o), data(o.alloc(bytes)) {
+        MOE_CUDA_CHECK(cudaMemsetAsync(data, 0x3c, bytes, o.stream()));
+    }
+    ~TimingBuffer() { ops.release(data); }
+    TimingBuffer(const TimingBuffer&) = delete;
+    TimingBuffer& operator=(const TimingBuffer&) = delete;
+};
+
+std::string describe(const MatmulPlans::Key& key) {
+    return std::to_string(key.m) + " x " + std::to_string(key.n) + " x " + std::to_string(key.k) + " " +
+           (key.trans_a ? "T" : "N") + (key.trans_b ? "T" : "N") + " " + dtype_name(key.a_type) + " -> " +
+           dtype_name(key.out_type) + (key.bias ? " +bias" : "") + (key.accumulate ? " +C" : "");
+}
+
+}  // namespace
+
+std::vector<CudaOps::GemmCandidates> CudaOps::gemm_candidates(int count, double seconds) {
+    std::vector<GemmCandidates> out;
+    if (!matmul_plans_) return out;
+    synchronize();
+    const float alpha = 1.0f, one = 1.0f, zero = 0.0f;
+    for (auto& entry : matmul_plans_->plans) {
+        const MatmulPlans::Key& key = entry.first;
+        MatmulPlans::Plan& plan = *entry.second;
+        GemmCandidates g{describe(key), 2.0 * double(key.m) * double(key.n) * double(key.k), plan.runs, {}};
+        // The operands as the key stores them (column-major, leading dimensions
+        // as planned), at the planned size.
+        const int64_t a_cols = key.trans_a ? key.m : key.k, b_cols = key.trans_b ? key.k : key.n;
+        TimingBuffer a(*this, size_t(key.lda * a_cols) * dtype_size(key.a_type));
+        TimingBuffer b(*this, size_t(key.ldb * b_cols) * dtype_size(key.b_type));
+        TimingBuffer c(*this, size_t(key.ldc * key.n) * dtype_size(key.out_type));
+        TimingBuffer bias(*this, key.bias ? size_t(key.m) * dtype_size(key.out_type) : 1);
+        plan.set_dims(key.trans_a, key.trans_b, key.m, key.n, key.k);
+        if (key.bias)
+            check_lt(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias.data,
+                                                    sizeof(bias.data)),
+                     "bias pointer");
+        const float* beta = key.accumulate ? &one : &zero;
+        // The plan's own algorithm first, then the heuristic's others.
+        std::vector<cublasLtMatmulAlgo_t> algos = {plan.algo};
+        for (const cublasLtMatmulHeuristicResult_t& r : heuristic(lt_, plan, key, count))
+            if (int(algos.size()) < count && std::memcmp(&r.algo, &plan.algo, sizeof r.algo) != 0)
+                algos.push_back(r.algo);
+        for (const cublasLtMatmulAlgo_t& algo : algos) {
+            const auto call = [&] {
+                return cublasLtMatmul(lt_, plan.desc, &alpha, a.data, plan.a, b.data, plan.b, beta, c.data, plan.c,
+                                      c.data, plan.c, &algo, lt_workspace_, kLtWorkspaceBytes, stream_);
+            };
+            const cublasStatus_t first = call();
+            if (&algo == &algos[0]) check_lt(first, "a plan's own algorithm at its planned size");
+            if (first != CUBLAS_STATUS_SUCCESS) continue;  // another refused at run time: no candidate
+            synchronize();
+            auto t0 = std::chrono::steady_clock::now();
+            check_lt(call(), "a candidate");
+            synchronize();
+            const double once = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            const int reps = int(std::clamp(seconds / std::max(once, 1e-7), 1.0, 100.0));
+            t0 = std::chrono::steady_clock::now();
+            for (int i = 0; i < reps; ++i) check_lt(call(), "a candidate");
+            synchronize();
+            g.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps);
+        }
+        out.push_back(std::move(g));
+    }
+    return out;
 }
 
 void CudaOps::fork_lanes(int lanes) {

@@ -2,7 +2,8 @@
 // is (its cached plans, size classes, alignments, lanes and fallback): the
 // descriptors, layouts and preferences keep what is set on them;
 // cublasLtMatmulAlgoGetHeuristic checks the problem as cuBLASLt documents
-// it and returns an algorithm that remembers what it was chosen for; and
+// it and returns up to three ranked algorithms (computing alike) that
+// remember what they were chosen for; and
 // cublasLtMatmul checks the call against the layouts and that algorithm,
 // then queues the product (fp32, from the descriptors as they are at the
 // call) on its stream. One assumption is the backend's, not cuBLASLt's
@@ -35,11 +36,14 @@ struct Preference {
     uint64_t workspace = 0;
     uint32_t alignment[4] = {256, 256, 256, 256};  // a, b, c, d: cuBLASLt's defaults
 };
-// What an algorithm was chosen for, in cublasLtMatmulAlgo_t's bytes.
+// What an algorithm was chosen for, in cublasLtMatmulAlgo_t's bytes, and
+// which of the heuristic's ranked results it is (they compute alike).
 struct Chosen {
     uint64_t m, n, k;
     uint32_t alignment[4];
+    uint32_t rank;
 };
+constexpr int kRanked = 3;  // results the heuristic offers at most
 static_assert(sizeof(Chosen) <= sizeof(cublasLtMatmulAlgo_t), "an algorithm's record fits its opaque bytes");
 
 Desc& desc(cublasLtMatmulDesc_t d) { return *reinterpret_cast<Desc*>(d); }
@@ -162,14 +166,17 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
     Problem problem;
     if (requested < 1 || !problem_of(desc(d), layout(a), layout(b), layout(c), layout(out), problem))
         return CUBLAS_STATUS_INVALID_VALUE;
-    const Chosen chosen{problem.m, problem.n, problem.k,
-                        {preference(p).alignment[0], preference(p).alignment[1], preference(p).alignment[2],
-                         preference(p).alignment[3]}};
-    std::memset(&results[0], 0, sizeof results[0]);
-    std::memcpy(&results[0].algo, &chosen, sizeof chosen);
-    results[0].state = CUBLAS_STATUS_SUCCESS;
-    results[0].wavesCount = 1;
-    *found = 1;
+    *found = requested < kRanked ? requested : kRanked;
+    for (int r = 0; r < *found; ++r) {
+        const Chosen chosen{problem.m, problem.n, problem.k,
+                            {preference(p).alignment[0], preference(p).alignment[1], preference(p).alignment[2],
+                             preference(p).alignment[3]},
+                            uint32_t(r)};
+        std::memset(&results[r], 0, sizeof results[r]);
+        std::memcpy(&results[r].algo, &chosen, sizeof chosen);
+        results[r].state = CUBLAS_STATUS_SUCCESS;
+        results[r].wavesCount = 1;
+    }
     return CUBLAS_STATUS_SUCCESS;
 }
 

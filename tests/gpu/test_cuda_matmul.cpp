@@ -2,7 +2,8 @@
 // backward, with a residual added in its epilogue, the linear of a
 // concatenation [a | b] (the dynamics controller),
 // the grouped (per-expert) linear (its experts spread over side streams), and
-// its plans by size class.
+// its plans by size class, and the timing of cuBLASLt's candidates for a plan.
+#include <algorithm>
 #include <tuple>
 
 #include "tests/gpu/gpu_testing.h"
@@ -245,4 +246,46 @@ TEST_CASE("a dense GEMM of an expert size class's shape runs at its own size", "
     Tensor gy = b.zeros(DType::BF16, {N, O});
     b.gpu.matmul_forward(gy, gx, gw.rows(0, 1).view({O, I}), {});
     require_near("y", b.download(gy), y, kBf16Rtol, kBf16Atol);  // every row, not the expert's 100
+}
+
+TEST_CASE("gemm_candidates times each plan's algorithms and leaves the plans as they were", "[gpu]") {
+    Backends b;
+    Rng rng(18, "gemm candidates");
+    // A dense GEMM with its bias epilogue, and a grouped one whose two experts
+    // (rows 100 and 120: one size class) share one plan.
+    const int64_t N = 220, I = 128, O = 256, E = 2;
+    const std::vector<int64_t> offsets = {0, 100, N};
+    std::vector<float> x = bf16_normals(N * I, rng), w = bf16_normals(E * O * I, rng, 0.1);
+    std::vector<float> bias = bf16_normals(O, rng);
+    Tensor gx = b.upload(x, DType::BF16, {N, I}), gw = b.upload(w, DType::BF16, {E, O, I});
+    Tensor gbias = b.upload(bias, DType::BF16, {O});
+    Tensor dense = b.zeros(DType::BF16, {N, O}), grouped = b.zeros(DType::BF16, {N, O});
+    const auto run = [&] {
+        b.gpu.matmul_forward(dense, gx, gw.rows(0, 1).view({O, I}), gbias);
+        b.gpu.grouped_matmul_forward(grouped, gx, gw, offsets);
+        return std::make_pair(b.download(dense), b.download(grouped));
+    };
+    const auto before = run();
+    REQUIRE(b.gpu.matmul_plan_count() == 2);
+    std::vector<CudaOps::GemmCandidates> shapes = b.gpu.gemm_candidates(3, 0.0);
+    REQUIRE(shapes.size() == 2);
+    std::vector<uint64_t> runs;
+    for (const CudaOps::GemmCandidates& g : shapes) {
+        INFO(g.shape);
+        runs.push_back(g.runs);
+        REQUIRE(!g.seconds.empty());
+        REQUIRE(g.seconds.size() <= 3);
+        for (double s : g.seconds) REQUIRE(s > 0);
+        REQUIRE(g.flops == 2.0 * O * I * (g.runs == 1 ? N : 128));  // the experts' class: 128 rows
+    }
+    std::sort(runs.begin(), runs.end());
+    REQUIRE(runs == std::vector<uint64_t>{1, 2});
+    // The plans run as before: the bias they read is the call's, each call its own size.
+    const auto after = run();
+    REQUIRE(after.first == before.first);
+    REQUIRE(after.second == before.second);
+    for (const CudaOps::GemmCandidates& g : b.gpu.gemm_candidates(1, 0.0)) {
+        REQUIRE(g.seconds.size() == 1);
+        REQUIRE((g.runs == 2 || g.runs == 4));
+    }
 }
