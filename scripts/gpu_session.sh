@@ -25,7 +25,10 @@
 #                                       the PyTorch bar on the same GPU, tools/torch_bench.py
 #                                       (its check against the reference, SDPA per backend and
 #                                       grouped GEMMs at medium's shapes, medium and medium-tr
-#                                       trained eager and under torch.compile)
+#                                       trained eager and under torch.compile); ncu: each
+#                                       kernel of moe-opbench's medium ops under Nsight
+#                                       Compute's counters (time, DRAM bytes, % of peak,
+#                                       occupancy), a line a kernel (tools/ncu_summary.py)
 #
 # The build is native (build-gpu) where the machine has our build packages;
 # where its configure or build fails, the pack that scripts/gpu_prebuilt.sh
@@ -37,7 +40,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ]; then
-  echo "usage: scripts/gpu_session.sh OUT [more | build|test|bench|opbench|train|staged|options|unit|sanitize|ab|torch ...]" >&2
+  echo "usage: scripts/gpu_session.sh OUT [more | build|test|bench|opbench|train|staged|options|unit|sanitize|ab|torch|ncu ...]" >&2
   exit 2
 fi
 out=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -56,7 +59,7 @@ export out native state runs njobs
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1  # the lent machines run commands as root
 export NCCL_DEBUG=${NCCL_DEBUG:-VERSION}                            # NCCL names its version once
 declare -A limit=([build]=200 [test]=240 [bench]=120 [opbench]=80 [train]=120
-                  [staged]=200 [options]=120 [unit]=300 [sanitize]=400 [ab]=200 [torch]=300)
+                  [staged]=200 [options]=120 [unit]=300 [sanitize]=400 [ab]=200 [torch]=300 [ncu]=240)
 summary="$out/summary.txt"
 deadline=$((SECONDS + budget))
 note() { echo "$*" >> "$summary"; }
@@ -167,6 +170,18 @@ do_ab() {
     env $choice "$build/moe-bench" --config configs/bench/medium.yaml --steps 10 --warmup 2 --phase-steps 3 || rc=1
   done
   return $rc
+}
+
+# Each kernel of medium's ops under Nsight Compute's hardware counters (the
+# clocks left alone, as on these machines ncu is given), a line a kernel;
+# the raw CSV stays in ncu.csv.
+do_ncu() {
+  . "$state"
+  command -v ncu >/dev/null || { echo "ncu is not on the PATH"; return 1; }
+  ncu --clock-control none --csv --log-file "$out/ncu.csv" --kernel-name-base demangled \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread \
+    "$build/moe-opbench" --config configs/bench/medium.yaml --reps 1 || return 1
+  python3 tools/ncu_summary.py "$out/ncu.csv"
 }
 
 # The PyTorch bar: the same network in PyTorch on this GPU (python3 there is
@@ -284,6 +299,7 @@ summarize() {
       "$out/$f.log" >> "$summary"
   done
   [ -f "$out/torch.log" ] && grep -hE "^--- |^torch |^attention |^experts |^check" "$out/torch.log" >> "$summary"
+  [ -f "$out/ncu.log" ] && grep -hA16 "^kernel " "$out/ncu.log" >> "$summary"
   for f in train options; do
     [ -f "$out/$f.log" ] && grep -hE "^resume: |final validation loss|done: |gpu-vs-cpu.png" "$out/$f.log" >> "$summary"
   done
@@ -301,7 +317,7 @@ pack_logs() {
 }
 
 export -f source_hash native_build prebuilt_build demo_data train_check
-export -f do_build do_test do_bench do_opbench do_staged do_train do_options do_unit do_sanitize do_ab do_torch
+export -f do_build do_test do_bench do_opbench do_staged do_train do_options do_unit do_sanitize do_ab do_torch do_ncu
 : > "$summary"
 note "gpu_session $plan, $(date -u +%FT%TZ), stages: ${stages[*]}"
 failed=0
@@ -309,10 +325,10 @@ failed=0
   note "no build stage and no earlier build: the stages will fail"
 for s in "${stages[@]}"; do
   case $s in
-    build | test | bench | opbench | train | staged | options | unit | sanitize | ab | torch)
+    build | test | bench | opbench | train | staged | options | unit | sanitize | ab | torch | ncu)
       stage "$s" || failed=1
       [ "$s" = build ] && [ "$failed" = 1 ] && { note "the build failed: nothing else can run"; break; } ;;
-    *) note "unknown stage '$s' (build test bench opbench train staged options unit sanitize ab torch)"; failed=1 ;;
+    *) note "unknown stage '$s' (build test bench opbench train staged options unit sanitize ab torch ncu)"; failed=1 ;;
   esac
 done
 summarize
