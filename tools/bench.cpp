@@ -119,34 +119,36 @@ void print_ep_estimate(const Args& args, const moe::Model& model, const moe::Pha
     }
 }
 
+#if MOE_HAVE_CUDA
 // Each GEMM shape the steps so far planned, timed with cuBLASLt's first
 // `count` candidates (the plan's own first), weighted by the calls a step
 // made through it: what the step's GEMMs take as planned and with each
 // shape's fastest candidate. The heaviest shapes first.
-#if MOE_HAVE_CUDA
 void print_gemm_candidates(moe::CudaOps& cuda, int count, int steps_run, double step_s) {
-    std::vector<moe::CudaOps::GemmCandidates> shapes = cuda.gemm_candidates(count, 0.005);
-    const auto per_step = [&](const moe::CudaOps::GemmCandidates& g) { return double(g.runs) / steps_run; };
-    const auto fastest = [](const moe::CudaOps::GemmCandidates& g) {
-        return int(std::min_element(g.seconds.begin(), g.seconds.end()) - g.seconds.begin());
-    };
-    std::sort(shapes.begin(), shapes.end(), [&](const auto& x, const auto& y) {
-        return per_step(x) * x.seconds[0] > per_step(y) * y.seconds[0];
-    });
+    using Shape = moe::CudaOps::GemmCandidates;
+    std::vector<Shape> shapes = cuda.gemm_candidates(count, 0.005);
+    const auto per_step = [&](const Shape& g) { return double(g.runs) / steps_run; };
+    const auto planned_time = [&](const Shape& g) { return g.seconds.empty() ? 0.0 : per_step(g) * g.seconds[0]; };
+    std::sort(shapes.begin(), shapes.end(),
+              [&](const Shape& x, const Shape& y) { return planned_time(x) > planned_time(y); });
     std::printf("GEMM candidates (each GEMM shape the step planned, with cuBLASLt's %d best-ranked algorithms, "
                 "each timed alone at the planned size; #0 is the plan's):\n",
                 count);
     std::printf("  %-44s %10s %9s %9s %7s %9s %9s %9s\n", "cuBLASLt m x n x k, ops, types", "calls/step", "#0 ms",
                 "best ms", "best", "#0 TF/s", "best TF/s", "ms saved");
     double planned = 0, best = 0;
-    for (const moe::CudaOps::GemmCandidates& g : shapes) {
-        const int f = fastest(g);
-        const double calls = per_step(g), t0 = g.seconds[0], tf = g.seconds[size_t(f)];
+    for (const Shape& g : shapes) {
+        if (g.seconds.empty()) {
+            std::printf("  %-44s %10.2f not timed: no room on the GPU for its operands\n", g.shape.c_str(),
+                        per_step(g));
+            continue;
+        }
+        const size_t f = size_t(std::min_element(g.seconds.begin(), g.seconds.end()) - g.seconds.begin());
+        const double calls = per_step(g), t0 = g.seconds[0], tf = g.seconds[f];
         planned += calls * t0;
         best += calls * tf;
-        std::printf("  %-44s %10.2f %9.4f %9.4f %4d/%-2zu %9.1f %9.1f %9.3f\n", g.shape.c_str(), calls, t0 * 1e3,
-                    tf * 1e3, f, g.seconds.size(), g.flops / t0 / 1e12, g.flops / tf / 1e12,
-                    calls * (t0 - tf) * 1e3);
+        std::printf("  %-44s %10.2f %9.4f %9.4f %4zu/%-2zu %9.1f %9.1f %9.3f\n", g.shape.c_str(), calls, t0 * 1e3,
+                    tf * 1e3, f, g.seconds.size(), g.flops / t0 / 1e12, g.flops / tf / 1e12, calls * (t0 - tf) * 1e3);
     }
     std::printf("GEMMs a step (each timed alone): %.2f ms as planned, %.2f ms with each shape's fastest: %.2f ms "
                 "(%.1f%% of the step) to gain\n",

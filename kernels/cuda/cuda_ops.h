@@ -158,7 +158,8 @@ public:
         std::string shape;            // cuBLASLt's m x n x k (planned), op(a) op(b), types, epilogue
         double flops = 0;             // 2 m n k
         uint64_t runs = 0;            // calls the plan ran so far
-        std::vector<double> seconds;  // a call: [0] the plan's algorithm, then the others
+        std::vector<double> seconds;  // a call: [0] the plan's algorithm, then the others;
+                                      // none where the GPU had no room for the operands
     };
     std::vector<GemmCandidates> gemm_candidates(int count, double seconds);
     // Attention's tile math (attention.cu): wgmma where the GPU runs it (a

@@ -196,7 +196,7 @@ void CudaOps::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
         if (slot) return *slot;
         std::unique_ptr<MatmulPlans::Plan> plan = make_plan(key);
         const std::vector<cublasLtMatmulHeuristicResult_t> first = heuristic(lt_, *plan, key, 1);
-        if (first.empty())
+        if (first.empty() || first[0].state != CUBLAS_STATUS_SUCCESS)
             throw std::runtime_error("cuBLASLt has no algorithm for a " + std::to_string(m) + " x " +
                                      std::to_string(pn) + " x " + std::to_string(pk) + " GEMM (" + dtype_name(a_type) +
                                      " -> " + dtype_name(out_type) + ", alignment " + std::to_string(al_a) + "/" +
@@ -254,12 +254,12 @@ std::vector<CudaOps::GemmCandidates> CudaOps::gemm_candidates(int count, double 
     if (!matmul_plans_) return out;
     synchronize();
     const float alpha = 1.0f, one = 1.0f, zero = 0.0f;
-    for (auto& entry : matmul_plans_->plans) {
-        const MatmulPlans::Key& key = entry.first;
-        MatmulPlans::Plan& plan = *entry.second;
-        GemmCandidates g{describe(key), 2.0 * double(key.m) * double(key.n) * double(key.k), plan.runs, {}};
-        // The operands as the key stores them (column-major, leading dimensions
-        // as planned), at the planned size.
+    // A call's time for each candidate of a plan: the plan's own algorithm
+    // first, then the heuristic's others.
+    const auto time_candidates = [&](const MatmulPlans::Key& key, MatmulPlans::Plan& plan) {
+        std::vector<double> times;
+        // The operands as the key stores them (column-major, leading
+        // dimensions as planned), at the planned size.
         const int64_t a_cols = key.trans_a ? key.m : key.k, b_cols = key.trans_b ? key.k : key.n;
         TimingBuffer a(*this, size_t(key.lda * a_cols) * dtype_size(key.a_type));
         TimingBuffer b(*this, size_t(key.ldb * b_cols) * dtype_size(key.b_type));
@@ -271,10 +271,10 @@ std::vector<CudaOps::GemmCandidates> CudaOps::gemm_candidates(int count, double 
                                                     sizeof(bias.data)),
                      "bias pointer");
         const float* beta = key.accumulate ? &one : &zero;
-        // The plan's own algorithm first, then the heuristic's others.
         std::vector<cublasLtMatmulAlgo_t> algos = {plan.algo};
         for (const cublasLtMatmulHeuristicResult_t& r : heuristic(lt_, plan, key, count))
-            if (int(algos.size()) < count && std::memcmp(&r.algo, &plan.algo, sizeof r.algo) != 0)
+            if (int(algos.size()) < count && r.state == CUBLAS_STATUS_SUCCESS &&
+                std::memcmp(&r.algo, &plan.algo, sizeof r.algo) != 0)
                 algos.push_back(r.algo);
         for (const cublasLtMatmulAlgo_t& algo : algos) {
             const auto call = [&] {
@@ -293,7 +293,15 @@ std::vector<CudaOps::GemmCandidates> CudaOps::gemm_candidates(int count, double 
             t0 = std::chrono::steady_clock::now();
             for (int i = 0; i < reps; ++i) check_lt(call(), "a candidate");
             synchronize();
-            g.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps);
+            times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps);
+        }
+        return times;
+    };
+    for (auto& [key, plan] : matmul_plans_->plans) {
+        GemmCandidates g{describe(key), 2.0 * double(key.m) * double(key.n) * double(key.k), plan->runs, {}};
+        try {
+            g.seconds = time_candidates(key, *plan);
+        } catch (const OutOfDeviceMemory&) {  // no room for its operands beside the model's: not timed
         }
         out.push_back(std::move(g));
     }
