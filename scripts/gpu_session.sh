@@ -18,8 +18,8 @@
 #   scripts/gpu_session.sh OUT STAGE... chosen stages: build test bench opbench train
 #                                       staged options unit sanitize ab (build first); ab:
 #                                       moe-bench medium as it runs, with mma.sync attention
-#                                       (MOE_CUDA_ATTENTION), with one query head an
-#                                       attention block (MOE_CUDA_ATTENTION_HEADS=1) and with
+#                                       (MOE_CUDA_ATTENTION), with one or two query heads an
+#                                       attention block (MOE_CUDA_ATTENTION_HEADS=1, 2) and with
 #                                       the experts' GEMMs on the main stream
 #                                       (MOE_CUDA_EXPERT_STREAMS=0); torch (needs no build):
 #                                       the PyTorch bar on the same GPU, tools/torch_bench.py
@@ -165,7 +165,8 @@ do_opbench() { . "$state"; echo "--- medium, op by op"; "$build/moe-opbench" --c
 do_ab() {
   . "$state"
   local rc=0 choice
-  for choice in "" MOE_CUDA_ATTENTION=mma_sync MOE_CUDA_ATTENTION_HEADS=1 MOE_CUDA_EXPERT_STREAMS=0; do
+  for choice in "" MOE_CUDA_ATTENTION=mma_sync MOE_CUDA_ATTENTION_HEADS=1 MOE_CUDA_ATTENTION_HEADS=2 \
+                MOE_CUDA_EXPERT_STREAMS=0; do
     echo "--- medium ${choice:-as it runs}"
     env $choice "$build/moe-bench" --config configs/bench/medium.yaml --steps 10 --warmup 2 --phase-steps 3 || rc=1
   done
