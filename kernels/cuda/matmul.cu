@@ -11,7 +11,8 @@
 //   y[N,O] = x[N,I] w[O,I]^T      is  y^T (O x N) = w^T(T) . x^T,
 //   dx[N,I] (+)= dy[N,O] w[O,I]   is  dx^T (I x N) = w^T . dy^T,
 //   dw[O,I] (+)= dy^T x           is  dw^T (I x O) = x^T . dy^T(T).
-// Descriptors, layouts and the chosen algorithm are cached per shape.
+// Descriptors, layouts and the chosen algorithm are cached per shape;
+// gemm_candidates times the heuristic's next-ranked algorithms beside it.
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -264,12 +265,14 @@ std::vector<CudaOps::GemmCandidates> CudaOps::gemm_candidates(int count, double 
         TimingBuffer a(*this, size_t(key.lda * a_cols) * dtype_size(key.a_type));
         TimingBuffer b(*this, size_t(key.ldb * b_cols) * dtype_size(key.b_type));
         TimingBuffer c(*this, size_t(key.ldc * key.n) * dtype_size(key.out_type));
-        TimingBuffer bias(*this, key.bias ? size_t(key.m) * dtype_size(key.out_type) : 1);
         plan.set_dims(key.trans_a, key.trans_b, key.m, key.n, key.k);
-        if (key.bias)
-            check_lt(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias.data,
-                                                    sizeof(bias.data)),
+        std::unique_ptr<TimingBuffer> bias;
+        if (key.bias) {
+            bias = std::make_unique<TimingBuffer>(*this, size_t(key.m) * dtype_size(key.out_type));
+            check_lt(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias->data,
+                                                    sizeof(bias->data)),
                      "bias pointer");
+        }
         const float* beta = key.accumulate ? &one : &zero;
         std::vector<cublasLtMatmulAlgo_t> algos = {plan.algo};
         for (const cublasLtMatmulHeuristicResult_t& r : heuristic(lt_, plan, key, count))
