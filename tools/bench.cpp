@@ -48,8 +48,8 @@ const char* kUsage =
     "  --estimate-ep N (one process, phases timed): the step with the experts split\n"
     "  over N GPUs of one node, from this run's times and the node's all-to-all and\n"
     "  all-reduce bus bandwidths in GB/s (default 370 and 480: NVLink 4 under NCCL).\n"
-    "  --gemm-candidates N (one process, CUDA): after the rest, each GEMM shape\n"
-    "  the step planned timed with cuBLASLt's N best-ranked algorithms, and what a step's\n"
+    "  --gemm-candidates N (one process, CUDA): last, each GEMM shape the steps\n"
+    "  planned timed with cuBLASLt's N best-ranked algorithms, and what a step's\n"
     "  GEMMs would take with each shape's fastest.\n";
 
 struct Args {
