@@ -22,7 +22,7 @@ import argparse
 import csv
 import re
 import sys
-from collections import defaultdict
+from collections import defaultdict, namedtuple
 
 TIME = "gpu__time_duration.sum"
 READ, WRITE = "dram__bytes_read.sum", "dram__bytes_write.sum"
@@ -30,6 +30,9 @@ MEMORY = "gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed"
 SM = "sm__throughput.avg.pct_of_peak_sustained_elapsed"
 OCCUPANCY = "sm__warps_active.avg.pct_of_peak_sustained_active"
 REGISTERS = "launch__registers_per_thread"
+
+# A kernel's line: launches, then each metric's mean over them (None: not given).
+Row = namedtuple("Row", "kernel n time read write memory sm occupancy registers")
 
 SCALE = {
     "nsecond": 1e-9, "usecond": 1e-6, "msecond": 1e-3, "second": 1.0,
@@ -91,14 +94,14 @@ def summarize(per_launch):
     for kernel, k in kernels.items():
         def mean(name):
             return k["sums"][name] / k["counts"][name] if k["counts"][name] else None
-        rows.append((kernel, k["n"], mean(TIME), mean(READ), mean(WRITE), mean(MEMORY), mean(SM), mean(OCCUPANCY),
-                     mean(REGISTERS)))
-    rows.sort(key=lambda r: -(r[1] * (r[2] or 0)))
+        rows.append(Row(kernel, k["n"], mean(TIME), mean(READ), mean(WRITE), mean(MEMORY), mean(SM),
+                        mean(OCCUPANCY), mean(REGISTERS)))
+    rows.sort(key=lambda r: -(r.n * (r.time or 0)))
     return rows
 
 
-def cell(v, fmt):
-    return format(v, fmt) if v is not None else "-"
+def cell(v, fmt, scale=1.0):
+    return format(v * scale, fmt) if v is not None else "-"
 
 
 def main():
@@ -107,15 +110,16 @@ def main():
     ap.add_argument("--top", type=int, default=0, help="print only the N heaviest kernels")
     a = ap.parse_args()
     rows = summarize(launches(a.csv))
-    total = sum(n * (t or 0) for _, n, t, *_ in rows)
+    total = sum(r.n * (r.time or 0) for r in rows)
     print(f"{'kernel':<60} {'calls':>5} {'us/call':>9} {'MB read':>9} {'MB written':>10} {'GB/s':>7} "
           f"{'mem %':>6} {'SM %':>6} {'occ %':>6} {'regs':>5}")
-    for kernel, n, t, rd, wr, mem, sm, occ, regs in rows[:a.top or None]:
-        rate = (rd + wr) / t / 1e9 if t and rd is not None and wr is not None else None
-        print(f"{kernel[:60]:<60} {n:>5} {cell(t and t * 1e6, '9.1f')} {cell(rd and rd / 1e6, '9.2f')} "
-              f"{cell(wr and wr / 1e6, '10.2f')} {cell(rate, '7.0f')} {cell(mem, '6.1f')} {cell(sm, '6.1f')} "
-              f"{cell(occ, '6.1f')} {cell(regs, '5.0f')}")
-    print(f"{len(rows)} kernels, {sum(r[1] for r in rows)} launches, {total * 1e3:.3f} ms in all")
+    for r in rows[:a.top or None]:
+        moved = r.read + r.write if r.read is not None and r.write is not None else None
+        rate = moved / r.time if moved is not None and r.time else None
+        print(f"{r.kernel[:60]:<60} {r.n:>5} {cell(r.time, '9.1f', 1e6)} {cell(r.read, '9.2f', 1e-6)} "
+              f"{cell(r.write, '10.2f', 1e-6)} {cell(rate, '7.0f', 1e-9)} {cell(r.memory, '6.1f')} "
+              f"{cell(r.sm, '6.1f')} {cell(r.occupancy, '6.1f')} {cell(r.registers, '5.0f')}")
+    print(f"{len(rows)} kernels, {sum(r.n for r in rows)} launches, {total * 1e3:.3f} ms in all")
 
 
 if __name__ == "__main__":
