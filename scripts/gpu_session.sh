@@ -119,9 +119,23 @@ prebuilt_build() {
   { echo "build=$b"; echo ". $b/runtime/env.sh"; echo "build_kind=fallback"; } > "$state"
 }
 
+# The cuDNN that PyTorch's wheels bring, if any: its version says which fused
+# attention and grouped-GEMM graphs a native cuDNN path could use there.
+cudnn_found() {
+  python3 - <<'PY' 2>/dev/null || echo "cuDNN: no wheel"
+import glob, re
+import nvidia.cudnn as m
+d = list(m.__path__)[0]
+h = open(d + "/include/cudnn_version.h").read()
+v = ".".join(re.search(r"define CUDNN_%s (\d+)" % k, h).group(1) for k in ("MAJOR", "MINOR", "PATCHLEVEL"))
+print(f"cuDNN: {v} at {d}, libraries {len(glob.glob(d + '/lib/libcudnn*.so*'))}")
+PY
+}
+
 do_build() {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   nvcc --version 2>/dev/null | tail -2
+  cudnn_found
   if native_build; then
     { echo "build=$native"; echo "build_kind=native"; } > "$state"
     echo "build: native ($native)"
@@ -288,7 +302,7 @@ do_sanitize() {
 summarize() {
   local f
   note ""
-  [ -f "$out/build.log" ] && grep -hE "^build: |no system NCCL|no NCCL found|^sources |^built |^commit |^NVIDIA|^Cuda compilation" \
+  [ -f "$out/build.log" ] && grep -hE "^build: |no system NCCL|no NCCL found|^sources |^built |^commit |^NVIDIA|^Cuda compilation|^cuDNN: " \
     "$out/build.log" >> "$summary"
   grep -hoE "NCCL version [^ ]+" "$out"/*.log 2>/dev/null | head -1 >> "$summary"
   for f in test unit; do
@@ -317,7 +331,7 @@ pack_logs() {
   [ -n "$files" ] && (cd "$out" && tar -czf logs.tar.gz --remove-files $files)
 }
 
-export -f source_hash native_build prebuilt_build demo_data train_check
+export -f source_hash native_build prebuilt_build cudnn_found demo_data train_check
 export -f do_build do_test do_bench do_opbench do_staged do_train do_options do_unit do_sanitize do_ab do_torch do_ncu
 : > "$summary"
 note "gpu_session $plan, $(date -u +%FT%TZ), stages: ${stages[*]}"

@@ -461,8 +461,10 @@ def main():
             cfg["optimizer"] = (yaml.safe_load(f) or {}).get("optimizer") or {}
     except (OSError, ValueError) as e:
         sys.exit(f"torch_bench.py: {e}")
-    print(f"torch {torch.__version__} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'the CPU'}"
-          f", {args.config}", flush=True)
+    # cuDNN's version says which of its fused attention graphs a native path could use there.
+    cudnn = f", cuDNN {torch.backends.cudnn.version()}" if torch.backends.cudnn.is_available() else ", no cuDNN"
+    print(f"torch {torch.__version__}{cudnn} on "
+          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'the CPU'}, {args.config}", flush=True)
     if args.ops:
         if device.type != "cuda":
             sys.exit("torch_bench.py: --ops times kernels with CUDA events: it needs a GPU (--device cuda)")

@@ -141,6 +141,15 @@ template <class Mma> constexpr size_t alignment_slack() { return Mma::kAlign > 1
 // Grid (B*nh/kHeads, query tiles), the tiles with the most keys first. A
 // block takes kHeads consecutive query heads of one kv group, a warpgroup
 // each, for one query tile: they read each K and V tile once.
+//
+// Software-pipelined as FlashAttention-3 overlaps softmax with the products
+// within a warpgroup: at key tile j the tensor cores get S_j = Q K_j^T and
+// then O += P_{j-1} V_{j-1}, and the warps wait for S_j alone and run its
+// softmax while the second product runs (WarpgroupMma; WarpMma multiplies
+// where it is asked to). O sees the operations of the plain loop in the same
+// order (O = alpha_j (O + P_{j-1} V_{j-1}), the last P V after the loop), so
+// the bits are the plain loop's. V tile j is read one tile after K tile j:
+// the copies at tile j bring K tile j+1 and V tile j.
 template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThreads * kHeads)
     attention_forward_kernel(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, Shape s) {
     constexpr int kT = Mma::template tile_elements<HD, kTile>();
@@ -160,33 +169,35 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
     for (int i = 0; i < kHeads; ++i)  // head h0 + i
         load_tile<Mma, HD, kTile, kBlock>(sq + i * kT, q + (q_row0 - wg + i) * HD, q_stride, s.T - q0);
     load_tile<Mma, HD, kTile, kBlock>(sk, kg, kv_stride, s.T);
-    load_tile<Mma, HD, kTile, kBlock>(sv, vg, kv_stride, s.T);
     cp_async_commit();
 
     const int warp = warp_of_group(), lane = threadIdx.x & 31;
     const int row_lo = q0 + warp * 16 + (lane >> 2), row_hi = row_lo + 8;  // query of acc[.][0..1], [.][2..3]
     typename Mma::template RowsA<HD, true> qa(sq + wg * kT);
     float o[HD / 8][4] = {};
+    uint32_t pf[kTile / 16][4];                // P of the key tile before, as A fragments
     float m_lo = -INFINITY, m_hi = -INFINITY;  // running max of the raw scores
     float l_lo = 0.f, l_hi = 0.f;              // this lane's share of the running sum of exp
 
-    // Key tiles 0..qt: the diagonal tile qt is the last a query of this tile sees.
-    for (int j = 0; j <= qt; ++j) {
+    // At key tile j (0..qt; the diagonal tile qt is the last a query of this
+    // tile sees): K tile j+1 into the buffer S_{j-1} read, V tile j into the
+    // one P_{j-2} V_{j-2} read; then wait for all but these copies.
+    const auto copy_tiles = [&](int j) {
         const int buf = j & 1;
-        if (j < qt) {  // prefetch tile j+1 into the buffer tile j-1 used
-            const int64_t next = int64_t(j + 1) * kTile;
-            const int valid = s.T - int(next);
-            load_tile<Mma, HD, kTile, kBlock>(sk + (buf ^ 1) * kT, kg + next * kv_stride, kv_stride, valid);
-            load_tile<Mma, HD, kTile, kBlock>(sv + (buf ^ 1) * kT, vg + next * kv_stride, kv_stride, valid);
-        }
+        if (j < qt)
+            load_tile<Mma, HD, kTile, kBlock>(sk + (buf ^ 1) * kT, kg + int64_t(j + 1) * kTile * kv_stride,
+                                              kv_stride, s.T - (j + 1) * kTile);
+        load_tile<Mma, HD, kTile, kBlock>(sv + buf * kT, vg + int64_t(j) * kTile * kv_stride, kv_stride,
+                                          s.T - j * kTile);
         cp_async_commit();
-        cp_async_wait<1>();  // everything but the prefetch has landed
+        cp_async_wait<1>();  // K tile j and V tile j-1 have landed
         Mma::shared_writes_visible();
         __syncthreads();
-        if (j == 0) qa.ready();
-
-        float p[kTile / 8][4] = {};
-        qa.template abt<kTile>(p, sk + buf * kT);
+    };
+    // S_j = Q K_j^T in p -> P_j (exp2 offsets the new running max) in p; the
+    // running max and sum move on. Returns the factors that take O from the
+    // old max to the new one (rows lo, hi).
+    const auto softmax = [&](float (&p)[kTile / 8][4], int j) {
         if (j == qt) {  // causal mask; it also hides the keys past T
             const int k0 = j * kTile + 2 * (lane & 3);
 #pragma unroll
@@ -213,13 +224,6 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
         l_lo *= alpha_lo;
         l_hi *= alpha_hi;
 #pragma unroll
-        for (int n = 0; n < HD / 8; ++n) {
-            o[n][0] *= alpha_lo;
-            o[n][1] *= alpha_lo;
-            o[n][2] *= alpha_hi;
-            o[n][3] *= alpha_hi;
-        }
-#pragma unroll
         for (int n = 0; n < kTile / 8; ++n) {
             p[n][0] = exp2f(p[n][0] * s.scale_log2 - off_lo);
             p[n][1] = exp2f(p[n][1] * s.scale_log2 - off_lo);
@@ -228,9 +232,44 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
             l_lo += p[n][0] + p[n][1];
             l_hi += p[n][2] + p[n][3];
         }
-        Mma::template pb<HD, kTile>(o, p, sv + buf * kT);
-        __syncthreads();  // all warps are done with buffer buf before it is refilled
+        return make_float2(alpha_lo, alpha_hi);
+    };
+
+    copy_tiles(0);
+    qa.ready();
+    {
+        float p[kTile / 8][4] = {};
+        qa.template abt<kTile>(p, sk);
+        softmax(p, 0);  // O is still 0: no rescale
+        a_fragments<kTile>(pf, p);
     }
+    __syncthreads();  // all warps are done with the buffers before they are refilled
+    for (int j = 1; j <= qt; ++j) {
+        const int buf = j & 1;
+        copy_tiles(j);
+        float p[kTile / 8][4] = {};
+        qa.template start<kTile>(p, sk + buf * kT);
+        const bf16* v_before = sv + (buf ^ 1) * kT;
+        Mma::template start_pb<HD, kTile>(o, pf, v_before);
+        qa.template finish<kTile, 1>(p);  // S_j, while P_{j-1} V_{j-1} may still run
+        const float2 alpha = softmax(p, j);
+        Mma::template finish_pb<HD, kTile>(o, pf, v_before);
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) {
+            o[n][0] *= alpha.x;
+            o[n][1] *= alpha.x;
+            o[n][2] *= alpha.y;
+            o[n][3] *= alpha.y;
+        }
+        a_fragments<kTile>(pf, p);
+        __syncthreads();
+    }
+    cp_async_wait<0>();  // V tile qt
+    Mma::shared_writes_visible();
+    __syncthreads();
+    const bf16* v_last = sv + (qt & 1) * kT;
+    Mma::template start_pb<HD, kTile>(o, pf, v_last);
+    Mma::template finish_pb<HD, kTile>(o, pf, v_last);
 
     l_lo = quad_sum(l_lo);
     l_hi = quad_sum(l_hi);
@@ -535,8 +574,8 @@ template <class F> void with_kernels(bool wgmma, int64_t hd, F&& f) {
 
 // The most query heads a forward or dq block of Mma's kernels at head size
 // HD takes where registers allow (a block of 4 warpgroups leaves 128 a
-// thread). ptxas, sm_90a: wgmma hd 64 with 4 heads, forward 120 registers and
-// dq 128, no spills; hd 128 with 4 would spill (forward 68 bytes), with 2
+// thread). ptxas, sm_90a: wgmma hd 64 with 4 heads, forward 116 registers and
+// dq 124, no spills; hd 128 with 4 would spill (forward 156 bytes), with 2
 // not. mma.sync keeps one head a block, as before (hd 64 with 2 spills).
 template <class Mma, int HD> constexpr int max_heads() {
     if constexpr (std::is_same_v<Mma, WarpgroupMma>) return HD <= 64 ? 4 : 2;

@@ -90,5 +90,10 @@ __device__ __forceinline__ void a_fragment(uint32_t (&af)[4], const float (&p)[K
     af[2] = pack_bf16(p[k / 8 + 1][0], p[k / 8 + 1][1]);
     af[3] = pack_bf16(p[k / 8 + 1][2], p[k / 8 + 1][3]);
 }
+// All of a 16 x K accumulator as A fragments: pf[i] holds columns 16i..16i+15.
+template <int K> __device__ __forceinline__ void a_fragments(uint32_t (&pf)[K / 16][4], const float (&p)[K / 8][4]) {
+#pragma unroll
+    for (int k = 0; k < K; k += 16) a_fragment<K>(pf[k / 16], p, k);
+}
 
 }  // namespace moe::attention

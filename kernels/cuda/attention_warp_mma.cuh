@@ -97,9 +97,10 @@ struct WarpMma {
 
         // The same product in two halves, as WarpgroupMma overlaps it with
         // the work between: here start() notes B and finish() multiplies
-        // (the warp's registers hold the product either way).
+        // (the warp's registers hold the product either way; kPending, the
+        // products WarpgroupMma leaves running, means nothing here).
         template <int N> __device__ __forceinline__ void start(float (&)[N / 8][4], const bf16* b) { pending_ = b; }
-        template <int N> __device__ __forceinline__ void finish(float (&acc)[N / 8][4]) const {
+        template <int N, int kPending = 0> __device__ __forceinline__ void finish(float (&acc)[N / 8][4]) const {
             abt<N>(acc, pending_);
         }
 
@@ -117,19 +118,40 @@ struct WarpMma {
     // bf16 here), B the K-row shared tile `b` of HD columns.
     template <int HD, int K>
     __device__ __forceinline__ static void pb(float (&acc)[HD / 8][4], const float (&p)[K / 8][4], const bf16* b) {
-        static_assert(HD % 16 == 0 && K % 16 == 0, "whole 16x16 fragments");
-        const int lane = threadIdx.x & 31;
+        static_assert(K % 16 == 0, "whole 16x16 fragments");
 #pragma unroll
         for (int k = 0; k < K; k += 16) {
             uint32_t af[4];
             a_fragment<K>(af, p, k);
+            pb_k<HD, K>(acc, af, b, k);
+        }
+    }
+    // The same product from P's A fragments (a_fragments), in the two halves
+    // WarpgroupMma overlaps with the work between: here finish_pb multiplies
+    // and start_pb does nothing (the warp's registers hold the product either
+    // way, and the work between has more of them without it).
+    template <int HD, int K>
+    __device__ __forceinline__ static void start_pb(float (&)[HD / 8][4], uint32_t (&)[K / 16][4], const bf16*) {}
+    template <int HD, int K>
+    __device__ __forceinline__ static void finish_pb(float (&acc)[HD / 8][4], uint32_t (&pf)[K / 16][4],
+                                                     const bf16* b) {
 #pragma unroll
-            for (int n = 0; n < HD; n += 16) {
-                uint32_t bf[4];  // transposed matrices: rows k..k+7 | k+8..k+15 at column n, then at n+8
-                ldsm_x4_trans(bf, b + offset<HD, K>(k + (lane & 15), n + (lane >> 4) * 8));
-                mma16816(acc[n / 8], af, bf[0], bf[1]);
-                mma16816(acc[n / 8 + 1], af, bf[2], bf[3]);
-            }
+        for (int k = 0; k < K; k += 16) pb_k<HD, K>(acc, pf[k / 16], b, k);
+    }
+
+private:
+    // acc (16 x HD) += P_k B_k over rows k..k+15 of B: af is P's fragment there.
+    template <int HD, int K>
+    __device__ __forceinline__ static void pb_k(float (&acc)[HD / 8][4], const uint32_t (&af)[4], const bf16* b,
+                                                int k) {
+        static_assert(HD % 16 == 0, "whole 16x16 fragments");
+        const int lane = threadIdx.x & 31;
+#pragma unroll
+        for (int n = 0; n < HD; n += 16) {
+            uint32_t bf[4];  // transposed matrices: rows k..k+7 | k+8..k+15 at column n, then at n+8
+            ldsm_x4_trans(bf, b + offset<HD, K>(k + (lane & 15), n + (lane >> 4) * 8));
+            mma16816(acc[n / 8], af, bf[0], bf[1]);
+            mma16816(acc[n / 8 + 1], af, bf[2], bf[3]);
         }
     }
 };

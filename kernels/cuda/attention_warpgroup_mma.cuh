@@ -57,8 +57,9 @@ struct WarpgroupMma {
             finish<N>(acc);
         }
         // The same product in two halves: start() queues it on the tensor
-        // cores and returns, finish() waits for it. The work between (on
-        // other registers than acc) overlaps the product.
+        // cores and returns, finish() waits for it, leaving the kPending
+        // products queued after it running. The work between (on other
+        // registers than acc) overlaps the product.
         template <int N> __device__ __forceinline__ void start(float (&acc)[N / 8][4], const bf16* b) const {
             namespace wg = cuda::wgmma;
             wg::pin(acc);
@@ -67,8 +68,8 @@ struct WarpgroupMma {
             for (int k = 0; k < HD; k += 16) wg::mma_ss<N>(acc, k_major<kTile>(tile_, k), k_major<N>(b, k));
             wg::commit();
         }
-        template <int N> __device__ __forceinline__ void finish(float (&acc)[N / 8][4]) const {
-            cuda::wgmma::wait<0>();
+        template <int N, int kPending = 0> __device__ __forceinline__ void finish(float (&acc)[N / 8][4]) const {
+            cuda::wgmma::wait<kPending>();
             cuda::wgmma::pin(acc);
         }
 
@@ -80,19 +81,34 @@ struct WarpgroupMma {
     // bf16 here, each warp its 16 rows), B the K-row shared tile `b`.
     template <int HD, int K>
     __device__ __forceinline__ static void pb(float (&acc)[HD / 8][4], const float (&p)[K / 8][4], const bf16* b) {
+        uint32_t pf[K / 16][4];
+        a_fragments<K>(pf, p);
+        start_pb<HD, K>(acc, pf, b);
+        finish_pb<HD, K>(acc, pf, b);
+    }
+    // The same product from P's A fragments (a_fragments) in two halves, both
+    // given the same operands: start_pb queues it after any product already
+    // queued, finish_pb waits for all of them. Until then neither acc nor pf
+    // may change: the tensor cores read pf and write acc while the warps work
+    // on.
+    template <int HD, int K>
+    __device__ __forceinline__ static void start_pb(float (&acc)[HD / 8][4], uint32_t (&pf)[K / 16][4],
+                                                    const bf16* b) {
         static_assert(supports<HD>() && K % 16 == 0, "whole 128-byte rows, whole k steps");
         namespace wg = cuda::wgmma;
-        uint32_t af[K / 16][4];
-#pragma unroll
-        for (int k = 0; k < K; k += 16) a_fragment<K>(af[k / 16], p, k);
-        wg::pin(af);
+        wg::pin(pf);
         wg::pin(acc);
         wg::fence();
 #pragma unroll
-        for (int k = 0; k < K; k += 16) wg::mma_rs<HD>(acc, af[k / 16], mn_major<K>(b, k));
+        for (int k = 0; k < K; k += 16) wg::mma_rs<HD>(acc, pf[k / 16], mn_major<K>(b, k));
         wg::commit();
-        wg::wait<0>();
-        wg::pin(acc);
+    }
+    template <int HD, int K>
+    __device__ __forceinline__ static void finish_pb(float (&acc)[HD / 8][4], uint32_t (&pf)[K / 16][4],
+                                                     const bf16*) {
+        cuda::wgmma::wait<0>();
+        cuda::wgmma::pin(acc);
+        cuda::wgmma::pin(pf);  // its registers stay pf's until the products have read them
     }
 };
 

@@ -86,7 +86,8 @@ def main():
     if n != 1:
         sys.exit(f"emulate_kernels.py: {path}: MOE_WGMMA_ASM's definition changed; update tests/emulated")
     s = re.sub(r'asm volatile\("" : "\+[fr]"\([^)]*\)::"memory"\);', '(void)0;', s)  # pin: nothing to do here
-    for sig, body in [(r'void wait\(\) ', f'{e}wgmma_wait();'),
+    for sig, body in [(r'void commit\(\) ', f'{e}wgmma_commit();'),
+                      (r'void wait\(\) ', f'{e}wgmma_wait(pending);'),
                       (r'void mma_ss\(float \(&d\)\[N / 8\]\[4\], uint64_t a, uint64_t b\) ',
                        f'{e}wgmma_ss<N>(d, a, b);'),
                       (r'void mma_rs\(float \(&d\)\[N / 8\]\[4\], const uint32_t \(&a\)\[4\], uint64_t b\) ',

@@ -8,9 +8,11 @@
 //   shfl.sync.bfly             a value from lane ^ mask
 //   wgmma m64nNk16 bf16        A and B by descriptor (128-byte swizzle,
 //                              k-major or MN-major) or A from registers; the
-//                              result lands at wgmma.wait_group: until then
-//                              the accumulator holds NaN, so a kernel that
-//                              reads it early fails its test
+//                              result lands when wgmma.wait_group lands its
+//                              commit group: until then the accumulator holds
+//                              NaN, so a kernel that reads it early fails its
+//                              test, and one that changes a register A
+//                              fragment a product reads stops with an error
 //   cp.async                   a copy at once (wait_group has nothing to do)
 #pragma once
 #include <cuda_bf16.h>
@@ -130,29 +132,52 @@ inline float mn_major(const Descriptor& d, int k, int mn) {
     return swizzled_at(d.start + (mn % 64) * 2 + (mn / 64) * d.leading + (k % 8) * 128 + (k / 8) * d.stride);
 }
 
-// Results in flight, per thread: an accumulator's values until wait.
+// Products in flight, per thread: an accumulator's values until its group
+// lands, and the register A fragments its products read, which may not
+// change until then. Products join the open group; commit closes it;
+// wait_group(n) lands every closed group but the n latest.
 struct InFlight {
     float* registers;
     std::vector<float> values;
+    std::vector<std::pair<const uint32_t*, std::array<uint32_t, 4>>> fragments;
+    long group = -1;  // -1: the open group
 };
 inline std::vector<InFlight> in_flight[kMaxThreads];
+inline long groups_closed[kMaxThreads];
 
-inline float* accumulator(float* registers, int n) {
+inline InFlight& accumulator(float* registers, int n) {
     for (InFlight& f : in_flight[threadIdx.x])
-        if (f.registers == registers) return f.values.data();
-    in_flight[threadIdx.x].push_back({registers, std::vector<float>(registers, registers + n)});
-    return in_flight[threadIdx.x].back().values.data();
+        if (f.registers == registers) {
+            f.group = -1;  // a product on an accumulator in flight follows the ones before it
+            return f;
+        }
+    in_flight[threadIdx.x].push_back({registers, std::vector<float>(registers, registers + n), {}});
+    return in_flight[threadIdx.x].back();
 }
-inline void wgmma_wait() {
-    for (InFlight& f : in_flight[threadIdx.x]) std::copy(f.values.begin(), f.values.end(), f.registers);
-    in_flight[threadIdx.x].clear();
+inline void wgmma_commit() {
+    const long g = groups_closed[threadIdx.x]++;
+    for (InFlight& f : in_flight[threadIdx.x])
+        if (f.group < 0) f.group = g;
+}
+inline void wgmma_wait(int pending) {
+    std::vector<InFlight>& all = in_flight[threadIdx.x];
+    const long landing = groups_closed[threadIdx.x] - pending;  // groups before this one land
+    for (const InFlight& f : all) {
+        if (f.group < 0 || f.group >= landing) continue;
+        for (const auto& [registers, read] : f.fragments)
+            if (!std::equal(read.begin(), read.end(), registers))
+                throw std::runtime_error("emulated wgmma: an A fragment changed while a product read it");
+        std::copy(f.values.begin(), f.values.end(), f.registers);
+    }
+    const auto landed = [&](const InFlight& f) { return f.group >= 0 && f.group < landing; };
+    all.erase(std::remove_if(all.begin(), all.end(), landed), all.end());
 }
 
 // d (64 x N) += A B over k 16; a(row, k) and b(k, col) give the operands
 // (rows of this thread's warpgroup: warp w of it holds rows 16w..16w+15).
 template <int N, class A, class B> void wgmma(float (&d)[N / 8][4], A a, B b) {
     const int l = lane(), w = warp() % 4;
-    float* acc = accumulator(&d[0][0], N / 2);
+    float* acc = accumulator(&d[0][0], N / 2).values.data();
     for (int j = 0; j < N / 8; ++j)
         for (int e = 0; e < 4; ++e) {
             const int row = 16 * w + l / 4 + 8 * (e >= 2), col = 8 * j + 2 * (l % 4) + (e & 1);
@@ -175,6 +200,7 @@ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b_descripto
     warpgroup_barrier();
     const Descriptor b = decode(b_descriptor);
     const int w0 = warpgroup() * 128;  // its warps' slots
+    accumulator(&d[0][0], N / 2).fragments.push_back({a, {a[0], a[1], a[2], a[3]}});
     wgmma<N>(
         d, [&](int row, int k) { return fragment_a(w0 + (row / 16) * 32, row % 16, k); },
         [&](int k, int col) { return b_mn_major ? mn_major(b, k, col) : k_major(b, col, k); });
