@@ -379,10 +379,12 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
         const float *slb = slse + buf * kQ, *sdb = sdelta + buf * kQ;
         const int q0 = (qt_first + step % per_head) * kQ;
         // P^T = exp(K Q^T scale - lse) where query >= key and query < T,
-        // while the tensor cores work on dP^T = V dO^T (WarpgroupMma).
+        // while the tensor cores work on dP^T = V dO^T (WarpgroupMma: both
+        // products queued together, the warps waiting for the first).
         float p[kQ / 8][4] = {}, dp[kQ / 8][4] = {};
-        ka.template abt<kQ>(p, sqb);
+        ka.template start<kQ>(p, sqb);
         va.template start<kQ>(dp, sdob);
+        ka.template finish<kQ, 1>(p);
 #pragma unroll
         for (int n = 0; n < kQ / 8; ++n)
 #pragma unroll
@@ -483,10 +485,12 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
 
         const bf16 *skb = sk + buf * kKT, *svb = sv + buf * kKT;
         // P = exp(Q K^T scale - lse) where key <= query, while the tensor
-        // cores work on dP = dO V^T (WarpgroupMma).
+        // cores work on dP = dO V^T (WarpgroupMma: both products queued
+        // together, the warps waiting for the first).
         float p[kK / 8][4] = {}, dp[kK / 8][4] = {};
-        qa.template abt<kK>(p, skb);
+        qa.template start<kK>(p, skb);
         doa.template start<kK>(dp, svb);
+        qa.template finish<kK, 1>(p);
         const int k0 = j * kK + 2 * (lane & 3);
 #pragma unroll
         for (int n = 0; n < kK / 8; ++n)
@@ -575,7 +579,7 @@ template <class F> void with_kernels(bool wgmma, int64_t hd, F&& f) {
 // The most query heads a forward or dq block of Mma's kernels at head size
 // HD takes where registers allow (a block of 4 warpgroups leaves 128 a
 // thread). ptxas, sm_90a: wgmma hd 64 with 4 heads, forward 116 registers and
-// dq 124, no spills; hd 128 with 4 would spill (forward 156 bytes), with 2
+// dq 128, no spills; hd 128 with 4 would spill (forward 156 bytes), with 2
 // not. mma.sync keeps one head a block, as before (hd 64 with 2 spills).
 template <class Mma, int HD> constexpr int max_heads() {
     if constexpr (std::is_same_v<Mma, WarpgroupMma>) return HD <= 64 ? 4 : 2;
