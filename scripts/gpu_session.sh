@@ -193,8 +193,21 @@ do_ab() {
 do_ncu() {
   . "$state"
   command -v ncu >/dev/null || { echo "ncu is not on the PATH"; return 1; }
-  ncu --clock-control none --csv --log-file "$out/ncu.csv" --kernel-name-base demangled \
-    --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread \
+  local m known
+  local metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread
+  # Two more where this ncu knows them (a name it does not know stops its
+  # whole run): the tensor pipe's busy cycles, and issue slots stalled at a
+  # block barrier (what the attention kernels' warpgroups lose going in step).
+  known=$(ncu --query-metrics 2>/dev/null)
+  for m in sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_elapsed \
+           smsp__warp_issue_stalled_barrier_per_warp_active.pct; do
+    if grep -qE "^[[:space:]]*${m%%.*}[[:space:]]" <<< "$known"; then
+      metrics+=",$m"
+    else
+      echo "ncu --query-metrics does not list ${m%%.*}: left out"
+    fi
+  done
+  ncu --clock-control none --csv --log-file "$out/ncu.csv" --kernel-name-base demangled --metrics "$metrics" \
     "$build/moe-opbench" --config configs/bench/medium.yaml --reps 1 || return 1
   python3 tools/ncu_summary.py "$out/ncu.csv"
 }

@@ -128,8 +128,8 @@ struct WarpMma {
     }
     // The same product from P's A fragments (a_fragments), in the two halves
     // WarpgroupMma overlaps with the work between: here finish_pb multiplies
-    // and start_pb does nothing (the warp's registers hold the product either
-    // way, and the work between has more of them without it).
+    // and start_pb does nothing (the warp's own registers take the product
+    // either way; taking it after the work between leaves that work more).
     template <int HD, int K>
     __device__ __forceinline__ static void start_pb(float (&)[HD / 8][4], uint32_t (&)[K / 16][4], const bf16*) {}
     template <int HD, int K>
