@@ -62,6 +62,20 @@ struct WarpMma {
             mma16816(acc[n / 8 + 1], af, bf[2], bf[3]);
         }
     }
+    // acc (16 x HD) += P_k B_k over rows k..k+15 of B: af is P's fragment there.
+    template <int HD, int K>
+    __device__ __forceinline__ static void mma_pb_k(float (&acc)[HD / 8][4], const uint32_t (&af)[4], const bf16* b,
+                                                    int k) {
+        static_assert(HD % 16 == 0, "whole 16x16 fragments");
+        const int lane = threadIdx.x & 31;
+#pragma unroll
+        for (int n = 0; n < HD; n += 16) {
+            uint32_t bf[4];  // transposed matrices: rows k..k+7 | k+8..k+15 at column n, then at n+8
+            ldsm_x4_trans(bf, b + offset<HD, K>(k + (lane & 15), n + (lane >> 4) * 8));
+            mma16816(acc[n / 8], af, bf[0], bf[1]);
+            mma16816(acc[n / 8 + 1], af, bf[2], bf[3]);
+        }
+    }
 
     // The A operand of a warp's products acc (16 x N) += A B^T: the warp's
     // 16 rows of its warpgroup's 64-row shared tile of HD columns, fixed for a
@@ -123,7 +137,7 @@ struct WarpMma {
         for (int k = 0; k < K; k += 16) {
             uint32_t af[4];
             a_fragment<K>(af, p, k);
-            pb_k<HD, K>(acc, af, b, k);
+            mma_pb_k<HD, K>(acc, af, b, k);
         }
     }
     // The same product from P's A fragments (a_fragments), in the two halves
@@ -136,23 +150,7 @@ struct WarpMma {
     __device__ __forceinline__ static void finish_pb(float (&acc)[HD / 8][4], uint32_t (&pf)[K / 16][4],
                                                      const bf16* b) {
 #pragma unroll
-        for (int k = 0; k < K; k += 16) pb_k<HD, K>(acc, pf[k / 16], b, k);
-    }
-
-private:
-    // acc (16 x HD) += P_k B_k over rows k..k+15 of B: af is P's fragment there.
-    template <int HD, int K>
-    __device__ __forceinline__ static void pb_k(float (&acc)[HD / 8][4], const uint32_t (&af)[4], const bf16* b,
-                                                int k) {
-        static_assert(HD % 16 == 0, "whole 16x16 fragments");
-        const int lane = threadIdx.x & 31;
-#pragma unroll
-        for (int n = 0; n < HD; n += 16) {
-            uint32_t bf[4];  // transposed matrices: rows k..k+7 | k+8..k+15 at column n, then at n+8
-            ldsm_x4_trans(bf, b + offset<HD, K>(k + (lane & 15), n + (lane >> 4) * 8));
-            mma16816(acc[n / 8], af, bf[0], bf[1]);
-            mma16816(acc[n / 8 + 1], af, bf[2], bf[3]);
-        }
+        for (int k = 0; k < K; k += 16) mma_pb_k<HD, K>(acc, pf[k / 16], b, k);
     }
 };
 
