@@ -136,6 +136,18 @@ template <class Mma> __device__ __forceinline__ unsigned char* shared_tiles() {
 }
 template <class Mma> constexpr size_t alignment_slack() { return Mma::kAlign > 16 ? Mma::kAlign - 16 : 0; }
 
+// Waits for every copy this thread queued, makes them visible to the tile
+// math's reads (wgmma's too) and meets the block. After it every thread's
+// copies have landed, and every warp is done with the tiles it read before
+// (each tile's products are waited for within it), so the kernels queue the
+// next tile's copies into those buffers right after: one barrier a tile
+// (the forward and dK/dV kernels).
+template <class Mma> __device__ __forceinline__ void copies_landed() {
+    cp_async_wait<0>();
+    Mma::shared_writes_visible();
+    __syncthreads();
+}
+
 // ---- kernels ------------------------------------------------------------------
 
 // Grid (B*nh/kHeads, query tiles), the tiles with the most keys first. A
@@ -149,7 +161,8 @@ template <class Mma> constexpr size_t alignment_slack() { return Mma::kAlign > 1
 // where it is asked to). O sees the operations of the plain loop in the same
 // order (O = alpha_j (O + P_{j-1} V_{j-1}), the last P V after the loop), so
 // the bits are the plain loop's. V tile j is read one tile after K tile j:
-// the copies at tile j bring K tile j+1 and V tile j.
+// the copies at tile j bring K tile j+1 and V tile j, queued once tile j's
+// have landed (copies_landed: one barrier a tile).
 template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThreads * kHeads)
     attention_forward_kernel(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, Shape s) {
     constexpr int kT = Mma::template tile_elements<HD, kTile>();
@@ -180,8 +193,9 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
     float l_lo = 0.f, l_hi = 0.f;              // this lane's share of the running sum of exp
 
     // At key tile j (0..qt; the diagonal tile qt is the last a query of this
-    // tile sees): K tile j+1 into the buffer S_{j-1} read, V tile j into the
-    // one P_{j-2} V_{j-2} read; then wait for all but these copies.
+    // tile sees), once K tile j and V tile j-1 have landed: K tile j+1 into
+    // the buffer S_{j-1} read, V tile j into the one P_{j-2} V_{j-2} read
+    // (both read at tile j-1, which every warp has left at that landing).
     const auto copy_tiles = [&](int j) {
         const int buf = j & 1;
         if (j < qt)
@@ -190,9 +204,6 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
         load_tile<Mma, HD, kTile, kBlock>(sv + buf * kT, vg + int64_t(j) * kTile * kv_stride, kv_stride,
                                           s.T - j * kTile);
         cp_async_commit();
-        cp_async_wait<1>();  // K tile j and V tile j-1 have landed
-        Mma::shared_writes_visible();
-        __syncthreads();
     };
     // S_j = Q K_j^T in p -> P_j (exp2 offsets the new running max) in p; the
     // running max and sum move on. Returns the factors that take O from the
@@ -235,6 +246,7 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
         return make_float2(alpha_lo, alpha_hi);
     };
 
+    copies_landed<Mma>();  // Q and K tile 0
     copy_tiles(0);
     qa.ready();
     {
@@ -243,9 +255,9 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
         softmax(p, 0);  // O is still 0: no rescale
         a_fragments<kTile>(pf, p);
     }
-    __syncthreads();  // all warps are done with the buffers before they are refilled
     for (int j = 1; j <= qt; ++j) {
         const int buf = j & 1;
+        copies_landed<Mma>();  // K tile j, V tile j-1
         copy_tiles(j);
         float p[kTile / 8][4] = {};
         qa.template start<kTile>(p, sk + buf * kT);
@@ -262,11 +274,8 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
             o[n][3] *= alpha.y;
         }
         a_fragments<kTile>(pf, p);
-        __syncthreads();
     }
-    cp_async_wait<0>();  // V tile qt
-    Mma::shared_writes_visible();
-    __syncthreads();
+    copies_landed<Mma>();  // V tile qt
     const bf16* v_last = sv + (qt & 1) * kT;
     Mma::template start_pb<HD, kTile>(o, pf, v_last);
     Mma::template finish_pb<HD, kTile>(o, pf, v_last);
@@ -365,14 +374,14 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
 
     for (int step = 0; step < steps; ++step) {
         const int buf = step & 1;
-        if (step + 1 < steps) load_step(step + 1, buf ^ 1);  // into the buffers step-1 used
-        cp_async_commit();
-        cp_async_wait<1>();
-        Mma::shared_writes_visible();
-        __syncthreads();
+        copies_landed<Mma>();  // the step's tiles and row statistics
         if (step == 0) {
             ka.ready();
             va.ready();
+        }
+        if (step + 1 < steps) {
+            load_step(step + 1, buf ^ 1);  // into the buffers step-1 read
+            cp_async_commit();
         }
 
         const bf16 *sqb = sq + buf * kQT, *sdob = sdo + buf * kQT;
@@ -403,7 +412,6 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
                 for (int e = 0; e < 4; ++e) dp[n][e] = p[n][e] * (dp[n][e] - sdb[8 * n + 2 * (lane & 3) + (e & 1)]);
             Mma::template pb<HD, kQ>(dk_acc, dp, sqb);  // dK += dS^T Q (scaled at the end)
         }
-        __syncthreads();  // all warps are done with buffer buf before it is refilled
     }
 
     if (dk) rotate_back<HD>(dk_acc, rope, key_lo, key_hi, s.T);
@@ -466,6 +474,10 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
 
     // Key tiles up to the one holding the tile's last query (or T-1).
     const int last = (min(q0 + kTile, s.T) - 1) / kK;
+    // The next tile's copies are queued before this one's land, and a second
+    // barrier ends each tile. Queued after the landing instead (one barrier a
+    // tile, as in the other two kernels), ptxas gives the two-head block 134
+    // registers where it gives this 128: one block an SM where two.
     for (int j = 0; j <= last; ++j) {
         const int buf = j & 1;
         if (j < last) {
@@ -510,7 +522,7 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
             dp[n][3] = p[n][3] * (dp[n][3] - delta_hi);
         }
         Mma::template pb<HD, kK>(dq_acc, dp, skb);  // dQ += dS K (scaled at the end)
-        __syncthreads();
+        __syncthreads();  // all warps are done with buffer buf before it is refilled
     }
 
     rotate_back<HD>(dq_acc, rope, row_lo, row_hi, s.T);

@@ -7,11 +7,15 @@
 //
 // The GPU promises no order among a block's threads between barriers, nor
 // among blocks. MOE_EMULATED_THREADS chooses the order here: `forward`
-// (default: threads and blocks by index), `reverse`, or `shuffled` (each
-// round of threads, and the blocks, in an order drawn from a fixed seed). A
-// kernel whose result depends on it (a thread reading what another writes
-// without a barrier between, two blocks writing one element) gives different
-// bits under different orders.
+// (default: threads and blocks by index), `reverse`, `shuffled` (each
+// round of threads, and the blocks, in an order drawn from a fixed seed), or
+// `laggard` (by index, but one warp of each block, warp b mod warps of block
+// b, runs only when no other thread can move: the others run ahead as far as
+// the barriers they share with it allow, where the other orders keep every
+// thread within one barrier of the rest). A kernel whose result depends on
+// it (a thread reading what another writes without a barrier between, two
+// blocks writing one element, a buffer refilled while a slower warp still
+// has to read it) gives different bits under different orders.
 #pragma once
 #include <ucontext.h>
 
@@ -93,7 +97,7 @@ inline void run_fiber() {
     swapcontext(&block.fibers[size_t(block.current)].context, &block.scheduler);
 }
 
-enum class Order { forward, reverse, shuffled };
+enum class Order { forward, reverse, shuffled, laggard };
 
 // MOE_EMULATED_THREADS, read once; anything else stops with the choices.
 inline Order order() {
@@ -103,7 +107,8 @@ inline Order order() {
         if (s == "forward") return Order::forward;
         if (s == "reverse") return Order::reverse;
         if (s == "shuffled") return Order::shuffled;
-        throw std::invalid_argument("MOE_EMULATED_THREADS=" + s + ": expected forward, reverse or shuffled");
+        if (s == "laggard") return Order::laggard;
+        throw std::invalid_argument("MOE_EMULATED_THREADS=" + s + ": expected forward, reverse, shuffled or laggard");
     }();
     return chosen;
 }
@@ -145,16 +150,25 @@ inline void launch(dim3 grid, int threads, size_t shared_bytes, std::function<vo
             f.context.uc_link = nullptr;
             makecontext(&f.context, run_fiber, 0);
         }
-        for (bool left = true; left;) {
-            left = false;
-            const long before = block.progress;
+        // A round runs every thread that is not done (but the laggard warp's,
+        // unless `all`) until it waits at a barrier or ends; whether any is left.
+        const int laggard = order() == Order::laggard ? b % ((threads + 31) / 32) : -1;
+        const auto round = [&](bool all) {
+            bool left = false;
             for (const int t : ordered(threads)) {
                 if (block.fibers[size_t(t)].done) continue;
                 left = true;
+                if (!all && t / 32 == laggard) continue;
                 block.current = t;
                 block.thread = {unsigned(t), 0, 0};
                 swapcontext(&block.scheduler, &block.fibers[size_t(t)].context);
             }
+            return left;
+        };
+        for (bool left = true; left;) {
+            const long before = block.progress;
+            left = round(laggard < 0);
+            if (left && block.progress == before && laggard >= 0) left = round(true);  // all wait for the laggard
             if (left && block.progress == before)
                 throw std::runtime_error("emulated block (" + std::to_string(bx) + ", " + std::to_string(by) +
                                          "): its threads wait at barriers that not all of them reach");
