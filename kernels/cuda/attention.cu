@@ -136,14 +136,15 @@ template <class Mma> __device__ __forceinline__ unsigned char* shared_tiles() {
 }
 template <class Mma> constexpr size_t alignment_slack() { return Mma::kAlign > 16 ? Mma::kAlign - 16 : 0; }
 
-// Waits for every copy this thread queued, makes them visible to the tile
-// math's reads (wgmma's too) and meets the block. After it every thread's
-// copies have landed, and every warp is done with the tiles it read before
-// (each tile's products are waited for within it), so the kernels queue the
-// next tile's copies into those buffers right after: one barrier a tile
-// (the forward and dK/dV kernels).
-template <class Mma> __device__ __forceinline__ void copies_landed() {
-    cp_async_wait<0>();
+// Waits for the copies this thread queued (all but the kPending latest
+// groups), makes them visible to the tile math's reads (wgmma's too) and
+// meets the block. After it every thread's copies have landed, and every
+// warp is done with the tiles it read before (each tile's products are
+// waited for within it), so the kernels queue the next tile's copies into
+// those buffers right after: one barrier a tile (the forward and dK/dV
+// kernels; their first tile's wait leaves the second's copies in flight).
+template <class Mma, int kPending = 0> __device__ __forceinline__ void copies_landed() {
+    cp_async_wait<kPending>();
     Mma::shared_writes_visible();
     __syncthreads();
 }
@@ -196,6 +197,7 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
     // tile sees), once K tile j and V tile j-1 have landed: K tile j+1 into
     // the buffer S_{j-1} read, V tile j into the one P_{j-2} V_{j-2} read
     // (both read at tile j-1, which every warp has left at that landing).
+    // Tile 0's are queued with Q's, into buffers nothing has read.
     const auto copy_tiles = [&](int j) {
         const int buf = j & 1;
         if (j < qt)
@@ -246,8 +248,8 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
         return make_float2(alpha_lo, alpha_hi);
     };
 
-    copies_landed<Mma>();  // Q and K tile 0
-    copy_tiles(0);
+    copy_tiles(0);            // into buffers nothing has read yet
+    copies_landed<Mma, 1>();  // Q and K tile 0
     qa.ready();
     {
         float p[kTile / 8][4] = {};
@@ -366,22 +368,25 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
     };
     load_step(0, 0);
     cp_async_commit();
+    if (steps > 1) load_step(1, 1);
+    cp_async_commit();
+    copies_landed<Mma, 1>();  // K, V and the first step's
 
     const int warp = warp_of_group(), lane = threadIdx.x & 31;
     const int key_lo = k0 + warp * 16 + (lane >> 2), key_hi = key_lo + 8;  // key of acc[.][0..1], [.][2..3]
     typename Mma::template RowsA<HD, kBwdKeepRows> ka(sk), va(sv);
     float dk_acc[HD / 8][4] = {}, dv_acc[HD / 8][4] = {};
 
+    ka.ready();
+    va.ready();
     for (int step = 0; step < steps; ++step) {
         const int buf = step & 1;
-        copies_landed<Mma>();  // the step's tiles and row statistics
-        if (step == 0) {
-            ka.ready();
-            va.ready();
-        }
-        if (step + 1 < steps) {
-            load_step(step + 1, buf ^ 1);  // into the buffers step-1 read
-            cp_async_commit();
+        if (step > 0) {
+            copies_landed<Mma>();  // the step's tiles and row statistics
+            if (step + 1 < steps) {
+                load_step(step + 1, buf ^ 1);  // into the buffers step-1 read
+                cp_async_commit();
+            }
         }
 
         const bf16 *sqb = sq + buf * kQT, *sdob = sdo + buf * kQT;
