@@ -195,11 +195,13 @@ do_ncu() {
   command -v ncu >/dev/null || { echo "ncu is not on the PATH"; return 1; }
   local m known
   local metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread
-  # Two more where this ncu knows them (a name it does not know stops its
-  # whole run): the tensor pipe's busy cycles, and issue slots stalled at a
-  # block barrier (what the attention kernels' warpgroups lose going in step).
+  # Three more where this ncu knows them (a name it does not know stops its
+  # whole run): the tensor pipe's busy cycles, the transcendental pipe's
+  # issue rate (the softmax's exp2), and issue slots stalled at a block
+  # barrier (what the attention kernels' warpgroups lose going in step).
   known=$(ncu --query-metrics 2>/dev/null)
   for m in sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_elapsed \
+           sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active \
            smsp__warp_issue_stalled_barrier_per_warp_active.pct; do
     if grep -qE "^[[:space:]]*${m%%.*}[[:space:]]" <<< "$known"; then
       metrics+=",$m"

@@ -9,6 +9,7 @@ gpu__time_duration.sum, dram__bytes_read.sum, dram__bytes_write.sum,
 sm__throughput.avg.pct_of_peak_sustained_elapsed,
 gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed,
 sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_elapsed,
+sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,
 sm__warps_active.avg.pct_of_peak_sustained_active,
 smsp__warp_issue_stalled_barrier_per_warp_active.pct, launch__registers_per_thread.
 
@@ -17,7 +18,9 @@ arguments kept: they tell the tile families and access widths apart). Per
 kernel: launches, mean time a launch, DRAM bytes read and written a launch
 and their rate, and the means of memory and SM throughput (% of peak), the
 tensor pipe's busy cycles (% of peak: how well a tensor-core kernel keeps it
-fed), achieved occupancy (% of the warps an SM holds), the warps' issue slots
+fed), the transcendental pipe's issue rate (% of peak: the exp2 of the
+attention forward's softmax, which at head size 64 asks as many cycles of it
+as of the tensor pipe), achieved occupancy (% of the warps an SM holds), the warps' issue slots
 stalled at a block barrier (%: what kernels whose warps go in step lose)
 and registers a thread; the heaviest kernels (total time) first. ncu scales units (usecond, Mbyte):
 they are read back to seconds and bytes (ncu's Kbyte is 1000 bytes).
@@ -33,12 +36,13 @@ READ, WRITE = "dram__bytes_read.sum", "dram__bytes_write.sum"
 MEMORY = "gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed"
 SM = "sm__throughput.avg.pct_of_peak_sustained_elapsed"
 TENSOR = "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_elapsed"
+TRANSCENDENTAL = "sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active"
 OCCUPANCY = "sm__warps_active.avg.pct_of_peak_sustained_active"
 BARRIER = "smsp__warp_issue_stalled_barrier_per_warp_active.pct"
 REGISTERS = "launch__registers_per_thread"
 
 # A kernel's line: launches, then each metric's mean over them (None: not given).
-Row = namedtuple("Row", "kernel n time read write memory sm tensor occupancy barrier registers")
+Row = namedtuple("Row", "kernel n time read write memory sm tensor transcendental occupancy barrier registers")
 
 SCALE = {
     "nsecond": 1e-9, "usecond": 1e-6, "msecond": 1e-3, "second": 1.0,
@@ -101,7 +105,7 @@ def summarize(per_launch):
         def mean(name):
             return k["sums"][name] / k["counts"][name] if k["counts"][name] else None
         rows.append(Row(kernel, k["n"], mean(TIME), mean(READ), mean(WRITE), mean(MEMORY), mean(SM), mean(TENSOR),
-                        mean(OCCUPANCY), mean(BARRIER), mean(REGISTERS)))
+                        mean(TRANSCENDENTAL), mean(OCCUPANCY), mean(BARRIER), mean(REGISTERS)))
     rows.sort(key=lambda r: -(r.n * (r.time or 0)))
     return rows
 
@@ -119,14 +123,14 @@ def main():
     rows = summarize(launches(a.csv))
     total = sum(r.n * (r.time or 0) for r in rows)
     print(f"{'kernel':<60} {'calls':>5} {'us/call':>9} {'MB read':>9} {'MB written':>10} {'GB/s':>7} "
-          f"{'mem %':>6} {'SM %':>6} {'TC %':>6} {'occ %':>6} {'bar %':>6} {'regs':>5}")
+          f"{'mem %':>6} {'SM %':>6} {'TC %':>6} {'XU %':>6} {'occ %':>6} {'bar %':>6} {'regs':>5}")
     for r in rows[:a.top or None]:
         moved = r.read + r.write if r.read is not None and r.write is not None else None
         rate = moved / r.time if moved is not None and r.time else None
         print(f"{r.kernel[:60]:<60} {r.n:>5} {cell(r.time, '9.1f', 1e6)} {cell(r.read, '9.2f', 1e-6)} "
               f"{cell(r.write, '10.2f', 1e-6)} {cell(rate, '7.0f', 1e-9)} {cell(r.memory, '6.1f')} "
-              f"{cell(r.sm, '6.1f')} {cell(r.tensor, '6.1f')} {cell(r.occupancy, '6.1f')} "
-              f"{cell(r.barrier, '6.1f')} {cell(r.registers, '5.0f')}")
+              f"{cell(r.sm, '6.1f')} {cell(r.tensor, '6.1f')} {cell(r.transcendental, '6.1f')} "
+              f"{cell(r.occupancy, '6.1f')} {cell(r.barrier, '6.1f')} {cell(r.registers, '5.0f')}")
     print(f"{len(rows)} kernels, {sum(r.n for r in rows)} launches, {total * 1e3:.3f} ms in all")
 
 

@@ -105,6 +105,10 @@ struct Shape {
 // the dq kernel's key tile are 64 rows, or 32 for hd 128 to bound registers
 // and shared memory.
 template <int HD> constexpr int kBwdRows = HD <= 64 ? 64 : 32;
+// K and V buffers of the dq kernel: three where a block takes several query
+// heads (one barrier a tile), two for one (where a third tile of each would
+// cost hd 64 its fourth block an SM: 64 KB of shared memory a block).
+constexpr int dq_kv_stages(int heads) { return heads > 1 ? 3 : 2; }
 // WarpMma's backward kernels read their fixed operands' fragments at each
 // product (RowsA without kKeep): keeping them costs occupancy (ptxas, sm_90,
 // hd 64: dk/dv 167 -> 229 registers, 3 -> 2 blocks a SM; dq spills), a
@@ -140,9 +144,10 @@ template <class Mma> constexpr size_t alignment_slack() { return Mma::kAlign > 1
 // groups), makes them visible to the tile math's reads (wgmma's too) and
 // meets the block. After it every thread's copies have landed, and every
 // warp is done with the tiles it read before (each tile's products are
-// waited for within it), so the kernels queue the next tile's copies into
-// those buffers right after: one barrier a tile (the forward and dK/dV
-// kernels; their first tile's wait leaves the second's copies in flight).
+// waited for within it), so the forward and dK/dV kernels queue the next
+// tile's copies into those buffers right after (their first tile's wait
+// leaving the second's copies in flight): one barrier a tile. The dQ kernel
+// queues them before, into a third buffer.
 template <class Mma, int kPending = 0> __device__ __forceinline__ void copies_landed() {
     cp_async_wait<kPending>();
     Mma::shared_writes_visible();
@@ -444,8 +449,9 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
     constexpr int kT = Mma::template tile_elements<HD, kTile>(), kKT = Mma::template tile_elements<HD, kK>();
     bf16* sq = reinterpret_cast<bf16*>(shared_tiles<Mma>());  // [kHeads][kT]
     bf16* sdo = sq + kHeads * kT;                              // [kHeads][kT]
-    bf16* sk = sdo + kHeads * kT;                              // [2][kKT]
-    bf16* sv = sk + 2 * kKT;                                   // [2][kKT]
+    constexpr int kStages = dq_kv_stages(kHeads);
+    bf16* sk = sdo + kHeads * kT;                              // [kStages][kKT]
+    bf16* sv = sk + kStages * kKT;                             // [kStages][kKT]
 
     const int q0 = (int(gridDim.y) - 1 - int(blockIdx.y)) * kTile;
     const BlockHeads<kHeads> heads(s);
@@ -479,22 +485,22 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
 
     // Key tiles up to the one holding the tile's last query (or T-1).
     const int last = (min(q0 + kTile, s.T) - 1) / kK;
-    // The next tile's copies are queued before this one's land, and a second
-    // barrier ends each tile. Queued after the landing instead (one barrier a
-    // tile, as in the other two kernels), ptxas gives the two-head block 134
-    // registers where it gives this 128: one block an SM where two.
-    for (int j = 0; j <= last; ++j) {
-        const int buf = j & 1;
+    // Tile j+1's copies are queued before tile j's land, into the buffers of
+    // tile j+1-kStages. With three, every warp has left that tile at tile
+    // j-1's landing: one barrier a tile. With two (a block of one head, where
+    // a third would cost hd 64 a block an SM), a second barrier ends each tile.
+    // (Queued after the landing, into the buffers tile j-1 read, as the other
+    // two kernels do, ptxas gives the two-head block 134 registers, not 128:
+    // one block an SM where two.)
+    for (int j = 0, buf = 0; j <= last; ++j, buf = buf + 1 == kStages ? 0 : buf + 1) {
         if (j < last) {
             const int64_t next = int64_t(j + 1) * kK;
-            const int valid = s.T - int(next);
-            load_tile<Mma, HD, kK, kBlock>(sk + (buf ^ 1) * kKT, kg + next * kv_stride, kv_stride, valid);
-            load_tile<Mma, HD, kK, kBlock>(sv + (buf ^ 1) * kKT, vg + next * kv_stride, kv_stride, valid);
+            const int valid = s.T - int(next), into = (buf + 1 == kStages ? 0 : buf + 1) * kKT;
+            load_tile<Mma, HD, kK, kBlock>(sk + into, kg + next * kv_stride, kv_stride, valid);
+            load_tile<Mma, HD, kK, kBlock>(sv + into, vg + next * kv_stride, kv_stride, valid);
         }
         cp_async_commit();
-        cp_async_wait<1>();
-        Mma::shared_writes_visible();
-        __syncthreads();
+        copies_landed<Mma, 1>();  // K and V tile j
         if (j == 0) {
             qa.ready();
             doa.ready();
@@ -527,7 +533,7 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
             dp[n][3] = p[n][3] * (dp[n][3] - delta_hi);
         }
         Mma::template pb<HD, kK>(dq_acc, dp, skb);  // dQ += dS K (scaled at the end)
-        __syncthreads();  // all warps are done with buffer buf before it is refilled
+        if constexpr (kStages == 2) __syncthreads();  // every warp is done with buffer buf before it is refilled
     }
 
     rotate_back<HD>(dq_acc, rope, row_lo, row_hi, s.T);
@@ -697,15 +703,16 @@ void CudaOps::attention_backward(Heads dq, Heads dk, Heads dv, Tensor dout, Head
         using Mma = decltype(mma);
         constexpr int HD = decltype(hd_tag)::value;
         constexpr int kRows = kBwdRows<HD>;
-        // tiles of 64 rows and of kRows: `wide` of the first, 4 of the second
-        const auto tile_bytes = [](int wide) {
+        // tiles of 64 rows and of kRows: `wide` of the first, `narrow` of the second
+        const auto tile_bytes = [](int wide, int narrow) {
             return (size_t(wide) * Mma::template tile_elements<HD, kTile>() +
-                    size_t(4) * Mma::template tile_elements<HD, kRows>()) *
+                    size_t(narrow) * Mma::template tile_elements<HD, kRows>()) *
                        sizeof(bf16) +
                    alignment_slack<Mma>();
         };
         if (!dk.empty() || !dv.empty()) {
-            const size_t bytes = tile_bytes(2) + 4 * kRows * sizeof(float);  // k, v; 2 x (q, dout); 2 x (lse, delta)
+            // k, v; 2 x (q, dout); 2 x (lse, delta)
+            const size_t bytes = tile_bytes(2, 4) + 4 * kRows * sizeof(float);
             const auto kernel = attention_dkdv_kernel<Mma, HD>;
             allow_shared(kernel, bytes);
             kernel<<<dim3(unsigned(d.B * d.nkv), unsigned(tiles(d.T))), kThreads, bytes, stream()>>>(
@@ -716,8 +723,8 @@ void CudaOps::attention_backward(Heads dq, Heads dk, Heads dv, Tensor dout, Head
         if (!dq.empty()) {
             with_heads<max_heads<Mma, HD>()>(attention_heads_, d.nh / d.nkv, [&](auto heads_tag) {
                 constexpr int kHeads = decltype(heads_tag)::value;
-                const auto kernel = attention_dq_kernel<Mma, HD, kHeads>;  // kHeads x (q, dout); 2 x (k, v)
-                const size_t bytes = tile_bytes(2 * kHeads);
+                const auto kernel = attention_dq_kernel<Mma, HD, kHeads>;  // kHeads x (q, dout); stages x (k, v)
+                const size_t bytes = tile_bytes(2 * kHeads, 2 * dq_kv_stages(kHeads));
                 allow_shared(kernel, bytes);
                 kernel<<<dim3(unsigned(d.B * d.nh / kHeads), unsigned(tiles(d.T))), kThreads * kHeads, bytes,
                          stream()>>>(static_cast<bf16*>(dq.base()), pq, pk, pv, pdo, plse, delta, rope, s,
