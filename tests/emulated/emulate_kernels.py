@@ -64,7 +64,8 @@ def main():
                       (r'void cp_async16\(void\* dst, const void\* src\) ', 'std::memcpy(dst, src, 16);'),
                       (r'void cp_async4\(void\* dst, const void\* src\) ', 'std::memcpy(dst, src, 4);'),
                       (r'void cp_async_commit\(\) ', ''),
-                      (r'void cp_async_wait\(\) ', '')]:
+                      (r'void cp_async_wait\(\) ', ''),
+                      (r'float exp2_ftz\(float x\) ', f'return {e}exp2_ftz(x);')]:
         s = replace_body(s, sig, body, path)
     write(path, s)
 

@@ -14,6 +14,9 @@
 //                              test, and one that changes a register A
 //                              fragment a product reads stops with an error
 //   cp.async                   a copy at once (wait_group has nothing to do)
+//   ex2.approx.ftz             2^x, results below the smallest normal float
+//                              flushed to +0 (exact where the GPU's is within
+//                              2 ulp)
 #pragma once
 #include <cuda_bf16.h>
 
@@ -22,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <vector>
 
@@ -43,6 +47,11 @@ inline float bf16_bits_to_float(uint16_t u) {
 inline uint16_t bits_of(const __nv_bfloat16& b) { return __nv_bfloat16_raw(b).x; }
 // Half h (0 low, 1 high) of a register of two bf16.
 inline float half_of(uint64_t r, int h) { return bf16_bits_to_float(uint16_t(h ? r >> 16 : r & 0xFFFF)); }
+
+inline float exp2_ftz(float x) {
+    const float y = std::exp2(x);
+    return y < std::numeric_limits<float>::min() ? 0.f : y;
+}
 
 inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p, bool trans) {
     pointer_slots[threadIdx.x] = p;
