@@ -236,17 +236,18 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
         // (never -inf - -inf).
         const float off_lo = mx_lo == -INFINITY ? 0.f : mx_lo * s.scale_log2;
         const float off_hi = mx_hi == -INFINITY ? 0.f : mx_hi * s.scale_log2;
-        const float alpha_lo = exp2_ftz(m_lo * s.scale_log2 - off_lo), alpha_hi = exp2_ftz(m_hi * s.scale_log2 - off_hi);
+        const float alpha_lo = Mma::exp2(m_lo * s.scale_log2 - off_lo);
+        const float alpha_hi = Mma::exp2(m_hi * s.scale_log2 - off_hi);
         m_lo = mx_lo;
         m_hi = mx_hi;
         l_lo *= alpha_lo;
         l_hi *= alpha_hi;
 #pragma unroll
         for (int n = 0; n < kTile / 8; ++n) {
-            p[n][0] = exp2_ftz(p[n][0] * s.scale_log2 - off_lo);
-            p[n][1] = exp2_ftz(p[n][1] * s.scale_log2 - off_lo);
-            p[n][2] = exp2_ftz(p[n][2] * s.scale_log2 - off_hi);
-            p[n][3] = exp2_ftz(p[n][3] * s.scale_log2 - off_hi);
+            p[n][0] = Mma::exp2(p[n][0] * s.scale_log2 - off_lo);
+            p[n][1] = Mma::exp2(p[n][1] * s.scale_log2 - off_lo);
+            p[n][2] = Mma::exp2(p[n][2] * s.scale_log2 - off_hi);
+            p[n][3] = Mma::exp2(p[n][3] * s.scale_log2 - off_hi);
             l_lo += p[n][0] + p[n][1];
             l_hi += p[n][2] + p[n][3];
         }
@@ -399,11 +400,7 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
         const int q0 = (qt_first + step % per_head) * kQ;
         // P^T = exp(K Q^T scale - lse) where query >= key and query < T,
         // while the tensor cores work on dP^T = V dO^T (WarpgroupMma: both
-        // products queued together, the warps waiting for the first). exp2f,
-        // not the forward's exp2_ftz: with it ptxas gives the mma.sync hd 64
-        // kernel 171 registers (2 blocks an SM where 3) and spills in the dq
-        // kernel at hd 16; the backward has 1.5 to 2 times the forward's
-        // products an exponential.
+        // products queued together, the warps waiting for the first).
         float p[kQ / 8][4] = {}, dp[kQ / 8][4] = {};
         ka.template start<kQ>(p, sqb);
         va.template start<kQ>(dp, sdob);
@@ -414,7 +411,7 @@ template <class Mma, int HD> __global__ void __launch_bounds__(kThreads)
             for (int e = 0; e < 4; ++e) {
                 const int c = 8 * n + 2 * (lane & 3) + (e & 1), query = q0 + c;
                 p[n][e] = query >= (e < 2 ? key_lo : key_hi) && query < s.T
-                              ? exp2f(p[n][e] * s.scale_log2 - slb[c] * kLog2e)
+                              ? Mma::exp2(p[n][e] * s.scale_log2 - slb[c] * kLog2e)
                               : 0.f;
             }
         va.template finish<kQ>(dp);
@@ -525,7 +522,7 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
             for (int e = 0; e < 4; ++e) {
                 const bool lo = e < 2;
                 p[n][e] = k0 + 8 * n + (e & 1) <= (lo ? row_lo : row_hi)
-                              ? exp2f(p[n][e] * s.scale_log2 - (lo ? lse_lo : lse_hi))
+                              ? Mma::exp2(p[n][e] * s.scale_log2 - (lo ? lse_lo : lse_hi))
                               : 0.f;
             }
         doa.template finish<kK>(dp);

@@ -14,6 +14,11 @@ struct WarpMma {
     static constexpr int kPad = 8;  // bf16 elements (16 bytes) after each shared row
     static constexpr int kAlign = 16;
 
+    // The softmax's 2^x: exp2f. (exp2_ftz, which the wgmma family takes,
+    // costs this family's kernels occupancy: ptxas gives dK/dV at hd 64 171
+    // registers, 2 blocks an SM where 3, and spills in dQ at hd 16.)
+    __device__ __forceinline__ static float exp2(float x) { return exp2f(x); }
+
     // bf16 elements a tile of kRows rows of HD columns takes, and where its
     // element (r, c) is: rows one after another, padded.
     template <int HD, int kRows> static constexpr int tile_elements() { return kRows * (HD + kPad); }

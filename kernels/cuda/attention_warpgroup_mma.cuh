@@ -15,6 +15,10 @@ namespace moe::attention {
 struct WarpgroupMma {
     static constexpr int kAlign = 1024;  // an 8-row group of the swizzle
 
+    // The softmax's 2^x: exp2_ftz (attention_tiles.cuh), three instructions
+    // fewer than exp2f's.
+    __device__ __forceinline__ static float exp2(float x) { return exp2_ftz(x); }
+
     template <int HD> static constexpr bool supports() { return HD == 64 || HD == 128; }
 
     // bf16 elements a tile of kRows rows of HD columns takes, and where its
