@@ -602,7 +602,7 @@ template <class F> void with_kernels(bool wgmma, int64_t hd, F&& f) {
 
 // The most query heads a forward or dq block of Mma's kernels at head size
 // HD takes where registers allow (a block of 4 warpgroups leaves 128 a
-// thread). ptxas, sm_90a: wgmma hd 64 with 4 heads, forward 116 registers and
+// thread). ptxas, sm_90a: wgmma hd 64 with 4 heads, forward 115 registers and
 // dq 128, no spills; hd 128 with 4 would spill (forward 156 bytes), with 2
 // not. mma.sync keeps one head a block, as before (hd 64 with 2 spills).
 template <class Mma, int HD> constexpr int max_heads() {
