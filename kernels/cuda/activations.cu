@@ -3,15 +3,16 @@
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/fast_math.cuh"
 
 namespace moe {
 
 namespace {
 
 using cuda::bf16;
+using cuda::sigmoid;
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
 __device__ __forceinline__ float silu_grad(float x, float s) { return s * (1.0f + x * (1.0f - s)); }
 
 #define MOE_GRID_LOOP(i, n) \

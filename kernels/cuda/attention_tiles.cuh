@@ -14,10 +14,12 @@
 #include <cstdint>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/fast_math.cuh"
 
 namespace moe::attention {
 
 using cuda::bf16;
+using cuda::exp2_ftz;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;  // a warpgroup
@@ -74,20 +76,6 @@ template <int n> __device__ __forceinline__ void load_row_stats(float* dst, cons
         else
             dst[i] = 0.f;
     }
-}
-
-// 2^x on the special-function unit, a result below 2^-126 flushed to +0
-// (ex2.approx.ftz). exp2f compiles to the same MUFU.EX2 with three more
-// instructions around it that keep such results as denormals: 102 a key
-// tile for each thread of the forward (WarpgroupMma::exp2), whose
-// exponentials at head size 64 already ask the special-function unit as many
-// cycles as the products ask the tensor cores. The softmax's exponentials
-// are at most 1, and one below 2^-126 changes no fp32 sum that holds the
-// row's largest, 1.
-__device__ __forceinline__ float exp2_ftz(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {

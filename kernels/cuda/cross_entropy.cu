@@ -3,9 +3,10 @@
 // of the row (no fp32 copy of the logits), merged by a fixed tree; with a
 // gradient wanted, the same block then writes it from the logits it holds in
 // registers, so the loss and its gradient cost one read of the logits and one
-// write. A target outside [0, V) is a data error (MODEL.md) the host cannot
-// see without a sync: it gives a NaN loss and NaN gradients, which the
-// trainer stops on.
+// write. Its exponentials, two an element, are exp_ftz (fast_math.cuh). A
+// target outside [0, V) is a data error (MODEL.md) the host cannot see
+// without a sync: it gives a NaN loss and NaN gradients, which the trainer
+// stops on.
 #include <cfloat>
 #include <climits>
 #include <cmath>
@@ -13,12 +14,14 @@
 #include <string>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/fast_math.cuh"
 
 namespace moe {
 
 namespace {
 
 using cuda::bf16;
+using cuda::exp_ftz;
 using cuda::store_chunk;
 using cuda::require_dtype;
 
@@ -33,7 +36,7 @@ __device__ __forceinline__ MaxSum no_logits() { return {-FLT_MAX, 0}; }
 
 __device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
     const float m = fmaxf(a.m, b.m);
-    return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+    return {m, a.s * exp_ftz(a.m - m) + b.s * exp_ftz(b.m - m)};
 }
 __device__ __forceinline__ MaxSum warp_merge(MaxSum x) {
     for (int o = 16; o > 0; o >>= 1)
@@ -57,9 +60,9 @@ template <int W> __device__ __forceinline__ void add_chunk(MaxSum& a, const Chun
     float m = a.m;
 #pragma unroll
     for (int e = 0; e < W; ++e) m = fmaxf(m, __bfloat162float(x.v[e]));
-    float s = a.s * expf(a.m - m);
+    float s = a.s * exp_ftz(a.m - m);
 #pragma unroll
-    for (int e = 0; e < W; ++e) s += expf(__bfloat162float(x.v[e]) - m);
+    for (int e = 0; e < W; ++e) s += exp_ftz(__bfloat162float(x.v[e]) - m);
     a = {m, s};
 }
 
@@ -86,7 +89,7 @@ __device__ __forceinline__ void store_gradient(bf16* grad, int c, const Chunk<W>
     float g[W];
 #pragma unroll
     for (int e = 0; e < W; ++e)
-        g[e] = dloss * (expf(__bfloat162float(x.v[e]) - row_lse) - (c + e == t ? 1.0f : 0.0f));
+        g[e] = dloss * (exp_ftz(__bfloat162float(x.v[e]) - row_lse) - (c + e == t ? 1.0f : 0.0f));
     store_chunk<W>(grad + c, g);
 }
 

@@ -4,8 +4,8 @@
 usage: emulate_kernels.py SOURCE_ROOT OUT_DIR
 
 Into OUT_DIR/kernels/cuda:
-- the attention headers with the body of each inline-PTX wrapper replaced by
-  a call to its model in emulated_ptx.h;
+- the attention headers and fast_math.cuh with the body of each inline-PTX
+  wrapper replaced by a call to its model in emulated_ptx.h;
 - every kernels/cuda/NAME.cu as NAME.cpp, plain C++: each launch
   `kernel<<<grid, block, shared, stream>>>(args);` becomes
   emulated::launch_kernel(grid, block, shared, stream, kernel's address, call,
@@ -64,8 +64,16 @@ def main():
                       (r'void cp_async16\(void\* dst, const void\* src\) ', 'std::memcpy(dst, src, 16);'),
                       (r'void cp_async4\(void\* dst, const void\* src\) ', 'std::memcpy(dst, src, 4);'),
                       (r'void cp_async_commit\(\) ', ''),
-                      (r'void cp_async_wait\(\) ', ''),
-                      (r'float exp2_ftz\(float x\) ', f'return {e}exp2_ftz(x);')]:
+                      (r'void cp_async_wait\(\) ', '')]:
+        s = replace_body(s, sig, body, path)
+    write(path, s)
+
+    path = 'kernels/cuda/fast_math.cuh'
+    s = read(path)
+    s = s.replace('#pragma once\n', '#pragma once\n#include "tests/emulated/emulated_ptx.h"\n', 1)
+    for sig, body in [(r'float exp2_ftz\(float x\) ', f'return {e}exp2_ftz(x);'),
+                      (r'float rcp_ftz\(float x\) ', f'return {e}rcp_ftz(x);'),
+                      (r'float log2_ftz\(float x\) ', f'return {e}log2_ftz(x);')]:
         s = replace_body(s, sig, body, path)
     write(path, s)
 

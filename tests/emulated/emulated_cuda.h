@@ -48,6 +48,7 @@ void launch_kernel(dim3 grid, dim3 threads, size_t shared_bytes, cudaStream_t st
                                  " bytes of dynamic shared memory, where the kernel is allowed " +
                                  std::to_string(limit) + " (cudaFuncSetAttribute) and a block at most 227 KiB");
     if (grid.x == 0 || grid.y == 0 || threads.x == 0) return;
+    approx_at_bounds();  // a bad MOE_EMULATED_APPROX stops here, not inside a block's thread
     std::tuple<std::decay_t<A>...> params(std::forward<A>(args)...);
     enqueue(stream, [=] { launch(grid, int(threads.x), shared_bytes, [&] { std::apply(call, params); }); });
 }

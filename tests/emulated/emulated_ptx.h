@@ -1,7 +1,8 @@
-// Models of the PTX instructions the attention kernels use, for emulated
-// blocks (emulated_block.h): each computes what the PTX ISA says the
-// instruction leaves in each thread's registers. Warp- and warpgroup-wide
-// ones exchange operands through per-thread slots between two barriers.
+// Models of the PTX instructions the attention kernels and fast_math.cuh
+// use, for emulated blocks (emulated_block.h): each computes what the PTX ISA
+// says the instruction leaves in each thread's registers. Warp- and
+// warpgroup-wide ones exchange operands through per-thread slots between two
+// barriers.
 //
 //   ldmatrix .x4 (.trans)      four 8x8 b16 matrices from 32 row addresses
 //   mma.sync m16n8k16 bf16     the fragment layouts of the PTX ISA
@@ -14,9 +15,17 @@
 //                              test, and one that changes a register A
 //                              fragment a product reads stops with an error
 //   cp.async                   a copy at once (wait_group has nothing to do)
-//   ex2.approx.ftz             2^x, results below the smallest normal float
-//                              flushed to +0 (exact where the GPU's is within
-//                              2 ulp)
+//   ex2.approx.ftz             2^x, rcp.approx.ftz 1/x, lg2.approx.ftz
+//   rcp.approx.ftz             log2 x, with .ftz's subnormals (zeros of
+//   lg2.approx.ftz             their sign in and out): exact, where the GPU's
+//                              are within a few ulp (fast_math.cuh); with
+//                              MOE_EMULATED_APPROX=bounds, each finite
+//                              nonzero result moved by its whole error bound
+//                              (2^x 2 ulp, 1/x 1 ulp, log2 2^-22 absolute in
+//                              [0.5, 2] and 2 ulp elsewhere), up or down by
+//                              a hash of the input, so that a test passing so
+//                              holds its tolerance for any result the GPU
+//                              may give, not only the exact one
 #pragma once
 #include <cuda_bf16.h>
 
@@ -24,9 +33,10 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "tests/emulated/emulated_block.h"
@@ -48,9 +58,44 @@ inline uint16_t bits_of(const __nv_bfloat16& b) { return __nv_bfloat16_raw(b).x;
 // Half h (0 low, 1 high) of a register of two bf16.
 inline float half_of(uint64_t r, int h) { return bf16_bits_to_float(uint16_t(h ? r >> 16 : r & 0xFFFF)); }
 
-inline float exp2_ftz(float x) {
-    const float y = std::exp2(x);
-    return y < std::numeric_limits<float>::min() ? 0.f : y;
+// .ftz: subnormal inputs and results are zeros of their sign.
+inline float flush(float x) { return std::fpclassify(x) == FP_SUBNORMAL ? std::copysign(0.f, x) : x; }
+
+// MOE_EMULATED_APPROX, read once: exact (the default) or bounds; anything
+// else stops with the choices.
+inline bool approx_at_bounds() {
+    static const bool bounds = [] {
+        const char* v = std::getenv("MOE_EMULATED_APPROX");
+        const std::string s = v ? v : "exact";
+        if (s != "exact" && s != "bounds")
+            throw std::invalid_argument("MOE_EMULATED_APPROX=" + s + ": expected exact or bounds");
+        return s == "bounds";
+    }();
+    return bounds;
+}
+
+// Whether the error of the result for input x goes up: a fixed pseudo-random
+// choice by x's bits, so equal inputs give equal results.
+inline bool error_up(float x) {
+    uint32_t bits;
+    std::memcpy(&bits, &x, 4);
+    return (bits * 0x9E3779B1u) >> 31;
+}
+
+// y moved `ulps` representable floats up or down (finite nonzero y only).
+inline float off_by_ulps(float y, int ulps, bool up) {
+    if (!approx_at_bounds() || y == 0 || !std::isfinite(y)) return y;
+    for (int i = 0; i < ulps; ++i) y = std::nextafter(y, up ? HUGE_VALF : -HUGE_VALF);
+    return y;
+}
+
+inline float exp2_ftz(float x) { return flush(off_by_ulps(std::exp2(flush(x)), 2, error_up(x))); }
+inline float rcp_ftz(float x) { return flush(off_by_ulps(1.f / flush(x), 1, error_up(x))); }
+inline float log2_ftz(float x) {
+    const float y = std::log2(flush(x));
+    if (!approx_at_bounds() || !std::isfinite(y)) return y;
+    if (x < 0.5f || x > 2.f) return off_by_ulps(y, 2, error_up(x));
+    return y + (error_up(x) ? 0x1p-22f : -0x1p-22f);
 }
 
 inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p, bool trans) {
