@@ -21,11 +21,11 @@
 //                              are within a few ulp (fast_math.cuh); with
 //                              MOE_EMULATED_APPROX=bounds, each finite
 //                              nonzero result moved by its whole error bound
-//                              (2^x 2 ulp, 1/x 1 ulp, log2 2^-22 absolute in
-//                              [0.5, 2] and 2 ulp elsewhere), up or down by
-//                              a hash of the input, so that a test passing so
-//                              holds its tolerance for any result the GPU
-//                              may give, not only the exact one
+//                              (tests/gpu/fast_math_probe.h, which
+//                              gpu_cuda_fast_math checks on the GPU), up or
+//                              down by a hash of the input, so that a test
+//                              passing so holds its tolerance for any result
+//                              the GPU may give, not only the exact one
 #pragma once
 #include <cuda_bf16.h>
 
@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "tests/emulated/emulated_block.h"
+#include "tests/gpu/fast_math_probe.h"
 
 namespace moe::emulated {
 
@@ -89,13 +90,19 @@ inline float off_by_ulps(float y, int ulps, bool up) {
     return y;
 }
 
-inline float exp2_ftz(float x) { return flush(off_by_ulps(std::exp2(flush(x)), 2, error_up(x))); }
-inline float rcp_ftz(float x) { return flush(off_by_ulps(1.f / flush(x), 1, error_up(x))); }
+namespace bounds = test::fast_math_bounds;
+// The exact value: correctly rounded, through double (rounding twice can
+// differ from once only where the double lands on a tie between floats).
+inline float exp2_ftz(float x) {
+    return flush(off_by_ulps(float(std::exp2(double(flush(x)))), bounds::kExp2Ulps, error_up(x)));
+}
+inline float rcp_ftz(float x) { return flush(off_by_ulps(1.f / flush(x), bounds::kRcpUlps, error_up(x))); }
 inline float log2_ftz(float x) {
-    const float y = std::log2(flush(x));
+    const float y = float(std::log2(double(flush(x))));
     if (!approx_at_bounds() || !std::isfinite(y)) return y;
-    if (x < 0.5f || x > 2.f) return off_by_ulps(y, 2, error_up(x));
-    return y + (error_up(x) ? 0x1p-22f : -0x1p-22f);
+    if (x < 0.5f || x > 2.f) return off_by_ulps(y, bounds::kLog2Ulps, error_up(x));
+    const double bound = error_up(x) ? bounds::kLog2NearOne : -bounds::kLog2NearOne;
+    return float(std::log2(double(flush(x))) + bound);
 }
 
 inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p, bool trans) {
