@@ -3,7 +3,8 @@
 # device calls of at most 9 minutes each (every stage has a time limit, and
 # the whole session a budget that ends it with its summary written):
 #
-#   scripts/gpu_session.sh OUT          the bring-up: build, the gpu tests, moe-bench on
+#   scripts/gpu_session.sh OUT          the bring-up: build, the gpu tests (and the
+#                                       largest errors of fast_math.cuh on this GPU), moe-bench on
 #                                       both medium configs (with the ep 8 estimate; on
 #                                       medium, cuBLASLt's 8 best-ranked algorithms timed
 #                                       for each GEMM shape),
@@ -153,6 +154,9 @@ do_test() {
   . "$state"
   (cd "$build" && ctest -L gpu --output-on-failure --timeout 300)
   local rc=$?
+  # The largest errors of fast_math.cuh's approximations on this GPU (ctest
+  # keeps a passing test's output to itself).
+  "$build/gpu_tests" "-#" "[#test_cuda_fast_math]" -s 2>&1 | grep -A1 "largest errors"
   if grep -qs ":gpu_cuda_attention$" "$build/Testing/Temporary/LastTestsFailed.log"; then
     echo "export MOE_CUDA_ATTENTION=mma_sync" >> "$state"
     echo "gpu_cuda_attention failed: the later stages run attention with MOE_CUDA_ATTENTION=mma_sync"
@@ -321,7 +325,7 @@ summarize() {
     "$out/build.log" >> "$summary"
   grep -hoE "NCCL version [^ ]+" "$out"/*.log 2>/dev/null | head -1 >> "$summary"
   for f in test unit; do
-    [ -f "$out/$f.log" ] && grep -hE "Test +#|tests passed|tests failed|\(Failed\)|\(Not Run\)|MOE_CUDA_ATTENTION" \
+    [ -f "$out/$f.log" ] && grep -hE "Test +#|tests passed|tests failed|\(Failed\)|\(Not Run\)|MOE_CUDA_ATTENTION|largest errors|in \[0\.5, 2\]" \
       "$out/$f.log" >> "$summary"
   done
   for f in bench opbench staged ab; do
