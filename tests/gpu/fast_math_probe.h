@@ -3,7 +3,9 @@
 // intrinsics on the same instructions, which test_cuda_fast_math checks on
 // the GPU and the emulator applies with MOE_EMULATED_APPROX=bounds.
 #pragma once
-#include <vector>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
 
 namespace moe::test {
 
@@ -16,7 +18,7 @@ constexpr float kLog2NearOne = 0x1p-22f;   // lg2.approx.ftz, absolute, x in [0.
 
 enum class FastMath { exp2, rcp, log2 };
 
-// f at each of x, computed on the GPU (current device).
-std::vector<float> fast_math_on_gpu(FastMath f, const std::vector<float>& x);
+// y[i] = f(x[i]) for i < n, queued on `stream` (device pointers).
+void fast_math_on_gpu(FastMath f, float* y, const float* x, int64_t n, cudaStream_t stream);
 
 }  // namespace moe::test
