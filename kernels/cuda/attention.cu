@@ -493,10 +493,11 @@ template <class Mma, int HD, int kHeads> __global__ void __launch_bounds__(kThre
     // (Queued after the landing, into the buffers tile j-1 read, as the other
     // two kernels do, ptxas gives the two-head block 134 registers, not 128:
     // one block an SM where two.)
-    for (int j = 0, buf = 0; j <= last; ++j, buf = buf + 1 == kStages ? 0 : buf + 1) {
+    for (int j = 0; j <= last; ++j) {
+        const int buf = j % kStages;
         if (j < last) {
             const int64_t next = int64_t(j + 1) * kK;
-            const int valid = s.T - int(next), into = (buf + 1 == kStages ? 0 : buf + 1) * kKT;
+            const int valid = s.T - int(next), into = (j + 1) % kStages * kKT;
             load_tile<Mma, HD, kK, kBlock>(sk + into, kg + next * kv_stride, kv_stride, valid);
             load_tile<Mma, HD, kK, kBlock>(sv + into, vg + next * kv_stride, kv_stride, valid);
         }
