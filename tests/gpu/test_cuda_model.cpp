@@ -15,8 +15,11 @@
 // 6-13% errors in the two experts and router rows involved, 1% everywhere
 // else). A layer whose routing differs (other token counts per expert) has
 // its MoE gradients reported, not checked; everything else is.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <utility>
+#include <vector>
 
 #include "engine/model/model.h"
 #include "engine/train/trainer.h"
@@ -193,41 +196,87 @@ TEST_CASE("200 steps of the demo model train on the GPU along the CPU's loss cur
     c.checkpoint.every = 0;
     c.log.every = 50;
     c.model.vocab_size = 16;
-    Config on_cpu = c, on_gpu = c;
-    on_cpu.run.out_dir = data + "/cpu";
+    // The CPU's curve is one of many: the training is chaotic (a learning
+    // rate a part in a million off puts a run on another trajectory), and
+    // runs whose learning rates differ by a few parts in a thousand have
+    // 20-step means up to 7.5% apart where the loss falls fastest (steps 40
+    // to 85: it depends on when a run leaves its plateau). So the GPU's run is
+    // held against up to seven CPU runs, whose learning rates differ by 0 to
+    // 3 parts in a thousand, not one. Measured on 17 more CPU runs (the
+    // learning rate 0.05% to 0.4% off; eps half or twice as large; weight
+    // decay, beta1, beta2 or the clip 1 to 10 parts in 10^4 off): every
+    // 20-step mean within 2.6% of one of the seven's, where 2 of the 17
+    // missed the 5% of the unperturbed run alone (7.5% at worst). The CPU
+    // emulation of the GPU with fast_math.cuh's results at their error bounds
+    // (MOE_EMULATED_APPROX=bounds): 1.8% (6.5% from the unperturbed run
+    // alone). A learning rate 0.7 times the CPU's: 8.9%. (The curve checks
+    // learning, not the model: a run without the dynamics keeps within 0.9%,
+    // and only the first 10 steps tell it apart.)
+    const std::vector<double> lr_factors = {1.0, 1.001, 0.999, 1.002, 0.998, 1.003, 0.997};
+    const auto cpu_run = [&](size_t k) {
+        Config on_cpu = c;
+        on_cpu.optimizer.lr *= lr_factors[k];
+        on_cpu.run.out_dir = data + "/cpu" + (k ? "-" + std::to_string(k) : "");
+        CpuOps cpu;
+        const TrainSummary run = train(on_cpu, cpu);
+        REQUIRE(run.losses.size() == 200);
+        return run.losses;
+    };
+    std::vector<std::vector<double>> cpu_losses = {cpu_run(0)};
+    const std::vector<double> sc = cpu_losses[0];  // the unperturbed run
+    Config on_gpu = c;
     on_gpu.run.out_dir = data + "/gpu";
-    CpuOps cpu;
     CudaOps gpu(0);
-    const TrainSummary sc = train(on_cpu, cpu), sg = train(on_gpu, gpu);
-    REQUIRE(sc.losses.size() == 200);
+    const TrainSummary sg = train(on_gpu, gpu);
     REQUIRE(sg.losses.size() == 200);
-    // The runs start on one curve (each of the first 10 steps within 2%);
-    // then bf16 noise puts them on different trajectories, whose single-batch
-    // losses differ by up to ~18% (CPU emulation of the kernels) while their
-    // 20-step means stay within ~2.2%: every 20-step mean within 5%, the last
-    // within 3%. Where the loss falls fastest (steps 40 to 85) the means are
-    // the most sensitive to where the trajectories part: with fast_math.cuh's
-    // results all at their error bounds (MOE_EMULATED_APPROX=bounds) the
-    // window of steps 53..72 differed by 6.5%, the last by 0.2%.
+    // The runs start on one curve: each of the first 10 steps within 2% of
+    // the unperturbed CPU run's (the emulated GPU: 0.05%).
+    for (size_t s = 0; s < 10; ++s) {
+        INFO("step " << s + 1 << ": gpu " << sg.losses[s] << " cpu " << sc[s]);
+        CHECK(std::fabs(sg.losses[s] - sc[s]) <= 0.02 * sc[s]);
+    }
     const auto mean = [](const std::vector<double>& v, size_t from, size_t n) {
         double m = 0;
         for (size_t i = from; i < from + n; ++i) m += v[i] / double(n);
         return m;
     };
-    for (size_t s = 0; s < 10; ++s) {
-        INFO("step " << s + 1 << ": gpu " << sg.losses[s] << " cpu " << sc.losses[s]);
-        CHECK(std::fabs(sg.losses[s] - sc.losses[s]) <= 0.02 * sc.losses[s]);
-    }
+    // Every 20-step mean within 5% of some CPU run's mean of the same steps.
     constexpr size_t kWindow = 20;
-    for (size_t s = 0; s + kWindow <= sc.losses.size(); ++s) {
-        const double g = mean(sg.losses, s, kWindow), c = mean(sc.losses, s, kWindow);
-        INFO("steps " << s + 1 << ".." << s + kWindow << ": mean gpu " << g << " cpu " << c);
-        CHECK(std::fabs(g - c) <= 0.05 * c);
+    const size_t windows = sc.size() - kWindow + 1;
+    // For the window from step s: the relative distance of the GPU's mean to
+    // the nearest CPU run's, and that run's mean.
+    const auto nearest = [&](size_t s) {
+        const double g = mean(sg.losses, s, kWindow);
+        std::pair<double, double> best{INFINITY, 0};
+        for (const std::vector<double>& run : cpu_losses) {
+            const double cm = mean(run, s, kWindow);
+            best = std::min(best, {std::fabs(g - cm) / cm, cm});
+        }
+        return best;
+    };
+    const auto widest = [&] {
+        double w = 0;
+        for (size_t s = 0; s < windows; ++s) w = std::max(w, nearest(s).first);
+        return w;
+    };
+    // The perturbed runs are made only while some window lies farther than 5%
+    // from every run so far (a GPU on the unperturbed run's trajectory needs
+    // none): a further run can only bring a window nearer, so the verdict is
+    // the one all seven would give.
+    while (widest() > 0.05 && cpu_losses.size() < lr_factors.size()) cpu_losses.push_back(cpu_run(cpu_losses.size()));
+    for (size_t s = 0; s < windows; ++s) {
+        const auto [distance, cpu_mean] = nearest(s);
+        INFO("steps " << s + 1 << ".." << s + kWindow << ": mean gpu " << mean(sg.losses, s, kWindow)
+                      << ", nearest cpu run " << cpu_mean);
+        CHECK(distance <= 0.05);
     }
-    const size_t last = sc.losses.size() - kWindow;
-    const double g_end = mean(sg.losses, last, kWindow), c_end = mean(sc.losses, last, kWindow);
-    std::printf("200 steps: last 20 steps' mean loss gpu %.4f, cpu %.4f (first step %.4f / %.4f)\n", g_end, c_end,
-                sg.losses.front(), sc.losses.front());
+    // The end within 3% of the unperturbed run's (the 23 perturbed CPU runs
+    // above: 1.3% at most).
+    const size_t last = sc.size() - kWindow;
+    const double g_end = mean(sg.losses, last, kWindow), c_end = mean(sc, last, kWindow);
+    std::printf("200 steps: last 20 steps' mean loss gpu %.4f, cpu %.4f (first step %.4f / %.4f); "
+                "20-step means within %.2f%% of the nearest of %zu cpu runs' (5%% allowed)\n",
+                g_end, c_end, sg.losses.front(), sc.front(), 100 * widest(), cpu_losses.size());
     REQUIRE(std::fabs(g_end - c_end) <= 0.03 * c_end);
     REQUIRE(g_end < 0.5 * sg.losses.front());  // it learned
 }
