@@ -98,11 +98,11 @@ inline float exp2_ftz(float x) {
 }
 inline float rcp_ftz(float x) { return flush(off_by_ulps(1.f / flush(x), bounds::kRcpUlps, error_up(x))); }
 inline float log2_ftz(float x) {
-    const float y = float(std::log2(double(flush(x))));
+    const double exact = std::log2(double(flush(x)));
+    const float y = float(exact);
     if (!approx_at_bounds() || !std::isfinite(y)) return y;
     if (x < 0.5f || x > 2.f) return off_by_ulps(y, bounds::kLog2Ulps, error_up(x));
-    const double bound = error_up(x) ? bounds::kLog2NearOne : -bounds::kLog2NearOne;
-    return float(std::log2(double(flush(x))) + bound);
+    return float(exact + (error_up(x) ? bounds::kLog2NearOne : -bounds::kLog2NearOne));
 }
 
 inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* p, bool trans) {
