@@ -28,6 +28,7 @@
 #include "engine/train/optimizer.h"
 #include "engine/train/trainer.h"
 #include "engine/params/rng.h"
+#include "engine/run/trace_range.h"
 #include "tools/tool_args.h"
 #if MOE_HAVE_CUDA
 #include "kernels/cuda/cuda_ops.h"
@@ -201,6 +202,7 @@ int run(const Args& args) {
     // One whole training step; the all-reduce still due after the backward is
     // timed apart.
     const auto step = [&](int64_t n) {
+        const moe::TraceRange range(moe::indexed("step", n));
         const moe::ForwardResult r = model->forward(inputs.data(), targets.data(), 1.0);
         moe::GradientReducer reducer(params, &groups);
         model->backward(moe::Write::overwrite, args.overlap ? reducer.bucket_ready() : nullptr);

@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "engine/run/trace_range.h"
 #include "kernels/attention_dims.h"
 
 namespace moe {
@@ -127,6 +128,7 @@ void Model::set_phase_times(PhaseTimes* times) {
 }
 
 ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets, std::optional<double> loss_scale) {
+    const TraceRange range("forward");
     const int64_t N = int64_t(B_) * T_;
     ForwardResult r;
     loss_scale_.reset();  // until this forward is whole
@@ -141,7 +143,10 @@ ForwardResult Model::forward(const int32_t* inputs, const int32_t* targets, std:
 
     r.layers.resize(layers_->blocks.size());
     balance_slots_.clear();
-    for (size_t l = 0; l < layers_->blocks.size(); ++l) forward_block(l, &r.layers[l]);
+    for (size_t l = 0; l < layers_->blocks.size(); ++l) {
+        const TraceRange layer(indexed("layer", int64_t(l)));
+        forward_block(l, &r.layers[l]);
+    }
     if (!router_stats_.empty()) {
         // Every layer's router statistics in one read: a device waits once.
         PhaseScope scope(times_, ops_, Phase::Routing);
@@ -195,6 +200,7 @@ void Model::backward(Write grads, const BucketReady& bucket_ready) {
     if (!loss_scale_)
         throw std::logic_error("Model::backward: no training forward to follow (call forward with a loss_scale "
                                "first, once per backward)");
+    const TraceRange range("backward");
     const double loss_scale = *loss_scale_;
     loss_scale_.reset();
     const bool dyn = cfg_.dynamics.enabled;
@@ -210,12 +216,14 @@ void Model::backward(Write grads, const BucketReady& bucket_ready) {
     }
 
     for (size_t l = blocks_.size(); l-- > 0;) {
+        const TraceRange layer(indexed("layer", int64_t(l)));
         BlockLayers& b = *layers_->blocks[l];
         const BlockActivations& a = blocks_[l];
         // The block's activations again, from its saved input: the same
         // kernels on the same values write the same bits (h_[l + 1] and
         // v_[l + 1] included, no longer read).
         if (options_.recompute == Recompute::full) {
+            const TraceRange recompute("recompute");
             forward_block(l, nullptr);  // sets the router's load again: the balance given, if any, stays
             if (!balance_slots_.empty()) b.moe.balance_over(balance_slots_[l]);
         }

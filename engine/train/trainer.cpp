@@ -19,6 +19,7 @@
 #include "engine/model/model.h"
 #include "engine/run/layout_report.h"
 #include "engine/run/stop_signal.h"
+#include "engine/run/trace_range.h"
 #include "engine/train/expert_telemetry.h"
 #include "engine/train/grad_sync.h"
 #include "engine/train/lr_schedule.h"
@@ -282,6 +283,7 @@ TrainSummary Trainer::run() {
     }
     const auto start = Clock::now();
     for (int step = progress_.step; step < steps_; ++step) {
+        std::optional<TraceRange> range(std::in_place, indexed("step", step + 1));  // its training only
         const auto t0 = Clock::now();
         const double a2a_s0 = ep_ ? ep_->seconds_in_all_to_all() : 0;
         const double a2a_bytes0 = ep_ ? double(ep_->bytes_sent_all_to_all()) : 0;
@@ -289,8 +291,12 @@ TrainSummary Trainer::run() {
         StepTotals totals = forward_backward(reducer);
         totals.stop = stop_requested();
         totals.reduce(groups_);
-        reducer.finish();
-        const double grad_norm = global_grad_norm(model_->params(), groups_);
+        double grad_norm;
+        {
+            const TraceRange sync("grad sync");
+            reducer.finish();
+            grad_norm = global_grad_norm(model_->params(), groups_);
+        }
         const double lr = learning_rate(cfg_.optimizer, step, steps_);
         summary_.steps_done = step + 1;
         if (apply(step, totals, grad_norm, lr)) {
@@ -299,6 +305,7 @@ TrainSummary Trainer::run() {
             if (ep_) a2a_bytes_ += double(ep_->bytes_sent_all_to_all()) - a2a_bytes0;
             record(step, totals, grad_norm, lr, step_s, step_a2a_s);
         }
+        range.reset();
         const bool last = step + 1 == steps_;
         if (val_data_ && ((cfg_.eval.every > 0 && (step + 1) % cfg_.eval.every == 0) || last)) validate(step + 1);
         if (last || totals.stop || (cfg_.checkpoint.every > 0 && (step + 1) % cfg_.checkpoint.every == 0))
@@ -323,6 +330,8 @@ StepTotals Trainer::forward_backward(GradientReducer& reducer) {
     const bool global_balance = cfg_.model.moe.balance_scope == BalanceScope::global_batch;
     std::vector<double> so_far;  // [L * E] slots of the step's micro-batches so far, all ranks
     for (int a = 0; a < A_; ++a) {
+        std::optional<TraceRange> range;  // a level of its own where there are several
+        if (A_ > 1) range.emplace(indexed("micro-batch", a));
         train_data_->next_batch(inputs_.data(), targets_.data());
         ForwardResult r = model_->forward(inputs_.data(), targets_.data(), 1.0 / A_);
         if (global_balance) balance_over_step(r, so_far);
@@ -355,6 +364,7 @@ void Trainer::balance_over_step(ForwardResult& r, std::vector<double>& so_far) c
 bool Trainer::apply(int step, const StepTotals& t, double grad_norm, double lr) {
     if (std::isfinite(t.loss) && std::isfinite(t.aux) && std::isfinite(grad_norm)) {
         consecutive_skips_ = 0;
+        const TraceRange range("optimizer");
         optimizer_->step(step + 1, lr, optimizer_->clip_scale(grad_norm));
         model_->after_step(t.routed);
         return true;
@@ -416,6 +426,7 @@ void Trainer::record(int step, const StepTotals& t, double grad_norm, double lr,
 // validation data (each rank its share), so over the same sequences whatever
 // the layout.
 void Trainer::validate(int done) {
+    const TraceRange range("validation");
     const int batches = cfg_.eval.batches * A_;
     val_data_->set_position(DataPosition{});
     std::vector<double> sum = {0};
@@ -437,6 +448,7 @@ void Trainer::validate(int done) {
 
 // Saves the state after `done` steps; every rank takes part.
 void Trainer::save(int done) {
+    const TraceRange range("checkpoint");
     progress_.step = done;
     progress_.data = train_data_->position();
     progress_.data_of = train_data_->identity();
