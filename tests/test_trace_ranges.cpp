@@ -10,16 +10,17 @@
 #include "tests/train_fixture.h"
 
 using namespace moe;
-using moe::test::contains;
 
 namespace {
+
+using Names = std::vector<std::string>;
 
 struct Range {
     std::string name;
     std::vector<Range> inside;
 
-    std::vector<std::string> names() const {
-        std::vector<std::string> out;
+    Names names() const {
+        Names out;
         for (const Range& r : inside) out.push_back(r.name);
         return out;
     }
@@ -27,7 +28,6 @@ struct Range {
         REQUIRE(i < inside.size());
         return inside[i];
     }
-    bool holds(const std::string& name) const { return contains(";" + join() + ";", ";" + name + ";"); }
     std::string join() const {
         std::string s;
         for (const Range& r : inside) s += (s.empty() ? "" : ";") + r.name;
@@ -70,16 +70,13 @@ Range traced_run(Config cfg, const std::string& name) {
     return read_record(record);
 }
 
-using Names = std::vector<std::string>;
-
-// A block's ops in a forward (or a recomputation): its attention, its MoE's
-// routing and experts, the dynamics after it.
+// A block's ops in a forward (or a recomputation): its attention, its MoE
+// (the router and the dispatch, the experts, the combine), the dynamics.
 void check_block(const Range& block) {
     INFO(block.name << ": " << block.join());
-    CHECK(block.at(0).name == "attention");
-    CHECK(block.holds("routing"));
-    CHECK(block.holds("experts"));
-    CHECK(block.inside.back().name == "dynamics");
+    REQUIRE(block.names() == Names{"attention", "other", "routing", "experts", "routing", "dynamics"});
+    CHECK(block.at(2).names() == Names{"router", "dispatch"});
+    CHECK(block.at(4).names() == Names{"combine"});
 }
 
 }  // namespace
@@ -101,10 +98,12 @@ TEST_CASE("moe-train marks each step, pass, layer and phase with a profiler rang
         const Range& backward = step.at(1);
         CHECK(backward.names() == Names{"head", "layer 1", "layer 0", "other"});
         for (const Range& layer : {backward.at(1), backward.at(2)}) {
-            INFO(layer.name);
-            CHECK(layer.names().front() == "dynamics");
-            CHECK(layer.holds("experts"));
-            CHECK(layer.names().back() == "attention");
+            INFO(layer.name << ": " << layer.join());
+            REQUIRE(layer.names() ==
+                    Names{"dynamics", "routing", "experts", "routing", "routing", "other", "attention"});
+            CHECK(layer.at(1).names() == Names{"combine"});
+            CHECK(layer.at(3).names() == Names{"dispatch"});
+            CHECK(layer.at(4).names() == Names{"router"});
         }
     }
     // Validation runs forwards only.

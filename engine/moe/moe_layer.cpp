@@ -1,5 +1,7 @@
 #include "engine/moe/moe_layer.h"
 
+#include "engine/run/trace_range.h"
+
 namespace moe {
 
 MoeLayer::MoeLayer(const ModelConfig& cfg, ParameterSet& params, int layer, const GroupPlace& ep)
@@ -23,8 +25,15 @@ void MoeLayer::carve(Arena& acts, Arena& scratch, const Precision& pr, int64_t N
 MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor residual, Tensor y) {
     {
         PhaseScope scope(times_, ops, Phase::Routing);
-        const RouterChoice choice = router_->forward(ops, x, ids);
-        expert_in_ = dispatcher_.dispatch(ops, choice, x);
+        RouterChoice choice;
+        {
+            const TraceRange range("router");
+            choice = router_->forward(ops, x, ids);
+        }
+        {
+            const TraceRange range("dispatch");
+            expert_in_ = dispatcher_.dispatch(ops, choice, x);
+        }
         router_->set_load(dispatcher_.counts());
     }
     {
@@ -36,6 +45,7 @@ MoeStats MoeLayer::forward(Ops& ops, Tensor x, const int32_t* ids, Tensor residu
         }
     }
     PhaseScope scope(times_, ops, Phase::Routing);
+    const TraceRange range("combine");
     dispatcher_.combine(ops, y, shared_ ? Write::add : Write::overwrite, residual);
 
     const RoutingCounts& counts = dispatcher_.counts();
@@ -51,6 +61,7 @@ void MoeLayer::backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_sc
     Tensor d_out, d_in;
     {
         PhaseScope scope(times_, ops, Phase::Routing);
+        const TraceRange range("combine");
         if (trainable) ops.zero(dweights_);
         d_out = dispatcher_.combine_backward(ops, dy, trainable ? dweights_ : Tensor{});
         d_in = dispatcher_.expert_input_grad();
@@ -61,6 +72,7 @@ void MoeLayer::backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_sc
     }
     {
         PhaseScope scope(times_, ops, Phase::Routing);
+        const TraceRange range("dispatch");
         dispatcher_.dispatch_backward(ops, d_in, dx);
     }
     if (shared_) {  // y's gradient reaches the shared experts unweighted; dx += theirs
@@ -68,6 +80,7 @@ void MoeLayer::backward(Ops& ops, Tensor x, Tensor dy, Tensor dx, double loss_sc
         shared_->backward(ops, x, dy, dx, all_rows_, Write::add, grads);
     }
     PhaseScope scope(times_, ops, Phase::Routing);
+    const TraceRange range("router");
     router_->backward(ops, x, dweights_, dx, loss_scale, grads);
 }
 
