@@ -291,12 +291,11 @@ TrainSummary Trainer::run() {
         StepTotals totals = forward_backward(reducer);
         totals.stop = stop_requested();
         totals.reduce(groups_);
-        double grad_norm;
-        {
+        const double grad_norm = [&] {
             const TraceRange sync("grad sync");
             reducer.finish();
-            grad_norm = global_grad_norm(model_->params(), groups_);
-        }
+            return global_grad_norm(model_->params(), groups_);
+        }();
         const double lr = learning_rate(cfg_.optimizer, step, steps_);
         summary_.steps_done = step + 1;
         if (apply(step, totals, grad_norm, lr)) {
