@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,15 +40,20 @@ constexpr const char* kProgram = "moe-opbench";
 
 const char* kUsage =
     "usage: moe-opbench --config FILE [--reps N] [--peak-gbps X --peak-tflops Y] [--set key=value ...]\n"
+    "       moe-opbench --config FILE --floors-only --peak-gbps X --peak-tflops Y [--set key=value ...]\n"
     "  Times each op of a training step of FILE's model alone (N calls after one\n"
     "  warm-up call, default 20) and prints time, GB/s and TFLOP/s per op, and its\n"
     "  floor at the device's peak memory bandwidth X GB/s and dense bf16 Y TFLOP/s\n"
-    "  (known for H100 and H200 SXM: 3350 and 4800 GB/s, 989.4 TFLOP/s).\n";
+    "  (known for H100 and H200 SXM: 3350 and 4800 GB/s, 989.4 TFLOP/s).\n"
+    "  --floors-only: no device and no timing; each op's bytes, FLOPs and floor at\n"
+    "  the GPU's precision (bf16 compute, fp32 master weights) and X and Y, and\n"
+    "  their sums over a step, in a second on any machine.\n";
 
 struct Args {
     moe::ConfigFlags config;
-    int reps = 20;
+    std::optional<int> reps;  // calls timed per op; 20 unless given
     double peak_gbps = 0, peak_tflops = 0;  // 0: the device's, where known
+    bool floors_only = false;               // no timing: the ops' floors at the given peaks
 };
 
 Args parse(int argc, char** argv) {
@@ -57,6 +63,7 @@ Args parse(int argc, char** argv) {
         const std::string& arg = args.arg();
         if (args.config_flag(a.config)) continue;
         if (arg == "--reps") a.reps = int(args.integer(1));
+        else if (arg == "--floors-only") a.floors_only = true;
         else if (arg == "--peak-gbps") a.peak_gbps = args.number(0, false);
         else if (arg == "--peak-tflops") a.peak_tflops = args.number(0, false);
         else args.fail_with_usage("unknown argument '" + arg + "'");
@@ -64,6 +71,9 @@ Args parse(int argc, char** argv) {
     args.require_config(a.config);
     if ((a.peak_gbps > 0) != (a.peak_tflops > 0))
         args.fail_with_usage("--peak-gbps and --peak-tflops go together: give both, or neither for the device's");
+    if (a.floors_only && a.peak_gbps <= 0)
+        args.fail_with_usage("--floors-only reads no device: give its peaks with --peak-gbps and --peak-tflops");
+    if (a.floors_only && a.reps) args.fail_with_usage("--floors-only times nothing: drop --reps");
     return a;
 }
 
@@ -79,15 +89,17 @@ Peaks device_peaks(const std::string& device) {
     return {};
 }
 
-// Device tensors of random values, freed with it.
+// Device tensors of random values, freed with it; with `shapes_only`, the
+// shapes alone (no memory: nothing runs on them).
 class Buffers {
 public:
-    explicit Buffers(moe::Ops& ops) : ops_(ops) {}
+    Buffers(moe::Ops& ops, bool shapes_only) : ops_(ops), shapes_only_(shapes_only) {}
     ~Buffers() {
         for (void* p : owned_) ops_.release(p);
     }
     moe::Tensor zeros(moe::DType dt, std::initializer_list<int64_t> dims) {
         moe::Tensor t(nullptr, dt, dims);
+        if (shapes_only_) return t;
         t.data = ops_.alloc(t.bytes());
         owned_.push_back(t.data);
         return t;
@@ -99,6 +111,7 @@ public:
     // minute.
     moe::Tensor random(moe::DType dt, std::initializer_list<int64_t> dims, double scale = 1) {
         moe::Tensor t = zeros(dt, dims);
+        if (shapes_only_) return t;
         if (pool_.empty())
             for (int i = 0; i < kPool; ++i) pool_.push_back(float(rng_.normal()));
         std::vector<float> host(size_t(t.numel()));
@@ -115,6 +128,7 @@ public:
     }
     moe::Tensor ids(const std::vector<int32_t>& host) {
         moe::Tensor t = zeros(moe::DType::I32, {int64_t(host.size())});
+        if (shapes_only_) return t;
         ops_.copy_from_host(t, host.data());
         return t;
     }
@@ -122,6 +136,7 @@ public:
 private:
     static constexpr int kPool = 1 << 20;
     moe::Ops& ops_;
+    const bool shapes_only_;
     moe::Rng rng_{7, "opbench"};
     std::vector<float> pool_;
     size_t offset_ = 0;
@@ -134,6 +149,63 @@ struct Row {
     double bytes, flops, seconds;
 };
 
+// An op's floor: the longer of its bytes at the peak bandwidth and its
+// FLOPs at the peak rate; memory-bound where the bytes take longer.
+double memory_seconds(const Row& r, const Peaks& peaks) { return r.bytes / (peaks.gbps * 1e9); }
+double compute_seconds(const Row& r, const Peaks& peaks) { return r.flops / (peaks.tflops * 1e12); }
+double floor_seconds(const Row& r, const Peaks& peaks) {
+    return std::max(memory_seconds(r, peaks), compute_seconds(r, peaks));
+}
+bool memory_bound(const Row& r, const Peaks& peaks) { return memory_seconds(r, peaks) > compute_seconds(r, peaks); }
+
+// Each op's time, rates and (where the peaks are known) floor.
+void print_times(const std::vector<Row>& rows, const Peaks& peaks, const std::string& device) {
+    std::printf("%-34s %-24s %10s %9s %9s %10s %8s %8s %10s\n", "op", "shape", "ms/call", "GB/s", "TFLOP/s",
+                "floor ms", "x floor", "calls", "ms/step");
+    double step = 0;
+    for (const Row& r : rows) {
+        const double floor = floor_seconds(r, peaks);
+        char floor_cols[32] = "         -        -";
+        if (peaks.known()) std::snprintf(floor_cols, sizeof floor_cols, "%10.4f %8.1f", floor * 1e3, r.seconds / floor);
+        std::printf("%-34s %-24s %10.4f %9.1f %9.2f %s %8.0f %10.3f\n", r.op.c_str(), r.shape.c_str(), r.seconds * 1e3,
+                    r.bytes / r.seconds / 1e9, r.flops / r.seconds / 1e12, floor_cols, r.per_step,
+                    r.per_step * r.seconds * 1e3);
+        step += r.per_step * r.seconds;
+    }
+    std::printf("these ops' calls in one step: %.2f ms\n", step * 1e3);
+    if (!peaks.known())
+        std::printf("no floors: the peaks of %s are not known here (give --peak-gbps and --peak-tflops)\n",
+                    device.c_str());
+}
+
+// Each op's bytes, FLOPs, floor and what bounds it.
+void print_floors(const std::vector<Row>& rows, const Peaks& peaks) {
+    std::printf("%-34s %-24s %10s %10s %10s %8s %8s %10s\n", "op", "shape", "GB/call", "GFLOP/call", "floor ms",
+                "bound", "calls", "ms/step");
+    for (const Row& r : rows) {
+        const double floor = floor_seconds(r, peaks);
+        std::printf("%-34s %-24s %10.4f %10.2f %10.4f %8s %8.0f %10.3f\n", r.op.c_str(), r.shape.c_str(), r.bytes / 1e9,
+                    r.flops / 1e9, floor * 1e3, memory_bound(r, peaks) ? "memory" : "compute", r.per_step,
+                    r.per_step * floor * 1e3);
+    }
+}
+
+// The sums over a step's calls of the floors, split by what bounds each op,
+// and the tokens a second a step at its floor would give.
+void print_step_floor(const std::vector<Row>& rows, const Peaks& peaks, int64_t tokens) {
+    double floor = 0, by_memory = 0, bytes = 0, flops = 0;
+    for (const Row& r : rows) {
+        floor += r.per_step * floor_seconds(r, peaks);
+        if (memory_bound(r, peaks)) by_memory += r.per_step * floor_seconds(r, peaks);
+        bytes += r.per_step * r.bytes;
+        flops += r.per_step * r.flops;
+    }
+    std::printf("their floors in one step: %.2f ms (at %.0f GB/s and %.1f TFLOP/s): %.2f ms bound by memory, %.2f ms "
+                "by compute; %.1f GB and %.2f TFLOP a step; %.0f tokens/s at that floor\n",
+                floor * 1e3, peaks.gbps, peaks.tflops, by_memory * 1e3, (floor - by_memory) * 1e3, bytes / 1e9,
+                flops / 1e12, double(tokens) / floor);
+}
+
 std::string dims(std::initializer_list<int64_t> d) {
     std::string s;
     for (int64_t x : d) s += (s.empty() ? "" : "x") + std::to_string(x);
@@ -142,9 +214,13 @@ std::string dims(std::initializer_list<int64_t> d) {
 
 int run(const Args& args) {
     const moe::Config cfg = moe::load_config(args.config.path, args.config.overrides);
-    std::unique_ptr<moe::Ops> backend = moe::make_backend(cfg.run, nullptr);
+    // Floors alone need no device: the CPU backend only plans the model, and
+    // the bytes are counted at the GPU's precision.
+    moe::RunConfig on = cfg.run;
+    if (args.floors_only) on.device = "cpu";
+    std::unique_ptr<moe::Ops> backend = moe::make_backend(on, nullptr);
     moe::Ops& ops = *backend;
-    const moe::Precision pr = ops.training_precision();
+    const moe::Precision pr = args.floors_only ? moe::Precision::mixed_bf16() : ops.training_precision();
     const moe::ModelConfig& m = cfg.model;
     const int64_t B = cfg.train.micro_batch_size, T = cfg.train.seq_len, N = B * T, H = m.hidden_size;
     const int64_t nh = m.num_heads, nkv = m.num_kv_heads, hd = m.head_dim(), V = m.vocab_size, L = m.num_layers;
@@ -153,20 +229,29 @@ int run(const Args& args) {
     const bool learned = m.moe.router == moe::RouterKind::learned, dynamics = m.dynamics.enabled;
     const double act = double(moe::dtype_size(pr.act)), stat = double(moe::dtype_size(pr.stat));
     const double work = double(moe::dtype_size(pr.work)), master = double(moe::dtype_size(pr.master));
-    Buffers buf(ops);
+    const int reps = args.reps.value_or(20);
+    Buffers buf(ops, args.floors_only);
     std::vector<Row> rows;
     const auto time = [&](const std::string& op, const std::string& shape, double per_step, double bytes,
                           double flops, const std::function<void()>& f) {
-        f();
-        ops.synchronize();
-        const auto t0 = std::chrono::steady_clock::now();
-        for (int i = 0; i < args.reps; ++i) f();
-        ops.synchronize();
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / args.reps;
+        double s = 0;
+        if (!args.floors_only) {
+            f();
+            ops.synchronize();
+            const auto t0 = std::chrono::steady_clock::now();
+            for (int i = 0; i < reps; ++i) f();
+            ops.synchronize();
+            s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+        }
         rows.push_back({op, shape, per_step, bytes, flops, s});
     };
-    spdlog::info("moe-opbench: {} on {}, {} tokens per micro-batch, {} calls per op", args.config.path,
-                 ops.device_name(), N, args.reps);
+    if (args.floors_only)
+        spdlog::info("moe-opbench: {}, {} tokens per micro-batch, floors at {} GB/s and {} TFLOP/s (bf16 compute, "
+                     "fp32 master weights), nothing timed",
+                     args.config.path, N, args.peak_gbps, args.peak_tflops);
+    else
+        spdlog::info("moe-opbench: {} on {}, {} tokens per micro-batch, {} calls per op", args.config.path,
+                     ops.device_name(), N, reps);
 
     // Tokens, and a routing plan with every expert equally loaded.
     moe::Rng rng(3, "opbench tokens");
@@ -402,7 +487,7 @@ int run(const Args& args) {
     moe::ModelOptions dry;
     dry.memory = moe::ModelOptions::Memory::plan_only;
     moe::Model model(m, ops, pr, int(B), int(T), dry);
-    model.params().allocate(ops, pr);
+    if (!args.floors_only) model.params().allocate(ops, pr);
     const std::vector<moe::AdamWTensor> all = moe::AdamW(cfg.optimizer, model.params()).tensors();
     moe::AdamWParams adam;
     adam.lr = 1e-4;
@@ -414,26 +499,11 @@ int run(const Args& args) {
          [&] { ops.sum_squares({dw_gate_up, dw_down}); });
 
     const Peaks peaks = args.peak_gbps > 0 ? Peaks{args.peak_gbps, args.peak_tflops} : device_peaks(ops.device_name());
-    std::printf("%-34s %-24s %10s %9s %9s %10s %8s %8s %10s\n", "op", "shape", "ms/call", "GB/s", "TFLOP/s",
-                "floor ms", "x floor", "calls", "ms/step");
-    double step = 0, step_floor = 0;
-    for (const Row& r : rows) {
-        const double floor = std::max(r.bytes / (peaks.gbps * 1e9), r.flops / (peaks.tflops * 1e12));
-        char floor_cols[32] = "         -        -";
-        if (peaks.known()) std::snprintf(floor_cols, sizeof floor_cols, "%10.4f %8.1f", floor * 1e3, r.seconds / floor);
-        std::printf("%-34s %-24s %10.4f %9.1f %9.2f %s %8.0f %10.3f\n", r.op.c_str(), r.shape.c_str(), r.seconds * 1e3,
-                    r.bytes / r.seconds / 1e9, r.flops / r.seconds / 1e12, floor_cols, r.per_step,
-                    r.per_step * r.seconds * 1e3);
-        step += r.per_step * r.seconds;
-        if (peaks.known()) step_floor += r.per_step * floor;
-    }
-    std::printf("these ops' calls in one step: %.2f ms\n", step * 1e3);
-    if (peaks.known())
-        std::printf("their floors in one step: %.2f ms (at %.0f GB/s and %.1f TFLOP/s)\n", step_floor * 1e3,
-                    peaks.gbps, peaks.tflops);
+    if (args.floors_only)
+        print_floors(rows, peaks);
     else
-        std::printf("no floors: the peaks of %s are not known here (give --peak-gbps and --peak-tflops)\n",
-                    ops.device_name().c_str());
+        print_times(rows, peaks, ops.device_name());
+    if (peaks.known()) print_step_floor(rows, peaks, N);
     return 0;
 }
 
