@@ -332,7 +332,7 @@ summarize() {
       "$out/$f.log" >> "$summary"
   done
   for f in bench opbench staged ab; do
-    [ -f "$out/$f.log" ] && grep -hE "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^phases|^  [a-z]|^these ops|^ep [0-9]+ estimate|^  [0-9]+\.[0-9]+ |^GEMMs a step" \
+    [ -f "$out/$f.log" ] && grep -hE "^--- |^step time|^tokens/s|^model TFLOP|^GPU memory|^grad sync|^all-to-all|^phases|^  [a-z]|^these ops|^their floors|^ep [0-9]+ estimate|^  [0-9]+\.[0-9]+ |^GEMMs a step" \
       "$out/$f.log" >> "$summary"
   done
   [ -f "$out/torch.log" ] && grep -hE "^--- |^torch |^attention |^experts |^check" "$out/torch.log" >> "$summary"
