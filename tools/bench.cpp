@@ -157,6 +157,168 @@ void print_gemm_candidates(moe::CudaOps& cuda, int count, int steps_run, double 
 }
 #endif
 
+// moe-bench's flags that time one GPU's work, refused where the run is not that.
+void check_one_gpu_flags(const Args& args, const moe::Config& cfg, const moe::ProcessGroups& groups,
+                         const moe::Ops& ops) {
+    if (args.estimate_ep && groups.world_size() > 1)
+        throw moe::JobError(0, "--estimate-ep starts from one GPU's step: run it as one process, without mpirun");
+    if (args.estimate_ep && cfg.model.moe.num_experts % args.estimate_ep != 0)
+        throw moe::JobError(0, "--estimate-ep " + std::to_string(args.estimate_ep) + " does not divide the " +
+                                   std::to_string(cfg.model.moe.num_experts) +
+                                   " experts (model.moe.num_experts): give a divisor");
+    if (args.gemm_candidates && groups.world_size() > 1)
+        throw moe::JobError(0, "--gemm-candidates times one GPU's GEMMs: run it as one process, without mpirun");
+    if (args.gemm_candidates && ops.device() != moe::Device::CUDA)
+        throw moe::JobError(0, "--gemm-candidates times cuBLASLt's algorithms: give run.device cuda (this run is on " +
+                                   ops.device_name() + ")");
+}
+
+// The config's model on random tokens (a different stream per rank), stepped
+// as training steps it: forward, backward with the gradient all-reduce
+// (during it, or after it with --no-overlap), norm, AdamW.
+class BenchSteps {
+public:
+    BenchSteps(const Args& args, const moe::Config& cfg, moe::Ops& ops, moe::ProcessGroups& groups)
+        : args_(args), cfg_(cfg), ops_(ops), groups_(groups) {
+        const int B = cfg.train.micro_batch_size, T = cfg.train.seq_len;
+        moe::on_all_ranks(groups.world.get(), [&] {
+            model_ = std::make_unique<moe::Model>(cfg.model, ops, ops.training_precision(), B, T,
+                                                  moe::model_options(cfg, &groups));
+        });
+        model_->params().initialize(cfg.run.seed);
+        optimizer_ = std::make_unique<moe::AdamW>(cfg.optimizer, model_->params());
+        moe::Rng rng(cfg.run.seed, "bench tokens rank " + std::to_string(groups.world_rank()));
+        inputs_.resize(size_t(B) * T);
+        targets_.resize(size_t(B) * T);
+        for (int32_t& t : inputs_) t = int32_t(rng.next() % uint64_t(cfg.model.vocab_size));
+        for (int32_t& t : targets_) t = int32_t(rng.next() % uint64_t(cfg.model.vocab_size));
+    }
+
+    // The next training step; the all-reduce still due after the backward is
+    // timed apart (grad_sync_s).
+    void step() {
+        const int64_t n = next_++;
+        const moe::TraceRange range(moe::indexed("step", n));
+        const moe::ForwardResult r = model_->forward(inputs_.data(), targets_.data(), 1.0);
+        moe::GradientReducer reducer(model_->params(), &groups_);
+        model_->backward(moe::Write::overwrite, args_.overlap ? reducer.bucket_ready() : nullptr);
+        moe::PhaseScope scope(phase_times_, ops_, moe::Phase::Optimizer);
+        ops_.synchronize();
+        const auto t0 = std::chrono::steady_clock::now();
+        reducer.finish();
+        ops_.synchronize();
+        grad_sync_s += since(t0);
+        const double norm = moe::global_grad_norm(model_->params(), &groups_);
+        optimizer_->step(n, cfg_.optimizer.lr, optimizer_->clip_scale(norm));
+        loss = r.loss;
+    }
+
+    // Times each phase of the steps from now on into `times` (null: none).
+    void time_phases(moe::PhaseTimes* times) {
+        phase_times_ = times;
+        model_->set_phase_times(times);
+    }
+
+    const moe::Model& model() const { return *model_; }
+    int64_t steps_run() const { return next_ - 1; }
+
+    double loss = 0, grad_sync_s = 0;
+
+private:
+    const Args& args_;
+    const moe::Config& cfg_;
+    moe::Ops& ops_;
+    moe::ProcessGroups& groups_;
+    std::unique_ptr<moe::Model> model_;
+    std::unique_ptr<moe::AdamW> optimizer_;
+    std::vector<int32_t> inputs_, targets_;
+    moe::PhaseTimes* phase_times_ = nullptr;
+    int64_t next_ = 1;
+};
+
+// The timed steps' figures, printed on the lead rank: step time, tokens/s,
+// model TFLOP/s and MFU, device memory, the gradient sync after the backward
+// and, across ranks, the all-to-all.
+struct TimedSteps {
+    std::vector<double> step_s;
+    double grad_sync_s = 0, all_to_all_s = 0, all_to_all_bytes = 0;  // over all the steps
+    double mean() const {
+        double m = 0;
+        for (double s : step_s) m += s / double(step_s.size());
+        return m;
+    }
+};
+
+TimedSteps time_steps(BenchSteps& bench, int steps, moe::Ops& ops, moe::Communicator* ep) {
+    TimedSteps t;
+    bench.grad_sync_s = 0;
+    const double a2a_s0 = ep ? ep->seconds_in_all_to_all() : 0;
+    const double a2a_bytes0 = ep ? double(ep->bytes_sent_all_to_all()) : 0;
+    for (int i = 0; i < steps; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        bench.step();
+        ops.synchronize();
+        t.step_s.push_back(since(t0));
+    }
+    t.grad_sync_s = bench.grad_sync_s;
+    if (ep) {
+        t.all_to_all_s = ep->seconds_in_all_to_all() - a2a_s0;
+        t.all_to_all_bytes = double(ep->bytes_sent_all_to_all()) - a2a_bytes0;
+    }
+    return t;
+}
+
+void print_timed_steps(const Args& args, const moe::Config& cfg, const BenchSteps& bench, const TimedSteps& t,
+                       const moe::Ops& ops, int ranks, bool across_ranks) {
+    const moe::ModelConfig& mc = cfg.model;
+    const int T = cfg.train.seq_len;
+    const double mean = t.mean(), best = *std::min_element(t.step_s.begin(), t.step_s.end());
+    const double tokens_per_rank = double(cfg.train.micro_batch_size) * T, tokens_per_step = tokens_per_rank * ranks;
+    const double tok_s = tokens_per_step / mean;
+    const double tflops = moe::train_flops_per_token(mc, T) * tok_s / 1e12;
+    const bool gpu = ops.device() == moe::Device::CUDA;
+    std::printf("step time      %.2f ms mean, %.2f ms best (%d steps after %d warm-up; loss %.4f)\n", mean * 1e3,
+                best * 1e3, args.steps, args.warmup, bench.loss);
+    std::printf("tokens/s       %.0f (%.0f tokens per step, %d rank(s))\n", tok_s, tokens_per_step, ranks);
+    std::printf("model TFLOP/s  %.4g in all, %.4g per rank", tflops, tflops / ranks);
+    if (gpu)
+        std::printf("; MFU %.1f%% of %.1f TFLOP/s per GPU\n", 100 * moe::model_flops_utilization(mc, T, tok_s, ranks),
+                    moe::kGpuPeakTflops);
+    else
+        std::printf(" (no MFU on the CPU)\n");
+    if (gpu)
+        std::printf("GPU memory     %.2f GiB in use on rank 0's GPU (CUDA context included); model planned "
+                    "%.2f GiB activations\n",
+                    ops.device_memory_used() / 1073741824.0, bench.model().activation_bytes() / 1073741824.0);
+    std::printf("grad sync      %.2f ms per step after the backward (%s)\n", t.grad_sync_s / args.steps * 1e3,
+                args.overlap ? "the rest of the all-reduce started layer by layer during it" : "all of it");
+    if (across_ranks) {
+        const double a2a_s = t.all_to_all_s / args.steps, bytes = t.all_to_all_bytes / args.steps;
+        std::printf("all-to-all     %.2f ms per step on rank 0 (%.1f%% of the step), %.2f MiB sent per step, "
+                    "%.1f bytes per token\n",
+                    a2a_s * 1e3, 100 * a2a_s / mean, bytes / 1048576.0, bytes / tokens_per_rank);
+    }
+}
+
+// --phase-steps more steps, each phase timed (the device waited for at each
+// boundary), printed on the lead rank with the ep estimate where asked.
+void phase_pass(const Args& args, BenchSteps& bench, double mean_step_s, double tokens, bool lead) {
+    moe::PhaseTimes phase_times;
+    bench.time_phases(&phase_times);
+    for (int i = 0; i < args.phase_steps; ++i) bench.step();
+    bench.time_phases(nullptr);
+    double total = 0;
+    for (double s : phase_times.seconds) total += s;
+    if (!lead) return;
+    std::printf("phases (%d steps, waiting for the device at each boundary: %.2f ms per step)\n", args.phase_steps,
+                total / args.phase_steps * 1e3);
+    for (int p = 0; p < moe::kPhases; ++p)
+        std::printf("  %-36s %8.2f ms %5.1f%%\n", moe::phase_name(moe::Phase(p)),
+                    phase_times.seconds[size_t(p)] / args.phase_steps * 1e3,
+                    100 * phase_times.seconds[size_t(p)] / total);
+    if (args.estimate_ep) print_ep_estimate(args, bench.model(), phase_times, mean_step_s, tokens);
+}
+
 int run(const Args& args) {
     moe::Config cfg;
     std::unique_ptr<moe::Communicator> world_comm = moe::MpiCommunicator::world();
@@ -166,131 +328,27 @@ int run(const Args& args) {
     moe::on_all_ranks(world_comm.get(), [&] { ops = moe::make_backend(cfg.run, world_comm.get()); });
     world_comm = moe::world_for_backend(std::move(world_comm), *ops, cfg.parallel);
     moe::ProcessGroups groups = moe::make_process_groups(std::move(world_comm), cfg.parallel.expert_parallel);
-    moe::Communicator* world = groups.world.get();
-    if (args.estimate_ep && groups.world_size() > 1)
-        throw moe::JobError(0, "--estimate-ep starts from one GPU's step: run it as one process, without mpirun");
-    if (args.estimate_ep && cfg.model.moe.num_experts % args.estimate_ep != 0)
-        throw moe::JobError(0, "--estimate-ep " + std::to_string(args.estimate_ep) + " does not divide the " +
-                                   std::to_string(cfg.model.moe.num_experts) +
-                                   " experts (model.moe.num_experts): give a divisor");
-    if (args.gemm_candidates && groups.world_size() > 1)
-        throw moe::JobError(0, "--gemm-candidates times one GPU's GEMMs: run it as one process, without mpirun");
-    if (args.gemm_candidates && ops->device() != moe::Device::CUDA)
-        throw moe::JobError(0, "--gemm-candidates times cuBLASLt's algorithms: give run.device cuda (this run is on " +
-                                   ops->device_name() + ")");
+    check_one_gpu_flags(args, cfg, groups, *ops);
     const bool lead = groups.world_rank() == 0;
-    const moe::ModelConfig& mc = cfg.model;
-    const int B = cfg.train.micro_batch_size, T = cfg.train.seq_len;
-    std::unique_ptr<moe::Model> model;
-    moe::on_all_ranks(world, [&] {
-        model = std::make_unique<moe::Model>(mc, *ops, ops->training_precision(), B, T,
-                                             moe::model_options(cfg, &groups));
-    });
-    moe::ParameterSet& params = model->params();
-    params.initialize(cfg.run.seed);
-    moe::AdamW optimizer(cfg.optimizer, params);
-
-    // Random tokens, a different stream per rank.
-    moe::Rng rng(cfg.run.seed, "bench tokens rank " + std::to_string(groups.world_rank()));
-    std::vector<int32_t> inputs(size_t(B) * T), targets(size_t(B) * T);
-    for (int32_t& t : inputs) t = int32_t(rng.next() % uint64_t(mc.vocab_size));
-    for (int32_t& t : targets) t = int32_t(rng.next() % uint64_t(mc.vocab_size));
-
-    moe::Communicator* ep = groups.ep_size() > 1 ? groups.ep.get() : nullptr;
-    double loss = 0, grad_sync_s = 0;
-    moe::PhaseTimes* times = nullptr;  // set for the phase pass
-    // One whole training step; the all-reduce still due after the backward is
-    // timed apart.
-    const auto step = [&](int64_t n) {
-        const moe::TraceRange range(moe::indexed("step", n));
-        const moe::ForwardResult r = model->forward(inputs.data(), targets.data(), 1.0);
-        moe::GradientReducer reducer(params, &groups);
-        model->backward(moe::Write::overwrite, args.overlap ? reducer.bucket_ready() : nullptr);
-        moe::PhaseScope scope(times, *ops, moe::Phase::Optimizer);
-        ops->synchronize();
-        const auto t0 = std::chrono::steady_clock::now();
-        reducer.finish();
-        ops->synchronize();
-        grad_sync_s += since(t0);
-        const double norm = moe::global_grad_norm(params, &groups);
-        optimizer.step(n, cfg.optimizer.lr, optimizer.clip_scale(norm));
-        loss = r.loss;
-    };
+    BenchSteps bench(args, cfg, *ops, groups);
     if (lead)
         spdlog::info("moe-bench: {} on {} ({} rank(s), ep {}), micro-batch {} x {} tokens per rank", args.config.path,
-                     ops->device_name(), groups.world_size(), groups.ep_size(), B, T);
-    int64_t n = 1;
-    for (int i = 0; i < args.warmup; ++i) step(n++);
+                     ops->device_name(), groups.world_size(), groups.ep_size(), cfg.train.micro_batch_size,
+                     cfg.train.seq_len);
+    for (int i = 0; i < args.warmup; ++i) bench.step();
     ops->synchronize();
-    world->barrier();
+    groups.world->barrier();
 
-    grad_sync_s = 0;
-    const double a2a_s0 = ep ? ep->seconds_in_all_to_all() : 0;
-    const double a2a_bytes0 = ep ? double(ep->bytes_sent_all_to_all()) : 0;
-    std::vector<double> step_s;
-    for (int i = 0; i < args.steps; ++i) {
-        const auto t0 = std::chrono::steady_clock::now();
-        step(n++);
-        ops->synchronize();
-        step_s.push_back(since(t0));
-    }
-    world->barrier();
-    double mean = 0;
-    for (double s : step_s) mean += s / double(step_s.size());
-    const double best = *std::min_element(step_s.begin(), step_s.end());
-    const double tokens_per_step = double(B) * T * groups.world_size();
-    const double tok_s = tokens_per_step / mean;
-    const double tflops = moe::train_flops_per_token(mc, T) * tok_s / 1e12;
-    const bool gpu = ops->device() == moe::Device::CUDA;
-    if (lead) {
-        std::printf("step time      %.2f ms mean, %.2f ms best (%d steps after %d warm-up; loss %.4f)\n", mean * 1e3,
-                    best * 1e3, args.steps, args.warmup, loss);
-        std::printf("tokens/s       %.0f (%.0f tokens per step, %d rank(s))\n", tok_s, tokens_per_step,
-                    groups.world_size());
-        std::printf("model TFLOP/s  %.4g in all, %.4g per rank", tflops, tflops / groups.world_size());
-        if (gpu)
-            std::printf("; MFU %.1f%% of %.1f TFLOP/s per GPU\n",
-                        100 * moe::model_flops_utilization(mc, T, tok_s, groups.world_size()), moe::kGpuPeakTflops);
-        else
-            std::printf(" (no MFU on the CPU)\n");
-        if (gpu)
-            std::printf("GPU memory     %.2f GiB in use on rank 0's GPU (CUDA context included); model planned "
-                        "%.2f GiB activations\n",
-                        ops->device_memory_used() / 1073741824.0, model->activation_bytes() / 1073741824.0);
-        std::printf("grad sync      %.2f ms per step after the backward (%s)\n", grad_sync_s / args.steps * 1e3,
-                    args.overlap ? "the rest of the all-reduce started layer by layer during it" : "all of it");
-    }
-    if (ep) {
-        const double a2a_s = (ep->seconds_in_all_to_all() - a2a_s0) / args.steps;
-        const double bytes = (double(ep->bytes_sent_all_to_all()) - a2a_bytes0) / args.steps;
-        if (lead)
-            std::printf("all-to-all     %.2f ms per step on rank 0 (%.1f%% of the step), %.2f MiB sent per step, "
-                        "%.1f bytes per token\n",
-                        a2a_s * 1e3, 100 * a2a_s / mean, bytes / 1048576.0, bytes / (double(B) * T));
-    }
-
-    if (args.phase_steps > 0) {
-        moe::PhaseTimes phase_times;
-        times = &phase_times;
-        model->set_phase_times(times);
-        for (int i = 0; i < args.phase_steps; ++i) step(n++);
-        model->set_phase_times(nullptr);
-        double total = 0;
-        for (double s : phase_times.seconds) total += s;
-        if (lead) {
-            std::printf("phases (%d steps, waiting for the device at each boundary: %.2f ms per step)\n",
-                        args.phase_steps, total / args.phase_steps * 1e3);
-            for (int p = 0; p < moe::kPhases; ++p)
-                std::printf("  %-36s %8.2f ms %5.1f%%\n", moe::phase_name(moe::Phase(p)),
-                            phase_times.seconds[size_t(p)] / args.phase_steps * 1e3,
-                            100 * phase_times.seconds[size_t(p)] / total);
-            if (args.estimate_ep) print_ep_estimate(args, *model, phase_times, mean, double(B) * T);
-        }
-    }
+    moe::Communicator* ep = groups.ep_size() > 1 ? groups.ep.get() : nullptr;
+    const TimedSteps timed = time_steps(bench, args.steps, *ops, ep);
+    groups.world->barrier();
+    if (lead) print_timed_steps(args, cfg, bench, timed, *ops, groups.world_size(), ep != nullptr);
+    const double tokens = double(cfg.train.micro_batch_size) * cfg.train.seq_len;
+    if (args.phase_steps > 0) phase_pass(args, bench, timed.mean(), tokens, lead);
 #if MOE_HAVE_CUDA  // (without, the run stopped at start) last: its allocations come after every figure
     if (args.gemm_candidates && lead)
-        print_gemm_candidates(dynamic_cast<moe::CudaOps&>(*ops), args.gemm_candidates,
-                              args.warmup + args.steps + args.phase_steps, mean);
+        print_gemm_candidates(dynamic_cast<moe::CudaOps&>(*ops), args.gemm_candidates, int(bench.steps_run()),
+                              timed.mean());
 #endif
     return 0;
 }
