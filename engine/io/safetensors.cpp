@@ -104,88 +104,115 @@ FileDigest write_safetensors(const std::string& path, const std::vector<TensorRe
     return write_file_atomically(path, parts);
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
-    const std::string bad = "'" + path + "' is not a valid safetensors file: ";
-    const std::string fix = ": the file is truncated or corrupt, write it again";
-    const uint64_t size = file_.size();
-    if (size < 8) throw DataError(bad + std::to_string(size) + " bytes, shorter than the 8-byte header length" + fix);
-    uint64_t header_len = 0;
-    file_.read_at(0, &header_len, 8);
-    if (header_len > size - 8 || header_len > kMaxHeaderBytes)
-        throw DataError(
-            bad + "header length " + std::to_string(header_len) + " (at byte offset 0) does not fit " +
-            (header_len > kMaxHeaderBytes ? "the 100 MiB limit" : "the " + std::to_string(size) + "-byte file") + fix);
-    std::string header(header_len, '\0');
-    file_.read_at(8, &header[0], header_len);
-    data_start_ = 8 + header_len;
-    const uint64_t data_size = size - data_start_;
-    if (header.empty() || header[0] != '{')
-        throw DataError(bad + "the header (at byte offset 8) is not a JSON object" + fix);
+namespace {
 
+// Stops on a file that is not valid safetensors: what is wrong, and the fix.
+struct Invalid {
+    std::string path;
+    [[noreturn]] void operator()(const std::string& what) const {
+        throw DataError("'" + path + "' is not a valid safetensors file: " + what +
+                        ": the file is truncated or corrupt, write it again");
+    }
+};
+
+// The header: an 8-byte length, then that many bytes of a JSON object; the
+// tensors' data follows.
+struct Header {
+    YAML::Node root;
+    uint64_t data_start;
+};
+
+Header read_header(const ReadOnlyFile& file, const Invalid& invalid) {
+    const uint64_t size = file.size();
+    if (size < 8) invalid(std::to_string(size) + " bytes, shorter than the 8-byte header length");
+    uint64_t header_len = 0;
+    file.read_at(0, &header_len, 8);
+    if (header_len > size - 8 || header_len > kMaxHeaderBytes)
+        invalid("header length " + std::to_string(header_len) + " (at byte offset 0) does not fit " +
+                (header_len > kMaxHeaderBytes ? "the 100 MiB limit" : "the " + std::to_string(size) + "-byte file"));
+    std::string header(header_len, '\0');
+    file.read_at(8, &header[0], header_len);
+    if (header.empty() || header[0] != '{') invalid("the header (at byte offset 8) is not a JSON object");
     YAML::Node root;
     try {
         root = YAML::Load(header);
     } catch (const YAML::Exception& e) {
         const std::string at = e.mark.is_null() ? "" : " at byte offset " + std::to_string(8 + e.mark.pos);
-        throw DataError(bad + "the header is not valid JSON (" + e.msg + at + ")" + fix);
+        invalid("the header is not valid JSON (" + e.msg + at + ")");
     }
-    if (!root.IsMap()) throw DataError(bad + "the header (at byte offset 8) is not a JSON object" + fix);
-    for (const auto& kv : root) {
+    if (!root.IsMap()) invalid("the header (at byte offset 8) is not a JSON object");
+    return {root, 8 + header_len};
+}
+
+// A tensor's entry: its dtype, shape and data offsets, the bytes those hold
+// matching the shape, within the data section (from `data_start` to the end
+// of the `size`-byte file).
+SafetensorsFile::Info tensor_entry(const std::string& name, const YAML::Node& entry, uint64_t data_start,
+                                   uint64_t size, const Invalid& invalid) {
+    const auto fail = [&](const std::string& what) { invalid("tensor '" + name + "': " + what); };
+    if (!entry.IsMap() || !has_field(entry, "dtype", YAML::NodeType::Scalar) ||
+        !has_field(entry, "shape", YAML::NodeType::Sequence) ||
+        !has_field(entry, "data_offsets", YAML::NodeType::Sequence) || entry["data_offsets"].size() != 2)
+        fail("needs \"dtype\", \"shape\" and two \"data_offsets\"");
+    const YAML::Node offsets = entry["data_offsets"];
+    SafetensorsFile::Info info;
+    info.dtype = entry["dtype"].as<std::string>();
+    for (const auto& d : entry["shape"]) info.shape.push_back(d.as<int64_t>());
+    const int64_t begin = offsets[0].as<int64_t>(), end = offsets[1].as<int64_t>();
+    if (begin < 0 || end < begin)
+        fail("data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + "] are not a range");
+    info.begin = uint64_t(begin);
+    info.end = uint64_t(end);
+    const size_t width = safetensors_dtype_size(info.dtype);
+    if (width == 0) fail("unknown dtype '" + info.dtype + "'");
+    const uint64_t bytes = tensor_bytes(info.shape, width, fail);
+    if (info.end - info.begin != bytes)
+        fail("data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) + "] hold " +
+             std::to_string(info.end - info.begin) + " bytes, but " + info.dtype + " " + shape_text(info.shape) +
+             " needs " + std::to_string(bytes));
+    if (info.end > size - data_start)
+        fail("data ends at byte offset " + std::to_string(data_start + info.end) + ", past the end of the " +
+             std::to_string(size) + "-byte file");
+    return info;
+}
+
+}  // namespace
+
+SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
+    const Invalid invalid{path};
+    const Header header = read_header(file_, invalid);
+    data_start_ = header.data_start;
+    for (const auto& kv : header.root) {
         std::string name;
         try {
             name = kv.first.as<std::string>();
             if (name == "__metadata__") {
-                if (!kv.second.IsMap() && !kv.second.IsNull())
-                    throw DataError(bad + "__metadata__ is not an object of strings" + fix);
+                if (!kv.second.IsMap() && !kv.second.IsNull()) invalid("__metadata__ is not an object of strings");
                 for (const auto& m : kv.second) metadata_[m.first.as<std::string>()] = m.second.as<std::string>();
                 continue;
             }
-            const auto fail = [&](const std::string& what) {
-                throw DataError(bad + "tensor '" + name + "': " + what + fix);
-            };
-            const YAML::Node entry = kv.second;
-            if (!entry.IsMap() || !has_field(entry, "dtype", YAML::NodeType::Scalar) ||
-                !has_field(entry, "shape", YAML::NodeType::Sequence) ||
-                !has_field(entry, "data_offsets", YAML::NodeType::Sequence) || entry["data_offsets"].size() != 2)
-                fail("needs \"dtype\", \"shape\" and two \"data_offsets\"");
-            const YAML::Node offsets = entry["data_offsets"];
-            Info info;
-            info.dtype = entry["dtype"].as<std::string>();
-            for (const auto& d : entry["shape"]) info.shape.push_back(d.as<int64_t>());
-            const int64_t begin = offsets[0].as<int64_t>(), end = offsets[1].as<int64_t>();
-            if (begin < 0 || end < begin)
-                fail("data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + "] are not a range");
-            info.begin = uint64_t(begin);
-            info.end = uint64_t(end);
-            const size_t width = safetensors_dtype_size(info.dtype);
-            if (width == 0) fail("unknown dtype '" + info.dtype + "'");
-            const uint64_t bytes = tensor_bytes(info.shape, width, fail);
-            if (info.end - info.begin != bytes)
-                fail("data_offsets [" + std::to_string(info.begin) + ", " + std::to_string(info.end) + "] hold " +
-                     std::to_string(info.end - info.begin) + " bytes, but " + info.dtype + " " +
-                     shape_text(info.shape) + " needs " + std::to_string(bytes));
-            if (info.end > data_size)
-                fail("data ends at byte offset " + std::to_string(data_start_ + info.end) + ", past the end of the " +
-                     std::to_string(size) + "-byte file");
-            if (!info_.emplace(name, info).second) fail("the name appears twice in the header");
+            if (!info_.emplace(name, tensor_entry(name, kv.second, data_start_, file_.size(), invalid)).second)
+                invalid("tensor '" + name + "': the name appears twice in the header");
             names_.push_back(name);
         } catch (const YAML::Exception& e) {
-            throw DataError(bad + "malformed entry '" + name + "' in the header (" + e.msg + ")" + fix);
+            invalid("malformed entry '" + name + "' in the header (" + e.msg + ")");
         }
     }
-    // Data order; zero-byte tensors keep their header order.
+    // Data order, with no gap and nothing after the last tensor; zero-byte
+    // tensors keep their header order.
     std::stable_sort(names_.begin(), names_.end(),
                      [&](const std::string& a, const std::string& b) { return info_[a].begin < info_[b].begin; });
     uint64_t expect = 0;
     for (const std::string& n : names_) {
         if (info_[n].begin != expect)
-            throw DataError(bad + "tensor '" + n + "' starts at data offset " + std::to_string(info_[n].begin) +
-                            ", expected " + std::to_string(expect) + " (tensor data must be contiguous)" + fix);
+            invalid("tensor '" + n + "' starts at data offset " + std::to_string(info_[n].begin) + ", expected " +
+                    std::to_string(expect) + " (tensor data must be contiguous)");
         expect = info_[n].end;
     }
+    const uint64_t data_size = file_.size() - data_start_;
     if (expect != data_size)
-        throw DataError(bad + std::to_string(data_size - expect) + " bytes after the last tensor (at byte offset " +
-                        std::to_string(data_start_ + expect) + ")" + fix);
+        invalid(std::to_string(data_size - expect) + " bytes after the last tensor (at byte offset " +
+                std::to_string(data_start_ + expect) + ")");
 }
 
 const SafetensorsFile::Info& SafetensorsFile::info(const std::string& name) const {
