@@ -112,38 +112,56 @@ void TokenDispatcher::plan_on_host(Ops& ops, const std::vector<int32_t>& expert_
 }
 
 void TokenDispatcher::plan_exchange(Ops& ops) {
+    const PackedOrder out = plan_packed_order();
+    const Arrivals in = tell_ranks(out.row_packed);
+    const LocalOrder local = plan_local_order(in);
+    const int64_t R = counts_.rows(), N = slots_ / k_;
+    ops.copy_from_host(row_slot_.rows(0, R), out.row_slot.data());
+    ops.copy_from_host(packed_token_.rows(0, packed_out_rows_), out.packed_token.data());
+    ops.copy_from_host(token_packed_.rows(0, N * ep_.size), out.token_packed.data());
+    ops.copy_from_host(local_index_.rows(0, local_rows_), local.local_packed.data());
+    ops.copy_from_host(packed_source_.rows(0, packed_in_rows_ * columns_), local.packed_source.data());
+    ops.copy_from_host(packed_local_.rows(0, packed_in_rows_ * columns_), local.packed_local.data());
+    ops.copy_from_host(source_position_.rows(0, local_rows_), local.source_position.data());
+}
+
+TokenDispatcher::PackedOrder TokenDispatcher::plan_packed_order() {
     const int P = ep_.size, El = E_ / P;
     const int64_t N = slots_ / k_, R = counts_.rows();
-    // The sender. Each routing row's slot; the packed order: the (rank, token)
-    // pairs of kept slots, by rank, then token.
-    std::vector<int32_t> row_slot(static_cast<size_t>(R));
+    PackedOrder o;
+    // Each routing row's slot; the (rank, token) pairs of kept slots.
+    o.row_slot.resize(static_cast<size_t>(R));
     for (int64_t s = 0; s < slots_; ++s)
-        if (slot_row_host_[size_t(s)] >= 0) row_slot[size_t(slot_row_host_[size_t(s)])] = int32_t(s);
-    std::vector<int32_t> token_packed(static_cast<size_t>(N * P), -1);
+        if (slot_row_host_[size_t(s)] >= 0) o.row_slot[size_t(slot_row_host_[size_t(s)])] = int32_t(s);
+    o.token_packed.assign(static_cast<size_t>(N * P), -1);
     for (int e = 0; e < E_; ++e)
         for (int64_t r = counts_.offsets[e]; r < counts_.offsets[e + 1]; ++r)
-            token_packed[size_t(row_slot[size_t(r)] / k_ * P + e / El)] = 0;  // a pair that is sent
-    std::vector<int32_t> packed_token;
+            o.token_packed[size_t(o.row_slot[size_t(r)] / k_ * P + e / El)] = 0;  // a pair that is sent
+    // Those pairs numbered by rank, then token.
     packed_out_.assign(P, 0);
     std::vector<int64_t> packed_start(P + 1, 0);  // each rank's first packed row
     for (int p = 0; p < P; ++p) {
         for (int64_t t = 0; t < N; ++t) {
-            int32_t& g = token_packed[size_t(t * P + p)];
+            int32_t& g = o.token_packed[size_t(t * P + p)];
             if (g < 0) continue;
-            g = int32_t(packed_token.size());
-            packed_token.push_back(int32_t(t));
+            g = int32_t(o.packed_token.size());
+            o.packed_token.push_back(int32_t(t));
         }
-        packed_start[p + 1] = int64_t(packed_token.size());
+        packed_start[p + 1] = int64_t(o.packed_token.size());
         packed_out_[p] = packed_start[p + 1] - packed_start[p];
     }
     packed_out_rows_ = packed_start[P];
     // Each routing row's packed row within its rank's block: what the rank reads it from.
-    std::vector<int32_t> row_packed(static_cast<size_t>(R));
+    o.row_packed.resize(static_cast<size_t>(R));
     for (int e = 0; e < E_; ++e)
         for (int64_t r = counts_.offsets[e]; r < counts_.offsets[e + 1]; ++r)
-            row_packed[size_t(r)] = int32_t(token_packed[size_t(row_slot[size_t(r)] / k_ * P + e / El)] -
-                                            packed_start[e / El]);
+            o.row_packed[size_t(r)] = int32_t(o.token_packed[size_t(o.row_slot[size_t(r)] / k_ * P + e / El)] -
+                                              packed_start[e / El]);
+    return o;
+}
 
+TokenDispatcher::Arrivals TokenDispatcher::tell_ranks(const std::vector<int32_t>& row_packed) {
+    const int P = ep_.size, El = E_ / P;
     // To each rank: the routed rows of each of its experts, and the packed rows.
     std::vector<int32_t> mine(size_t(P) * (El + 1)), theirs(size_t(P) * (El + 1));
     for (int p = 0; p < P; ++p) {
@@ -152,76 +170,80 @@ void TokenDispatcher::plan_exchange(Ops& ops) {
         mine[size_t(p * (El + 1) + El)] = int32_t(packed_out_[p]);
     }
     ep_.comm->all_to_all(mine.data(), theirs.data(), El + 1, DType::I32);
-    const auto from = [&](int s, int e) { return int64_t(theirs[size_t(s * (El + 1) + e)]); };  // e == El: packed
+    Arrivals in;
+    in.rows_from.resize(size_t(P) * El);
     send_rows_.assign(P, 0);
     recv_rows_.assign(P, 0);
     packed_in_.assign(P, 0);
-    std::vector<int64_t> source_start(P + 1, 0), packed_in_start(P + 1, 0);
+    in.source_start.assign(P + 1, 0);
+    in.packed_in_start.assign(P + 1, 0);
     for (int p = 0; p < P; ++p) {
         for (int e = 0; e < El; ++e) {
+            in.rows_from[size_t(p * El + e)] = theirs[size_t(p * (El + 1) + e)];
             send_rows_[p] += mine[size_t(p * (El + 1) + e)];
-            recv_rows_[p] += from(p, e);
+            recv_rows_[p] += theirs[size_t(p * (El + 1) + e)];
         }
-        packed_in_[p] = from(p, El);
-        source_start[p + 1] = source_start[p] + recv_rows_[p];
-        packed_in_start[p + 1] = packed_in_start[p] + packed_in_[p];
+        packed_in_[p] = theirs[size_t(p * (El + 1) + El)];
+        in.source_start[p + 1] = in.source_start[p] + recv_rows_[p];
+        in.packed_in_start[p + 1] = in.packed_in_start[p] + packed_in_[p];
     }
-    local_rows_ = source_start[P];
-    packed_in_rows_ = packed_in_start[P];
-    std::vector<int32_t> source_packed(static_cast<size_t>(local_rows_));
-    ep_.comm->all_to_all_v(row_packed.data(), send_rows_, source_packed.data(), recv_rows_, DType::I32);
-
-    // The expert rank. Source rows' packed rows, numbered in packed source order.
+    local_rows_ = in.source_start[P];
+    packed_in_rows_ = in.packed_in_start[P];
+    // Which packed row each routed row that comes reads: numbered in packed
+    // source order.
+    in.source_packed.resize(static_cast<size_t>(local_rows_));
+    ep_.comm->all_to_all_v(row_packed.data(), send_rows_, in.source_packed.data(), recv_rows_, DType::I32);
     for (int s = 0; s < P; ++s)
-        for (int64_t i = source_start[s]; i < source_start[s + 1]; ++i) {
-            int32_t& g = source_packed[size_t(i)];
+        for (int64_t i = in.source_start[s]; i < in.source_start[s + 1]; ++i) {
+            int32_t& g = in.source_packed[size_t(i)];
             if (g < 0 || g >= packed_in_[s])
                 throw std::logic_error("token dispatcher: rank " + std::to_string(s) + " sent routed row " +
-                                       std::to_string(i - source_start[s]) + " of packed row " + std::to_string(g) +
-                                       " of " + std::to_string(packed_in_[s]));
-            g += int32_t(packed_in_start[s]);
+                                       std::to_string(i - in.source_start[s]) + " of packed row " +
+                                       std::to_string(g) + " of " + std::to_string(packed_in_[s]));
+            g += int32_t(in.packed_in_start[s]);
         }
+    return in;
+}
+
+TokenDispatcher::LocalOrder TokenDispatcher::plan_local_order(const Arrivals& in) {
+    const int P = ep_.size, El = E_ / P;
     // Local order: local expert major, then source rank, then the source's order.
     local_offsets_.assign(El + 1, 0);
     std::vector<int32_t> local_source(static_cast<size_t>(local_rows_));
-    std::vector<int64_t> cursor(source_start.begin(), source_start.end() - 1);
+    std::vector<int64_t> cursor(in.source_start.begin(), in.source_start.end() - 1);
     int64_t r = 0;
     for (int e = 0; e < El; ++e) {
         for (int s = 0; s < P; ++s)
-            for (int64_t i = 0; i < from(s, e); ++i) local_source[size_t(r++)] = int32_t(cursor[s]++);
+            for (int64_t i = 0; i < in.rows_from[size_t(s * El + e)]; ++i)
+                local_source[size_t(r++)] = int32_t(cursor[s]++);
         local_offsets_[e + 1] = r;
     }
-    std::vector<int32_t> source_local(static_cast<size_t>(local_rows_)), local_packed(local_source.size());
+    LocalOrder o;
+    std::vector<int32_t> source_local(static_cast<size_t>(local_rows_));
+    o.local_packed.resize(local_source.size());
     for (int64_t l = 0; l < local_rows_; ++l) {
         source_local[size_t(local_source[size_t(l)])] = int32_t(l);
-        local_packed[size_t(l)] = source_packed[size_t(local_source[size_t(l)])];
+        o.local_packed[size_t(l)] = in.source_packed[size_t(local_source[size_t(l)])];
     }
     // Each packed row's slots: its routed rows in source order (so by local
     // expert), as source rows and as local rows, -1 past them; and each
     // source row's slot.
-    std::vector<int32_t> packed_source(static_cast<size_t>(packed_in_rows_ * columns_), -1);
-    std::vector<int32_t> packed_local(packed_source.size(), -1);
-    std::vector<int32_t> source_position(static_cast<size_t>(local_rows_));
+    o.packed_source.assign(static_cast<size_t>(packed_in_rows_ * columns_), -1);
+    o.packed_local.assign(o.packed_source.size(), -1);
+    o.source_position.resize(static_cast<size_t>(local_rows_));
     std::vector<int> filled(static_cast<size_t>(packed_in_rows_), 0);
     for (int64_t i = 0; i < local_rows_; ++i) {
-        const int32_t g = source_packed[size_t(i)];
+        const int32_t g = in.source_packed[size_t(i)];
         const int c = filled[size_t(g)]++;
         if (c >= columns_)
             throw std::logic_error("token dispatcher: packed row " + std::to_string(g) + " has more than " +
                                    std::to_string(columns_) + " routed rows");
         const size_t q = size_t(g) * size_t(columns_) + size_t(c);
-        packed_source[q] = int32_t(i);
-        packed_local[q] = source_local[size_t(i)];
-        source_position[size_t(i)] = int32_t(q);
+        o.packed_source[q] = int32_t(i);
+        o.packed_local[q] = source_local[size_t(i)];
+        o.source_position[size_t(i)] = int32_t(q);
     }
-
-    ops.copy_from_host(row_slot_.rows(0, R), row_slot.data());
-    ops.copy_from_host(packed_token_.rows(0, packed_out_rows_), packed_token.data());
-    ops.copy_from_host(token_packed_.rows(0, N * P), token_packed.data());
-    ops.copy_from_host(local_index_.rows(0, local_rows_), local_packed.data());
-    ops.copy_from_host(packed_source_.rows(0, packed_in_rows_ * columns_), packed_source.data());
-    ops.copy_from_host(packed_local_.rows(0, packed_in_rows_ * columns_), packed_local.data());
-    ops.copy_from_host(source_position_.rows(0, local_rows_), source_position.data());
+    return o;
 }
 
 void TokenDispatcher::exchange(Tensor send, const std::vector<int64_t>& send_rows, Tensor recv,

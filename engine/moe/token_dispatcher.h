@@ -100,6 +100,29 @@ private:
     // packed rows come and which packed row each routed row reads, plans the
     // local order and uploads every index.
     void plan_exchange(Ops& ops);
+    // The sender's orders (host): each routing row's slot, token t's packed
+    // row to rank p ([N, P], -1 if none), each packed row's token, and each
+    // routing row's packed row within its rank's block. Sets packed_out_.
+    struct PackedOrder {
+        std::vector<int32_t> row_slot, token_packed, packed_token, row_packed;
+    };
+    PackedOrder plan_packed_order();
+    // What comes to this rank: the routed rows from rank s for local expert e
+    // ([P, local experts]), where each source rank's routed and packed rows
+    // start, and each routed row's packed row in packed source order. Sets
+    // the rows per rank out and in.
+    struct Arrivals {
+        std::vector<int64_t> rows_from, source_start, packed_in_start;
+        std::vector<int32_t> source_packed;
+    };
+    Arrivals tell_ranks(const std::vector<int32_t>& row_packed);
+    // The expert rank's orders: each local row's packed row, each packed row's
+    // slots as source and as local rows, each source row's slot. Sets
+    // local_offsets_.
+    struct LocalOrder {
+        std::vector<int32_t> local_packed, packed_source, packed_local, source_position;
+    };
+    LocalOrder plan_local_order(const Arrivals& in);
     // Rows of send (row_size() elements each, send_rows[p] for rank p) to
     // recv (recv_rows[p] from rank p) over the EP group.
     void exchange(Tensor send, const std::vector<int64_t>& send_rows, Tensor recv,
