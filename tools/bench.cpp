@@ -236,9 +236,8 @@ private:
     int64_t next_ = 1;
 };
 
-// The timed steps' figures, printed on the lead rank: step time, tokens/s,
-// model TFLOP/s and MFU, device memory, the gradient sync after the backward
-// and, across ranks, the all-to-all.
+// The timed steps: each one's time, and over them all the gradient sync
+// after the backward and the all-to-all's time and bytes.
 struct TimedSteps {
     std::vector<double> step_s;
     double grad_sync_s = 0, all_to_all_s = 0, all_to_all_bytes = 0;  // over all the steps
@@ -268,6 +267,9 @@ TimedSteps time_steps(BenchSteps& bench, int steps, moe::Ops& ops, moe::Communic
     return t;
 }
 
+// Their figures (the lead rank prints them): step time, tokens/s, model
+// TFLOP/s and MFU, device memory, the gradient sync and, across ranks, the
+// all-to-all.
 void print_timed_steps(const Args& args, const moe::Config& cfg, const BenchSteps& bench, const TimedSteps& t,
                        const moe::Ops& ops, int ranks, bool across_ranks) {
     const moe::ModelConfig& mc = cfg.model;
