@@ -108,62 +108,79 @@ std::vector<std::pair<double, double>> trailing_mean(const std::vector<std::pair
     return out;
 }
 
-PlotArea draw_panel(Canvas& canvas, int x0, int y0, int x1, int y1, const Panel& panel, double x_lo, double x_hi) {
-    const int th = Canvas::text_height(kTitleScale), lh = Canvas::text_height(kLabelScale);
-    draw_title(canvas, x0, y0, x1 - x0, panel.title);
+namespace {
 
-    PlotArea a;
+// A panel's plot area and its ticks: room for the title above and the tick
+// labels left and below, as many ticks as their labels have room for (a
+// label's height and a half apart on y, the widest label and a gap apart on x).
+struct Axes {
+    PlotArea area;
+    std::vector<double> xt, yt;
+    double xstep, ystep;
+};
+
+Axes layout_axes(int x0, int y0, int x1, int y1, const Panel& panel, double x_lo, double x_hi) {
+    const int th = Canvas::text_height(kTitleScale), lh = Canvas::text_height(kLabelScale);
+    Axes ax;
+    PlotArea& a = ax.area;
     a.top = y0 + th + 14;
     a.right = x1;
     a.bottom = y1 - lh - 8;
-    // As many ticks as their labels have room for: a label's height and a
-    // half apart on y, the widest label and a gap apart on x.
     const auto range = y_range(panel);
     const int y_room = std::max(1, (a.bottom - a.top) / (lh * 5 / 2));
-    const std::vector<double> yt = std::isnan(range.first) ? std::vector<double>{0.0, 1.0}
-                                                            : nice_ticks(range.first, range.second, std::min(5, y_room));
-    const double ystep = yt.size() > 1 ? yt[1] - yt[0] : 1.0;
+    ax.yt = std::isnan(range.first) ? std::vector<double>{0.0, 1.0}
+                                    : nice_ticks(range.first, range.second, std::min(5, y_room));
+    ax.ystep = ax.yt.size() > 1 ? ax.yt[1] - ax.yt[0] : 1.0;
     int label_w = 0;
-    for (double v : yt) label_w = std::max(label_w, Canvas::text_width(tick_label(v, ystep), kLabelScale));
+    for (double v : ax.yt) label_w = std::max(label_w, Canvas::text_width(tick_label(v, ax.ystep), kLabelScale));
     a.left = x0 + label_w + 8;
-    if (!(x_hi > x_lo)) x_hi = x_lo + 1;
     const auto x_ticks = [&](int most) { return nice_ticks(x_lo, x_hi, std::max(1, most)); };
-    std::vector<double> xt = x_ticks(6);
+    ax.xt = x_ticks(6);
     int widest = 0;
-    for (double v : xt) widest = std::max(widest, Canvas::text_width(tick_label(v, xt[1] - xt[0]), kLabelScale));
-    xt = x_ticks(std::min(6, (a.right - a.left) / (widest + 24)));
-    const double xstep = xt.size() > 1 ? xt[1] - xt[0] : 1.0;
+    for (double v : ax.xt)
+        widest = std::max(widest, Canvas::text_width(tick_label(v, ax.xt[1] - ax.xt[0]), kLabelScale));
+    ax.xt = x_ticks(std::min(6, (a.right - a.left) / (widest + 24)));
+    ax.xstep = ax.xt.size() > 1 ? ax.xt[1] - ax.xt[0] : 1.0;
     a.x_lo = x_lo;
     a.x_hi = x_hi;
-    a.y_lo = yt.front();
-    a.y_hi = yt.back();
+    a.y_lo = ax.yt.front();
+    a.y_hi = ax.yt.back();
+    return ax;
+}
 
-    // Grid and labels; x ticks outside [x_lo, x_hi] are left out, and so is a
-    // label that would touch the one before it.
-    for (double v : yt) {
+// Grid and labels; x ticks outside [x_lo, x_hi] are left out, and so is a
+// label that would touch the one before it or pass x1.
+void draw_grid(Canvas& canvas, const Axes& ax, int x1) {
+    const PlotArea& a = ax.area;
+    const int lh = Canvas::text_height(kLabelScale);
+    for (double v : ax.yt) {
         const int y = a.py(v);
         canvas.line(a.left, y, a.right, y, kGrid);
-        const std::string s = tick_label(v, ystep);
+        const std::string s = tick_label(v, ax.ystep);
         canvas.text(a.left - 6 - Canvas::text_width(s, kLabelScale), y - lh / 2, s, kInk, kLabelScale);
     }
     int last_label_end = a.left - 1000;
-    for (double v : xt) {
-        if (v < x_lo - 1e-9 * xstep || v > x_hi + 1e-9 * xstep) continue;
+    for (double v : ax.xt) {
+        if (v < a.x_lo - 1e-9 * ax.xstep || v > a.x_hi + 1e-9 * ax.xstep) continue;
         const int x = a.px(v);
         canvas.line(x, a.top, x, a.bottom, kGrid);
-        const std::string s = tick_label(v, xstep);
+        const std::string s = tick_label(v, ax.xstep);
         const int w = Canvas::text_width(s, kLabelScale);
         const int at = std::min(std::max(x - w / 2, a.left), x1 - w);
         if (at < last_label_end + 12) continue;
         canvas.text(at, a.bottom + 6, s, kInk, kLabelScale);
         last_label_end = at + w;
     }
+}
 
+// Each series' finite points in [x_lo, x_hi]: as markers, or as lines broken
+// where a point is left out.
+void draw_series(Canvas& canvas, const PlotArea& a, const Panel& panel) {
     for (const Series& s : panel.series) {
         bool have_prev = false;
         int px = 0, py = 0;
         for (const auto& p : s.points) {
-            if (!std::isfinite(p.second) || p.first < x_lo || p.first > x_hi) {
+            if (!std::isfinite(p.second) || p.first < a.x_lo || p.first > a.x_hi) {
                 have_prev = false;
                 continue;
             }
@@ -179,41 +196,56 @@ PlotArea draw_panel(Canvas& canvas, int x0, int y0, int x1, int y1, const Panel&
             have_prev = true;
         }
     }
+}
 
-    // Frame last, over the data's edge pixels.
+void draw_frame(Canvas& canvas, const PlotArea& a) {
     canvas.line(a.left, a.top, a.right, a.top, kInk);
     canvas.line(a.left, a.bottom, a.right, a.bottom, kInk);
     canvas.line(a.left, a.top, a.left, a.bottom, kInk);
     canvas.line(a.right, a.top, a.right, a.bottom, kInk);
+}
 
-    // Legend: top right inside the plot, one row a labelled series.
+// Top right inside the plot, one row a labelled series.
+void draw_legend(Canvas& canvas, const PlotArea& a, const Panel& panel) {
+    const int lh = Canvas::text_height(kLabelScale);
     int rows = 0, legend_w = 0;
     for (const Series& s : panel.series)
         if (!s.label.empty()) {
             ++rows;
             legend_w = std::max(legend_w, Canvas::text_width(s.label, kLabelScale));
         }
-    if (rows) {
-        const int row_h = lh + 6, swatch = 24;
-        const int lx1 = a.right - 6, lx0 = lx1 - (legend_w + swatch + 18), ly0 = a.top + 6;
-        canvas.fill_rect(lx0, ly0, lx1, ly0 + rows * row_h + 6, kWhite);
-        canvas.line(lx0, ly0, lx1, ly0, kGrid);
-        canvas.line(lx0, ly0 + rows * row_h + 6, lx1, ly0 + rows * row_h + 6, kGrid);
-        canvas.line(lx0, ly0, lx0, ly0 + rows * row_h + 6, kGrid);
-        canvas.line(lx1, ly0, lx1, ly0 + rows * row_h + 6, kGrid);
-        int r = 0;
-        for (const Series& s : panel.series) {
-            if (s.label.empty()) continue;
-            const int cy = ly0 + 6 + r * row_h + lh / 2, sx = lx0 + 6;
-            if (s.markers)
-                draw_marker(canvas, sx + swatch / 2, cy, s.color);
-            else
-                canvas.line(sx, cy, sx + swatch, cy, s.color, 2);
-            canvas.text(sx + swatch + 6, cy - lh / 2, s.label, kInk, kLabelScale);
-            ++r;
-        }
+    if (!rows) return;
+    const int row_h = lh + 6, swatch = 24;
+    const int lx1 = a.right - 6, lx0 = lx1 - (legend_w + swatch + 18), ly0 = a.top + 6;
+    canvas.fill_rect(lx0, ly0, lx1, ly0 + rows * row_h + 6, kWhite);
+    canvas.line(lx0, ly0, lx1, ly0, kGrid);
+    canvas.line(lx0, ly0 + rows * row_h + 6, lx1, ly0 + rows * row_h + 6, kGrid);
+    canvas.line(lx0, ly0, lx0, ly0 + rows * row_h + 6, kGrid);
+    canvas.line(lx1, ly0, lx1, ly0 + rows * row_h + 6, kGrid);
+    int r = 0;
+    for (const Series& s : panel.series) {
+        if (s.label.empty()) continue;
+        const int cy = ly0 + 6 + r * row_h + lh / 2, sx = lx0 + 6;
+        if (s.markers)
+            draw_marker(canvas, sx + swatch / 2, cy, s.color);
+        else
+            canvas.line(sx, cy, sx + swatch, cy, s.color, 2);
+        canvas.text(sx + swatch + 6, cy - lh / 2, s.label, kInk, kLabelScale);
+        ++r;
     }
-    return a;
+}
+
+}  // namespace
+
+PlotArea draw_panel(Canvas& canvas, int x0, int y0, int x1, int y1, const Panel& panel, double x_lo, double x_hi) {
+    draw_title(canvas, x0, y0, x1 - x0, panel.title);
+    if (!(x_hi > x_lo)) x_hi = x_lo + 1;
+    const Axes axes = layout_axes(x0, y0, x1, y1, panel, x_lo, x_hi);
+    draw_grid(canvas, axes, x1);
+    draw_series(canvas, axes.area, panel);
+    draw_frame(canvas, axes.area);  // last but the legend, over the data's edge pixels
+    draw_legend(canvas, axes.area, panel);
+    return axes.area;
 }
 
 }  // namespace moe
