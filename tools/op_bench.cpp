@@ -195,8 +195,9 @@ void print_floors(const std::vector<Row>& rows, const Peaks& peaks) {
 void print_step_floor(const std::vector<Row>& rows, const Peaks& peaks, int64_t tokens) {
     double floor = 0, by_memory = 0, bytes = 0, flops = 0;
     for (const Row& r : rows) {
-        floor += r.per_step * floor_seconds(r, peaks);
-        if (memory_bound(r, peaks)) by_memory += r.per_step * floor_seconds(r, peaks);
+        const double per_step = r.per_step * floor_seconds(r, peaks);
+        floor += per_step;
+        if (memory_bound(r, peaks)) by_memory += per_step;
         bytes += r.per_step * r.bytes;
         flops += r.per_step * r.flops;
     }
@@ -375,18 +376,19 @@ void StepOps::rope_and_attention() {
     const double q_bytes = double(a.out.bytes()), kv_bytes = q_bytes / double(nh / nkv);
     const std::string packed = dims({B, T, nh + 2 * nkv, hd});
     if (m_.qk_norm) {
-        moe::Tensor q = buf_.zeros(pr_.act, {B, T, nh, hd}), k_apart = buf_.zeros(pr_.act, {B, T, nkv, hd});
-        moe::Tensor v = buf_.zeros(pr_.act, {B, T, nkv, hd});
-        time("split q, k, v", packed, L, 2 * qkv.bytes(), 0, [&] { ops_.split_qkv(q, k_apart, v, qkv); });
-        time("join dq, dk, dv", packed, L, 2 * qkv.bytes(), 0, [&] { ops_.join_qkv(dqkv, q, k_apart, v); });
+        moe::Tensor q_apart = buf_.zeros(pr_.act, {B, T, nh, hd}), k_apart = buf_.zeros(pr_.act, {B, T, nkv, hd});
+        moe::Tensor v_apart = buf_.zeros(pr_.act, {B, T, nkv, hd});
+        time("split q, k, v", packed, L, 2 * qkv.bytes(), 0, [&] { ops_.split_qkv(q_apart, k_apart, v_apart, qkv); });
+        time("join dq, dk, dv", packed, L, 2 * qkv.bytes(), 0,
+             [&] { ops_.join_qkv(dqkv, q_apart, k_apart, v_apart); });
         time("rope q, k", dims({B, T, nh + nkv, hd}), L, 2 * (q_bytes + kv_bytes), 6.0 * (q_bytes + kv_bytes) / act,
              [&] {
-                 ops_.rope_forward(q, m_.rope_theta, 0);
+                 ops_.rope_forward(q_apart, m_.rope_theta, 0);
                  ops_.rope_forward(k_apart, m_.rope_theta, 0);
              });
-        a.q = a.dq = q;
+        a.q = a.dq = q_apart;
         a.k = a.dk = k_apart;
-        a.v = a.dv = v;
+        a.v = a.dv = v_apart;
     } else {
         time("rope q, k in the stacked rows", packed, L, 2 * (q_bytes + kv_bytes), 6.0 * (q_bytes + kv_bytes) / act,
              [&] { ops_.rope_forward(moe::Heads(qkv, 0, nh + nkv), m_.rope_theta, 0); });
@@ -417,8 +419,8 @@ void StepOps::rope_and_attention() {
 }
 
 void StepOps::attention_rows(const std::string& kernels, double per_step, const Attention& a) {
-    const double q_bytes = double(a.out.bytes()), kv_bytes = q_bytes / double(nh / nkv);
     const double out_bytes = double(a.out.bytes()), lse_bytes = double(a.lse.bytes());
+    const double q_bytes = out_bytes, kv_bytes = q_bytes / double(nh / nkv);  // q has out's shape
     const double causal_pairs = double(B) * nh * T * (T + 1) / 2;
     const std::string shape = dims({B, T, nh, nkv, hd});
     time("attention forward" + kernels, shape, per_step, q_bytes + 2 * kv_bytes + out_bytes + lse_bytes,
